@@ -1,0 +1,89 @@
+//! # rogatory-envelope
+//!
+//! age v1 envelope encryption for Rogatory: X25519 recipients, the header MAC, the chunked
+//! ChaCha20-Poly1305 STREAM payload and strict ASCII armor, as profiled in `docs/envelope.md`.
+//! Files we write decrypt with `age` and `rage`, and the reverse.
+//!
+//! What it is not: sender authentication (age has none; see `docs/custody.md`), passphrase or
+//! post-quantum recipients, or anything that does I/O beyond `io::Read` / `io::Write`. It is
+//! pure and synchronous.
+//!
+//! Where to start: [`Encryptor`] and [`Decryptor`] for whole files; [`PayloadKey`] for random
+//! access to one chunk (encrypt or decrypt chunk *i* given the file key and payload nonce),
+//! which the transfer layer uses to resume.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use rogatory_envelope::{Decryptor, Encryptor, Identity};
+//!
+//! let agency_b = Identity::generate();
+//! let mut w = Encryptor::new(&[agency_b.to_public()])?.wrap_output(Vec::new())?;
+//! w.write_all(b"case 42, exhibit 1")?;
+//! let file = w.finish()?;
+//!
+//! let mut plain = Vec::new();
+//! Decryptor::new_detect(&file[..])?
+//!     .decrypt(std::slice::from_ref(&agency_b))?
+//!     .read_to_end(&mut plain)?;
+//! assert_eq!(plain, b"case 42, exhibit 1");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod armor;
+mod b64;
+mod decrypt;
+mod encrypt;
+mod error;
+mod header;
+mod keyfile;
+mod keys;
+mod stream;
+mod x25519;
+
+use std::io::{self, BufRead};
+
+pub use armor::{ArmoredReader, ArmoredWriter};
+pub use decrypt::{Decryptor, Input};
+pub use encrypt::Encryptor;
+pub use error::{ArmorError, DecryptError, EncryptError, HeaderError, KeyParseError, PayloadError};
+pub use header::{Header, MAX_HEADER_LEN, MAX_STANZAS, Stanza};
+pub use keyfile::{KeyFileError, format_identity_file, parse_identities, parse_recipients};
+pub use keys::{FILE_KEY_LEN, FileKey, NONCE_LEN, PayloadNonce};
+pub use stream::{
+    CHUNK_SIZE, ChunkError, ENCRYPTED_CHUNK_SIZE, PayloadKey, StreamReader, StreamWriter,
+    TAG_SIZE, chunk_count, payload_len,
+};
+pub use x25519::{Identity, Recipient};
+
+/// Like `read_until(b'\n')`, but reads at most `limit` bytes. Returns the bytes read.
+pub(crate) fn read_line_bounded<R: BufRead>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    limit: u64,
+) -> io::Result<usize> {
+    let mut total = 0usize;
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let room = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(total);
+        if available.is_empty() || room == 0 {
+            return Ok(total);
+        }
+        let window = &available[..available.len().min(room)];
+        let (take, done) = match window.iter().position(|&c| c == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), false),
+        };
+        out.extend_from_slice(&window[..take]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(total);
+        }
+    }
+}
