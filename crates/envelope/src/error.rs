@@ -74,6 +74,9 @@ pub enum PayloadError {
     /// The final chunk is empty but is not the only chunk.
     #[error("payload chunk {0} is an empty final chunk")]
     EmptyLastChunk(u64),
+    /// Data follows the final chunk.
+    #[error("data after the final payload chunk")]
+    TrailingData,
     /// The chunk index overflowed `u64`.
     #[error("payload has too many chunks")]
     TooManyChunks,

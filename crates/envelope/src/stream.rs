@@ -209,21 +209,25 @@ impl<W: Write> Write for StreamWriter<W> {
 #[derive(Debug, Clone, Copy)]
 enum ReadState {
     Reading,
+    /// The last chunk authenticated; the input must now be at end of file.
+    CheckTrailing,
     Done,
     Failed(PayloadError),
 }
 
 /// Streaming decryptor of the payload (`impl Read`), in constant memory.
 ///
-/// It releases plaintext one authenticated chunk at a time; on a payload failure every later
-/// read returns the same error, and nothing after the last good chunk was released.
+/// It releases plaintext one authenticated chunk at a time, exactly as the reference Go
+/// implementation does (the CCTV vectors pin which plaintext is released before a failure):
+/// a full chunk that authenticates as non-last is released before the next one is read, and
+/// the final chunk is released before trailing data is looked for. On a payload failure every
+/// later read returns the same error. Callers that must not expose unverified output (the CLI)
+/// write to a temporary file and publish it only after reading to a clean end of file.
 pub struct StreamReader<R: Read> {
     inner: R,
     key: PayloadKey,
-    /// One encrypted chunk plus one byte of look-ahead.
+    /// One encrypted chunk.
     buf: Box<[u8]>,
-    /// Look-ahead byte read past the previous chunk, which starts the next one.
-    lookahead: Option<u8>,
     plain_start: usize,
     plain_end: usize,
     index: u64,
@@ -245,8 +249,7 @@ impl<R: Read> StreamReader<R> {
         Self {
             inner,
             key,
-            buf: vec![0u8; ENCRYPTED_CHUNK_SIZE + 1].into_boxed_slice(),
-            lookahead: None,
+            buf: vec![0u8; ENCRYPTED_CHUNK_SIZE].into_boxed_slice(),
             plain_start: 0,
             plain_end: 0,
             index: 0,
@@ -259,61 +262,76 @@ impl<R: Read> StreamReader<R> {
         self.index
     }
 
-    /// Reads and authenticates the next chunk into `buf[..plain_end]`.
-    fn next_chunk(&mut self) -> io::Result<()> {
+    fn fill(&mut self, buf_len: usize) -> io::Result<usize> {
         let mut filled = 0;
-        if let Some(b) = self.lookahead.take() {
-            self.buf[0] = b;
-            filled = 1;
-        }
-        while filled < self.buf.len() {
-            match self.inner.read(&mut self.buf[filled..]) {
+        while filled < buf_len {
+            match self.inner.read(&mut self.buf[filled..buf_len]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        // A full chunk followed by more data is not last; a chunk ended by EOF is last.
-        let last = filled <= ENCRYPTED_CHUNK_SIZE;
-        let chunk_len = filled.min(ENCRYPTED_CHUNK_SIZE);
-        let result = if last && filled < TAG_SIZE {
-            Err(if self.index == 0 || filled > 0 {
-                PayloadError::BadChunk(self.index)
-            } else {
-                PayloadError::Truncated(self.index - 1)
-            })
+        Ok(filled)
+    }
+
+    /// Reads and authenticates the next chunk into `buf[..plain_end]`; returns whether it
+    /// was the last one. I/O errors of the inner reader are returned as they are.
+    fn open_next(&mut self) -> io::Result<Result<bool, PayloadError>> {
+        let index = self.index;
+        let filled = self.fill(ENCRYPTED_CHUNK_SIZE)?;
+        Ok(self.open_filled(index, filled))
+    }
+
+    fn open_filled(&mut self, index: u64, filled: usize) -> Result<bool, PayloadError> {
+        let chunk = &mut self.buf[..filled];
+        let opened = if filled < ENCRYPTED_CHUNK_SIZE {
+            // Ended by end of file: this is the last chunk (`envelope.md` §6).
+            if filled == 0 && index > 0 {
+                return Err(PayloadError::Truncated(index - 1));
+            }
+            self.key.open_chunk(index, true, chunk).map(|n| (n, true))
         } else {
+            // A full chunk is either a middle chunk or a full final chunk. A failed open
+            // leaves the buffer untouched (the tag is checked before decryption).
             self.key
-                .open_chunk(self.index, last, &mut self.buf[..chunk_len])
-                .map_err(|e| match e {
-                    ChunkError::Payload(p) => p,
-                    ChunkError::Length { .. } => PayloadError::BadChunk(self.index),
-                })
+                .open_chunk(index, false, chunk)
+                .map(|n| (n, false))
+                .or_else(|_| self.key.open_chunk(index, true, chunk).map(|n| (n, true)))
         };
-        match result {
-            Ok(n) => {
-                if !last {
-                    self.lookahead = Some(self.buf[ENCRYPTED_CHUNK_SIZE]);
+        let (n, last) = opened.map_err(|e| match e {
+            ChunkError::Payload(p) => p,
+            ChunkError::Length { .. } => PayloadError::BadChunk(index),
+        })?;
+        self.plain_start = 0;
+        self.plain_end = n;
+        self.index = index.checked_add(1).ok_or(PayloadError::TooManyChunks)?;
+        Ok(last)
+    }
+
+    /// Makes progress when no plaintext is buffered.
+    fn advance(&mut self) -> io::Result<()> {
+        let next = match self.state {
+            ReadState::Reading => match self.open_next()? {
+                Ok(true) => ReadState::CheckTrailing,
+                Ok(false) => ReadState::Reading,
+                Err(p) => ReadState::Failed(p),
+            },
+            ReadState::CheckTrailing => {
+                let mut probe = [0u8; 1];
+                loop {
+                    match self.inner.read(&mut probe) {
+                        Ok(0) => break ReadState::Done,
+                        Ok(_) => break ReadState::Failed(PayloadError::TrailingData),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-                self.plain_start = 0;
-                self.plain_end = n;
-                self.state = if last {
-                    ReadState::Done
-                } else {
-                    ReadState::Reading
-                };
-                self.index = self
-                    .index
-                    .checked_add(1)
-                    .ok_or_else(|| PayloadError::TooManyChunks.into_io())?;
-                Ok(())
             }
-            Err(p) => {
-                self.state = ReadState::Failed(p);
-                Err(p.into_io())
-            }
-        }
+            state => state,
+        };
+        self.state = next;
+        Ok(())
     }
 }
 
@@ -326,7 +344,7 @@ impl<R: Read> Read for StreamReader<R> {
             match self.state {
                 ReadState::Done => return Ok(0),
                 ReadState::Failed(p) => return Err(p.into_io()),
-                ReadState::Reading => self.next_chunk()?,
+                ReadState::Reading | ReadState::CheckTrailing => self.advance()?,
             }
         }
         let n = (self.plain_end - self.plain_start).min(out.len());
