@@ -58,7 +58,9 @@ impl<W: Write> ArmoredWriter<W> {
         let mut enc = [0u8; COLUMNS];
         for line in data.chunks(BYTES_PER_LINE) {
             // Invariant: 48 input bytes encode to at most 64 output bytes.
-            let n = PADDED.encode_slice(line, &mut enc).map_err(io::Error::other)?;
+            let n = PADDED
+                .encode_slice(line, &mut enc)
+                .map_err(io::Error::other)?;
             self.line_buf.extend_from_slice(&enc[..n]);
             self.line_buf.push(b'\n');
         }

@@ -129,9 +129,7 @@ fn read_nonce<R: Read>(input: &mut R) -> Result<PayloadNonce, DecryptError> {
     let mut nonce = [0u8; NONCE_LEN];
     match input.read_exact(&mut nonce) {
         Ok(()) => Ok(PayloadNonce(nonce)),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Err(HeaderError::MissingNonce.into())
-        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(HeaderError::MissingNonce.into()),
         Err(e) => Err(DecryptError::from_read(e)),
     }
 }

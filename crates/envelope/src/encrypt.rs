@@ -39,7 +39,10 @@ impl Encryptor {
     }
 
     /// Wraps a given file key (for callers that manage file keys themselves).
-    pub fn with_file_key(file_key: FileKey, recipients: &[Recipient]) -> Result<Self, EncryptError> {
+    pub fn with_file_key(
+        file_key: FileKey,
+        recipients: &[Recipient],
+    ) -> Result<Self, EncryptError> {
         if recipients.is_empty() {
             return Err(EncryptError::NoRecipients);
         }

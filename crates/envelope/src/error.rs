@@ -85,7 +85,9 @@ pub enum PayloadError {
 impl PayloadError {
     /// Recovers a payload error from an error returned by the streaming reader.
     pub fn from_io(e: &io::Error) -> Option<Self> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<Self>()).copied()
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Self>())
+            .copied()
     }
 
     pub(crate) fn into_io(self) -> io::Error {
@@ -96,7 +98,9 @@ impl PayloadError {
 impl ArmorError {
     /// Recovers an armor error from an error returned by the armored reader.
     pub fn from_io(e: &io::Error) -> Option<Self> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<Self>()).copied()
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Self>())
+            .copied()
     }
 
     pub(crate) fn into_io(self) -> io::Error {

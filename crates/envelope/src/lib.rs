@@ -52,8 +52,8 @@ pub use header::{Header, MAX_HEADER_LEN, MAX_STANZAS, Stanza};
 pub use keyfile::{KeyFileError, format_identity_file, parse_identities, parse_recipients};
 pub use keys::{FILE_KEY_LEN, FileKey, NONCE_LEN, PayloadNonce};
 pub use stream::{
-    CHUNK_SIZE, ChunkError, ENCRYPTED_CHUNK_SIZE, PayloadKey, StreamReader, StreamWriter,
-    TAG_SIZE, chunk_count, payload_len,
+    CHUNK_SIZE, ChunkError, ENCRYPTED_CHUNK_SIZE, PayloadKey, StreamReader, StreamWriter, TAG_SIZE,
+    chunk_count, payload_len,
 };
 pub use x25519::{Identity, Recipient};
 
@@ -70,7 +70,9 @@ pub(crate) fn read_line_bounded<R: BufRead>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let room = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(total);
+        let room = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(total);
         if available.is_empty() || room == 0 {
             return Ok(total);
         }

@@ -158,7 +158,9 @@ impl<W: Write> StreamWriter<W> {
 
     fn seal_and_write(&mut self, last: bool) -> io::Result<()> {
         if self.poisoned {
-            return Err(io::Error::other("earlier write failed; stream is incomplete"));
+            return Err(io::Error::other(
+                "earlier write failed; stream is incomplete",
+            ));
         }
         let buf = &mut self.buf[..self.len + TAG_SIZE];
         self.key
@@ -398,7 +400,18 @@ mod tests {
         let plain: Vec<u8> = (0..3 * CHUNK_SIZE + 17).map(|i| i as u8).collect();
         let ct = encrypt(&plain);
         let e = ENCRYPTED_CHUNK_SIZE;
-        let cuts = [0, 1, 16, e - 1, e, e + 1, 2 * e, 2 * e + 1, 3 * e, ct.len() - 1];
+        let cuts = [
+            0,
+            1,
+            16,
+            e - 1,
+            e,
+            e + 1,
+            2 * e,
+            2 * e + 1,
+            3 * e,
+            ct.len() - 1,
+        ];
         for cut in cuts {
             let (released, err) = decrypt(&ct[..cut]);
             assert!(err.is_some(), "cut at {cut} must fail");

@@ -28,7 +28,10 @@ fn keys() -> Keys {
         .iter()
         .map(|t| {
             use age::secrecy::ExposeSecret;
-            t.to_string().expose_secret().parse().expect("age identity parses")
+            t.to_string()
+                .expose_secret()
+                .parse()
+                .expect("age identity parses")
         })
         .collect();
     Keys { ours, theirs }
@@ -104,8 +107,11 @@ fn ours_to_age_crate() {
 #[test]
 fn age_crate_to_ours() {
     let k = keys();
-    let recipients: Vec<age::x25519::Recipient> =
-        k.theirs.iter().map(age::x25519::Identity::to_public).collect();
+    let recipients: Vec<age::x25519::Recipient> = k
+        .theirs
+        .iter()
+        .map(age::x25519::Identity::to_public)
+        .collect();
     for &n in SIZES {
         let plain = plaintext(n);
         for armor in [false, true] {

@@ -19,7 +19,9 @@ fn sizes() -> impl Strategy<Value = usize> {
 }
 
 fn data(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 proptest! {
@@ -91,7 +93,11 @@ fn keys_nonces_and_shares_are_fresh() {
         w.write_all(&[0u8; 1024]).expect("write");
         let file = w.finish().expect("finish");
         let d = Decryptor::new(&file[..]).expect("header");
-        keys.insert(*d.unwrap_file_key(std::slice::from_ref(&id)).expect("key").expose_secret());
+        keys.insert(
+            *d.unwrap_file_key(std::slice::from_ref(&id))
+                .expect("key")
+                .expose_secret(),
+        );
         nonces.insert(file[header_len..header_len + 16].to_vec());
     }
     assert_eq!((keys.len(), nonces.len(), shares.len()), (1000, 1000, 1000));

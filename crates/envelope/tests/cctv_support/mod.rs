@@ -199,7 +199,10 @@ pub(crate) fn run_vector(name: &str) -> Result<String, String> {
 fn check_round_trips(name: &str, v: &Vector) -> Result<(), String> {
     let binary = if v.armored {
         let mut out = Vec::new();
-        if ArmoredReader::new(&v.body[..]).read_to_end(&mut out).is_err() {
+        if ArmoredReader::new(&v.body[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
             return Ok(()); // armor failure vectors have nothing to round-trip
         }
         out

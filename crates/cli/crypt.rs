@@ -1,0 +1,243 @@
+//! `rogatory encrypt` and `rogatory decrypt`: age files on the command line.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rogatory_envelope::{
+    ArmorError, ArmoredWriter, CHUNK_SIZE, DecryptError, Decryptor, EncryptError, Encryptor,
+    Identity, KeyFileError, PayloadError, Recipient, parse_identities, parse_recipients,
+};
+use zeroize::Zeroizing;
+
+use crate::args::{DecryptArgs, EncryptArgs};
+use crate::error::{CliError, Exit, Result};
+use crate::output::{Sink, Target, is_stdio, storage_error};
+
+/// Read and write in whole STREAM chunks.
+const IO_BUF: usize = CHUNK_SIZE;
+
+fn open_input(input: &Option<PathBuf>) -> Result<Box<dyn Read>> {
+    if is_stdio(input) {
+        return Ok(Box::new(io::stdin().lock()));
+    }
+    let path = input.as_deref().unwrap_or(Path::new("-"));
+    match File::open(path) {
+        Ok(f) => Ok(Box::new(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CliError::new(
+            Exit::Usage,
+            format!("input file not found: {}", path.display()),
+        )),
+        Err(e) => Err(CliError::new(
+            Exit::Storage,
+            format!("cannot read input {}", path.display()),
+        )
+        .source(e)),
+    }
+}
+
+fn input_name(input: &Option<PathBuf>) -> String {
+    match input {
+        Some(p) if !is_stdio(input) => p.display().to_string(),
+        _ => "<stdin>".into(),
+    }
+}
+
+/// Collects `-r` and `-R` recipients. Every problem is a usage error (exit 2) that names the
+/// offending recipient, file and line; nothing is written before this succeeds.
+fn load_recipients(a: &EncryptArgs) -> Result<Vec<Recipient>> {
+    let mut out = Vec::new();
+    for r in &a.recipients {
+        let parsed = r.parse::<Recipient>().map_err(|e| {
+            CliError::new(Exit::Usage, format!("invalid recipient {r:?}: {e}"))
+                .hint("a recipient is an age public key, \"age1\" followed by 58 characters")
+        })?;
+        out.push(parsed);
+    }
+    for file in &a.recipients_files {
+        let text = fs::read_to_string(file).map_err(|e| {
+            CliError::new(
+                Exit::Usage,
+                format!("cannot read recipients file {}", file.display()),
+            )
+            .source(e)
+        })?;
+        let parsed = parse_recipients(&text).map_err(|e| match e {
+            KeyFileError::Empty => {
+                CliError::new(Exit::Usage, format!("no recipients in {}", file.display()))
+            }
+            other => CliError::new(
+                Exit::Usage,
+                format!("invalid recipient in {}", file.display()),
+            )
+            .source(other),
+        })?;
+        out.extend(parsed);
+    }
+    if out.is_empty() {
+        return Err(
+            CliError::new(Exit::Usage, "no recipients given").hint("pass -r age1… or -R FILE")
+        );
+    }
+    Ok(out)
+}
+
+/// Loads identity files. A missing, unreadable, malformed or group/world-accessible file is
+/// refused with exit 4: a secret key readable by others is not a usable key.
+fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
+    let mut out = Vec::new();
+    for file in files {
+        let meta = fs::metadata(file).map_err(|e| {
+            CliError::new(
+                Exit::NoKey,
+                format!("cannot read identity file {}", file.display()),
+            )
+            .source(e)
+        })?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(CliError::new(
+                Exit::NoKey,
+                format!(
+                    "identity file {} is accessible by other users (mode {:04o})",
+                    file.display(),
+                    mode & 0o7777
+                ),
+            )
+            .hint(format!("run: chmod 600 {}", file.display())));
+        }
+        let text = Zeroizing::new(fs::read_to_string(file).map_err(|e| {
+            CliError::new(
+                Exit::NoKey,
+                format!("cannot read identity file {}", file.display()),
+            )
+            .source(e)
+        })?);
+        let ids = parse_identities(&text).map_err(|e| {
+            CliError::new(
+                Exit::NoKey,
+                format!("invalid identity file {}", file.display()),
+            )
+            .source(e)
+        })?;
+        out.extend(ids);
+    }
+    Ok(out)
+}
+
+pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
+    let recipients = load_recipients(a)?;
+    let target = Target::resolve(&a.output, &a.input, a.force, !a.armor)?;
+    let mut input = open_input(&a.input)?;
+    let enc = Encryptor::new(&recipients).map_err(|e| match e {
+        EncryptError::TooManyRecipients => CliError::new(Exit::Usage, e.to_string()),
+        other => CliError::new(Exit::Usage, "cannot encrypt to these recipients").source(other),
+    })?;
+    let sink = target.open()?;
+    let where_ = sink.describe();
+    let write_err = |e: io::Error| storage_error(Path::new(&where_), e);
+    let sink = if a.armor {
+        let mut w = enc
+            .wrap_output(ArmoredWriter::new(sink))
+            .map_err(|e| encrypt_io(e, &where_))?;
+        pump(&mut input, &mut w, &a.input)?;
+        w.finish()
+            .and_then(ArmoredWriter::finish)
+            .map_err(write_err)?
+    } else {
+        let mut w = enc.wrap_output(sink).map_err(|e| encrypt_io(e, &where_))?;
+        pump(&mut input, &mut w, &a.input)?;
+        w.finish().map_err(write_err)?
+    };
+    sink.commit()
+}
+
+fn encrypt_io(e: EncryptError, where_: &str) -> CliError {
+    match e {
+        EncryptError::Io(io) => storage_error(Path::new(where_), io),
+        other => CliError::new(Exit::Internal, "encryption failed").source(other),
+    }
+}
+
+/// Copies plaintext from `input` into the encrypting writer in whole chunks.
+fn pump<W: Write>(input: &mut dyn Read, w: &mut W, name: &Option<PathBuf>) -> Result<()> {
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(CliError::new(
+                    Exit::Storage,
+                    format!("cannot read input {}", input_name(name)),
+                )
+                .source(e));
+            }
+        };
+        w.write_all(&buf[..n])
+            .map_err(|e| CliError::new(Exit::Storage, "cannot write output").source(e))?;
+    }
+}
+
+fn decrypt_error(e: DecryptError, input: &str) -> CliError {
+    match e {
+        DecryptError::NoMatch => CliError::new(
+            Exit::NoKey,
+            format!("no identity matches any recipient of {input}"),
+        )
+        .hint("is this file encrypted to you? pass the right -i FILE"),
+        DecryptError::UnsupportedScrypt => CliError::new(
+            Exit::NoKey,
+            format!("{input} is passphrase-encrypted, which rogatory does not support"),
+        ),
+        DecryptError::Io(io) => {
+            CliError::new(Exit::Storage, format!("cannot read input {input}")).source(io)
+        }
+        other => {
+            CliError::new(Exit::Integrity, format!("{input} is not a valid age file")).source(other)
+        }
+    }
+}
+
+pub(crate) fn decrypt(a: &DecryptArgs) -> Result<()> {
+    let target = Target::resolve(&a.output, &a.input, a.force, true)?;
+    let identities = load_identities(&a.identities)?;
+    let name = input_name(&a.input);
+    let input = BufReader::with_capacity(IO_BUF, open_input(&a.input)?);
+    let mut reader = Decryptor::new_detect(input)
+        .and_then(|d| d.decrypt(&identities))
+        .map_err(|e| decrypt_error(e, &name))?;
+    let mut sink = target.open()?;
+    copy_plaintext(&mut reader, &mut sink, &name)?;
+    sink.commit()
+}
+
+/// Streams authenticated plaintext into the sink; any failure drops (removes) a file sink.
+fn copy_plaintext<R: Read>(reader: &mut R, sink: &mut Sink, name: &str) -> Result<()> {
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let exit =
+                    if PayloadError::from_io(&e).is_some() || ArmorError::from_io(&e).is_some() {
+                        Exit::Integrity
+                    } else {
+                        Exit::Storage
+                    };
+                let what = if exit == Exit::Integrity {
+                    format!("{name} failed authentication")
+                } else {
+                    format!("cannot read input {name}")
+                };
+                return Err(CliError::new(exit, what).source(e));
+            }
+        };
+        sink.write_all(&buf[..n])
+            .map_err(|e| storage_error(Path::new(&sink.describe()), e))?;
+    }
+}

@@ -1,0 +1,71 @@
+//! Shared helpers for the end-to-end tests: run the real `rogatory` binary.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rogatory"))
+}
+
+/// Runs `rogatory ARGS` in `dir` with empty stdin.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn rogatory")
+}
+
+/// Runs `rogatory ARGS` in `dir`, feeding `stdin`.
+pub fn run_with_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rogatory");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Names of every entry in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts the command failed with `want` and left nothing new in `dir` but `allowed`.
+#[track_caller]
+pub fn assert_failed_cleanly(o: &Output, want: i32, dir: &Path, allowed: &[&str]) {
+    assert_eq!(code(o), want, "stderr: {}", stderr(o));
+    assert!(o.stdout.is_empty(), "nothing on stdout on failure");
+    let err = stderr(o);
+    assert!(err.starts_with("rogatory: error: "), "stderr: {err}");
+    let mut allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+    allowed.sort();
+    assert_eq!(listing(dir), allowed, "no partial or temporary output left");
+}
