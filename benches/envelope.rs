@@ -37,8 +37,16 @@ fn fixture() -> Fixture {
     rand::thread_rng().fill_bytes(&mut plain);
     let ours_id = Identity::generate();
     let age_id = age::x25519::Identity::generate();
-    let ours_ct = ours_encrypt(&ours_id, &plain, Vec::with_capacity(SIZE + SIZE / 1000 + 1024));
-    let age_ct = age_encrypt(&age_id, &plain, Vec::with_capacity(SIZE + SIZE / 1000 + 1024));
+    let ours_ct = ours_encrypt(
+        &ours_id,
+        &plain,
+        Vec::with_capacity(SIZE + SIZE / 1000 + 1024),
+    );
+    let age_ct = age_encrypt(
+        &age_id,
+        &plain,
+        Vec::with_capacity(SIZE + SIZE / 1000 + 1024),
+    );
     let aead = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));
     let mut raw_ct = Vec::with_capacity(SIZE + SIZE / 1000);
     for (i, chunk) in plain.chunks(CHUNK_SIZE).enumerate() {
@@ -49,7 +57,15 @@ fn fixture() -> Fixture {
             .expect("encrypt");
         raw_ct.extend_from_slice(&tag);
     }
-    Fixture { plain, ours_id, age_id, ours_ct, age_ct, raw_ct, aead }
+    Fixture {
+        plain,
+        ours_id,
+        age_id,
+        ours_ct,
+        age_ct,
+        raw_ct,
+        aead,
+    }
 }
 
 fn nonce(i: u64) -> Nonce {
@@ -119,7 +135,12 @@ fn raw_decrypt(f: &Fixture, scratch: &mut [u8]) -> usize {
         let n = chunk.len() - 16;
         scratch[..n].copy_from_slice(&chunk[..n]);
         f.aead
-            .decrypt_in_place_detached(&nonce(i as u64), b"", &mut scratch[..n], Tag::from_slice(&chunk[n..]))
+            .decrypt_in_place_detached(
+                &nonce(i as u64),
+                b"",
+                &mut scratch[..n],
+                Tag::from_slice(&chunk[n..]),
+            )
             .expect("decrypt");
         total += n;
     }

@@ -315,3 +315,23 @@ fn interrupted_decrypt_leaves_nothing() {
         assert_eq!(listing(p(&s)), BASE, "{signal}: no temp file, no output");
     }
 }
+
+/// The README's "run it" command works and proves what it says.
+#[test]
+fn demo_runs_and_cleans_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = run(dir.path(), &["demo"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("(match)"), "{out}");
+    assert!(
+        out.contains("tampered copy       refused (exit 3)"),
+        "{out}"
+    );
+    let demo_dir = out
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("demo dir");
+    assert!(!Path::new(demo_dir).exists(), "demo directory removed");
+}

@@ -25,6 +25,15 @@ pub(crate) enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt an age file with one or more identity files.
     Decrypt(DecryptArgs),
+    /// Run a self-contained demonstration in a temporary directory.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Keep the demo directory instead of removing it.
+    #[arg(long)]
+    pub(crate) keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@
 mod args;
 mod cleanup;
 mod crypt;
+mod demo;
 mod error;
 mod keygen;
 mod output;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         args::Command::Keygen(a) => keygen::run(&a),
         args::Command::Encrypt(a) => crypt::encrypt(&a),
         args::Command::Decrypt(a) => crypt::decrypt(&a),
+        args::Command::Demo(a) => demo::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
