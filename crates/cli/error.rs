@@ -15,10 +15,10 @@ pub(crate) enum Exit {
     Integrity = 3,
     /// No usable identity or key: no match, missing, unreadable or insecure key file.
     NoKey = 4,
-    /// Refused by local safety policy: would overwrite, same file, unsafe name.
-    Safety = 8,
     /// Local storage error: ENOSPC, EIO, permission.
     Storage = 7,
+    /// Refused by local safety policy: would overwrite, same file, unsafe name.
+    Safety = 8,
     /// Interrupted by SIGINT or SIGTERM.
     Interrupted = 130,
 }

@@ -40,6 +40,11 @@ impl Identity {
         Self(StaticSecret::random_from_rng(OsRng))
     }
 
+    /// An identity from raw secret scalar bytes (clamped by X25519 as usual).
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        Self(StaticSecret::from(bytes))
+    }
+
     /// The matching recipient.
     pub fn to_public(&self) -> Recipient {
         Recipient(PublicKey::from(&self.0))
