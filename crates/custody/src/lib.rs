@@ -9,19 +9,58 @@
 //! It is pure: no sockets, no async, no clock (times are parameters), no file system (the audit
 //! log's storage is the [`LogStore`] trait). Verification returns [`Verified<T>`], which nothing
 //! outside this crate can construct.
+//!
+//! ```
+//! use rogatory_custody::{AgencyIdentity, AuditLog, MemoryLogStore, ReceiptBundle, Statement,
+//!     Head, Timestamp, TransferId};
+//!
+//! let relay = AgencyIdentity::generate("nl-relay".parse()?);
+//! let mut log = AuditLog::open(MemoryLogStore::default(), relay.log_signer())?;
+//! let fetch = Statement::Fetch {
+//!     head: Head { transfer: TransferId::generate(), issuer: relay.id().clone(),
+//!                  time: Timestamp::from_unix(1_800_000_000)? },
+//!     peer: "de-bka".parse()?, files: 3, ciphertext_bytes: 1234,
+//! };
+//! let note = fetch.sign(relay.signer())?;
+//! let index = log.append(fetch.encode().as_bytes())?;
+//! let bundle = log.bundle(&note, index)?;
+//! let proven = ReceiptBundle::parse(&bundle)?.verify(&relay.signer().verifier())?;
+//! assert_eq!(proven.statement, fetch);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
+mod card;
+mod checkpoint;
 mod error;
+mod identity;
 mod ids;
+mod log;
+mod manifest;
 pub mod merkle;
 mod note;
+mod statement;
+mod text;
 mod verified;
 
+pub use card::{AgencyCard, Fingerprint, TrustError, TrustStore, fingerprint_matches};
+pub use checkpoint::Checkpoint;
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
+pub use identity::AgencyIdentity;
 pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
+pub use log::{
+    AuditLog, DecodedRecords, LogStore, LoggedStatement, MAX_RECORD_LEN, MemoryLogStore,
+    ReceiptBundle, Record, check_not_rolled_back, decode_records, verify_records,
+};
+pub use manifest::{
+    FileEntry, Legal, LegalText, MAX_FILES, MAX_MANIFEST_LEN, Manifest, OnwardTransfer,
+    PieceLayout, PieceTable, RelativePath, SealedManifest, open_sealed_manifest, piece_layout,
+};
 pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,
     ed25519_verify_strict, open_note,
 };
+pub use statement::{Head, Peer, Statement};
+pub use text::Text;
 pub use verified::Verified;

@@ -163,6 +163,22 @@ impl NoteSigner {
         })
     }
 
+    /// A fresh key named after an agency (always a valid key name).
+    pub fn generate_for(id: &crate::ids::AgencyId) -> Self {
+        Self {
+            name: id.as_str().to_owned(),
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// A key from a seed, named after an agency.
+    pub fn from_seed_for(id: &crate::ids::AgencyId, seed: &[u8; 32]) -> Self {
+        Self {
+            name: id.as_str().to_owned(),
+            key: SigningKey::from_bytes(seed),
+        }
+    }
+
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name

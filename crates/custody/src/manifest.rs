@@ -1,0 +1,519 @@
+//! The canonical JSON manifest, its legal metadata, relative paths and ciphertext pieces
+//! (`custody.md` §5).
+
+use std::ops::Range;
+
+use rogatory_envelope::{ENCRYPTED_CHUNK_SIZE, MAX_HEADER_LEN, chunk_count, payload_len};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{FieldError, ParseError};
+use crate::ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
+use crate::merkle::{Hash, Tree, leaf_hash};
+use crate::note::{NoteSigner, NoteVerifier};
+use crate::statement::{Head, Statement};
+use crate::verified::Verified;
+
+/// `custody.md` §10: manifest size limit.
+pub const MAX_MANIFEST_LEN: usize = 32 * 1024 * 1024;
+/// `custody.md` §10: files per manifest.
+pub const MAX_FILES: usize = 1_000_000;
+const FORMAT: &str = "rogatory-manifest/v1";
+const MAX_PATH: usize = 4096;
+const MAX_COMPONENT: usize = 255;
+const MAX_LEGAL: usize = 4096;
+
+/// A safe relative path (`custody.md` §5.1): it cannot hold `..`, an absolute path, a drive
+/// letter, a backslash, NUL, control or bidi-override characters.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RelativePath(String);
+
+impl RelativePath {
+    /// The path, `/`-separated.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+}
+
+fn forbidden_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\\' | ':' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl std::str::FromStr for RelativePath {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || FieldError::new("relative path", s);
+        if s.is_empty() || s.len() > MAX_PATH || s.starts_with('/') || s.chars().any(forbidden_char)
+        {
+            return Err(bad());
+        }
+        for c in s.split('/') {
+            if c.is_empty() || c == "." || c == ".." || c.len() > MAX_COMPONENT {
+                return Err(bad());
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for RelativePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A legal metadata string: at most 4 096 bytes, no control characters (LF allowed in notes).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LegalText(String);
+
+impl LegalText {
+    /// Validates a legal field; `multiline` allows LF.
+    pub fn new(s: &str, multiline: bool) -> Result<Self, FieldError> {
+        let ok = !s.trim().is_empty()
+            && s.len() <= MAX_LEGAL
+            && !s
+                .chars()
+                .any(|c| c.is_control() && !(multiline && c == '\n'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(FieldError::new("legal metadata text", s))
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether the recipient may pass the evidence on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnwardTransfer {
+    /// Onward transfer is forbidden.
+    Forbidden,
+    /// Allowed only with the sender's consent.
+    WithConsent,
+}
+
+/// The legal metadata of a transfer (`custody.md` §5). Which fields are required is policy.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Legal {
+    /// Case reference of the requesting authority.
+    pub case_reference: Option<LegalText>,
+    /// Legal basis, e.g. treaty and article.
+    pub legal_basis: Option<LegalText>,
+    /// The authority that requested the evidence.
+    pub requesting_authority: Option<LegalText>,
+    /// The authority that executes the request.
+    pub executing_authority: Option<LegalText>,
+    /// Purpose of the transfer.
+    pub purpose: Option<LegalText>,
+    /// Classification marking.
+    pub classification: Option<LegalText>,
+    /// Date until which the evidence may be retained.
+    pub retain_until: Option<CalendarDate>,
+    /// Onward transfer rule.
+    pub onward_transfer: OnwardTransfer,
+    /// Free notes (LF allowed).
+    pub notes: Option<LegalText>,
+}
+
+/// One file of a transfer.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Where the recipient creates it, relative to its output directory.
+    pub path: RelativePath,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext SHA-256.
+    pub sha256: Sha256Digest,
+    /// Size of the age file.
+    pub ciphertext_size: u64,
+    /// SHA-256 of the age file.
+    pub ciphertext_sha256: Sha256Digest,
+    /// Merkle root over the ciphertext pieces (`custody.md` §5.2).
+    pub piece_root: Sha256Digest,
+}
+
+/// The manifest of a transfer.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    format: Format,
+    /// The transfer id.
+    pub transfer_id: TransferId,
+    /// The sending agency.
+    pub sender: AgencyId,
+    /// Recipient agencies, sorted and unique.
+    pub recipients: Vec<AgencyId>,
+    /// When the sender created the manifest.
+    pub created_at: Timestamp,
+    /// Legal metadata.
+    pub legal: Legal,
+    /// Files, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Format;
+
+impl Serialize for Format {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(FORMAT)
+    }
+}
+
+impl<'de> Deserialize<'de> for Format {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s == FORMAT {
+            Ok(Format)
+        } else {
+            Err(serde::de::Error::custom("unsupported manifest format"))
+        }
+    }
+}
+
+impl Serialize for LegalText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for LegalText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        // Only `notes` may be multi-line; the others are checked again in `validate`.
+        Self::new(&s, true).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for RelativePath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RelativePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Manifest {
+    /// Builds a manifest; sorts recipients and files and checks every rule of §5.
+    pub fn new(
+        transfer_id: TransferId,
+        sender: AgencyId,
+        mut recipients: Vec<AgencyId>,
+        created_at: Timestamp,
+        legal: Legal,
+        mut files: Vec<FileEntry>,
+    ) -> Result<Self, ParseError> {
+        recipients.sort();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let m = Self {
+            format: Format,
+            transfer_id,
+            sender,
+            recipients,
+            created_at,
+            legal,
+            files,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), ParseError> {
+        const KIND: &str = "manifest";
+        let err = |w: &str| Err(ParseError::syntax(KIND, w));
+        if self.recipients.is_empty() || self.recipients.windows(2).any(|w| w[0] >= w[1]) {
+            return err("recipients must be non-empty, sorted and unique");
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        if self.files.windows(2).any(|w| w[0].path >= w[1].path) {
+            return err("files must be sorted by path and unique");
+        }
+        let l = &self.legal;
+        for t in [
+            &l.case_reference,
+            &l.legal_basis,
+            &l.requesting_authority,
+            &l.executing_authority,
+            &l.purpose,
+            &l.classification,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if t.0.contains('\n') {
+                return err("only notes may span several lines");
+            }
+        }
+        for f in &self.files {
+            if piece_layout(f.size, f.ciphertext_size).is_none() {
+                return Err(ParseError::syntax(
+                    KIND,
+                    format!("ciphertext size does not fit plaintext size for {}", f.path),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Invariant: these types always serialise (no maps with non-string keys, no floats).
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        const KIND: &str = "manifest";
+        if bytes.len() > MAX_MANIFEST_LEN {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        let m: Self =
+            serde_json::from_slice(bytes).map_err(|e| ParseError::syntax(KIND, e.to_string()))?;
+        m.validate()?;
+        if m.to_json() != bytes {
+            return Err(ParseError::syntax(KIND, "not in canonical form"));
+        }
+        Ok(m)
+    }
+
+    /// SHA-256 of the canonical JSON.
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::of(&self.to_json())
+    }
+
+    /// Total ciphertext bytes.
+    pub fn ciphertext_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.ciphertext_size).sum()
+    }
+
+    /// Total plaintext bytes.
+    pub fn plaintext_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The seal statement for this manifest.
+    pub fn seal_statement(&self, time: Timestamp) -> Statement {
+        Statement::ManifestSeal {
+            head: Head {
+                transfer: self.transfer_id,
+                issuer: self.sender.clone(),
+                time,
+            },
+            manifest_sha256: self.digest(),
+            manifest_size: self.to_json().len() as u64,
+            recipients: self.recipients.clone(),
+            files: self.files.len() as u64,
+            ciphertext_bytes: self.ciphertext_bytes(),
+        }
+    }
+
+    /// Signs the seal (the signer must be the sender's key).
+    pub fn seal(&self, signer: &NoteSigner, time: Timestamp) -> Result<String, ParseError> {
+        self.seal_statement(time).sign(signer)
+    }
+}
+
+/// A manifest whose seal verified with the sender's key and matches it in every field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedManifest {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The seal statement.
+    pub seal: Statement,
+}
+
+/// Verifies a sealed manifest (`custody.md` §4 and §5): the seal verifies with the sender's
+/// key, and its digest, size, transfer, sender, recipients and counts match the manifest.
+pub fn open_sealed_manifest(
+    manifest_json: &[u8],
+    seal_note: &[u8],
+    sender_key: &NoteVerifier,
+) -> Result<Verified<SealedManifest>, ParseError> {
+    let seal = Statement::open(seal_note, sender_key)?;
+    let manifest = Manifest::parse(manifest_json)?;
+    let expected = manifest.seal_statement(seal.head().time);
+    if *seal != expected {
+        return Err(ParseError::syntax(
+            "seal",
+            "seal does not match the manifest",
+        ));
+    }
+    Ok(seal.map(|seal| SealedManifest { manifest, seal }))
+}
+
+/// Where the pieces of an age file are (`custody.md` §5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceLayout {
+    /// Plaintext size.
+    pub size: u64,
+    /// Ciphertext size.
+    pub ciphertext_size: u64,
+    /// Length of piece 0 (header and payload nonce).
+    pub head_len: u64,
+}
+
+/// The piece layout, or `None` if the sizes cannot belong to one age file.
+pub fn piece_layout(size: u64, ciphertext_size: u64) -> Option<PieceLayout> {
+    let payload = payload_len(size);
+    let head_len = ciphertext_size.checked_sub(payload)?;
+    // A header is at least the version line, one stanza line and the MAC line, plus the nonce.
+    (head_len > 16 && head_len <= MAX_HEADER_LEN as u64 + 16).then_some(PieceLayout {
+        size,
+        ciphertext_size,
+        head_len,
+    })
+}
+
+impl PieceLayout {
+    /// Number of pieces: 1 + number of STREAM chunks.
+    pub fn count(&self) -> u64 {
+        1 + chunk_count(self.size)
+    }
+
+    /// Byte range of piece `i` in the age file.
+    pub fn range(&self, i: u64) -> Option<Range<u64>> {
+        if i == 0 {
+            return Some(0..self.head_len);
+        }
+        if i >= self.count() {
+            return None;
+        }
+        let start = self.head_len + (i - 1) * ENCRYPTED_CHUNK_SIZE as u64;
+        Some(start..(start + ENCRYPTED_CHUNK_SIZE as u64).min(self.ciphertext_size))
+    }
+
+    /// The piece that contains byte `offset`.
+    pub fn piece_of(&self, offset: u64) -> Option<u64> {
+        if offset >= self.ciphertext_size {
+            return None;
+        }
+        if offset < self.head_len {
+            return Some(0);
+        }
+        Some(1 + (offset - self.head_len) / ENCRYPTED_CHUNK_SIZE as u64)
+    }
+}
+
+/// The leaf hashes of every piece of an age file, and their root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceTable {
+    leaves: Vec<Hash>,
+}
+
+impl PieceTable {
+    /// Computes the table of a complete age file.
+    pub fn of_ciphertext(layout: &PieceLayout, ciphertext: &[u8]) -> Option<Self> {
+        if ciphertext.len() as u64 != layout.ciphertext_size {
+            return None;
+        }
+        let leaves = (0..layout.count())
+            .map(|i| {
+                let r = layout.range(i)?;
+                Some(leaf_hash(&ciphertext[r.start as usize..r.end as usize]))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { leaves })
+    }
+
+    /// A table received from a peer: checked against the expected root and count.
+    pub fn from_leaves(
+        layout: &PieceLayout,
+        leaves: Vec<Hash>,
+        expected_root: &Sha256Digest,
+    ) -> Option<Self> {
+        let t = Self { leaves };
+        (t.leaves.len() as u64 == layout.count() && t.root().ct_eq(expected_root)).then_some(t)
+    }
+
+    /// The Merkle root (`piece_root`).
+    pub fn root(&self) -> Sha256Digest {
+        Sha256Digest(Tree::from_leaves(self.leaves.iter().copied()).root())
+    }
+
+    /// The leaf hashes.
+    pub fn leaves(&self) -> &[Hash] {
+        &self.leaves
+    }
+
+    /// Whether `piece` is piece `i`, compared in constant time.
+    pub fn verify_piece(&self, i: u64, piece: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.leaves.get(i))
+            .is_some_and(|want| bool::from(want.ct_eq(&leaf_hash(piece))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TESTS.md case 57: every one of these names is refused.
+    #[test]
+    fn traversal_names_are_refused() {
+        for bad in [
+            "../../x",
+            "/etc/x",
+            "C:\\x",
+            "C:x",
+            "\\\\srv\\share\\x",
+            "a/../../x",
+            "x\0y",
+            ".",
+            "..",
+            "",
+            "a//b",
+            "a/",
+            "a/./b",
+            "x\ny",
+            "x\u{1b}[31m",
+            "evil\u{202e}txt.exe",
+        ] {
+            assert!(bad.parse::<RelativePath>().is_err(), "{bad:?}");
+        }
+        assert!("x".repeat(256).parse::<RelativePath>().is_err());
+        for good in [
+            "a",
+            "a/b c/d é.pdf",
+            "case 42/exhibit-1.bin",
+            ".hidden",
+            "a..b",
+        ] {
+            assert!(good.parse::<RelativePath>().is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn piece_layout_boundaries() {
+        let l = piece_layout(65_536, 200 + 16 + 65_536 + 16).expect("fits");
+        assert_eq!(l.count(), 2);
+        assert_eq!(l.range(0), Some(0..216));
+        assert_eq!(l.range(1), Some(216..216 + 65_552));
+        assert_eq!(l.range(2), None);
+        assert_eq!(l.piece_of(215), Some(0));
+        assert_eq!(l.piece_of(216), Some(1));
+        assert_eq!(l.piece_of(l.ciphertext_size), None);
+        assert!(piece_layout(10, 10).is_none());
+        assert!(piece_layout(0, 16).is_none());
+    }
+}
