@@ -55,20 +55,45 @@ pub struct DecodedRecords {
     pub torn_tail: bool,
 }
 
-/// Decodes framed records, stopping at the first torn or garbled one.
-pub fn decode_records(bytes: &[u8]) -> DecodedRecords {
+/// Decodes framed records. A bad record is a torn tail (a crash during the last append) only
+/// if it reaches the end of the data; a bad record with intact data after it is corruption.
+pub fn decode_records(bytes: &[u8]) -> Result<DecodedRecords, LogError> {
     let mut out = DecodedRecords::default();
     let mut pos = 0usize;
     while pos < bytes.len() {
-        let Some(rec) = decode_one(&bytes[pos..]) else {
-            out.torn_tail = true;
-            break;
-        };
-        out.records.push(rec.0);
-        pos += rec.1;
-        out.valid_len = pos;
+        match decode_one(&bytes[pos..]) {
+            Some((rec, len)) => {
+                out.records.push(rec);
+                pos += len;
+                out.valid_len = pos;
+            }
+            None => {
+                let rest = &bytes[pos..];
+                let declared_end = rest
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| 4 + u32::from_be_bytes(b) as usize + TAG_LEN);
+                let reaches_end = match declared_end {
+                    None => true,
+                    Some(end)
+                        if (4 + 4 + TAG_LEN..=4 + MAX_RECORD_LEN + TAG_LEN).contains(&end) =>
+                    {
+                        end >= rest.len()
+                    }
+                    // A garbled length: only a tail shorter than any record can be torn.
+                    Some(_) => rest.len() <= 4 + MAX_RECORD_LEN + TAG_LEN,
+                };
+                if !reaches_end {
+                    return Err(LogError::Corrupt {
+                        index: out.records.len() as u64,
+                    });
+                }
+                out.torn_tail = true;
+                break;
+            }
+        }
     }
-    out
+    Ok(out)
 }
 
 fn decode_one(b: &[u8]) -> Option<(Record, usize)> {
@@ -110,7 +135,8 @@ pub trait LogStore {
 pub struct MemoryLogStore {
     /// The framed bytes, as a file would hold them.
     pub bytes: Vec<u8>,
-    /// Fail the append with this 0-based number (counting every call), writing nothing.
+    /// Fail the append with this 0-based number (counting every call, also before a clone),
+    /// writing nothing.
     pub fail_append: Option<usize>,
     /// Fail the append with this number after writing half of its bytes (a torn write).
     pub tear_append: Option<usize>,
@@ -119,7 +145,7 @@ pub struct MemoryLogStore {
 
 impl LogStore for MemoryLogStore {
     fn load(&mut self) -> Result<DecodedRecords, LogError> {
-        Ok(decode_records(&self.bytes))
+        decode_records(&self.bytes)
     }
 
     fn append(&mut self, records: &[Record]) -> Result<(), LogError> {

@@ -1,0 +1,97 @@
+//! Golden vectors of our own formats (`docs/custody.md` §11): regenerated from fixed keys and
+//! compared byte for byte, then parsed and verified. `ROGATORY_UPDATE_GOLDEN=1 cargo test -p
+//! rogatory-custody --test golden` rewrites them after a deliberate format change.
+
+mod fixture;
+
+use std::path::PathBuf;
+
+use rogatory_custody::{
+    AgencyCard, AgencyIdentity, Checkpoint, Manifest, ReceiptBundle, Statement,
+    open_sealed_manifest,
+};
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+fn check(name: &str, generated: &[u8]) {
+    let p = path(name);
+    if std::env::var_os("ROGATORY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&p, generated).expect("write golden");
+    }
+    let stored = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(stored == generated, "{name} differs from its golden file");
+}
+
+#[test]
+fn golden_vectors() {
+    let w = fixture::world();
+
+    let id_text = w.sender.to_secret_text("2026-11-22T05:00:00Z");
+    check("identity.txt", id_text.as_bytes());
+    let back = AgencyIdentity::parse(&id_text).expect("identity parses");
+    assert_eq!(back.signer().verifier(), w.sender.signer().verifier());
+    let relay_only = w.sender.relay_only().to_secret_text("2026-11-22T05:00:00Z");
+    check("identity-relay-only.txt", relay_only.as_bytes());
+    let ro = AgencyIdentity::parse(&relay_only).expect("relay-only parses");
+    assert!(ro.age_identity().is_none());
+    assert_eq!(ro.age_recipient(), w.sender.age_recipient());
+
+    let (card, card_note) = w
+        .sender
+        .card(
+            "Xx Federal Police, Cybercrime Unit",
+            "XX",
+            vec!["9f".repeat(32).parse().expect("pin")],
+        )
+        .expect("card");
+    check("card.note", card_note.as_bytes());
+    let opened = AgencyCard::open(card_note.as_bytes()).expect("card verifies");
+    assert_eq!(*opened, card);
+    check(
+        "fingerprint.txt",
+        format!("{}\n", card.fingerprint()).as_bytes(),
+    );
+
+    let json = w.manifest.to_json();
+    check("manifest.json", &json);
+    assert_eq!(Manifest::parse(&json).expect("parses"), w.manifest);
+    check("seal.note", w.seal.as_bytes());
+    let sealed = open_sealed_manifest(&json, w.seal.as_bytes(), &w.sender.signer().verifier())
+        .expect("seal verifies");
+    assert_eq!(sealed.manifest, w.manifest);
+
+    for (name, st, signer) in [
+        (
+            "delivery-receipt.note",
+            w.delivery_receipt(),
+            w.recipient.signer(),
+        ),
+        ("purge-receipt.note", w.purge_receipt(), w.relay.signer()),
+        ("rejection.note", w.rejection(), w.relay.signer()),
+        ("fetch.note", w.fetch(), w.relay.signer()),
+    ] {
+        let note = st.sign(signer).expect("sign");
+        check(name, note.as_bytes());
+        let opened = Statement::open(note.as_bytes(), &signer.verifier()).expect("verifies");
+        assert_eq!(*opened, st);
+        assert_eq!(Statement::parse(&st.encode()).expect("parses"), st);
+    }
+
+    let (log, bundle) = w.relay_log();
+    check("custody-receipt.bundle", bundle.as_bytes());
+    let proven = ReceiptBundle::parse(&bundle)
+        .expect("bundle parses")
+        .verify(&w.relay.signer().verifier())
+        .expect("bundle verifies");
+    assert_eq!(proven.statement, w.custody_receipt());
+    assert_eq!(proven.index, 1);
+    let cp = log.checkpoint_note().expect("checkpoint");
+    check("checkpoint.note", cp.as_bytes());
+    let cp = Checkpoint::open(cp.as_bytes(), &w.relay.log_signer().verifier()).expect("verifies");
+    assert_eq!(cp.size, 3);
+    check("audit.log", &log.store().bytes);
+}

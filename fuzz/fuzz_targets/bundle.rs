@@ -1,0 +1,12 @@
+//! Fuzz target: receipt bundles: whatever parses re-encodes byte for byte.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(b) = rogatory_custody::ReceiptBundle::parse(s) {
+            assert_eq!(b.encode(), s);
+        }
+    }
+});
