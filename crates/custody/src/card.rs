@@ -334,3 +334,74 @@ impl TrustStore {
         self.cards.values().map(|c| &**c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::AgencyIdentity;
+
+    fn card(seed: u8) -> (AgencyCard, String) {
+        AgencyIdentity::from_seeds("de-bka".parse().expect("id"), &[seed; 32], [seed; 32])
+            .card("BKA", "DE", vec![])
+            .expect("card")
+    }
+
+    #[test]
+    fn trust_requires_the_fingerprint_and_refuses_a_second_key() {
+        let (c, note) = card(1);
+        let fp = c.fingerprint().to_string();
+        assert_eq!(fp.len(), 63);
+        assert_eq!(fp.split('-').count(), 8);
+        let mut store = TrustStore::new();
+        // A one-character typo is refused.
+        let mut typo = fp.clone().into_bytes();
+        typo[0] = if typo[0] == b'A' { b'B' } else { b'A' };
+        let typo = String::from_utf8(typo).expect("ascii");
+        assert!(matches!(
+            store.add(note.as_bytes(), &typo),
+            Err(TrustError::FingerprintMismatch { .. })
+        ));
+        // Case, spaces and dashes do not matter.
+        let relaxed = fp.to_lowercase().replace('-', " ");
+        assert!(store.add(note.as_bytes(), &relaxed).is_ok());
+        assert_eq!(store.get(&c.id), Some(&c));
+        // Another key for the same agency id is a conflict, not a silent replacement.
+        let (c2, note2) = card(2);
+        assert!(matches!(
+            store.add(note2.as_bytes(), &c2.fingerprint().to_string()),
+            Err(TrustError::Conflict(_))
+        ));
+        assert!(store.remove(&c.id).is_some());
+        assert!(
+            store
+                .add(note2.as_bytes(), &c2.fingerprint().to_string())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn luhn_check_characters_catch_single_substitutions() {
+        let (c, _) = card(3);
+        let chars = c.fingerprint().base32();
+        for group in chars.chunks(13) {
+            let check = luhn32(group);
+            for i in 0..group.len() {
+                let mut g = group.to_vec();
+                g[i] = if g[i] == b'A' { b'B' } else { b'A' };
+                assert_ne!(luhn32(&g), check, "substitution at {i} undetected");
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_or_foreign_cards_are_refused() {
+        let (_, note) = card(1);
+        let tampered = note.replacen("\"BKA\"", "\"BKB\"", 1);
+        assert!(AgencyCard::open(tampered.as_bytes()).is_err());
+        // Signed by another key than its verifier_key.
+        let other = NoteSigner::from_seed("de-bka", &[9; 32]).expect("name");
+        let text = &note[..note.find("\n\n").expect("split") + 1];
+        let resigned = other.sign(text).expect("sign");
+        assert!(AgencyCard::open(resigned.as_bytes()).is_err());
+    }
+}

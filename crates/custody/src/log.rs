@@ -125,7 +125,8 @@ pub trait LogStore {
     fn load(&mut self) -> Result<DecodedRecords, LogError>;
     /// Appends records durably.
     fn append(&mut self, records: &[Record]) -> Result<(), LogError>;
-    /// Cuts a torn tail off, keeping the first `valid_len` bytes.
+    /// Cuts a torn tail off, keeping the first `valid_len` bytes; the cut-off bytes are kept
+    /// aside (quarantined), never silently deleted.
     fn truncate(&mut self, valid_len: usize) -> Result<(), LogError>;
 }
 
@@ -140,6 +141,8 @@ pub struct MemoryLogStore {
     pub fail_append: Option<usize>,
     /// Fail the append with this number after writing half of its bytes (a torn write).
     pub tear_append: Option<usize>,
+    /// Bytes cut off by `truncate` (a torn tail), kept for inspection.
+    pub quarantined: Vec<u8>,
     appends: usize,
 }
 
@@ -164,7 +167,8 @@ impl LogStore for MemoryLogStore {
     }
 
     fn truncate(&mut self, valid_len: usize) -> Result<(), LogError> {
-        self.bytes.truncate(valid_len);
+        let tail = self.bytes.split_off(valid_len.min(self.bytes.len()));
+        self.quarantined.extend_from_slice(&tail);
         Ok(())
     }
 }
