@@ -13,7 +13,6 @@ use crate::ids::{AgencyId, Sha256Digest};
 use crate::note::{Note, NoteSigner, NoteVerifier};
 use crate::verified::Verified;
 
-const FORMAT: &str = "rogatory-card/v1";
 const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// The public card of an agency.
@@ -37,24 +36,7 @@ pub struct AgencyCard {
     pub tls_spki_sha256: Vec<Sha256Digest>,
 }
 
-/// The `format` field: always `rogatory-card/v1`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct CardFormat;
-
-impl Serialize for CardFormat {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(FORMAT)
-    }
-}
-
-impl<'de> Deserialize<'de> for CardFormat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        (s == FORMAT)
-            .then_some(CardFormat)
-            .ok_or_else(|| serde::de::Error::custom("unsupported card format"))
-    }
-}
+crate::ids::format_tag!(CardFormat, "rogatory-card/v1");
 
 mod as_text {
     use super::*;

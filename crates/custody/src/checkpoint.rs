@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::error::ParseError;
-use crate::merkle::Hash;
+use crate::merkle::{Hash, parse_b64_hash};
 use crate::note::{Note, NoteSigner, NoteVerifier};
 use crate::text::{Fields, parse_u64};
 use crate::verified::Verified;
@@ -41,12 +41,8 @@ impl Checkpoint {
         }
         let size = parse_u64(f.line()?)?;
         let root_b64 = f.line()?;
-        let root: Hash = B64
-            .decode(root_b64)
-            .ok()
-            .and_then(|r| r.try_into().ok())
-            .filter(|r: &Hash| B64.encode(r) == root_b64)
-            .ok_or_else(|| ParseError::syntax(KIND, "bad root hash"))?;
+        let root: Hash =
+            parse_b64_hash(root_b64).ok_or_else(|| ParseError::syntax(KIND, "bad root hash"))?;
         f.end()?;
         Ok(Self {
             origin: origin.to_owned(),

@@ -246,7 +246,32 @@ macro_rules! serde_as_text {
         }
     )*};
 }
+pub(crate) use serde_as_text;
 serde_as_text!(AgencyId, TransferId, Sha256Digest, Timestamp, CalendarDate);
+
+/// A unit type that (de)serialises as one fixed string: a format's `"format"` field.
+macro_rules! format_tag {
+    ($name:ident, $value:expr) => {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        struct $name;
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str($value)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                (s == $value)
+                    .then_some($name)
+                    .ok_or_else(|| serde::de::Error::custom(concat!("format is not ", $value)))
+            }
+        }
+    };
+}
+pub(crate) use format_tag;
 
 #[cfg(test)]
 mod tests {

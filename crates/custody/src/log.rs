@@ -8,7 +8,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{BundleError, LogError, ParseError};
-use crate::merkle::{Hash, MAX_PROOF_LEN, Tree, leaf_hash, verify_consistency, verify_inclusion};
+use crate::merkle::{
+    Hash, MAX_PROOF_LEN, Tree, leaf_hash, parse_b64_hash, verify_consistency, verify_inclusion,
+};
 use crate::note::{NoteSigner, NoteVerifier};
 use crate::statement::Statement;
 use crate::text::parse_u64;
@@ -431,12 +433,7 @@ impl ReceiptBundle {
         let index = parse_u64(index)?;
         let mut proof = Vec::new();
         for l in lines {
-            let h: Hash = B64
-                .decode(l)
-                .ok()
-                .and_then(|h| h.try_into().ok())
-                .filter(|h: &Hash| B64.encode(h) == l)
-                .ok_or_else(|| ParseError::syntax(KIND, "bad proof hash"))?;
+            let h = parse_b64_hash(l).ok_or_else(|| ParseError::syntax(KIND, "bad proof hash"))?;
             proof.push(h);
             if proof.len() > MAX_PROOF_LEN {
                 return Err(ParseError::TooLarge(KIND));

@@ -17,7 +17,6 @@ use crate::verified::Verified;
 pub const MAX_MANIFEST_LEN: usize = 32 * 1024 * 1024;
 /// `custody.md` §10: files per manifest.
 pub const MAX_FILES: usize = 1_000_000;
-const FORMAT: &str = "rogatory-manifest/v1";
 const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
 const MAX_LEGAL: usize = 4096;
@@ -163,25 +162,7 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Format;
-
-impl Serialize for Format {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(FORMAT)
-    }
-}
-
-impl<'de> Deserialize<'de> for Format {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if s == FORMAT {
-            Ok(Format)
-        } else {
-            Err(serde::de::Error::custom("unsupported manifest format"))
-        }
-    }
-}
+crate::ids::format_tag!(Format, "rogatory-manifest/v1");
 
 impl Serialize for LegalText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -197,18 +178,7 @@ impl<'de> Deserialize<'de> for LegalText {
     }
 }
 
-impl Serialize for RelativePath {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RelativePath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::ids::serde_as_text!(RelativePath);
 
 impl Manifest {
     /// Builds a manifest; sorts recipients and files and checks every rule of §5.

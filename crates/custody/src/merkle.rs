@@ -25,6 +25,14 @@ pub enum ProofError {
     RootMismatch,
 }
 
+/// Parses a hash written in canonical padded base64 (checkpoint roots, tlog-proof lines).
+pub fn parse_b64_hash(s: &str) -> Option<Hash> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let h: Hash = B64.decode(s).ok()?.try_into().ok()?;
+    (B64.encode(h) == s).then_some(h)
+}
+
 /// `SHA-256(0x00 || entry)`.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
     let mut h = Sha256::new();
