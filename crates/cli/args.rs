@@ -54,13 +54,22 @@ pub(crate) struct EncryptArgs {
     /// Write ASCII-armored output (PEM-like text).
     #[arg(short, long)]
     pub(crate) armor: bool,
-    /// Write to FILE instead of stdout. FILE appears only once complete.
+    #[command(flatten)]
+    pub(crate) io: IoArgs,
+}
+
+/// Input and output of `encrypt` and `decrypt`.
+#[derive(Debug, Args)]
+pub(crate) struct IoArgs {
+    /// Write to FILE instead of stdout. FILE appears under its name only once complete and,
+    /// when decrypting, only after the whole input has authenticated; on any failure nothing
+    /// is left behind.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     /// Overwrite FILE if it exists.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Input file; omitted or `-` reads stdin.
+    /// Input file (binary or armored when decrypting); omitted or `-` reads stdin.
     #[arg(value_name = "INPUT")]
     pub(crate) input: Option<PathBuf>,
 }
@@ -70,14 +79,6 @@ pub(crate) struct DecryptArgs {
     /// Identity file (AGE-SECRET-KEY-1… lines, mode 0600). May be repeated.
     #[arg(short, long = "identity", value_name = "FILE", required = true)]
     pub(crate) identities: Vec<PathBuf>,
-    /// Write to FILE instead of stdout. FILE appears only after the whole input has
-    /// authenticated; on any failure nothing is left behind.
-    #[arg(short, long, value_name = "FILE")]
-    pub(crate) output: Option<PathBuf>,
-    /// Overwrite FILE if it exists.
-    #[arg(long)]
-    pub(crate) force: bool,
-    /// Input file (binary or armored); omitted or `-` reads stdin.
-    #[arg(value_name = "INPUT")]
-    pub(crate) input: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) io: IoArgs,
 }

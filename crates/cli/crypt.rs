@@ -128,8 +128,9 @@ fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
 
 pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
     let recipients = load_recipients(a)?;
-    let target = Target::resolve(&a.output, &a.input, a.force, !a.armor)?;
-    let mut input = open_input(&a.input)?;
+    let io = &a.io;
+    let target = Target::resolve(&io.output, &io.input, io.force, !a.armor)?;
+    let mut input = open_input(&io.input)?;
     let enc = Encryptor::new(&recipients).map_err(|e| match e {
         EncryptError::TooManyRecipients => CliError::new(Exit::Usage, e.to_string()),
         other => CliError::new(Exit::Usage, "cannot encrypt to these recipients").source(other),
@@ -141,13 +142,13 @@ pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
         let mut w = enc
             .wrap_output(ArmoredWriter::new(sink))
             .map_err(|e| encrypt_io(e, &where_))?;
-        pump(&mut input, &mut w, &a.input)?;
+        pump(&mut input, &mut w, &io.input)?;
         w.finish()
             .and_then(ArmoredWriter::finish)
             .map_err(write_err)?
     } else {
         let mut w = enc.wrap_output(sink).map_err(|e| encrypt_io(e, &where_))?;
-        pump(&mut input, &mut w, &a.input)?;
+        pump(&mut input, &mut w, &io.input)?;
         w.finish().map_err(write_err)?
     };
     sink.commit()
@@ -202,10 +203,11 @@ fn decrypt_error(e: DecryptError, input: &str) -> CliError {
 }
 
 pub(crate) fn decrypt(a: &DecryptArgs) -> Result<()> {
-    let target = Target::resolve(&a.output, &a.input, a.force, true)?;
+    let io = &a.io;
+    let target = Target::resolve(&io.output, &io.input, io.force, true)?;
     let identities = load_identities(&a.identities)?;
-    let name = input_name(&a.input);
-    let input = BufReader::with_capacity(IO_BUF, open_input(&a.input)?);
+    let name = input_name(&io.input);
+    let input = BufReader::with_capacity(IO_BUF, open_input(&io.input)?);
     let mut reader = Decryptor::new_detect(input)
         .and_then(|d| d.decrypt(&identities))
         .map_err(|e| decrypt_error(e, &name))?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::args::{DecryptArgs, DemoArgs, EncryptArgs, KeygenArgs};
+use crate::args::{DecryptArgs, DemoArgs, EncryptArgs, IoArgs, KeygenArgs};
 use crate::error::{CliError, Exit, Result};
 use crate::{crypt, keygen};
 
@@ -78,17 +78,21 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         recipients: vec![receiver.clone(), sender.clone()],
         recipients_files: vec![],
         armor: false,
-        output: Some(p("exhibit-1.bin.age")),
-        force: false,
-        input: Some(p("exhibit-1.bin")),
+        io: IoArgs {
+            output: Some(p("exhibit-1.bin.age")),
+            force: false,
+            input: Some(p("exhibit-1.bin")),
+        },
     })?;
     let enc_time = t.elapsed();
     let t = Instant::now();
     crypt::decrypt(&DecryptArgs {
         identities: vec![p("agency-b.key")],
-        output: Some(p("exhibit-1.received")),
-        force: false,
-        input: Some(p("exhibit-1.bin.age")),
+        io: IoArgs {
+            output: Some(p("exhibit-1.received")),
+            force: false,
+            input: Some(p("exhibit-1.bin.age")),
+        },
     })?;
     let dec_time = t.elapsed();
     let sent = sha256_file(&p("exhibit-1.bin"))?;
@@ -107,9 +111,11 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     fs::write(p("tampered.age"), &tampered).map_err(|e| io_err("write", e))?;
     let refused = crypt::decrypt(&DecryptArgs {
         identities: vec![p("agency-b.key")],
-        output: Some(p("tampered.out")),
-        force: false,
-        input: Some(p("tampered.age")),
+        io: IoArgs {
+            output: Some(p("tampered.out")),
+            force: false,
+            input: Some(p("tampered.age")),
+        },
     });
     let refusal = match refused {
         Err(e) if e.exit == Exit::Integrity && !p("tampered.out").exists() => e.to_string(),

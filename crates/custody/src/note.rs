@@ -106,20 +106,24 @@ fn decode_key_field(s: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     Ok(k)
 }
 
+/// Splits `<name>+<hex8>+<b64(0x01 || key)>` into a checked name, the id and the 32 key bytes.
+fn split_key_string(s: &str) -> Result<(&str, u32, Zeroizing<[u8; 32]>), KeyError> {
+    // The base64 key may itself contain '+'; the name and id cannot.
+    let mut parts = s.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(KeyError::Malformed);
+    };
+    if !valid_key_name(name) {
+        return Err(KeyError::Name);
+    }
+    Ok((name, parse_hex8(id)?, decode_key_field(key)?))
+}
+
 impl FromStr for NoteVerifier {
     type Err = KeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // The base64 key may itself contain '+'; the name and id cannot.
-        let mut parts = s.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(KeyError::Malformed);
-        };
-        if !valid_key_name(name) {
-            return Err(KeyError::Name);
-        }
-        let id = parse_hex8(id)?;
-        let raw = decode_key_field(key)?;
+        let (name, id, raw) = split_key_string(s)?;
         let key = VerifyingKey::from_bytes(&raw).map_err(|_| KeyError::Point)?;
         if key_id(name, key.as_bytes()) != id {
             return Err(KeyError::KeyId);
@@ -244,15 +248,7 @@ impl FromStr for NoteSigner {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let rest = s.strip_prefix("PRIVATE+KEY+").ok_or(KeyError::Malformed)?;
-        let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(KeyError::Malformed);
-        };
-        if !valid_key_name(name) {
-            return Err(KeyError::Name);
-        }
-        let id = parse_hex8(id)?;
-        let seed = decode_key_field(key)?;
+        let (name, id, seed) = split_key_string(rest)?;
         let signer = Self {
             name: name.to_owned(),
             key: SigningKey::from_bytes(&seed),
