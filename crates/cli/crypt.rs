@@ -88,13 +88,13 @@ fn load_recipients(a: &EncryptArgs) -> Result<Vec<Recipient>> {
 fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
     let mut out = Vec::new();
     for file in files {
-        let meta = fs::metadata(file).map_err(|e| {
+        let unusable = |what: &str| {
             CliError::new(
                 Exit::NoKey,
-                format!("cannot read identity file {}", file.display()),
+                format!("{what} identity file {}", file.display()),
             )
-            .source(e)
-        })?;
+        };
+        let meta = fs::metadata(file).map_err(|e| unusable("cannot read").source(e))?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(CliError::new(
@@ -107,20 +107,10 @@ fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
             )
             .hint(format!("run: chmod 600 {}", file.display())));
         }
-        let text = Zeroizing::new(fs::read_to_string(file).map_err(|e| {
-            CliError::new(
-                Exit::NoKey,
-                format!("cannot read identity file {}", file.display()),
-            )
-            .source(e)
-        })?);
-        let ids = parse_identities(&text).map_err(|e| {
-            CliError::new(
-                Exit::NoKey,
-                format!("invalid identity file {}", file.display()),
-            )
-            .source(e)
-        })?;
+        let text = Zeroizing::new(
+            fs::read_to_string(file).map_err(|e| unusable("cannot read").source(e))?,
+        );
+        let ids = parse_identities(&text).map_err(|e| unusable("invalid").source(e))?;
         out.extend(ids);
     }
     Ok(out)

@@ -301,7 +301,7 @@ impl<S: LogStore> AuditLog<S> {
     }
 
     /// Appends a batch of entries, signs the checkpoint that covers them and stores both
-    /// durably. Returns the index of the first entry. On error nothing is appended in memory;
+    /// durably. Returns the index of the first entry. On error nothing stays appended in memory;
     /// storage may hold a torn tail, which the next `open` cuts off.
     pub fn append_batch(&mut self, entries: &[Vec<u8>]) -> Result<u64, LogError> {
         if entries.is_empty() {
@@ -311,18 +311,28 @@ impl<S: LogStore> AuditLog<S> {
             return Err(LogError::EntryTooLarge);
         }
         let first = self.tree.len();
-        let mut tree = self.tree.clone();
         for e in entries {
-            tree.push(leaf_hash(e));
+            self.tree.push(leaf_hash(e));
         }
+        // Until the batch is durable, any failure takes the new leaves back out.
+        match self.sign_and_store(entries) {
+            Ok(()) => Ok(first),
+            Err(e) => {
+                self.tree.truncate(first);
+                Err(e)
+            }
+        }
+    }
+
+    fn sign_and_store(&mut self, entries: &[Vec<u8>]) -> Result<(), LogError> {
         let cp = Checkpoint {
             origin: self.signer.name().to_owned(),
-            size: tree.len(),
-            root: tree.root(),
+            size: self.tree.len(),
+            root: self.tree.root(),
         };
         // Never sign a checkpoint inconsistent with the last one (`custody.md` §7).
         if let Some(last) = &self.last {
-            check_not_rolled_back(&tree, last).map_err(|_| LogError::Inconsistent)?;
+            check_not_rolled_back(&self.tree, last).map_err(|_| LogError::Inconsistent)?;
         }
         let note = cp
             .sign(&self.signer)
@@ -336,10 +346,9 @@ impl<S: LogStore> AuditLog<S> {
             })
             .collect();
         self.store.append(&records)?;
-        self.tree = tree;
         self.last = Some(cp);
         self.last_note = Some(note);
-        Ok(first)
+        Ok(())
     }
 
     /// Appends one entry; returns its index.

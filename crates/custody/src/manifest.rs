@@ -282,14 +282,15 @@ impl Manifest {
 
     /// The seal statement for this manifest.
     pub fn seal_statement(&self, time: Timestamp) -> Statement {
+        let json = self.to_json();
         Statement::ManifestSeal {
             head: Head {
                 transfer: self.transfer_id,
                 issuer: self.sender.clone(),
                 time,
             },
-            manifest_sha256: self.digest(),
-            manifest_size: self.to_json().len() as u64,
+            manifest_sha256: Sha256Digest::of(&json),
+            manifest_size: json.len() as u64,
             recipients: self.recipients.clone(),
             files: self.files.len() as u64,
             ciphertext_bytes: self.ciphertext_bytes(),

@@ -115,6 +115,16 @@ impl Tree {
         }
     }
 
+    /// Drops every leaf from `len` on (undoes appends that could not be made durable).
+    pub fn truncate(&mut self, len: u64) {
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            level.truncate(usize::try_from(len >> k).unwrap_or(usize::MAX));
+        }
+        while self.levels.last().is_some_and(Vec::is_empty) {
+            self.levels.pop();
+        }
+    }
+
     /// The leaf hash at `index`.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
         self.levels
@@ -354,6 +364,10 @@ mod tests {
                 }
                 assert!(verify_inclusion(&leaves[i as usize], i + 1, size, &p, &root).is_err());
             }
+            let mut cut = tree.clone();
+            cut.truncate(size);
+            assert_eq!(cut.len(), size);
+            assert_eq!(cut.root(), root, "truncate to {size}");
             for old in 1..=size {
                 let p = tree.consistency_proof(old, size).expect("proof");
                 let r1 = tree.root_at(old).expect("root");
