@@ -1,0 +1,179 @@
+//! Every transport limit as a documented setting with a safe default (`protocol.md` §8), and
+//! the quinn/rustls configurations built from them (§2, §3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rogatory_custody::AgencyId;
+
+use crate::frame::{ALPN, FrameLimits};
+use crate::tls::{ClientVerifier, PeerTrust, ServerVerifier, TlsConfigError, TlsIdentity, provider};
+
+/// The congestion controller (`protocol.md` §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): the default, well understood on shared links.
+    #[default]
+    Cubic,
+    /// BBR: for long, lossy links where loss is not congestion.
+    Bbr,
+    /// NewReno (RFC 9002).
+    NewReno,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            "newreno" => Ok(Congestion::NewReno),
+            _ => Err(format!("unknown congestion controller {s:?} (cubic, bbr, newreno)")),
+        }
+    }
+}
+
+/// Transport limits (`protocol.md` §8). Every field has a finite default sized for a
+/// 1 Gbit/s link with 200 ms round trips (bandwidth × delay = 25 MB).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Per-stream receive window (flow control), bytes.
+    pub stream_receive_window: u64,
+    /// Connection receive window, bytes.
+    pub connection_receive_window: u64,
+    /// Connection send buffer, bytes.
+    pub send_window: u64,
+    /// Concurrent bidirectional streams the peer may open (requests, uploads).
+    pub max_concurrent_bidi_streams: u32,
+    /// Concurrent unidirectional streams the peer may open (data streams).
+    pub max_concurrent_uni_streams: u32,
+    /// Data streams one transfer may use (announced in WELCOME).
+    pub max_data_streams: u32,
+    /// Frame size limits.
+    pub frames: FrameLimits,
+    /// Close a connection after this long without any packet.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive after this long without sending (below `idle_timeout`).
+    pub keep_alive: Duration,
+    /// Give up a handshake (and the HELLO/WELCOME exchange) after this long.
+    pub handshake_timeout: Duration,
+    /// Connections a relay holds at once, handshaking or established.
+    pub max_incoming: usize,
+    /// Congestion controller.
+    pub congestion: Congestion,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            stream_receive_window: 16 << 20,
+            connection_receive_window: 64 << 20,
+            send_window: 64 << 20,
+            max_concurrent_bidi_streams: 16,
+            max_concurrent_uni_streams: 16,
+            max_data_streams: 8,
+            frames: FrameLimits::default(),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_incoming: 256,
+            congestion: Congestion::Cubic,
+        }
+    }
+}
+
+impl Limits {
+    /// The quinn transport configuration: windows, stream counts, timeouts, datagrams off,
+    /// congestion controller; GSO/GRO stay on (quinn's default).
+    pub fn transport_config(&self) -> TransportConfig {
+        let mut t = TransportConfig::default();
+        t.stream_receive_window(varint(self.stream_receive_window))
+            .receive_window(varint(self.connection_receive_window))
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
+            .max_idle_timeout(Some(
+                IdleTimeout::try_from(self.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(30_000))),
+            ))
+            .keep_alive_interval(Some(self.keep_alive))
+            .datagram_receive_buffer_size(None)
+            .datagram_send_buffer_size(0)
+            .enable_segmentation_offload(true);
+        match self.congestion {
+            Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+            Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+        };
+        t
+    }
+}
+
+fn varint(v: u64) -> VarInt {
+    VarInt::from_u64(v).unwrap_or(VarInt::MAX)
+}
+
+/// The rustls server configuration of a relay: TLS 1.3 only, mandatory client certificates
+/// checked by our verifier, ALPN `rogatory/1`, no 0-RTT (`max_early_data_size == 0`).
+pub fn rustls_server_config(identity: &TlsIdentity, trust: PeerTrust) -> Result<rustls::ServerConfig, TlsConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(ClientVerifier::new(trust, &provider)?);
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key())?;
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    c.max_early_data_size = 0;
+    c.send_half_rtt_data = false;
+    // No session tickets: every connection is a full handshake with certificate checks, and
+    // no resumption secrets are kept.
+    c.send_tls13_tickets = 0;
+    c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(c)
+}
+
+/// The rustls client configuration: TLS 1.3 only, our certificate, our server verifier,
+/// ALPN `rogatory/1`, no early data, no resumption.
+pub fn rustls_client_config(
+    identity: &TlsIdentity,
+    trust: PeerTrust,
+    expect: Option<AgencyId>,
+) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(ServerVerifier::new(trust, expect, &provider)?);
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain.clone(), identity.key())?;
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    c.enable_early_data = false;
+    c.resumption = rustls::client::Resumption::disabled();
+    Ok(c)
+}
+
+/// The quinn server configuration: our TLS, our limits, migration off.
+pub fn server_config(identity: &TlsIdentity, trust: PeerTrust, limits: &Limits) -> Result<quinn::ServerConfig, TlsConfigError> {
+    let tls = rustls_server_config(identity, trust)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
+    let mut c = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    c.transport_config(Arc::new(limits.transport_config()));
+    c.migration(false);
+    c.max_incoming(limits.max_incoming);
+    Ok(c)
+}
+
+/// The quinn client configuration.
+pub fn client_config(
+    identity: &TlsIdentity,
+    trust: PeerTrust,
+    expect: Option<AgencyId>,
+    limits: &Limits,
+) -> Result<quinn::ClientConfig, TlsConfigError> {
+    let tls = rustls_client_config(identity, trust, expect)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    c.transport_config(Arc::new(limits.transport_config()));
+    Ok(c)
+}

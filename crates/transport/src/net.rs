@@ -1,0 +1,959 @@
+//! The tokio shell over quinn (`protocol.md` §2, §4.3, §6): endpoints, the HELLO/WELCOME
+//! exchange, frame readers and writers on QUIC streams, and the drivers that run the
+//! [`upload`](crate::upload) state machines over a connection. All protocol decisions are in the
+//! state machines; this module moves bytes and time.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{ConnectionError, ReadExactError, WriteError};
+use rogatory_custody::{AgencyId, PieceLayout, TransferId};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use crate::config::{Limits, client_config, server_config};
+use crate::error::{ErrorClass, ErrorCode, FrameError, ProtocolError};
+use crate::frame::{
+    self, Attach, ErrorFrame, Frame, FrameLimits, HeaderRead, Hello, MAX_HEADER, Offer, Receipt,
+    Table, VERSIONS, Welcome,
+};
+use crate::tls::{PeerIdentity, PeerTrust, TlsConfigError, TlsIdentity};
+use crate::upload::{
+    DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadEvent, UploadPhase, UploadStats,
+    table_runs,
+};
+
+/// A transport failure, classified for the CLI's exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TLS/QUIC configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] TlsConfigError),
+    /// A socket could not be bound.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The connection could not be started.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed (TLS rejection, timeout, peer close).
+    #[error("connection: {0}")]
+    Connection(#[from] ConnectionError),
+    /// The peer broke the framing.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer answered with an error, or broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A stream was reset or stopped by the peer with this code.
+    #[error("stream closed by peer: {0}")]
+    StreamClosed(ErrorCode),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// Reading local data to send failed.
+    #[error("reading data to send: {0}")]
+    Source(io::Error),
+}
+
+impl NetError {
+    /// The class (and so the exit code) of this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            NetError::Config(_) | NetError::Io(_) | NetError::Source(_) => ErrorClass::Refused,
+            NetError::Connect(_) => ErrorClass::Refused,
+            NetError::Connection(e) => match e {
+                // The peer's TLS stack refused us (alert) or we refused it.
+                ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_) => ErrorClass::Refused,
+                ConnectionError::ApplicationClosed(c) => ErrorCode::from_varint(c.error_code).class(),
+                ConnectionError::VersionMismatch => ErrorClass::Refused,
+                _ => ErrorClass::Retryable,
+            },
+            NetError::Frame(_) => ErrorClass::Protocol,
+            NetError::Protocol(e) => e.code.class(),
+            NetError::StreamClosed(c) => c.class(),
+            NetError::Timeout(_) => ErrorClass::Retryable,
+        }
+    }
+}
+
+impl From<WriteError> for NetError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Stopped(c) => NetError::StreamClosed(ErrorCode::from_varint(c)),
+            WriteError::ConnectionLost(c) => NetError::Connection(c),
+            other => NetError::Io(io::Error::other(other)),
+        }
+    }
+}
+
+impl From<quinn::ClosedStream> for NetError {
+    fn from(e: quinn::ClosedStream) -> Self {
+        NetError::Io(io::Error::other(e))
+    }
+}
+
+/// Reads frames from a QUIC receive stream (`protocol.md` §4.3): the header is checked against
+/// the type's limit before the payload buffer grows; an oversized frame stops just this stream
+/// (`FRAME_TOO_LARGE`); any other framing error closes the connection with its code.
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    conn: quinn::Connection,
+    limits: FrameLimits,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Wraps a receive stream of `conn`.
+    pub fn new(recv: quinn::RecvStream, conn: quinn::Connection, limits: FrameLimits) -> Self {
+        FrameReader { recv, conn, limits, buf: Vec::new() }
+    }
+
+    fn fail(&mut self, e: FrameError) -> NetError {
+        if e.code() == ErrorCode::FRAME_TOO_LARGE {
+            let _ = self.recv.stop(e.code().to_varint());
+        } else {
+            self.conn.close(e.code().to_varint(), e.to_string().as_bytes());
+        }
+        NetError::Frame(e)
+    }
+
+    /// The next frame, or `None` when the peer finished the stream at a frame boundary.
+    pub async fn next(&mut self) -> Result<Option<Frame<'_>>, NetError> {
+        let mut head = [0u8; MAX_HEADER];
+        let mut have = 0;
+        let mut need = 1;
+        let h = loop {
+            match self.recv.read_exact(&mut head[have..need]).await {
+                Ok(()) => {}
+                Err(ReadExactError::FinishedEarly(0)) if have == 0 => return Ok(None),
+                Err(ReadExactError::FinishedEarly(_)) => return Err(self.fail(FrameError::Truncated)),
+                Err(ReadExactError::ReadError(e)) => return Err(read_error(e)),
+            }
+            have = need;
+            match frame::parse_header(&head[..have], &self.limits) {
+                Ok(HeaderRead::Header(h)) => break h,
+                Ok(HeaderRead::Incomplete(n)) => need = n,
+                Err(e) => return Err(self.fail(e)),
+            }
+        };
+        // `h.len` is within the type's limit: only now may the buffer grow.
+        let len = h.len as usize;
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        match self.recv.read_exact(&mut self.buf[..len]).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) => return Err(self.fail(FrameError::Truncated)),
+            Err(ReadExactError::ReadError(e)) => return Err(read_error(e)),
+        }
+        match frame::decode_payload(h.ty, &self.buf[..len]) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                self.conn.close(e.code().to_varint(), e.to_string().as_bytes());
+                Err(NetError::Frame(e))
+            }
+        }
+    }
+
+    /// The next frame, which must exist.
+    pub async fn expect(&mut self) -> Result<Frame<'_>, NetError> {
+        match self.next().await? {
+            Some(f) => Ok(f),
+            None => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "stream ended early"))),
+        }
+    }
+
+    /// Stops the stream with `code`.
+    pub fn stop(&mut self, code: ErrorCode) {
+        let _ = self.recv.stop(code.to_varint());
+    }
+}
+
+fn read_error(e: quinn::ReadError) -> NetError {
+    match e {
+        quinn::ReadError::Reset(c) => NetError::StreamClosed(ErrorCode::from_varint(c)),
+        quinn::ReadError::ConnectionLost(c) => NetError::Connection(c),
+        other => NetError::Io(io::Error::other(other)),
+    }
+}
+
+/// Writes frames to a QUIC send stream through one reusable buffer.
+#[derive(Debug)]
+pub struct FrameWriter {
+    send: quinn::SendStream,
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Wraps a send stream.
+    pub fn new(send: quinn::SendStream) -> Self {
+        FrameWriter { send, buf: Vec::with_capacity(frame::MAX_PIECE as usize + 16) }
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, f: &Frame<'_>) -> Result<(), NetError> {
+        self.buf.clear();
+        f.encode(&mut self.buf);
+        self.send.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Sends a PIECE frame whose bytes `fill` appends to the buffer (no intermediate copy).
+    pub async fn send_piece(
+        &mut self,
+        file: u32,
+        piece: u64,
+        len: u64,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> Result<(), NetError> {
+        self.buf.clear();
+        frame::piece_header(&mut self.buf, file, piece, len as usize);
+        let start = self.buf.len();
+        fill(&mut self.buf).map_err(NetError::Source)?;
+        if (self.buf.len() - start) as u64 != len {
+            return Err(NetError::Source(io::Error::other("piece source returned the wrong length")));
+        }
+        self.send.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Writes raw bytes (an already encoded frame).
+    pub async fn write_raw(&mut self, b: &[u8]) -> Result<(), NetError> {
+        self.send.write_all(b).await?;
+        Ok(())
+    }
+
+    /// Finishes the stream.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Resets the stream with `code`.
+    pub fn reset(&mut self, code: ErrorCode) {
+        let _ = self.send.reset(code.to_varint());
+    }
+}
+
+/// An authenticated connection after HELLO/WELCOME.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// The peer, as its certificate proves.
+    pub peer: PeerIdentity,
+    /// The negotiated protocol version.
+    pub version: u32,
+    /// Data streams per transfer (from WELCOME).
+    pub max_data_streams: u32,
+    /// Limits of this node.
+    pub limits: Limits,
+}
+
+impl Session {
+    /// Opens a bidirectional request stream.
+    pub async fn open(&self) -> Result<(FrameWriter, FrameReader), NetError> {
+        let (s, r) = self.conn.open_bi().await?;
+        Ok((FrameWriter::new(s), FrameReader::new(r, self.conn.clone(), self.limits.frames)))
+    }
+
+    /// Closes the connection with `code`.
+    pub fn close(&self, code: ErrorCode, reason: &str) {
+        self.conn.close(code.to_varint(), reason.as_bytes());
+    }
+}
+
+fn peer_of(conn: &quinn::Connection) -> Result<PeerIdentity, NetError> {
+    conn.peer_identity()
+        .and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|c| PeerIdentity::from_chain(&c))
+        .ok_or_else(|| NetError::Protocol(ProtocolError::new(ErrorCode::NOT_AUTHORISED, "peer presented no usable certificate")))
+}
+
+/// A QUIC endpoint: a relay (server) or a client.
+#[derive(Debug)]
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    limits: Limits,
+    agency: AgencyId,
+    identity: TlsIdentity,
+    trust: PeerTrust,
+    active: Arc<tokio::sync::Semaphore>,
+}
+
+impl Node {
+    /// A relay listening on `addr`.
+    pub fn server(addr: SocketAddr, identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Result<Self, NetError> {
+        let agency = identity.agency()?;
+        let cfg = server_config(&identity, trust.clone(), &limits)?;
+        let endpoint = quinn::Endpoint::server(cfg, addr)?;
+        let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
+        Ok(Node { endpoint, limits, agency, identity, trust, active })
+    }
+
+    /// A client bound to an ephemeral port of the given family.
+    pub fn client(ipv6: bool, identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Result<Self, NetError> {
+        let agency = identity.agency()?;
+        let bind: SocketAddr = if ipv6 { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+        let endpoint = quinn::Endpoint::client(bind)?;
+        let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
+        Ok(Node { endpoint, limits, agency, identity, trust, active })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// This node's agency.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Connects to a relay, authenticates it (optionally as `expect`), and runs HELLO/WELCOME,
+    /// all within the handshake timeout.
+    pub async fn connect(&self, addr: SocketAddr, expect: Option<AgencyId>) -> Result<Session, NetError> {
+        let cfg = client_config(&self.identity, self.trust.clone(), expect.clone(), &self.limits)?;
+        let name = match &expect {
+            Some(a) => crate::tls::agency_dns_name(a),
+            None => "relay.rogatory.invalid".to_owned(),
+        };
+        let fut = async {
+            let conn = self.endpoint.connect_with(cfg, addr, &name)?.await?;
+            let peer = peer_of(&conn)?;
+            let (s, r) = conn.open_bi().await?;
+            let mut w = FrameWriter::new(s);
+            let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
+            let hello = Hello { versions: VERSIONS.to_vec(), agency: self.agency.clone(), software: software() };
+            w.send(&Frame::Hello(hello)).await?;
+            w.finish();
+            let welcome = match r.expect().await? {
+                Frame::Welcome(w) => w,
+                Frame::Error(e) => return Err(NetError::Protocol(ProtocolError::new(e.code, e.message))),
+                other => {
+                    let m = format!("expected WELCOME, got {}", other.ty().name());
+                    conn.close(ErrorCode::PROTOCOL_VIOLATION.to_varint(), m.as_bytes());
+                    return Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m)));
+                }
+            };
+            if !VERSIONS.contains(&welcome.version) || welcome.agency != peer.agency {
+                conn.close(ErrorCode::PROTOCOL_VIOLATION.to_varint(), b"bad WELCOME");
+                return Err(NetError::Protocol(ProtocolError::new(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    "WELCOME names another version or agency than the handshake",
+                )));
+            }
+            Ok(Session {
+                conn,
+                peer,
+                version: welcome.version,
+                max_data_streams: welcome.max_data_streams.max(1),
+                limits: self.limits.clone(),
+            })
+        };
+        tokio::time::timeout(self.limits.handshake_timeout, fut).await.map_err(|_| NetError::Timeout("handshake"))?
+    }
+
+    /// Accepts the next connection that completes TLS and HELLO/WELCOME. Connections that fail
+    /// are logged and skipped; `None` when the endpoint is closed.
+    pub async fn accept(&self) -> Option<(Session, tokio::sync::OwnedSemaphorePermit)> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            let Ok(permit) = self.active.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "refusing connection: max_incoming reached");
+                incoming.refuse();
+                continue;
+            };
+            match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming)).await {
+                Ok(Ok(s)) => return Some((s, permit)),
+                Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
+                Err(_) => tracing::info!("handshake timed out"),
+            }
+        }
+    }
+
+    /// The next incoming connection's outcome: a session, or why it was refused (tests and
+    /// diagnostics; [`Node::serve`] is the server loop). `None` when the endpoint is closed.
+    pub async fn accept_next(&self) -> Option<Result<Session, NetError>> {
+        let incoming = self.endpoint.accept().await?;
+        Some(match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming)).await {
+            Ok(r) => r,
+            Err(_) => Err(NetError::Timeout("handshake")),
+        })
+    }
+
+    /// Accepts connections forever, handing each authenticated session to `serve` on its own
+    /// task (the handshake of one slow client does not hold up the others).
+    pub async fn serve<F, Fut>(self: &Arc<Self>, serve: F)
+    where
+        F: Fn(Session) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let serve = Arc::new(serve);
+        while let Some(incoming) = self.endpoint.accept().await {
+            let Ok(permit) = self.active.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "refusing connection: max_incoming reached");
+                incoming.refuse();
+                continue;
+            };
+            let me = self.clone();
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming)).await {
+                    Ok(Ok(s)) => serve(s).await,
+                    Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
+                    Err(_) => tracing::info!("handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn handshake(&self, incoming: quinn::Incoming) -> Result<Session, NetError> {
+        let conn = incoming.accept()?.await?;
+        let peer = peer_of(&conn)?;
+        let (s, r) = conn.accept_bi().await?;
+        let mut w = FrameWriter::new(s);
+        let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
+        let hello = match r.expect().await? {
+            Frame::Hello(h) => h,
+            other => {
+                let m = format!("expected HELLO, got {}", other.ty().name());
+                conn.close(ErrorCode::PROTOCOL_VIOLATION.to_varint(), m.as_bytes());
+                return Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m)));
+            }
+        };
+        if hello.agency != peer.agency {
+            let e = ProtocolError::new(ErrorCode::NOT_AUTHORISED, "HELLO names another agency than the certificate");
+            conn.close(e.code.to_varint(), e.message.as_bytes());
+            return Err(e.into());
+        }
+        let Some(version) = VERSIONS.iter().copied().find(|v| hello.versions.contains(v)) else {
+            let e = ProtocolError::new(ErrorCode::UNSUPPORTED_VERSION, "no protocol version in common");
+            w.send(&Frame::Error(ErrorFrame { code: e.code, message: e.message.clone() })).await?;
+            w.finish();
+            conn.close(e.code.to_varint(), e.message.as_bytes());
+            return Err(e.into());
+        };
+        let welcome = Welcome {
+            version,
+            agency: self.agency.clone(),
+            software: software(),
+            max_data_streams: self.limits.max_data_streams,
+        };
+        w.send(&Frame::Welcome(welcome)).await?;
+        w.finish();
+        Ok(Session {
+            conn,
+            peer,
+            version,
+            max_data_streams: self.limits.max_data_streams,
+            limits: self.limits.clone(),
+        })
+    }
+
+    /// Closes the endpoint and waits until peers have been told.
+    pub async fn shutdown(&self, code: ErrorCode) {
+        self.endpoint.close(code.to_varint(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn software() -> String {
+    concat!("rogatory ", env!("CARGO_PKG_VERSION")).to_owned()
+}
+
+/// Where the sender's bytes come from: the piece table and the ciphertext of every piece.
+pub trait PieceSource: Send {
+    /// Appends leaf hashes `first..first + count` of `file` to `out`.
+    fn table(&mut self, file: u32, first: u64, count: usize, out: &mut Vec<[u8; 32]>) -> io::Result<()>;
+    /// Appends the ciphertext of piece `piece` of `file` to `out`.
+    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+/// The outcome of a completed upload.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    /// The custody receipt.
+    pub receipt: Receipt,
+    /// Counters.
+    pub stats: UploadStats,
+}
+
+/// Runs an upload over `session` (`protocol.md` §6.1): OFFER on a new bidirectional stream,
+/// data on unidirectional streams, until the custody receipt arrives or the upload fails.
+/// `on_event` sees every [`UploadEvent`].
+pub async fn upload(
+    session: &Session,
+    offer: &Offer,
+    layouts: Vec<PieceLayout>,
+    cfg: crate::upload::UploadConfig,
+    source: &mut dyn PieceSource,
+    mut on_event: impl FnMut(&UploadEvent) + Send,
+) -> Result<UploadOutcome, NetError> {
+    let mut up = Upload::new(offer.transfer, layouts, cfg, Instant::now().into_std());
+    up.limit_streams(session.max_data_streams as usize);
+    let (send, recv) = session.conn.open_bi().await?;
+    let mut control = FrameWriter::new(send);
+    // Frames from the relay arrive on their own task so that acknowledgements are seen while
+    // a data write waits for flow control.
+    let (tx, mut rx) = mpsc::channel::<Result<Frame<'static>, NetError>>(64);
+    let mut reader = FrameReader::new(recv, session.conn.clone(), session.limits.frames);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let item = match reader.next().await {
+                Ok(Some(f)) => match owned(f) {
+                    Some(f) => Ok(f),
+                    None => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "data frame on the upload stream"))),
+                },
+                Ok(None) => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "relay ended the upload stream"))),
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let _guard = AbortOnDrop(reader_task);
+    let mut streams: HashMap<u32, (u32, FrameWriter)> = HashMap::new();
+    let mut table = Vec::new();
+    let mut late_error: Option<NetError> = None;
+
+    loop {
+        // Everything that arrived so far.
+        loop {
+            match rx.try_recv() {
+                Ok(Ok(f)) => up.handle(Instant::now().into_std(), &f),
+                Ok(Err(e)) => {
+                    late_error.get_or_insert(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        while let Some(e) = up.poll_event() {
+            on_event(&e);
+        }
+        match up.phase() {
+            UploadPhase::Done => break,
+            UploadPhase::Failed(e) => {
+                let e = e.clone();
+                for (_, (_, mut w)) in streams.drain() {
+                    w.reset(e.code);
+                }
+                return Err(NetError::Protocol(e));
+            }
+            _ => {}
+        }
+        if let Some(e) = late_error.take() {
+            for (_, (_, mut w)) in streams.drain() {
+                w.reset(ErrorCode::INTERNAL);
+            }
+            return Err(e);
+        }
+        if let Some(t) = up.poll_transmit() {
+            match t {
+                Transmit::Offer => control.send(&Frame::Offer(offer.clone())).await?,
+                Transmit::Open { file, generation } => {
+                    let mut w = FrameWriter::new(session.conn.open_uni().await?);
+                    let r = async {
+                        w.send(&Frame::Attach(Attach { transfer: offer.transfer })).await?;
+                        for (first, count) in table_runs(count_of(&up, file)) {
+                            table.clear();
+                            source.table(file, first, count, &mut table).map_err(NetError::Source)?;
+                            w.send(&Frame::Table(Table { file, first, hashes: std::mem::take(&mut table) })).await?;
+                        }
+                        Ok::<_, NetError>(())
+                    }
+                    .await;
+                    match r {
+                        Ok(()) => {
+                            streams.insert(file, (generation, w));
+                        }
+                        Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Transmit::Piece { file, generation, piece, len } => {
+                    if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
+                        match w.send_piece(file, piece, len, |out| source.piece(file, piece, out)).await {
+                            Ok(()) => {}
+                            Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Transmit::Finish { file, generation } => {
+                    if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
+                        w.finish();
+                    }
+                }
+                Transmit::Reset { file, generation } => {
+                    if let Some((g, _)) = streams.get(&file) {
+                        if *g == generation {
+                            if let Some((_, mut w)) = streams.remove(&file) {
+                                w.reset(ErrorCode::NO_ERROR);
+                            }
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        // Nothing to send: wait for the relay or the next timeout.
+        let deadline = up.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(Ok(f)) => up.handle(Instant::now().into_std(), &f),
+                Some(Err(e)) => { late_error = Some(e); }
+                None => { late_error = Some(NetError::Timeout("upload stream reader ended")); }
+            },
+            _ = sleep_until(deadline) => up.handle_timeout(Instant::now().into_std()),
+        }
+    }
+    control.finish();
+    let stats = up.stats();
+    let receipt = loop {
+        match up.poll_event() {
+            Some(UploadEvent::Receipt(r)) => break r,
+            Some(_) => continue,
+            None => {
+                return Err(NetError::Protocol(ProtocolError::new(ErrorCode::INTERNAL, "upload done without a receipt")));
+            }
+        }
+    };
+    Ok(UploadOutcome { receipt, stats })
+}
+
+fn count_of(up: &Upload, file: u32) -> u64 {
+    up.layout(file).map_or(0, |l| l.count())
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A control frame as an owned value (`None` for PIECE and RANGE, which borrow).
+pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
+    Some(match f {
+        Frame::Hello(v) => Frame::Hello(v),
+        Frame::Welcome(v) => Frame::Welcome(v),
+        Frame::Offer(v) => Frame::Offer(v),
+        Frame::Accept(v) => Frame::Accept(v),
+        Frame::Durable(v) => Frame::Durable(v),
+        Frame::Receipt(v) => Frame::Receipt(v),
+        Frame::Attach(v) => Frame::Attach(v),
+        Frame::Table(v) => Frame::Table(v),
+        Frame::InboxRequest(v) => Frame::InboxRequest(v),
+        Frame::Inbox(v) => Frame::Inbox(v),
+        Frame::Fetch(v) => Frame::Fetch(v),
+        Frame::FetchHead(v) => Frame::FetchHead(v),
+        Frame::StatusRequest(v) => Frame::StatusRequest(v),
+        Frame::Status(v) => Frame::Status(v),
+        Frame::Deliver(v) => Frame::Deliver(v),
+        Frame::Error(v) => Frame::Error(v),
+        Frame::Piece(_) | Frame::Range(_) => return None,
+    })
+}
+
+/// What a relay does with uploads (`protocol.md` §6.2). The relay crate implements it over its
+/// durable store; tests implement it in memory. Methods may block briefly (disk I/O); `sync`
+/// and `receipt`, which fsync, run on the blocking pool.
+pub trait IntakeHandler: Send + Sync + 'static {
+    /// Decides on an offer by `peer`: `Ok((layouts, durable))` accepts it, where `durable[i]`
+    /// pieces of file `i` are already durable (resume).
+    fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError>;
+    /// New piece-table entries `first..` of `file`.
+    fn table(&self, transfer: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError>;
+    /// The next piece of `file`: verify it and write it (not yet durable).
+    fn store(&self, transfer: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError>;
+    /// A piece already received: it must be identical.
+    fn duplicate(&self, transfer: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError>;
+    /// Makes everything stored so far durable; returns each file's durable piece count.
+    fn sync(&self, transfer: TransferId) -> Result<Vec<u64>, ProtocolError>;
+    /// Every piece is durable: log and sign the custody receipt.
+    fn receipt(&self, transfer: TransferId) -> Result<String, ProtocolError>;
+    /// The upload ended without completing (connection lost, failure); the store keeps what
+    /// is durable.
+    fn abandon(&self, _transfer: TransferId) {}
+}
+
+/// Relay-side settings of the upload driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Sync stored data at most this often (data and index fsync, then DURABLE).
+    pub sync_interval: Duration,
+    /// Intake settings.
+    pub intake: IntakeConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { sync_interval: Duration::from_millis(20), intake: IntakeConfig::default() }
+    }
+}
+
+#[derive(Debug)]
+struct Active {
+    state: Mutex<ActiveState>,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct ActiveState {
+    intake: Intake,
+    dirty: bool,
+    failed: Option<ProtocolError>,
+}
+
+type Registry = Arc<Mutex<HashMap<TransferId, Arc<Active>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock is a bug; the state is still consistent enough to fail
+    // the transfer cleanly, so continue with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves one connection's uploads: OFFER streams and data streams, until the connection ends.
+/// A bidirectional stream that starts with another request is passed to `other` (inbox, fetch,
+/// status, deliver), which owns it from then on.
+pub async fn serve_connection<H, R, Fut>(session: Session, handler: Arc<H>, cfg: ServeConfig, other: R)
+where
+    H: IntakeHandler,
+    R: Fn(Session, Frame<'static>, FrameWriter, FrameReader) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let registry: Registry = Arc::default();
+    let other = Arc::new(other);
+    loop {
+        tokio::select! {
+            bi = session.conn.accept_bi() => {
+                let Ok((s, r)) = bi else { break };
+                let (session, handler, cfg, registry, other) = (session.clone(), handler.clone(), cfg.clone(), registry.clone(), other.clone());
+                tokio::spawn(async move {
+                    let mut w = FrameWriter::new(s);
+                    let mut r = FrameReader::new(r, session.conn.clone(), session.limits.frames);
+                    let first = match r.next().await {
+                        Ok(Some(f)) => owned(f),
+                        Ok(None) | Err(_) => return,
+                    };
+                    match first {
+                        Some(Frame::Offer(offer)) => serve_upload(session, handler, cfg, registry, offer, w, r).await,
+                        Some(f) => other(session, f, w, r).await,
+                        None => {
+                            let e = ErrorCode::PROTOCOL_VIOLATION;
+                            let _ = w.send(&Frame::Error(ErrorFrame { code: e, message: "data frame on a request stream".into() })).await;
+                            session.close(e, "data frame on a request stream");
+                        }
+                    }
+                });
+            }
+            uni = session.conn.accept_uni() => {
+                let Ok(r) = uni else { break };
+                let (session, handler, registry) = (session.clone(), handler.clone(), registry.clone());
+                tokio::spawn(async move {
+                    let r = FrameReader::new(r, session.conn.clone(), session.limits.frames);
+                    serve_data(session, handler, registry, r).await;
+                });
+            }
+        }
+    }
+    let left: Vec<TransferId> = lock(&registry).drain().map(|(t, _)| t).collect();
+    for t in left {
+        handler.abandon(t);
+    }
+}
+
+async fn serve_upload<H: IntakeHandler>(
+    session: Session,
+    handler: Arc<H>,
+    cfg: ServeConfig,
+    registry: Registry,
+    offer: Offer,
+    mut w: FrameWriter,
+    mut r: FrameReader,
+) {
+    let transfer = offer.transfer;
+    let refuse = |e: ProtocolError| Frame::Error(ErrorFrame { code: e.code, message: e.message });
+    if lock(&registry).contains_key(&transfer) {
+        let e = ProtocolError::new(ErrorCode::CONFLICT, "the transfer is already being uploaded on this connection");
+        let _ = w.send(&refuse(e)).await;
+        w.finish();
+        return;
+    }
+    let (layouts, durable) = match handler.offer(&session.peer, &offer) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(%transfer, code = %e.code, "offer refused");
+            let _ = w.send(&refuse(e)).await;
+            w.finish();
+            return;
+        }
+    };
+    let active = Arc::new(Active {
+        state: Mutex::new(ActiveState { intake: Intake::new(transfer, layouts, durable, cfg.intake.clone()), dirty: false, failed: None }),
+        notify: Notify::new(),
+    });
+    lock(&registry).insert(transfer, active.clone());
+    let result = drive_intake(&handler, &cfg, &active, &mut w, &mut r).await;
+    lock(&registry).remove(&transfer);
+    match result {
+        Ok(()) => w.finish(),
+        Err(e) => {
+            tracing::info!(%transfer, code = %e.code, error = %e.message, "upload failed");
+            let _ = w.send(&refuse(e)).await;
+            w.finish();
+            handler.abandon(transfer);
+        }
+    }
+}
+
+async fn drive_intake<H: IntakeHandler>(
+    handler: &Arc<H>,
+    cfg: &ServeConfig,
+    active: &Arc<Active>,
+    w: &mut FrameWriter,
+    r: &mut FrameReader,
+) -> Result<(), ProtocolError> {
+    let transfer = lock(&active.state).intake.transfer();
+    let mut out = Vec::new();
+    let mut last_sync = Instant::now();
+    loop {
+        // Frames the state machine wants sent.
+        let (phase, deadline, dirty) = {
+            let mut st = lock(&active.state);
+            if let Some(e) = st.failed.take() {
+                return Err(e);
+            }
+            st.intake.handle_timeout(Instant::now().into_std());
+            while let Some(f) = st.intake.poll_frame() {
+                out.push(f);
+            }
+            (st.intake.phase(), st.intake.poll_timeout().map(Instant::from_std), st.dirty)
+        };
+        for f in out.drain(..) {
+            w.send(&f).await.map_err(|e| ProtocolError::new(ErrorCode::TIMEOUT, e.to_string()))?;
+        }
+        match phase {
+            IntakePhase::Done => return Ok(()),
+            IntakePhase::AwaitReceipt => {
+                let h = handler.clone();
+                let text = tokio::task::spawn_blocking(move || h.receipt(transfer))
+                    .await
+                    .map_err(|e| ProtocolError::new(ErrorCode::INTERNAL, e.to_string()))??;
+                lock(&active.state).intake.receipt(text)?;
+                continue;
+            }
+            IntakePhase::AwaitPieces => {}
+        }
+        if dirty && last_sync.elapsed() >= cfg.sync_interval {
+            lock(&active.state).dirty = false;
+            let h = handler.clone();
+            let durable = tokio::task::spawn_blocking(move || h.sync(transfer))
+                .await
+                .map_err(|e| ProtocolError::new(ErrorCode::INTERNAL, e.to_string()))??;
+            last_sync = Instant::now();
+            let mut st = lock(&active.state);
+            let now = Instant::now().into_std();
+            for (file, d) in durable.into_iter().enumerate() {
+                st.intake.durable(now, file as u32, d)?;
+            }
+            continue;
+        }
+        let sync_at = dirty.then(|| last_sync + cfg.sync_interval);
+        let wake = match (deadline, sync_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            _ = active.notify.notified() => {}
+            _ = sleep_until(wake) => {}
+            f = r.next() => match f {
+                Ok(None) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, "sender closed the upload stream")),
+                Ok(Some(f)) => return Err(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, format!("unexpected {} on the upload stream", f.ty().name()))),
+                Err(e) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, e.to_string())),
+            },
+        }
+    }
+}
+
+async fn serve_data<H: IntakeHandler>(session: Session, handler: Arc<H>, registry: Registry, mut r: FrameReader) {
+    let transfer = match r.next().await {
+        Ok(Some(Frame::Attach(a))) => a.transfer,
+        Ok(Some(f)) => {
+            let m = format!("data stream starts with {} instead of ATTACH", f.ty().name());
+            session.close(ErrorCode::PROTOCOL_VIOLATION, &m);
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let Some(active) = lock(&registry).get(&transfer).cloned() else {
+        r.stop(ErrorCode::NOT_FOUND);
+        return;
+    };
+    loop {
+        let frame = match r.next().await {
+            Ok(Some(f)) => f,
+            // A finished or reset data stream is normal (end of file, or a sender rewind).
+            Ok(None) | Err(NetError::StreamClosed(_)) => return,
+            Err(NetError::Frame(e)) => {
+                // FRAME_TOO_LARGE stopped just this stream; anything else closed the connection.
+                tracing::info!(%transfer, error = %e, "bad frame on a data stream");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut st = lock(&active.state);
+        let res = match st.intake.handle_data(&frame) {
+            Ok(DataAction::Table { file, first, hashes }) if !hashes.is_empty() => handler.table(transfer, file, first, hashes),
+            Ok(DataAction::Table { .. } | DataAction::Gap) => Ok(()),
+            Ok(DataAction::Store { file, piece, bytes }) => {
+                st.dirty = true;
+                handler.store(transfer, file, piece, bytes)
+            }
+            Ok(DataAction::Duplicate { file, piece, bytes }) => handler.duplicate(transfer, file, piece, bytes),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            let code = e.code;
+            st.failed = Some(e);
+            drop(st);
+            active.notify.notify_one();
+            r.stop(code);
+            if code == ErrorCode::PROTOCOL_VIOLATION {
+                session.close(code, "protocol violation on a data stream");
+            }
+            return;
+        }
+        drop(st);
+        active.notify.notify_one();
+    }
+}
+
+/// Resolves `HOST:PORT` to a socket address (the first one).
+pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| NetError::Io(io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))))
+}

@@ -1,0 +1,693 @@
+//! The upload exchange as two state machines that do no I/O (`protocol.md` §6): [`Upload`]
+//! on the sender, [`Intake`] on the relay. Frames and time go in; frames, directives, events
+//! and timeouts come out. The tokio shell (`net`) only moves bytes.
+//!
+//! Reliability model: QUIC delivers each stream reliably and in order, but a stream can be
+//! reset, a connection can drop and a relay can crash, so a piece is not safe until the relay
+//! says it is **durable**. The sender keeps at most `window` bytes beyond the durable prefix in
+//! flight; if no durable progress is reported for `ack_timeout` it rewinds every file to its
+//! durable prefix and sends again on fresh streams (go-back-N per file). The relay accepts only
+//! the next piece of each file, so duplicates and gaps cost bandwidth, never correctness.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rogatory_custody::{PieceLayout, TransferId};
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::frame::{Accept, Durable, Frame, MAX_TABLE_HASHES, Receipt, ReceiptKind};
+
+/// Sender-side settings (`protocol.md` §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// Most ciphertext bytes sent but not yet durable. Bounds the sender's resend cost and,
+    /// with the relay's sync interval, the throughput: it must exceed bandwidth × RTT.
+    pub window: u64,
+    /// Data in flight and no durable progress for this long: rewind and resend.
+    pub ack_timeout: Duration,
+    /// How long to wait for ACCEPT (or an ERROR) after OFFER.
+    pub answer_timeout: Duration,
+    /// How long to wait for the custody receipt once every piece is durable.
+    pub receipt_timeout: Duration,
+    /// Consecutive rewinds without durable progress before giving up (retryable).
+    pub max_rewinds: u32,
+    /// Files sent in parallel, each on its own data stream (capped by WELCOME).
+    pub streams: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            window: 64 << 20,
+            ack_timeout: Duration::from_secs(15),
+            answer_timeout: Duration::from_secs(60),
+            receipt_timeout: Duration::from_secs(60),
+            max_rewinds: 4,
+            streams: 4,
+        }
+    }
+}
+
+/// What the sender's shell must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send OFFER on the upload stream.
+    Offer,
+    /// Open a data stream for `(file, generation)` and send ATTACH, then the file's whole piece table
+    /// in TABLE frames of at most [`MAX_TABLE_HASHES`] hashes.
+    Open {
+        /// File index.
+        file: u32,
+        /// Stream generation of this file (a rewind starts a new one).
+        generation: u32,
+    },
+    /// Send PIECE `piece` (`len` bytes) of `file` on stream `(file, generation)`.
+    Piece {
+        /// File index.
+        file: u32,
+        /// Stream generation.
+        generation: u32,
+        /// Piece index.
+        piece: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Every piece of the file is on stream `(file, generation)`: finish it.
+    Finish {
+        /// File index.
+        file: u32,
+        /// Stream generation.
+        generation: u32,
+    },
+    /// Abandon stream `(file, generation)` (reset it, if it still exists).
+    Reset {
+        /// File index.
+        file: u32,
+        /// Stream generation.
+        generation: u32,
+    },
+}
+
+/// What happened, for the sender's user interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadEvent {
+    /// ACCEPT arrived; `skipped` bytes were already durable (resume).
+    Accepted {
+        /// Ciphertext bytes already durable at the relay.
+        skipped: u64,
+        /// Ciphertext bytes still to send.
+        remaining: u64,
+    },
+    /// More data is durable.
+    Progress {
+        /// Durable ciphertext bytes, all files.
+        durable: u64,
+        /// Total ciphertext bytes.
+        total: u64,
+    },
+    /// Every piece of `file` is durable.
+    FileDurable(u32),
+    /// Data was sent again after a timeout or a lost stream.
+    Rewound {
+        /// Bytes that will be sent again.
+        bytes: u64,
+    },
+    /// The custody receipt.
+    Receipt(Receipt),
+}
+
+/// Where the upload is: named by what is expected next (`protocol.md` §6.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadPhase {
+    /// OFFER sent; waiting for ACCEPT.
+    AwaitAccept,
+    /// Sending pieces; waiting for DURABLE.
+    AwaitDurable,
+    /// Every piece durable; waiting for RECEIPT.
+    AwaitReceipt,
+    /// Receipt received.
+    Done,
+    /// Failed; the error says whether a retry can help.
+    Failed(ProtocolError),
+}
+
+/// Counters for the summary and the benches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Ciphertext bytes handed to data streams by this run (including resends).
+    pub bytes_sent: u64,
+    /// Ciphertext bytes that were already durable when the relay accepted (not sent).
+    pub bytes_skipped: u64,
+    /// Bytes sent again after a rewind or lost stream.
+    pub bytes_resent: u64,
+    /// Rewinds.
+    pub rewinds: u32,
+}
+
+#[derive(Debug)]
+struct SendFile {
+    layout: PieceLayout,
+    /// Pieces `0..durable` are durable at the relay.
+    durable: u64,
+    /// Pieces `0..sent` have been handed to a data stream.
+    sent: u64,
+    generation: u32,
+    open: bool,
+}
+
+impl SendFile {
+    fn count(&self) -> u64 {
+        self.layout.count()
+    }
+}
+
+/// Byte offset of piece `i` (`i == count` gives the ciphertext size).
+pub fn piece_offset(layout: &PieceLayout, i: u64) -> u64 {
+    layout.range(i).map_or(layout.ciphertext_size, |r| r.start)
+}
+
+/// The sender's state machine for one transfer.
+#[derive(Debug)]
+pub struct Upload {
+    cfg: UploadConfig,
+    transfer: TransferId,
+    phase: UploadPhase,
+    files: Vec<SendFile>,
+    out: VecDeque<Transmit>,
+    events: VecDeque<UploadEvent>,
+    in_flight: u64,
+    active: Vec<u32>,
+    cursor: usize,
+    scan: u32,
+    deadline: Instant,
+    last_progress: Instant,
+    rewinds_in_a_row: u32,
+    stats: UploadStats,
+}
+
+impl Upload {
+    /// A new upload of `files` (in manifest order); the first directive is [`Transmit::Offer`].
+    pub fn new(transfer: TransferId, files: Vec<PieceLayout>, cfg: UploadConfig, now: Instant) -> Self {
+        let files = files
+            .into_iter()
+            .map(|layout| SendFile { layout, durable: 0, sent: 0, generation: 0, open: false })
+            .collect();
+        let deadline = now + cfg.answer_timeout;
+        Upload {
+            cfg,
+            transfer,
+            phase: UploadPhase::AwaitAccept,
+            files,
+            out: VecDeque::from([Transmit::Offer]),
+            events: VecDeque::new(),
+            in_flight: 0,
+            active: Vec::new(),
+            cursor: 0,
+            scan: 0,
+            deadline,
+            last_progress: now,
+            rewinds_in_a_row: 0,
+            stats: UploadStats::default(),
+        }
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> &UploadPhase {
+        &self.phase
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UploadStats {
+        self.stats
+    }
+
+    /// The piece layout of `file`.
+    pub fn layout(&self, file: u32) -> Option<&PieceLayout> {
+        self.files.get(file as usize).map(|f| &f.layout)
+    }
+
+    /// Bytes sent but not yet durable.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Total ciphertext bytes of the transfer.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.layout.ciphertext_size).sum()
+    }
+
+    /// Durable ciphertext bytes.
+    pub fn durable_bytes(&self) -> u64 {
+        self.files.iter().map(|f| piece_offset(&f.layout, f.durable)).sum()
+    }
+
+    /// Caps parallel data streams (the relay's WELCOME `max_data_streams`).
+    pub fn limit_streams(&mut self, n: usize) {
+        self.cfg.streams = self.cfg.streams.min(n).max(1);
+    }
+
+    fn fail(&mut self, code: ErrorCode, msg: impl Into<String>) {
+        if !matches!(self.phase, UploadPhase::Done | UploadPhase::Failed(_)) {
+            self.phase = UploadPhase::Failed(ProtocolError::new(code, msg));
+            for (i, f) in self.files.iter_mut().enumerate() {
+                if f.open {
+                    f.open = false;
+                    self.out.push_back(Transmit::Reset { file: i as u32, generation: f.generation });
+                }
+            }
+        }
+    }
+
+    /// A frame from the relay on the upload stream.
+    pub fn handle(&mut self, now: Instant, frame: &Frame<'_>) {
+        match (&self.phase, frame) {
+            (UploadPhase::Done | UploadPhase::Failed(_), _) => {}
+            (_, Frame::Error(e)) => {
+                let e = e.clone();
+                self.fail(e.code, e.message);
+            }
+            (UploadPhase::AwaitAccept, Frame::Accept(a)) => self.on_accept(now, a),
+            (UploadPhase::AwaitDurable | UploadPhase::AwaitReceipt, Frame::Durable(d)) => self.on_durable(now, *d),
+            (UploadPhase::AwaitReceipt, Frame::Receipt(r)) if r.kind == ReceiptKind::Custody && r.transfer == self.transfer => {
+                self.phase = UploadPhase::Done;
+                self.events.push_back(UploadEvent::Receipt(r.clone()));
+            }
+            (_, f) => {
+                let what = format!("unexpected {} frame while {:?}", f.ty().name(), self.phase);
+                self.fail(ErrorCode::PROTOCOL_VIOLATION, what);
+            }
+        }
+    }
+
+    fn on_accept(&mut self, now: Instant, a: &Accept) {
+        if a.transfer != self.transfer || a.durable.len() != self.files.len() {
+            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "ACCEPT does not match the offer");
+        }
+        if a.durable.iter().zip(&self.files).any(|(&d, f)| d > f.count()) {
+            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "ACCEPT reports more pieces than a file has");
+        }
+        for (f, &d) in self.files.iter_mut().zip(&a.durable) {
+            f.durable = d;
+            f.sent = d;
+        }
+        let skipped = self.durable_bytes();
+        self.stats.bytes_skipped = skipped;
+        self.events.push_back(UploadEvent::Accepted { skipped, remaining: self.total_bytes() - skipped });
+        self.last_progress = now;
+        self.phase = UploadPhase::AwaitDurable;
+        self.check_all_durable(now);
+    }
+
+    fn on_durable(&mut self, now: Instant, d: Durable) {
+        let Some(f) = self.files.get_mut(d.file as usize) else {
+            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "DURABLE names no file of the transfer");
+        };
+        if d.pieces > f.count() || d.pieces < f.durable {
+            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "DURABLE out of range or going backwards");
+        }
+        if d.pieces == f.durable {
+            return;
+        }
+        let old = f.durable;
+        let acked_in_flight = piece_offset(&f.layout, d.pieces.min(f.sent)) - piece_offset(&f.layout, old.min(f.sent));
+        self.in_flight -= acked_in_flight;
+        f.durable = d.pieces;
+        // Data from an abandoned stream may have made it after all.
+        f.sent = f.sent.max(d.pieces);
+        let complete = f.durable == f.count();
+        if complete {
+            // Its stream (finished) needs no reset any more.
+            f.open = false;
+        }
+        self.last_progress = now;
+        self.rewinds_in_a_row = 0;
+        self.events.push_back(UploadEvent::Progress { durable: self.durable_bytes(), total: self.total_bytes() });
+        if complete {
+            self.events.push_back(UploadEvent::FileDurable(d.file));
+        }
+        self.check_all_durable(now);
+    }
+
+    fn check_all_durable(&mut self, now: Instant) {
+        if self.phase == UploadPhase::AwaitDurable && self.files.iter().all(|f| f.durable == f.count()) {
+            self.phase = UploadPhase::AwaitReceipt;
+            self.deadline = now + self.cfg.receipt_timeout;
+        }
+    }
+
+    /// The relay stopped a data stream, or writing to it failed: resend that file from its
+    /// durable prefix on a new stream.
+    pub fn stream_lost(&mut self, file: u32, generation: u32) {
+        let current = self.files.get(file as usize).is_some_and(|f| f.generation == generation);
+        if current && self.phase == UploadPhase::AwaitDurable {
+            self.rewind_file(file, true);
+        }
+    }
+
+    /// Resets the file's stream and resends from its durable prefix. Without `force`, a file
+    /// with nothing in flight keeps its stream.
+    fn rewind_file(&mut self, file: u32, force: bool) {
+        let f = &mut self.files[file as usize];
+        if f.sent <= f.durable && !(force && f.open) {
+            return;
+        }
+        let bytes = piece_offset(&f.layout, f.sent) - piece_offset(&f.layout, f.durable);
+        self.out.push_back(Transmit::Reset { file, generation: f.generation });
+        f.generation += 1;
+        f.open = false;
+        f.sent = f.durable;
+        self.in_flight -= bytes;
+        self.stats.bytes_resent += bytes;
+        self.active.retain(|&a| a != file);
+        self.scan = self.scan.min(file);
+        if bytes > 0 {
+            self.events.push_back(UploadEvent::Rewound { bytes });
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            UploadPhase::AwaitAccept if now >= self.deadline => {
+                self.fail(ErrorCode::TIMEOUT, "no answer to the offer")
+            }
+            UploadPhase::AwaitReceipt if now >= self.deadline => {
+                self.fail(ErrorCode::TIMEOUT, "every piece is durable but no receipt arrived")
+            }
+            UploadPhase::AwaitDurable if self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout => {
+                self.rewinds_in_a_row += 1;
+                self.stats.rewinds += 1;
+                if self.rewinds_in_a_row > self.cfg.max_rewinds {
+                    return self.fail(ErrorCode::TIMEOUT, "no durable progress from the relay");
+                }
+                for file in 0..self.files.len() as u32 {
+                    self.rewind_file(file, false);
+                }
+                self.last_progress = now;
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`Upload::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            UploadPhase::AwaitAccept | UploadPhase::AwaitReceipt => Some(self.deadline),
+            UploadPhase::AwaitDurable if self.in_flight > 0 => Some(self.last_progress + self.cfg.ack_timeout),
+            _ => None,
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<UploadEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next thing to send, or `None` when the window is full or nothing is left.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.out.pop_front() {
+            return Some(t);
+        }
+        if self.phase != UploadPhase::AwaitDurable {
+            return None;
+        }
+        // Open streams for the next files with pieces to send.
+        while self.active.len() < self.cfg.streams {
+            let n = self.files.len() as u32;
+            while self.scan < n {
+                let f = &self.files[self.scan as usize];
+                if !f.open && f.sent < f.count() {
+                    break;
+                }
+                self.scan += 1;
+            }
+            if self.scan >= n {
+                break;
+            }
+            let file = self.scan;
+            let f = &mut self.files[file as usize];
+            f.open = true;
+            self.active.push(file);
+            return Some(Transmit::Open { file, generation: f.generation });
+        }
+        if self.active.is_empty() {
+            return None;
+        }
+        self.cursor %= self.active.len();
+        let file = self.active[self.cursor];
+        let f = &mut self.files[file as usize];
+        let len = piece_offset(&f.layout, f.sent + 1) - piece_offset(&f.layout, f.sent);
+        if self.in_flight > 0 && self.in_flight + len > self.cfg.window {
+            return None;
+        }
+        let t = Transmit::Piece { file, generation: f.generation, piece: f.sent, len };
+        f.sent += 1;
+        self.in_flight += len;
+        self.stats.bytes_sent += len;
+        if f.sent == f.count() {
+            // The stream stays "open" (a rewind must reset it) until the file is durable.
+            self.out.push_back(Transmit::Finish { file, generation: f.generation });
+            self.active.remove(self.cursor);
+        } else {
+            self.cursor += 1;
+        }
+        Some(t)
+    }
+}
+
+/// Relay-side settings (`protocol.md` §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntakeConfig {
+    /// Coalesce DURABLE frames for up to this long (a completed file is acknowledged at once).
+    pub ack_delay: Duration,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        IntakeConfig { ack_delay: Duration::from_millis(50) }
+    }
+}
+
+/// What the relay's shell must do with a data frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataAction<'a> {
+    /// New table entries `first..first + hashes.len()` of `file`: check and store them.
+    Table {
+        /// File index.
+        file: u32,
+        /// First new index.
+        first: u64,
+        /// The new hashes.
+        hashes: &'a [[u8; 32]],
+    },
+    /// The next piece of `file`: verify against its table entry and write it.
+    Store {
+        /// File index.
+        file: u32,
+        /// Piece index.
+        piece: u64,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// A piece the relay already has (a resend): verify it is identical; nothing to write.
+    Duplicate {
+        /// File index.
+        file: u32,
+        /// Piece index.
+        piece: u64,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// A piece beyond the next expected one (its predecessor was lost): dropped; the sender
+    /// will resend from the durable prefix.
+    Gap,
+}
+
+/// Where the intake is (`protocol.md` §6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntakePhase {
+    /// Waiting for pieces.
+    AwaitPieces,
+    /// Every piece durable; the relay must issue the receipt ([`Intake::receipt`]).
+    AwaitReceipt,
+    /// Receipt queued.
+    Done,
+}
+
+#[derive(Debug)]
+struct RecvFile {
+    layout: PieceLayout,
+    table: u64,
+    received: u64,
+    durable: u64,
+    acked: u64,
+}
+
+/// The relay's state machine for one transfer on one connection.
+#[derive(Debug)]
+pub struct Intake {
+    cfg: IntakeConfig,
+    transfer: TransferId,
+    phase: IntakePhase,
+    files: Vec<RecvFile>,
+    out: VecDeque<Frame<'static>>,
+    ack_due: Option<Instant>,
+    gaps: u64,
+    duplicates: u64,
+}
+
+impl Intake {
+    /// Accepts an offer: `durable[i]` pieces of file `i` are already durable in the store.
+    /// Queues ACCEPT.
+    pub fn new(transfer: TransferId, layouts: Vec<PieceLayout>, durable: Vec<u64>, cfg: IntakeConfig) -> Self {
+        let files: Vec<RecvFile> = layouts
+            .into_iter()
+            .zip(durable.iter().copied().chain(std::iter::repeat(0)))
+            .map(|(layout, d)| {
+                let d = d.min(layout.count());
+                RecvFile { layout, table: 0, received: d, durable: d, acked: d }
+            })
+            .collect();
+        let accept = Accept { transfer, durable: files.iter().map(|f| f.durable).collect() };
+        let mut me = Intake {
+            cfg,
+            transfer,
+            phase: IntakePhase::AwaitPieces,
+            files,
+            out: VecDeque::from([Frame::Accept(accept)]),
+            ack_due: None,
+            gaps: 0,
+            duplicates: 0,
+        };
+        me.check_all_durable();
+        me
+    }
+
+    /// The transfer.
+    pub fn transfer(&self) -> TransferId {
+        self.transfer
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> IntakePhase {
+        self.phase
+    }
+
+    /// Pieces dropped because they arrived after a gap, and duplicates seen.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.gaps, self.duplicates)
+    }
+
+    /// Pieces of `file` handed out for storing (durable or not).
+    pub fn received(&self, file: u32) -> u64 {
+        self.files.get(file as usize).map_or(0, |f| f.received)
+    }
+
+    /// A frame from a data stream of this transfer (after its ATTACH).
+    pub fn handle_data<'a>(&mut self, frame: &'a Frame<'a>) -> Result<DataAction<'a>, ProtocolError> {
+        let violation = |m: &str| ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m);
+        match frame {
+            Frame::Table(t) => {
+                let f = self.files.get_mut(t.file as usize).ok_or_else(|| violation("TABLE names no file of the transfer"))?;
+                let end = t.first.checked_add(t.hashes.len() as u64).filter(|&e| e <= f.layout.count());
+                let end = end.ok_or_else(|| violation("TABLE beyond the file's piece count"))?;
+                if t.first > f.table {
+                    return Err(violation("TABLE out of order"));
+                }
+                if end <= f.table {
+                    return Ok(DataAction::Table { file: t.file, first: end, hashes: &[] });
+                }
+                let skip = (f.table - t.first) as usize;
+                let first = f.table;
+                f.table = end;
+                Ok(DataAction::Table { file: t.file, first, hashes: &t.hashes[skip..] })
+            }
+            Frame::Piece(p) => {
+                let f = self.files.get_mut(p.file as usize).ok_or_else(|| violation("PIECE names no file of the transfer"))?;
+                let r = f.layout.range(p.piece).ok_or_else(|| violation("PIECE beyond the file's piece count"))?;
+                if p.bytes.len() as u64 != r.end - r.start {
+                    return Err(ProtocolError::new(ErrorCode::INTEGRITY, "PIECE has the wrong length for its position"));
+                }
+                if f.table < f.layout.count() {
+                    return Err(violation("PIECE before the file's complete TABLE"));
+                }
+                if p.piece < f.received {
+                    self.duplicates += 1;
+                    return Ok(DataAction::Duplicate { file: p.file, piece: p.piece, bytes: p.bytes });
+                }
+                if p.piece > f.received {
+                    self.gaps += 1;
+                    return Ok(DataAction::Gap);
+                }
+                f.received += 1;
+                Ok(DataAction::Store { file: p.file, piece: p.piece, bytes: p.bytes })
+            }
+            other => Err(violation(&format!("{} frame on a data stream", other.ty().name()))),
+        }
+    }
+
+    /// The store made pieces `0..pieces` of `file` durable (data and index fsynced).
+    pub fn durable(&mut self, now: Instant, file: u32, pieces: u64) -> Result<(), ProtocolError> {
+        let f = self
+            .files
+            .get_mut(file as usize)
+            .ok_or_else(|| ProtocolError::new(ErrorCode::INTERNAL, "durable: no such file"))?;
+        if pieces > f.received || pieces < f.durable {
+            return Err(ProtocolError::new(ErrorCode::INTERNAL, "durable: out of range"));
+        }
+        f.durable = pieces;
+        let due = if pieces == f.layout.count() { now } else { now + self.cfg.ack_delay };
+        self.ack_due = Some(self.ack_due.map_or(due, |d| d.min(due)));
+        self.check_all_durable();
+        Ok(())
+    }
+
+    fn check_all_durable(&mut self) {
+        if self.phase == IntakePhase::AwaitPieces && self.files.iter().all(|f| f.durable == f.layout.count()) {
+            self.phase = IntakePhase::AwaitReceipt;
+        }
+    }
+
+    /// Queues the custody receipt (after every piece is durable).
+    pub fn receipt(&mut self, text: String) -> Result<(), ProtocolError> {
+        if self.phase != IntakePhase::AwaitReceipt {
+            return Err(ProtocolError::new(ErrorCode::INTERNAL, "receipt before every piece is durable"));
+        }
+        self.flush_acks();
+        self.out.push_back(Frame::Receipt(Receipt { transfer: self.transfer, kind: ReceiptKind::Custody, text }));
+        self.phase = IntakePhase::Done;
+        Ok(())
+    }
+
+    fn flush_acks(&mut self) {
+        for (i, f) in self.files.iter_mut().enumerate() {
+            if f.durable > f.acked {
+                f.acked = f.durable;
+                self.out.push_back(Frame::Durable(Durable { file: i as u32, pieces: f.durable }));
+            }
+        }
+        self.ack_due = None;
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ack_due.is_some_and(|d| now >= d) {
+            self.flush_acks();
+        }
+    }
+
+    /// When [`Intake::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.ack_due
+    }
+
+    /// The next frame for the upload stream.
+    pub fn poll_frame(&mut self) -> Option<Frame<'static>> {
+        self.out.pop_front()
+    }
+}
+
+/// Splits a piece table into TABLE-sized runs: `(first, count)`.
+pub fn table_runs(count: u64) -> impl Iterator<Item = (u64, usize)> {
+    (0..count).step_by(MAX_TABLE_HASHES).map(move |first| (first, (count - first).min(MAX_TABLE_HASHES as u64) as usize))
+}

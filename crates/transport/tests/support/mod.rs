@@ -1,0 +1,73 @@
+//! Test support: a demo PKI and endpoints on 127.0.0.1.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rogatory_custody::AgencyId;
+use rogatory_transport::certs::{Ca, CertKey, Validity, self_signed};
+use rogatory_transport::net::Node;
+use rogatory_transport::{Limits, PeerTrust, TlsIdentity};
+use time::{Duration, OffsetDateTime};
+
+pub fn id(s: &str) -> AgencyId {
+    s.parse().expect("agency id")
+}
+
+pub fn identity(c: &CertKey) -> TlsIdentity {
+    TlsIdentity::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).expect("identity")
+}
+
+/// A CA and certificates for agency-a (sender), agency-b (recipient) and relay-b.
+pub struct Pki {
+    pub ca: Ca,
+    pub a: CertKey,
+    pub b: CertKey,
+    pub relay: CertKey,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let ca = Ca::generate("Rogatory test CA", Validity::days_from_now(30)).expect("ca");
+        let v = Validity::days_from_now(7);
+        Pki {
+            a: ca.issue(&id("agency-a"), v, 10).expect("a"),
+            b: ca.issue(&id("agency-b"), v, 11).expect("b"),
+            relay: ca.issue(&id("relay-b"), v, 12).expect("relay"),
+            ca,
+        }
+    }
+
+    /// Trust: the CA bundle and the three agencies, no pins.
+    pub fn trust(&self) -> PeerTrust {
+        let mut t = PeerTrust::new();
+        t.add_ca_pem(self.ca.cert_pem().as_bytes()).expect("ca pem");
+        for a in ["agency-a", "agency-b", "relay-b"] {
+            t.add_agency(id(a), vec![]);
+        }
+        t
+    }
+}
+
+pub fn expired() -> Validity {
+    let now = OffsetDateTime::now_utc();
+    Validity { not_before: now - Duration::days(10), not_after: now - Duration::days(1) }
+}
+
+pub fn not_yet_valid() -> Validity {
+    let now = OffsetDateTime::now_utc();
+    Validity { not_before: now + Duration::days(1), not_after: now + Duration::days(10) }
+}
+
+pub fn self_signed_for(agency: &str) -> CertKey {
+    self_signed(&id(agency), Validity::days_from_now(7)).expect("self-signed")
+}
+
+pub fn relay(identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Arc<Node> {
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    Arc::new(Node::server(addr, identity, trust, limits).expect("relay"))
+}
+
+pub fn client(identity: TlsIdentity, trust: PeerTrust) -> Node {
+    Node::client(false, identity, trust, Limits::default()).expect("client")
+}
