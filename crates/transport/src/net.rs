@@ -527,6 +527,7 @@ pub async fn upload(
     let mut streams: HashMap<u32, (u32, FrameWriter)> = HashMap::new();
     let mut table = Vec::new();
     let mut late_error: Option<NetError> = None;
+    let mut receipt = None;
 
     loop {
         // Everything that arrived so far.
@@ -542,6 +543,9 @@ pub async fn upload(
         }
         while let Some(e) = up.poll_event() {
             on_event(&e);
+            if let UploadEvent::Receipt(r) = e {
+                receipt = Some(r);
+            }
         }
         match up.phase() {
             UploadPhase::Done => break,
@@ -622,15 +626,8 @@ pub async fn upload(
     }
     control.finish();
     let stats = up.stats();
-    let receipt = loop {
-        match up.poll_event() {
-            Some(UploadEvent::Receipt(r)) => break r,
-            Some(_) => continue,
-            None => {
-                return Err(NetError::Protocol(ProtocolError::new(ErrorCode::INTERNAL, "upload done without a receipt")));
-            }
-        }
-    };
+    let receipt = receipt
+        .ok_or_else(|| NetError::Protocol(ProtocolError::new(ErrorCode::INTERNAL, "upload done without a receipt")))?;
     Ok(UploadOutcome { receipt, stats })
 }
 

@@ -71,3 +71,5 @@ pub fn relay(identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Arc<Nod
 pub fn client(identity: TlsIdentity, trust: PeerTrust) -> Node {
     Node::client(false, identity, trust, Limits::default()).expect("client")
 }
+
+pub mod memory;
