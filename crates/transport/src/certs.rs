@@ -3,9 +3,9 @@
 //! and CRLs. ECDSA P-256 keys (rcgen over aws-lc-rs).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 use rogatory_custody::AgencyId;
 use time::{Duration, OffsetDateTime};
@@ -36,7 +36,10 @@ impl Validity {
     /// From one hour ago (clock skew) for `days` days.
     pub fn days_from_now(days: i64) -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity { not_before: now - Duration::hours(1), not_after: now + Duration::days(days) }
+        Validity {
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(days),
+        }
     }
 }
 
@@ -65,21 +68,33 @@ impl Ca {
         dn.push(DnType::CommonName, name);
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         p.not_before = validity.not_before;
         p.not_after = validity.not_after;
         p.key_identifier_method = KeyIdMethod::Sha256;
         let key = KeyPair::generate()?;
         let cert = p.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(Ca { issuer: Issuer::new(p, key), cert_pem: cert.pem(), key_pem })
+        Ok(Ca {
+            issuer: Issuer::new(p, key),
+            cert_pem: cert.pem(),
+            key_pem,
+        })
     }
 
     /// Loads a CA from its certificate and key (PEM).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Ca { issuer, cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned() })
+        Ok(Ca {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
     }
 
     /// The CA certificate (PEM): what peers put in their CA bundle.
@@ -93,20 +108,41 @@ impl Ca {
     }
 
     /// Issues a certificate for `agency` with a new key.
-    pub fn issue(&self, agency: &AgencyId, validity: Validity, serial: u64) -> Result<CertKey, CertError> {
+    pub fn issue(
+        &self,
+        agency: &AgencyId,
+        validity: Validity,
+        serial: u64,
+    ) -> Result<CertKey, CertError> {
         let key = KeyPair::generate()?;
         let cert = agency_params(agency, validity, serial)?.signed_by(&key, &self.issuer)?;
-        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Issues a certificate for `agency` for an existing key (PEM).
-    pub fn issue_for_key(&self, agency: &AgencyId, key_pem: &str, validity: Validity, serial: u64) -> Result<String, CertError> {
+    pub fn issue_for_key(
+        &self,
+        agency: &AgencyId,
+        key_pem: &str,
+        validity: Validity,
+        serial: u64,
+    ) -> Result<String, CertError> {
         let key = KeyPair::from_pem(key_pem)?;
-        Ok(agency_params(agency, validity, serial)?.signed_by(&key, &self.issuer)?.pem())
+        Ok(agency_params(agency, validity, serial)?
+            .signed_by(&key, &self.issuer)?
+            .pem())
     }
 
     /// A CRL (PEM) revoking `serials`, valid from `this_update` to `next_update`.
-    pub fn crl(&self, serials: &[u64], this_update: OffsetDateTime, next_update: OffsetDateTime) -> Result<String, CertError> {
+    pub fn crl(
+        &self,
+        serials: &[u64],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, CertError> {
         let p = CertificateRevocationListParams {
             this_update,
             next_update,
@@ -127,7 +163,11 @@ impl Ca {
     }
 }
 
-fn agency_params(agency: &AgencyId, validity: Validity, serial: u64) -> Result<CertificateParams, CertError> {
+fn agency_params(
+    agency: &AgencyId,
+    validity: Validity,
+    serial: u64,
+) -> Result<CertificateParams, CertError> {
     let mut p = CertificateParams::new(vec![agency_dns_name(agency)])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, agency.as_str());
@@ -137,7 +177,10 @@ fn agency_params(agency: &AgencyId, validity: Validity, serial: u64) -> Result<C
     p.serial_number = Some(SerialNumber::from(serial));
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // The same certificate serves as client (sender, recipient) and server (relay).
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::Sha256;
     Ok(p)
@@ -149,11 +192,18 @@ pub fn self_signed(agency: &AgencyId, validity: Validity) -> Result<CertKey, Cer
     let key = KeyPair::generate()?;
     let p = agency_params(agency, validity, 1)?;
     let cert = p.self_signed(&key)?;
-    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A self-signed certificate for `agency` over an existing key (PEM).
-pub fn self_signed_for_key(agency: &AgencyId, key_pem: &str, validity: Validity) -> Result<String, CertError> {
+pub fn self_signed_for_key(
+    agency: &AgencyId,
+    key_pem: &str,
+    validity: Validity,
+) -> Result<String, CertError> {
     let key = KeyPair::from_pem(key_pem)?;
     Ok(agency_params(agency, validity, 1)?.self_signed(&key)?.pem())
 }

@@ -9,7 +9,9 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rogatory_custody::AgencyId;
 
 use crate::frame::{ALPN, FrameLimits};
-use crate::tls::{ClientVerifier, PeerTrust, ServerVerifier, TlsConfigError, TlsIdentity, provider};
+use crate::tls::{
+    ClientVerifier, PeerTrust, ServerVerifier, TlsConfigError, TlsIdentity, provider,
+};
 
 /// The congestion controller (`protocol.md` §8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -30,7 +32,9 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Congestion::Cubic),
             "bbr" => Ok(Congestion::Bbr),
             "newreno" => Ok(Congestion::NewReno),
-            _ => Err(format!("unknown congestion controller {s:?} (cubic, bbr, newreno)")),
+            _ => Err(format!(
+                "unknown congestion controller {s:?} (cubic, bbr, newreno)"
+            )),
         }
     }
 }
@@ -95,16 +99,23 @@ impl Limits {
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .max_idle_timeout(Some(
-                IdleTimeout::try_from(self.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(30_000))),
+                IdleTimeout::try_from(self.idle_timeout)
+                    .unwrap_or(IdleTimeout::from(VarInt::from_u32(30_000))),
             ))
             .keep_alive_interval(Some(self.keep_alive))
             .datagram_receive_buffer_size(None)
             .datagram_send_buffer_size(0)
             .enable_segmentation_offload(true);
         match self.congestion {
-            Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
-            Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
-            Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
         };
         t
     }
@@ -116,7 +127,10 @@ fn varint(v: u64) -> VarInt {
 
 /// The rustls server configuration of a relay: TLS 1.3 only, mandatory client certificates
 /// checked by our verifier, ALPN `rogatory/1`, no 0-RTT (`max_early_data_size == 0`).
-pub fn rustls_server_config(identity: &TlsIdentity, trust: PeerTrust) -> Result<rustls::ServerConfig, TlsConfigError> {
+pub fn rustls_server_config(
+    identity: &TlsIdentity,
+    trust: PeerTrust,
+) -> Result<rustls::ServerConfig, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(ClientVerifier::new(trust, &provider)?);
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
@@ -154,9 +168,14 @@ pub fn rustls_client_config(
 }
 
 /// The quinn server configuration: our TLS, our limits, migration off.
-pub fn server_config(identity: &TlsIdentity, trust: PeerTrust, limits: &Limits) -> Result<quinn::ServerConfig, TlsConfigError> {
+pub fn server_config(
+    identity: &TlsIdentity,
+    trust: PeerTrust,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, TlsConfigError> {
     let tls = rustls_server_config(identity, trust)?;
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(quic));
     c.transport_config(Arc::new(limits.transport_config()));
     c.migration(false);
@@ -172,7 +191,8 @@ pub fn client_config(
     limits: &Limits,
 ) -> Result<quinn::ClientConfig, TlsConfigError> {
     let tls = rustls_client_config(identity, trust, expect)?;
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
+    let quic =
+        QuicClientConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
     let mut c = quinn::ClientConfig::new(Arc::new(quic));
     c.transport_config(Arc::new(limits.transport_config()));
     Ok(c)

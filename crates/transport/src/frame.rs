@@ -36,7 +36,10 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { max_offer: 33 << 20, max_control: 1 << 20 }
+        FrameLimits {
+            max_offer: 33 << 20,
+            max_control: 1 << 20,
+        }
     }
 }
 
@@ -392,9 +395,17 @@ pub fn parse_header(buf: &[u8], limits: &FrameLimits) -> Result<HeaderRead, Fram
         varint::Read::Value(len, n) => {
             let limit = ty.limit(limits);
             if len > limit {
-                return Err(FrameError::TooLarge { ty: ty.name(), len, limit });
+                return Err(FrameError::TooLarge {
+                    ty: ty.name(),
+                    len,
+                    limit,
+                });
             }
-            Ok(HeaderRead::Header(Header { ty, len, header_len: 1 + n }))
+            Ok(HeaderRead::Header(Header {
+                ty,
+                len,
+                header_len: 1 + n,
+            }))
         }
     }
 }
@@ -430,8 +441,12 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
         p: &'a [u8],
         wrap: fn(T) -> Frame<'a>,
     ) -> Result<Frame<'a>, FrameError> {
-        let malformed = |reason: String| FrameError::Malformed { ty: ty.name(), reason };
-        let (v, rest): (T, &[u8]) = postcard::take_from_bytes(p).map_err(|e| malformed(e.to_string()))?;
+        let malformed = |reason: String| FrameError::Malformed {
+            ty: ty.name(),
+            reason,
+        };
+        let (v, rest): (T, &[u8]) =
+            postcard::take_from_bytes(p).map_err(|e| malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(malformed(format!("{} trailing bytes", rest.len())));
         }
@@ -452,18 +467,26 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
         FrameType::Attach => ctl(ty, p, Frame::Attach),
         FrameType::Table => ctl(ty, p, Frame::Table).and_then(|f| match &f {
             Frame::Table(t) if t.hashes.is_empty() || t.hashes.len() > MAX_TABLE_HASHES => {
-                Err(FrameError::Malformed { ty: ty.name(), reason: "hash count out of range".into() })
+                Err(FrameError::Malformed {
+                    ty: ty.name(),
+                    reason: "hash count out of range".into(),
+                })
             }
             _ => Ok(f),
         }),
         FrameType::Piece => {
             let (file, a) = raw_varint(ty, p)?;
-            let file = u32::try_from(file)
-                .map_err(|_| FrameError::Malformed { ty: ty.name(), reason: "file index out of range".into() })?;
+            let file = u32::try_from(file).map_err(|_| FrameError::Malformed {
+                ty: ty.name(),
+                reason: "file index out of range".into(),
+            })?;
             let (piece, b) = raw_varint(ty, &p[a..])?;
             let bytes = &p[a + b..];
             if bytes.is_empty() || bytes.len() as u64 > MAX_PIECE {
-                return Err(FrameError::Malformed { ty: ty.name(), reason: "piece length out of range".into() });
+                return Err(FrameError::Malformed {
+                    ty: ty.name(),
+                    reason: "piece length out of range".into(),
+                });
             }
             Ok(Frame::Piece(Piece { file, piece, bytes }))
         }
@@ -475,7 +498,10 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
             let (offset, a) = raw_varint(ty, p)?;
             let bytes = &p[a..];
             if bytes.is_empty() || bytes.len() as u64 > MAX_RANGE {
-                return Err(FrameError::Malformed { ty: ty.name(), reason: "range length out of range".into() });
+                return Err(FrameError::Malformed {
+                    ty: ty.name(),
+                    reason: "range length out of range".into(),
+                });
             }
             Ok(Frame::Range(Range { offset, bytes }))
         }
@@ -490,9 +516,10 @@ fn raw_varint(ty: FrameType, p: &[u8]) -> Result<(u64, usize), FrameError> {
     match varint::get(p) {
         varint::Read::Value(v, n) => Ok((v, n)),
         varint::Read::NonMinimal => Err(FrameError::NonMinimalVarint),
-        varint::Read::Incomplete(_) => {
-            Err(FrameError::Malformed { ty: ty.name(), reason: "truncated header field".into() })
-        }
+        varint::Read::Incomplete(_) => Err(FrameError::Malformed {
+            ty: ty.name(),
+            reason: "truncated header field".into(),
+        }),
     }
 }
 
@@ -572,7 +599,10 @@ impl Frame<'_> {
 /// This is the hot path's way to build a frame without an intermediate copy.
 pub fn piece_header(out: &mut Vec<u8>, file: u32, piece: u64, len: usize) {
     out.push(FrameType::Piece as u8);
-    varint::put(out, (varint::len(u64::from(file)) + varint::len(piece) + len) as u64);
+    varint::put(
+        out,
+        (varint::len(u64::from(file)) + varint::len(piece) + len) as u64,
+    );
     varint::put(out, u64::from(file));
     varint::put(out, piece);
 }
@@ -595,24 +625,77 @@ mod tests {
     fn samples() -> Vec<Frame<'static>> {
         let t = TransferId::from_bytes([7; 16]);
         vec![
-            Frame::Hello(Hello { versions: vec![1, 2], agency: agency("agency-a"), software: "rogatory 0.1".into() }),
-            Frame::Welcome(Welcome { version: 1, agency: agency("relay-b"), software: "x".into(), max_data_streams: 8 }),
-            Frame::Offer(Offer { transfer: t, seal: "seal\n".into(), manifest: "{}".into() }),
-            Frame::Accept(Accept { transfer: t, durable: vec![0, 5, u64::MAX >> 2] }),
-            Frame::Durable(Durable { file: 3, pieces: 70_000 }),
-            Frame::Receipt(Receipt { transfer: t, kind: ReceiptKind::Custody, text: "r".into() }),
+            Frame::Hello(Hello {
+                versions: vec![1, 2],
+                agency: agency("agency-a"),
+                software: "rogatory 0.1".into(),
+            }),
+            Frame::Welcome(Welcome {
+                version: 1,
+                agency: agency("relay-b"),
+                software: "x".into(),
+                max_data_streams: 8,
+            }),
+            Frame::Offer(Offer {
+                transfer: t,
+                seal: "seal\n".into(),
+                manifest: "{}".into(),
+            }),
+            Frame::Accept(Accept {
+                transfer: t,
+                durable: vec![0, 5, u64::MAX >> 2],
+            }),
+            Frame::Durable(Durable {
+                file: 3,
+                pieces: 70_000,
+            }),
+            Frame::Receipt(Receipt {
+                transfer: t,
+                kind: ReceiptKind::Custody,
+                text: "r".into(),
+            }),
             Frame::Attach(Attach { transfer: t }),
-            Frame::Table(Table { file: 1, first: 0, hashes: vec![[1; 32], [2; 32]] }),
-            Frame::Piece(Piece { file: 70_000, piece: 1 << 40, bytes: b"ciphertext" }),
+            Frame::Table(Table {
+                file: 1,
+                first: 0,
+                hashes: vec![[1; 32], [2; 32]],
+            }),
+            Frame::Piece(Piece {
+                file: 70_000,
+                piece: 1 << 40,
+                bytes: b"ciphertext",
+            }),
             Frame::InboxRequest(InboxRequest { after: None }),
-            Frame::Inbox(Inbox { entries: vec![], more: false }),
-            Frame::Fetch(Fetch { transfer: t, object: Object::File(2), offset: 10, len: 0 }),
+            Frame::Inbox(Inbox {
+                entries: vec![],
+                more: false,
+            }),
+            Frame::Fetch(Fetch {
+                transfer: t,
+                object: Object::File(2),
+                offset: 10,
+                len: 0,
+            }),
             Frame::FetchHead(FetchHead { total: 99 }),
-            Frame::Range(Range { offset: 1 << 33, bytes: b"abc" }),
+            Frame::Range(Range {
+                offset: 1 << 33,
+                bytes: b"abc",
+            }),
             Frame::StatusRequest(StatusRequest { transfer: t }),
-            Frame::Status(Status { transfer: t, state: TransferState::Receiving, durable: vec![1], receipts: vec![] }),
-            Frame::Deliver(Deliver { transfer: t, receipt: "d".into() }),
-            Frame::Error(ErrorFrame { code: ErrorCode::POLICY, message: "no".into() }),
+            Frame::Status(Status {
+                transfer: t,
+                state: TransferState::Receiving,
+                durable: vec![1],
+                receipts: vec![],
+            }),
+            Frame::Deliver(Deliver {
+                transfer: t,
+                receipt: "d".into(),
+            }),
+            Frame::Error(ErrorFrame {
+                code: ErrorCode::POLICY,
+                message: "no".into(),
+            }),
         ]
     }
 
@@ -631,7 +714,9 @@ mod tests {
                 Decoded::Incomplete(_) => panic!("incomplete"),
             }
             for cut in 0..bytes.len() {
-                assert!(matches!(decode(&bytes[..cut], &limits), Ok(Decoded::Incomplete(n)) if n > cut));
+                assert!(
+                    matches!(decode(&bytes[..cut], &limits), Ok(Decoded::Incomplete(n)) if n > cut)
+                );
             }
         }
     }
@@ -642,7 +727,10 @@ mod tests {
         // Length 2^62 - 1 (the varint maximum) on a PIECE frame: refused with 9 bytes seen.
         let mut b = vec![FrameType::Piece as u8];
         varint::put(&mut b, varint::MAX);
-        assert!(matches!(parse_header(&b, &limits), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            parse_header(&b, &limits),
+            Err(FrameError::TooLarge { .. })
+        ));
         // A 100 MiB OFFER.
         let mut b = vec![FrameType::Offer as u8];
         varint::put(&mut b, 100 << 20);
@@ -653,21 +741,55 @@ mod tests {
     #[test]
     fn garbage_is_a_protocol_error() {
         let limits = FrameLimits::default();
-        assert_eq!(decode(&[0xee, 0], &limits), Err(FrameError::UnknownType(0xee)));
-        assert_eq!(decode(&[FrameType::Hello as u8, 0x40, 0x01, 0], &limits), Err(FrameError::NonMinimalVarint));
-        let e = decode(&[FrameType::Hello as u8, 3, 0xff, 0xff, 0xff], &limits).expect_err("garbage");
+        assert_eq!(
+            decode(&[0xee, 0], &limits),
+            Err(FrameError::UnknownType(0xee))
+        );
+        assert_eq!(
+            decode(&[FrameType::Hello as u8, 0x40, 0x01, 0], &limits),
+            Err(FrameError::NonMinimalVarint)
+        );
+        let e =
+            decode(&[FrameType::Hello as u8, 3, 0xff, 0xff, 0xff], &limits).expect_err("garbage");
         assert_eq!(e.code(), ErrorCode::PROTOCOL_VIOLATION);
         // Trailing bytes after a valid DURABLE payload.
         let mut b = Frame::Durable(Durable { file: 1, pieces: 2 }).to_vec();
         b[1] += 1;
         b.push(0);
-        assert!(matches!(decode(&b, &limits), Err(FrameError::Malformed { .. })));
+        assert!(matches!(
+            decode(&b, &limits),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever decodes re-encodes byte-identically (the fuzz target's property, always on).
+        #[test]
+        fn decodable_bytes_reencode_identically(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300), ty in 0u8..0x20) {
+            let mut b = vec![ty];
+            varint::put(&mut b, data.len() as u64);
+            b.extend_from_slice(&data);
+            if let Ok(Decoded::Frame(f, n)) = decode(&b, &FrameLimits::default()) {
+                proptest::prop_assert_eq!(f.to_vec(), b[..n].to_vec());
+            }
+        }
+
+        #[test]
+        fn pieces_round_trip(file in 0u32..u32::MAX, piece in 0u64..varint::MAX, len in 1usize..2000) {
+            let bytes = vec![0xa5; len];
+            let f = Frame::Piece(Piece { file, piece, bytes: &bytes });
+            let b = f.to_vec();
+            proptest::prop_assert_eq!(decode(&b, &FrameLimits::default()), Ok(Decoded::Frame(f, b.len())));
+        }
     }
 
     #[test]
     fn non_canonical_payload_is_refused() {
         // postcard's varint for DURABLE.file = 1 written in two bytes (0x81 0x00).
         let b = [FrameType::Durable as u8, 3, 0x81, 0x00, 0x02];
-        assert!(matches!(decode(&b, &FrameLimits::default()), Err(FrameError::Malformed { .. })));
+        assert!(matches!(
+            decode(&b, &FrameLimits::default()),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 }

@@ -88,8 +88,15 @@ impl Proxy {
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let up = {
-            let (front, back, imp, bo, c, rng, client) =
-                (front.clone(), back.clone(), imp.clone(), blackout.clone(), counters.clone(), rng.clone(), client.clone());
+            let (front, back, imp, bo, c, rng, client) = (
+                front.clone(),
+                back.clone(),
+                imp.clone(),
+                blackout.clone(),
+                counters.clone(),
+                rng.clone(),
+                client.clone(),
+            );
             async move {
                 let mut buf = vec![0u8; 65_536];
                 while let Ok((n, from)) = front.recv_from(&mut buf).await {
@@ -107,11 +114,19 @@ impl Proxy {
             }
         };
         let down = {
-            let (front, back, bo, c, client) = (front.clone(), back.clone(), blackout.clone(), counters.clone(), client.clone());
+            let (front, back, bo, c, client) = (
+                front.clone(),
+                back.clone(),
+                blackout.clone(),
+                counters.clone(),
+                client.clone(),
+            );
             async move {
                 let mut buf = vec![0u8; 65_536];
                 while let Ok(n) = back.recv(&mut buf).await {
-                    let Some(to) = *client.lock().await else { continue };
+                    let Some(to) = *client.lock().await else {
+                        continue;
+                    };
                     let data = buf[..n].to_vec();
                     let front = front.clone();
                     forward(&imp, &bo, &c, &rng, data, move |d| {
@@ -127,7 +142,12 @@ impl Proxy {
         let task = tokio::spawn(async move {
             tokio::join!(up, down);
         });
-        Ok(Proxy { addr, blackout, counters, task })
+        Ok(Proxy {
+            addr,
+            blackout,
+            counters,
+            task,
+        })
     }
 
     /// The address clients connect to.

@@ -22,8 +22,8 @@ use crate::frame::{
 };
 use crate::tls::{PeerIdentity, PeerTrust, TlsConfigError, TlsIdentity};
 use crate::upload::{
-    DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadEvent, UploadPhase, UploadStats,
-    table_runs,
+    DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadEvent, UploadPhase,
+    UploadStats, table_runs,
 };
 
 /// A transport failure, classified for the CLI's exit codes.
@@ -65,9 +65,19 @@ impl NetError {
             NetError::Config(_) | NetError::Io(_) | NetError::Source(_) => ErrorClass::Refused,
             NetError::Connect(_) => ErrorClass::Refused,
             NetError::Connection(e) => match e {
+                // A relay at its connection limit: try later.
+                ConnectionError::ConnectionClosed(c)
+                    if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                {
+                    ErrorClass::Retryable
+                }
                 // The peer's TLS stack refused us (alert) or we refused it.
-                ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_) => ErrorClass::Refused,
-                ConnectionError::ApplicationClosed(c) => ErrorCode::from_varint(c.error_code).class(),
+                ConnectionError::TransportError(_) | ConnectionError::ConnectionClosed(_) => {
+                    ErrorClass::Refused
+                }
+                ConnectionError::ApplicationClosed(c) => {
+                    ErrorCode::from_varint(c.error_code).class()
+                }
                 ConnectionError::VersionMismatch => ErrorClass::Refused,
                 _ => ErrorClass::Retryable,
             },
@@ -109,14 +119,20 @@ pub struct FrameReader {
 impl FrameReader {
     /// Wraps a receive stream of `conn`.
     pub fn new(recv: quinn::RecvStream, conn: quinn::Connection, limits: FrameLimits) -> Self {
-        FrameReader { recv, conn, limits, buf: Vec::new() }
+        FrameReader {
+            recv,
+            conn,
+            limits,
+            buf: Vec::new(),
+        }
     }
 
     fn fail(&mut self, e: FrameError) -> NetError {
         if e.code() == ErrorCode::FRAME_TOO_LARGE {
             let _ = self.recv.stop(e.code().to_varint());
         } else {
-            self.conn.close(e.code().to_varint(), e.to_string().as_bytes());
+            self.conn
+                .close(e.code().to_varint(), e.to_string().as_bytes());
         }
         NetError::Frame(e)
     }
@@ -130,7 +146,9 @@ impl FrameReader {
             match self.recv.read_exact(&mut head[have..need]).await {
                 Ok(()) => {}
                 Err(ReadExactError::FinishedEarly(0)) if have == 0 => return Ok(None),
-                Err(ReadExactError::FinishedEarly(_)) => return Err(self.fail(FrameError::Truncated)),
+                Err(ReadExactError::FinishedEarly(_)) => {
+                    return Err(self.fail(FrameError::Truncated));
+                }
                 Err(ReadExactError::ReadError(e)) => return Err(read_error(e)),
             }
             have = need;
@@ -153,7 +171,8 @@ impl FrameReader {
         match frame::decode_payload(h.ty, &self.buf[..len]) {
             Ok(f) => Ok(Some(f)),
             Err(e) => {
-                self.conn.close(e.code().to_varint(), e.to_string().as_bytes());
+                self.conn
+                    .close(e.code().to_varint(), e.to_string().as_bytes());
                 Err(NetError::Frame(e))
             }
         }
@@ -163,7 +182,10 @@ impl FrameReader {
     pub async fn expect(&mut self) -> Result<Frame<'_>, NetError> {
         match self.next().await? {
             Some(f) => Ok(f),
-            None => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "stream ended early"))),
+            None => Err(NetError::Protocol(ProtocolError::new(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "stream ended early",
+            ))),
         }
     }
 
@@ -191,7 +213,10 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// Wraps a send stream.
     pub fn new(send: quinn::SendStream) -> Self {
-        FrameWriter { send, buf: Vec::with_capacity(frame::MAX_PIECE as usize + 16) }
+        FrameWriter {
+            send,
+            buf: Vec::with_capacity(frame::MAX_PIECE as usize + 16),
+        }
     }
 
     /// Sends one frame.
@@ -215,7 +240,9 @@ impl FrameWriter {
         let start = self.buf.len();
         fill(&mut self.buf).map_err(NetError::Source)?;
         if (self.buf.len() - start) as u64 != len {
-            return Err(NetError::Source(io::Error::other("piece source returned the wrong length")));
+            return Err(NetError::Source(io::Error::other(
+                "piece source returned the wrong length",
+            )));
         }
         self.send.write_all(&self.buf).await?;
         Ok(())
@@ -257,7 +284,10 @@ impl Session {
     /// Opens a bidirectional request stream.
     pub async fn open(&self) -> Result<(FrameWriter, FrameReader), NetError> {
         let (s, r) = self.conn.open_bi().await?;
-        Ok((FrameWriter::new(s), FrameReader::new(r, self.conn.clone(), self.limits.frames)))
+        Ok((
+            FrameWriter::new(s),
+            FrameReader::new(r, self.conn.clone(), self.limits.frames),
+        ))
     }
 
     /// Closes the connection with `code`.
@@ -268,9 +298,17 @@ impl Session {
 
 fn peer_of(conn: &quinn::Connection) -> Result<PeerIdentity, NetError> {
     conn.peer_identity()
-        .and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|a| {
+            a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .and_then(|c| PeerIdentity::from_chain(&c))
-        .ok_or_else(|| NetError::Protocol(ProtocolError::new(ErrorCode::NOT_AUTHORISED, "peer presented no usable certificate")))
+        .ok_or_else(|| {
+            NetError::Protocol(ProtocolError::new(
+                ErrorCode::NOT_AUTHORISED,
+                "peer presented no usable certificate",
+            ))
+        })
 }
 
 /// A QUIC endpoint: a relay (server) or a client.
@@ -286,21 +324,49 @@ pub struct Node {
 
 impl Node {
     /// A relay listening on `addr`.
-    pub fn server(addr: SocketAddr, identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Result<Self, NetError> {
+    pub fn server(
+        addr: SocketAddr,
+        identity: TlsIdentity,
+        trust: PeerTrust,
+        limits: Limits,
+    ) -> Result<Self, NetError> {
         let agency = identity.agency()?;
         let cfg = server_config(&identity, trust.clone(), &limits)?;
         let endpoint = quinn::Endpoint::server(cfg, addr)?;
         let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
-        Ok(Node { endpoint, limits, agency, identity, trust, active })
+        Ok(Node {
+            endpoint,
+            limits,
+            agency,
+            identity,
+            trust,
+            active,
+        })
     }
 
     /// A client bound to an ephemeral port of the given family.
-    pub fn client(ipv6: bool, identity: TlsIdentity, trust: PeerTrust, limits: Limits) -> Result<Self, NetError> {
+    pub fn client(
+        ipv6: bool,
+        identity: TlsIdentity,
+        trust: PeerTrust,
+        limits: Limits,
+    ) -> Result<Self, NetError> {
         let agency = identity.agency()?;
-        let bind: SocketAddr = if ipv6 { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+        let bind: SocketAddr = if ipv6 {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
         let endpoint = quinn::Endpoint::client(bind)?;
         let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
-        Ok(Node { endpoint, limits, agency, identity, trust, active })
+        Ok(Node {
+            endpoint,
+            limits,
+            agency,
+            identity,
+            trust,
+            active,
+        })
     }
 
     /// The bound address.
@@ -320,8 +386,17 @@ impl Node {
 
     /// Connects to a relay, authenticates it (optionally as `expect`), and runs HELLO/WELCOME,
     /// all within the handshake timeout.
-    pub async fn connect(&self, addr: SocketAddr, expect: Option<AgencyId>) -> Result<Session, NetError> {
-        let cfg = client_config(&self.identity, self.trust.clone(), expect.clone(), &self.limits)?;
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Option<AgencyId>,
+    ) -> Result<Session, NetError> {
+        let cfg = client_config(
+            &self.identity,
+            self.trust.clone(),
+            expect.clone(),
+            &self.limits,
+        )?;
         let name = match &expect {
             Some(a) => crate::tls::agency_dns_name(a),
             None => "relay.rogatory.invalid".to_owned(),
@@ -332,16 +407,25 @@ impl Node {
             let (s, r) = conn.open_bi().await?;
             let mut w = FrameWriter::new(s);
             let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
-            let hello = Hello { versions: VERSIONS.to_vec(), agency: self.agency.clone(), software: software() };
+            let hello = Hello {
+                versions: VERSIONS.to_vec(),
+                agency: self.agency.clone(),
+                software: software(),
+            };
             w.send(&Frame::Hello(hello)).await?;
             w.finish();
             let welcome = match r.expect().await? {
                 Frame::Welcome(w) => w,
-                Frame::Error(e) => return Err(NetError::Protocol(ProtocolError::new(e.code, e.message))),
+                Frame::Error(e) => {
+                    return Err(NetError::Protocol(ProtocolError::new(e.code, e.message)));
+                }
                 other => {
                     let m = format!("expected WELCOME, got {}", other.ty().name());
                     conn.close(ErrorCode::PROTOCOL_VIOLATION.to_varint(), m.as_bytes());
-                    return Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m)));
+                    return Err(NetError::Protocol(ProtocolError::new(
+                        ErrorCode::PROTOCOL_VIOLATION,
+                        m,
+                    )));
                 }
             };
             if !VERSIONS.contains(&welcome.version) || welcome.agency != peer.agency {
@@ -359,7 +443,9 @@ impl Node {
                 limits: self.limits.clone(),
             })
         };
-        tokio::time::timeout(self.limits.handshake_timeout, fut).await.map_err(|_| NetError::Timeout("handshake"))?
+        tokio::time::timeout(self.limits.handshake_timeout, fut)
+            .await
+            .map_err(|_| NetError::Timeout("handshake"))?
     }
 
     /// Accepts the next connection that completes TLS and HELLO/WELCOME. Connections that fail
@@ -372,7 +458,9 @@ impl Node {
                 incoming.refuse();
                 continue;
             };
-            match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming)).await {
+            match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming))
+                .await
+            {
                 Ok(Ok(s)) => return Some((s, permit)),
                 Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
                 Err(_) => tracing::info!("handshake timed out"),
@@ -384,10 +472,14 @@ impl Node {
     /// diagnostics; [`Node::serve`] is the server loop). `None` when the endpoint is closed.
     pub async fn accept_next(&self) -> Option<Result<Session, NetError>> {
         let incoming = self.endpoint.accept().await?;
-        Some(match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming)).await {
-            Ok(r) => r,
-            Err(_) => Err(NetError::Timeout("handshake")),
-        })
+        Some(
+            match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(NetError::Timeout("handshake")),
+            },
+        )
     }
 
     /// Accepts connections forever, handing each authenticated session to `serve` on its own
@@ -408,7 +500,9 @@ impl Node {
             let serve = serve.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming)).await {
+                match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming))
+                    .await
+                {
                     Ok(Ok(s)) => serve(s).await,
                     Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
                     Err(_) => tracing::info!("handshake timed out"),
@@ -428,17 +522,34 @@ impl Node {
             other => {
                 let m = format!("expected HELLO, got {}", other.ty().name());
                 conn.close(ErrorCode::PROTOCOL_VIOLATION.to_varint(), m.as_bytes());
-                return Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m)));
+                return Err(NetError::Protocol(ProtocolError::new(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    m,
+                )));
             }
         };
         if hello.agency != peer.agency {
-            let e = ProtocolError::new(ErrorCode::NOT_AUTHORISED, "HELLO names another agency than the certificate");
+            let e = ProtocolError::new(
+                ErrorCode::NOT_AUTHORISED,
+                "HELLO names another agency than the certificate",
+            );
             conn.close(e.code.to_varint(), e.message.as_bytes());
             return Err(e.into());
         }
-        let Some(version) = VERSIONS.iter().copied().find(|v| hello.versions.contains(v)) else {
-            let e = ProtocolError::new(ErrorCode::UNSUPPORTED_VERSION, "no protocol version in common");
-            w.send(&Frame::Error(ErrorFrame { code: e.code, message: e.message.clone() })).await?;
+        let Some(version) = VERSIONS
+            .iter()
+            .copied()
+            .find(|v| hello.versions.contains(v))
+        else {
+            let e = ProtocolError::new(
+                ErrorCode::UNSUPPORTED_VERSION,
+                "no protocol version in common",
+            );
+            w.send(&Frame::Error(ErrorFrame {
+                code: e.code,
+                message: e.message.clone(),
+            }))
+            .await?;
             w.finish();
             conn.close(e.code.to_varint(), e.message.as_bytes());
             return Err(e.into());
@@ -474,7 +585,13 @@ fn software() -> String {
 /// Where the sender's bytes come from: the piece table and the ciphertext of every piece.
 pub trait PieceSource: Send {
     /// Appends leaf hashes `first..first + count` of `file` to `out`.
-    fn table(&mut self, file: u32, first: u64, count: usize, out: &mut Vec<[u8; 32]>) -> io::Result<()>;
+    fn table(
+        &mut self,
+        file: u32,
+        first: u64,
+        count: usize,
+        out: &mut Vec<[u8; 32]>,
+    ) -> io::Result<()>;
     /// Appends the ciphertext of piece `piece` of `file` to `out`.
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()>;
 }
@@ -512,9 +629,15 @@ pub async fn upload(
             let item = match reader.next().await {
                 Ok(Some(f)) => match owned(f) {
                     Some(f) => Ok(f),
-                    None => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "data frame on the upload stream"))),
+                    None => Err(NetError::Protocol(ProtocolError::new(
+                        ErrorCode::PROTOCOL_VIOLATION,
+                        "data frame on the upload stream",
+                    ))),
                 },
-                Ok(None) => Err(NetError::Protocol(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, "relay ended the upload stream"))),
+                Ok(None) => Err(NetError::Protocol(ProtocolError::new(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    "relay ended the upload stream",
+                ))),
                 Err(e) => Err(e),
             };
             let stop = item.is_err();
@@ -570,11 +693,21 @@ pub async fn upload(
                 Transmit::Open { file, generation } => {
                     let mut w = FrameWriter::new(session.conn.open_uni().await?);
                     let r = async {
-                        w.send(&Frame::Attach(Attach { transfer: offer.transfer })).await?;
+                        w.send(&Frame::Attach(Attach {
+                            transfer: offer.transfer,
+                        }))
+                        .await?;
                         for (first, count) in table_runs(count_of(&up, file)) {
                             table.clear();
-                            source.table(file, first, count, &mut table).map_err(NetError::Source)?;
-                            w.send(&Frame::Table(Table { file, first, hashes: std::mem::take(&mut table) })).await?;
+                            source
+                                .table(file, first, count, &mut table)
+                                .map_err(NetError::Source)?;
+                            w.send(&Frame::Table(Table {
+                                file,
+                                first,
+                                hashes: std::mem::take(&mut table),
+                            }))
+                            .await?;
                         }
                         Ok::<_, NetError>(())
                     }
@@ -587,9 +720,17 @@ pub async fn upload(
                         Err(e) => return Err(e),
                     }
                 }
-                Transmit::Piece { file, generation, piece, len } => {
+                Transmit::Piece {
+                    file,
+                    generation,
+                    piece,
+                    len,
+                } => {
                     if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
-                        match w.send_piece(file, piece, len, |out| source.piece(file, piece, out)).await {
+                        match w
+                            .send_piece(file, piece, len, |out| source.piece(file, piece, out))
+                            .await
+                        {
                             Ok(()) => {}
                             Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
                             Err(e) => return Err(e),
@@ -626,8 +767,12 @@ pub async fn upload(
     }
     control.finish();
     let stats = up.stats();
-    let receipt = receipt
-        .ok_or_else(|| NetError::Protocol(ProtocolError::new(ErrorCode::INTERNAL, "upload done without a receipt")))?;
+    let receipt = receipt.ok_or_else(|| {
+        NetError::Protocol(ProtocolError::new(
+            ErrorCode::INTERNAL,
+            "upload done without a receipt",
+        ))
+    })?;
     Ok(UploadOutcome { receipt, stats })
 }
 
@@ -679,13 +824,35 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
 pub trait IntakeHandler: Send + Sync + 'static {
     /// Decides on an offer by `peer`: `Ok((layouts, durable))` accepts it, where `durable[i]`
     /// pieces of file `i` are already durable (resume).
-    fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError>;
+    fn offer(
+        &self,
+        peer: &PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError>;
     /// New piece-table entries `first..` of `file`.
-    fn table(&self, transfer: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError>;
+    fn table(
+        &self,
+        transfer: TransferId,
+        file: u32,
+        first: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), ProtocolError>;
     /// The next piece of `file`: verify it and write it (not yet durable).
-    fn store(&self, transfer: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError>;
+    fn store(
+        &self,
+        transfer: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError>;
     /// A piece already received: it must be identical.
-    fn duplicate(&self, transfer: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError>;
+    fn duplicate(
+        &self,
+        transfer: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError>;
     /// Makes everything stored so far durable; returns each file's durable piece count.
     fn sync(&self, transfer: TransferId) -> Result<Vec<u64>, ProtocolError>;
     /// Every piece is durable: log and sign the custody receipt.
@@ -706,7 +873,10 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { sync_interval: Duration::from_millis(20), intake: IntakeConfig::default() }
+        ServeConfig {
+            sync_interval: Duration::from_millis(20),
+            intake: IntakeConfig::default(),
+        }
     }
 }
 
@@ -734,8 +904,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Serves one connection's uploads: OFFER streams and data streams, until the connection ends.
 /// A bidirectional stream that starts with another request is passed to `other` (inbox, fetch,
 /// status, deliver), which owns it from then on.
-pub async fn serve_connection<H, R, Fut>(session: Session, handler: Arc<H>, cfg: ServeConfig, other: R)
-where
+pub async fn serve_connection<H, R, Fut>(
+    session: Session,
+    handler: Arc<H>,
+    cfg: ServeConfig,
+    other: R,
+) where
     H: IntakeHandler,
     R: Fn(Session, Frame<'static>, FrameWriter, FrameReader) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -791,9 +965,17 @@ async fn serve_upload<H: IntakeHandler>(
     mut r: FrameReader,
 ) {
     let transfer = offer.transfer;
-    let refuse = |e: ProtocolError| Frame::Error(ErrorFrame { code: e.code, message: e.message });
+    let refuse = |e: ProtocolError| {
+        Frame::Error(ErrorFrame {
+            code: e.code,
+            message: e.message,
+        })
+    };
     if lock(&registry).contains_key(&transfer) {
-        let e = ProtocolError::new(ErrorCode::CONFLICT, "the transfer is already being uploaded on this connection");
+        let e = ProtocolError::new(
+            ErrorCode::CONFLICT,
+            "the transfer is already being uploaded on this connection",
+        );
         let _ = w.send(&refuse(e)).await;
         w.finish();
         return;
@@ -808,7 +990,11 @@ async fn serve_upload<H: IntakeHandler>(
         }
     };
     let active = Arc::new(Active {
-        state: Mutex::new(ActiveState { intake: Intake::new(transfer, layouts, durable, cfg.intake.clone()), dirty: false, failed: None }),
+        state: Mutex::new(ActiveState {
+            intake: Intake::new(transfer, layouts, durable, cfg.intake.clone()),
+            dirty: false,
+            failed: None,
+        }),
         notify: Notify::new(),
     });
     lock(&registry).insert(transfer, active.clone());
@@ -846,10 +1032,16 @@ async fn drive_intake<H: IntakeHandler>(
             while let Some(f) = st.intake.poll_frame() {
                 out.push(f);
             }
-            (st.intake.phase(), st.intake.poll_timeout().map(Instant::from_std), st.dirty)
+            (
+                st.intake.phase(),
+                st.intake.poll_timeout().map(Instant::from_std),
+                st.dirty,
+            )
         };
         for f in out.drain(..) {
-            w.send(&f).await.map_err(|e| ProtocolError::new(ErrorCode::TIMEOUT, e.to_string()))?;
+            w.send(&f)
+                .await
+                .map_err(|e| ProtocolError::new(ErrorCode::TIMEOUT, e.to_string()))?;
         }
         match phase {
             IntakePhase::Done => return Ok(()),
@@ -894,11 +1086,19 @@ async fn drive_intake<H: IntakeHandler>(
     }
 }
 
-async fn serve_data<H: IntakeHandler>(session: Session, handler: Arc<H>, registry: Registry, mut r: FrameReader) {
+async fn serve_data<H: IntakeHandler>(
+    session: Session,
+    handler: Arc<H>,
+    registry: Registry,
+    mut r: FrameReader,
+) {
     let transfer = match r.next().await {
         Ok(Some(Frame::Attach(a))) => a.transfer,
         Ok(Some(f)) => {
-            let m = format!("data stream starts with {} instead of ATTACH", f.ty().name());
+            let m = format!(
+                "data stream starts with {} instead of ATTACH",
+                f.ty().name()
+            );
             session.close(ErrorCode::PROTOCOL_VIOLATION, &m);
             return;
         }
@@ -922,13 +1122,19 @@ async fn serve_data<H: IntakeHandler>(session: Session, handler: Arc<H>, registr
         };
         let mut st = lock(&active.state);
         let res = match st.intake.handle_data(&frame) {
-            Ok(DataAction::Table { file, first, hashes }) if !hashes.is_empty() => handler.table(transfer, file, first, hashes),
+            Ok(DataAction::Table {
+                file,
+                first,
+                hashes,
+            }) if !hashes.is_empty() => handler.table(transfer, file, first, hashes),
             Ok(DataAction::Table { .. } | DataAction::Gap) => Ok(()),
             Ok(DataAction::Store { file, piece, bytes }) => {
                 st.dirty = true;
                 handler.store(transfer, file, piece, bytes)
             }
-            Ok(DataAction::Duplicate { file, piece, bytes }) => handler.duplicate(transfer, file, piece, bytes),
+            Ok(DataAction::Duplicate { file, piece, bytes }) => {
+                handler.duplicate(transfer, file, piece, bytes)
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = res {
@@ -949,8 +1155,10 @@ async fn serve_data<H: IntakeHandler>(session: Session, handler: Arc<H>, registr
 
 /// Resolves `HOST:PORT` to a socket address (the first one).
 pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
-    tokio::net::lookup_host(addr)
-        .await?
-        .next()
-        .ok_or_else(|| NetError::Io(io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"))))
+    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        NetError::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr}: no address"),
+        ))
+    })
 }

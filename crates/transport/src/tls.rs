@@ -18,16 +18,19 @@ use std::fmt;
 use std::sync::Arc;
 
 use rogatory_custody::{AgencyId, Sha256Digest};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 
 /// The DNS suffix that carries the agency id in a certificate.
@@ -45,7 +48,11 @@ pub fn agency_dns_name(agency: &AgencyId) -> String {
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
-    p.cipher_suites = vec![cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256];
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
     Arc::new(p)
 }
 
@@ -77,21 +84,31 @@ pub struct TlsIdentity {
 
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsIdentity").field("chain", &self.chain.len()).finish_non_exhaustive()
+        f.debug_struct("TlsIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        TlsIdentity { chain: self.chain.clone(), key: self.key.clone_key() }
+        TlsIdentity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
 impl TlsIdentity {
     /// From DER.
-    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self, TlsConfigError> {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsConfigError> {
         if chain.is_empty() {
-            return Err(TlsConfigError::Certificate("empty certificate chain".into()));
+            return Err(TlsConfigError::Certificate(
+                "empty certificate chain".into(),
+            ));
         }
         Ok(TlsIdentity { chain, key })
     }
@@ -100,21 +117,29 @@ impl TlsIdentity {
     pub fn from_pem(certs_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsConfigError> {
         let chain = CertificateDer::pem_slice_iter(certs_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsConfigError::Pem { what: "certificate".into(), reason: e.to_string() })?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| TlsConfigError::Pem { what: "private key".into(), reason: e.to_string() })?;
+            .map_err(|e| TlsConfigError::Pem {
+                what: "certificate".into(),
+                reason: e.to_string(),
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsConfigError::Pem {
+            what: "private key".into(),
+            reason: e.to_string(),
+        })?;
         Self::new(chain, key)
     }
 
     /// The agency the end-entity certificate names.
     pub fn agency(&self) -> Result<AgencyId, TlsConfigError> {
         let c = CertInfo::parse(&self.chain[0]).map_err(TlsConfigError::Certificate)?;
-        c.agency.ok_or_else(|| TlsConfigError::Certificate("names no agency".into()))
+        c.agency
+            .ok_or_else(|| TlsConfigError::Certificate("names no agency".into()))
     }
 
     /// SHA-256 of the end-entity certificate's SubjectPublicKeyInfo (the card's pin).
     pub fn spki_sha256(&self) -> Result<Sha256Digest, TlsConfigError> {
-        Ok(CertInfo::parse(&self.chain[0]).map_err(TlsConfigError::Certificate)?.spki)
+        Ok(CertInfo::parse(&self.chain[0])
+            .map_err(TlsConfigError::Certificate)?
+            .spki)
     }
 
     pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
@@ -138,7 +163,10 @@ impl PeerTrust {
 
     /// Adds CA certificates (DER) to the bundle.
     pub fn add_ca(&mut self, ca: CertificateDer<'static>) -> Result<&mut Self, TlsConfigError> {
-        let roots = Arc::make_mut(self.roots.get_or_insert_with(|| Arc::new(RootCertStore::empty())));
+        let roots = Arc::make_mut(
+            self.roots
+                .get_or_insert_with(|| Arc::new(RootCertStore::empty())),
+        );
         roots.add(ca)?;
         Ok(self)
     }
@@ -147,12 +175,18 @@ impl PeerTrust {
     pub fn add_ca_pem(&mut self, pem: &[u8]) -> Result<&mut Self, TlsConfigError> {
         let mut n = 0;
         for c in CertificateDer::pem_slice_iter(pem) {
-            let c = c.map_err(|e| TlsConfigError::Pem { what: "CA bundle".into(), reason: e.to_string() })?;
+            let c = c.map_err(|e| TlsConfigError::Pem {
+                what: "CA bundle".into(),
+                reason: e.to_string(),
+            })?;
             self.add_ca(c)?;
             n += 1;
         }
         if n == 0 {
-            return Err(TlsConfigError::Pem { what: "CA bundle".into(), reason: "no certificate".into() });
+            return Err(TlsConfigError::Pem {
+                what: "CA bundle".into(),
+                reason: "no certificate".into(),
+            });
         }
         Ok(self)
     }
@@ -160,8 +194,10 @@ impl PeerTrust {
     /// Adds a certificate revocation list (DER or PEM).
     pub fn add_crl(&mut self, crl: &[u8]) -> Result<&mut Self, TlsConfigError> {
         let crl = if crl.starts_with(b"-----") {
-            CertificateRevocationListDer::from_pem_slice(crl)
-                .map_err(|e| TlsConfigError::Pem { what: "CRL".into(), reason: e.to_string() })?
+            CertificateRevocationListDer::from_pem_slice(crl).map_err(|e| TlsConfigError::Pem {
+                what: "CRL".into(),
+                reason: e.to_string(),
+            })?
         } else {
             CertificateRevocationListDer::from(crl.to_vec())
         };
@@ -180,31 +216,54 @@ impl PeerTrust {
         self.agencies.contains_key(agency)
     }
 
-    fn webpki_client(&self, provider: &Arc<CryptoProvider>) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsConfigError> {
-        let Some(roots) = &self.roots else { return Ok(None) };
+    fn webpki_client(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsConfigError> {
+        let Some(roots) = &self.roots else {
+            return Ok(None);
+        };
         let mut b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
         if !self.crls.is_empty() {
-            b = b.with_crls(self.crls.clone()).enforce_revocation_expiration();
+            b = b
+                .with_crls(self.crls.clone())
+                .enforce_revocation_expiration();
         }
-        b.build().map(Some).map_err(|e| TlsConfigError::Certificate(e.to_string()))
+        b.build()
+            .map(Some)
+            .map_err(|e| TlsConfigError::Certificate(e.to_string()))
     }
 
-    fn webpki_server(&self, provider: &Arc<CryptoProvider>) -> Result<Option<Arc<WebPkiServerVerifier>>, TlsConfigError> {
-        let Some(roots) = &self.roots else { return Ok(None) };
+    fn webpki_server(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Option<Arc<WebPkiServerVerifier>>, TlsConfigError> {
+        let Some(roots) = &self.roots else {
+            return Ok(None);
+        };
         let mut b = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone());
         if !self.crls.is_empty() {
-            b = b.with_crls(self.crls.clone()).enforce_revocation_expiration();
+            b = b
+                .with_crls(self.crls.clone())
+                .enforce_revocation_expiration();
         }
-        b.build().map(Some).map_err(|e| TlsConfigError::Certificate(e.to_string()))
+        b.build()
+            .map(Some)
+            .map_err(|e| TlsConfigError::Certificate(e.to_string()))
     }
 
     /// Rules 1 and 2: the agency the certificate names, and whether a pin matched.
     fn check_name_and_pin(&self, cert: &CertInfo) -> Result<(AgencyId, bool), rustls::Error> {
-        let agency = cert.agency.clone().ok_or_else(|| reject(PeerRejection::NoAgencyName))?;
+        let agency = cert
+            .agency
+            .clone()
+            .ok_or_else(|| reject(PeerRejection::NoAgencyName))?;
         let Some(pins) = self.agencies.get(&agency) else {
             // Not an agency we know: `access_denied` on the wire; the id goes to the log only.
             tracing::info!(%agency, "{}", PeerRejection::UnknownAgency(agency.clone()));
-            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         };
         if pins.is_empty() {
             return Ok((agency, false));
@@ -248,7 +307,8 @@ struct CertInfo {
 impl CertInfo {
     fn parse(der: &CertificateDer<'_>) -> Result<Self, String> {
         use x509_parser::prelude::*;
-        let (rest, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| format!("malformed certificate: {e}"))?;
+        let (rest, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| format!("malformed certificate: {e}"))?;
         if !rest.is_empty() {
             return Err("trailing bytes after the certificate".into());
         }
@@ -278,7 +338,9 @@ impl CertInfo {
     fn check_validity(&self, now: UnixTime) -> Result<(), rustls::Error> {
         let now = now.as_secs() as i64;
         if now < self.not_before {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYet));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet,
+            ));
         }
         if now > self.not_after {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
@@ -293,10 +355,17 @@ fn bad_encoding(_: String) -> rustls::Error {
 
 /// Rule 3 after the chain check: a pinned certificate may stand in for a chain that does not
 /// reach the bundle, never for an expired, not-yet-valid or revoked one.
-fn decide(chain: Result<(), rustls::Error>, pinned: bool, info: &CertInfo, now: UnixTime) -> Result<(), rustls::Error> {
+fn decide(
+    chain: Result<(), rustls::Error>,
+    pinned: bool,
+    info: &CertInfo,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
     match chain {
         Ok(()) => Ok(()),
-        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) if pinned => info.check_validity(now),
+        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) if pinned => {
+            info.check_validity(now)
+        }
         Err(e) => Err(e),
     }
 }
@@ -314,7 +383,10 @@ impl PeerIdentity {
     /// Reads the identity from the peer's certificate chain (after the verifier accepted it).
     pub fn from_chain(chain: &[CertificateDer<'_>]) -> Option<Self> {
         let info = CertInfo::parse(chain.first()?).ok()?;
-        Some(PeerIdentity { agency: info.agency?, spki_sha256: info.spki })
+        Some(PeerIdentity {
+            agency: info.agency?,
+            spki_sha256: info.spki,
+        })
     }
 }
 
@@ -328,10 +400,21 @@ pub(crate) struct ClientVerifier {
 }
 
 impl ClientVerifier {
-    pub(crate) fn new(trust: PeerTrust, provider: &Arc<CryptoProvider>) -> Result<Self, TlsConfigError> {
+    pub(crate) fn new(
+        trust: PeerTrust,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsConfigError> {
         let webpki = trust.webpki_client(provider)?;
-        let hints = webpki.as_ref().map(|w| w.root_hint_subjects().to_vec()).unwrap_or_default();
-        Ok(ClientVerifier { trust, webpki, algs: provider.signature_verification_algorithms, hints })
+        let hints = webpki
+            .as_ref()
+            .map(|w| w.root_hint_subjects().to_vec())
+            .unwrap_or_default();
+        Ok(ClientVerifier {
+            trust,
+            webpki,
+            algs: provider.signature_verification_algorithms,
+            hints,
+        })
     }
 }
 
@@ -353,8 +436,12 @@ impl ClientCertVerifier for ClientVerifier {
         let info = CertInfo::parse(end_entity).map_err(bad_encoding)?;
         let (_, pinned) = self.trust.check_name_and_pin(&info)?;
         let chain = match &self.webpki {
-            Some(w) => w.verify_client_cert(end_entity, intermediates, now).map(|_| ()),
-            None => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            Some(w) => w
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ()),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
         };
         decide(chain, pinned, &info, now)?;
         Ok(ClientCertVerified::assertion())
@@ -367,7 +454,9 @@ impl ClientCertVerifier for ClientVerifier {
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // TLS 1.2 is not enabled; this is never reached.
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -396,9 +485,18 @@ pub(crate) struct ServerVerifier {
 }
 
 impl ServerVerifier {
-    pub(crate) fn new(trust: PeerTrust, expect: Option<AgencyId>, provider: &Arc<CryptoProvider>) -> Result<Self, TlsConfigError> {
+    pub(crate) fn new(
+        trust: PeerTrust,
+        expect: Option<AgencyId>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsConfigError> {
         let webpki = trust.webpki_server(provider)?;
-        Ok(ServerVerifier { trust, expect, webpki, algs: provider.signature_verification_algorithms })
+        Ok(ServerVerifier {
+            trust,
+            expect,
+            webpki,
+            algs: provider.signature_verification_algorithms,
+        })
     }
 }
 
@@ -414,15 +512,21 @@ impl ServerCertVerifier for ServerVerifier {
         let info = CertInfo::parse(end_entity).map_err(bad_encoding)?;
         let (agency, pinned) = self.trust.check_name_and_pin(&info)?;
         if self.expect.as_ref().is_some_and(|e| *e != agency) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
         }
         let chain = match &self.webpki {
             Some(w) => {
-                let name = ServerName::try_from(agency_dns_name(&agency))
-                    .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::NotValidForName))?;
-                w.verify_server_cert(end_entity, intermediates, &name, ocsp, now).map(|_| ())
+                let name = ServerName::try_from(agency_dns_name(&agency)).map_err(|_| {
+                    rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+                })?;
+                w.verify_server_cert(end_entity, intermediates, &name, ocsp, now)
+                    .map(|_| ())
             }
-            None => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
         };
         decide(chain, pinned, &info, now)?;
         Ok(ServerCertVerified::assertion())
@@ -434,7 +538,9 @@ impl ServerCertVerifier for ServerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(

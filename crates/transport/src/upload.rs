@@ -187,10 +187,21 @@ pub struct Upload {
 
 impl Upload {
     /// A new upload of `files` (in manifest order); the first directive is [`Transmit::Offer`].
-    pub fn new(transfer: TransferId, files: Vec<PieceLayout>, cfg: UploadConfig, now: Instant) -> Self {
+    pub fn new(
+        transfer: TransferId,
+        files: Vec<PieceLayout>,
+        cfg: UploadConfig,
+        now: Instant,
+    ) -> Self {
         let files = files
             .into_iter()
-            .map(|layout| SendFile { layout, durable: 0, sent: 0, generation: 0, open: false })
+            .map(|layout| SendFile {
+                layout,
+                durable: 0,
+                sent: 0,
+                generation: 0,
+                open: false,
+            })
             .collect();
         let deadline = now + cfg.answer_timeout;
         Upload {
@@ -238,7 +249,10 @@ impl Upload {
 
     /// Durable ciphertext bytes.
     pub fn durable_bytes(&self) -> u64 {
-        self.files.iter().map(|f| piece_offset(&f.layout, f.durable)).sum()
+        self.files
+            .iter()
+            .map(|f| piece_offset(&f.layout, f.durable))
+            .sum()
     }
 
     /// Caps parallel data streams (the relay's WELCOME `max_data_streams`).
@@ -252,7 +266,10 @@ impl Upload {
             for (i, f) in self.files.iter_mut().enumerate() {
                 if f.open {
                     f.open = false;
-                    self.out.push_back(Transmit::Reset { file: i as u32, generation: f.generation });
+                    self.out.push_back(Transmit::Reset {
+                        file: i as u32,
+                        generation: f.generation,
+                    });
                 }
             }
         }
@@ -267,8 +284,12 @@ impl Upload {
                 self.fail(e.code, e.message);
             }
             (UploadPhase::AwaitAccept, Frame::Accept(a)) => self.on_accept(now, a),
-            (UploadPhase::AwaitDurable | UploadPhase::AwaitReceipt, Frame::Durable(d)) => self.on_durable(now, *d),
-            (UploadPhase::AwaitReceipt, Frame::Receipt(r)) if r.kind == ReceiptKind::Custody && r.transfer == self.transfer => {
+            (UploadPhase::AwaitDurable | UploadPhase::AwaitReceipt, Frame::Durable(d)) => {
+                self.on_durable(now, *d)
+            }
+            (UploadPhase::AwaitReceipt, Frame::Receipt(r))
+                if r.kind == ReceiptKind::Custody && r.transfer == self.transfer =>
+            {
                 self.phase = UploadPhase::Done;
                 self.events.push_back(UploadEvent::Receipt(r.clone()));
             }
@@ -281,10 +302,20 @@ impl Upload {
 
     fn on_accept(&mut self, now: Instant, a: &Accept) {
         if a.transfer != self.transfer || a.durable.len() != self.files.len() {
-            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "ACCEPT does not match the offer");
+            return self.fail(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "ACCEPT does not match the offer",
+            );
         }
-        if a.durable.iter().zip(&self.files).any(|(&d, f)| d > f.count()) {
-            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "ACCEPT reports more pieces than a file has");
+        if a.durable
+            .iter()
+            .zip(&self.files)
+            .any(|(&d, f)| d > f.count())
+        {
+            return self.fail(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "ACCEPT reports more pieces than a file has",
+            );
         }
         for (f, &d) in self.files.iter_mut().zip(&a.durable) {
             f.durable = d;
@@ -292,7 +323,10 @@ impl Upload {
         }
         let skipped = self.durable_bytes();
         self.stats.bytes_skipped = skipped;
-        self.events.push_back(UploadEvent::Accepted { skipped, remaining: self.total_bytes() - skipped });
+        self.events.push_back(UploadEvent::Accepted {
+            skipped,
+            remaining: self.total_bytes() - skipped,
+        });
         self.last_progress = now;
         self.phase = UploadPhase::AwaitDurable;
         self.check_all_durable(now);
@@ -300,16 +334,23 @@ impl Upload {
 
     fn on_durable(&mut self, now: Instant, d: Durable) {
         let Some(f) = self.files.get_mut(d.file as usize) else {
-            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "DURABLE names no file of the transfer");
+            return self.fail(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "DURABLE names no file of the transfer",
+            );
         };
         if d.pieces > f.count() || d.pieces < f.durable {
-            return self.fail(ErrorCode::PROTOCOL_VIOLATION, "DURABLE out of range or going backwards");
+            return self.fail(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "DURABLE out of range or going backwards",
+            );
         }
         if d.pieces == f.durable {
             return;
         }
         let old = f.durable;
-        let acked_in_flight = piece_offset(&f.layout, d.pieces.min(f.sent)) - piece_offset(&f.layout, old.min(f.sent));
+        let acked_in_flight = piece_offset(&f.layout, d.pieces.min(f.sent))
+            - piece_offset(&f.layout, old.min(f.sent));
         self.in_flight -= acked_in_flight;
         f.durable = d.pieces;
         // Data from an abandoned stream may have made it after all.
@@ -321,7 +362,10 @@ impl Upload {
         }
         self.last_progress = now;
         self.rewinds_in_a_row = 0;
-        self.events.push_back(UploadEvent::Progress { durable: self.durable_bytes(), total: self.total_bytes() });
+        self.events.push_back(UploadEvent::Progress {
+            durable: self.durable_bytes(),
+            total: self.total_bytes(),
+        });
         if complete {
             self.events.push_back(UploadEvent::FileDurable(d.file));
         }
@@ -329,7 +373,9 @@ impl Upload {
     }
 
     fn check_all_durable(&mut self, now: Instant) {
-        if self.phase == UploadPhase::AwaitDurable && self.files.iter().all(|f| f.durable == f.count()) {
+        if self.phase == UploadPhase::AwaitDurable
+            && self.files.iter().all(|f| f.durable == f.count())
+        {
             self.phase = UploadPhase::AwaitReceipt;
             self.deadline = now + self.cfg.receipt_timeout;
         }
@@ -338,7 +384,10 @@ impl Upload {
     /// The relay stopped a data stream, or writing to it failed: resend that file from its
     /// durable prefix on a new stream.
     pub fn stream_lost(&mut self, file: u32, generation: u32) {
-        let current = self.files.get(file as usize).is_some_and(|f| f.generation == generation);
+        let current = self
+            .files
+            .get(file as usize)
+            .is_some_and(|f| f.generation == generation);
         if current && self.phase == UploadPhase::AwaitDurable {
             self.rewind_file(file, true);
         }
@@ -352,7 +401,10 @@ impl Upload {
             return;
         }
         let bytes = piece_offset(&f.layout, f.sent) - piece_offset(&f.layout, f.durable);
-        self.out.push_back(Transmit::Reset { file, generation: f.generation });
+        self.out.push_back(Transmit::Reset {
+            file,
+            generation: f.generation,
+        });
         f.generation += 1;
         f.open = false;
         f.sent = f.durable;
@@ -371,10 +423,13 @@ impl Upload {
             UploadPhase::AwaitAccept if now >= self.deadline => {
                 self.fail(ErrorCode::TIMEOUT, "no answer to the offer")
             }
-            UploadPhase::AwaitReceipt if now >= self.deadline => {
-                self.fail(ErrorCode::TIMEOUT, "every piece is durable but no receipt arrived")
-            }
-            UploadPhase::AwaitDurable if self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout => {
+            UploadPhase::AwaitReceipt if now >= self.deadline => self.fail(
+                ErrorCode::TIMEOUT,
+                "every piece is durable but no receipt arrived",
+            ),
+            UploadPhase::AwaitDurable
+                if self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout =>
+            {
                 self.rewinds_in_a_row += 1;
                 self.stats.rewinds += 1;
                 if self.rewinds_in_a_row > self.cfg.max_rewinds {
@@ -393,7 +448,9 @@ impl Upload {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             UploadPhase::AwaitAccept | UploadPhase::AwaitReceipt => Some(self.deadline),
-            UploadPhase::AwaitDurable if self.in_flight > 0 => Some(self.last_progress + self.cfg.ack_timeout),
+            UploadPhase::AwaitDurable if self.in_flight > 0 => {
+                Some(self.last_progress + self.cfg.ack_timeout)
+            }
             _ => None,
         }
     }
@@ -411,8 +468,8 @@ impl Upload {
         if self.phase != UploadPhase::AwaitDurable {
             return None;
         }
-        // Open streams for the next files with pieces to send.
-        while self.active.len() < self.cfg.streams {
+        // Open a stream for the next file with pieces to send (one per call).
+        if self.active.len() < self.cfg.streams {
             let n = self.files.len() as u32;
             while self.scan < n {
                 let f = &self.files[self.scan as usize];
@@ -421,14 +478,16 @@ impl Upload {
                 }
                 self.scan += 1;
             }
-            if self.scan >= n {
-                break;
+            if self.scan < n {
+                let file = self.scan;
+                let f = &mut self.files[file as usize];
+                f.open = true;
+                self.active.push(file);
+                return Some(Transmit::Open {
+                    file,
+                    generation: f.generation,
+                });
             }
-            let file = self.scan;
-            let f = &mut self.files[file as usize];
-            f.open = true;
-            self.active.push(file);
-            return Some(Transmit::Open { file, generation: f.generation });
         }
         if self.active.is_empty() {
             return None;
@@ -440,13 +499,21 @@ impl Upload {
         if self.in_flight > 0 && self.in_flight + len > self.cfg.window {
             return None;
         }
-        let t = Transmit::Piece { file, generation: f.generation, piece: f.sent, len };
+        let t = Transmit::Piece {
+            file,
+            generation: f.generation,
+            piece: f.sent,
+            len,
+        };
         f.sent += 1;
         self.in_flight += len;
         self.stats.bytes_sent += len;
         if f.sent == f.count() {
             // The stream stays "open" (a rewind must reset it) until the file is durable.
-            self.out.push_back(Transmit::Finish { file, generation: f.generation });
+            self.out.push_back(Transmit::Finish {
+                file,
+                generation: f.generation,
+            });
             self.active.remove(self.cursor);
         } else {
             self.cursor += 1;
@@ -464,7 +531,9 @@ pub struct IntakeConfig {
 
 impl Default for IntakeConfig {
     fn default() -> Self {
-        IntakeConfig { ack_delay: Duration::from_millis(50) }
+        IntakeConfig {
+            ack_delay: Duration::from_millis(50),
+        }
     }
 }
 
@@ -539,16 +608,30 @@ pub struct Intake {
 impl Intake {
     /// Accepts an offer: `durable[i]` pieces of file `i` are already durable in the store.
     /// Queues ACCEPT.
-    pub fn new(transfer: TransferId, layouts: Vec<PieceLayout>, durable: Vec<u64>, cfg: IntakeConfig) -> Self {
+    pub fn new(
+        transfer: TransferId,
+        layouts: Vec<PieceLayout>,
+        durable: Vec<u64>,
+        cfg: IntakeConfig,
+    ) -> Self {
         let files: Vec<RecvFile> = layouts
             .into_iter()
             .zip(durable.iter().copied().chain(std::iter::repeat(0)))
             .map(|(layout, d)| {
                 let d = d.min(layout.count());
-                RecvFile { layout, table: 0, received: d, durable: d, acked: d }
+                RecvFile {
+                    layout,
+                    table: 0,
+                    received: d,
+                    durable: d,
+                    acked: d,
+                }
             })
             .collect();
-        let accept = Accept { transfer, durable: files.iter().map(|f| f.durable).collect() };
+        let accept = Accept {
+            transfer,
+            durable: files.iter().map(|f| f.durable).collect(),
+        };
         let mut me = Intake {
             cfg,
             transfer,
@@ -584,45 +667,82 @@ impl Intake {
     }
 
     /// A frame from a data stream of this transfer (after its ATTACH).
-    pub fn handle_data<'a>(&mut self, frame: &'a Frame<'a>) -> Result<DataAction<'a>, ProtocolError> {
+    pub fn handle_data<'a>(
+        &mut self,
+        frame: &'a Frame<'a>,
+    ) -> Result<DataAction<'a>, ProtocolError> {
         let violation = |m: &str| ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m);
         match frame {
             Frame::Table(t) => {
-                let f = self.files.get_mut(t.file as usize).ok_or_else(|| violation("TABLE names no file of the transfer"))?;
-                let end = t.first.checked_add(t.hashes.len() as u64).filter(|&e| e <= f.layout.count());
+                let f = self
+                    .files
+                    .get_mut(t.file as usize)
+                    .ok_or_else(|| violation("TABLE names no file of the transfer"))?;
+                let end = t
+                    .first
+                    .checked_add(t.hashes.len() as u64)
+                    .filter(|&e| e <= f.layout.count());
                 let end = end.ok_or_else(|| violation("TABLE beyond the file's piece count"))?;
                 if t.first > f.table {
                     return Err(violation("TABLE out of order"));
                 }
                 if end <= f.table {
-                    return Ok(DataAction::Table { file: t.file, first: end, hashes: &[] });
+                    return Ok(DataAction::Table {
+                        file: t.file,
+                        first: end,
+                        hashes: &[],
+                    });
                 }
                 let skip = (f.table - t.first) as usize;
                 let first = f.table;
                 f.table = end;
-                Ok(DataAction::Table { file: t.file, first, hashes: &t.hashes[skip..] })
+                Ok(DataAction::Table {
+                    file: t.file,
+                    first,
+                    hashes: &t.hashes[skip..],
+                })
             }
             Frame::Piece(p) => {
-                let f = self.files.get_mut(p.file as usize).ok_or_else(|| violation("PIECE names no file of the transfer"))?;
-                let r = f.layout.range(p.piece).ok_or_else(|| violation("PIECE beyond the file's piece count"))?;
+                let f = self
+                    .files
+                    .get_mut(p.file as usize)
+                    .ok_or_else(|| violation("PIECE names no file of the transfer"))?;
+                let r = f
+                    .layout
+                    .range(p.piece)
+                    .ok_or_else(|| violation("PIECE beyond the file's piece count"))?;
                 if p.bytes.len() as u64 != r.end - r.start {
-                    return Err(ProtocolError::new(ErrorCode::INTEGRITY, "PIECE has the wrong length for its position"));
+                    return Err(ProtocolError::new(
+                        ErrorCode::INTEGRITY,
+                        "PIECE has the wrong length for its position",
+                    ));
                 }
                 if f.table < f.layout.count() {
                     return Err(violation("PIECE before the file's complete TABLE"));
                 }
                 if p.piece < f.received {
                     self.duplicates += 1;
-                    return Ok(DataAction::Duplicate { file: p.file, piece: p.piece, bytes: p.bytes });
+                    return Ok(DataAction::Duplicate {
+                        file: p.file,
+                        piece: p.piece,
+                        bytes: p.bytes,
+                    });
                 }
                 if p.piece > f.received {
                     self.gaps += 1;
                     return Ok(DataAction::Gap);
                 }
                 f.received += 1;
-                Ok(DataAction::Store { file: p.file, piece: p.piece, bytes: p.bytes })
+                Ok(DataAction::Store {
+                    file: p.file,
+                    piece: p.piece,
+                    bytes: p.bytes,
+                })
             }
-            other => Err(violation(&format!("{} frame on a data stream", other.ty().name()))),
+            other => Err(violation(&format!(
+                "{} frame on a data stream",
+                other.ty().name()
+            ))),
         }
     }
 
@@ -633,17 +753,26 @@ impl Intake {
             .get_mut(file as usize)
             .ok_or_else(|| ProtocolError::new(ErrorCode::INTERNAL, "durable: no such file"))?;
         if pieces > f.received || pieces < f.durable {
-            return Err(ProtocolError::new(ErrorCode::INTERNAL, "durable: out of range"));
+            return Err(ProtocolError::new(
+                ErrorCode::INTERNAL,
+                "durable: out of range",
+            ));
         }
         f.durable = pieces;
-        let due = if pieces == f.layout.count() { now } else { now + self.cfg.ack_delay };
+        let due = if pieces == f.layout.count() {
+            now
+        } else {
+            now + self.cfg.ack_delay
+        };
         self.ack_due = Some(self.ack_due.map_or(due, |d| d.min(due)));
         self.check_all_durable();
         Ok(())
     }
 
     fn check_all_durable(&mut self) {
-        if self.phase == IntakePhase::AwaitPieces && self.files.iter().all(|f| f.durable == f.layout.count()) {
+        if self.phase == IntakePhase::AwaitPieces
+            && self.files.iter().all(|f| f.durable == f.layout.count())
+        {
             self.phase = IntakePhase::AwaitReceipt;
         }
     }
@@ -651,10 +780,17 @@ impl Intake {
     /// Queues the custody receipt (after every piece is durable).
     pub fn receipt(&mut self, text: String) -> Result<(), ProtocolError> {
         if self.phase != IntakePhase::AwaitReceipt {
-            return Err(ProtocolError::new(ErrorCode::INTERNAL, "receipt before every piece is durable"));
+            return Err(ProtocolError::new(
+                ErrorCode::INTERNAL,
+                "receipt before every piece is durable",
+            ));
         }
         self.flush_acks();
-        self.out.push_back(Frame::Receipt(Receipt { transfer: self.transfer, kind: ReceiptKind::Custody, text }));
+        self.out.push_back(Frame::Receipt(Receipt {
+            transfer: self.transfer,
+            kind: ReceiptKind::Custody,
+            text,
+        }));
         self.phase = IntakePhase::Done;
         Ok(())
     }
@@ -663,7 +799,10 @@ impl Intake {
         for (i, f) in self.files.iter_mut().enumerate() {
             if f.durable > f.acked {
                 f.acked = f.durable;
-                self.out.push_back(Frame::Durable(Durable { file: i as u32, pieces: f.durable }));
+                self.out.push_back(Frame::Durable(Durable {
+                    file: i as u32,
+                    pieces: f.durable,
+                }));
             }
         }
         self.ack_due = None;
@@ -689,5 +828,7 @@ impl Intake {
 
 /// Splits a piece table into TABLE-sized runs: `(first, count)`.
 pub fn table_runs(count: u64) -> impl Iterator<Item = (u64, usize)> {
-    (0..count).step_by(MAX_TABLE_HASHES).map(move |first| (first, (count - first).min(MAX_TABLE_HASHES as u64) as usize))
+    (0..count)
+        .step_by(MAX_TABLE_HASHES)
+        .map(move |first| (first, (count - first).min(MAX_TABLE_HASHES as u64) as usize))
 }

@@ -83,7 +83,14 @@ mod tests {
             put(&mut b, v);
             assert_eq!(b.len(), len(v));
             assert_eq!(get(&b), Read::Value(v, b.len()));
-            assert_eq!(get(&b[..b.len() - 1]), if b.len() == 1 { Read::Incomplete(1) } else { Read::Incomplete(b.len()) });
+            assert_eq!(
+                get(&b[..b.len() - 1]),
+                if b.len() == 1 {
+                    Read::Incomplete(1)
+                } else {
+                    Read::Incomplete(b.len())
+                }
+            );
         }
     }
 }

@@ -27,10 +27,14 @@ const NO_APPLICATION_PROTOCOL: u8 = 120;
 /// The TLS alert in a connection error and who raised it: `(alert, we_sent_it, reason)`.
 fn alert(e: &NetError) -> (u8, bool, String) {
     let (code, local, reason) = match e {
-        NetError::Connection(ConnectionError::TransportError(t)) => (t.code, true, t.reason.clone()),
-        NetError::Connection(ConnectionError::ConnectionClosed(c)) => {
-            (c.error_code, false, String::from_utf8_lossy(&c.reason).into_owned())
+        NetError::Connection(ConnectionError::TransportError(t)) => {
+            (t.code, true, t.reason.clone())
         }
+        NetError::Connection(ConnectionError::ConnectionClosed(c)) => (
+            c.error_code,
+            false,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
         other => panic!("expected a TLS failure, got {other:?}"),
     };
     for a in 0..=255u8 {
@@ -41,17 +45,30 @@ fn alert(e: &NetError) -> (u8, bool, String) {
     panic!("not a TLS alert: {code:?} ({reason})");
 }
 
-async fn attempt(relay: Arc<Node>, client: Node) -> (Result<Session, NetError>, Result<Session, NetError>) {
+async fn attempt(
+    relay: Arc<Node>,
+    client: Node,
+) -> (Result<Session, NetError>, Result<Session, NetError>) {
     let addr = relay.local_addr().expect("addr");
     let server = tokio::spawn(async move { relay.accept_next().await.expect("incoming") });
-    let c = tokio::time::timeout(Duration::from_secs(10), client.connect(addr, None)).await.expect("client bounded");
-    let s = tokio::time::timeout(Duration::from_secs(10), server).await.expect("server bounded").expect("join");
+    let c = tokio::time::timeout(Duration::from_secs(10), client.connect(addr, None))
+        .await
+        .expect("client bounded");
+    let s = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server bounded")
+        .expect("join");
     (s, c)
 }
 
 /// The relay refuses the client: the relay raised `alert` (its reason contains `why`), the
 /// client saw that alert, and neither side got a session.
-async fn relay_refuses(client_cert: &TlsIdentity, relay_trust: PeerTrust, alert_code: u8, why: &str) {
+async fn relay_refuses(
+    client_cert: &TlsIdentity,
+    relay_trust: PeerTrust,
+    alert_code: u8,
+    why: &str,
+) {
     let pki = Pki::new();
     let relay = relay(identity(&pki.relay), relay_trust, Limits::default());
     let client = client(client_cert.clone(), pki.trust());
@@ -61,7 +78,10 @@ async fn relay_refuses(client_cert: &TlsIdentity, relay_trust: PeerTrust, alert_
     let (a, local, reason) = alert(&s);
     assert!(local, "relay raised the alert");
     assert_eq!(a, alert_code, "relay alert ({reason})");
-    assert!(reason.contains(why), "relay reason {reason:?} should mention {why:?}");
+    assert!(
+        reason.contains(why),
+        "relay reason {reason:?} should mention {why:?}"
+    );
     let (a, local, _) = alert(&c);
     assert!(!local, "client received the alert");
     assert_eq!(a, alert_code, "client sees the relay's alert");
@@ -79,13 +99,28 @@ async fn valid_pair_connects_and_learns_identities() {
     assert_eq!(c.version, 1);
     // Application data flows.
     let (mut w, _r) = c.open().await.expect("open");
-    w.send(&rogatory_transport::Frame::StatusRequest(rogatory_transport::frame::StatusRequest {
-        transfer: rogatory_custody::TransferId::from_bytes([1; 16]),
-    }))
+    w.send(&rogatory_transport::Frame::StatusRequest(
+        rogatory_transport::frame::StatusRequest {
+            transfer: rogatory_custody::TransferId::from_bytes([1; 16]),
+        },
+    ))
     .await
     .expect("send");
-    let (_w2, mut r2) = s.conn.accept_bi().await.map(|(a, b)| (a, rogatory_transport::net::FrameReader::new(b, s.conn.clone(), Default::default()))).expect("accept");
-    assert!(matches!(r2.next().await.expect("frame"), Some(rogatory_transport::Frame::StatusRequest(_))));
+    let (_w2, mut r2) = s
+        .conn
+        .accept_bi()
+        .await
+        .map(|(a, b)| {
+            (
+                a,
+                rogatory_transport::net::FrameReader::new(b, s.conn.clone(), Default::default()),
+            )
+        })
+        .expect("accept");
+    assert!(matches!(
+        r2.next().await.expect("frame"),
+        Some(rogatory_transport::Frame::StatusRequest(_))
+    ));
 }
 
 #[tokio::test]
@@ -97,7 +132,11 @@ async fn pinned_self_signed_pair_connects_without_a_ca() {
     relay_trust.add_agency(id("agency-a"), vec![ia.spki_sha256().expect("spki")]);
     let mut client_trust = PeerTrust::new();
     client_trust.add_agency(id("relay-b"), vec![ir.spki_sha256().expect("spki")]);
-    let (s, c) = attempt(relay(ir, relay_trust, Limits::default()), client(ia, client_trust)).await;
+    let (s, c) = attempt(
+        relay(ir, relay_trust, Limits::default()),
+        client(ia, client_trust),
+    )
+    .await;
     assert_eq!(s.expect("relay").peer.agency, id("agency-a"));
     assert_eq!(c.expect("client").peer.agency, id("relay-b"));
 }
@@ -108,7 +147,11 @@ async fn ca_chain_and_matching_pin_connects() {
     let ia = identity(&pki.a);
     let mut t = pki.trust();
     t.add_agency(id("agency-a"), vec![ia.spki_sha256().expect("spki")]);
-    let (s, c) = attempt(relay(identity(&pki.relay), t, Limits::default()), client(ia, pki.trust())).await;
+    let (s, c) = attempt(
+        relay(identity(&pki.relay), t, Limits::default()),
+        client(ia, pki.trust()),
+    )
+    .await;
     s.expect("relay");
     c.expect("client");
 }
@@ -155,14 +198,22 @@ async fn wrong_alpn_is_refused() {
 #[tokio::test]
 async fn self_signed_client_is_refused() {
     let pki = Pki::new();
-    relay_refuses(&identity(&self_signed_for("agency-a")), pki.trust(), UNKNOWN_CA, "UnknownIssuer").await;
+    relay_refuses(
+        &identity(&self_signed_for("agency-a")),
+        pki.trust(),
+        UNKNOWN_CA,
+        "UnknownIssuer",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn client_from_unknown_ca_is_refused() {
     let pki = Pki::new();
     let other = Ca::generate("Another CA", Validity::days_from_now(30)).expect("ca");
-    let cert = other.issue(&id("agency-a"), Validity::days_from_now(7), 99).expect("cert");
+    let cert = other
+        .issue(&id("agency-a"), Validity::days_from_now(7), 99)
+        .expect("cert");
     relay_refuses(&identity(&cert), pki.trust(), UNKNOWN_CA, "UnknownIssuer").await;
 }
 
@@ -170,22 +221,47 @@ async fn client_from_unknown_ca_is_refused() {
 async fn expired_client_is_refused() {
     let pki = Pki::new();
     let cert = pki.ca.issue(&id("agency-a"), expired(), 20).expect("cert");
-    relay_refuses(&identity(&cert), pki.trust(), CERTIFICATE_EXPIRED, "expired").await;
+    relay_refuses(
+        &identity(&cert),
+        pki.trust(),
+        CERTIFICATE_EXPIRED,
+        "expired",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn not_yet_valid_client_is_refused() {
     let pki = Pki::new();
-    let cert = pki.ca.issue(&id("agency-a"), not_yet_valid(), 21).expect("cert");
-    relay_refuses(&identity(&cert), pki.trust(), CERTIFICATE_EXPIRED, "not valid yet").await;
+    let cert = pki
+        .ca
+        .issue(&id("agency-a"), not_yet_valid(), 21)
+        .expect("cert");
+    relay_refuses(
+        &identity(&cert),
+        pki.trust(),
+        CERTIFICATE_EXPIRED,
+        "not valid yet",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn revoked_client_is_refused_via_crl() {
     let pki = Pki::new();
-    let cert = pki.ca.issue(&id("agency-a"), Validity::days_from_now(7), 30).expect("cert");
+    let cert = pki
+        .ca
+        .issue(&id("agency-a"), Validity::days_from_now(7), 30)
+        .expect("cert");
     let now = time::OffsetDateTime::now_utc();
-    let crl = pki.ca.crl(&[30], now - time::Duration::hours(1), now + time::Duration::days(1)).expect("crl");
+    let crl = pki
+        .ca
+        .crl(
+            &[30],
+            now - time::Duration::hours(1),
+            now + time::Duration::days(1),
+        )
+        .expect("crl");
     let mut t = pki.trust();
     t.add_crl(crl.as_bytes()).expect("crl");
     relay_refuses(&identity(&cert), t, CERTIFICATE_REVOKED, "Revoked").await;
@@ -196,7 +272,14 @@ async fn expired_crl_fails_closed() {
     // enforce_revocation_expiration(): a CRL past its next update proves nothing.
     let pki = Pki::new();
     let now = time::OffsetDateTime::now_utc();
-    let crl = pki.ca.crl(&[999], now - time::Duration::days(3), now - time::Duration::days(1)).expect("crl");
+    let crl = pki
+        .ca
+        .crl(
+            &[999],
+            now - time::Duration::days(3),
+            now - time::Duration::days(1),
+        )
+        .expect("crl");
     let mut t = pki.trust();
     t.add_crl(crl.as_bytes()).expect("crl");
     relay_refuses(&identity(&pki.a), t, UNKNOWN_CA, "expired").await;
@@ -206,7 +289,11 @@ async fn expired_crl_fails_closed() {
 async fn pin_mismatch_is_refused() {
     let pki = Pki::new();
     // agency-a's card pins another key than the (CA-valid) certificate it presents.
-    let other = identity(&pki.ca.issue(&id("agency-a"), Validity::days_from_now(7), 40).expect("cert"));
+    let other = identity(
+        &pki.ca
+            .issue(&id("agency-a"), Validity::days_from_now(7), 40)
+            .expect("cert"),
+    );
     let mut t = pki.trust();
     t.add_agency(id("agency-a"), vec![other.spki_sha256().expect("spki")]);
     relay_refuses(&identity(&pki.a), t, CERTIFICATE_UNKNOWN, "PinMismatch").await;
@@ -215,7 +302,10 @@ async fn pin_mismatch_is_refused() {
 #[tokio::test]
 async fn unknown_agency_is_refused() {
     let pki = Pki::new();
-    let cert = pki.ca.issue(&id("agency-z"), Validity::days_from_now(7), 50).expect("cert");
+    let cert = pki
+        .ca
+        .issue(&id("agency-z"), Validity::days_from_now(7), 50)
+        .expect("cert");
     relay_refuses(&identity(&cert), pki.trust(), ACCESS_DENIED, "").await;
 }
 
@@ -237,7 +327,9 @@ async fn client_refuses_a_relay_that_is_not_the_expected_agency() {
     let relay = relay(identity(&pki.relay), pki.trust(), Limits::default());
     let addr = relay.local_addr().expect("addr");
     let server = tokio::spawn(async move { relay.accept_next().await.expect("incoming") });
-    let c = client(identity(&pki.a), pki.trust()).connect(addr, Some(id("agency-b"))).await;
+    let c = client(identity(&pki.a), pki.trust())
+        .connect(addr, Some(id("agency-b")))
+        .await;
     let (a, local, _) = alert(&c.expect_err("wrong relay"));
     assert!(local && a == BAD_CERTIFICATE);
     let (a, _, _) = alert(&server.await.expect("join").expect_err("relay fails"));
@@ -247,7 +339,8 @@ async fn client_refuses_a_relay_that_is_not_the_expected_agency() {
 #[test]
 fn zero_rtt_is_off_on_both_sides() {
     let pki = Pki::new();
-    let s = rogatory_transport::config::rustls_server_config(&identity(&pki.relay), pki.trust()).expect("server");
+    let s = rogatory_transport::config::rustls_server_config(&identity(&pki.relay), pki.trust())
+        .expect("server");
     assert_eq!(s.max_early_data_size, 0);
     assert!(!s.send_half_rtt_data);
     let c = rustls_client_config(&identity(&pki.a), pki.trust(), None).expect("client");
@@ -258,16 +351,27 @@ fn zero_rtt_is_off_on_both_sides() {
 
 // --- helpers for hand-built clients ---
 
-async fn raw_connect(tls: rustls::ClientConfig, addr: std::net::SocketAddr) -> Result<(), NetError> {
+async fn raw_connect(
+    tls: rustls::ClientConfig,
+    addr: std::net::SocketAddr,
+) -> Result<(), NetError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("bind")).expect("endpoint");
-    let conn = ep.connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "relay-b.rogatory.invalid")?.await?;
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(quic)),
+            addr,
+            "relay-b.rogatory.invalid",
+        )?
+        .await?;
     // TLS 1.3: the client may finish before the relay checks it; the refusal arrives next.
     let (mut s, mut r) = conn.open_bi().await?;
     s.write_all(b"\x01\x00").await?;
     let mut b = [0u8; 1];
     r.read_exact(&mut b).await.map_err(|e| match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => NetError::Connection(c),
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            NetError::Connection(c)
+        }
         other => panic!("unexpected {other:?}"),
     })?;
     panic!("the relay answered an unauthenticated client");
@@ -304,6 +408,49 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rogatory_transport::tls::provider().signature_verification_algorithms.supported_schemes()
+        rogatory_transport::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
+}
+
+fn example(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../certs-example")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn example_identity(name: &str) -> TlsIdentity {
+    TlsIdentity::from_pem(
+        &example(&format!("{name}.pem")),
+        &example(&format!("{name}.key")),
+    )
+    .expect("identity")
+}
+
+fn example_trust() -> PeerTrust {
+    let mut t = PeerTrust::new();
+    t.add_ca_pem(&example("ca.pem")).expect("ca");
+    t.add_crl(&example("crl.pem")).expect("crl");
+    t.add_agency(id("agency-a"), vec![])
+        .add_agency(id("agency-b"), vec![]);
+    t
+}
+
+#[tokio::test]
+async fn certs_example_pki_connects_and_its_crl_revokes() {
+    let relay_id = example_identity("relay-b");
+    assert_eq!(
+        relay_id.agency().expect("agency"),
+        id("agency-b"),
+        "the relay speaks for agency-b"
+    );
+    let r = relay(relay_id.clone(), example_trust(), Limits::default());
+    let (s, c) = attempt(r, client(example_identity("agency-a"), example_trust())).await;
+    assert_eq!(s.expect("relay").peer.agency, id("agency-a"));
+    assert_eq!(c.expect("client").peer.agency, id("agency-b"));
+    let r = relay(relay_id, example_trust(), Limits::default());
+    let (s, _c) = attempt(r, client(example_identity("revoked"), example_trust())).await;
+    assert_eq!(alert(&s.expect_err("revoked")).0, CERTIFICATE_REVOKED);
 }

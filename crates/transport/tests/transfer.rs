@@ -17,7 +17,11 @@ use support::memory::{Files, Memory};
 use support::*;
 
 fn offer(t: TransferId) -> Offer {
-    Offer { transfer: t, seal: "seal\n".into(), manifest: "{}".into() }
+    Offer {
+        transfer: t,
+        seal: "seal\n".into(),
+        manifest: "{}".into(),
+    }
 }
 
 /// Starts a relay serving uploads into `store`; other requests get NOT_FOUND.
@@ -28,11 +32,19 @@ fn start_relay(pki: &Pki, store: Arc<Memory>, limits: Limits) -> Arc<Node> {
         n.serve(move |s: Session| {
             let store = store.clone();
             async move {
-                serve_connection(s, store, ServeConfig::default(), |_s, _f, mut w, _r| async move {
-                    let e = Frame::Error(ErrorFrame { code: ErrorCode::NOT_FOUND, message: "no such transfer".into() });
-                    let _ = w.send(&e).await;
-                    w.finish();
-                })
+                serve_connection(
+                    s,
+                    store,
+                    ServeConfig::default(),
+                    |_s, _f, mut w, _r| async move {
+                        let e = Frame::Error(ErrorFrame {
+                            code: ErrorCode::NOT_FOUND,
+                            message: "no such transfer".into(),
+                        });
+                        let _ = w.send(&e).await;
+                        w.finish();
+                    },
+                )
                 .await
             }
         })
@@ -41,9 +53,22 @@ fn start_relay(pki: &Pki, store: Arc<Memory>, limits: Limits) -> Arc<Node> {
     node
 }
 
-async fn run(session: &Session, t: TransferId, files: &Files, cfg: UploadConfig) -> Result<rogatory_transport::net::UploadOutcome, NetError> {
+async fn run(
+    session: &Session,
+    t: TransferId,
+    files: &Files,
+    cfg: UploadConfig,
+) -> Result<rogatory_transport::net::UploadOutcome, NetError> {
     let mut src = files.clone();
-    upload(session, &offer(t), files.layouts.clone(), cfg, &mut src, |_| {}).await
+    upload(
+        session,
+        &offer(t),
+        files.layouts.clone(),
+        cfg,
+        &mut src,
+        |_| {},
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,15 +79,22 @@ async fn clean_upload_of_several_files_is_byte_exact() {
     let store = Arc::new(Memory::new(vec![(t, files.clone())]));
     let relay = start_relay(&pki, store.clone(), Limits::default());
     let c = client(identity(&pki.a), pki.trust());
-    let s = c.connect(relay.local_addr().expect("addr"), Some(id("relay-b"))).await.expect("connect");
-    let out = run(&s, t, &files, UploadConfig::default()).await.expect("upload");
+    let s = c
+        .connect(relay.local_addr().expect("addr"), Some(id("relay-b")))
+        .await
+        .expect("connect");
+    let out = run(&s, t, &files, UploadConfig::default())
+        .await
+        .expect("upload");
     assert_eq!(out.receipt.text, format!("custody receipt for {t}\n"));
     assert_eq!(store.bytes(t), files.data);
     assert_eq!(out.stats.bytes_sent, files.total());
     assert_eq!(out.stats.bytes_skipped, 0);
     // A second offer of the completed transfer sends nothing and gets the receipt again, without
     // a second receipt being created.
-    let again = run(&s, t, &files, UploadConfig::default()).await.expect("again");
+    let again = run(&s, t, &files, UploadConfig::default())
+        .await
+        .expect("again");
     assert_eq!(again.stats.bytes_sent, 0);
     assert_eq!(again.stats.bytes_skipped, files.total());
     assert_eq!(store.receipts.load(Ordering::Relaxed), 1);
@@ -76,7 +108,10 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
     let files = Files::random(&[60 << 20, 3 << 20, 1 << 20, 1000, 0], 2);
     let store = Arc::new(Memory::new(vec![(t, files.clone())]));
     // BBR: on a randomly lossy link loss is not congestion (CUBIC would crawl at 5 % loss).
-    let limits = Limits { congestion: rogatory_transport::Congestion::Bbr, ..Limits::default() };
+    let limits = Limits {
+        congestion: rogatory_transport::Congestion::Bbr,
+        ..Limits::default()
+    };
     let relay = start_relay(&pki, store.clone(), limits.clone());
     let imp = Impairment {
         delay: Duration::from_millis(2),
@@ -87,9 +122,16 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
         duplicate: 0.01,
         mtu: 1500,
     };
-    let proxy = Arc::new(Proxy::start(relay.local_addr().expect("addr"), imp, 42).await.expect("proxy"));
+    let proxy = Arc::new(
+        Proxy::start(relay.local_addr().expect("addr"), imp, 42)
+            .await
+            .expect("proxy"),
+    );
     let c = Node::client(false, identity(&pki.a), pki.trust(), limits).expect("client");
-    let s = c.connect(proxy.addr(), None).await.expect("connect through the proxy");
+    let s = c
+        .connect(proxy.addr(), None)
+        .await
+        .expect("connect through the proxy");
     let started = std::time::Instant::now();
     let mut src = files.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -108,11 +150,18 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
     });
     let out = tokio::time::timeout(
         Duration::from_secs(240),
-        upload(&s, &offer(t), files.layouts.clone(), UploadConfig::default(), &mut src, |e| {
-            if let UploadEvent::Progress { durable, .. } = e {
-                let _ = tx.send(*durable);
-            }
-        }),
+        upload(
+            &s,
+            &offer(t),
+            files.layouts.clone(),
+            UploadConfig::default(),
+            &mut src,
+            |e| {
+                if let UploadEvent::Progress { durable, .. } = e {
+                    let _ = tx.send(*durable);
+                }
+            },
+        ),
     )
     .await
     .expect("bounded")
@@ -120,11 +169,26 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
     assert!(blackout.await.expect("join"), "the blackout happened");
     assert_eq!(store.bytes(t), files.data, "byte-exact");
     let cnt = proxy.counters();
-    assert!(cnt.dropped.load(Ordering::Relaxed) > 100, "loss was applied");
-    assert!(cnt.reordered.load(Ordering::Relaxed) > 100, "reordering was applied");
-    assert!(cnt.duplicated.load(Ordering::Relaxed) > 10, "duplication was applied");
+    assert!(
+        cnt.dropped.load(Ordering::Relaxed) > 100,
+        "loss was applied"
+    );
+    assert!(
+        cnt.reordered.load(Ordering::Relaxed) > 100,
+        "reordering was applied"
+    );
+    assert!(
+        cnt.duplicated.load(Ordering::Relaxed) > 10,
+        "duplication was applied"
+    );
     assert_eq!(store.receipts.load(Ordering::Relaxed), 1);
-    eprintln!("impaired upload: {:?} in {:?}, proxy dropped {} of {}", out.stats, started.elapsed(), cnt.dropped.load(Ordering::Relaxed), cnt.seen.load(Ordering::Relaxed));
+    eprintln!(
+        "impaired upload: {:?} in {:?}, proxy dropped {} of {}",
+        out.stats,
+        started.elapsed(),
+        cnt.dropped.load(Ordering::Relaxed),
+        cnt.seen.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,13 +204,20 @@ async fn interrupted_upload_resumes_from_the_durable_prefix() {
     // Cut the connection once 8 MiB are durable.
     let conn = s.conn.clone();
     let mut src = files.clone();
-    let r = upload(&s, &offer(t), files.layouts.clone(), UploadConfig::default(), &mut src, |e| {
-        if let UploadEvent::Progress { durable, .. } = e {
-            if *durable > 8 << 20 {
-                conn.close(0u32.into(), b"cut");
+    let r = upload(
+        &s,
+        &offer(t),
+        files.layouts.clone(),
+        UploadConfig::default(),
+        &mut src,
+        |e| {
+            if let UploadEvent::Progress { durable, .. } = e {
+                if *durable > 8 << 20 {
+                    conn.close(0u32.into(), b"cut");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert!(r.is_err(), "the cut connection fails the first run");
     // Wait until the relay noticed and dropped what was not synced.
@@ -154,9 +225,18 @@ async fn interrupted_upload_resumes_from_the_durable_prefix() {
     let durable = store.durable_bytes(t);
     assert!(durable > 8 << 20);
     let s = c.connect(addr, None).await.expect("reconnect");
-    let out = run(&s, t, &files, UploadConfig::default()).await.expect("resumed");
-    assert_eq!(out.stats.bytes_skipped, durable, "ACCEPT reported the durable prefix");
-    assert_eq!(out.stats.bytes_sent, files.total() - durable, "only the rest was sent");
+    let out = run(&s, t, &files, UploadConfig::default())
+        .await
+        .expect("resumed");
+    assert_eq!(
+        out.stats.bytes_skipped, durable,
+        "ACCEPT reported the durable prefix"
+    );
+    assert_eq!(
+        out.stats.bytes_sent,
+        files.total() - durable,
+        "only the rest was sent"
+    );
     assert_eq!(store.bytes(t), files.data);
 }
 
@@ -165,17 +245,34 @@ async fn a_refused_offer_is_a_refusal() {
     let pki = Pki::new();
     let store = Arc::new(Memory::new(vec![]));
     let relay = start_relay(&pki, store, Limits::default());
-    let s = client(identity(&pki.a), pki.trust()).connect(relay.local_addr().expect("addr"), None).await.expect("connect");
+    let s = client(identity(&pki.a), pki.trust())
+        .connect(relay.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
     let files = Files::random(&[10], 4);
-    let e = run(&s, TransferId::from_bytes([4; 16]), &files, UploadConfig::default()).await.expect_err("refused");
-    assert!(matches!(&e, NetError::Protocol(p) if p.code == ErrorCode::POLICY), "{e:?}");
+    let e = run(
+        &s,
+        TransferId::from_bytes([4; 16]),
+        &files,
+        UploadConfig::default(),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(&e, NetError::Protocol(p) if p.code == ErrorCode::POLICY),
+        "{e:?}"
+    );
     assert_eq!(e.class().exit_code(), 6);
 }
 
 /// Writes raw bytes on a new bidirectional stream and reads the relay's reaction.
 async fn status_still_works(s: &Session) {
     let (mut w, mut r) = s.open().await.expect("open");
-    w.send(&Frame::StatusRequest(StatusRequest { transfer: TransferId::from_bytes([9; 16]) })).await.expect("send");
+    w.send(&Frame::StatusRequest(StatusRequest {
+        transfer: TransferId::from_bytes([9; 16]),
+    }))
+    .await
+    .expect("send");
     w.finish();
     match r.next().await.expect("answer") {
         Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
@@ -188,25 +285,41 @@ async fn oversized_frames_are_refused_before_allocation_and_only_their_stream_is
     let pki = Pki::new();
     let store = Arc::new(Memory::new(vec![]));
     let relay = start_relay(&pki, store, Limits::default());
-    let s = client(identity(&pki.a), pki.trust()).connect(relay.local_addr().expect("addr"), None).await.expect("connect");
+    let s = client(identity(&pki.a), pki.trust())
+        .connect(relay.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
 
     // A 100 MiB OFFER: only its header is sent; the relay must stop the stream at once.
     let (mut send, _recv) = s.conn.open_bi().await.expect("bi");
     let mut h = vec![FrameType::Offer as u8];
     varint::put(&mut h, 100 << 20);
     send.write_all(&h).await.expect("header");
-    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await.expect("stopped in time");
-    assert_eq!(stopped.expect("stop code"), Some(ErrorCode::FRAME_TOO_LARGE.to_varint()));
+    let stopped = tokio::time::timeout(Duration::from_secs(5), send.stopped())
+        .await
+        .expect("stopped in time");
+    assert_eq!(
+        stopped.expect("stop code"),
+        Some(ErrorCode::FRAME_TOO_LARGE.to_varint())
+    );
 
     // A PIECE whose length prefix is 2^62 - 1, on a data stream.
     let mut uni = s.conn.open_uni().await.expect("uni");
-    let mut h = Frame::Attach(frame::Attach { transfer: TransferId::from_bytes([8; 16]) }).to_vec();
+    let mut h = Frame::Attach(frame::Attach {
+        transfer: TransferId::from_bytes([8; 16]),
+    })
+    .to_vec();
     h.clear();
     h.push(FrameType::Piece as u8);
     varint::put(&mut h, varint::MAX);
     uni.write_all(&h).await.expect("header");
-    let stopped = tokio::time::timeout(Duration::from_secs(5), uni.stopped()).await.expect("stopped in time");
-    assert_eq!(stopped.expect("stop code"), Some(ErrorCode::FRAME_TOO_LARGE.to_varint()));
+    let stopped = tokio::time::timeout(Duration::from_secs(5), uni.stopped())
+        .await
+        .expect("stopped in time");
+    assert_eq!(
+        stopped.expect("stop code"),
+        Some(ErrorCode::FRAME_TOO_LARGE.to_varint())
+    );
 
     // The connection and its other streams are unaffected.
     status_still_works(&s).await;
@@ -222,19 +335,36 @@ async fn garbage_closes_the_connection_with_a_protocol_error() {
         // Unknown frame type.
         (vec![0xee, 0x01, 0x00], ErrorCode::UNKNOWN_FRAME),
         // A STATUS_REQUEST whose payload is not a transfer id.
-        (vec![FrameType::StatusRequest as u8, 0x03, 0xff, 0xfe, 0xfd], ErrorCode::PROTOCOL_VIOLATION),
+        (
+            vec![FrameType::StatusRequest as u8, 0x03, 0xff, 0xfe, 0xfd],
+            ErrorCode::PROTOCOL_VIOLATION,
+        ),
         // A non-minimal length varint.
-        (vec![FrameType::StatusRequest as u8, 0x40, 0x01, 0x00], ErrorCode::PROTOCOL_VIOLATION),
+        (
+            vec![FrameType::StatusRequest as u8, 0x40, 0x01, 0x00],
+            ErrorCode::PROTOCOL_VIOLATION,
+        ),
     ] {
-        let s = c.connect(relay.local_addr().expect("addr"), None).await.expect("connect");
+        let s = c
+            .connect(relay.local_addr().expect("addr"), None)
+            .await
+            .expect("connect");
         let (mut send, _recv) = s.conn.open_bi().await.expect("bi");
         send.write_all(&garbage).await.expect("write");
-        let reason = tokio::time::timeout(Duration::from_secs(5), s.conn.closed()).await.expect("closed in time");
+        let reason = tokio::time::timeout(Duration::from_secs(5), s.conn.closed())
+            .await
+            .expect("closed in time");
         match reason {
-            quinn::ConnectionError::ApplicationClosed(a) => assert_eq!(ErrorCode::from_varint(a.error_code), code),
+            quinn::ConnectionError::ApplicationClosed(a) => {
+                assert_eq!(ErrorCode::from_varint(a.error_code), code)
+            }
             other => panic!("unexpected close {other:?}"),
         }
         let e = NetError::Connection(s.conn.close_reason().expect("closed"));
-        assert_eq!(e.class().exit_code(), 6, "a protocol error is not retryable");
+        assert_eq!(
+            e.class().exit_code(),
+            6,
+            "a protocol error is not retryable"
+        );
     }
 }

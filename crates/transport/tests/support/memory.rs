@@ -27,7 +27,11 @@ pub struct Files {
 impl Files {
     pub fn random(sizes: &[u64], seed: u64) -> Files {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut f = Files { layouts: vec![], data: vec![], tables: vec![] };
+        let mut f = Files {
+            layouts: vec![],
+            data: vec![],
+            tables: vec![],
+        };
         for &size in sizes {
             let head = 200;
             let ct = head + rogatory_envelope::payload_len(size);
@@ -53,7 +57,13 @@ impl Files {
 }
 
 impl PieceSource for Files {
-    fn table(&mut self, file: u32, first: u64, count: usize, out: &mut Vec<[u8; 32]>) -> io::Result<()> {
+    fn table(
+        &mut self,
+        file: u32,
+        first: u64,
+        count: usize,
+        out: &mut Vec<[u8; 32]>,
+    ) -> io::Result<()> {
         let t = &self.tables[file as usize];
         out.extend_from_slice(&t[first as usize..first as usize + count]);
         Ok(())
@@ -84,18 +94,32 @@ pub struct Memory {
 
 impl Memory {
     pub fn new(expected: Vec<(TransferId, Files)>) -> Memory {
-        Memory { expected: expected.into_iter().collect(), state: Mutex::default(), receipts: AtomicU64::new(0), syncs: AtomicU64::new(0) }
+        Memory {
+            expected: expected.into_iter().collect(),
+            state: Mutex::default(),
+            receipts: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        }
     }
 
     pub fn bytes(&self, t: TransferId) -> Vec<Vec<u8>> {
-        self.state.lock().expect("lock").get(&t).map(|s| s.bytes.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .expect("lock")
+            .get(&t)
+            .map(|s| s.bytes.clone())
+            .unwrap_or_default()
     }
 
     pub fn durable_bytes(&self, t: TransferId) -> u64 {
         let st = self.state.lock().expect("lock");
         let Some(s) = st.get(&t) else { return 0 };
         let f = &self.expected[&t];
-        s.durable.iter().zip(&f.layouts).map(|(&d, l)| piece_offset(l, d)).sum()
+        s.durable
+            .iter()
+            .zip(&f.layouts)
+            .map(|(&d, l)| piece_offset(l, d))
+            .sum()
     }
 }
 
@@ -104,8 +128,15 @@ fn err(code: ErrorCode, m: &str) -> ProtocolError {
 }
 
 impl IntakeHandler for Memory {
-    fn offer(&self, _peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
-        let f = self.expected.get(&offer.transfer).ok_or_else(|| err(ErrorCode::POLICY, "unexpected transfer"))?;
+    fn offer(
+        &self,
+        _peer: &PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+        let f = self
+            .expected
+            .get(&offer.transfer)
+            .ok_or_else(|| err(ErrorCode::POLICY, "unexpected transfer"))?;
         let mut st = self.state.lock().expect("lock");
         let s = st.entry(offer.transfer).or_insert_with(|| Stored {
             tables: vec![Vec::new(); f.layouts.len()],
@@ -117,10 +148,18 @@ impl IntakeHandler for Memory {
         Ok((f.layouts.clone(), s.durable.clone()))
     }
 
-    fn table(&self, t: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError> {
+    fn table(
+        &self,
+        t: TransferId,
+        file: u32,
+        first: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), ProtocolError> {
         let f = &self.expected[&t];
         let mut st = self.state.lock().expect("lock");
-        let s = st.get_mut(&t).ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
+        let s = st
+            .get_mut(&t)
+            .ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
         let want = &f.tables[file as usize][first as usize..first as usize + hashes.len()];
         if want != hashes {
             return Err(err(ErrorCode::INTEGRITY, "table does not match piece_root"));
@@ -132,11 +171,22 @@ impl IntakeHandler for Memory {
         Ok(())
     }
 
-    fn store(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    fn store(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         let mut st = self.state.lock().expect("lock");
-        let s = st.get_mut(&t).ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
+        let s = st
+            .get_mut(&t)
+            .ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
         if s.tables[file as usize][piece as usize] != leaf_hash(bytes) {
-            return Err(err(ErrorCode::INTEGRITY, "piece does not match its table entry"));
+            return Err(err(
+                ErrorCode::INTEGRITY,
+                "piece does not match its table entry",
+            ));
         }
         let f = file as usize;
         if s.received[f] != piece {
@@ -147,11 +197,22 @@ impl IntakeHandler for Memory {
         Ok(())
     }
 
-    fn duplicate(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    fn duplicate(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         let st = self.state.lock().expect("lock");
-        let s = st.get(&t).ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
+        let s = st
+            .get(&t)
+            .ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
         if s.tables[file as usize][piece as usize] != leaf_hash(bytes) {
-            return Err(err(ErrorCode::CONFLICT, "a resent piece differs from the stored one"));
+            return Err(err(
+                ErrorCode::CONFLICT,
+                "a resent piece differs from the stored one",
+            ));
         }
         Ok(())
     }
@@ -159,14 +220,18 @@ impl IntakeHandler for Memory {
     fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("lock");
-        let s = st.get_mut(&t).ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
+        let s = st
+            .get_mut(&t)
+            .ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
         s.durable = s.received.clone();
         Ok(s.durable.clone())
     }
 
     fn receipt(&self, t: TransferId) -> Result<String, ProtocolError> {
         let mut st = self.state.lock().expect("lock");
-        let s = st.get_mut(&t).ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
+        let s = st
+            .get_mut(&t)
+            .ok_or_else(|| err(ErrorCode::INTERNAL, "no transfer"))?;
         if !s.receipted {
             s.receipted = true;
             self.receipts.fetch_add(1, Ordering::Relaxed);

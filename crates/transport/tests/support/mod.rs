@@ -51,12 +51,18 @@ impl Pki {
 
 pub fn expired() -> Validity {
     let now = OffsetDateTime::now_utc();
-    Validity { not_before: now - Duration::days(10), not_after: now - Duration::days(1) }
+    Validity {
+        not_before: now - Duration::days(10),
+        not_after: now - Duration::days(1),
+    }
 }
 
 pub fn not_yet_valid() -> Validity {
     let now = OffsetDateTime::now_utc();
-    Validity { not_before: now + Duration::days(1), not_after: now + Duration::days(10) }
+    Validity {
+        not_before: now + Duration::days(1),
+        not_after: now + Duration::days(10),
+    }
 }
 
 pub fn self_signed_for(agency: &str) -> CertKey {

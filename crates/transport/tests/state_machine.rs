@@ -1,0 +1,456 @@
+//! The upload state machines in memory (`protocol.md` §6) with simulated time: no sockets, no
+//! sleeps. A seeded network model delivers control frames in order with latency, data streams
+//! in order each but interleaved at random (reordering across streams), resets streams (the
+//! sender is told, or the loss is silent), and re-delivers pieces (duplication). Every run must
+//! end with the receiver holding exactly the sender's bytes and one receipt.
+
+mod support;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rogatory_custody::TransferId;
+use rogatory_transport::frame::{self, Decoded, Frame, FrameLimits, Piece, Table};
+use rogatory_transport::net::PieceSource;
+use rogatory_transport::upload::{
+    DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadConfig, UploadPhase,
+    table_runs,
+};
+use rogatory_transport::{ErrorClass, ErrorCode};
+use support::memory::Files;
+
+/// Frames in flight on one stream, with their delivery times.
+type Queue = VecDeque<(Instant, Vec<u8>)>;
+
+#[derive(Clone, Copy)]
+struct Net {
+    latency: Duration,
+    /// Per data frame: probability that its stream is reset (rest of the stream lost).
+    reset: f64,
+    /// Of those resets, the fraction the sender learns about (STOP_SENDING); the rest are silent.
+    told: f64,
+    /// Per piece: probability that it is delivered twice.
+    duplicate: f64,
+    /// Per step: probability that the receiver syncs.
+    sync: f64,
+}
+
+struct Outcome {
+    phase: UploadPhase,
+    received: Vec<Vec<u8>>,
+    receipts: usize,
+    rewinds: u32,
+    now: Duration,
+}
+
+fn encode(f: &Frame<'_>) -> Vec<u8> {
+    // Through the real codec both ways.
+    let b = f.to_vec();
+    match frame::decode(&b, &FrameLimits::default()) {
+        Ok(Decoded::Frame(g, n)) => {
+            assert_eq!(n, b.len());
+            assert_eq!(&g, f);
+        }
+        other => panic!("codec: {other:?}"),
+    }
+    b
+}
+
+fn simulate(
+    files: &Files,
+    cfg: UploadConfig,
+    net: Net,
+    seed: u64,
+    relay_answers: bool,
+    relay_acks: bool,
+) -> Outcome {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let transfer = TransferId::from_bytes([5; 16]);
+    let mut src = files.clone();
+    let mut up = Upload::new(transfer, files.layouts.clone(), cfg, now);
+    let mut intake: Option<Intake> = None;
+    let mut to_relay: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut to_sender: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut streams: BTreeMap<(u32, u32), Queue> = BTreeMap::new();
+    let mut received: Vec<Vec<u8>> = vec![Vec::new(); files.layouts.len()];
+    let mut receipts = 0;
+    let limits = FrameLimits::default();
+
+    for _step in 0..2_000_000u64 {
+        if matches!(up.phase(), UploadPhase::Done | UploadPhase::Failed(_)) {
+            break;
+        }
+        // Sender transmits until its window is full.
+        while let Some(t) = up.poll_transmit() {
+            match t {
+                Transmit::Offer => to_relay.push_back((now + net.latency, vec![])),
+                Transmit::Open { file, generation } => {
+                    let q = streams.entry((file, generation)).or_default();
+                    for (first, count) in table_runs(files.layouts[file as usize].count()) {
+                        let mut h = Vec::new();
+                        src.table(file, first, count, &mut h).expect("table");
+                        q.push_back((
+                            now + net.latency,
+                            encode(&Frame::Table(Table {
+                                file,
+                                first,
+                                hashes: h,
+                            })),
+                        ));
+                    }
+                }
+                Transmit::Piece {
+                    file,
+                    generation,
+                    piece,
+                    len,
+                } => {
+                    let mut b = Vec::new();
+                    src.piece(file, piece, &mut b).expect("piece");
+                    assert_eq!(b.len() as u64, len);
+                    let f = encode(&Frame::Piece(Piece {
+                        file,
+                        piece,
+                        bytes: &b,
+                    }));
+                    if let Some(q) = streams.get_mut(&(file, generation)) {
+                        if rng.gen_bool(net.duplicate) {
+                            q.push_back((now + net.latency, f.clone()));
+                        }
+                        q.push_back((now + net.latency, f));
+                    }
+                }
+                Transmit::Finish { .. } => {}
+                Transmit::Reset { file, generation } => {
+                    streams.remove(&(file, generation));
+                }
+            }
+        }
+        // The network delivers what is due: control in order, data streams interleaved at random.
+        while to_relay.front().is_some_and(|(at, _)| *at <= now) {
+            to_relay.pop_front();
+            if relay_answers && intake.is_none() {
+                intake = Some(Intake::new(
+                    transfer,
+                    files.layouts.clone(),
+                    vec![0; files.layouts.len()],
+                    IntakeConfig::default(),
+                ));
+            }
+        }
+        let due: Vec<(u32, u32)> = streams
+            .iter()
+            .filter(|(_, q)| q.front().is_some_and(|(at, _)| *at <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut order = due;
+        // Shuffle the order in which streams make progress.
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+        for key in order {
+            let n = rng.gen_range(1..=4);
+            for _ in 0..n {
+                let Some(q) = streams.get_mut(&key) else {
+                    break;
+                };
+                let Some((at, bytes)) = q.front().cloned() else {
+                    break;
+                };
+                if at > now {
+                    break;
+                }
+                q.pop_front();
+                if rng.gen_bool(net.reset) {
+                    streams.remove(&key);
+                    if rng.gen_bool(net.told) {
+                        up.stream_lost(key.0, key.1);
+                    }
+                    break;
+                }
+                let Some(intake) = intake.as_mut() else {
+                    continue;
+                };
+                let Ok(Decoded::Frame(f, _)) = frame::decode(&bytes, &limits) else {
+                    panic!("decode")
+                };
+                match intake.handle_data(&f).expect("valid data") {
+                    DataAction::Table {
+                        file,
+                        first,
+                        hashes,
+                    } => {
+                        let want = &files.tables[file as usize]
+                            [first as usize..first as usize + hashes.len()];
+                        assert_eq!(want, hashes);
+                    }
+                    DataAction::Store { file, piece, bytes } => {
+                        let l = &files.layouts[file as usize];
+                        assert_eq!(
+                            received[file as usize].len() as u64,
+                            l.range(piece).expect("range").start,
+                            "in order"
+                        );
+                        received[file as usize].extend_from_slice(bytes);
+                    }
+                    DataAction::Duplicate { file, piece, bytes } => {
+                        let r = files.layouts[file as usize].range(piece).expect("range");
+                        assert_eq!(
+                            &received[file as usize][r.start as usize..r.end as usize],
+                            bytes,
+                            "duplicate is identical"
+                        );
+                    }
+                    DataAction::Gap => {}
+                }
+            }
+        }
+        // The relay syncs now and then, acknowledges, and issues the receipt.
+        if let Some(i) = intake.as_mut() {
+            if relay_acks && rng.gen_bool(net.sync) {
+                for f in 0..files.layouts.len() as u32 {
+                    let r = i.received(f);
+                    i.durable(now, f, r).expect("durable");
+                }
+            }
+            if i.phase() == IntakePhase::AwaitReceipt {
+                i.receipt("receipt\n".into()).expect("receipt");
+                receipts += 1;
+            }
+            i.handle_timeout(now);
+            while let Some(f) = i.poll_frame() {
+                to_sender.push_back((now + net.latency, encode(&f)));
+            }
+        }
+        while to_sender.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, b) = to_sender.pop_front().expect("front");
+            let Ok(Decoded::Frame(f, _)) = frame::decode(&b, &limits) else {
+                panic!("decode")
+            };
+            up.handle(now, &f);
+        }
+        // Time advances by a simulated step; timers fire when due.
+        now += Duration::from_micros(rng.gen_range(100..2_000));
+        if up.poll_timeout().is_some_and(|t| t <= now) {
+            up.handle_timeout(now);
+        }
+    }
+    Outcome {
+        phase: up.phase().clone(),
+        received,
+        receipts,
+        rewinds: up.stats().rewinds,
+        now: now - t0,
+    }
+}
+
+fn small_cfg() -> UploadConfig {
+    UploadConfig {
+        window: 512 << 10,
+        ack_timeout: Duration::from_millis(300),
+        answer_timeout: Duration::from_secs(5),
+        receipt_timeout: Duration::from_secs(5),
+        max_rewinds: 50,
+        streams: 3,
+    }
+}
+
+#[test]
+fn lossless_network_delivers_everything_once() {
+    let files = Files::random(&[0, 1, 70_000, 1 << 20], 7);
+    let net = Net {
+        latency: Duration::from_millis(20),
+        reset: 0.0,
+        told: 1.0,
+        duplicate: 0.0,
+        sync: 0.3,
+    };
+    let o = simulate(&files, small_cfg(), net, 1, true, true);
+    assert_eq!(o.phase, UploadPhase::Done);
+    assert_eq!(o.received, files.data);
+    assert_eq!(o.receipts, 1);
+    assert_eq!(o.rewinds, 0);
+}
+
+#[test]
+fn lossy_reordering_duplicating_network_converges_for_many_seeds() {
+    let files = Files::random(&[2 << 20, 300_000, 65_536, 0, 1 << 20], 8);
+    let net = Net {
+        latency: Duration::from_millis(15),
+        reset: 0.01,
+        told: 0.5,
+        duplicate: 0.02,
+        sync: 0.2,
+    };
+    let mut rewinds = 0;
+    for seed in 0..24 {
+        let o = simulate(&files, small_cfg(), net, seed, true, true);
+        assert_eq!(o.phase, UploadPhase::Done, "seed {seed}");
+        assert_eq!(o.received, files.data, "seed {seed}: byte-exact");
+        assert_eq!(o.receipts, 1, "seed {seed}");
+        rewinds += o.rewinds;
+    }
+    assert!(
+        rewinds > 0,
+        "silent losses were recovered by the ack timeout"
+    );
+}
+
+#[test]
+fn no_answer_times_out_as_retryable() {
+    let files = Files::random(&[1000], 9);
+    let net = Net {
+        latency: Duration::from_millis(10),
+        reset: 0.0,
+        told: 1.0,
+        duplicate: 0.0,
+        sync: 0.5,
+    };
+    let o = simulate(&files, small_cfg(), net, 1, false, true);
+    match o.phase {
+        UploadPhase::Failed(e) => {
+            assert_eq!(e.code, ErrorCode::TIMEOUT);
+            assert_eq!(e.code.class(), ErrorClass::Retryable);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        o.now >= Duration::from_secs(5),
+        "the answer timeout was honoured in simulated time"
+    );
+}
+
+#[test]
+fn a_relay_that_never_acknowledges_gives_up_after_max_rewinds() {
+    let files = Files::random(&[1 << 20], 10);
+    let net = Net {
+        latency: Duration::from_millis(10),
+        reset: 0.0,
+        told: 1.0,
+        duplicate: 0.0,
+        sync: 0.5,
+    };
+    let cfg = UploadConfig {
+        max_rewinds: 3,
+        ..small_cfg()
+    };
+    let o = simulate(&files, cfg, net, 1, true, false);
+    match o.phase {
+        UploadPhase::Failed(e) => assert_eq!(e.code, ErrorCode::TIMEOUT),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(o.rewinds, 4);
+}
+
+#[test]
+fn resume_sends_only_what_is_not_durable() {
+    let files = Files::random(&[1 << 20, 200_000], 11);
+    let t = TransferId::from_bytes([6; 16]);
+    let now = Instant::now();
+    let mut up = Upload::new(t, files.layouts.clone(), small_cfg(), now);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Offer));
+    assert_eq!(up.poll_transmit(), None, "nothing before ACCEPT");
+    // The relay already holds 10 pieces of file 0 and all of file 1.
+    let intake = Intake::new(
+        t,
+        files.layouts.clone(),
+        vec![10, files.layouts[1].count()],
+        IntakeConfig::default(),
+    );
+    let mut intake = intake;
+    let accept = intake.poll_frame().expect("ACCEPT");
+    up.handle(now, &accept);
+    let mut pieces = vec![];
+    while let Some(tx) = up.poll_transmit() {
+        if let Transmit::Piece { file, piece, .. } = tx {
+            pieces.push((file, piece));
+        }
+    }
+    assert_eq!(pieces.first(), Some(&(0, 10)));
+    assert!(pieces.iter().all(|&(f, p)| f == 0 && p >= 10));
+    assert_eq!(
+        up.stats().bytes_skipped,
+        rogatory_transport::upload::piece_offset(&files.layouts[0], 10)
+            + files.layouts[1].ciphertext_size
+    );
+}
+
+#[test]
+fn intake_refuses_misplaced_and_malformed_data() {
+    let files = Files::random(&[200_000], 12);
+    let t = TransferId::from_bytes([7; 16]);
+    let mut i = Intake::new(t, files.layouts.clone(), vec![0], IntakeConfig::default());
+    let piece = vec![0u8; 65_552];
+    // A piece before the table.
+    let f = Frame::Piece(Piece {
+        file: 0,
+        piece: 1,
+        bytes: &piece,
+    });
+    assert_eq!(
+        i.handle_data(&f).expect_err("no table").code,
+        ErrorCode::PROTOCOL_VIOLATION
+    );
+    let count = files.layouts[0].count();
+    let table = Frame::Table(Table {
+        file: 0,
+        first: 0,
+        hashes: files.tables[0].clone(),
+    });
+    assert!(matches!(
+        i.handle_data(&table),
+        Ok(DataAction::Table { first: 0, .. })
+    ));
+    // Wrong file, beyond the last piece, wrong length.
+    assert!(
+        i.handle_data(&Frame::Piece(Piece {
+            file: 1,
+            piece: 0,
+            bytes: &piece
+        }))
+        .is_err()
+    );
+    assert!(
+        i.handle_data(&Frame::Piece(Piece {
+            file: 0,
+            piece: count,
+            bytes: &piece
+        }))
+        .is_err()
+    );
+    let e = i
+        .handle_data(&Frame::Piece(Piece {
+            file: 0,
+            piece: 1,
+            bytes: &piece[..100],
+        }))
+        .expect_err("length");
+    assert_eq!(e.code, ErrorCode::INTEGRITY);
+    // A table beyond the piece count.
+    let big = Frame::Table(Table {
+        file: 0,
+        first: count,
+        hashes: vec![[0; 32]],
+    });
+    assert!(i.handle_data(&big).is_err());
+    // A gap is dropped, not stored.
+    assert_eq!(
+        i.handle_data(&Frame::Piece(Piece {
+            file: 0,
+            piece: 2,
+            bytes: &piece
+        }))
+        .expect("gap"),
+        DataAction::Gap
+    );
+    // Acknowledging more than was received is a bug in the store, refused.
+    assert!(i.durable(Instant::now(), 0, 1).is_err());
+    assert!(
+        i.receipt("early".into()).is_err(),
+        "no receipt before everything is durable"
+    );
+}
