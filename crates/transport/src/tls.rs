@@ -377,15 +377,19 @@ pub struct PeerIdentity {
     pub agency: AgencyId,
     /// SHA-256 of its certificate's SPKI.
     pub spki_sha256: Sha256Digest,
+    /// SHA-256 of its end-entity certificate (DER), for audit entries.
+    pub cert_sha256: Sha256Digest,
 }
 
 impl PeerIdentity {
     /// Reads the identity from the peer's certificate chain (after the verifier accepted it).
     pub fn from_chain(chain: &[CertificateDer<'_>]) -> Option<Self> {
-        let info = CertInfo::parse(chain.first()?).ok()?;
+        let first = chain.first()?;
+        let info = CertInfo::parse(first).ok()?;
         Some(PeerIdentity {
             agency: info.agency?,
             spki_sha256: info.spki,
+            cert_sha256: Sha256Digest(Sha256::digest(first.as_ref()).into()),
         })
     }
 }

@@ -1,0 +1,15 @@
+//! The receiving relay (`docs/relay.md`): a durable ciphertext store indexed in SQLite, keyless
+//! verification of every piece against the sealed manifest, crash-safe resume, custody /
+//! delivery / purge receipts in a Merkle audit log, policy, retention.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod logfile;
+pub mod policy;
+pub mod relay;
+pub mod serve;
+pub mod storage;
+
+pub use policy::Policy;
+pub use relay::{Relay, RelayConfig, RelayError, TransferRow, system_clock};
+pub use storage::{DiskStorage, Faulty, SimStorage, Storage, Unsynced};

@@ -1,0 +1,106 @@
+//! The audit log on disk (`custody.md` §7): one append-only file of framed records, fsynced on
+//! every append; a torn tail is cut off on open and kept in `audit.quarantine`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rogatory_custody::{DecodedRecords, LogStore, Record, decode_records};
+use rogatory_custody::{LogError, Sha256Digest};
+
+/// A file-backed [`LogStore`] that also knows the index of every entry by its hash, so that a
+/// retried append of the same statement can be recognised (`relay.md` §5).
+#[derive(Debug)]
+pub struct FileLogStore {
+    path: PathBuf,
+    quarantine: PathBuf,
+    by_hash: HashMap<[u8; 32], u64>,
+    len: u64,
+}
+
+fn io(e: std::io::Error) -> LogError {
+    LogError::Storage(e.to_string())
+}
+
+fn sync_parent(p: &Path) -> std::io::Result<()> {
+    match p.parent() {
+        Some(d) => File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+impl FileLogStore {
+    /// The log at `path` (created empty if missing, with its directory entry made durable).
+    pub fn open(path: &Path) -> Result<Self, LogError> {
+        if !path.exists() {
+            let mut o = OpenOptions::new();
+            o.create(true).append(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            o.open(path).and_then(|f| f.sync_all()).map_err(io)?;
+            sync_parent(path).map_err(io)?;
+        }
+        Ok(FileLogStore {
+            path: path.to_owned(),
+            quarantine: path.with_extension("quarantine"),
+            by_hash: HashMap::new(),
+            len: 0,
+        })
+    }
+
+    /// The index of the entry whose text hashes to `h`, if present.
+    pub fn find(&self, h: &Sha256Digest) -> Option<u64> {
+        self.by_hash.get(&h.0).copied()
+    }
+
+    fn note(&mut self, r: &Record) {
+        self.by_hash.insert(Sha256Digest::of(&r.entry).0, self.len);
+        self.len += 1;
+    }
+}
+
+impl LogStore for FileLogStore {
+    fn load(&mut self) -> Result<DecodedRecords, LogError> {
+        let mut bytes = Vec::new();
+        File::open(&self.path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+        let d = decode_records(&bytes)?;
+        self.by_hash.clear();
+        self.len = 0;
+        for r in &d.records {
+            self.note(r);
+        }
+        Ok(d)
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), LogError> {
+        let bytes: Vec<u8> = records.iter().flat_map(Record::encode).collect();
+        let mut f = OpenOptions::new().append(true).open(&self.path).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        for r in records {
+            self.note(r);
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, valid_len: usize) -> Result<(), LogError> {
+        let mut bytes = Vec::new();
+        File::open(&self.path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+        if valid_len < bytes.len() {
+            let mut q = OpenOptions::new().create(true).append(true).open(&self.quarantine).map_err(io)?;
+            q.write_all(&bytes[valid_len..]).and_then(|_| q.sync_all()).map_err(io)?;
+            let f = OpenOptions::new().write(true).open(&self.path).map_err(io)?;
+            f.set_len(valid_len as u64).and_then(|_| f.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every record of a log file (for `audit verify` and tests).
+pub fn read_records(path: &Path) -> Result<DecodedRecords, LogError> {
+    decode_records(&fs::read(path).map_err(io)?)
+}

@@ -1,0 +1,196 @@
+//! The relay's policy (`docs/relay.md` §4), a TOML file. Without one the relay accepts any
+//! agency in its trust store sending to the relay's own agency, and requires
+//! `case_reference`, `legal_basis`, `purpose` and `retain_until`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rogatory_custody::{AgencyId, Legal};
+use serde::Deserialize;
+
+/// A legal-metadata field a policy can require.
+pub const FIELDS: &[&str] = &[
+    "case_reference",
+    "legal_basis",
+    "requesting_authority",
+    "executing_authority",
+    "purpose",
+    "classification",
+    "retain_until",
+];
+
+/// What one agency may do.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyRule {
+    /// The sending agency.
+    pub id: AgencyId,
+    /// Recipients it may send to (`"*"`: any agency in the trust store).
+    pub may_send_to: Vec<String>,
+    /// Ciphertext bytes it may hold at this relay at once (unpurged transfers).
+    pub quota_bytes: Option<u64>,
+}
+
+/// The policy.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Legal-metadata fields every manifest must carry.
+    pub require: Vec<String>,
+    /// Largest transfer (ciphertext bytes).
+    pub max_transfer_bytes: u64,
+    /// New offers are refused when free space would fall below this; receipts and audit
+    /// appends still proceed.
+    pub reserve_bytes: u64,
+    /// Manifests created longer ago than this are refused (replay of old transfers).
+    pub max_manifest_age_days: u32,
+    /// A partial upload untouched for this long is removed by `relay gc`.
+    pub partial_ttl_hours: u32,
+    /// Purge ciphertext this many days after delivery, even before `retain_until`.
+    pub retain_after_delivery_days: Option<u32>,
+    /// Per-agency rules. Empty: every trusted agency may send to this relay's agency.
+    pub agency: Vec<AgencyRule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            require: ["case_reference", "legal_basis", "purpose", "retain_until"].map(String::from).to_vec(),
+            max_transfer_bytes: 1 << 40,
+            reserve_bytes: 1 << 30,
+            max_manifest_age_days: 30,
+            partial_ttl_hours: 7 * 24,
+            retain_after_delivery_days: None,
+            agency: Vec::new(),
+        }
+    }
+}
+
+/// A policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Unreadable.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a policy.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What and where.
+        message: String,
+    },
+}
+
+/// Why an offer is refused by policy (each maps to a protocol error code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender may not send (to one of) these recipients.
+    NotAllowed(String),
+    /// A required field is missing.
+    MissingField(&'static str),
+    /// Too large.
+    TooLarge(u64),
+    /// Over quota.
+    Quota,
+    /// The manifest is too old.
+    Stale,
+}
+
+impl Policy {
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })
+    }
+
+    /// Parses policy TOML.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let p: Policy = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        for f in &p.require {
+            if !FIELDS.contains(&f.as_str()) {
+                return Err(format!("require: unknown field {f:?} (known: {})", FIELDS.join(", ")));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The rule of `sender`, if the policy lists agencies.
+    pub fn rule(&self, sender: &AgencyId) -> Option<&AgencyRule> {
+        self.agency.iter().find(|r| &r.id == sender)
+    }
+
+    /// Checks who may send to whom. `relay` is this relay's agency.
+    pub fn check_route(&self, sender: &AgencyId, recipients: &[AgencyId], relay: &AgencyId) -> Result<(), Refusal> {
+        if self.agency.is_empty() {
+            if recipients.contains(relay) {
+                return Ok(());
+            }
+            return Err(Refusal::NotAllowed(format!("this relay holds transfers for {relay} only")));
+        }
+        let rule = self.rule(sender).ok_or_else(|| Refusal::NotAllowed(format!("{sender} may not send through this relay")))?;
+        for r in recipients {
+            if !rule.may_send_to.iter().any(|m| m == "*" || m == r.as_str()) {
+                return Err(Refusal::NotAllowed(format!("{sender} may not send to {r}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the required legal fields.
+    pub fn check_legal(&self, legal: &Legal) -> Result<(), Refusal> {
+        let present: BTreeMap<&str, bool> = [
+            ("case_reference", legal.case_reference.is_some()),
+            ("legal_basis", legal.legal_basis.is_some()),
+            ("requesting_authority", legal.requesting_authority.is_some()),
+            ("executing_authority", legal.executing_authority.is_some()),
+            ("purpose", legal.purpose.is_some()),
+            ("classification", legal.classification.is_some()),
+            ("retain_until", legal.retain_until.is_some()),
+        ]
+        .into_iter()
+        .collect();
+        for f in FIELDS {
+            if self.require.iter().any(|r| r == f) && !present[f] {
+                return Err(Refusal::MissingField(f));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_and_refuses_unknown_keys() {
+        let p = Policy::parse(
+            r#"
+require = ["case_reference", "legal_basis"]
+max_transfer_bytes = 1000
+reserve_bytes = 10
+[[agency]]
+id = "agency-a"
+may_send_to = ["agency-b"]
+quota_bytes = 5000
+"#,
+        )
+        .expect("policy");
+        assert_eq!(p.max_transfer_bytes, 1000);
+        assert_eq!(p.agency[0].quota_bytes, Some(5000));
+        let a: AgencyId = "agency-a".parse().expect("id");
+        let b: AgencyId = "agency-b".parse().expect("id");
+        let c: AgencyId = "agency-c".parse().expect("id");
+        assert_eq!(p.check_route(&a, std::slice::from_ref(&b), &b), Ok(()));
+        assert!(p.check_route(&a, &[c.clone()], &b).is_err());
+        assert!(p.check_route(&c, &[b.clone()], &b).is_err());
+        assert!(Policy::parse("quota = 1").is_err());
+        assert!(Policy::parse("require = [\"shoe_size\"]").is_err());
+    }
+}

@@ -1,0 +1,1064 @@
+//! The relay's store and its answers to offers and pieces (`docs/relay.md`).
+//!
+//! Layout of the data directory (every on-disk name comes from a relay-generated row id):
+//! ```text
+//! relay.db          SQLite index (WAL, synchronous=FULL): transfers, files, durable prefixes, receipts
+//! spool/<row>.pack  ciphertext of a transfer being received: file i at offset base(i)
+//! inbox/<row>.pack  the same file once every piece is durable and verified
+//! audit.log         the audit log (custody.md §7); audit.quarantine for a cut-off torn tail
+//! ```
+//!
+//! Durability order (`relay.md` §3): piece written → pack fsynced (and the spool directory,
+//! once, so the name survives) → index transaction with the new durable prefixes committed →
+//! only then DURABLE to the sender. Completion: full ciphertext digests re-checked from disk →
+//! rename to inbox → fsync both directories → completion time committed → custody receipt signed
+//! and appended to the audit log (fsync) → bundle committed → RECEIPT.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rogatory_custody::merkle::leaf_hash;
+use rogatory_custody::{
+    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, PieceTable, Sha256Digest,
+    Statement, Text, Timestamp, TransferId, TrustStore, open_sealed_manifest, piece_layout,
+};
+use rogatory_transport::frame::{Offer, TransferState};
+use rogatory_transport::tls::PeerIdentity;
+use rogatory_transport::{ErrorCode, ProtocolError};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use crate::logfile::FileLogStore;
+use crate::policy::{Policy, Refusal};
+use crate::storage::Storage;
+
+/// A relay could not start or an administrative operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The index.
+    #[error("index: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The audit log.
+    #[error("audit log: {0}")]
+    Log(#[from] rogatory_custody::LogError),
+    /// File system.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Other.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RelayError {
+    let what = what.into();
+    move |source| RelayError::Io { what, source }
+}
+
+/// Where the relay gets the time (tests move it).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Settings of a relay.
+pub struct RelayConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// This relay's agency identity (signing key; a relay-only identity has no age key).
+    pub identity: AgencyIdentity,
+    /// Trusted agencies' cards (verifier keys for seals and delivery receipts).
+    pub trust: TrustStore,
+    /// The policy.
+    pub policy: Policy,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig").field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| Timestamp::from_datetime(time::OffsetDateTime::now_utc()))
+}
+
+#[derive(Debug)]
+struct FileInfo {
+    layout: PieceLayout,
+    base: u64,
+    piece_root: Sha256Digest,
+    ciphertext_sha256: Sha256Digest,
+}
+
+/// A transfer being received (its pack file lives in the spool).
+#[derive(Debug)]
+struct Active {
+    row: i64,
+    sender: AgencyId,
+    files: Vec<FileInfo>,
+    tables: Vec<Vec<[u8; 32]>>,
+    verified: Vec<bool>,
+    received: Vec<u64>,
+    durable: Vec<u64>,
+    dirty: bool,
+    named: bool,
+}
+
+/// The relay.
+pub struct Relay<S: Storage> {
+    agency: AgencyId,
+    signer: NoteSigner,
+    storage: S,
+    data_dir: PathBuf,
+    db: Mutex<Connection>,
+    log: Mutex<AuditLog<FileLogStore>>,
+    trust: TrustStore,
+    policy: Policy,
+    clock: Clock,
+    active: Mutex<HashMap<TransferId, Arc<Mutex<Active>>>>,
+}
+
+impl<S: Storage> std::fmt::Debug for Relay<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("agency", &self.agency).field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn perr(code: ErrorCode, m: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, m)
+}
+
+/// Storage errors: a full disk is a refusal (6), anything else retryable (5).
+fn storage_err(e: std::io::Error) -> ProtocolError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        perr(ErrorCode::INSUFFICIENT_SPACE, "the relay's storage is full")
+    } else {
+        tracing::warn!(error = %e, "storage error");
+        perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay cannot store data right now")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> ProtocolError {
+    tracing::warn!(error = %e, "index error");
+    perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay's index is unavailable")
+}
+
+/// The stored name of a state.
+pub fn state_name(s: TransferState) -> &'static str {
+    match s {
+        TransferState::Receiving => "receiving",
+        TransferState::Complete => "complete",
+        TransferState::Delivered => "delivered",
+        TransferState::Purged => "purged",
+        TransferState::Rejected => "rejected",
+    }
+}
+
+/// A state from its stored name.
+pub fn parse_state(s: &str) -> TransferState {
+    match s {
+        "complete" => TransferState::Complete,
+        "delivered" => TransferState::Delivered,
+        "purged" => TransferState::Purged,
+        "rejected" => TransferState::Rejected,
+        _ => TransferState::Receiving,
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS transfers (
+    row INTEGER PRIMARY KEY,
+    transfer BLOB NOT NULL UNIQUE,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    seal BLOB NOT NULL,
+    manifest_sha256 BLOB NOT NULL,
+    ciphertext_bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    offered_at INTEGER NOT NULL,
+    touched_at INTEGER NOT NULL,
+    retain_until TEXT,
+    completed_at INTEGER,
+    custody_receipt TEXT,
+    delivered_at INTEGER,
+    delivery_receipt TEXT,
+    purge_receipt TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    row INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    ciphertext_size INTEGER NOT NULL,
+    base INTEGER NOT NULL,
+    piece_root BLOB NOT NULL,
+    ciphertext_sha256 BLOB NOT NULL,
+    piece_table BLOB,
+    durable INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (row, idx)
+);
+CREATE TABLE IF NOT EXISTS served (
+    row INTEGER NOT NULL,
+    agency TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (row, agency, idx)
+);
+";
+
+/// A stored transfer, as the index has it.
+#[derive(Clone, Debug)]
+pub struct TransferRow {
+    /// Relay-generated id (names the pack file).
+    pub row: i64,
+    /// The transfer id.
+    pub transfer: TransferId,
+    /// The sender.
+    pub sender: AgencyId,
+    /// Recipients.
+    pub recipients: Vec<AgencyId>,
+    /// State.
+    pub state: TransferState,
+    /// Files.
+    pub files: u64,
+    /// Total ciphertext bytes.
+    pub ciphertext_bytes: u64,
+    /// When it was offered.
+    pub offered_at: i64,
+    /// When it completed.
+    pub completed_at: Option<i64>,
+    /// `retain_until` from the manifest.
+    pub retain_until: Option<String>,
+    /// Custody receipt bundle.
+    pub custody_receipt: Option<String>,
+    /// Delivery receipt.
+    pub delivery_receipt: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<i64>,
+    /// Purge receipt.
+    pub purge_receipt: Option<String>,
+    /// The seal and manifest as offered.
+    pub seal: Vec<u8>,
+    /// The manifest JSON.
+    pub manifest: Vec<u8>,
+}
+
+const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
+     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, seal, manifest";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
+    let t: Vec<u8> = r.get(1)?;
+    let mut id = [0u8; 16];
+    if t.len() == 16 {
+        id.copy_from_slice(&t);
+    }
+    let parse_agency = |s: String| s.parse::<AgencyId>().map_err(|e| rusqlite::Error::InvalidColumnName(e.to_string()));
+    let recipients: String = r.get(3)?;
+    Ok(TransferRow {
+        row: r.get(0)?,
+        transfer: TransferId::from_bytes(id),
+        sender: parse_agency(r.get(2)?)?,
+        recipients: recipients.split(' ').filter(|s| !s.is_empty()).map(|s| parse_agency(s.to_owned())).collect::<Result<_, _>>()?,
+        state: parse_state(&r.get::<_, String>(4)?),
+        files: r.get::<_, i64>(5)? as u64,
+        ciphertext_bytes: r.get::<_, i64>(6)? as u64,
+        offered_at: r.get(7)?,
+        completed_at: r.get(8)?,
+        retain_until: r.get(9)?,
+        custody_receipt: r.get(10)?,
+        delivery_receipt: r.get(11)?,
+        delivered_at: r.get(12)?,
+        purge_receipt: r.get(13)?,
+        seal: r.get(14)?,
+        manifest: r.get(15)?,
+    })
+}
+
+impl<S: Storage> Relay<S> {
+    /// Opens (or creates) a relay's state in `cfg.data_dir`, with ciphertext in `storage`.
+    pub fn open(cfg: RelayConfig, storage: S) -> Result<Self, RelayError> {
+        let d = &cfg.data_dir;
+        std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        for sub in ["spool", "inbox"] {
+            storage.create_dir_all(&d.join(sub)).map_err(io_err(format!("creating {sub}")))?;
+        }
+        let db = Connection::open(d.join("relay.db"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        let log = AuditLog::open(FileLogStore::open(&d.join("audit.log"))?, cfg.identity.log_signer())?;
+        Ok(Relay {
+            agency: cfg.identity.id().clone(),
+            signer: cfg.identity.signer().clone(),
+            storage,
+            data_dir: d.clone(),
+            db: Mutex::new(db),
+            log: Mutex::new(log),
+            trust: cfg.trust,
+            policy: cfg.policy,
+            clock: cfg.clock,
+            active: Mutex::default(),
+        })
+    }
+
+    /// This relay's agency.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Entries in the audit log.
+    pub fn log_len(&self) -> u64 {
+        lock(&self.log).len()
+    }
+
+    /// The latest signed checkpoint of the audit log.
+    pub fn checkpoint(&self) -> Option<String> {
+        lock(&self.log).checkpoint_note().map(str::to_owned)
+    }
+
+    fn spool(&self, row: i64) -> PathBuf {
+        self.data_dir.join("spool").join(format!("{row}.pack"))
+    }
+
+    fn inbox(&self, row: i64) -> PathBuf {
+        self.data_dir.join("inbox").join(format!("{row}.pack"))
+    }
+
+    /// The pack file of a stored transfer (spool or inbox).
+    pub fn pack_path(&self, row: &TransferRow) -> PathBuf {
+        match row.state {
+            TransferState::Receiving => self.spool(row.row),
+            _ => self.inbox(row.row),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Signs `st`, appends its text to the audit log (durable; custody.md §7: an entry is the
+    /// statement text), and returns `(note, index)`. An identical statement already in the log
+    /// is not appended again.
+    fn log_statement(&self, st: &Statement) -> Result<(String, u64), ProtocolError> {
+        let note = st.sign(&self.signer).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
+        let i = self.append_entry(st.encode().as_bytes())?;
+        Ok((note, i))
+    }
+
+    fn append_entry(&self, entry: &[u8]) -> Result<u64, ProtocolError> {
+        let mut log = lock(&self.log);
+        if let Some(i) = log.store().find(&Sha256Digest::of(entry)) {
+            return Ok(i);
+        }
+        log.append(entry).map_err(|e| {
+            tracing::error!(error = %e, "audit log append failed");
+            perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay's audit log is unavailable")
+        })
+    }
+
+    fn bundle(&self, note: &str, index: u64) -> Result<String, ProtocolError> {
+        lock(&self.log).bundle(note, index).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
+    }
+
+    /// Records a refusal in the audit log and returns it (TESTS.md 51: one entry per refusal).
+    pub fn refuse(&self, peer: &PeerIdentity, transfer: TransferId, e: ProtocolError) -> ProtocolError {
+        let st = Statement::Rejection {
+            head: Head { transfer, issuer: self.agency.clone(), time: self.now() },
+            peer: Peer::Agency(peer.agency.clone()),
+            peer_cert_sha256: peer.cert_sha256,
+            code: text(e.code.name().unwrap_or("UNKNOWN")),
+            reason: text(&e.message),
+        };
+        tracing::info!(%transfer, peer = %peer.agency, code = %e.code, "refused");
+        if let Err(le) = self.log_statement(&st) {
+            tracing::error!(error = %le, "could not log a refusal");
+        }
+        e
+    }
+
+    /// A transfer by id.
+    pub fn transfer(&self, t: &TransferId) -> Result<Option<TransferRow>, ProtocolError> {
+        let db = lock(&self.db);
+        db.query_row(&format!("SELECT {ROW_COLUMNS} FROM transfers WHERE transfer = ?1"), params![&t.as_bytes()[..]], read_row)
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Every transfer, oldest first.
+    pub fn transfers(&self) -> Result<Vec<TransferRow>, ProtocolError> {
+        let db = lock(&self.db);
+        let mut q = db.prepare(&format!("SELECT {ROW_COLUMNS} FROM transfers ORDER BY row")).map_err(db_err)?;
+        let rows = q.query_map([], read_row).map_err(db_err)?.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+        Ok(rows)
+    }
+
+    /// Durable piece counts of a transfer's files.
+    pub fn durable(&self, row: i64) -> Result<Vec<u64>, ProtocolError> {
+        let db = lock(&self.db);
+        let mut q = db.prepare("SELECT durable FROM files WHERE row = ?1 ORDER BY idx").map_err(db_err)?;
+        let v = q.query_map(params![row], |r| r.get::<_, i64>(0)).map_err(db_err)?.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+        Ok(v.into_iter().map(|d| d as u64).collect())
+    }
+
+    /// Handles an OFFER (`relay.md` §2): verify the seal, bind the transfer to its sender,
+    /// apply the policy, create or resume the transfer. Refusals are logged.
+    pub fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+        self.offer_inner(peer, offer).map_err(|e| self.refuse(peer, offer.transfer, e))
+    }
+
+    fn offer_inner(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+        // The manifest must be the authenticated agency's own, sealed with its card's key.
+        let claimed = Manifest::parse(offer.manifest.as_bytes()).map_err(|e| perr(ErrorCode::BAD_SEAL, format!("manifest: {e}")))?;
+        if claimed.sender != peer.agency {
+            return Err(perr(ErrorCode::NOT_AUTHORISED, format!("{} may not upload a transfer of {}", peer.agency, claimed.sender)));
+        }
+        let card = self
+            .trust
+            .get(&peer.agency)
+            .ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, format!("{} has no card in the relay's trust store", peer.agency)))?;
+        let sealed = open_sealed_manifest(offer.manifest.as_bytes(), offer.seal.as_bytes(), &card.verifier_key)
+            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
+        let m: &Manifest = &sealed.manifest;
+        if m.transfer_id != offer.transfer {
+            return Err(perr(ErrorCode::BAD_SEAL, "OFFER names another transfer than its manifest"));
+        }
+        let manifest_sha = Sha256Digest::of(offer.manifest.as_bytes());
+        let layouts = m
+            .files
+            .iter()
+            .map(|f| piece_layout(f.size, f.ciphertext_size))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| perr(ErrorCode::BAD_SEAL, "a file's sizes cannot belong to an age file"))?;
+
+        if let Some(existing) = self.transfer(&offer.transfer)? {
+            // Resume authority (TESTS.md 26, 31): the transfer id belongs to its sender and its
+            // manifest; the relay's own durable prefixes answer.
+            if existing.sender != peer.agency {
+                return Err(perr(ErrorCode::NOT_AUTHORISED, "this transfer id belongs to another agency"));
+            }
+            if Sha256Digest::of(&existing.manifest) != manifest_sha {
+                return Err(perr(ErrorCode::CONFLICT, "this transfer id is in use with another manifest"));
+            }
+            match existing.state {
+                TransferState::Receiving | TransferState::Complete | TransferState::Delivered => {}
+                TransferState::Purged => return Err(perr(ErrorCode::NOT_FOUND, "this transfer was purged")),
+                TransferState::Rejected => return Err(perr(ErrorCode::INTEGRITY, "this transfer was rejected")),
+            }
+            let durable = self.durable(existing.row)?;
+            if existing.state == TransferState::Receiving {
+                self.activate(&existing, m, &layouts, &durable)?;
+            }
+            let db = lock(&self.db);
+            db.execute("UPDATE transfers SET touched_at = ?1 WHERE row = ?2", params![self.now().unix(), existing.row]).map_err(db_err)?;
+            return Ok((layouts, durable));
+        }
+
+        // A new transfer: policy (relay.md §4).
+        let policy_err = |r: Refusal| match r {
+            Refusal::NotAllowed(m) => perr(ErrorCode::POLICY, m),
+            Refusal::MissingField(f) => perr(ErrorCode::POLICY, format!("the policy requires {f}")),
+            Refusal::TooLarge(n) => perr(ErrorCode::TOO_LARGE, format!("{n} bytes exceed the relay's maximum")),
+            Refusal::Quota => perr(ErrorCode::QUOTA, "the agency's quota would be exceeded"),
+            Refusal::Stale => perr(ErrorCode::POLICY, "the manifest is older than the relay accepts"),
+        };
+        for r in &m.recipients {
+            if self.trust.get(r).is_none() && r != &self.agency {
+                return Err(perr(ErrorCode::POLICY, format!("recipient {r} is not a trusted agency")));
+            }
+        }
+        self.policy.check_route(&m.sender, &m.recipients, &self.agency).map_err(policy_err)?;
+        self.policy.check_legal(&m.legal).map_err(policy_err)?;
+        let now = self.now().unix();
+        let age = now - m.created_at.unix();
+        if age > i64::from(self.policy.max_manifest_age_days) * 86_400 || age < -86_400 {
+            return Err(policy_err(Refusal::Stale));
+        }
+        let total: u64 = m.files.iter().map(|f| f.ciphertext_size).sum();
+        if total > self.policy.max_transfer_bytes {
+            return Err(policy_err(Refusal::TooLarge(total)));
+        }
+        if let Some(q) = self.policy.rule(&m.sender).and_then(|r| r.quota_bytes) {
+            let used: i64 = lock(&self.db)
+                .query_row(
+                    "SELECT COALESCE(SUM(ciphertext_bytes), 0) FROM transfers WHERE sender = ?1 AND state NOT IN ('purged', 'rejected')",
+                    params![m.sender.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if used as u64 + total > q {
+                return Err(policy_err(Refusal::Quota));
+            }
+        }
+        let free = self.storage.available_space(&self.data_dir.join("spool")).map_err(storage_err)?;
+        if free < total.saturating_add(self.policy.reserve_bytes) {
+            return Err(perr(ErrorCode::INSUFFICIENT_SPACE, "the relay is below its free-space reserve"));
+        }
+
+        let recipients = m.recipients.iter().map(AgencyId::as_str).collect::<Vec<_>>().join(" ");
+        let row = {
+            let mut db = lock(&self.db);
+            let tx = db.transaction().map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO transfers (transfer, sender, recipients, manifest, seal, manifest_sha256, ciphertext_bytes, files, state, offered_at, touched_at, retain_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'receiving', ?9, ?9, ?10)",
+                params![
+                    &offer.transfer.as_bytes()[..],
+                    m.sender.as_str(),
+                    recipients,
+                    offer.manifest.as_bytes(),
+                    offer.seal.as_bytes(),
+                    &manifest_sha.0[..],
+                    total as i64,
+                    m.files.len() as i64,
+                    now,
+                    m.legal.retain_until.map(|d| d.to_string()),
+                ],
+            )
+            .map_err(db_err)?;
+            let row = tx.last_insert_rowid();
+            let mut base = 0u64;
+            for (i, f) in m.files.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO files (row, idx, size, ciphertext_size, base, piece_root, ciphertext_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![row, i as i64, f.size as i64, f.ciphertext_size as i64, base as i64, &f.piece_root.0[..], &f.ciphertext_sha256.0[..]],
+                )
+                .map_err(db_err)?;
+                base += f.ciphertext_size;
+            }
+            tx.commit().map_err(db_err)?;
+            row
+        };
+        tracing::info!(transfer = %offer.transfer, sender = %m.sender, files = m.files.len(), bytes = total, "transfer accepted");
+        let existing = self.transfer(&offer.transfer)?.ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
+        debug_assert_eq!(existing.row, row);
+        let durable = vec![0; layouts.len()];
+        self.activate(&existing, m, &layouts, &durable)?;
+        Ok((layouts, durable))
+    }
+
+    fn activate(&self, row: &TransferRow, m: &Manifest, layouts: &[PieceLayout], durable: &[u64]) -> Result<(), ProtocolError> {
+        let mut active = lock(&self.active);
+        if active.contains_key(&row.transfer) {
+            return Ok(());
+        }
+        let tables = self.stored_tables(row.row)?;
+        let mut base = 0;
+        let files = m
+            .files
+            .iter()
+            .zip(layouts)
+            .map(|(f, l)| {
+                let fi = FileInfo { layout: *l, base, piece_root: f.piece_root, ciphertext_sha256: f.ciphertext_sha256 };
+                base += f.ciphertext_size;
+                fi
+            })
+            .collect::<Vec<_>>();
+        let verified = tables.iter().zip(&files).map(|(t, f)| t.len() as u64 == f.layout.count()).collect();
+        active.insert(
+            row.transfer,
+            Arc::new(Mutex::new(Active {
+                row: row.row,
+                sender: row.sender.clone(),
+                files,
+                tables,
+                verified,
+                received: durable.to_vec(),
+                durable: durable.to_vec(),
+                dirty: false,
+                named: durable.iter().any(|&d| d > 0),
+            })),
+        );
+        Ok(())
+    }
+
+    fn stored_tables(&self, row: i64) -> Result<Vec<Vec<[u8; 32]>>, ProtocolError> {
+        let db = lock(&self.db);
+        let mut q = db.prepare("SELECT piece_table FROM files WHERE row = ?1 ORDER BY idx").map_err(db_err)?;
+        let v = q
+            .query_map(params![row], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(v.into_iter()
+            .map(|b| b.unwrap_or_default().chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+            .collect())
+    }
+
+    fn get_active(&self, t: &TransferId) -> Result<Arc<Mutex<Active>>, ProtocolError> {
+        lock(&self.active).get(t).cloned().ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no upload of this transfer is in progress"))
+    }
+
+    /// Rejects a transfer for an integrity failure: logged, never receipted.
+    fn integrity(&self, t: TransferId, sender: &AgencyId, what: String) -> ProtocolError {
+        let e = perr(ErrorCode::INTEGRITY, what);
+        let st = Statement::Rejection {
+            head: Head { transfer: t, issuer: self.agency.clone(), time: self.now() },
+            peer: Peer::Agency(sender.clone()),
+            peer_cert_sha256: Sha256Digest([0; 32]),
+            code: text("INTEGRITY"),
+            reason: text(&e.message),
+        };
+        if let Err(le) = self.log_statement(&st) {
+            tracing::error!(error = %le, "could not log an integrity failure");
+        }
+        tracing::warn!(transfer = %t, "integrity failure: {}", e.message);
+        e
+    }
+
+    /// TABLE entries `first..` of `file` (contiguous, from the intake).
+    pub fn table(&self, t: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError> {
+        let a = self.get_active(&t)?;
+        let mut a = lock(&a);
+        let f = file as usize;
+        if a.verified[f] {
+            // Already verified and stored: a resend must be identical.
+            let held = &a.tables[f][first as usize..first as usize + hashes.len()];
+            if held != hashes {
+                let sender = a.sender.clone();
+                return Err(self.integrity(t, &sender, format!("file {file}: a resent piece table differs")));
+            }
+            return Ok(());
+        }
+        if a.tables[f].len() as u64 != first {
+            // A new stream restarts the table; keep what matches.
+            a.tables[f].truncate(first as usize);
+        }
+        a.tables[f].extend_from_slice(hashes);
+        let info = &a.files[f];
+        if a.tables[f].len() as u64 == info.layout.count() {
+            let leaves = a.tables[f].clone();
+            if PieceTable::from_leaves(&info.layout, leaves, &info.piece_root).is_none() {
+                a.tables[f].clear();
+                let sender = a.sender.clone();
+                return Err(self.integrity(t, &sender, format!("file {file}: the piece table does not match piece_root")));
+            }
+            let blob: Vec<u8> = a.tables[f].iter().flatten().copied().collect();
+            lock(&self.db)
+                .execute("UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3", params![blob, a.row, file as i64])
+                .map_err(db_err)?;
+            a.verified[f] = true;
+        }
+        Ok(())
+    }
+
+    /// The next piece of `file`: checked against its table entry, then written.
+    pub fn store(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let a = self.get_active(&t)?;
+        let mut a = lock(&a);
+        let f = file as usize;
+        if !a.verified[f] {
+            return Err(perr(ErrorCode::PROTOCOL_VIOLATION, "piece before a verified table"));
+        }
+        if !bool::from(subtle_eq(&leaf_hash(bytes), &a.tables[f][piece as usize])) {
+            let sender = a.sender.clone();
+            return Err(self.integrity(t, &sender, format!("file {file} piece {piece} does not match its table entry")));
+        }
+        let info = &a.files[f];
+        let range = info.layout.range(piece).ok_or_else(|| perr(ErrorCode::PROTOCOL_VIOLATION, "piece out of range"))?;
+        let off = info.base + range.start;
+        let path = self.spool(a.row);
+        self.storage.write_at(&path, off, bytes).map_err(storage_err)?;
+        a.received[f] = a.received[f].max(piece + 1);
+        a.dirty = true;
+        Ok(())
+    }
+
+    /// A resent piece the relay already has: it must be identical (TESTS.md 26, 27).
+    pub fn duplicate(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let a = self.get_active(&t)?;
+        let a = lock(&a);
+        let f = file as usize;
+        if a.verified[f] && bool::from(subtle_eq(&leaf_hash(bytes), &a.tables[f][piece as usize])) {
+            return Ok(());
+        }
+        let sender = a.sender.clone();
+        Err(self.integrity(t, &sender, format!("file {file} piece {piece}: a resent piece differs from the stored one")))
+    }
+
+    /// Makes what was stored durable (`relay.md` §3) and returns the durable piece counts.
+    pub fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
+        let a = self.get_active(&t)?;
+        let mut a = lock(&a);
+        if !a.dirty {
+            return Ok(a.durable.clone());
+        }
+        let path = self.spool(a.row);
+        self.storage.sync(&path).map_err(storage_err)?;
+        if !a.named {
+            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+            a.named = true;
+        }
+        {
+            let mut db = lock(&self.db);
+            let tx = db.transaction().map_err(db_err)?;
+            for (i, (&r, &d)) in a.received.iter().zip(&a.durable).enumerate() {
+                if r != d {
+                    tx.execute("UPDATE files SET durable = ?1 WHERE row = ?2 AND idx = ?3", params![r as i64, a.row, i as i64])
+                        .map_err(db_err)?;
+                }
+            }
+            tx.execute("UPDATE transfers SET touched_at = ?1 WHERE row = ?2", params![self.now().unix(), a.row]).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        a.durable = a.received.clone();
+        a.dirty = false;
+        Ok(a.durable.clone())
+    }
+
+    /// Every piece is durable: verify the files from disk, publish to the inbox, sign and log the
+    /// custody receipt (once), and return its bundle.
+    pub fn receipt(&self, t: TransferId) -> Result<String, ProtocolError> {
+        let row = self.transfer(&t)?.ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
+        if let Some(b) = &row.custody_receipt {
+            return Ok(b.clone());
+        }
+        if row.state != TransferState::Receiving {
+            return Err(perr(ErrorCode::NOT_FOUND, "transfer is not being received"));
+        }
+        let active = self.get_active(&t)?;
+        let a = lock(&active);
+        if a.durable.iter().zip(&a.files).any(|(&d, f)| d != f.layout.count()) {
+            return Err(perr(ErrorCode::INTERNAL, "receipt requested before every piece is durable"));
+        }
+        let spool = self.spool(a.row);
+        let inbox = self.inbox(a.row);
+        if self.storage.len(&spool).map_err(storage_err)?.is_some() {
+            // Full digests, read back from disk: what we receipt is what we hold.
+            for (i, f) in a.files.iter().enumerate() {
+                let got = self.digest(&spool, f.base, f.layout.ciphertext_size).map_err(storage_err)?;
+                if got != f.ciphertext_sha256 {
+                    drop(a);
+                    self.reject(&row);
+                    return Err(self.integrity(t, &row.sender, format!("file {i}: stored ciphertext does not match its digest")));
+                }
+            }
+            self.storage.rename(&spool, &inbox).map_err(storage_err)?;
+            self.storage.sync_dir(&self.data_dir.join("inbox")).map_err(storage_err)?;
+            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+        } else if self.storage.len(&inbox).map_err(storage_err)?.is_none() && !a.files.is_empty() {
+            return Err(perr(ErrorCode::INTERNAL, "the transfer's data is missing"));
+        }
+        drop(a);
+        // The completion time is committed before signing, so a retry signs the same text and
+        // finds it in the log instead of appending it twice.
+        let completed = match row.completed_at {
+            Some(c) => c,
+            None => {
+                let c = self.now().unix();
+                lock(&self.db).execute("UPDATE transfers SET completed_at = ?1 WHERE row = ?2", params![c, row.row]).map_err(db_err)?;
+                c
+            }
+        };
+        let m = Manifest::parse(&row.manifest).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
+        let st = Statement::CustodyReceipt {
+            head: Head {
+                transfer: t,
+                issuer: self.agency.clone(),
+                time: Timestamp::from_unix(completed).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?,
+            },
+            sender: row.sender.clone(),
+            recipients: row.recipients.clone(),
+            manifest_sha256: Sha256Digest::of(&row.manifest),
+            seal_sha256: text_digest(&row.seal),
+            files: m.files.len() as u64,
+            ciphertext_bytes: row.ciphertext_bytes,
+        };
+        let (note, index) = self.log_statement(&st)?;
+        let bundle = self.bundle(&note, index)?;
+        lock(&self.db)
+            .execute("UPDATE transfers SET state = 'complete', custody_receipt = ?1 WHERE row = ?2", params![bundle, row.row])
+            .map_err(db_err)?;
+        lock(&self.active).remove(&t);
+        tracing::info!(transfer = %t, log_index = index, "custody receipt issued");
+        Ok(bundle)
+    }
+
+    fn reject(&self, row: &TransferRow) {
+        let _ = lock(&self.db).execute("UPDATE transfers SET state = 'rejected' WHERE row = ?1", params![row.row]);
+        lock(&self.active).remove(&row.transfer);
+        let _ = self.storage.remove(&self.spool(row.row));
+    }
+
+    fn digest(&self, path: &Path, base: u64, len: u64) -> std::io::Result<Sha256Digest> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let n = self.storage.read_at(path, base + done, &mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pack file too short"));
+            }
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(Sha256Digest(h.finalize().into()))
+    }
+
+    /// The upload stopped before completion: forget the in-memory state (what is durable stays).
+    pub fn abandon(&self, t: TransferId) {
+        lock(&self.active).remove(&t);
+    }
+
+    /// Reads `len` bytes of a stored transfer's pack file at `offset` into `buf`.
+    pub fn read_pack(&self, row: &TransferRow, offset: u64, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+        self.storage.read_at(&self.pack_path(row), offset, buf).map_err(storage_err)
+    }
+
+    /// File `i`'s place in the pack: `(base, ciphertext_size)`.
+    pub fn file_extent(&self, row: i64, i: u32) -> Result<Option<(u64, u64)>, ProtocolError> {
+        lock(&self.db)
+            .query_row("SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2", params![row, i64::from(i)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Records that `agency` fetched file `i` to its end; when it has fetched every file, logs
+    /// one Fetch statement.
+    pub fn served(&self, row: &TransferRow, agency: &AgencyId, i: u32) -> Result<(), ProtocolError> {
+        let (new, count) = {
+            let db = lock(&self.db);
+            let new = db
+                .execute("INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, ?3)", params![row.row, agency.as_str(), i64::from(i)])
+                .map_err(db_err)?;
+            let count: i64 = db
+                .query_row("SELECT COUNT(*) FROM served WHERE row = ?1 AND agency = ?2", params![row.row, agency.as_str()], |r| r.get(0))
+                .map_err(db_err)?;
+            (new, count as u64)
+        };
+        if new == 1 && count == row.files {
+            let st = Statement::Fetch {
+                head: Head { transfer: row.transfer, issuer: self.agency.clone(), time: self.now() },
+                peer: agency.clone(),
+                files: row.files,
+                ciphertext_bytes: row.ciphertext_bytes,
+            };
+            self.log_statement(&st)?;
+        }
+        Ok(())
+    }
+
+    /// A recipient's delivery receipt (`relay.md` §6): verified with its card's key against the
+    /// stored transfer, logged once; returns its bundle.
+    pub fn deliver(&self, peer: &PeerIdentity, t: TransferId, note: &str) -> Result<String, ProtocolError> {
+        let row = self.transfer(&t)?.ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
+        if !row.recipients.contains(&peer.agency) {
+            return Err(self.refuse(peer, t, perr(ErrorCode::NOT_AUTHORISED, "only a recipient may deliver")));
+        }
+        let custody = row.custody_receipt.clone().ok_or_else(|| perr(ErrorCode::NOT_FOUND, "transfer not complete"))?;
+        let card = self.trust.get(&peer.agency).ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, "no card for the recipient"))?;
+        let st = Statement::open(note.as_bytes(), &card.verifier_key).map_err(|e| perr(ErrorCode::BAD_SEAL, format!("delivery receipt: {e}")))?;
+        let ok = match &*st {
+            Statement::DeliveryReceipt { head, sender, manifest_sha256, seal_sha256, custody_receipt_sha256, files, .. } => {
+                head.transfer == t
+                    && head.issuer == peer.agency
+                    && *sender == row.sender
+                    && *manifest_sha256 == Sha256Digest::of(&row.manifest)
+                    && *seal_sha256 == text_digest(&row.seal)
+                    && *custody_receipt_sha256 == text_digest(custody.as_bytes())
+                    && *files == row.files
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(self.refuse(peer, t, perr(ErrorCode::BAD_SEAL, "the delivery receipt does not match this transfer")));
+        }
+        // Log the recipient's statement; its signed note goes into the bundle.
+        let index = self.append_entry(st.encode().as_bytes())?;
+        let note = note.to_owned();
+        let bundle = self.bundle(&note, index)?;
+        lock(&self.db)
+            .execute(
+                "UPDATE transfers SET state = CASE WHEN state = 'complete' THEN 'delivered' ELSE state END, delivery_receipt = COALESCE(delivery_receipt, ?1), delivered_at = COALESCE(delivered_at, ?2) WHERE row = ?3",
+                params![bundle, self.now().unix(), row.row],
+            )
+            .map_err(db_err)?;
+        Ok(bundle)
+    }
+
+    /// Transfers whose ciphertext is due for purging at `today` (`relay.md` §7).
+    pub fn due_for_purge(&self) -> Result<Vec<(TransferRow, String)>, ProtocolError> {
+        let now = self.now();
+        let today = now.date();
+        let mut out = Vec::new();
+        for r in self.transfers()? {
+            if !matches!(r.state, TransferState::Complete | TransferState::Delivered) {
+                continue;
+            }
+            let by_date = r
+                .retain_until
+                .as_deref()
+                .and_then(|d| d.parse::<rogatory_custody::CalendarDate>().ok())
+                .is_some_and(|d| d.0 < today);
+            let by_delivery = match (self.policy.retain_after_delivery_days, r.delivered_at) {
+                (Some(days), Some(at)) => now.unix() >= at + i64::from(days) * 86_400,
+                _ => false,
+            };
+            if by_date {
+                out.push((r, "retain_until passed".to_owned()));
+            } else if by_delivery {
+                out.push((r, "retention period after delivery passed".to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Purges what is due: deletes the ciphertext, logs a signed purge receipt. Returns what
+    /// was purged (or, with `dry_run`, what would be).
+    pub fn purge(&self, dry_run: bool) -> Result<Vec<(TransferRow, String)>, ProtocolError> {
+        let due = self.due_for_purge()?;
+        if dry_run {
+            return Ok(due);
+        }
+        for (r, reason) in &due {
+            let st = Statement::PurgeReceipt {
+                head: Head { transfer: r.transfer, issuer: self.agency.clone(), time: self.now() },
+                sender: r.sender.clone(),
+                manifest_sha256: Sha256Digest::of(&r.manifest),
+                files: r.files,
+                ciphertext_bytes: r.ciphertext_bytes,
+                reason: text(reason),
+            };
+            let (note, index) = self.log_statement(&st)?;
+            let bundle = self.bundle(&note, index)?;
+            self.storage.remove(&self.inbox(r.row)).map_err(storage_err)?;
+            self.storage.sync_dir(&self.data_dir.join("inbox")).map_err(storage_err)?;
+            lock(&self.db)
+                .execute("UPDATE transfers SET state = 'purged', purge_receipt = ?1 WHERE row = ?2", params![bundle, r.row])
+                .map_err(db_err)?;
+            tracing::info!(transfer = %r.transfer, "purged");
+        }
+        Ok(due)
+    }
+
+    /// Removes partial uploads untouched for longer than the policy's TTL (TESTS.md 37): only
+    /// transfers still receiving; complete or receipted data is never touched. Idempotent.
+    pub fn gc_partials(&self) -> Result<Vec<TransferId>, ProtocolError> {
+        let cutoff = self.now().unix() - i64::from(self.policy.partial_ttl_hours) * 3600;
+        let stale: Vec<TransferRow> = self
+            .transfers()?
+            .into_iter()
+            .filter(|r| r.state == TransferState::Receiving)
+            .filter(|r| {
+                lock(&self.db)
+                    .query_row("SELECT touched_at FROM transfers WHERE row = ?1", params![r.row], |x| x.get::<_, i64>(0))
+                    .map(|t| t < cutoff)
+                    .unwrap_or(false)
+            })
+            .filter(|r| !lock(&self.active).contains_key(&r.transfer))
+            .collect();
+        let mut out = Vec::new();
+        for r in stale {
+            self.storage.remove(&self.spool(r.row)).map_err(storage_err)?;
+            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+            let mut db = lock(&self.db);
+            let tx = db.transaction().map_err(db_err)?;
+            tx.execute("DELETE FROM files WHERE row = ?1", params![r.row]).map_err(db_err)?;
+            tx.execute("DELETE FROM transfers WHERE row = ?1", params![r.row]).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            out.push(r.transfer);
+        }
+        Ok(out)
+    }
+
+    /// Re-verifies every stored piece of every transfer against its table and every complete
+    /// file against its digest (TESTS.md 39). Returns `(transfer, file, problem)` for each fault.
+    pub fn scrub(&self) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
+        let mut out = Vec::new();
+        for r in self.transfers()? {
+            if matches!(r.state, TransferState::Purged | TransferState::Rejected) {
+                continue;
+            }
+            let want: Vec<u8> = lock(&self.db)
+                .query_row("SELECT manifest_sha256 FROM transfers WHERE row = ?1", params![r.row], |x| x.get(0))
+                .map_err(db_err)?;
+            if Sha256Digest::of(&r.manifest).0[..] != want[..] {
+                out.push((r.transfer, 0, "stored manifest does not match its digest".to_owned()));
+                continue;
+            }
+            let m = match Manifest::parse(&r.manifest) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push((r.transfer, 0, format!("stored manifest: {e}")));
+                    continue;
+                }
+            };
+            let durable = self.durable(r.row)?;
+            let tables = self.stored_tables(r.row)?;
+            let path = self.pack_path(&r);
+            let mut base = 0u64;
+            let mut buf = vec![0u8; 65_552];
+            for (i, f) in m.files.iter().enumerate() {
+                let Some(layout) = piece_layout(f.size, f.ciphertext_size) else { continue };
+                for p in 0..durable.get(i).copied().unwrap_or(0) {
+                    let Some(range) = layout.range(p) else { break };
+                    let len = (range.end - range.start) as usize;
+                    let ok = match self.storage.read_at(&path, base + range.start, &mut buf[..len]) {
+                        Ok(n) if n == len => tables.get(i).and_then(|t| t.get(p as usize)).is_some_and(|h| *h == leaf_hash(&buf[..len])),
+                        _ => false,
+                    };
+                    if !ok {
+                        out.push((r.transfer, i as u32, format!("piece {p} does not match its table entry")));
+                        break;
+                    }
+                }
+                base += f.ciphertext_size;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// SHA-256 of a signed note's text (the lines before the blank line, each with its LF): what
+/// statements reference as `seal_sha256` and `custody_receipt_sha256` (`custody.md` §4).
+pub fn text_digest(note: &[u8]) -> Sha256Digest {
+    let end = note.windows(2).position(|w| w == b"\n\n").map_or(note.len(), |p| p + 1);
+    Sha256Digest::of(&note[..end])
+}
+
+/// Statement text from a message: control characters become spaces, trimmed, at most 4 096
+/// bytes, never empty — so it always satisfies `Text`.
+fn text(s: &str) -> Text {
+    let mut t: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut end = t.trim_end().len().min(4096);
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    t.truncate(end);
+    let t = t.trim_start();
+    let t = if t.is_empty() { "-" } else { t };
+    t.parse().expect("sanitised text is valid statement text")
+}
+
+fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b)
+}

@@ -1,0 +1,417 @@
+//! Where ciphertext lives (`docs/relay.md` §2): a small file-system interface so that tests can
+//! inject faults — fail the Nth operation ([`Faulty`]), or crash at the Nth sync and drop or
+//! garble every write that was not synced ([`SimStorage`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+
+/// File operations the relay's data path uses. Every write is positional; nothing is durable
+/// until [`Storage::sync`] (file data) and [`Storage::sync_dir`] (names in a directory).
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Writes `data` at `offset`, creating the file if needed (mode 0600).
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Makes the file's data durable.
+    fn sync(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file (not durable until the directories are synced).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the names in a directory durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Removes a file (missing is fine).
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// The file's size, `None` if it does not exist.
+    fn len(&self, path: &Path) -> io::Result<Option<u64>>;
+    /// Bytes available to the relay on the file system holding `path`.
+    fn available_space(&self, path: &Path) -> io::Result<u64>;
+}
+
+/// The real file system. Keeps recently used files open (positional I/O), at most `MAX_OPEN`.
+#[derive(Debug, Default)]
+pub struct DiskStorage {
+    open: Mutex<HashMap<PathBuf, Arc<File>>>,
+}
+
+const MAX_OPEN: usize = 256;
+
+impl DiskStorage {
+    /// A new instance.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn file(&self, path: &Path, create: bool) -> io::Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(path) {
+            return Ok(f.clone());
+        }
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create(create);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let f = Arc::new(o.open(path)?);
+        if open.len() >= MAX_OPEN {
+            open.clear();
+        }
+        open.insert(path.to_owned(), f.clone());
+        Ok(f)
+    }
+
+    fn forget(&self, path: &Path) {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+    }
+}
+
+impl Storage for DiskStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file(path, true)?.write_all_at(data, offset)
+    }
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file(path, false)?.read_at(buf, offset)
+    }
+    fn sync(&self, path: &Path) -> io::Result<()> {
+        self.file(path, false)?.sync_data()
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.forget(from);
+        fs::rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.forget(path);
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+    fn len(&self, path: &Path) -> io::Result<Option<u64>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn available_space(&self, path: &Path) -> io::Result<u64> {
+        fs4::available_space(path)
+    }
+}
+
+/// Fails operations of an inner storage: the `fail_at`-th operation (0-based) and, when
+/// `persistent`, every one after it, with `kind`.
+#[derive(Debug)]
+pub struct Faulty<S> {
+    inner: S,
+    ops: AtomicU64,
+    fail_at: u64,
+    persistent: bool,
+    kind: io::ErrorKind,
+}
+
+impl<S: Storage> Faulty<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, fail_at: u64, persistent: bool, kind: io::ErrorKind) -> Self {
+        Faulty { inner, ops: AtomicU64::new(0), fail_at, persistent, kind }
+    }
+
+    /// Operations attempted so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst);
+        if n == self.fail_at || (self.persistent && n > self.fail_at) {
+            return Err(io::Error::new(self.kind, format!("injected fault at operation {n}")));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> Storage for Faulty<S> {
+    fn create_dir_all(&self, p: &Path) -> io::Result<()> {
+        self.check()?;
+        self.inner.create_dir_all(p)
+    }
+    fn write_at(&self, p: &Path, o: u64, d: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.write_at(p, o, d)
+    }
+    fn read_at(&self, p: &Path, o: u64, b: &mut [u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.read_at(p, o, b)
+    }
+    fn sync(&self, p: &Path) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync(p)
+    }
+    fn rename(&self, f: &Path, t: &Path) -> io::Result<()> {
+        self.check()?;
+        self.inner.rename(f, t)
+    }
+    fn sync_dir(&self, p: &Path) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync_dir(p)
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        self.check()?;
+        self.inner.remove(p)
+    }
+    fn len(&self, p: &Path) -> io::Result<Option<u64>> {
+        self.inner.len(p)
+    }
+    fn available_space(&self, p: &Path) -> io::Result<u64> {
+        self.inner.available_space(p)
+    }
+}
+
+/// What happens to a write that was not synced when the simulated machine crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsynced {
+    /// Each unsynced write is independently applied, dropped or garbled (seeded).
+    Mixed(u64),
+    /// Every unsynced write is lost.
+    Dropped,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    synced: Vec<u8>,
+    current: Vec<u8>,
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+struct Sim {
+    files: HashMap<u64, SimFile>,
+    names: HashMap<PathBuf, u64>,
+    synced_names: HashMap<PathBuf, u64>,
+    next: u64,
+    syncs: u64,
+    crashed: bool,
+}
+
+/// An in-memory file system that models power loss (the SQLite `test6.c` model): file data is
+/// durable after `sync`, names after `sync_dir` of their directory. At the `crash_at`-th sync
+/// (0-based) the machine "dies": that and every later operation fails, and
+/// [`SimStorage::recover`] gives the state a reboot would find.
+#[derive(Debug)]
+pub struct SimStorage {
+    sim: Mutex<Sim>,
+    crash_at: Option<u64>,
+}
+
+fn dead() -> io::Error {
+    io::Error::other("simulated crash")
+}
+
+impl SimStorage {
+    /// An empty file system that crashes at sync number `crash_at`, or never.
+    pub fn new(crash_at: Option<u64>) -> Self {
+        SimStorage { sim: Mutex::default(), crash_at }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sim> {
+        self.sim.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Syncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Whether the crash happened.
+    pub fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// The state after a reboot: synced names and data; unsynced writes applied, dropped or
+    /// garbled per `mode`. The new storage does not crash.
+    pub fn recover(&self, mode: Unsynced) -> SimStorage {
+        let s = self.lock();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(match mode {
+            Unsynced::Mixed(seed) => seed,
+            Unsynced::Dropped => 0,
+        });
+        let mut files = HashMap::new();
+        for (id, f) in &s.files {
+            let mut data = f.synced.clone();
+            for (off, w) in &f.pending {
+                let choice = match mode {
+                    Unsynced::Dropped => 1,
+                    Unsynced::Mixed(_) => rng.gen_range(0..3),
+                };
+                let bytes: Vec<u8> = match choice {
+                    0 => w.clone(),
+                    1 => continue,
+                    _ => w.iter().map(|b| b ^ rng.r#gen::<u8>()).collect(),
+                };
+                let end = *off as usize + bytes.len();
+                if data.len() < end {
+                    data.resize(end, 0);
+                }
+                data[*off as usize..end].copy_from_slice(&bytes);
+            }
+            files.insert(*id, SimFile { synced: data.clone(), current: data, pending: vec![] });
+        }
+        let sim = Sim {
+            files,
+            names: s.synced_names.clone(),
+            synced_names: s.synced_names.clone(),
+            next: s.next,
+            syncs: 0,
+            crashed: false,
+        };
+        SimStorage { sim: Mutex::new(sim), crash_at: None }
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        if self.lock().crashed {
+            return Err(dead());
+        }
+        Ok(())
+    }
+    fn write_at(&self, p: &Path, o: u64, d: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        let id = match s.names.get(p) {
+            Some(id) => *id,
+            None => {
+                let id = s.next;
+                s.next += 1;
+                s.names.insert(p.to_owned(), id);
+                s.files.insert(id, SimFile::default());
+                id
+            }
+        };
+        let f = s.files.get_mut(&id).ok_or_else(dead)?;
+        let end = o as usize + d.len();
+        if f.current.len() < end {
+            f.current.resize(end, 0);
+        }
+        f.current[o as usize..end].copy_from_slice(d);
+        f.pending.push((o, d.to_vec()));
+        Ok(())
+    }
+    fn read_at(&self, p: &Path, o: u64, b: &mut [u8]) -> io::Result<usize> {
+        let s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        let id = s.names.get(p).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let f = &s.files[id];
+        let start = (o as usize).min(f.current.len());
+        let n = b.len().min(f.current.len() - start);
+        b[..n].copy_from_slice(&f.current[start..start + n]);
+        Ok(n)
+    }
+    fn sync(&self, p: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        let n = s.syncs;
+        s.syncs += 1;
+        if self.crash_at == Some(n) {
+            s.crashed = true;
+            return Err(dead());
+        }
+        let id = *s.names.get(p).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let f = s.files.get_mut(&id).ok_or_else(dead)?;
+        f.synced = f.current.clone();
+        f.pending.clear();
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        let id = s.names.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        s.names.insert(to.to_owned(), id);
+        Ok(())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        let n = s.syncs;
+        s.syncs += 1;
+        if self.crash_at == Some(n) {
+            s.crashed = true;
+            return Err(dead());
+        }
+        let in_dir = |p: &Path| p.parent() == Some(dir);
+        let current: Vec<(PathBuf, u64)> = s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        s.synced_names.retain(|p, _| !in_dir(p));
+        s.synced_names.extend(current);
+        Ok(())
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(dead());
+        }
+        s.names.remove(p);
+        Ok(())
+    }
+    fn len(&self, p: &Path) -> io::Result<Option<u64>> {
+        let s = self.lock();
+        Ok(s.names.get(p).map(|id| s.files[id].current.len() as u64))
+    }
+    fn available_space(&self, _: &Path) -> io::Result<u64> {
+        Ok(u64::MAX / 2)
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for Arc<S> {
+    fn create_dir_all(&self, p: &Path) -> io::Result<()> {
+        (**self).create_dir_all(p)
+    }
+    fn write_at(&self, p: &Path, o: u64, d: &[u8]) -> io::Result<()> {
+        (**self).write_at(p, o, d)
+    }
+    fn read_at(&self, p: &Path, o: u64, b: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(p, o, b)
+    }
+    fn sync(&self, p: &Path) -> io::Result<()> {
+        (**self).sync(p)
+    }
+    fn rename(&self, f: &Path, t: &Path) -> io::Result<()> {
+        (**self).rename(f, t)
+    }
+    fn sync_dir(&self, p: &Path) -> io::Result<()> {
+        (**self).sync_dir(p)
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        (**self).remove(p)
+    }
+    fn len(&self, p: &Path) -> io::Result<Option<u64>> {
+        (**self).len(p)
+    }
+    fn available_space(&self, p: &Path) -> io::Result<u64> {
+        (**self).available_space(p)
+    }
+}
