@@ -66,7 +66,9 @@ impl FileLogStore {
 impl LogStore for FileLogStore {
     fn load(&mut self) -> Result<DecodedRecords, LogError> {
         let mut bytes = Vec::new();
-        File::open(&self.path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+        File::open(&self.path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io)?;
         let d = decode_records(&bytes)?;
         self.by_hash.clear();
         self.len = 0;
@@ -78,7 +80,10 @@ impl LogStore for FileLogStore {
 
     fn append(&mut self, records: &[Record]) -> Result<(), LogError> {
         let bytes: Vec<u8> = records.iter().flat_map(Record::encode).collect();
-        let mut f = OpenOptions::new().append(true).open(&self.path).map_err(io)?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_data().map_err(io)?;
         for r in records {
@@ -89,12 +94,25 @@ impl LogStore for FileLogStore {
 
     fn truncate(&mut self, valid_len: usize) -> Result<(), LogError> {
         let mut bytes = Vec::new();
-        File::open(&self.path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+        File::open(&self.path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io)?;
         if valid_len < bytes.len() {
-            let mut q = OpenOptions::new().create(true).append(true).open(&self.quarantine).map_err(io)?;
-            q.write_all(&bytes[valid_len..]).and_then(|_| q.sync_all()).map_err(io)?;
-            let f = OpenOptions::new().write(true).open(&self.path).map_err(io)?;
-            f.set_len(valid_len as u64).and_then(|_| f.sync_all()).map_err(io)?;
+            let mut q = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.quarantine)
+                .map_err(io)?;
+            q.write_all(&bytes[valid_len..])
+                .and_then(|_| q.sync_all())
+                .map_err(io)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(io)?;
+            f.set_len(valid_len as u64)
+                .and_then(|_| f.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }

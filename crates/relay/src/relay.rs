@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rogatory_custody::merkle::leaf_hash;
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, PieceTable, Sha256Digest,
-    Statement, Text, Timestamp, TransferId, TrustStore, open_sealed_manifest, piece_layout,
+    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, PieceTable,
+    Sha256Digest, Statement, Text, Timestamp, TransferId, TrustStore, open_sealed_manifest,
+    piece_layout,
 };
 use rogatory_transport::frame::{Offer, TransferState};
 use rogatory_transport::tls::PeerIdentity;
@@ -79,7 +80,9 @@ pub struct RelayConfig {
 
 impl std::fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayConfig").field("data_dir", &self.data_dir).finish_non_exhaustive()
+        f.debug_struct("RelayConfig")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,7 +129,10 @@ pub struct Relay<S: Storage> {
 
 impl<S: Storage> std::fmt::Debug for Relay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("agency", &self.agency).field("data_dir", &self.data_dir).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("agency", &self.agency)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -144,13 +150,19 @@ fn storage_err(e: std::io::Error) -> ProtocolError {
         perr(ErrorCode::INSUFFICIENT_SPACE, "the relay's storage is full")
     } else {
         tracing::warn!(error = %e, "storage error");
-        perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay cannot store data right now")
+        perr(
+            ErrorCode::STORAGE_UNAVAILABLE,
+            "the relay cannot store data right now",
+        )
     }
 }
 
 fn db_err(e: rusqlite::Error) -> ProtocolError {
     tracing::warn!(error = %e, "index error");
-    perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay's index is unavailable")
+    perr(
+        ErrorCode::STORAGE_UNAVAILABLE,
+        "the relay's index is unavailable",
+    )
 }
 
 /// The stored name of a state.
@@ -262,13 +274,20 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     if t.len() == 16 {
         id.copy_from_slice(&t);
     }
-    let parse_agency = |s: String| s.parse::<AgencyId>().map_err(|e| rusqlite::Error::InvalidColumnName(e.to_string()));
+    let parse_agency = |s: String| {
+        s.parse::<AgencyId>()
+            .map_err(|e| rusqlite::Error::InvalidColumnName(e.to_string()))
+    };
     let recipients: String = r.get(3)?;
     Ok(TransferRow {
         row: r.get(0)?,
         transfer: TransferId::from_bytes(id),
         sender: parse_agency(r.get(2)?)?,
-        recipients: recipients.split(' ').filter(|s| !s.is_empty()).map(|s| parse_agency(s.to_owned())).collect::<Result<_, _>>()?,
+        recipients: recipients
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_agency(s.to_owned()))
+            .collect::<Result<_, _>>()?,
         state: parse_state(&r.get::<_, String>(4)?),
         files: r.get::<_, i64>(5)? as u64,
         ciphertext_bytes: r.get::<_, i64>(6)? as u64,
@@ -290,14 +309,19 @@ impl<S: Storage> Relay<S> {
         let d = &cfg.data_dir;
         std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
         for sub in ["spool", "inbox"] {
-            storage.create_dir_all(&d.join(sub)).map_err(io_err(format!("creating {sub}")))?;
+            storage
+                .create_dir_all(&d.join(sub))
+                .map_err(io_err(format!("creating {sub}")))?;
         }
         let db = Connection::open(d.join("relay.db"))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
-        let log = AuditLog::open(FileLogStore::open(&d.join("audit.log"))?, cfg.identity.log_signer())?;
+        let log = AuditLog::open(
+            FileLogStore::open(&d.join("audit.log"))?,
+            cfg.identity.log_signer(),
+        )?;
         Ok(Relay {
             agency: cfg.identity.id().clone(),
             signer: cfg.identity.signer().clone(),
@@ -353,7 +377,15 @@ impl<S: Storage> Relay<S> {
     /// The pack file of a stored transfer (spool or inbox).
     pub fn pack_path(&self, row: &TransferRow) -> PathBuf {
         match row.state {
-            TransferState::Receiving => self.spool(row.row),
+            // A crash between the move to the inbox and the index update leaves a receiving
+            // transfer whose pack is already in the inbox.
+            TransferState::Receiving => {
+                let spool = self.spool(row.row);
+                let inbox = self.inbox(row.row);
+                let moved = matches!(self.storage.len(&spool), Ok(None))
+                    && matches!(self.storage.len(&inbox), Ok(Some(_)));
+                if moved { inbox } else { spool }
+            }
             _ => self.inbox(row.row),
         }
     }
@@ -366,7 +398,9 @@ impl<S: Storage> Relay<S> {
     /// statement text), and returns `(note, index)`. An identical statement already in the log
     /// is not appended again.
     fn log_statement(&self, st: &Statement) -> Result<(String, u64), ProtocolError> {
-        let note = st.sign(&self.signer).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
+        let note = st
+            .sign(&self.signer)
+            .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
         let i = self.append_entry(st.encode().as_bytes())?;
         Ok((note, i))
     }
@@ -378,18 +412,32 @@ impl<S: Storage> Relay<S> {
         }
         log.append(entry).map_err(|e| {
             tracing::error!(error = %e, "audit log append failed");
-            perr(ErrorCode::STORAGE_UNAVAILABLE, "the relay's audit log is unavailable")
+            perr(
+                ErrorCode::STORAGE_UNAVAILABLE,
+                "the relay's audit log is unavailable",
+            )
         })
     }
 
     fn bundle(&self, note: &str, index: u64) -> Result<String, ProtocolError> {
-        lock(&self.log).bundle(note, index).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
+        lock(&self.log)
+            .bundle(note, index)
+            .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
     }
 
     /// Records a refusal in the audit log and returns it (TESTS.md 51: one entry per refusal).
-    pub fn refuse(&self, peer: &PeerIdentity, transfer: TransferId, e: ProtocolError) -> ProtocolError {
+    pub fn refuse(
+        &self,
+        peer: &PeerIdentity,
+        transfer: TransferId,
+        e: ProtocolError,
+    ) -> ProtocolError {
         let st = Statement::Rejection {
-            head: Head { transfer, issuer: self.agency.clone(), time: self.now() },
+            head: Head {
+                transfer,
+                issuer: self.agency.clone(),
+                time: self.now(),
+            },
             peer: Peer::Agency(peer.agency.clone()),
             peer_cert_sha256: peer.cert_sha256,
             code: text(e.code.name().unwrap_or("UNKNOWN")),
@@ -405,48 +453,89 @@ impl<S: Storage> Relay<S> {
     /// A transfer by id.
     pub fn transfer(&self, t: &TransferId) -> Result<Option<TransferRow>, ProtocolError> {
         let db = lock(&self.db);
-        db.query_row(&format!("SELECT {ROW_COLUMNS} FROM transfers WHERE transfer = ?1"), params![&t.as_bytes()[..]], read_row)
-            .optional()
-            .map_err(db_err)
+        db.query_row(
+            &format!("SELECT {ROW_COLUMNS} FROM transfers WHERE transfer = ?1"),
+            params![&t.as_bytes()[..]],
+            read_row,
+        )
+        .optional()
+        .map_err(db_err)
     }
 
     /// Every transfer, oldest first.
     pub fn transfers(&self) -> Result<Vec<TransferRow>, ProtocolError> {
         let db = lock(&self.db);
-        let mut q = db.prepare(&format!("SELECT {ROW_COLUMNS} FROM transfers ORDER BY row")).map_err(db_err)?;
-        let rows = q.query_map([], read_row).map_err(db_err)?.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+        let mut q = db
+            .prepare(&format!("SELECT {ROW_COLUMNS} FROM transfers ORDER BY row"))
+            .map_err(db_err)?;
+        let rows = q
+            .query_map([], read_row)
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
         Ok(rows)
     }
 
     /// Durable piece counts of a transfer's files.
     pub fn durable(&self, row: i64) -> Result<Vec<u64>, ProtocolError> {
         let db = lock(&self.db);
-        let mut q = db.prepare("SELECT durable FROM files WHERE row = ?1 ORDER BY idx").map_err(db_err)?;
-        let v = q.query_map(params![row], |r| r.get::<_, i64>(0)).map_err(db_err)?.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+        let mut q = db
+            .prepare("SELECT durable FROM files WHERE row = ?1 ORDER BY idx")
+            .map_err(db_err)?;
+        let v = q
+            .query_map(params![row], |r| r.get::<_, i64>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
         Ok(v.into_iter().map(|d| d as u64).collect())
     }
 
     /// Handles an OFFER (`relay.md` §2): verify the seal, bind the transfer to its sender,
     /// apply the policy, create or resume the transfer. Refusals are logged.
-    pub fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
-        self.offer_inner(peer, offer).map_err(|e| self.refuse(peer, offer.transfer, e))
+    pub fn offer(
+        &self,
+        peer: &PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+        self.offer_inner(peer, offer)
+            .map_err(|e| self.refuse(peer, offer.transfer, e))
     }
 
-    fn offer_inner(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer_inner(
+        &self,
+        peer: &PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
         // The manifest must be the authenticated agency's own, sealed with its card's key.
-        let claimed = Manifest::parse(offer.manifest.as_bytes()).map_err(|e| perr(ErrorCode::BAD_SEAL, format!("manifest: {e}")))?;
+        let claimed = Manifest::parse(offer.manifest.as_bytes())
+            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("manifest: {e}")))?;
         if claimed.sender != peer.agency {
-            return Err(perr(ErrorCode::NOT_AUTHORISED, format!("{} may not upload a transfer of {}", peer.agency, claimed.sender)));
+            return Err(perr(
+                ErrorCode::NOT_AUTHORISED,
+                format!(
+                    "{} may not upload a transfer of {}",
+                    peer.agency, claimed.sender
+                ),
+            ));
         }
-        let card = self
-            .trust
-            .get(&peer.agency)
-            .ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, format!("{} has no card in the relay's trust store", peer.agency)))?;
-        let sealed = open_sealed_manifest(offer.manifest.as_bytes(), offer.seal.as_bytes(), &card.verifier_key)
-            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
+        let card = self.trust.get(&peer.agency).ok_or_else(|| {
+            perr(
+                ErrorCode::UNKNOWN_AGENCY,
+                format!("{} has no card in the relay's trust store", peer.agency),
+            )
+        })?;
+        let sealed = open_sealed_manifest(
+            offer.manifest.as_bytes(),
+            offer.seal.as_bytes(),
+            &card.verifier_key,
+        )
+        .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
         let m: &Manifest = &sealed.manifest;
         if m.transfer_id != offer.transfer {
-            return Err(perr(ErrorCode::BAD_SEAL, "OFFER names another transfer than its manifest"));
+            return Err(perr(
+                ErrorCode::BAD_SEAL,
+                "OFFER names another transfer than its manifest",
+            ));
         }
         let manifest_sha = Sha256Digest::of(offer.manifest.as_bytes());
         let layouts = m
@@ -454,28 +543,47 @@ impl<S: Storage> Relay<S> {
             .iter()
             .map(|f| piece_layout(f.size, f.ciphertext_size))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| perr(ErrorCode::BAD_SEAL, "a file's sizes cannot belong to an age file"))?;
+            .ok_or_else(|| {
+                perr(
+                    ErrorCode::BAD_SEAL,
+                    "a file's sizes cannot belong to an age file",
+                )
+            })?;
 
         if let Some(existing) = self.transfer(&offer.transfer)? {
             // Resume authority (TESTS.md 26, 31): the transfer id belongs to its sender and its
             // manifest; the relay's own durable prefixes answer.
             if existing.sender != peer.agency {
-                return Err(perr(ErrorCode::NOT_AUTHORISED, "this transfer id belongs to another agency"));
+                return Err(perr(
+                    ErrorCode::NOT_AUTHORISED,
+                    "this transfer id belongs to another agency",
+                ));
             }
             if Sha256Digest::of(&existing.manifest) != manifest_sha {
-                return Err(perr(ErrorCode::CONFLICT, "this transfer id is in use with another manifest"));
+                return Err(perr(
+                    ErrorCode::CONFLICT,
+                    "this transfer id is in use with another manifest",
+                ));
             }
             match existing.state {
                 TransferState::Receiving | TransferState::Complete | TransferState::Delivered => {}
-                TransferState::Purged => return Err(perr(ErrorCode::NOT_FOUND, "this transfer was purged")),
-                TransferState::Rejected => return Err(perr(ErrorCode::INTEGRITY, "this transfer was rejected")),
+                TransferState::Purged => {
+                    return Err(perr(ErrorCode::NOT_FOUND, "this transfer was purged"));
+                }
+                TransferState::Rejected => {
+                    return Err(perr(ErrorCode::INTEGRITY, "this transfer was rejected"));
+                }
             }
             let durable = self.durable(existing.row)?;
             if existing.state == TransferState::Receiving {
                 self.activate(&existing, m, &layouts, &durable)?;
             }
             let db = lock(&self.db);
-            db.execute("UPDATE transfers SET touched_at = ?1 WHERE row = ?2", params![self.now().unix(), existing.row]).map_err(db_err)?;
+            db.execute(
+                "UPDATE transfers SET touched_at = ?1 WHERE row = ?2",
+                params![self.now().unix(), existing.row],
+            )
+            .map_err(db_err)?;
             return Ok((layouts, durable));
         }
 
@@ -483,16 +591,27 @@ impl<S: Storage> Relay<S> {
         let policy_err = |r: Refusal| match r {
             Refusal::NotAllowed(m) => perr(ErrorCode::POLICY, m),
             Refusal::MissingField(f) => perr(ErrorCode::POLICY, format!("the policy requires {f}")),
-            Refusal::TooLarge(n) => perr(ErrorCode::TOO_LARGE, format!("{n} bytes exceed the relay's maximum")),
+            Refusal::TooLarge(n) => perr(
+                ErrorCode::TOO_LARGE,
+                format!("{n} bytes exceed the relay's maximum"),
+            ),
             Refusal::Quota => perr(ErrorCode::QUOTA, "the agency's quota would be exceeded"),
-            Refusal::Stale => perr(ErrorCode::POLICY, "the manifest is older than the relay accepts"),
+            Refusal::Stale => perr(
+                ErrorCode::POLICY,
+                "the manifest is older than the relay accepts",
+            ),
         };
         for r in &m.recipients {
             if self.trust.get(r).is_none() && r != &self.agency {
-                return Err(perr(ErrorCode::POLICY, format!("recipient {r} is not a trusted agency")));
+                return Err(perr(
+                    ErrorCode::POLICY,
+                    format!("recipient {r} is not a trusted agency"),
+                ));
             }
         }
-        self.policy.check_route(&m.sender, &m.recipients, &self.agency).map_err(policy_err)?;
+        self.policy
+            .check_route(&m.sender, &m.recipients, &self.agency)
+            .map_err(policy_err)?;
         self.policy.check_legal(&m.legal).map_err(policy_err)?;
         let now = self.now().unix();
         let age = now - m.created_at.unix();
@@ -515,12 +634,23 @@ impl<S: Storage> Relay<S> {
                 return Err(policy_err(Refusal::Quota));
             }
         }
-        let free = self.storage.available_space(&self.data_dir.join("spool")).map_err(storage_err)?;
+        let free = self
+            .storage
+            .available_space(&self.data_dir.join("spool"))
+            .map_err(storage_err)?;
         if free < total.saturating_add(self.policy.reserve_bytes) {
-            return Err(perr(ErrorCode::INSUFFICIENT_SPACE, "the relay is below its free-space reserve"));
+            return Err(perr(
+                ErrorCode::INSUFFICIENT_SPACE,
+                "the relay is below its free-space reserve",
+            ));
         }
 
-        let recipients = m.recipients.iter().map(AgencyId::as_str).collect::<Vec<_>>().join(" ");
+        let recipients = m
+            .recipients
+            .iter()
+            .map(AgencyId::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
         let row = {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
@@ -555,14 +685,22 @@ impl<S: Storage> Relay<S> {
             row
         };
         tracing::info!(transfer = %offer.transfer, sender = %m.sender, files = m.files.len(), bytes = total, "transfer accepted");
-        let existing = self.transfer(&offer.transfer)?.ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
+        let existing = self
+            .transfer(&offer.transfer)?
+            .ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
         debug_assert_eq!(existing.row, row);
         let durable = vec![0; layouts.len()];
         self.activate(&existing, m, &layouts, &durable)?;
         Ok((layouts, durable))
     }
 
-    fn activate(&self, row: &TransferRow, m: &Manifest, layouts: &[PieceLayout], durable: &[u64]) -> Result<(), ProtocolError> {
+    fn activate(
+        &self,
+        row: &TransferRow,
+        m: &Manifest,
+        layouts: &[PieceLayout],
+        durable: &[u64],
+    ) -> Result<(), ProtocolError> {
         let mut active = lock(&self.active);
         if active.contains_key(&row.transfer) {
             return Ok(());
@@ -574,12 +712,21 @@ impl<S: Storage> Relay<S> {
             .iter()
             .zip(layouts)
             .map(|(f, l)| {
-                let fi = FileInfo { layout: *l, base, piece_root: f.piece_root, ciphertext_sha256: f.ciphertext_sha256 };
+                let fi = FileInfo {
+                    layout: *l,
+                    base,
+                    piece_root: f.piece_root,
+                    ciphertext_sha256: f.ciphertext_sha256,
+                };
                 base += f.ciphertext_size;
                 fi
             })
             .collect::<Vec<_>>();
-        let verified = tables.iter().zip(&files).map(|(t, f)| t.len() as u64 == f.layout.count()).collect();
+        let verified = tables
+            .iter()
+            .zip(&files)
+            .map(|(t, f)| t.len() as u64 == f.layout.count())
+            .collect();
         active.insert(
             row.transfer,
             Arc::new(Mutex::new(Active {
@@ -599,26 +746,42 @@ impl<S: Storage> Relay<S> {
 
     fn stored_tables(&self, row: i64) -> Result<Vec<Vec<[u8; 32]>>, ProtocolError> {
         let db = lock(&self.db);
-        let mut q = db.prepare("SELECT piece_table FROM files WHERE row = ?1 ORDER BY idx").map_err(db_err)?;
+        let mut q = db
+            .prepare("SELECT piece_table FROM files WHERE row = ?1 ORDER BY idx")
+            .map_err(db_err)?;
         let v = q
             .query_map(params![row], |r| r.get::<_, Option<Vec<u8>>>(0))
             .map_err(db_err)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)?;
         Ok(v.into_iter()
-            .map(|b| b.unwrap_or_default().chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
+            .map(|b| {
+                b.unwrap_or_default()
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().unwrap_or([0; 32]))
+                    .collect()
+            })
             .collect())
     }
 
     fn get_active(&self, t: &TransferId) -> Result<Arc<Mutex<Active>>, ProtocolError> {
-        lock(&self.active).get(t).cloned().ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no upload of this transfer is in progress"))
+        lock(&self.active).get(t).cloned().ok_or_else(|| {
+            perr(
+                ErrorCode::NOT_FOUND,
+                "no upload of this transfer is in progress",
+            )
+        })
     }
 
     /// Rejects a transfer for an integrity failure: logged, never receipted.
     fn integrity(&self, t: TransferId, sender: &AgencyId, what: String) -> ProtocolError {
         let e = perr(ErrorCode::INTEGRITY, what);
         let st = Statement::Rejection {
-            head: Head { transfer: t, issuer: self.agency.clone(), time: self.now() },
+            head: Head {
+                transfer: t,
+                issuer: self.agency.clone(),
+                time: self.now(),
+            },
             peer: Peer::Agency(sender.clone()),
             peer_cert_sha256: Sha256Digest([0; 32]),
             code: text("INTEGRITY"),
@@ -632,7 +795,13 @@ impl<S: Storage> Relay<S> {
     }
 
     /// TABLE entries `first..` of `file` (contiguous, from the intake).
-    pub fn table(&self, t: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError> {
+    pub fn table(
+        &self,
+        t: TransferId,
+        file: u32,
+        first: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), ProtocolError> {
         let a = self.get_active(&t)?;
         let mut a = lock(&a);
         let f = file as usize;
@@ -641,7 +810,11 @@ impl<S: Storage> Relay<S> {
             let held = &a.tables[f][first as usize..first as usize + hashes.len()];
             if held != hashes {
                 let sender = a.sender.clone();
-                return Err(self.integrity(t, &sender, format!("file {file}: a resent piece table differs")));
+                return Err(self.integrity(
+                    t,
+                    &sender,
+                    format!("file {file}: a resent piece table differs"),
+                ));
             }
             return Ok(());
         }
@@ -656,11 +829,18 @@ impl<S: Storage> Relay<S> {
             if PieceTable::from_leaves(&info.layout, leaves, &info.piece_root).is_none() {
                 a.tables[f].clear();
                 let sender = a.sender.clone();
-                return Err(self.integrity(t, &sender, format!("file {file}: the piece table does not match piece_root")));
+                return Err(self.integrity(
+                    t,
+                    &sender,
+                    format!("file {file}: the piece table does not match piece_root"),
+                ));
             }
             let blob: Vec<u8> = a.tables[f].iter().flatten().copied().collect();
             lock(&self.db)
-                .execute("UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3", params![blob, a.row, file as i64])
+                .execute(
+                    "UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3",
+                    params![blob, a.row, file as i64],
+                )
                 .map_err(db_err)?;
             a.verified[f] = true;
         }
@@ -668,29 +848,53 @@ impl<S: Storage> Relay<S> {
     }
 
     /// The next piece of `file`: checked against its table entry, then written.
-    pub fn store(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    pub fn store(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         let a = self.get_active(&t)?;
         let mut a = lock(&a);
         let f = file as usize;
         if !a.verified[f] {
-            return Err(perr(ErrorCode::PROTOCOL_VIOLATION, "piece before a verified table"));
+            return Err(perr(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "piece before a verified table",
+            ));
         }
         if !bool::from(subtle_eq(&leaf_hash(bytes), &a.tables[f][piece as usize])) {
             let sender = a.sender.clone();
-            return Err(self.integrity(t, &sender, format!("file {file} piece {piece} does not match its table entry")));
+            return Err(self.integrity(
+                t,
+                &sender,
+                format!("file {file} piece {piece} does not match its table entry"),
+            ));
         }
         let info = &a.files[f];
-        let range = info.layout.range(piece).ok_or_else(|| perr(ErrorCode::PROTOCOL_VIOLATION, "piece out of range"))?;
+        let range = info
+            .layout
+            .range(piece)
+            .ok_or_else(|| perr(ErrorCode::PROTOCOL_VIOLATION, "piece out of range"))?;
         let off = info.base + range.start;
         let path = self.spool(a.row);
-        self.storage.write_at(&path, off, bytes).map_err(storage_err)?;
+        self.storage
+            .write_at(&path, off, bytes)
+            .map_err(storage_err)?;
         a.received[f] = a.received[f].max(piece + 1);
         a.dirty = true;
         Ok(())
     }
 
     /// A resent piece the relay already has: it must be identical (TESTS.md 26, 27).
-    pub fn duplicate(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    pub fn duplicate(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         let a = self.get_active(&t)?;
         let a = lock(&a);
         let f = file as usize;
@@ -698,7 +902,11 @@ impl<S: Storage> Relay<S> {
             return Ok(());
         }
         let sender = a.sender.clone();
-        Err(self.integrity(t, &sender, format!("file {file} piece {piece}: a resent piece differs from the stored one")))
+        Err(self.integrity(
+            t,
+            &sender,
+            format!("file {file} piece {piece}: a resent piece differs from the stored one"),
+        ))
     }
 
     /// Makes what was stored durable (`relay.md` §3) and returns the durable piece counts.
@@ -711,7 +919,9 @@ impl<S: Storage> Relay<S> {
         let path = self.spool(a.row);
         self.storage.sync(&path).map_err(storage_err)?;
         if !a.named {
-            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+            self.storage
+                .sync_dir(&self.data_dir.join("spool"))
+                .map_err(storage_err)?;
             a.named = true;
         }
         {
@@ -719,11 +929,18 @@ impl<S: Storage> Relay<S> {
             let tx = db.transaction().map_err(db_err)?;
             for (i, (&r, &d)) in a.received.iter().zip(&a.durable).enumerate() {
                 if r != d {
-                    tx.execute("UPDATE files SET durable = ?1 WHERE row = ?2 AND idx = ?3", params![r as i64, a.row, i as i64])
-                        .map_err(db_err)?;
+                    tx.execute(
+                        "UPDATE files SET durable = ?1 WHERE row = ?2 AND idx = ?3",
+                        params![r as i64, a.row, i as i64],
+                    )
+                    .map_err(db_err)?;
                 }
             }
-            tx.execute("UPDATE transfers SET touched_at = ?1 WHERE row = ?2", params![self.now().unix(), a.row]).map_err(db_err)?;
+            tx.execute(
+                "UPDATE transfers SET touched_at = ?1 WHERE row = ?2",
+                params![self.now().unix(), a.row],
+            )
+            .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         a.durable = a.received.clone();
@@ -734,7 +951,9 @@ impl<S: Storage> Relay<S> {
     /// Every piece is durable: verify the files from disk, publish to the inbox, sign and log the
     /// custody receipt (once), and return its bundle.
     pub fn receipt(&self, t: TransferId) -> Result<String, ProtocolError> {
-        let row = self.transfer(&t)?.ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
+        let row = self
+            .transfer(&t)?
+            .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
         if let Some(b) = &row.custody_receipt {
             return Ok(b.clone());
         }
@@ -743,24 +962,41 @@ impl<S: Storage> Relay<S> {
         }
         let active = self.get_active(&t)?;
         let a = lock(&active);
-        if a.durable.iter().zip(&a.files).any(|(&d, f)| d != f.layout.count()) {
-            return Err(perr(ErrorCode::INTERNAL, "receipt requested before every piece is durable"));
+        if a.durable
+            .iter()
+            .zip(&a.files)
+            .any(|(&d, f)| d != f.layout.count())
+        {
+            return Err(perr(
+                ErrorCode::INTERNAL,
+                "receipt requested before every piece is durable",
+            ));
         }
         let spool = self.spool(a.row);
         let inbox = self.inbox(a.row);
         if self.storage.len(&spool).map_err(storage_err)?.is_some() {
             // Full digests, read back from disk: what we receipt is what we hold.
             for (i, f) in a.files.iter().enumerate() {
-                let got = self.digest(&spool, f.base, f.layout.ciphertext_size).map_err(storage_err)?;
+                let got = self
+                    .digest(&spool, f.base, f.layout.ciphertext_size)
+                    .map_err(storage_err)?;
                 if got != f.ciphertext_sha256 {
                     drop(a);
                     self.reject(&row);
-                    return Err(self.integrity(t, &row.sender, format!("file {i}: stored ciphertext does not match its digest")));
+                    return Err(self.integrity(
+                        t,
+                        &row.sender,
+                        format!("file {i}: stored ciphertext does not match its digest"),
+                    ));
                 }
             }
             self.storage.rename(&spool, &inbox).map_err(storage_err)?;
-            self.storage.sync_dir(&self.data_dir.join("inbox")).map_err(storage_err)?;
-            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+            self.storage
+                .sync_dir(&self.data_dir.join("inbox"))
+                .map_err(storage_err)?;
+            self.storage
+                .sync_dir(&self.data_dir.join("spool"))
+                .map_err(storage_err)?;
         } else if self.storage.len(&inbox).map_err(storage_err)?.is_none() && !a.files.is_empty() {
             return Err(perr(ErrorCode::INTERNAL, "the transfer's data is missing"));
         }
@@ -771,16 +1007,23 @@ impl<S: Storage> Relay<S> {
             Some(c) => c,
             None => {
                 let c = self.now().unix();
-                lock(&self.db).execute("UPDATE transfers SET completed_at = ?1 WHERE row = ?2", params![c, row.row]).map_err(db_err)?;
+                lock(&self.db)
+                    .execute(
+                        "UPDATE transfers SET completed_at = ?1 WHERE row = ?2",
+                        params![c, row.row],
+                    )
+                    .map_err(db_err)?;
                 c
             }
         };
-        let m = Manifest::parse(&row.manifest).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
+        let m =
+            Manifest::parse(&row.manifest).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
         let st = Statement::CustodyReceipt {
             head: Head {
                 transfer: t,
                 issuer: self.agency.clone(),
-                time: Timestamp::from_unix(completed).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?,
+                time: Timestamp::from_unix(completed)
+                    .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?,
             },
             sender: row.sender.clone(),
             recipients: row.recipients.clone(),
@@ -792,7 +1035,10 @@ impl<S: Storage> Relay<S> {
         let (note, index) = self.log_statement(&st)?;
         let bundle = self.bundle(&note, index)?;
         lock(&self.db)
-            .execute("UPDATE transfers SET state = 'complete', custody_receipt = ?1 WHERE row = ?2", params![bundle, row.row])
+            .execute(
+                "UPDATE transfers SET state = 'complete', custody_receipt = ?1 WHERE row = ?2",
+                params![bundle, row.row],
+            )
             .map_err(db_err)?;
         lock(&self.active).remove(&t);
         tracing::info!(transfer = %t, log_index = index, "custody receipt issued");
@@ -800,7 +1046,10 @@ impl<S: Storage> Relay<S> {
     }
 
     fn reject(&self, row: &TransferRow) {
-        let _ = lock(&self.db).execute("UPDATE transfers SET state = 'rejected' WHERE row = ?1", params![row.row]);
+        let _ = lock(&self.db).execute(
+            "UPDATE transfers SET state = 'rejected' WHERE row = ?1",
+            params![row.row],
+        );
         lock(&self.active).remove(&row.transfer);
         let _ = self.storage.remove(&self.spool(row.row));
     }
@@ -813,7 +1062,10 @@ impl<S: Storage> Relay<S> {
             let want = (len - done).min(buf.len() as u64) as usize;
             let n = self.storage.read_at(path, base + done, &mut buf[..want])?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pack file too short"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "pack file too short",
+                ));
             }
             h.update(&buf[..n]);
             done += n as u64;
@@ -827,36 +1079,61 @@ impl<S: Storage> Relay<S> {
     }
 
     /// Reads `len` bytes of a stored transfer's pack file at `offset` into `buf`.
-    pub fn read_pack(&self, row: &TransferRow, offset: u64, buf: &mut [u8]) -> Result<usize, ProtocolError> {
-        self.storage.read_at(&self.pack_path(row), offset, buf).map_err(storage_err)
+    pub fn read_pack(
+        &self,
+        row: &TransferRow,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, ProtocolError> {
+        self.storage
+            .read_at(&self.pack_path(row), offset, buf)
+            .map_err(storage_err)
     }
 
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.
     pub fn file_extent(&self, row: i64, i: u32) -> Result<Option<(u64, u64)>, ProtocolError> {
         lock(&self.db)
-            .query_row("SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2", params![row, i64::from(i)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
+            .query_row(
+                "SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2",
+                params![row, i64::from(i)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
             .optional()
             .map_err(db_err)
     }
 
     /// Records that `agency` fetched file `i` to its end; when it has fetched every file, logs
     /// one Fetch statement.
-    pub fn served(&self, row: &TransferRow, agency: &AgencyId, i: u32) -> Result<(), ProtocolError> {
+    pub fn served(
+        &self,
+        row: &TransferRow,
+        agency: &AgencyId,
+        i: u32,
+    ) -> Result<(), ProtocolError> {
         let (new, count) = {
             let db = lock(&self.db);
             let new = db
-                .execute("INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, ?3)", params![row.row, agency.as_str(), i64::from(i)])
+                .execute(
+                    "INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, ?3)",
+                    params![row.row, agency.as_str(), i64::from(i)],
+                )
                 .map_err(db_err)?;
             let count: i64 = db
-                .query_row("SELECT COUNT(*) FROM served WHERE row = ?1 AND agency = ?2", params![row.row, agency.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT COUNT(*) FROM served WHERE row = ?1 AND agency = ?2",
+                    params![row.row, agency.as_str()],
+                    |r| r.get(0),
+                )
                 .map_err(db_err)?;
             (new, count as u64)
         };
         if new == 1 && count == row.files {
             let st = Statement::Fetch {
-                head: Head { transfer: row.transfer, issuer: self.agency.clone(), time: self.now() },
+                head: Head {
+                    transfer: row.transfer,
+                    issuer: self.agency.clone(),
+                    time: self.now(),
+                },
                 peer: agency.clone(),
                 files: row.files,
                 ciphertext_bytes: row.ciphertext_bytes,
@@ -868,16 +1145,42 @@ impl<S: Storage> Relay<S> {
 
     /// A recipient's delivery receipt (`relay.md` §6): verified with its card's key against the
     /// stored transfer, logged once; returns its bundle.
-    pub fn deliver(&self, peer: &PeerIdentity, t: TransferId, note: &str) -> Result<String, ProtocolError> {
-        let row = self.transfer(&t)?.ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
+    pub fn deliver(
+        &self,
+        peer: &PeerIdentity,
+        t: TransferId,
+        note: &str,
+    ) -> Result<String, ProtocolError> {
+        let row = self
+            .transfer(&t)?
+            .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
         if !row.recipients.contains(&peer.agency) {
-            return Err(self.refuse(peer, t, perr(ErrorCode::NOT_AUTHORISED, "only a recipient may deliver")));
+            return Err(self.refuse(
+                peer,
+                t,
+                perr(ErrorCode::NOT_AUTHORISED, "only a recipient may deliver"),
+            ));
         }
-        let custody = row.custody_receipt.clone().ok_or_else(|| perr(ErrorCode::NOT_FOUND, "transfer not complete"))?;
-        let card = self.trust.get(&peer.agency).ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, "no card for the recipient"))?;
-        let st = Statement::open(note.as_bytes(), &card.verifier_key).map_err(|e| perr(ErrorCode::BAD_SEAL, format!("delivery receipt: {e}")))?;
+        let custody = row
+            .custody_receipt
+            .clone()
+            .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "transfer not complete"))?;
+        let card = self
+            .trust
+            .get(&peer.agency)
+            .ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, "no card for the recipient"))?;
+        let st = Statement::open(note.as_bytes(), &card.verifier_key)
+            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("delivery receipt: {e}")))?;
         let ok = match &*st {
-            Statement::DeliveryReceipt { head, sender, manifest_sha256, seal_sha256, custody_receipt_sha256, files, .. } => {
+            Statement::DeliveryReceipt {
+                head,
+                sender,
+                manifest_sha256,
+                seal_sha256,
+                custody_receipt_sha256,
+                files,
+                ..
+            } => {
                 head.transfer == t
                     && head.issuer == peer.agency
                     && *sender == row.sender
@@ -889,7 +1192,14 @@ impl<S: Storage> Relay<S> {
             _ => false,
         };
         if !ok {
-            return Err(self.refuse(peer, t, perr(ErrorCode::BAD_SEAL, "the delivery receipt does not match this transfer")));
+            return Err(self.refuse(
+                peer,
+                t,
+                perr(
+                    ErrorCode::BAD_SEAL,
+                    "the delivery receipt does not match this transfer",
+                ),
+            ));
         }
         // Log the recipient's statement; its signed note goes into the bundle.
         let index = self.append_entry(st.encode().as_bytes())?;
@@ -940,7 +1250,11 @@ impl<S: Storage> Relay<S> {
         }
         for (r, reason) in &due {
             let st = Statement::PurgeReceipt {
-                head: Head { transfer: r.transfer, issuer: self.agency.clone(), time: self.now() },
+                head: Head {
+                    transfer: r.transfer,
+                    issuer: self.agency.clone(),
+                    time: self.now(),
+                },
                 sender: r.sender.clone(),
                 manifest_sha256: Sha256Digest::of(&r.manifest),
                 files: r.files,
@@ -949,10 +1263,17 @@ impl<S: Storage> Relay<S> {
             };
             let (note, index) = self.log_statement(&st)?;
             let bundle = self.bundle(&note, index)?;
-            self.storage.remove(&self.inbox(r.row)).map_err(storage_err)?;
-            self.storage.sync_dir(&self.data_dir.join("inbox")).map_err(storage_err)?;
+            self.storage
+                .remove(&self.inbox(r.row))
+                .map_err(storage_err)?;
+            self.storage
+                .sync_dir(&self.data_dir.join("inbox"))
+                .map_err(storage_err)?;
             lock(&self.db)
-                .execute("UPDATE transfers SET state = 'purged', purge_receipt = ?1 WHERE row = ?2", params![bundle, r.row])
+                .execute(
+                    "UPDATE transfers SET state = 'purged', purge_receipt = ?1 WHERE row = ?2",
+                    params![bundle, r.row],
+                )
                 .map_err(db_err)?;
             tracing::info!(transfer = %r.transfer, "purged");
         }
@@ -969,7 +1290,11 @@ impl<S: Storage> Relay<S> {
             .filter(|r| r.state == TransferState::Receiving)
             .filter(|r| {
                 lock(&self.db)
-                    .query_row("SELECT touched_at FROM transfers WHERE row = ?1", params![r.row], |x| x.get::<_, i64>(0))
+                    .query_row(
+                        "SELECT touched_at FROM transfers WHERE row = ?1",
+                        params![r.row],
+                        |x| x.get::<_, i64>(0),
+                    )
                     .map(|t| t < cutoff)
                     .unwrap_or(false)
             })
@@ -977,12 +1302,18 @@ impl<S: Storage> Relay<S> {
             .collect();
         let mut out = Vec::new();
         for r in stale {
-            self.storage.remove(&self.spool(r.row)).map_err(storage_err)?;
-            self.storage.sync_dir(&self.data_dir.join("spool")).map_err(storage_err)?;
+            self.storage
+                .remove(&self.spool(r.row))
+                .map_err(storage_err)?;
+            self.storage
+                .sync_dir(&self.data_dir.join("spool"))
+                .map_err(storage_err)?;
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
-            tx.execute("DELETE FROM files WHERE row = ?1", params![r.row]).map_err(db_err)?;
-            tx.execute("DELETE FROM transfers WHERE row = ?1", params![r.row]).map_err(db_err)?;
+            tx.execute("DELETE FROM files WHERE row = ?1", params![r.row])
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM transfers WHERE row = ?1", params![r.row])
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             out.push(r.transfer);
         }
@@ -998,10 +1329,18 @@ impl<S: Storage> Relay<S> {
                 continue;
             }
             let want: Vec<u8> = lock(&self.db)
-                .query_row("SELECT manifest_sha256 FROM transfers WHERE row = ?1", params![r.row], |x| x.get(0))
+                .query_row(
+                    "SELECT manifest_sha256 FROM transfers WHERE row = ?1",
+                    params![r.row],
+                    |x| x.get(0),
+                )
                 .map_err(db_err)?;
             if Sha256Digest::of(&r.manifest).0[..] != want[..] {
-                out.push((r.transfer, 0, "stored manifest does not match its digest".to_owned()));
+                out.push((
+                    r.transfer,
+                    0,
+                    "stored manifest does not match its digest".to_owned(),
+                ));
                 continue;
             }
             let m = match Manifest::parse(&r.manifest) {
@@ -1017,16 +1356,28 @@ impl<S: Storage> Relay<S> {
             let mut base = 0u64;
             let mut buf = vec![0u8; 65_552];
             for (i, f) in m.files.iter().enumerate() {
-                let Some(layout) = piece_layout(f.size, f.ciphertext_size) else { continue };
+                let Some(layout) = piece_layout(f.size, f.ciphertext_size) else {
+                    continue;
+                };
                 for p in 0..durable.get(i).copied().unwrap_or(0) {
                     let Some(range) = layout.range(p) else { break };
                     let len = (range.end - range.start) as usize;
-                    let ok = match self.storage.read_at(&path, base + range.start, &mut buf[..len]) {
-                        Ok(n) if n == len => tables.get(i).and_then(|t| t.get(p as usize)).is_some_and(|h| *h == leaf_hash(&buf[..len])),
+                    let ok = match self
+                        .storage
+                        .read_at(&path, base + range.start, &mut buf[..len])
+                    {
+                        Ok(n) if n == len => tables
+                            .get(i)
+                            .and_then(|t| t.get(p as usize))
+                            .is_some_and(|h| *h == leaf_hash(&buf[..len])),
                         _ => false,
                     };
                     if !ok {
-                        out.push((r.transfer, i as u32, format!("piece {p} does not match its table entry")));
+                        out.push((
+                            r.transfer,
+                            i as u32,
+                            format!("piece {p} does not match its table entry"),
+                        ));
                         break;
                     }
                 }
@@ -1040,14 +1391,20 @@ impl<S: Storage> Relay<S> {
 /// SHA-256 of a signed note's text (the lines before the blank line, each with its LF): what
 /// statements reference as `seal_sha256` and `custody_receipt_sha256` (`custody.md` §4).
 pub fn text_digest(note: &[u8]) -> Sha256Digest {
-    let end = note.windows(2).position(|w| w == b"\n\n").map_or(note.len(), |p| p + 1);
+    let end = note
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(note.len(), |p| p + 1);
     Sha256Digest::of(&note[..end])
 }
 
 /// Statement text from a message: control characters become spaces, trimmed, at most 4 096
 /// bytes, never empty — so it always satisfies `Text`.
 fn text(s: &str) -> Text {
-    let mut t: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut t: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let mut end = t.trim_end().len().min(4096);
     while !t.is_char_boundary(end) {
         end -= 1;

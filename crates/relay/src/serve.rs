@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use rogatory_custody::{PieceLayout, Timestamp, TransferId};
 use rogatory_transport::frame::{
-    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, Object, Offer, Receipt, ReceiptKind, Status, TransferState,
+    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, Object, Offer, Receipt, ReceiptKind, Status,
+    TransferState,
 };
-use rogatory_transport::net::{FrameReader, FrameWriter, IntakeHandler, ServeConfig, Session, serve_connection};
+use rogatory_transport::net::{
+    FrameReader, FrameWriter, IntakeHandler, ServeConfig, Session, serve_connection,
+};
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
-use rogatory_custody::{PieceLayout, Timestamp, TransferId};
 
 use crate::relay::Relay;
 use crate::storage::Storage;
@@ -23,16 +26,38 @@ pub const INBOX_PAGE: usize = 1000;
 pub struct Handler<S: Storage + 'static>(pub Arc<Relay<S>>);
 
 impl<S: Storage + 'static> IntakeHandler for Handler<S> {
-    fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer(
+        &self,
+        peer: &PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
         self.0.offer(peer, offer)
     }
-    fn table(&self, t: TransferId, file: u32, first: u64, hashes: &[[u8; 32]]) -> Result<(), ProtocolError> {
+    fn table(
+        &self,
+        t: TransferId,
+        file: u32,
+        first: u64,
+        hashes: &[[u8; 32]],
+    ) -> Result<(), ProtocolError> {
         self.0.table(t, file, first, hashes)
     }
-    fn store(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    fn store(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         self.0.store(t, file, piece, bytes)
     }
-    fn duplicate(&self, t: TransferId, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
+    fn duplicate(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         self.0.duplicate(t, file, piece, bytes)
     }
     fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
@@ -47,7 +72,11 @@ impl<S: Storage + 'static> IntakeHandler for Handler<S> {
 }
 
 /// Serves one authenticated connection until it ends.
-pub async fn serve_session<S: Storage + 'static>(relay: Arc<Relay<S>>, session: Session, cfg: ServeConfig) {
+pub async fn serve_session<S: Storage + 'static>(
+    relay: Arc<Relay<S>>,
+    session: Session,
+    cfg: ServeConfig,
+) {
     let handler = Arc::new(Handler(relay.clone()));
     serve_connection(session, handler, cfg, move |s, first, w, r| {
         let relay = relay.clone();
@@ -56,7 +85,13 @@ pub async fn serve_session<S: Storage + 'static>(relay: Arc<Relay<S>>, session: 
     .await
 }
 
-async fn request<S: Storage + 'static>(relay: Arc<Relay<S>>, s: Session, first: Frame<'static>, mut w: FrameWriter, _r: FrameReader) {
+async fn request<S: Storage + 'static>(
+    relay: Arc<Relay<S>>,
+    s: Session,
+    first: Frame<'static>,
+    mut w: FrameWriter,
+    _r: FrameReader,
+) {
     let peer = s.peer.clone();
     let result = match first {
         Frame::InboxRequest(q) => inbox(&relay, &peer, q.after).map(|f| vec![f]),
@@ -64,15 +99,29 @@ async fn request<S: Storage + 'static>(relay: Arc<Relay<S>>, s: Session, first: 
         Frame::Deliver(d) => {
             let r2 = relay.clone();
             let p2 = peer.clone();
-            match tokio::task::spawn_blocking(move || r2.deliver(&p2, d.transfer, &d.receipt).map(|b| (d.transfer, b))).await {
-                Ok(Ok((t, bundle))) => Ok(vec![Frame::Receipt(Receipt { transfer: t, kind: ReceiptKind::Delivery, text: bundle })]),
+            match tokio::task::spawn_blocking(move || {
+                r2.deliver(&p2, d.transfer, &d.receipt)
+                    .map(|b| (d.transfer, b))
+            })
+            .await
+            {
+                Ok(Ok((t, bundle))) => Ok(vec![Frame::Receipt(Receipt {
+                    transfer: t,
+                    kind: ReceiptKind::Delivery,
+                    text: bundle,
+                })]),
                 Ok(Err(e)) => Err(e),
                 Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
             }
         }
         Frame::Fetch(f) => {
             if let Err(e) = fetch(&relay, &peer, f, &mut w).await {
-                let _ = w.send(&Frame::Error(ErrorFrame { code: e.code, message: e.message })).await;
+                let _ = w
+                    .send(&Frame::Error(ErrorFrame {
+                        code: e.code,
+                        message: e.message,
+                    }))
+                    .await;
             }
             w.finish();
             return;
@@ -92,13 +141,22 @@ async fn request<S: Storage + 'static>(relay: Arc<Relay<S>>, s: Session, first: 
             }
         }
         Err(e) => {
-            let _ = w.send(&Frame::Error(ErrorFrame { code: e.code, message: e.message })).await;
+            let _ = w
+                .send(&Frame::Error(ErrorFrame {
+                    code: e.code,
+                    message: e.message,
+                }))
+                .await;
         }
     }
     w.finish();
 }
 
-fn inbox<S: Storage>(relay: &Relay<S>, peer: &PeerIdentity, after: Option<TransferId>) -> Result<Frame<'static>, ProtocolError> {
+fn inbox<S: Storage>(
+    relay: &Relay<S>,
+    peer: &PeerIdentity,
+    after: Option<TransferId>,
+) -> Result<Frame<'static>, ProtocolError> {
     let mut rows: Vec<_> = relay
         .transfers()?
         .into_iter()
@@ -119,19 +177,31 @@ fn inbox<S: Storage>(relay: &Relay<S>, peer: &PeerIdentity, after: Option<Transf
             sender: r.sender,
             files: r.files,
             ciphertext_bytes: r.ciphertext_bytes,
-            received: Timestamp::from_unix(r.completed_at.unwrap_or(r.offered_at)).unwrap_or_else(|_| Timestamp::from_datetime(time::OffsetDateTime::UNIX_EPOCH)),
+            received: Timestamp::from_unix(r.completed_at.unwrap_or(r.offered_at))
+                .unwrap_or_else(|_| Timestamp::from_datetime(time::OffsetDateTime::UNIX_EPOCH)),
             state: r.state,
         })
         .collect();
     Ok(Frame::Inbox(Inbox { entries, more }))
 }
 
-fn status<S: Storage>(relay: &Relay<S>, peer: &PeerIdentity, t: TransferId) -> Result<Frame<'static>, ProtocolError> {
+fn status<S: Storage>(
+    relay: &Relay<S>,
+    peer: &PeerIdentity,
+    t: TransferId,
+) -> Result<Frame<'static>, ProtocolError> {
     let not_found = || ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer");
     let r = relay.transfer(&t)?.ok_or_else(not_found)?;
     if r.sender != peer.agency && !r.recipients.contains(&peer.agency) {
         // Indistinguishable from a missing transfer for a stranger, but logged.
-        relay.refuse(peer, t, ProtocolError::new(ErrorCode::NOT_AUTHORISED, "status of another agency's transfer"));
+        relay.refuse(
+            peer,
+            t,
+            ProtocolError::new(
+                ErrorCode::NOT_AUTHORISED,
+                "status of another agency's transfer",
+            ),
+        );
         return Err(not_found());
     }
     let mut receipts = Vec::new();
@@ -141,10 +211,19 @@ fn status<S: Storage>(relay: &Relay<S>, peer: &PeerIdentity, t: TransferId) -> R
         (ReceiptKind::Purge, &r.purge_receipt),
     ] {
         if let Some(text) = text {
-            receipts.push(Receipt { transfer: t, kind, text: text.clone() });
+            receipts.push(Receipt {
+                transfer: t,
+                kind,
+                text: text.clone(),
+            });
         }
     }
-    Ok(Frame::Status(Status { transfer: t, state: r.state, durable: relay.durable(r.row)?, receipts }))
+    Ok(Frame::Status(Status {
+        transfer: t,
+        state: r.state,
+        durable: relay.durable(r.row)?,
+        receipts,
+    }))
 }
 
 async fn fetch<S: Storage + 'static>(
@@ -153,9 +232,15 @@ async fn fetch<S: Storage + 'static>(
     f: rogatory_transport::frame::Fetch,
     w: &mut FrameWriter,
 ) -> Result<(), ProtocolError> {
-    let r = relay.transfer(&f.transfer)?.ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
+    let r = relay
+        .transfer(&f.transfer)?
+        .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
     if !r.recipients.contains(&peer.agency) {
-        return Err(relay.refuse(peer, f.transfer, ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch")));
+        return Err(relay.refuse(
+            peer,
+            f.transfer,
+            ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch"),
+        ));
     }
     let bytes_of = |v: &[u8]| v.to_vec();
     let (source, base, total): (Option<Vec<u8>>, u64, u64) = match f.object {
@@ -166,24 +251,42 @@ async fn fetch<S: Storage + 'static>(
             (Some(b), 0, n)
         }
         Object::CustodyReceipt => {
-            let b = r.custody_receipt.clone().ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no custody receipt yet"))?;
+            let b = r.custody_receipt.clone().ok_or_else(|| {
+                ProtocolError::new(ErrorCode::NOT_FOUND, "no custody receipt yet")
+            })?;
             let n = b.len() as u64;
             (Some(b.into_bytes()), 0, n)
         }
         Object::File(i) => {
             if !matches!(r.state, TransferState::Complete | TransferState::Delivered) {
-                return Err(ProtocolError::new(ErrorCode::NOT_FOUND, "the transfer is not complete or was purged"));
+                return Err(ProtocolError::new(
+                    ErrorCode::NOT_FOUND,
+                    "the transfer is not complete or was purged",
+                ));
             }
-            let (base, size) = relay.file_extent(r.row, i)?.ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such file"))?;
+            let (base, size) = relay
+                .file_extent(r.row, i)?
+                .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such file"))?;
             (None, base, size)
         }
     };
     if f.offset > total {
-        return Err(ProtocolError::new(ErrorCode::NOT_FOUND, "offset beyond the object"));
+        return Err(ProtocolError::new(
+            ErrorCode::NOT_FOUND,
+            "offset beyond the object",
+        ));
     }
-    let end = if f.len == 0 { total } else { total.min(f.offset.saturating_add(f.len)) };
-    let io = |e: rogatory_transport::net::NetError| ProtocolError::new(ErrorCode::TIMEOUT, e.to_string());
-    w.send(&Frame::FetchHead(FetchHead { total })).await.map_err(io)?;
+    let end = if f.len == 0 {
+        total
+    } else {
+        total.min(f.offset.saturating_add(f.len))
+    };
+    let io = |e: rogatory_transport::net::NetError| {
+        ProtocolError::new(ErrorCode::TIMEOUT, e.to_string())
+    };
+    w.send(&Frame::FetchHead(FetchHead { total }))
+        .await
+        .map_err(io)?;
     let mut buf = vec![0u8; rogatory_transport::frame::MAX_RANGE as usize];
     let mut off = f.offset;
     while off < end {
@@ -193,11 +296,19 @@ async fn fetch<S: Storage + 'static>(
             None => {
                 let got = relay.read_pack(&r, base + off, &mut buf[..n])?;
                 if got != n {
-                    return Err(ProtocolError::new(ErrorCode::STORAGE_UNAVAILABLE, "stored ciphertext is shorter than recorded"));
+                    return Err(ProtocolError::new(
+                        ErrorCode::STORAGE_UNAVAILABLE,
+                        "stored ciphertext is shorter than recorded",
+                    ));
                 }
             }
         }
-        w.send(&Frame::Range(rogatory_transport::frame::Range { offset: off, bytes: &buf[..n] })).await.map_err(io)?;
+        w.send(&Frame::Range(rogatory_transport::frame::Range {
+            offset: off,
+            bytes: &buf[..n],
+        }))
+        .await
+        .map_err(io)?;
         off += n as u64;
     }
     if let Object::File(i) = f.object {

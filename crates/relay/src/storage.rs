@@ -71,7 +71,10 @@ impl DiskStorage {
     }
 
     fn forget(&self, path: &Path) {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
     }
 }
 
@@ -128,7 +131,13 @@ pub struct Faulty<S> {
 impl<S: Storage> Faulty<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, fail_at: u64, persistent: bool, kind: io::ErrorKind) -> Self {
-        Faulty { inner, ops: AtomicU64::new(0), fail_at, persistent, kind }
+        Faulty {
+            inner,
+            ops: AtomicU64::new(0),
+            fail_at,
+            persistent,
+            kind,
+        }
     }
 
     /// Operations attempted so far.
@@ -139,7 +148,10 @@ impl<S: Storage> Faulty<S> {
     fn check(&self) -> io::Result<()> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         if n == self.fail_at || (self.persistent && n > self.fail_at) {
-            return Err(io::Error::new(self.kind, format!("injected fault at operation {n}")));
+            return Err(io::Error::new(
+                self.kind,
+                format!("injected fault at operation {n}"),
+            ));
         }
         Ok(())
     }
@@ -225,7 +237,10 @@ fn dead() -> io::Error {
 impl SimStorage {
     /// An empty file system that crashes at sync number `crash_at`, or never.
     pub fn new(crash_at: Option<u64>) -> Self {
-        SimStorage { sim: Mutex::default(), crash_at }
+        SimStorage {
+            sim: Mutex::default(),
+            crash_at,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sim> {
@@ -269,7 +284,14 @@ impl SimStorage {
                 }
                 data[*off as usize..end].copy_from_slice(&bytes);
             }
-            files.insert(*id, SimFile { synced: data.clone(), current: data, pending: vec![] });
+            files.insert(
+                *id,
+                SimFile {
+                    synced: data.clone(),
+                    current: data,
+                    pending: vec![],
+                },
+            );
         }
         let sim = Sim {
             files,
@@ -279,7 +301,10 @@ impl SimStorage {
             syncs: 0,
             crashed: false,
         };
-        SimStorage { sim: Mutex::new(sim), crash_at: None }
+        SimStorage {
+            sim: Mutex::new(sim),
+            crash_at: None,
+        }
     }
 }
 
@@ -319,7 +344,10 @@ impl Storage for SimStorage {
         if s.crashed {
             return Err(dead());
         }
-        let id = s.names.get(p).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let id = s
+            .names
+            .get(p)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let f = &s.files[id];
         let start = (o as usize).min(f.current.len());
         let n = b.len().min(f.current.len() - start);
@@ -337,7 +365,10 @@ impl Storage for SimStorage {
             s.crashed = true;
             return Err(dead());
         }
-        let id = *s.names.get(p).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let id = *s
+            .names
+            .get(p)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let f = s.files.get_mut(&id).ok_or_else(dead)?;
         f.synced = f.current.clone();
         f.pending.clear();
@@ -348,7 +379,10 @@ impl Storage for SimStorage {
         if s.crashed {
             return Err(dead());
         }
-        let id = s.names.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let id = s
+            .names
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         s.names.insert(to.to_owned(), id);
         Ok(())
     }
@@ -364,7 +398,12 @@ impl Storage for SimStorage {
             return Err(dead());
         }
         let in_dir = |p: &Path| p.parent() == Some(dir);
-        let current: Vec<(PathBuf, u64)> = s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        let current: Vec<(PathBuf, u64)> = s
+            .names
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
         s.synced_names.retain(|p, _| !in_dir(p));
         s.synced_names.extend(current);
         Ok(())

@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 
 use rogatory_custody::{LegalText, ReceiptBundle, TransferId};
 use rogatory_relay::{DiskStorage, Policy};
-use rogatory_transport::frame::{Deliver, Fetch, Frame, InboxRequest, Object, ReceiptKind, StatusRequest, TransferState};
+use rogatory_transport::ErrorCode;
+use rogatory_transport::frame::{
+    Deliver, Fetch, Frame, InboxRequest, Object, ReceiptKind, StatusRequest, TransferState,
+};
 use rogatory_transport::net::{NetError, Session};
 use rogatory_transport::upload::UploadEvent;
-use rogatory_transport::ErrorCode;
 use support::*;
 
 fn code(e: &NetError) -> ErrorCode {
@@ -36,7 +38,14 @@ async fn request(s: &Session, f: Frame<'_>) -> Frame<'static> {
 
 async fn fetch_all(s: &Session, t: TransferId, object: Object) -> Result<Vec<u8>, ErrorCode> {
     let (mut wr, mut rd) = s.open().await.expect("open");
-    wr.send(&Frame::Fetch(Fetch { transfer: t, object, offset: 0, len: 0 })).await.expect("send");
+    wr.send(&Frame::Fetch(Fetch {
+        transfer: t,
+        object,
+        offset: 0,
+        len: 0,
+    }))
+    .await
+    .expect("send");
     wr.finish();
     let total = match rd.expect().await.expect("head") {
         Frame::FetchHead(h) => h.total,
@@ -68,7 +77,9 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     assert_eq!(out.stats.bytes_sent, t.total());
     // The custody receipt verifies with agency-b's key and proves inclusion in its log.
     let bundle = ReceiptBundle::parse(&out.receipt.text).expect("bundle");
-    let logged = bundle.verify(&w.b.identity.signer().verifier()).expect("verifies");
+    let logged = bundle
+        .verify(&w.b.identity.signer().verifier())
+        .expect("verifies");
     let _ = logged;
     let log_len = r.relay.log_len();
     assert_eq!(log_len, 1, "exactly one log entry: the custody receipt");
@@ -83,7 +94,9 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let s = sa.clone();
-        tasks.push(tokio::spawn(async move { request(&s, Frame::StatusRequest(StatusRequest { transfer: t.id })).await }));
+        tasks.push(tokio::spawn(async move {
+            request(&s, Frame::StatusRequest(StatusRequest { transfer: t.id })).await
+        }));
     }
     for task in tasks {
         match task.await.expect("join") {
@@ -99,15 +112,30 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     // The recipient sees it, fetches the exact ciphertext and the seal.
     let sb = connect(&w, &w.b, r.addr).await;
     match request(&sb, Frame::InboxRequest(InboxRequest { after: None })).await {
-        Frame::Inbox(i) => assert_eq!(i.entries.iter().map(|e| e.transfer).collect::<Vec<_>>(), vec![t.id]),
+        Frame::Inbox(i) => assert_eq!(
+            i.entries.iter().map(|e| e.transfer).collect::<Vec<_>>(),
+            vec![t.id]
+        ),
         other => panic!("unexpected {other:?}"),
     }
     for (i, ct) in t.ciphertexts.iter().enumerate() {
-        assert_eq!(&fetch_all(&sb, t.id, Object::File(i as u32)).await.expect("file"), ct);
+        assert_eq!(
+            &fetch_all(&sb, t.id, Object::File(i as u32))
+                .await
+                .expect("file"),
+            ct
+        );
     }
     let seal = fetch_all(&sb, t.id, Object::Seal).await.expect("seal");
-    assert_eq!(seal, [t.seal.as_bytes(), t.manifest_json.as_bytes()].concat());
-    assert_eq!(r.relay.log_len(), log_len + 1, "one Fetch entry once every file was fetched");
+    assert_eq!(
+        seal,
+        [t.seal.as_bytes(), t.manifest_json.as_bytes()].concat()
+    );
+    assert_eq!(
+        r.relay.log_len(),
+        log_len + 1,
+        "one Fetch entry once every file was fetched"
+    );
 
     // 15: another trusted agency sees nothing and cannot fetch; each attempt is logged.
     let sc = connect(&w, &w.c, r.addr).await;
@@ -115,7 +143,10 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
         Frame::Inbox(i) => assert!(i.entries.is_empty()),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(fetch_all(&sc, t.id, Object::File(0)).await, Err(ErrorCode::NOT_AUTHORISED));
+    assert_eq!(
+        fetch_all(&sc, t.id, Object::File(0)).await,
+        Err(ErrorCode::NOT_AUTHORISED)
+    );
     assert_eq!(r.relay.log_len(), log_len + 2);
     match request(&sc, Frame::StatusRequest(StatusRequest { transfer: t.id })).await {
         Frame::Error(e) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
@@ -125,7 +156,11 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     // The recipient's delivery receipt is verified, logged, and visible to the sender.
     let custody_statement = bundle.statement_note.clone();
     let d = rogatory_custody::Statement::DeliveryReceipt {
-        head: rogatory_custody::Head { transfer: t.id, issuer: w.b.identity.id().clone(), time: now() },
+        head: rogatory_custody::Head {
+            transfer: t.id,
+            issuer: w.b.identity.id().clone(),
+            time: now(),
+        },
         sender: w.a.identity.id().clone(),
         manifest_sha256: t.manifest.digest(),
         seal_sha256: rogatory_relay::relay::text_digest(t.seal.as_bytes()),
@@ -134,15 +169,34 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
         plaintext_bytes: t.plaintexts.iter().map(|p| p.len() as u64).sum(),
     };
     let note = d.sign(w.b.identity.signer()).expect("sign");
-    match request(&sb, Frame::Deliver(Deliver { transfer: t.id, receipt: note.clone() })).await {
+    match request(
+        &sb,
+        Frame::Deliver(Deliver {
+            transfer: t.id,
+            receipt: note.clone(),
+        }),
+    )
+    .await
+    {
         Frame::Receipt(rc) => {
             assert_eq!(rc.kind, ReceiptKind::Delivery);
-            ReceiptBundle::parse(&rc.text).expect("bundle").verify(&w.b.identity.signer().verifier()).expect("verifies");
+            ReceiptBundle::parse(&rc.text)
+                .expect("bundle")
+                .verify(&w.b.identity.signer().verifier())
+                .expect("verifies");
         }
         other => panic!("unexpected {other:?}"),
     }
     // A delivery receipt from a non-recipient is refused.
-    match request(&sc, Frame::Deliver(Deliver { transfer: t.id, receipt: note })).await {
+    match request(
+        &sc,
+        Frame::Deliver(Deliver {
+            transfer: t.id,
+            receipt: note,
+        }),
+    )
+    .await
+    {
         Frame::Error(e) => assert_eq!(e.code, ErrorCode::NOT_AUTHORISED),
         other => panic!("unexpected {other:?}"),
     }
@@ -164,30 +218,60 @@ async fn refusals_are_specific_logged_and_store_nothing() {
     let mut entries = 0;
     let mut check = |e: NetError, want: ErrorCode| {
         assert_eq!(code(&e), want, "{e:?}");
-        assert_eq!(e.class(), want.class(), "exit code follows the code (6 refused, 3 bad seal)");
+        assert_eq!(
+            e.class(),
+            want.class(),
+            "exit code follows the code (6 refused, 3 bad seal)"
+        );
         entries += 1;
         assert_eq!(r.relay.log_len(), entries, "one audit entry per refusal");
     };
     // 15: agency-c replays agency-a's genuine sealed offer from its own connection.
     let genuine = transfer(&w.a, &[&w.b], &files, legal(), now());
     let sc = connect(&w, &w.c, r.addr).await;
-    check(send(&sc, &genuine, None).await.expect_err("refused"), ErrorCode::NOT_AUTHORISED);
+    check(
+        send(&sc, &genuine, None).await.expect_err("refused"),
+        ErrorCode::NOT_AUTHORISED,
+    );
     // A missing required field.
     let mut l = legal();
     l.legal_basis = None;
     let sa = connect(&w, &w.a, r.addr).await;
-    check(send(&sa, &transfer(&w.a, &[&w.b], &files, l, now()), None).await.expect_err("refused"), ErrorCode::POLICY);
+    check(
+        send(&sa, &transfer(&w.a, &[&w.b], &files, l, now()), None)
+            .await
+            .expect_err("refused"),
+        ErrorCode::POLICY,
+    );
     // 52(b): an old manifest replayed under a new id.
     let old = rogatory_custody::Timestamp::from_unix(now().unix() - 40 * 86_400).expect("time");
-    check(send(&sa, &transfer(&w.a, &[&w.b], &files, legal(), old), None).await.expect_err("refused"), ErrorCode::POLICY);
+    check(
+        send(&sa, &transfer(&w.a, &[&w.b], &files, legal(), old), None)
+            .await
+            .expect_err("refused"),
+        ErrorCode::POLICY,
+    );
     // 52(c): a transfer for agency-c, which this relay does not hold transfers for.
-    check(send(&sa, &transfer(&w.a, &[&w.c], &files, legal(), now()), None).await.expect_err("refused"), ErrorCode::POLICY);
+    check(
+        send(&sa, &transfer(&w.a, &[&w.c], &files, legal(), now()), None)
+            .await
+            .expect_err("refused"),
+        ErrorCode::POLICY,
+    );
     // A tampered seal.
     let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
     t.manifest_json = t.manifest_json.replace("XX-2026-0042", "XX-2026-0043");
-    check(send(&sa, &t, None).await.expect_err("refused"), ErrorCode::BAD_SEAL);
+    check(
+        send(&sa, &t, None).await.expect_err("refused"),
+        ErrorCode::BAD_SEAL,
+    );
     // Nothing was stored.
-    assert_eq!(std::fs::read_dir(dir.path().join("spool")).expect("spool").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool"))
+            .expect("spool")
+            .count(),
+        0
+    );
     assert!(r.relay.transfers().expect("rows").is_empty());
 }
 
@@ -197,17 +281,33 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     let dir = tempfile::tempdir().expect("tmp");
     let r = relay_in(&w, dir.path(), Policy::default());
     let big: Vec<u8> = (0..20_000_000u32).map(|i| (i * 7) as u8).collect();
-    let t = transfer(&w.a, &[&w.b], &[("big.bin", big), ("small", vec![3; 10])], legal(), now());
+    let t = transfer(
+        &w.a,
+        &[&w.b],
+        &[("big.bin", big), ("small", vec![3; 10])],
+        legal(),
+        now(),
+    );
     let sa = connect(&w, &w.a, r.addr).await;
     let conn = sa.conn.clone();
-    let mut src = Source { t: t.clone(), tamper: None };
-    let res = rogatory_transport::net::upload(&sa, &t.offer(), t.layouts.clone(), Default::default(), &mut src, |e| {
-        if let UploadEvent::Progress { durable, .. } = e {
-            if *durable > 5 << 20 {
-                conn.close(0u32.into(), b"cut");
+    let mut src = Source {
+        t: t.clone(),
+        tamper: None,
+    };
+    let res = rogatory_transport::net::upload(
+        &sa,
+        &t.offer(),
+        t.layouts.clone(),
+        Default::default(),
+        &mut src,
+        |e| {
+            if let UploadEvent::Progress { durable, .. } = e {
+                if *durable > 5 << 20 {
+                    conn.close(0u32.into(), b"cut");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert!(res.is_err());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -222,15 +322,23 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     m.transfer_id = t.id;
     hijack.manifest_json = String::from_utf8(m.to_json()).expect("utf8");
     hijack.seal = m.seal(w.c.identity.signer(), now()).expect("seal");
-    assert_eq!(code(&send(&sc, &hijack, None).await.expect_err("refused")), ErrorCode::NOT_AUTHORISED);
+    assert_eq!(
+        code(&send(&sc, &hijack, None).await.expect_err("refused")),
+        ErrorCode::NOT_AUTHORISED
+    );
     // 26: the relay's durable prefix decides; the sender sends only the rest.
     let sa = connect(&w, &w.a, r.addr).await;
     let out = send(&sa, &t, None).await.expect("resumed");
-    let skipped: u64 = durable.iter().zip(&t.layouts).map(|(&d, l)| rogatory_transport::upload::piece_offset(l, d)).sum();
+    let skipped: u64 = durable
+        .iter()
+        .zip(&t.layouts)
+        .map(|(&d, l)| rogatory_transport::upload::piece_offset(l, d))
+        .sum();
     assert_eq!(out.stats.bytes_skipped, skipped);
     assert_eq!(out.stats.bytes_sent, t.total() - skipped);
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
-    let pack = std::fs::read(dir.path().join("inbox").join(format!("{}.pack", row.row))).expect("pack");
+    let pack =
+        std::fs::read(dir.path().join("inbox").join(format!("{}.pack", row.row))).expect("pack");
     assert_eq!(pack, t.ciphertexts.concat());
 }
 
@@ -242,14 +350,26 @@ async fn a_tampered_piece_is_an_integrity_error_and_never_receipted() {
     let t = transfer(&w.a, &[&w.b], &exhibits(2), legal(), now());
     let sa = connect(&w, &w.a, r.addr).await;
     // Piece 12 of the big file (index 1 in manifest order: a/empty, a/small, b/big, c/exact).
-    let big = t.manifest.files.iter().position(|f| f.path.as_str() == "b/big.bin").expect("big") as u32;
+    let big = t
+        .manifest
+        .files
+        .iter()
+        .position(|f| f.path.as_str() == "b/big.bin")
+        .expect("big") as u32;
     let e = send(&sa, &t, Some((big, 12))).await.expect_err("integrity");
     assert_eq!(code(&e), ErrorCode::INTEGRITY);
     assert_eq!(e.class().exit_code(), 3);
-    assert_eq!(r.relay.log_len(), 1, "an audit entry for the integrity failure");
+    assert_eq!(
+        r.relay.log_len(),
+        1,
+        "an audit entry for the integrity failure"
+    );
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     assert!(row.custody_receipt.is_none());
-    assert!(r.relay.durable(row.row).expect("durable")[big as usize] <= 12, "nothing at or after the bad piece is durable");
+    assert!(
+        r.relay.durable(row.row).expect("durable")[big as usize] <= 12,
+        "nothing at or after the bad piece is durable"
+    );
     // The honest bytes complete it.
     let out = send(&sa, &t, None).await.expect("clean resend");
     assert_eq!(out.stats.bytes_skipped + out.stats.bytes_sent, t.total());
@@ -271,21 +391,48 @@ async fn quota_and_reserve_refuse_new_offers_but_not_receipts() {
     let sa = connect(&w, &w.a, r.addr).await;
     let first = send(&sa, &t1, None).await.expect("within quota");
     let t2 = transfer(&w.a, &[&w.b], &files, legal(), now());
-    assert_eq!(code(&send(&sa, &t2, None).await.expect_err("over quota")), ErrorCode::QUOTA);
+    assert_eq!(
+        code(&send(&sa, &t2, None).await.expect_err("over quota")),
+        ErrorCode::QUOTA
+    );
     // agency-c is not listed in the policy at all.
     let sc = connect(&w, &w.c, r.addr).await;
-    assert_eq!(code(&send(&sc, &transfer(&w.c, &[&w.b], &files, legal(), now()), None).await.expect_err("no rule")), ErrorCode::POLICY);
+    assert_eq!(
+        code(
+            &send(&sc, &transfer(&w.c, &[&w.b], &files, legal(), now()), None)
+                .await
+                .expect_err("no rule")
+        ),
+        ErrorCode::POLICY
+    );
     drop(r);
 
     // Reserve: more than the disk has. New offers are refused; the receipt of a complete
     // transfer is still served, and audit appends still work.
-    let huge = Policy { reserve_bytes: u64::MAX / 4, ..Policy::default() };
+    let huge = Policy {
+        reserve_bytes: u64::MAX / 4,
+        ..Policy::default()
+    };
     let r = relay_in(&w, dir.path(), huge);
     let sa = connect(&w, &w.a, r.addr).await;
     let before = r.relay.log_len();
-    assert_eq!(code(&send(&sa, &t2, None).await.expect_err("reserve")), ErrorCode::INSUFFICIENT_SPACE);
-    assert_eq!(r.relay.log_len(), before + 1, "the refusal was logged below the reserve");
-    assert_eq!(send(&sa, &t1, None).await.expect("receipt again").receipt.text, first.receipt.text);
+    assert_eq!(
+        code(&send(&sa, &t2, None).await.expect_err("reserve")),
+        ErrorCode::INSUFFICIENT_SPACE
+    );
+    assert_eq!(
+        r.relay.log_len(),
+        before + 1,
+        "the refusal was logged below the reserve"
+    );
+    assert_eq!(
+        send(&sa, &t1, None)
+            .await
+            .expect("receipt again")
+            .receipt
+            .text,
+        first.receipt.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,24 +457,44 @@ async fn no_plaintext_and_no_client_names_at_the_relay() {
         for e in std::fs::read_dir(&d).expect("dir") {
             let p = e.expect("entry").path();
             // 38: every on-disk name is the relay's.
-            let name = p.file_name().and_then(|n| n.to_str()).expect("utf8 name").to_owned();
-            assert!(!name.contains("secret") && !name.contains(".txt"), "client name on disk: {name}");
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("utf8 name")
+                .to_owned();
+            assert!(
+                !name.contains("secret") && !name.contains(".txt"),
+                "client name on disk: {name}"
+            );
             if p.is_dir() {
                 stack.push(p);
             } else {
                 let b = std::fs::read(&p).expect("read");
-                assert!(!b.windows(canary.len()).any(|w| w == canary), "canary in {}", p.display());
+                assert!(
+                    !b.windows(canary.len()).any(|w| w == canary),
+                    "canary in {}",
+                    p.display()
+                );
                 scanned += b.len();
             }
         }
     }
     assert!(scanned > 1_000_000);
     // 38: malformed transfer ids never parse (so never reach a path).
-    for bad in ["../../etc/x", "%2e%2e/x", &"a".repeat(4096), "abc\0def", "0123456789abcdef0123456789ABCDEF"] {
+    for bad in [
+        "../../etc/x",
+        "%2e%2e/x",
+        &"a".repeat(4096),
+        "abc\0def",
+        "0123456789abcdef0123456789ABCDEF",
+    ] {
         assert!(bad.parse::<TransferId>().is_err(), "{bad:?}");
     }
     for bad in ["../x", "/etc/passwd", "a/../../x", "a\\b", "x\0y"] {
-        assert!(bad.parse::<rogatory_custody::RelativePath>().is_err(), "{bad:?}");
+        assert!(
+            bad.parse::<rogatory_custody::RelativePath>().is_err(),
+            "{bad:?}"
+        );
     }
 }
 
@@ -343,7 +510,12 @@ async fn scrub_finds_at_rest_corruption_exactly() {
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
     let mut b = std::fs::read(&pack).expect("pack");
-    let big = t.manifest.files.iter().position(|f| f.path.as_str() == "b/big.bin").expect("big");
+    let big = t
+        .manifest
+        .files
+        .iter()
+        .position(|f| f.path.as_str() == "b/big.bin")
+        .expect("big");
     let base: usize = t.ciphertexts[..big].iter().map(Vec::len).sum();
     b[base + 100_000] ^= 0x40;
     std::fs::write(&pack, &b).expect("write");
@@ -354,7 +526,12 @@ async fn scrub_finds_at_rest_corruption_exactly() {
     let db = rusqlite_open(dir.path());
     db.execute("UPDATE transfers SET manifest = CAST(REPLACE(CAST(manifest AS TEXT), 'XX-2026', 'YY-2026') AS BLOB)", []).expect("update");
     let found = r.relay.scrub().expect("scrub");
-    assert!(found.iter().any(|(tid, _, why)| *tid == t.id && why.contains("manifest")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|(tid, _, why)| *tid == t.id && why.contains("manifest")),
+        "{found:?}"
+    );
 }
 
 fn rusqlite_open(dir: &std::path::Path) -> rusqlite::Connection {
@@ -366,7 +543,10 @@ async fn retention_purges_with_a_signed_receipt_and_gc_removes_only_stale_partia
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
     let (clock, clk) = clock_at(now().unix());
-    let r = start(&w, open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clk));
+    let r = start(
+        &w,
+        open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clk),
+    );
     let sa = connect(&w, &w.a, r.addr).await;
     let mut l = legal();
     l.retain_until = Some("2027-01-31".parse().expect("date"));
@@ -386,23 +566,46 @@ async fn retention_purges_with_a_signed_receipt_and_gc_removes_only_stale_partia
 
     assert!(r.relay.purge(true).expect("dry run").is_empty());
     // Time passes beyond 2027-01-31 (and beyond the partial TTL).
-    *clock.lock().expect("clock") = rogatory_custody::Timestamp::from_unix(1_810_000_000).expect("t").unix();
+    *clock.lock().expect("clock") = rogatory_custody::Timestamp::from_unix(1_810_000_000)
+        .expect("t")
+        .unix();
     let due = r.relay.purge(true).expect("dry run");
-    assert_eq!(due.iter().map(|(t, _)| t.transfer).collect::<Vec<_>>(), vec![short.id]);
+    assert_eq!(
+        due.iter().map(|(t, _)| t.transfer).collect::<Vec<_>>(),
+        vec![short.id]
+    );
     let before = r.relay.log_len();
     r.relay.purge(false).expect("purge");
     assert_eq!(r.relay.log_len(), before + 1, "one purge receipt");
     let row = r.relay.transfer(&short.id).expect("db").expect("row");
     assert_eq!(row.state, TransferState::Purged);
-    let purge = ReceiptBundle::parse(row.purge_receipt.as_deref().expect("receipt")).expect("bundle");
-    purge.verify(&w.b.identity.signer().verifier()).expect("verifies");
-    assert!(!dir.path().join("inbox").join(format!("{}.pack", row.row)).exists());
-    assert!(r.relay.purge(true).expect("again").is_empty(), "purge is idempotent");
+    let purge =
+        ReceiptBundle::parse(row.purge_receipt.as_deref().expect("receipt")).expect("bundle");
+    purge
+        .verify(&w.b.identity.signer().verifier())
+        .expect("verifies");
+    assert!(
+        !dir.path()
+            .join("inbox")
+            .join(format!("{}.pack", row.row))
+            .exists()
+    );
+    assert!(
+        r.relay.purge(true).expect("again").is_empty(),
+        "purge is idempotent"
+    );
 
     // 37: only the stale partial goes; complete data stays; GC again does nothing.
     assert_eq!(r.relay.gc_partials().expect("gc"), vec![partial.id]);
     assert!(r.relay.gc_partials().expect("gc").is_empty());
-    assert!(r.relay.transfer(&long.id).expect("db").expect("row").custody_receipt.is_some());
+    assert!(
+        r.relay
+            .transfer(&long.id)
+            .expect("db")
+            .expect("row")
+            .custody_receipt
+            .is_some()
+    );
     assert!(r.relay.scrub().expect("scrub").is_empty());
     let _ = Ordering::SeqCst;
     let _ = LegalText::new("x", false);

@@ -9,15 +9,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, FileEntry, Legal, LegalText, Manifest, OnwardTransfer, PieceLayout, PieceTable, Sha256Digest,
-    Timestamp, TransferId, TrustStore, piece_layout,
+    AgencyId, AgencyIdentity, FileEntry, Legal, LegalText, Manifest, OnwardTransfer, PieceLayout,
+    PieceTable, Sha256Digest, Timestamp, TransferId, TrustStore, piece_layout,
 };
 use rogatory_envelope::Encryptor;
 use rogatory_relay::serve::serve_session;
 use rogatory_relay::{Policy, Relay, RelayConfig, Storage};
 use rogatory_transport::certs::{Ca, CertKey, Validity};
 use rogatory_transport::frame::Offer;
-use rogatory_transport::net::{NetError, Node, PieceSource, ServeConfig, Session, UploadOutcome, upload};
+use rogatory_transport::net::{
+    NetError, Node, PieceSource, ServeConfig, Session, UploadOutcome, upload,
+};
 use rogatory_transport::upload::UploadConfig;
 use rogatory_transport::{Limits, PeerTrust, TlsIdentity};
 
@@ -45,10 +47,18 @@ pub struct World {
 
 fn agency(ca: &Ca, name: &str, serial: u64) -> Agency {
     let identity = AgencyIdentity::generate(id(name));
-    let ck: CertKey = ca.issue(&id(name), Validity::days_from_now(7), serial).expect("cert");
+    let ck: CertKey = ca
+        .issue(&id(name), Validity::days_from_now(7), serial)
+        .expect("cert");
     let tls = TlsIdentity::from_pem(ck.cert_pem.as_bytes(), ck.key_pem.as_bytes()).expect("tls");
-    let (_, card_note) = identity.card(name, "XX", vec![tls.spki_sha256().expect("spki")]).expect("card");
-    Agency { identity, card_note, tls }
+    let (_, card_note) = identity
+        .card(name, "XX", vec![tls.spki_sha256().expect("spki")])
+        .expect("card");
+    Agency {
+        identity,
+        card_note,
+        tls,
+    }
 }
 
 impl World {
@@ -66,7 +76,8 @@ impl World {
         let mut t = TrustStore::new();
         for ag in [&self.a, &self.b, &self.c] {
             let card = rogatory_custody::AgencyCard::open(ag.card_note.as_bytes()).expect("card");
-            t.add(ag.card_note.as_bytes(), &card.fingerprint().to_string()).expect("trust");
+            t.add(ag.card_note.as_bytes(), &card.fingerprint().to_string())
+                .expect("trust");
         }
         t
     }
@@ -75,7 +86,10 @@ impl World {
         let mut t = PeerTrust::new();
         t.add_ca_pem(self.ca.cert_pem().as_bytes()).expect("ca");
         for ag in [&self.a, &self.b, &self.c] {
-            t.add_agency(ag.identity.id().clone(), vec![ag.tls.spki_sha256().expect("spki")]);
+            t.add_agency(
+                ag.identity.id().clone(),
+                vec![ag.tls.spki_sha256().expect("spki")],
+            );
         }
         t
     }
@@ -109,9 +123,18 @@ pub fn legal() -> Legal {
 }
 
 /// Encrypts `files` to the recipients and seals the manifest as `sender`.
-pub fn transfer(sender: &Agency, recipients: &[&Agency], files: &[(&str, Vec<u8>)], legal: Legal, created: Timestamp) -> Transfer {
+pub fn transfer(
+    sender: &Agency,
+    recipients: &[&Agency],
+    files: &[(&str, Vec<u8>)],
+    legal: Legal,
+    created: Timestamp,
+) -> Transfer {
     let id = TransferId::generate();
-    let rcpts: Vec<_> = recipients.iter().map(|r| r.identity.age_recipient()).collect();
+    let rcpts: Vec<_> = recipients
+        .iter()
+        .map(|r| r.identity.age_recipient())
+        .collect();
     let mut entries = Vec::new();
     let (mut cts, mut layouts, mut tables, mut pts) = (vec![], vec![], vec![], vec![]);
     for (path, pt) in files {
@@ -142,14 +165,29 @@ pub fn transfer(sender: &Agency, recipients: &[&Agency], files: &[(&str, Vec<u8>
         pts.push(pt.clone());
     }
     let recipients: Vec<AgencyId> = recipients.iter().map(|r| r.identity.id().clone()).collect();
-    let manifest = Manifest::new(id, sender.identity.id().clone(), recipients, created, legal, entries).expect("manifest");
+    let manifest = Manifest::new(
+        id,
+        sender.identity.id().clone(),
+        recipients,
+        created,
+        legal,
+        entries,
+    )
+    .expect("manifest");
     // The manifest sorts files by path; keep our vectors in its order.
     let order: Vec<usize> = manifest
         .files
         .iter()
-        .map(|f| files.iter().position(|(p, _)| *p == f.path.as_str()).expect("file"))
+        .map(|f| {
+            files
+                .iter()
+                .position(|(p, _)| *p == f.path.as_str())
+                .expect("file")
+        })
         .collect();
-    let seal = manifest.seal(sender.identity.signer(), created).expect("seal");
+    let seal = manifest
+        .seal(sender.identity.signer(), created)
+        .expect("seal");
     Transfer {
         id,
         manifest_json: String::from_utf8(manifest.to_json()).expect("utf8"),
@@ -164,7 +202,11 @@ pub fn transfer(sender: &Agency, recipients: &[&Agency], files: &[(&str, Vec<u8>
 
 impl Transfer {
     pub fn offer(&self) -> Offer {
-        Offer { transfer: self.id, seal: self.seal.clone(), manifest: self.manifest_json.clone() }
+        Offer {
+            transfer: self.id,
+            seal: self.seal.clone(),
+            manifest: self.manifest_json.clone(),
+        }
     }
     pub fn total(&self) -> u64 {
         self.ciphertexts.iter().map(|c| c.len() as u64).sum()
@@ -179,8 +221,16 @@ pub struct Source {
 }
 
 impl PieceSource for Source {
-    fn table(&mut self, file: u32, first: u64, count: usize, out: &mut Vec<[u8; 32]>) -> std::io::Result<()> {
-        out.extend_from_slice(&self.t.tables[file as usize][first as usize..first as usize + count]);
+    fn table(
+        &mut self,
+        file: u32,
+        first: u64,
+        count: usize,
+        out: &mut Vec<[u8; 32]>,
+    ) -> std::io::Result<()> {
+        out.extend_from_slice(
+            &self.t.tables[file as usize][first as usize..first as usize + count],
+        );
         Ok(())
     }
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -214,17 +264,40 @@ pub type TestClock = Arc<Mutex<i64>>;
 pub fn clock_at(t: i64) -> (TestClock, rogatory_relay::relay::Clock) {
     let c = Arc::new(Mutex::new(t));
     let c2 = c.clone();
-    (c, Arc::new(move || Timestamp::from_unix(*c2.lock().expect("clock")).expect("time")))
+    (
+        c,
+        Arc::new(move || Timestamp::from_unix(*c2.lock().expect("clock")).expect("time")),
+    )
 }
 
-pub fn open_relay<S: Storage + 'static>(w: &World, dir: &std::path::Path, policy: Policy, storage: S, clock: rogatory_relay::relay::Clock) -> Relay<S> {
-    let cfg = RelayConfig { data_dir: dir.to_owned(), identity: w.b.identity.relay_only(), trust: w.cards(), policy, clock };
+pub fn open_relay<S: Storage + 'static>(
+    w: &World,
+    dir: &std::path::Path,
+    policy: Policy,
+    storage: S,
+    clock: rogatory_relay::relay::Clock,
+) -> Relay<S> {
+    let cfg = RelayConfig {
+        data_dir: dir.to_owned(),
+        identity: w.b.identity.relay_only(),
+        trust: w.cards(),
+        policy,
+        clock,
+    };
     Relay::open(cfg, storage).expect("relay")
 }
 
 pub fn start<S: Storage + 'static>(w: &World, relay: Relay<S>) -> Running<S> {
     let relay = Arc::new(relay);
-    let node = Arc::new(Node::server("127.0.0.1:0".parse().expect("addr"), w.b.tls.clone(), w.peer_trust(), Limits::default()).expect("node"));
+    let node = Arc::new(
+        Node::server(
+            "127.0.0.1:0".parse().expect("addr"),
+            w.b.tls.clone(),
+            w.peer_trust(),
+            Limits::default(),
+        )
+        .expect("node"),
+    );
     let addr = node.local_addr().expect("addr");
     let (n, r) = (node.clone(), relay.clone());
     let task = tokio::spawn(async move {
@@ -235,24 +308,54 @@ pub fn start<S: Storage + 'static>(w: &World, relay: Relay<S>) -> Running<S> {
         .await
     });
     let dir = relay.data_dir().to_owned();
-    Running { relay, node, addr, dir, task }
+    Running {
+        relay,
+        node,
+        addr,
+        dir,
+        task,
+    }
 }
 
 pub async fn connect(w: &World, who: &Agency, addr: SocketAddr) -> Session {
     let _ = w;
-    let node = Node::client(false, who.tls.clone(), w.peer_trust(), Limits::default()).expect("client");
-    let s = node.connect(addr, Some(id("agency-b"))).await.expect("connect");
+    let node =
+        Node::client(false, who.tls.clone(), w.peer_trust(), Limits::default()).expect("client");
+    let s = node
+        .connect(addr, Some(id("agency-b")))
+        .await
+        .expect("connect");
     // Keep the endpoint alive as long as the session.
     std::mem::forget(node);
     s
 }
 
-pub async fn send(s: &Session, t: &Transfer, tamper: Option<(u32, u64)>) -> Result<UploadOutcome, NetError> {
-    let mut src = Source { t: t.clone(), tamper };
-    upload(s, &t.offer(), t.layouts.clone(), UploadConfig::default(), &mut src, |_| {}).await
+pub async fn send(
+    s: &Session,
+    t: &Transfer,
+    tamper: Option<(u32, u64)>,
+) -> Result<UploadOutcome, NetError> {
+    let mut src = Source {
+        t: t.clone(),
+        tamper,
+    };
+    upload(
+        s,
+        &t.offer(),
+        t.layouts.clone(),
+        UploadConfig::default(),
+        &mut src,
+        |_| {},
+    )
+    .await
 }
 
 pub fn exhibits(seed: u8) -> Vec<(&'static str, Vec<u8>)> {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i as u8) ^ seed).collect();
-    vec![("a/empty.bin", vec![]), ("a/small.txt", vec![seed; 100]), ("b/big.bin", big), ("c/exact", vec![7; 65_536])]
+    vec![
+        ("a/empty.bin", vec![]),
+        ("a/small.txt", vec![seed; 100]),
+        ("b/big.bin", big),
+        ("c/exact", vec![7; 65_536]),
+    ]
 }
