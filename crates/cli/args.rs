@@ -13,6 +13,8 @@ authentication failure, 4 no usable identity or key, 5 transport failure (retrya
 6 refused by peer, 7 local storage error, 8 refused by local safety policy, 130 interrupted."
 )]
 pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -27,6 +29,19 @@ pub(crate) enum Command {
     Decrypt(DecryptArgs),
     /// Run a self-contained demonstration in a temporary directory.
     Demo(DemoArgs),
+    /// This agency: create its keys, show its card and fingerprint.
+    #[command(subcommand)]
+    Agency(AgencyCommand),
+    /// Trusted agencies.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// This agency's relay.
+    #[command(subcommand)]
+    Relay(RelayCommand),
+    /// Send files and directories to agencies through a relay (resumes when re-run).
+    Send(SendArgs),
+    /// State and receipts of a transfer at a relay.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,4 +96,138 @@ pub(crate) struct DecryptArgs {
     pub(crate) identities: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) io: IoArgs,
+}
+
+/// Global options.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The agency's state directory (default: $ROGATORY_HOME, else $XDG_DATA_HOME/rogatory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// Print JSON Lines events on stdout (start, progress, file_done, receipt, summary, error).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Print only errors and results.
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgencyCommand {
+    /// Create this agency's identity (signing key, age identity), TLS key and certificate, and card.
+    Init(AgencyInitArgs),
+    /// Print this agency's public card (JSON).
+    Card,
+    /// Print the fingerprint of this agency, or of a card file.
+    Fingerprint {
+        /// A card file (default: this agency's own).
+        card: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgencyInitArgs {
+    /// Agency id: 1 to 63 of a-z, 0-9 and '-'.
+    #[arg(long)]
+    pub(crate) id: String,
+    /// Display name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// ISO 3166-1 alpha-2 jurisdiction code, e.g. DE.
+    #[arg(long)]
+    pub(crate) jurisdiction: String,
+    /// Create a relay-only identity: no age identity, so this home cannot decrypt evidence.
+    #[arg(long)]
+    pub(crate) relay_only: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TrustCommand {
+    /// Trust an agency's card after checking its fingerprint.
+    Add(TrustAddArgs),
+    /// List trusted agencies.
+    List,
+    /// Stop trusting an agency.
+    Remove {
+        /// The agency id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrustAddArgs {
+    /// The card file (a signed note).
+    pub(crate) card: PathBuf,
+    /// The fingerprint confirmed with the agency over a separate channel.
+    #[arg(long)]
+    pub(crate) fingerprint: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RelayCommand {
+    /// Run this agency's relay in the foreground (Ctrl-C or SIGTERM stop it cleanly).
+    Serve(RelayServeArgs),
+    /// Purge ciphertext whose retention has passed, with signed purge receipts.
+    Purge {
+        /// Show what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Policy file (for retain_after_delivery_days).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Remove partial uploads untouched for longer than the policy's TTL.
+    Gc,
+    /// Re-verify every stored piece; exit 3 naming each fault.
+    Scrub,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RelayServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4433", value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Policy file (TOML; docs/relay.md §4).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The relay, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) relay: String,
+    /// Recipient agency. May be repeated.
+    #[arg(long = "to", value_name = "ID")]
+    pub(crate) to: Vec<String>,
+    /// Case reference.
+    #[arg(long, value_name = "REF")]
+    pub(crate) case: Option<String>,
+    /// Legal basis (treaty and article).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) legal_basis: Option<String>,
+    /// Purpose of the transfer.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) purpose: Option<String>,
+    /// Date until which the evidence may be retained (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    pub(crate) retain_until: Option<String>,
+    /// Classification marking.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) classification: Option<String>,
+    /// More legal metadata (TOML with the manifest's legal field names).
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) meta: Option<PathBuf>,
+    /// Files and directories (recursive).
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The relay, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) relay: String,
+    /// The transfer id.
+    pub(crate) transfer: String,
 }

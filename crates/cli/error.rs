@@ -15,6 +15,10 @@ pub(crate) enum Exit {
     Integrity = 3,
     /// No usable identity or key: no match, missing, unreadable or insecure key file.
     NoKey = 4,
+    /// Transport failure, retryable: timeout, connection lost.
+    Transport = 5,
+    /// Refused by the peer, not retryable: TLS rejection, not authorised, policy, quota.
+    Refused = 6,
     /// Local storage error: ENOSPC, EIO, permission.
     Storage = 7,
     /// Refused by local safety policy: would overwrite, same file, unsafe name.
@@ -98,3 +102,27 @@ pub(crate) fn escape_controls(s: &str) -> String {
 }
 
 pub(crate) type Result<T, E = CliError> = std::result::Result<T, E>;
+
+/// A transport failure as the user sees it: its class gives the exit code (5, 6 or 3).
+pub(crate) fn net(what: &str, e: rogatory_transport::net::NetError) -> CliError {
+    use rogatory_transport::ErrorClass;
+    let exit = match e.class() {
+        ErrorClass::Retryable => Exit::Transport,
+        ErrorClass::Refused | ErrorClass::Protocol => Exit::Refused,
+        ErrorClass::Integrity => Exit::Integrity,
+    };
+    let hint = match exit {
+        Exit::Transport => Some("retryable: run the same command again to resume"),
+        _ => None,
+    };
+    let err = CliError::new(exit, format!("{what}: {e}"));
+    match hint {
+        Some(h) => err.hint(h),
+        None => err,
+    }
+}
+
+/// A local file-system failure (exit 7), naming the path.
+pub(crate) fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> CliError {
+    CliError::new(Exit::Storage, format!("{what} {}", path.display())).source(e)
+}

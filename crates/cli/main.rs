@@ -6,13 +6,18 @@
 
 #![forbid(unsafe_code)]
 
+mod agency;
 mod args;
 mod cleanup;
 mod crypt;
 mod demo;
 mod error;
+mod events;
+mod home;
 mod keygen;
 mod output;
+mod relay_cmd;
+mod send;
 
 use std::process::ExitCode;
 
@@ -32,17 +37,56 @@ fn main() -> ExitCode {
         }
     };
     cleanup::install_signal_handler();
-    let result = match cli.command {
-        args::Command::Keygen(a) => keygen::run(&a),
-        args::Command::Encrypt(a) => crypt::encrypt(&a),
-        args::Command::Decrypt(a) => crypt::decrypt(&a),
-        args::Command::Demo(a) => demo::run(&a),
+    let events = events::Events {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
     };
+    let result = run(cli, &events);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            events.error(e.exit as i32, &e.to_string());
             e.report();
             ExitCode::from(e.exit as u8)
         }
     }
+}
+
+fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
+    use args::{AgencyCommand, Command, RelayCommand, TrustCommand};
+    let home = || home::Home::resolve(cli.global.home.as_deref());
+    match cli.command {
+        Command::Keygen(a) => keygen::run(&a),
+        Command::Encrypt(a) => crypt::encrypt(&a),
+        Command::Decrypt(a) => crypt::decrypt(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::Agency(AgencyCommand::Init(a)) => agency::init(&home()?, &a),
+        Command::Agency(AgencyCommand::Card) => agency::card(&home()?),
+        Command::Agency(AgencyCommand::Fingerprint { card }) => {
+            agency::fingerprint(&home()?, card.as_deref())
+        }
+        Command::Trust(TrustCommand::Add(a)) => agency::trust_add(&home()?, &a),
+        Command::Trust(TrustCommand::List) => agency::trust_list(&home()?),
+        Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id),
+        Command::Relay(RelayCommand::Serve(a)) => relay_cmd::serve(&home()?, &a),
+        Command::Relay(RelayCommand::Purge { dry_run, policy }) => {
+            relay_cmd::purge(&home()?, dry_run, policy.as_deref())
+        }
+        Command::Relay(RelayCommand::Gc) => relay_cmd::gc(&home()?),
+        Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?),
+        Command::Send(a) => send::run(&home()?, &a, events),
+        Command::Status(a) => relay_cmd::status(&home()?, &a),
+    }
+}
+
+/// The async runtime for network commands: two worker threads (QUIC packet protection on one,
+/// our work on the other).
+pub(crate) fn runtime() -> error::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            error::CliError::new(error::Exit::Internal, "starting the async runtime").source(e)
+        })
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod failpoint;
 pub mod logfile;
 pub mod policy;
 pub mod relay;

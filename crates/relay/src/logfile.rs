@@ -84,6 +84,13 @@ impl LogStore for FileLogStore {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
+        if crate::failpoint::armed("log.mid_append") {
+            let _ = f
+                .write_all(&bytes[..bytes.len() / 2])
+                .and_then(|_| f.sync_data());
+            eprintln!("rogatory: failpoint log.mid_append reached; aborting");
+            std::process::abort();
+        }
         f.write_all(&bytes).map_err(io)?;
         f.sync_data().map_err(io)?;
         for r in records {

@@ -882,6 +882,7 @@ impl<S: Storage> Relay<S> {
         self.storage
             .write_at(&path, off, bytes)
             .map_err(storage_err)?;
+        crate::failpoint::hit("store.after_write");
         a.received[f] = a.received[f].max(piece + 1);
         a.dirty = true;
         Ok(())
@@ -918,6 +919,7 @@ impl<S: Storage> Relay<S> {
         }
         let path = self.spool(a.row);
         self.storage.sync(&path).map_err(storage_err)?;
+        crate::failpoint::hit("sync.after_fsync");
         if !a.named {
             self.storage
                 .sync_dir(&self.data_dir.join("spool"))
@@ -943,6 +945,7 @@ impl<S: Storage> Relay<S> {
             .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
+        crate::failpoint::hit("sync.after_commit");
         a.durable = a.received.clone();
         a.dirty = false;
         Ok(a.durable.clone())
@@ -1033,6 +1036,7 @@ impl<S: Storage> Relay<S> {
             ciphertext_bytes: row.ciphertext_bytes,
         };
         let (note, index) = self.log_statement(&st)?;
+        crate::failpoint::hit("receipt.after_log");
         let bundle = self.bundle(&note, index)?;
         lock(&self.db)
             .execute(

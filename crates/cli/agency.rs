@@ -1,0 +1,174 @@
+//! `rogatory agency init|card|fingerprint` and `rogatory trust add|list|remove`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use rogatory_custody::{AgencyIdentity, fingerprint_matches};
+use rogatory_transport::certs::{Validity, self_signed};
+
+use crate::args::{AgencyInitArgs, TrustAddArgs};
+use crate::error::{CliError, Exit, Result};
+use crate::home::{Home, parse_agency, read_card, write_file};
+
+/// Creates the agency's identity, TLS key and self-signed certificate, and its signed card.
+pub(crate) fn init(home: &Home, a: &AgencyInitArgs) -> Result<()> {
+    let id = parse_agency(&a.id)?;
+    if a.jurisdiction.len() != 2 || !a.jurisdiction.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "--jurisdiction {:?}: expected an ISO 3166-1 alpha-2 code such as DE",
+                a.jurisdiction
+            ),
+        ));
+    }
+    for f in ["identity.txt", "card.note", "tls/key.pem"] {
+        if home.path(f).exists() {
+            return Err(CliError::new(
+                Exit::Safety,
+                format!("{} already exists", home.path(f).display()),
+            )
+            .hint("this home already holds an agency; use another --home"));
+        }
+    }
+    let full = AgencyIdentity::generate(id.clone());
+    let identity = if a.relay_only {
+        full.relay_only()
+    } else {
+        full
+    };
+    let tls = self_signed(&id, Validity::days_from_now(825))
+        .map_err(|e| CliError::new(Exit::Internal, "generating the TLS certificate").source(e))?;
+    let tls_id =
+        rogatory_transport::TlsIdentity::from_pem(tls.cert_pem.as_bytes(), tls.key_pem.as_bytes())
+            .map_err(|e| {
+                CliError::new(Exit::Internal, "loading the new TLS certificate").source(e)
+            })?;
+    let pin = tls_id
+        .spki_sha256()
+        .map_err(|e| CliError::new(Exit::Internal, "TLS key").source(e))?;
+    let (card, note) = identity
+        .card(&a.name, &a.jurisdiction, vec![pin])
+        .map_err(|e| CliError::new(Exit::Usage, "making the card").source(e))?;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    write_file(
+        &home.path("tls/key.pem"),
+        tls.key_pem.as_bytes(),
+        0o600,
+        false,
+    )?;
+    write_file(
+        &home.path("tls/cert.pem"),
+        tls.cert_pem.as_bytes(),
+        0o644,
+        false,
+    )?;
+    write_file(
+        &home.path("identity.txt"),
+        identity.to_secret_text(&now).as_bytes(),
+        0o600,
+        false,
+    )?;
+    write_file(&home.path("card.note"), note.as_bytes(), 0o644, false)?;
+    println!("agency {id} created in {}", home.root.display());
+    println!("card: {}", home.path("card.note").display());
+    println!("fingerprint: {}", card.fingerprint());
+    if a.relay_only {
+        println!("relay-only: this home holds no age identity and cannot decrypt evidence");
+    }
+    Ok(())
+}
+
+pub(crate) fn card(home: &Home) -> Result<()> {
+    println!("{}", home.card()?.to_json());
+    Ok(())
+}
+
+pub(crate) fn fingerprint(home: &Home, card: Option<&Path>) -> Result<()> {
+    let c = match card {
+        Some(p) => read_card(p)?,
+        None => home.card()?,
+    };
+    println!("{}", c.fingerprint());
+    Ok(())
+}
+
+pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
+    let card = read_card(&a.card)?;
+    let fp = card.fingerprint();
+    match &a.fingerprint {
+        Some(typed) => {
+            if !fingerprint_matches(typed, &fp) {
+                return Err(CliError::new(
+                    Exit::Integrity,
+                    format!(
+                        "the card of {} has fingerprint {fp}, not the one given",
+                        card.id
+                    ),
+                )
+                .hint("compare the fingerprint with the agency over a separate channel"));
+            }
+        }
+        None => {
+            if !std::io::stdin().is_terminal() {
+                return Err(
+                    CliError::new(Exit::Usage, "no --fingerprint given").hint(format!(
+                        "verify the fingerprint with {} out of band, then pass --fingerprint {fp}",
+                        card.id
+                    )),
+                );
+            }
+            eprintln!(
+                "agency {} ({}, {}) has fingerprint\n  {fp}",
+                card.id, card.name, card.jurisdiction
+            );
+            eprint!("Did you confirm it with the agency over a separate channel? Type yes: ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            if line.trim() != "yes" {
+                return Err(CliError::new(Exit::Usage, "not trusted"));
+            }
+        }
+    }
+    let dest = home.path(&format!("trust/{}.card", card.id));
+    let note = std::fs::read(&a.card).map_err(|e| crate::error::io("reading", &a.card, e))?;
+    write_file(&dest, &note, 0o644, true)?;
+    println!("trusted {} ({fp})", card.id);
+    Ok(())
+}
+
+pub(crate) fn trust_list(home: &Home) -> Result<()> {
+    let store = home.trust_store()?;
+    let own = home.card().ok().map(|c| c.id.clone());
+    for c in store.cards() {
+        if Some(&c.id) == own.as_ref() {
+            continue;
+        }
+        println!(
+            "{}\t{}\t{}\t{}",
+            c.id,
+            c.jurisdiction,
+            c.fingerprint(),
+            c.name
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn trust_remove(home: &Home, id: &str) -> Result<()> {
+    let id = parse_agency(id)?;
+    let p = home.path(&format!("trust/{id}.card"));
+    match std::fs::remove_file(&p) {
+        Ok(()) => {
+            println!("removed {id}");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(CliError::new(Exit::Usage, format!("{id} is not trusted")))
+        }
+        Err(e) => Err(crate::error::io("removing", &p, e)),
+    }
+}

@@ -1,0 +1,94 @@
+//! What a command tells its user: human lines (stdout for results, stderr for progress) or,
+//! with `--json`, one JSON object per line on stdout (`docs/cli.md` "JSON events").
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use rogatory_custody::TransferId;
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Events {
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+impl Events {
+    fn line(&self, v: serde_json::Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+
+    /// An informational line (human mode only, stderr).
+    pub(crate) fn emit_line(&self, s: &str) {
+        if !self.json && !self.quiet {
+            eprintln!("rogatory: {s}");
+        }
+    }
+
+    pub(crate) fn start(&self, t: &TransferId, files: usize, bytes_total: u64) {
+        if self.json {
+            self.line(json!({"type": "start", "transfer_id": t.to_string(), "files": files, "bytes_total": bytes_total}));
+        } else if !self.quiet {
+            eprintln!("rogatory: transfer {t}: {files} files, {bytes_total} bytes of ciphertext");
+        }
+    }
+
+    pub(crate) fn progress(&self, done: u64, total: u64) {
+        if self.json {
+            self.line(json!({"type": "progress", "bytes_done": done, "bytes_total": total}));
+        } else if !self.quiet && std::io::stderr().is_terminal() {
+            let pct = if total == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / total as f64
+            };
+            eprint!("\r{pct:5.1} %  {done} / {total} bytes durable at the relay");
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
+
+    pub(crate) fn file_done(&self, path: &str) {
+        if self.json {
+            self.line(json!({"type": "file_done", "path": path}));
+        }
+    }
+
+    pub(crate) fn receipt(&self, path: &Path) {
+        if self.json {
+            self.line(json!({"type": "receipt", "path": path.display().to_string()}));
+        }
+    }
+
+    pub(crate) fn summary(
+        &self,
+        t: &TransferId,
+        files: usize,
+        total: u64,
+        sent: u64,
+        skipped: u64,
+        receipt: &Path,
+    ) {
+        if self.json {
+            self.line(json!({
+                "type": "summary", "transfer_id": t.to_string(), "files": files, "bytes_total": total,
+                "bytes_sent": sent, "bytes_skipped": skipped, "receipt": receipt.display().to_string(), "failed": []
+            }));
+        } else if !self.quiet {
+            println!("transfer {t}");
+            println!("receipt {}", receipt.display());
+            eprintln!(
+                "rogatory: {files} files, {total} bytes; sent {sent}, already at the relay {skipped}"
+            );
+        }
+    }
+
+    pub(crate) fn error(&self, exit: i32, message: &str) {
+        if self.json {
+            self.line(json!({"type": "error", "exit_code": exit, "message": message}));
+        }
+    }
+}

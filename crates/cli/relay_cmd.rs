@@ -1,0 +1,268 @@
+//! `rogatory relay serve|purge|gc|scrub` and `rogatory status`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rogatory_custody::{AgencyIdentity, TransferId};
+use rogatory_relay::serve::serve_session;
+use rogatory_relay::{DiskStorage, Policy, Relay, RelayConfig, system_clock};
+use rogatory_transport::frame::{Frame, StatusRequest};
+use rogatory_transport::net::{Node, ServeConfig};
+use rogatory_transport::{ErrorCode, Limits};
+
+use crate::args::{RelayServeArgs, StatusArgs};
+use crate::error::{CliError, Exit, Result, net};
+use crate::home::{Home, read_secret};
+
+/// The relay's identity: only the signing key is parsed; an age identity line, if the home
+/// has one, is dropped before parsing, so the relay never loads the key that decrypts evidence.
+fn relay_identity(home: &Home) -> Result<AgencyIdentity> {
+    let p = home.path("identity.txt");
+    let text = zeroize::Zeroizing::new(read_secret(&p)?);
+    let signing_only: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with("AGE-SECRET-KEY-"))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    );
+    AgencyIdentity::parse(&signing_only).map_err(|e| {
+        CliError::new(
+            Exit::NoKey,
+            format!("{}: not an agency identity", p.display()),
+        )
+        .source(e)
+    })
+}
+
+fn open_relay(home: &Home, policy: Option<&std::path::Path>) -> Result<Relay<DiskStorage>> {
+    let identity = relay_identity(home)?;
+    let trust = home.trust_store()?;
+    let policy = match policy {
+        Some(p) => Policy::load(p).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?,
+        None => Policy::default(),
+    };
+    let cfg = RelayConfig {
+        data_dir: home.path("relay"),
+        identity,
+        trust,
+        policy,
+        clock: system_clock(),
+    };
+    Relay::open(cfg, DiskStorage::new())
+        .map_err(|e| CliError::new(Exit::Storage, "opening the relay's store").source(e))
+}
+
+fn lock_data_dir(home: &Home) -> Result<std::fs::File> {
+    let dir = home.path("relay");
+    std::fs::create_dir_all(&dir).map_err(|e| crate::error::io("creating", &dir, e))?;
+    let p = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| crate::error::io("opening", &p, e))?;
+    match fs4::FileExt::try_lock(&f) {
+        Ok(()) => Ok(f),
+        _ => Err(CliError::new(
+            Exit::Safety,
+            format!("another relay process uses {}", dir.display()),
+        )
+        .hint("a running relay purges and collects garbage itself every hour")),
+    }
+}
+
+pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROGATORY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let _lock = lock_data_dir(home)?;
+    let relay = Arc::new(open_relay(home, a.policy.as_deref())?);
+    let store = home.trust_store()?;
+    let peer_trust = home.peer_trust(&store)?;
+    let tls = home.tls()?;
+    let listen: SocketAddr = a.listen.parse().map_err(|_| {
+        CliError::new(
+            Exit::Usage,
+            format!("--listen {:?}: expected HOST:PORT", a.listen),
+        )
+    })?;
+    crate::cleanup::serve_mode();
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        let node = Arc::new(
+            Node::server(listen, tls, peer_trust, Limits::default())
+                .map_err(|e| net("listening", e))?,
+        );
+        let addr = node
+            .local_addr()
+            .map_err(|e| CliError::new(Exit::Storage, "socket").source(e))?;
+        println!("relay {} listening on {addr}", relay.agency());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let (n, r) = (node.clone(), relay.clone());
+        let server = tokio::spawn(async move {
+            n.serve(move |s| {
+                let r = r.clone();
+                async move { serve_session(r, s, ServeConfig::default()).await }
+            })
+            .await
+        });
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut housekeeping = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if crate::cleanup::SHUTDOWN.load(Ordering::SeqCst) {
+                break;
+            }
+            if housekeeping.elapsed() >= Duration::from_secs(3600) {
+                housekeeping = tokio::time::Instant::now();
+                let r = relay.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = r.purge(false) {
+                        tracing::warn!(error = %e, "purge failed");
+                    }
+                    if let Err(e) = r.gc_partials() {
+                        tracing::warn!(error = %e, "gc failed");
+                    }
+                })
+                .await;
+            }
+        }
+        tracing::info!("shutting down");
+        node.shutdown(ErrorCode::SHUTTING_DOWN).await;
+        server.abort();
+        Ok::<_, CliError>(())
+    })
+}
+
+pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>) -> Result<()> {
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(lock_data_dir(home)?)
+    };
+    let relay = open_relay(home, policy)?;
+    let done = relay
+        .purge(dry_run)
+        .map_err(|e| CliError::new(Exit::Storage, format!("purge: {e}")))?;
+    for (r, why) in &done {
+        println!(
+            "{}{}\t{}\t{} bytes\t{why}",
+            if dry_run { "would purge " } else { "purged " },
+            r.transfer,
+            r.sender,
+            r.ciphertext_bytes
+        );
+    }
+    if done.is_empty() {
+        eprintln!(
+            "rogatory: nothing {}",
+            if dry_run {
+                "would be purged"
+            } else {
+                "to purge"
+            }
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn gc(home: &Home) -> Result<()> {
+    let _lock = lock_data_dir(home)?;
+    let relay = open_relay(home, None)?;
+    for t in relay
+        .gc_partials()
+        .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?
+    {
+        println!("removed partial {t}");
+    }
+    Ok(())
+}
+
+pub(crate) fn scrub(home: &Home) -> Result<()> {
+    let relay = open_relay(home, None)?;
+    let found = relay
+        .scrub()
+        .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
+    for (t, f, why) in &found {
+        println!("{t}\tfile {f}\t{why}");
+    }
+    if found.is_empty() {
+        println!("scrub: every stored piece verifies");
+        Ok(())
+    } else {
+        Err(CliError::new(
+            Exit::Integrity,
+            format!("scrub: {} faults", found.len()),
+        ))
+    }
+}
+
+pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
+    let t: TransferId = a.transfer.parse().map_err(|_| {
+        CliError::new(
+            Exit::Usage,
+            format!("{:?} is not a transfer id", a.transfer),
+        )
+    })?;
+    let store = home.trust_store()?;
+    let peer_trust = home.peer_trust(&store)?;
+    let tls = home.tls()?;
+    let rt = crate::runtime()?;
+    let frame = rt.block_on(async {
+        let addr = rogatory_transport::net::resolve(&a.relay)
+            .await
+            .map_err(|e| net(&format!("relay {}", a.relay), e))?;
+        let node = Node::client(addr.is_ipv6(), tls, peer_trust, Limits::default())
+            .map_err(|e| net("starting QUIC", e))?;
+        let s = node
+            .connect(addr, None)
+            .await
+            .map_err(|e| net(&format!("connecting to {}", a.relay), e))?;
+        let (mut w, mut r) = s.open().await.map_err(|e| net("status", e))?;
+        w.send(&Frame::StatusRequest(StatusRequest { transfer: t }))
+            .await
+            .map_err(|e| net("status", e))?;
+        w.finish();
+        let f = r.expect().await.map_err(|e| net("status", e))?;
+        let f = rogatory_transport::net::owned(f)
+            .ok_or_else(|| CliError::new(Exit::Refused, "unexpected answer"))?;
+        s.close(ErrorCode::NO_ERROR, "done");
+        Ok::<_, CliError>(f)
+    })?;
+    match frame {
+        Frame::Status(st) => {
+            println!(
+                "transfer {}\nstate {}",
+                st.transfer,
+                rogatory_relay::relay::state_name(st.state)
+            );
+            for r in &st.receipts {
+                println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
+            }
+            Ok(())
+        }
+        Frame::Error(e) => {
+            let exit = match e.code.class() {
+                rogatory_transport::ErrorClass::Retryable => Exit::Transport,
+                rogatory_transport::ErrorClass::Integrity => Exit::Integrity,
+                _ => Exit::Refused,
+            };
+            Err(CliError::new(
+                exit,
+                format!("status: {}: {}", e.code, e.message),
+            ))
+        }
+        _ => Err(CliError::new(
+            Exit::Refused,
+            "unexpected answer to STATUS_REQUEST",
+        )),
+    }
+}
