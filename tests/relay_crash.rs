@@ -361,62 +361,49 @@ fn crash_run(mib: usize, relay_kills: usize, sender_kills: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     make_folder(&env, "case-42", mib, seed);
     let mut relay = env.relay(None);
-    // The first run encrypts and starts; later runs resume the same transfer.
     let total: u64 = (mib as u64) << 20;
-    let mut resend_overhead = Vec::new();
-    let mut done = false;
-    for round in 0..relay_kills {
-        let mut s = env.send_started("case-42");
-        let base = if env.path().join("B/relay/relay.db").exists() {
-            env.durable().min(total - 1)
+    // Relay and sender kills, in a seeded order, spread over the whole transfer: each lands
+    // within two shares of the durable prefix.
+    let mut kinds: Vec<bool> = std::iter::repeat_n(true, relay_kills)
+        .chain(std::iter::repeat_n(false, sender_kills))
+        .collect();
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, rng.gen_range(0..=i));
+    }
+    // Half the transfer is left for the final, measured run.
+    let share = (total / (2 * (kinds.len() + 1)) as u64).max(1);
+    for (round, kill_relay) in kinds.into_iter().enumerate() {
+        let before = if env.path().join("B/relay/relay.db").exists() {
+            env.durable()
         } else {
             0
         };
-        let target = base + rng.gen_range(0..total - base);
+        let mut s = env.send_started("case-42");
+        let target = (before + rng.gen_range(0..2 * share)).min(total - 1);
         env.wait_durable(&mut s, target);
-        // kill -9 the relay mid-transfer; the sender dies with it (it would wait for its idle
-        // timeout otherwise).
-        let _ = relay.kill();
-        let _ = relay.wait();
+        if kill_relay {
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
+        // The sender dies too when the relay does (it would wait for its idle timeout).
         let (acked, summary) = s.kill();
         let durable = env.durable();
         eprintln!(
-            "relay kill {round}: at {target} durable bytes, acknowledged {acked}, durable {durable}, completed {}",
-            summary.is_some()
+            "round {round}: kill -9 {} at ~{target} durable bytes; sender saw {acked} acknowledged, relay has {durable} durable{}",
+            if kill_relay { "relay+sender" } else { "sender" },
+            if summary.is_some() {
+                " (already complete)"
+            } else {
+                ""
+            }
         );
         assert!(
             durable >= acked,
             "round {round}: acknowledged {acked} but only {durable} durable"
         );
-        env.scrub_ok();
-        relay = env.relay(None);
-        if summary.is_some() {
-            done = true;
-            break;
-        }
-    }
-    for round in 0..sender_kills {
-        if done {
-            break;
-        }
-        let mut s = env.send_started("case-42");
-        let base = if env.path().join("B/relay/relay.db").exists() {
-            env.durable().min(total - 1)
-        } else {
-            0
-        };
-        let target = base + rng.gen_range(0..total - base);
-        env.wait_durable(&mut s, target);
-        let (acked, summary) = s.kill();
-        std::thread::sleep(Duration::from_millis(100));
-        let durable = env.durable();
-        eprintln!(
-            "sender kill {round}: at {target} durable bytes, acknowledged {acked}, durable {durable}, completed {}",
-            summary.is_some()
-        );
-        assert!(durable >= acked, "sender round {round}");
-        if summary.is_some() {
-            done = true;
+        if kill_relay {
+            env.scrub_ok();
+            relay = env.relay(None);
         }
     }
     let before = env.durable();
@@ -426,7 +413,6 @@ fn crash_run(mib: usize, relay_kills: usize, sender_kills: usize, seed: u64) {
     let skipped = summary["bytes_skipped"].as_u64().expect("skipped");
     assert_eq!(sent + skipped, total_ct);
     let overhead = sent.saturating_sub(total_ct - before);
-    resend_overhead.push(overhead);
     assert!(
         overhead <= 1 << 20,
         "the resumed run re-sent {overhead} bytes beyond what the relay lacked"
@@ -435,7 +421,9 @@ fn crash_run(mib: usize, relay_kills: usize, sender_kills: usize, seed: u64) {
     same_ciphertext(&env);
     env.scrub_ok();
     eprintln!(
-        "crash run: {mib} MiB, {relay_kills} relay kills, {sender_kills} sender kills; final run sent {sent} of {total_ct} bytes, {overhead} bytes beyond what the relay lacked"
+        "crash run: {mib} MiB, {relay_kills} relay kills, {sender_kills} sender kills; final run sent {sent} of {total_ct} bytes \
+         (relay lacked {}), {overhead} bytes beyond what the relay lacked",
+        total_ct - before
     );
     let _ = relay.kill();
     let _ = relay.wait();
