@@ -30,69 +30,7 @@ fn ok(o: &std::process::Output) {
 
 fn setup() -> Env {
     let dir = tempfile::tempdir().expect("tmp");
-    let d = dir.path();
-    ok(&run(
-        d,
-        &[
-            "--home",
-            "A",
-            "agency",
-            "init",
-            "--id",
-            "agency-a",
-            "--name",
-            "Agency A",
-            "--jurisdiction",
-            "XA",
-        ],
-    ));
-    ok(&run(
-        d,
-        &[
-            "--home",
-            "B",
-            "agency",
-            "init",
-            "--id",
-            "agency-b",
-            "--name",
-            "Agency B",
-            "--jurisdiction",
-            "XB",
-            "--relay-only",
-        ],
-    ));
-    let fp = |home: &str| {
-        String::from_utf8(run(d, &["--home", home, "agency", "fingerprint"]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
-    let (fa, fb) = (fp("A"), fp("B"));
-    ok(&run(
-        d,
-        &[
-            "--home",
-            "A",
-            "trust",
-            "add",
-            "B/card.note",
-            "--fingerprint",
-            &fb,
-        ],
-    ));
-    ok(&run(
-        d,
-        &[
-            "--home",
-            "B",
-            "trust",
-            "add",
-            "A/card.note",
-            "--fingerprint",
-            &fa,
-        ],
-    ));
+    two_agencies(dir.path());
     Env { dir, port: 0 }
 }
 

@@ -31,68 +31,7 @@ fn fifty_concurrent_senders_of_64_mib() {
         .unwrap_or(64);
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    let ok = |o: std::process::Output| assert_eq!(code(&o), 0, "{}", stderr(&o));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "agency",
-            "init",
-            "--id",
-            "agency-a",
-            "--name",
-            "A",
-            "--jurisdiction",
-            "XA",
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "B",
-            "agency",
-            "init",
-            "--id",
-            "agency-b",
-            "--name",
-            "B",
-            "--jurisdiction",
-            "XB",
-            "--relay-only",
-        ],
-    ));
-    let fp = |h: &str| {
-        String::from_utf8(run(d, &["--home", h, "agency", "fingerprint"]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
-    ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "trust",
-            "add",
-            "B/card.note",
-            "--fingerprint",
-            &fp("B"),
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "B",
-            "trust",
-            "add",
-            "A/card.note",
-            "--fingerprint",
-            &fp("A"),
-        ],
-    ));
+    two_agencies(d);
     for i in 0..senders {
         let f = d.join(format!("case-{i}"));
         std::fs::create_dir_all(&f).expect("mkdir");

@@ -579,7 +579,7 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
             head.transfer == p.transfer
                 && *sender == p.manifest.sender
                 && *manifest_sha256 == Sha256Digest::of(p.manifest_json.as_bytes())
-                && *seal_sha256 == text_digest(p.seal.as_bytes())
+                && *seal_sha256 == rogatory_custody::note_text_digest(p.seal.as_bytes())
         }
         _ => false,
     };
@@ -607,13 +607,4 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
         &rpath,
     );
     Ok(())
-}
-
-/// SHA-256 of a signed note's text (what statements reference, `custody.md` §4).
-pub(crate) fn text_digest(note: &[u8]) -> Sha256Digest {
-    let end = note
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map_or(note.len(), |p| p + 1);
-    Sha256Digest::of(&note[..end])
 }

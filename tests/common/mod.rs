@@ -69,3 +69,71 @@ pub fn assert_failed_cleanly(o: &Output, want: i32, dir: &Path, allowed: &[&str]
     allowed.sort();
     assert_eq!(listing(dir), allowed, "no partial or temporary output left");
 }
+
+/// Two agencies in `dir`: `A` (agency-a, full identity) and `B` (agency-b, relay-only), each
+/// trusting the other's card by its fingerprint.
+pub fn two_agencies(dir: &Path) {
+    let ok = |o: Output| assert_eq!(code(&o), 0, "{}", stderr(&o));
+    ok(run(
+        dir,
+        &[
+            "--home",
+            "A",
+            "agency",
+            "init",
+            "--id",
+            "agency-a",
+            "--name",
+            "Agency A",
+            "--jurisdiction",
+            "XA",
+        ],
+    ));
+    ok(run(
+        dir,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "init",
+            "--id",
+            "agency-b",
+            "--name",
+            "Agency B",
+            "--jurisdiction",
+            "XB",
+            "--relay-only",
+        ],
+    ));
+    let fp = |home: &str| {
+        String::from_utf8(run(dir, &["--home", home, "agency", "fingerprint"]).stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+    let (fa, fb) = (fp("A"), fp("B"));
+    ok(run(
+        dir,
+        &[
+            "--home",
+            "A",
+            "trust",
+            "add",
+            "B/card.note",
+            "--fingerprint",
+            &fb,
+        ],
+    ));
+    ok(run(
+        dir,
+        &[
+            "--home",
+            "B",
+            "trust",
+            "add",
+            "A/card.note",
+            "--fingerprint",
+            &fa,
+        ],
+    ));
+}

@@ -59,7 +59,7 @@ pub use manifest::{
 };
 pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,
-    ed25519_verify_strict, open_note,
+    ed25519_verify_strict, note_text_digest, open_note,
 };
 pub use statement::{Head, Peer, Statement};
 pub use text::Text;

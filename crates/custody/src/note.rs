@@ -418,6 +418,18 @@ pub fn open_note(
     Note::parse(bytes)?.verify(trusted)
 }
 
+/// SHA-256 of a signed note's text: its lines up to the blank line that starts the signatures,
+/// each with its LF. This is what statements reference as `seal_sha256` and
+/// `custody_receipt_sha256` (`custody.md` §4); for a note that is a statement it equals
+/// `Statement::digest`.
+pub fn note_text_digest(note: &[u8]) -> crate::Sha256Digest {
+    let end = note
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(note.len(), |p| p + 1);
+    crate::Sha256Digest::of(&note[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

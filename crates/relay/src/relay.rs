@@ -1392,14 +1392,9 @@ impl<S: Storage> Relay<S> {
     }
 }
 
-/// SHA-256 of a signed note's text (the lines before the blank line, each with its LF): what
-/// statements reference as `seal_sha256` and `custody_receipt_sha256` (`custody.md` §4).
+/// SHA-256 of a signed note's text (see [`rogatory_custody::note_text_digest`]).
 pub fn text_digest(note: &[u8]) -> Sha256Digest {
-    let end = note
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map_or(note.len(), |p| p + 1);
-    Sha256Digest::of(&note[..end])
+    rogatory_custody::note_text_digest(note)
 }
 
 /// Statement text from a message: control characters become spaces, trimmed, at most 4 096

@@ -330,18 +330,8 @@ impl Node {
         trust: PeerTrust,
         limits: Limits,
     ) -> Result<Self, NetError> {
-        let agency = identity.agency()?;
         let cfg = server_config(&identity, trust.clone(), &limits)?;
-        let endpoint = quinn::Endpoint::server(cfg, addr)?;
-        let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
-        Ok(Node {
-            endpoint,
-            limits,
-            agency,
-            identity,
-            trust,
-            active,
-        })
+        Self::with_endpoint(quinn::Endpoint::server(cfg, addr)?, identity, trust, limits)
     }
 
     /// A client bound to an ephemeral port of the given family.
@@ -351,13 +341,21 @@ impl Node {
         trust: PeerTrust,
         limits: Limits,
     ) -> Result<Self, NetError> {
-        let agency = identity.agency()?;
         let bind: SocketAddr = if ipv6 {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(bind)?;
+        Self::with_endpoint(quinn::Endpoint::client(bind)?, identity, trust, limits)
+    }
+
+    fn with_endpoint(
+        endpoint: quinn::Endpoint,
+        identity: TlsIdentity,
+        trust: PeerTrust,
+        limits: Limits,
+    ) -> Result<Self, NetError> {
+        let agency = identity.agency()?;
         let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
         Ok(Node {
             endpoint,
@@ -446,26 +444,6 @@ impl Node {
         tokio::time::timeout(self.limits.handshake_timeout, fut)
             .await
             .map_err(|_| NetError::Timeout("handshake"))?
-    }
-
-    /// Accepts the next connection that completes TLS and HELLO/WELCOME. Connections that fail
-    /// are logged and skipped; `None` when the endpoint is closed.
-    pub async fn accept(&self) -> Option<(Session, tokio::sync::OwnedSemaphorePermit)> {
-        loop {
-            let incoming = self.endpoint.accept().await?;
-            let Ok(permit) = self.active.clone().try_acquire_owned() else {
-                tracing::warn!(remote = %incoming.remote_address(), "refusing connection: max_incoming reached");
-                incoming.refuse();
-                continue;
-            };
-            match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming))
-                .await
-            {
-                Ok(Ok(s)) => return Some((s, permit)),
-                Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
-                Err(_) => tracing::info!("handshake timed out"),
-            }
-        }
     }
 
     /// The next incoming connection's outcome: a session, or why it was refused (tests and
