@@ -245,8 +245,12 @@ async fn fetch<S: Storage + 'static>(
     let bytes_of = |v: &[u8]| v.to_vec();
     let (source, base, total): (Option<Vec<u8>>, u64, u64) = match f.object {
         Object::Seal => {
-            let mut b = bytes_of(&r.seal);
-            b.extend_from_slice(&r.manifest);
+            let b = bytes_of(&r.seal);
+            let n = b.len() as u64;
+            (Some(b), 0, n)
+        }
+        Object::Manifest => {
+            let b = bytes_of(&r.manifest);
             let n = b.len() as u64;
             (Some(b), 0, n)
         }

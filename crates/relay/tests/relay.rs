@@ -126,10 +126,15 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
             ct
         );
     }
-    let seal = fetch_all(&sb, t.id, Object::Seal).await.expect("seal");
     assert_eq!(
-        seal,
-        [t.seal.as_bytes(), t.manifest_json.as_bytes()].concat()
+        fetch_all(&sb, t.id, Object::Seal).await.expect("seal"),
+        t.seal.as_bytes()
+    );
+    assert_eq!(
+        fetch_all(&sb, t.id, Object::Manifest)
+            .await
+            .expect("manifest"),
+        t.manifest_json.as_bytes()
     );
     assert_eq!(
         r.relay.log_len(),

@@ -263,8 +263,10 @@ pub struct Inbox {
 /// What a FETCH asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
-    /// The seal (signed note) and the manifest, as OFFER carried them: `seal || manifest`.
+    /// The seal (signed note), as OFFER carried it.
     Seal,
+    /// The manifest JSON, as OFFER carried it.
+    Manifest,
     /// The ciphertext of a file.
     File(u32),
     /// The custody receipt bundle.
