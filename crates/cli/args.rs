@@ -42,6 +42,10 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// State and receipts of a transfer at a relay.
     Status(StatusArgs),
+    /// List the transfers that await this agency at a relay.
+    Inbox(InboxArgs),
+    /// Download, verify and decrypt transfers into a directory; send the delivery receipt.
+    Fetch(FetchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -230,4 +234,30 @@ pub(crate) struct StatusArgs {
     pub(crate) relay: String,
     /// The transfer id.
     pub(crate) transfer: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InboxArgs {
+    /// The relay, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) relay: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FetchArgs {
+    /// The relay, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) relay: String,
+    /// Fetch everything in this agency's inbox.
+    #[arg(long, conflicts_with = "transfers")]
+    pub(crate) all: bool,
+    /// Output directory (created if missing); files are created inside it only.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Transfer ids.
+    #[arg(value_name = "TRANSFER_ID")]
+    pub(crate) transfers: Vec<String>,
 }

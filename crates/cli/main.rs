@@ -13,6 +13,7 @@ mod crypt;
 mod demo;
 mod error;
 mod events;
+mod fetch;
 mod home;
 mod keygen;
 mod output;
@@ -76,6 +77,8 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?),
         Command::Send(a) => send::run(&home()?, &a, events),
         Command::Status(a) => relay_cmd::status(&home()?, &a),
+        Command::Inbox(a) => fetch::inbox(&home()?, &a, events),
+        Command::Fetch(a) => fetch::fetch(&home()?, &a, events),
     }
 }
 

@@ -1,0 +1,339 @@
+//! End to end with the real binary (CLI issue, partly): two agencies, a relay on 127.0.0.1,
+//! `send` of a folder (nested directories, an empty file, a 64 MiB file, names with spaces and
+//! non-ASCII), `inbox`, `fetch`, byte-exact comparison, the delivery receipt visible in
+//! `status`; refusals with their exit codes; `--json` parsed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Relay(Child, String);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn relay(dir: &Path, home: &str, policy: Option<&str>) -> Relay {
+    let mut cmd = Command::new(bin());
+    cmd.args(["--home", home, "relay", "serve", "--listen", "127.0.0.1:0"]);
+    if let Some(p) = policy {
+        cmd.args(["--policy", p]);
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .env("ROGATORY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    Relay(child, addr)
+}
+
+fn send(
+    dir: &Path,
+    home: &str,
+    addr: &str,
+    extra: &[&str],
+    paths: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "--home",
+        home,
+        "--json",
+        "send",
+        "--relay",
+        addr,
+        "--to",
+        "agency-b",
+        "--case",
+        "XX-2026-0042",
+    ];
+    args.extend_from_slice(&["--purpose", "investigation", "--retain-until", "2030-12-31"]);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(paths);
+    run(dir, &args)
+}
+
+fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect()
+}
+
+fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("dir") {
+            let p = e.expect("e").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(root).expect("prefix").display().to_string(),
+                    std::fs::read(&p).expect("read"),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn send_a_folder_with_json_events_and_rerun_without_resending() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_agencies(d);
+    // The relay runs from agency-b's relay-only home.
+    let r = relay(d, "B", None);
+
+    let case = d.join("case 42");
+    std::fs::create_dir_all(case.join("sub dir/deeper")).expect("mkdir");
+    let big: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(case.join("big.bin"), &big).expect("big");
+    std::fs::write(case.join("empty"), b"").expect("empty");
+    std::fs::write(
+        case.join("sub dir/r\u{e9}sum\u{e9} \u{4e2d}\u{6587}.txt"),
+        "preuve n\u{b0} 1\n",
+    )
+    .expect("txt");
+    std::fs::write(case.join("sub dir/deeper/exact"), vec![7u8; 65_536]).expect("exact");
+
+    let o = send(
+        d,
+        "A",
+        &r.1,
+        &["--legal-basis", "MLAT art. 18"],
+        &["case 42"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let ev = json_lines(&o);
+    let kinds: Vec<&str> = ev
+        .iter()
+        .map(|v| v["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert!(
+        kinds.contains(&"progress") && kinds.contains(&"file_done") && kinds.contains(&"receipt")
+    );
+    let summary = ev.last().expect("summary");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["files"], 4);
+    assert_eq!(
+        summary["bytes_sent"].as_u64(),
+        summary["bytes_total"].as_u64()
+    );
+    assert_eq!(summary["bytes_skipped"], 0);
+    let transfer = summary["transfer_id"].as_str().expect("id").to_owned();
+    let receipt = ev.iter().find(|v| v["type"] == "receipt").expect("receipt")["path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    assert!(d.join(&receipt).exists());
+
+    // The same command again: nothing re-sent, same receipt.
+    let o = send(
+        d,
+        "A",
+        &r.1,
+        &["--legal-basis", "MLAT art. 18"],
+        &["case 42"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let again = json_lines(&o).pop().expect("summary");
+    assert_eq!(again["transfer_id"], transfer.as_str());
+    assert_eq!(again["bytes_sent"], 0);
+
+    // A relay-only home holds no age identity: it cannot fetch and decrypt (exit 4).
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, "--all", "-o", "out",
+        ],
+    );
+    assert_eq!(
+        code(&o),
+        4,
+        "a relay-only home cannot decrypt: {}",
+        stderr(&o)
+    );
+    drop(r);
+}
+
+#[test]
+fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ok = |o: std::process::Output| {
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        o
+    };
+    // Full identities for both agencies (B's analysts fetch from B's own relay).
+    ok(run(
+        d,
+        &[
+            "--home",
+            "A",
+            "agency",
+            "init",
+            "--id",
+            "agency-a",
+            "--name",
+            "A",
+            "--jurisdiction",
+            "XA",
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "init",
+            "--id",
+            "agency-b",
+            "--name",
+            "B",
+            "--jurisdiction",
+            "XB",
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "C",
+            "agency",
+            "init",
+            "--id",
+            "agency-c",
+            "--name",
+            "C",
+            "--jurisdiction",
+            "XC",
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "Z",
+            "agency",
+            "init",
+            "--id",
+            "agency-z",
+            "--name",
+            "Z",
+            "--jurisdiction",
+            "XZ",
+        ],
+    ));
+    let fp = |h: &str| {
+        String::from_utf8(run(d, &["--home", h, "agency", "fingerprint"]).stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+    for (home, other) in [("A", "B"), ("B", "A"), ("B", "C"), ("C", "B"), ("Z", "B")] {
+        ok(run(
+            d,
+            &[
+                "--home",
+                home,
+                "trust",
+                "add",
+                &format!("{other}/card.note"),
+                "--fingerprint",
+                &fp(other),
+            ],
+        ));
+    }
+    let r = relay(d, "B", None);
+    let case = d.join("case-7");
+    std::fs::create_dir_all(case.join("a/b")).expect("mkdir");
+    std::fs::write(case.join("a/b/photo 1.jpg"), vec![0xd8u8; 300_000]).expect("w");
+    std::fs::write(case.join("\u{fc}ber.txt"), b"x\n").expect("w");
+    let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case-7"]));
+    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Another trusted agency sees nothing and cannot fetch (exit 6).
+    let o = run(d, &["--home", "C", "inbox", "--relay", &r.1]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    let o = run(
+        d,
+        &[
+            "--home", "C", "fetch", "--relay", &r.1, &transfer, "-o", "c-out",
+        ],
+    );
+    assert_eq!(code(&o), 6, "{}", stderr(&o));
+    // An agency the relay does not trust cannot even connect (exit 6).
+    let o = run(d, &["--home", "Z", "inbox", "--relay", &r.1]);
+    assert_eq!(code(&o), 6, "{}", stderr(&o));
+    // A transfer missing a field the policy requires (legal basis) is refused (exit 6).
+    std::fs::write(d.join("other.txt"), b"y").expect("w");
+    let o = send(d, "A", &r.1, &[], &["other.txt"]);
+    assert_eq!(code(&o), 6, "{}", stderr(&o));
+    assert!(stderr(&o).contains("legal_basis"), "{}", stderr(&o));
+
+    // The recipient lists and fetches: byte-exact, then the delivery receipt is visible.
+    let o = ok(run(d, &["--home", "B", "inbox", "--relay", &r.1]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&transfer));
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    ));
+    assert_eq!(tree(&d.join("out/case-7")), tree(&case));
+    assert!(
+        !d.join("out/.rogatory-fetch").exists(),
+        "no work files left"
+    );
+    // Fetching again would overwrite: refused (exit 8), nothing changed.
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    );
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    let o = ok(run(
+        d,
+        &["--home", "A", "status", "--relay", &r.1, &transfer],
+    ));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("state delivered") && s.contains("Delivery"),
+        "{s}"
+    );
+    // Each refusal left an audit entry: rejections for C's fetch, Z never reached the
+    // application (TLS), and the policy refusal.
+    let log = rogatory_relay::logfile::read_records(&d.join("B/relay/audit.log")).expect("log");
+    let rejections = log
+        .records
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.entry).contains("rejection"))
+        .count();
+    assert_eq!(rejections, 2, "fetch by agency-c and the policy refusal");
+}
