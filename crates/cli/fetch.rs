@@ -117,7 +117,7 @@ async fn download(
     t: TransferId,
     object: Object,
     offset: u64,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<u64> {
     let what = format!("fetching {object:?} of {t}");
     let (mut w, mut r) = s.open().await.map_err(|e| net(&what, e))?;
@@ -206,12 +206,11 @@ fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn sha256_file(p: &Path) -> Result<Sha256Digest> {
+fn sha256_file(p: &Path, buf: &mut [u8]) -> Result<Sha256Digest> {
     let mut f = File::open(p).map_err(|e| io("reading", p, e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| io("reading", p, e))?;
+        let n = f.read(buf).map_err(|e| io("reading", p, e))?;
         if n == 0 {
             return Ok(Sha256Digest(h.finalize().into()));
         }
@@ -354,111 +353,98 @@ async fn fetch_one(
     events.start(&t, m.files.len(), total);
     let mut done = 0u64;
     let mut plaintext_bytes = 0u64;
+    let mut dirs: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    // One buffer for every file: thousands of small files must not cost an allocation each.
+    let mut buf = vec![0u8; 1 << 20];
+    // Small files are downloaded into memory, up to PIPELINE requests ahead (no work file, no
+    // round trip each); large ones into a resumable work file.
+    const SMALL: u64 = 4 << 20;
+    const PIPELINE: usize = 16;
+    let mut ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<Result<Vec<u8>>>)> =
+        std::collections::VecDeque::new();
+    let mut next_small = 0usize;
     for (i, f) in m.files.iter().enumerate() {
-        let part = work.join(format!("{i}.age"));
-        let have = fs::metadata(&part)
-            .map(|m| m.len())
-            .unwrap_or(0)
-            .min(f.ciphertext_size);
-        {
-            let mut out = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&part)
-                .map_err(|e| io("opening", &part, e))?;
-            out.set_len(have).map_err(|e| io("truncating", &part, e))?;
-            if have < f.ciphertext_size || f.ciphertext_size == 0 {
-                download(s, t, Object::File(i as u32), have, &mut out).await?;
+        let ciphertext = if f.ciphertext_size <= SMALL {
+            while ahead.len() < PIPELINE && next_small < m.files.len() {
+                let j = next_small;
+                next_small += 1;
+                if m.files[j].ciphertext_size > SMALL {
+                    continue;
+                }
+                let s2 = s.clone();
+                ahead.push_back((
+                    j,
+                    tokio::spawn(async move {
+                        let mut v = Vec::new();
+                        download(&s2, t, Object::File(j as u32), 0, &mut v)
+                            .await
+                            .map(|_| v)
+                    }),
+                ));
             }
-            out.sync_all().map_err(|e| io("syncing", &part, e))?;
-        }
-        if sha256_file(&part)? != f.ciphertext_sha256 {
-            let _ = fs::remove_file(&part);
-            return Err(CliError::new(
-                Exit::Integrity,
-                format!(
-                    "{t}: ciphertext of {} does not match the seal",
-                    f.path.as_str()
-                ),
-            ));
-        }
-        let parent = safe_parent(&a.output, f.path.as_str())?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".rogatory-partial-")
-            .tempfile_in(&parent)
-            .map_err(|e| io("creating a temporary file in", &parent, e))?;
-        crate::cleanup::register(tmp.path());
-        let input = BufReader::with_capacity(
-            1 << 20,
-            File::open(&part).map_err(|e| io("reading", &part, e))?,
-        );
-        let mut reader = Decryptor::new(input)
-            .and_then(|d| d.decrypt(std::slice::from_ref(age)))
-            .map_err(|e| {
-                CliError::new(
+            let (j, h) = ahead
+                .pop_front()
+                .ok_or_else(|| CliError::new(Exit::Internal, "fetch pipeline empty"))?;
+            debug_assert_eq!(i, j);
+            let bytes = h
+                .await
+                .map_err(|e| CliError::new(Exit::Internal, "fetch task").source(e))??;
+            if Sha256Digest::of(&bytes) != f.ciphertext_sha256 {
+                return Err(CliError::new(
                     Exit::Integrity,
-                    format!("{t}: cannot decrypt {}", f.path.as_str()),
-                )
-                .source(e)
-            })?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n_total = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| {
-                CliError::new(
+                    format!(
+                        "{t}: ciphertext of {} does not match the seal",
+                        f.path.as_str()
+                    ),
+                ));
+            }
+            Ciphertext::Memory(bytes)
+        } else {
+            let part = work.join(format!("{i}.age"));
+            let have = fs::metadata(&part)
+                .map(|m| m.len())
+                .unwrap_or(0)
+                .min(f.ciphertext_size);
+            {
+                let mut out = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&part)
+                    .map_err(|e| io("opening", &part, e))?;
+                out.set_len(have).map_err(|e| io("truncating", &part, e))?;
+                if have < f.ciphertext_size {
+                    download(s, t, Object::File(i as u32), have, &mut out).await?;
+                }
+                // No fsync: this is a resumable cache whose digest is checked right below; a
+                // copy lost in a crash is downloaded again.
+            }
+            if sha256_file(&part, &mut buf)? != f.ciphertext_sha256 {
+                let _ = fs::remove_file(&part);
+                return Err(CliError::new(
                     Exit::Integrity,
-                    format!("{t}: {} does not decrypt", f.path.as_str()),
-                )
-                .source(e)
-            })?;
-            if n == 0 {
-                break;
+                    format!(
+                        "{t}: ciphertext of {} does not match the seal",
+                        f.path.as_str()
+                    ),
+                ));
             }
-            h.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .map_err(|e| io("writing", tmp.path(), e))?;
-            n_total += n as u64;
+            Ciphertext::File(part)
+        };
+        let parent = publish(a, t, f, age, &ciphertext, &mut buf)?;
+        // Directory entries are made durable once per directory, before the delivery receipt.
+        dirs.insert(parent);
+        if let Ciphertext::File(part) = &ciphertext {
+            let _ = fs::remove_file(part);
         }
-        if n_total != f.size || Sha256Digest(h.finalize().into()) != f.sha256 {
-            let p = tmp.path().to_owned();
-            crate::cleanup::unregister_with(&p, || drop(tmp));
-            return Err(CliError::new(
-                Exit::Integrity,
-                format!(
-                    "{t}: {} does not match the sender's digest",
-                    f.path.as_str()
-                ),
-            ));
-        }
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| io("syncing", tmp.path(), e))?;
-        let dest = a.output.join(f.path.as_str());
-        let tmp_path = tmp.path().to_owned();
-        let persisted = crate::cleanup::unregister_with(&tmp_path, || {
-            if a.force {
-                tmp.persist(&dest)
-            } else {
-                tmp.persist_noclobber(&dest)
-            }
-        });
-        persisted.map_err(|e| {
-            let exit = if e.error.kind() == io::ErrorKind::AlreadyExists {
-                Exit::Safety
-            } else {
-                Exit::Storage
-            };
-            CliError::new(exit, format!("cannot create {}", dest.display())).source(e.error)
-        })?;
-        File::open(&parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing", &parent, e))?;
-        let _ = fs::remove_file(&part);
         done += f.ciphertext_size;
         plaintext_bytes += f.size;
         events.progress(done, total);
         events.file_done(f.path.as_str());
+    }
+    for d in &dirs {
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing", d, e))?;
     }
     let _ = fs::remove_dir(&work);
     let _ = fs::remove_dir(a.output.join(".rogatory-fetch"));
@@ -518,4 +504,87 @@ async fn fetch_one(
         println!("receipt {}", rpath.display());
     }
     Ok(())
+}
+
+enum Ciphertext {
+    Memory(Vec<u8>),
+    File(PathBuf),
+}
+
+/// Decrypts one file to a temporary file beside its destination, checks size and digest
+/// against the seal, fsyncs, and renames it into place (never over an existing file without
+/// `--force`). Returns the directory it was created in.
+fn publish(
+    a: &FetchArgs,
+    t: TransferId,
+    f: &rogatory_custody::FileEntry,
+    age: &rogatory_envelope::Identity,
+    ciphertext: &Ciphertext,
+    buf: &mut [u8],
+) -> Result<PathBuf> {
+    let parent = safe_parent(&a.output, f.path.as_str())?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rogatory-partial-")
+        .tempfile_in(&parent)
+        .map_err(|e| io("creating a temporary file in", &parent, e))?;
+    crate::cleanup::register(tmp.path());
+    let input: Box<dyn io::BufRead> = match ciphertext {
+        Ciphertext::Memory(b) => Box::new(&b[..]),
+        Ciphertext::File(p) => Box::new(BufReader::with_capacity(
+            64 << 10,
+            File::open(p).map_err(|e| io("reading", p, e))?,
+        )),
+    };
+    let bad =
+        |what: &str| CliError::new(Exit::Integrity, format!("{t}: {} {what}", f.path.as_str()));
+    let mut reader = Decryptor::new(input)
+        .and_then(|d| d.decrypt(std::slice::from_ref(age)))
+        .map_err(|e| bad("cannot be decrypted").source(e))?;
+    let mut h = Sha256::new();
+    let mut n_total = 0u64;
+    let result = loop {
+        let n = match reader.read(buf) {
+            Ok(n) => n,
+            Err(e) => break Err(bad("does not decrypt").source(e)),
+        };
+        if n == 0 {
+            break Ok(());
+        }
+        h.update(&buf[..n]);
+        if let Err(e) = tmp.write_all(&buf[..n]) {
+            break Err(io("writing", tmp.path(), e));
+        }
+        n_total += n as u64;
+    };
+    let result = result.and_then(|()| {
+        if n_total != f.size || Sha256Digest(h.finalize().into()) != f.sha256 {
+            Err(bad("does not match the sender's digest"))
+        } else {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| io("syncing", tmp.path(), e))
+        }
+    });
+    let tmp_path = tmp.path().to_owned();
+    if let Err(e) = result {
+        crate::cleanup::unregister_with(&tmp_path, || drop(tmp));
+        return Err(e);
+    }
+    let dest = a.output.join(f.path.as_str());
+    let persisted = crate::cleanup::unregister_with(&tmp_path, || {
+        if a.force {
+            tmp.persist(&dest)
+        } else {
+            tmp.persist_noclobber(&dest)
+        }
+    });
+    persisted.map_err(|e| {
+        let exit = if e.error.kind() == io::ErrorKind::AlreadyExists {
+            Exit::Safety
+        } else {
+            Exit::Storage
+        };
+        CliError::new(exit, format!("cannot create {}", dest.display())).source(e.error)
+    })?;
+    Ok(parent)
 }

@@ -303,8 +303,10 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
             .join(", ")
     ));
     let mut entries = Vec::new();
+    // One buffer for every file: thousands of small files must not cost an allocation each.
+    let mut buf = vec![0u8; 1 << 20];
     for (i, s) in sources.iter().enumerate() {
-        let (entry, _) = encrypt_one(s, &age_recipients, &spool_path(&dir, i))?;
+        let (entry, _) = encrypt_one(s, &age_recipients, &spool_path(&dir, i), &mut buf)?;
         entries.push(entry);
     }
     let transfer = TransferId::generate();
@@ -332,6 +334,7 @@ fn encrypt_one(
     s: &Source,
     recipients: &[rogatory_envelope::Recipient],
     dest: &Path,
+    buf: &mut [u8],
 ) -> Result<(FileEntry, u64)> {
     let mut input = File::open(&s.path).map_err(|e| {
         CliError::new(Exit::Usage, format!("cannot read {}", s.path.display())).source(e)
@@ -341,17 +344,14 @@ fn encrypt_one(
     let enc = Encryptor::new(recipients)
         .map_err(|e| CliError::new(Exit::Internal, "encryptor").source(e))?;
     let mut w = enc
-        .wrap_output(io::BufWriter::with_capacity(1 << 20, out))
+        .wrap_output(io::BufWriter::with_capacity(64 << 10, out))
         .map_err(|e| {
             CliError::new(Exit::Storage, format!("writing {}", tmp.display())).source(e)
         })?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut n_total = 0u64;
     loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(|e| io("reading", &s.path, e))?;
+        let n = input.read(buf).map_err(|e| io("reading", &s.path, e))?;
         if n == 0 {
             break;
         }

@@ -107,6 +107,8 @@ struct Active {
     files: Vec<FileInfo>,
     tables: Vec<Vec<[u8; 32]>>,
     verified: Vec<bool>,
+    /// Verified tables not yet in the index.
+    unsaved_tables: Vec<u32>,
     received: Vec<u64>,
     durable: Vec<u64>,
     dirty: bool,
@@ -125,6 +127,8 @@ pub struct Relay<S: Storage> {
     policy: Policy,
     clock: Clock,
     active: Mutex<HashMap<TransferId, Arc<Mutex<Active>>>>,
+    /// Files each recipient has fetched to the end, per transfer (until it has all of them).
+    served: Mutex<HashMap<(i64, AgencyId), std::collections::BTreeSet<u32>>>,
 }
 
 impl<S: Storage> std::fmt::Debug for Relay<S> {
@@ -333,6 +337,7 @@ impl<S: Storage> Relay<S> {
             policy: cfg.policy,
             clock: cfg.clock,
             active: Mutex::default(),
+            served: Mutex::default(),
         })
     }
 
@@ -735,6 +740,7 @@ impl<S: Storage> Relay<S> {
                 files,
                 tables,
                 verified,
+                unsaved_tables: Vec::new(),
                 received: durable.to_vec(),
                 durable: durable.to_vec(),
                 dirty: false,
@@ -835,14 +841,10 @@ impl<S: Storage> Relay<S> {
                     format!("file {file}: the piece table does not match piece_root"),
                 ));
             }
-            let blob: Vec<u8> = a.tables[f].iter().flatten().copied().collect();
-            lock(&self.db)
-                .execute(
-                    "UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3",
-                    params![blob, a.row, file as i64],
-                )
-                .map_err(db_err)?;
+            // Stored with the next sync's transaction: one commit for many files, and a table is
+            // on disk no later than the first durable piece it covers.
             a.verified[f] = true;
+            a.unsaved_tables.push(file);
         }
         Ok(())
     }
@@ -914,21 +916,31 @@ impl<S: Storage> Relay<S> {
     pub fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
         let a = self.get_active(&t)?;
         let mut a = lock(&a);
-        if !a.dirty {
+        if !a.dirty && a.unsaved_tables.is_empty() {
             return Ok(a.durable.clone());
         }
-        let path = self.spool(a.row);
-        self.storage.sync(&path).map_err(storage_err)?;
-        crate::failpoint::hit("sync.after_fsync");
-        if !a.named {
-            self.storage
-                .sync_dir(&self.data_dir.join("spool"))
-                .map_err(storage_err)?;
-            a.named = true;
+        if a.dirty {
+            let path = self.spool(a.row);
+            self.storage.sync(&path).map_err(storage_err)?;
+            crate::failpoint::hit("sync.after_fsync");
+            if !a.named {
+                self.storage
+                    .sync_dir(&self.data_dir.join("spool"))
+                    .map_err(storage_err)?;
+                a.named = true;
+            }
         }
         {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
+            for &file in &a.unsaved_tables {
+                let blob: Vec<u8> = a.tables[file as usize].iter().flatten().copied().collect();
+                tx.execute(
+                    "UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3",
+                    params![blob, a.row, i64::from(file)],
+                )
+                .map_err(db_err)?;
+            }
             for (i, (&r, &d)) in a.received.iter().zip(&a.durable).enumerate() {
                 if r != d {
                     tx.execute(
@@ -947,6 +959,7 @@ impl<S: Storage> Relay<S> {
         }
         crate::failpoint::hit("sync.after_commit");
         a.durable = a.received.clone();
+        a.unsaved_tables.clear();
         a.dirty = false;
         Ok(a.durable.clone())
     }
@@ -1107,30 +1120,32 @@ impl<S: Storage> Relay<S> {
     }
 
     /// Records that `agency` fetched file `i` to its end; when it has fetched every file, logs
-    /// one Fetch statement.
+    /// one Fetch statement (once per transfer and agency, recorded in the index).
     pub fn served(
         &self,
         row: &TransferRow,
         agency: &AgencyId,
         i: u32,
     ) -> Result<(), ProtocolError> {
-        let (new, count) = {
-            let db = lock(&self.db);
-            let new = db
-                .execute(
-                    "INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, ?3)",
-                    params![row.row, agency.as_str(), i64::from(i)],
-                )
-                .map_err(db_err)?;
-            let count: i64 = db
-                .query_row(
-                    "SELECT COUNT(*) FROM served WHERE row = ?1 AND agency = ?2",
-                    params![row.row, agency.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?;
-            (new, count as u64)
+        // Progress is kept in memory (no fsync per file fetched); only the completion is
+        // recorded durably, once per (transfer, agency).
+        let complete = {
+            let mut served = lock(&self.served);
+            let set = served.entry((row.row, agency.clone())).or_default();
+            set.insert(i);
+            set.len() as u64 == row.files
         };
+        if !complete {
+            return Ok(());
+        }
+        lock(&self.served).remove(&(row.row, agency.clone()));
+        let new = lock(&self.db)
+            .execute(
+                "INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, -1)",
+                params![row.row, agency.as_str()],
+            )
+            .map_err(db_err)?;
+        let count = row.files;
         if new == 1 && count == row.files {
             let st = Statement::Fetch {
                 head: Head {

@@ -183,6 +183,10 @@ pub struct Upload {
     last_progress: Instant,
     rewinds_in_a_row: u32,
     stats: UploadStats,
+    /// Running totals, so that each event costs O(1) however many files there are.
+    total: u64,
+    durable_total: u64,
+    incomplete: usize,
 }
 
 impl Upload {
@@ -193,7 +197,7 @@ impl Upload {
         cfg: UploadConfig,
         now: Instant,
     ) -> Self {
-        let files = files
+        let files: Vec<SendFile> = files
             .into_iter()
             .map(|layout| SendFile {
                 layout,
@@ -203,6 +207,8 @@ impl Upload {
                 open: false,
             })
             .collect();
+        let total = files.iter().map(|f| f.layout.ciphertext_size).sum();
+        let incomplete = files.len();
         let deadline = now + cfg.answer_timeout;
         Upload {
             cfg,
@@ -219,6 +225,9 @@ impl Upload {
             last_progress: now,
             rewinds_in_a_row: 0,
             stats: UploadStats::default(),
+            total,
+            durable_total: 0,
+            incomplete,
         }
     }
 
@@ -244,15 +253,12 @@ impl Upload {
 
     /// Total ciphertext bytes of the transfer.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.layout.ciphertext_size).sum()
+        self.total
     }
 
     /// Durable ciphertext bytes.
     pub fn durable_bytes(&self) -> u64 {
-        self.files
-            .iter()
-            .map(|f| piece_offset(&f.layout, f.durable))
-            .sum()
+        self.durable_total
     }
 
     /// Caps parallel data streams (the relay's WELCOME `max_data_streams`).
@@ -321,6 +327,12 @@ impl Upload {
             f.durable = d;
             f.sent = d;
         }
+        self.durable_total = self
+            .files
+            .iter()
+            .map(|f| piece_offset(&f.layout, f.durable))
+            .sum();
+        self.incomplete = self.files.iter().filter(|f| f.durable < f.count()).count();
         let skipped = self.durable_bytes();
         self.stats.bytes_skipped = skipped;
         self.events.push_back(UploadEvent::Accepted {
@@ -352,6 +364,7 @@ impl Upload {
         let acked_in_flight = piece_offset(&f.layout, d.pieces.min(f.sent))
             - piece_offset(&f.layout, old.min(f.sent));
         self.in_flight -= acked_in_flight;
+        self.durable_total += piece_offset(&f.layout, d.pieces) - piece_offset(&f.layout, old);
         f.durable = d.pieces;
         // Data from an abandoned stream may have made it after all.
         f.sent = f.sent.max(d.pieces);
@@ -359,6 +372,7 @@ impl Upload {
         if complete {
             // Its stream (finished) needs no reset any more.
             f.open = false;
+            self.incomplete -= 1;
         }
         self.last_progress = now;
         self.rewinds_in_a_row = 0;
@@ -373,9 +387,7 @@ impl Upload {
     }
 
     fn check_all_durable(&mut self, now: Instant) {
-        if self.phase == UploadPhase::AwaitDurable
-            && self.files.iter().all(|f| f.durable == f.count())
-        {
+        if self.phase == UploadPhase::AwaitDurable && self.incomplete == 0 {
             self.phase = UploadPhase::AwaitReceipt;
             self.deadline = now + self.cfg.receipt_timeout;
         }
@@ -603,6 +615,10 @@ pub struct Intake {
     ack_due: Option<Instant>,
     gaps: u64,
     duplicates: u64,
+    /// Files whose durable prefix grew since the last DURABLE, and files not yet complete:
+    /// each event costs O(1) however many files a transfer has.
+    unacked: Vec<u32>,
+    incomplete: usize,
 }
 
 impl Intake {
@@ -632,11 +648,17 @@ impl Intake {
             transfer,
             durable: files.iter().map(|f| f.durable).collect(),
         };
+        let incomplete = files
+            .iter()
+            .filter(|f| f.durable < f.layout.count())
+            .count();
         let mut me = Intake {
             cfg,
             transfer,
             phase: IntakePhase::AwaitPieces,
             files,
+            incomplete,
+            unacked: Vec::new(),
             out: VecDeque::from([Frame::Accept(accept)]),
             ack_due: None,
             gaps: 0,
@@ -758,7 +780,16 @@ impl Intake {
                 "durable: out of range",
             ));
         }
+        if pieces == f.durable {
+            return Ok(());
+        }
+        if f.durable == f.acked {
+            self.unacked.push(file);
+        }
         f.durable = pieces;
+        if pieces == f.layout.count() {
+            self.incomplete -= 1;
+        }
         let due = if pieces == f.layout.count() {
             now
         } else {
@@ -770,9 +801,7 @@ impl Intake {
     }
 
     fn check_all_durable(&mut self) {
-        if self.phase == IntakePhase::AwaitPieces
-            && self.files.iter().all(|f| f.durable == f.layout.count())
-        {
+        if self.phase == IntakePhase::AwaitPieces && self.incomplete == 0 {
             self.phase = IntakePhase::AwaitReceipt;
         }
     }
@@ -796,11 +825,12 @@ impl Intake {
     }
 
     fn flush_acks(&mut self) {
-        for (i, f) in self.files.iter_mut().enumerate() {
+        for i in self.unacked.drain(..) {
+            let f = &mut self.files[i as usize];
             if f.durable > f.acked {
                 f.acked = f.durable;
                 self.out.push_back(Frame::Durable(Durable {
-                    file: i as u32,
+                    file: i,
                     pieces: f.durable,
                 }));
             }
