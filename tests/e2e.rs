@@ -337,3 +337,113 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         .count();
     assert_eq!(rejections, 2, "fetch by agency-c and the policy refusal");
 }
+
+#[test]
+fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ok = |o: std::process::Output| {
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        o
+    };
+    ok(run(
+        d,
+        &[
+            "--home",
+            "A",
+            "agency",
+            "init",
+            "--id",
+            "agency-a",
+            "--name",
+            "A",
+            "--jurisdiction",
+            "XA",
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "init",
+            "--id",
+            "agency-b",
+            "--name",
+            "B",
+            "--jurisdiction",
+            "XB",
+        ],
+    ));
+    let fp = |h: &str| {
+        String::from_utf8(run(d, &["--home", h, "agency", "fingerprint"]).stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+    ok(run(
+        d,
+        &[
+            "--home",
+            "A",
+            "trust",
+            "add",
+            "B/card.note",
+            "--fingerprint",
+            &fp("B"),
+        ],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "trust",
+            "add",
+            "A/card.note",
+            "--fingerprint",
+            &fp("A"),
+        ],
+    ));
+    let bulk = d.join("bulk");
+    for i in 0..5000u32 {
+        let dir = bulk.join(format!("d{:02}", i % 50));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join(format!("f{i:05}.txt")),
+            format!("exhibit {i}\n").repeat(1 + (i as usize % 40)),
+        )
+        .expect("w");
+    }
+    let r = relay(d, "B", None);
+    let t0 = std::time::Instant::now();
+    let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["bulk"]));
+    let send_secs = t0.elapsed().as_secs_f64();
+    let summary = json_lines(&o).pop().expect("summary");
+    assert_eq!(summary["files"], 5000);
+    let transfer = summary["transfer_id"].as_str().expect("id").to_owned();
+    // One custody receipt covers all of them.
+    let log = rogatory_relay::logfile::read_records(&d.join("B/relay/audit.log")).expect("log");
+    assert_eq!(
+        log.records
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.entry).contains("custody-receipt"))
+            .count(),
+        1
+    );
+    let t0 = std::time::Instant::now();
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    ));
+    let fetch_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(tree(&d.join("out/bulk")), tree(&bulk));
+    eprintln!(
+        "bulk 5000 files (debug build): send {:.0} files/s, fetch {:.0} files/s",
+        5000.0 / send_secs,
+        5000.0 / fetch_secs
+    );
+}
