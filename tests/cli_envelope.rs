@@ -323,11 +323,14 @@ fn demo_runs_and_cleans_up() {
     let o = run(dir.path(), &["demo"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("(match)"), "{out}");
-    assert!(
-        out.contains("tampered copy       refused (exit 3)"),
-        "{out}"
+    assert!(out.contains("every SHA-256 equal to the original"), "{out}");
+    assert!(out.contains("state delivered"), "{out}");
+    assert_eq!(
+        out.matches("signature ok").count(),
+        2,
+        "both receipts verify: {out}"
     );
+    assert!(out.contains("relay scrub: exit 3"), "{out}");
     let demo_dir = out
         .lines()
         .next()
