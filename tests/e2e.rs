@@ -327,6 +327,38 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         s.contains("state delivered") && s.contains("Delivery"),
         "{s}"
     );
+    // Every receipt verifies offline against the trust store; the relay's log verifies, and
+    // stops verifying after one byte of it changes (exit 3).
+    let receipts: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|h| {
+            std::fs::read_dir(d.join(h).join("receipts"))
+                .expect("receipts")
+                .map(|e| e.expect("e").path().display().to_string())
+        })
+        .collect();
+    assert_eq!(receipts.len(), 3, "custody (A and B) and delivery (B)");
+    let mut args = vec!["--home", "A", "verify"];
+    args.extend(receipts.iter().map(String::as_str));
+    let o = ok(run(d, &args));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).matches(": ok: ").count(),
+        3
+    );
+    ok(run(d, &["--home", "B", "audit", "verify"]));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "A",
+            "audit",
+            "--agency",
+            "agency-b",
+            "--log",
+            "B/relay/audit.log",
+            "verify",
+        ],
+    ));
     // Each refusal left an audit entry: rejections for C's fetch, Z never reached the
     // application (TLS), and the policy refusal.
     let log = rogatory_relay::logfile::read_records(&d.join("B/relay/audit.log")).expect("log");
@@ -336,6 +368,14 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         .filter(|r| String::from_utf8_lossy(&r.entry).contains("rejection"))
         .count();
     assert_eq!(rejections, 2, "fetch by agency-c and the policy refusal");
+    drop(r);
+    let p = d.join("B/relay/audit.log");
+    let mut b = std::fs::read(&p).expect("log");
+    let n = b.len() / 3;
+    b[n] ^= 0x20;
+    std::fs::write(&p, b).expect("write");
+    let o = run(d, &["--home", "B", "audit", "verify"]);
+    assert_eq!(code(&o), 3, "a changed byte is tampering: {}", stderr(&o));
 }
 
 #[test]

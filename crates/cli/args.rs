@@ -46,6 +46,14 @@ pub(crate) enum Command {
     Inbox(InboxArgs),
     /// Download, verify and decrypt transfers into a directory; send the delivery receipt.
     Fetch(FetchArgs),
+    /// Verify receipts, signed statements, checkpoints and cards offline; print what each proves.
+    Verify {
+        /// Files to verify.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Check, show or export the relay's audit log.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -260,4 +268,37 @@ pub(crate) struct FetchArgs {
     /// Transfer ids.
     #[arg(value_name = "TRANSFER_ID")]
     pub(crate) transfers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// The audit log file (default: this home's relay log).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub(crate) log: Option<PathBuf>,
+    /// Whose log it is (a trusted agency; default: this agency).
+    #[arg(long, value_name = "ID", global = true)]
+    pub(crate) agency: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Recompute the log's Merkle tree and check every signed checkpoint (exit 3 on tampering).
+    Verify,
+    /// Print the entries (optionally of one transfer).
+    Show {
+        /// Only entries about this transfer.
+        #[arg(long, value_name = "ID")]
+        transfer: Option<String>,
+    },
+    /// Write the entries (optionally of one transfer) and the latest checkpoint as JSON Lines.
+    Export {
+        /// Only entries about this transfer.
+        #[arg(long, value_name = "ID")]
+        transfer: Option<String>,
+        /// Output file (never overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }

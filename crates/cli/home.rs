@@ -172,7 +172,10 @@ pub(crate) fn read_card(p: &Path) -> Result<rogatory_custody::Verified<AgencyCar
 /// Writes a new file atomically (temp, fsync, rename, fsync dir) with `mode`; never replaces
 /// an existing file unless `replace`.
 pub(crate) fn write_file(p: &Path, data: &[u8], mode: u32, replace: bool) -> Result<()> {
-    let dir = p.parent().unwrap_or(Path::new("."));
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
     if !replace && p.exists() {
         return Err(CliError::new(

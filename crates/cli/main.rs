@@ -19,6 +19,7 @@ mod keygen;
 mod output;
 mod relay_cmd;
 mod send;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -79,6 +80,8 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Status(a) => relay_cmd::status(&home()?, &a),
         Command::Inbox(a) => fetch::inbox(&home()?, &a, events),
         Command::Fetch(a) => fetch::fetch(&home()?, &a, events),
+        Command::Verify { files } => verify::verify(&home()?, &files, events),
+        Command::Audit(a) => verify::audit(&home()?, &a, events),
     }
 }
 
