@@ -296,6 +296,37 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(stderr(&o).contains("legal_basis"), "{}", stderr(&o));
 
+    // TESTS.md 58: a symbolic link in the output directory, named like an incoming file or
+    // standing for a parent directory, is never followed (exit 8, nothing written outside).
+    let outside = d.join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::create_dir_all(d.join("trap1/case-7")).expect("mkdir");
+    std::os::unix::fs::symlink(outside.join("x"), d.join("trap1/case-7/\u{fc}ber.txt"))
+        .expect("symlink");
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "trap1",
+        ],
+    );
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    std::fs::create_dir_all(d.join("trap2")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, d.join("trap2/case-7")).expect("symlink");
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "trap2",
+        ],
+    );
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert!(
+        std::fs::read_dir(&outside)
+            .expect("outside")
+            .next()
+            .is_none(),
+        "nothing written outside"
+    );
+
     // The recipient lists and fetches: byte-exact, then the delivery receipt is visible.
     let o = ok(run(d, &["--home", "B", "inbox", "--relay", &r.1]));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&transfer));

@@ -54,6 +54,13 @@ pub(crate) enum Command {
     },
     /// Check, show or export the relay's audit log.
     Audit(AuditArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout.
+    Man,
 }
 
 #[derive(Debug, Args)]

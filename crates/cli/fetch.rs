@@ -219,17 +219,17 @@ fn sha256_file(p: &Path, buf: &mut [u8]) -> Result<Sha256Digest> {
 }
 
 pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
-    let identity = home.identity()?;
-    let age = identity.age_identity().cloned().ok_or_else(|| {
-        CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
-            .hint("fetch from the agency's analyst home")
-    })?;
     if a.transfers.is_empty() && !a.all {
         return Err(CliError::new(
             Exit::Usage,
             "name the transfers to fetch, or pass --all",
         ));
     }
+    let identity = home.identity()?;
+    let age = identity.age_identity().cloned().ok_or_else(|| {
+        CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
+            .hint("fetch from the agency's analyst home")
+    })?;
     let wanted: Vec<TransferId> = a
         .transfers
         .iter()

@@ -82,6 +82,19 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Fetch(a) => fetch::fetch(&home()?, &a, events),
         Command::Verify { files } => verify::verify(&home()?, &files, events),
         Command::Audit(a) => verify::audit(&home()?, &a, events),
+        Command::Completions { shell } => {
+            let mut cmd = <args::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rogatory", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <args::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| {
+                    error::CliError::new(error::Exit::Storage, "writing the manual page").source(e)
+                })
+        }
     }
 }
 
