@@ -265,7 +265,17 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
             ],
         ));
     }
-    let r = relay(d, "B", None);
+    // agency-b's relay runs from an exported home that holds no age identity.
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+    assert!(
+        !std::fs::read_to_string(d.join("B-relay/identity.txt"))
+            .expect("id")
+            .contains("AGE-SECRET-KEY")
+    );
+    let r = relay(d, "B-relay", None);
     let case = d.join("case-7");
     std::fs::create_dir_all(case.join("a/b")).expect("mkdir");
     std::fs::write(case.join("a/b/photo 1.jpg"), vec![0xd8u8; 300_000]).expect("w");
@@ -376,7 +386,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         String::from_utf8_lossy(&o.stdout).matches(": ok: ").count(),
         3
     );
-    ok(run(d, &["--home", "B", "audit", "verify"]));
+    ok(run(d, &["--home", "B-relay", "audit", "verify"]));
     ok(run(
         d,
         &[
@@ -386,13 +396,14 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
             "--agency",
             "agency-b",
             "--log",
-            "B/relay/audit.log",
+            "B-relay/relay/audit.log",
             "verify",
         ],
     ));
     // Each refusal left an audit entry: rejections for C's fetch, Z never reached the
     // application (TLS), and the policy refusal.
-    let log = rogatory_relay::logfile::read_records(&d.join("B/relay/audit.log")).expect("log");
+    let log =
+        rogatory_relay::logfile::read_records(&d.join("B-relay/relay/audit.log")).expect("log");
     let rejections = log
         .records
         .iter()
@@ -400,12 +411,12 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         .count();
     assert_eq!(rejections, 2, "fetch by agency-c and the policy refusal");
     drop(r);
-    let p = d.join("B/relay/audit.log");
+    let p = d.join("B-relay/relay/audit.log");
     let mut b = std::fs::read(&p).expect("log");
     let n = b.len() / 3;
     b[n] ^= 0x20;
     std::fs::write(&p, b).expect("write");
-    let o = run(d, &["--home", "B", "audit", "verify"]);
+    let o = run(d, &["--home", "B-relay", "audit", "verify"]);
     assert_eq!(code(&o), 3, "a changed byte is tampering: {}", stderr(&o));
 }
 

@@ -172,3 +172,51 @@ pub(crate) fn trust_remove(home: &Home, id: &str) -> Result<()> {
         Err(e) => Err(crate::error::io("removing", &p, e)),
     }
 }
+
+/// Writes a relay home for this agency without its age identity (`docs/cli.md`).
+pub(crate) fn export_relay(home: &Home, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Err(CliError::new(
+            Exit::Safety,
+            format!("{} already exists", dir.display()),
+        ));
+    }
+    let identity = home.identity()?.relay_only();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let to = Home {
+        root: dir.to_owned(),
+    };
+    let copy = |rel: &str, mode: u32| -> Result<()> {
+        let src = home.path(rel);
+        if !src.exists() {
+            return Ok(());
+        }
+        let b = std::fs::read(&src).map_err(|e| crate::error::io("reading", &src, e))?;
+        write_file(&to.path(rel), &b, mode, false)
+    };
+    write_file(
+        &to.path("identity.txt"),
+        identity.to_secret_text(&now).as_bytes(),
+        0o600,
+        false,
+    )?;
+    copy("tls/key.pem", 0o600)?;
+    for f in ["tls/cert.pem", "tls/ca.pem", "tls/crl.pem", "card.note"] {
+        copy(f, 0o644)?;
+    }
+    if let Ok(rd) = std::fs::read_dir(home.path("trust")) {
+        for e in rd.flatten() {
+            if let Some(name) = e.file_name().to_str() {
+                copy(&format!("trust/{name}"), 0o644)?;
+            }
+        }
+    }
+    println!(
+        "relay home for {} written to {} (no age identity)",
+        identity.id(),
+        dir.display()
+    );
+    Ok(())
+}

@@ -142,6 +142,13 @@ pub(crate) enum AgencyCommand {
         /// A card file (default: this agency's own).
         card: Option<PathBuf>,
     },
+    /// Create a home for this agency's relay that holds no age identity: the signing key, TLS
+    /// key and certificate, card and trusted cards only.
+    ExportRelay {
+        /// The new home (must not exist).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

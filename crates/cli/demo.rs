@@ -230,9 +230,20 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     println!("agencies            demo-police-a (DE) {fa}");
     println!("                    demo-prosecutor-b (FR) {fb}");
 
-    // 2. B's relay on 127.0.0.1.
+    // 2. B's relay on 127.0.0.1, from a home that holds no age identity.
+    d.run(
+        "agency export-relay",
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    )?;
     let mut child = d
-        .cmd(&["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
+        .cmd(&[
+            "--home",
+            "B-relay",
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -251,7 +262,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let addr =
         addr.ok_or_else(|| CliError::new(Exit::Internal, "demo: the relay did not start"))?;
     println!(
-        "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, X25519MLKEM768)"
+        "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, X25519MLKEM768)\n                    run from B-relay/, a home without the age key"
     );
 
     // 3. A sends the evidence folder with its legal metadata.
@@ -349,7 +360,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     // 6. Stop the relay (SIGTERM-equivalent shutdown is covered by the tests), flip one byte of
     //    the stored ciphertext, and let scrub find it.
     drop(relay);
-    let inbox_dir = d.path("B/relay/inbox");
+    let inbox_dir = d.path("B-relay/relay/inbox");
     let pack = fs::read_dir(&inbox_dir)
         .ok()
         .and_then(|mut r| r.find_map(|e| e.ok().map(|e| e.path())))
@@ -359,7 +370,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     b[mid] ^= 0x01;
     fs::write(&pack, &b).map_err(|e| crate::error::io("writing", &pack, e))?;
     let o = d
-        .cmd(&["--home", "B", "relay", "scrub"])
+        .cmd(&["--home", "B-relay", "relay", "scrub"])
         .output()
         .map_err(|e| CliError::new(Exit::Internal, "demo: scrub").source(e))?;
     if o.status.code() != Some(3) {
