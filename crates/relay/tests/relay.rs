@@ -303,7 +303,10 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         &sa,
         &t.offer(),
         t.layouts.clone(),
-        Default::default(),
+        rogatory_transport::upload::UploadConfig {
+            window: 4 << 20,
+            ..Default::default()
+        },
         &mut src,
         |e| {
             if let UploadEvent::Progress { durable, .. } = e {

@@ -204,11 +204,17 @@ async fn interrupted_upload_resumes_from_the_durable_prefix() {
     // Cut the connection once 8 MiB are durable.
     let conn = s.conn.clone();
     let mut src = files.clone();
+    // A 4 MiB window: the sender cannot get far ahead of the durable prefix, so the cut always
+    // lands mid-transfer.
+    let small_window = UploadConfig {
+        window: 4 << 20,
+        ..UploadConfig::default()
+    };
     let r = upload(
         &s,
         &offer(t),
         files.layouts.clone(),
-        UploadConfig::default(),
+        small_window,
         &mut src,
         |e| {
             if let UploadEvent::Progress { durable, .. } = e {
