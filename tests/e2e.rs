@@ -160,6 +160,31 @@ fn send_a_folder_with_json_events_and_rerun_without_resending() {
     assert_eq!(again["transfer_id"], transfer.as_str());
     assert_eq!(again["bytes_sent"], 0);
 
+    // `send --resume ID` finds the spooled transfer without the paths.
+    let o = run(
+        d,
+        &[
+            "--home", "A", "--json", "send", "--relay", &r.1, "--resume", &transfer,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let resumed = json_lines(&o).pop().expect("summary");
+    assert_eq!(resumed["transfer_id"], transfer.as_str());
+    assert_eq!(resumed["bytes_sent"], 0);
+    let o = run(
+        d,
+        &[
+            "--home",
+            "A",
+            "send",
+            "--relay",
+            &r.1,
+            "--resume",
+            "0123456789abcdef0123456789abcdef",
+        ],
+    );
+    assert_eq!(code(&o), 2, "unknown transfer: {}", stderr(&o));
+
     // A relay-only home holds no age identity: it cannot fetch and decrypt (exit 4).
     let o = run(
         d,

@@ -244,8 +244,11 @@ pub(crate) struct SendArgs {
     /// More legal metadata (TOML with the manifest's legal field names).
     #[arg(long, value_name = "FILE.toml")]
     pub(crate) meta: Option<PathBuf>,
+    /// Resume the transfer with this id from its spool (no paths needed).
+    #[arg(long, value_name = "TRANSFER_ID", conflicts_with_all = ["to", "paths", "case", "legal_basis", "purpose", "retain_until", "classification", "meta"])]
+    pub(crate) resume: Option<String>,
     /// Files and directories (recursive).
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "resume", value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,
 }
 

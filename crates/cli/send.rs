@@ -448,6 +448,33 @@ fn load(dir: &Path) -> Result<Prepared> {
     })
 }
 
+/// The spooled, sealed transfer `id` under `outbox/` (`send --resume`).
+fn find_spooled(home: &Home, id: &str) -> Result<Prepared> {
+    let t: TransferId = id
+        .parse()
+        .map_err(|_| CliError::new(Exit::Usage, format!("{id:?} is not a transfer id")))?;
+    let outbox = home.path("outbox");
+    let dirs = fs::read_dir(&outbox).map_err(|e| {
+        CliError::new(Exit::Usage, format!("no sends in {}", outbox.display())).source(e)
+    })?;
+    for e in dirs.flatten() {
+        let dir = e.path();
+        let Ok(json) = fs::read(dir.join("manifest.json")) else {
+            continue;
+        };
+        if !dir.join("seal.note").exists() {
+            continue;
+        }
+        if Manifest::parse(&json).is_ok_and(|m| m.transfer_id == t) {
+            return load(&dir);
+        }
+    }
+    Err(CliError::new(
+        Exit::Usage,
+        format!("transfer {t} is not in {}", outbox.display()),
+    ))
+}
+
 struct Spool {
     files: Vec<File>,
     layouts: Vec<PieceLayout>,
@@ -487,10 +514,15 @@ impl PieceSource for Spool {
 }
 
 pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
-    if a.to.is_empty() {
-        return Err(CliError::new(Exit::Usage, "no recipient").hint("pass --to AGENCY"));
-    }
-    let p = prepare(home, a, events)?;
+    let p = match &a.resume {
+        Some(id) => find_spooled(home, id)?,
+        None => {
+            if a.to.is_empty() {
+                return Err(CliError::new(Exit::Usage, "no recipient").hint("pass --to AGENCY"));
+            }
+            prepare(home, a, events)?
+        }
+    };
     let store = home.trust_store()?;
     let peer_trust = home.peer_trust(&store)?;
     let tls = home.tls()?;
