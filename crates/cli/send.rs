@@ -305,9 +305,11 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
     let mut entries = Vec::new();
     // One buffer for every file: thousands of small files must not cost an allocation each.
     let mut buf = vec![0u8; 1 << 20];
+    let mut tables = Vec::new();
     for (i, s) in sources.iter().enumerate() {
-        let (entry, _) = encrypt_one(s, &age_recipients, &spool_path(&dir, i), &mut buf)?;
+        let (entry, table) = encrypt_one(s, &age_recipients, &spool_path(&dir, i), &mut buf)?;
         entries.push(entry);
+        tables.push(table);
     }
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
@@ -327,7 +329,32 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
     write_file(&dir.join("manifest.json"), &json, 0o600, true)?;
     // The seal is written last: its presence means the spool is complete.
     write_file(&dir.join("seal.note"), seal.as_bytes(), 0o600, true)?;
-    load(&dir)
+    // Sources are sorted like the manifest's files, so spool file i is manifest file i and the
+    // tables just computed need no second pass over the spool (a resumed run re-checks it).
+    if !manifest
+        .files
+        .iter()
+        .zip(&sources)
+        .all(|(f, s)| f.path == s.rel)
+    {
+        return load(&dir);
+    }
+    let layouts = manifest
+        .files
+        .iter()
+        .map(|f| piece_layout(f.size, f.ciphertext_size))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| CliError::new(Exit::Internal, "manifest sizes"))?;
+    Ok(Prepared {
+        dir,
+        transfer,
+        manifest_json: String::from_utf8(json)
+            .map_err(|_| CliError::new(Exit::Internal, "manifest is not UTF-8"))?,
+        manifest,
+        seal,
+        layouts,
+        tables,
+    })
 }
 
 fn encrypt_one(
@@ -335,7 +362,7 @@ fn encrypt_one(
     recipients: &[rogatory_envelope::Recipient],
     dest: &Path,
     buf: &mut [u8],
-) -> Result<(FileEntry, u64)> {
+) -> Result<(FileEntry, Vec<[u8; 32]>)> {
     let mut input = File::open(&s.path).map_err(|e| {
         CliError::new(Exit::Usage, format!("cannot read {}", s.path.display())).source(e)
     })?;
@@ -387,7 +414,7 @@ fn encrypt_one(
         ciphertext_sha256: ct_sha,
         piece_root: root,
     };
-    Ok((entry, ct_len))
+    Ok((entry, table))
 }
 
 /// Leaf hashes of every piece and the SHA-256 of the whole file.

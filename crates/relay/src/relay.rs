@@ -103,6 +103,8 @@ struct FileInfo {
 #[derive(Debug)]
 struct Active {
     row: i64,
+    /// The pack file in the spool (computed once, not per piece).
+    spool: PathBuf,
     sender: AgencyId,
     files: Vec<FileInfo>,
     tables: Vec<Vec<[u8; 32]>>,
@@ -736,6 +738,7 @@ impl<S: Storage> Relay<S> {
             row.transfer,
             Arc::new(Mutex::new(Active {
                 row: row.row,
+                spool: self.spool(row.row),
                 sender: row.sender.clone(),
                 files,
                 tables,
@@ -880,9 +883,8 @@ impl<S: Storage> Relay<S> {
             .range(piece)
             .ok_or_else(|| perr(ErrorCode::PROTOCOL_VIOLATION, "piece out of range"))?;
         let off = info.base + range.start;
-        let path = self.spool(a.row);
         self.storage
-            .write_at(&path, off, bytes)
+            .write_at(&a.spool, off, bytes)
             .map_err(storage_err)?;
         crate::failpoint::hit("store.after_write");
         a.received[f] = a.received[f].max(piece + 1);
@@ -920,8 +922,7 @@ impl<S: Storage> Relay<S> {
             return Ok(a.durable.clone());
         }
         if a.dirty {
-            let path = self.spool(a.row);
-            self.storage.sync(&path).map_err(storage_err)?;
+            self.storage.sync(&a.spool).map_err(storage_err)?;
             crate::failpoint::hit("sync.after_fsync");
             if !a.named {
                 self.storage
