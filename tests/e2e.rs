@@ -5,40 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-struct Relay(Child, String);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn relay(dir: &Path, home: &str, policy: Option<&str>) -> Relay {
-    let mut cmd = Command::new(bin());
-    cmd.args(["--home", home, "relay", "serve", "--listen", "127.0.0.1:0"]);
-    if let Some(p) = policy {
-        cmd.args(["--policy", p]);
-    }
-    let mut child = cmd
-        .current_dir(dir)
-        .env("ROGATORY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
-    Relay(child, addr)
+fn relay(dir: &Path, home: &str, _policy: Option<&str>) -> RelayProcess {
+    start_relay(dir, home)
 }
 
 fn send(
@@ -205,90 +177,17 @@ fn send_a_folder_with_json_events_and_rerun_without_resending() {
 fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    let ok = |o: std::process::Output| {
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        o
-    };
-    // Full identities for both agencies (B's analysts fetch from B's own relay).
-    ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "agency",
-            "init",
-            "--id",
-            "agency-a",
-            "--name",
-            "A",
-            "--jurisdiction",
-            "XA",
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "B",
-            "agency",
-            "init",
-            "--id",
-            "agency-b",
-            "--name",
-            "B",
-            "--jurisdiction",
-            "XB",
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "C",
-            "agency",
-            "init",
-            "--id",
-            "agency-c",
-            "--name",
-            "C",
-            "--jurisdiction",
-            "XC",
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "Z",
-            "agency",
-            "init",
-            "--id",
-            "agency-z",
-            "--name",
-            "Z",
-            "--jurisdiction",
-            "XZ",
-        ],
-    ));
-    let fp = |h: &str| {
-        String::from_utf8(run(d, &["--home", h, "agency", "fingerprint"]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
+    // Full identities: B's analysts fetch; C is another trusted agency; Z is unknown to B.
+    for (home, id) in [
+        ("A", "agency-a"),
+        ("B", "agency-b"),
+        ("C", "agency-c"),
+        ("Z", "agency-z"),
+    ] {
+        agency(d, home, id, false);
+    }
     for (home, other) in [("A", "B"), ("B", "A"), ("B", "C"), ("C", "B"), ("Z", "B")] {
-        ok(run(
-            d,
-            &[
-                "--home",
-                home,
-                "trust",
-                "add",
-                &format!("{other}/card.note"),
-                "--fingerprint",
-                &fp(other),
-            ],
-        ));
+        trust(d, home, other);
     }
     // agency-b's relay runs from an exported home that holds no age identity.
     ok(run(
@@ -449,70 +348,10 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
 fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    let ok = |o: std::process::Output| {
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        o
-    };
-    ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "agency",
-            "init",
-            "--id",
-            "agency-a",
-            "--name",
-            "A",
-            "--jurisdiction",
-            "XA",
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "B",
-            "agency",
-            "init",
-            "--id",
-            "agency-b",
-            "--name",
-            "B",
-            "--jurisdiction",
-            "XB",
-        ],
-    ));
-    let fp = |h: &str| {
-        String::from_utf8(run(d, &["--home", h, "agency", "fingerprint"]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
-    ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "trust",
-            "add",
-            "B/card.note",
-            "--fingerprint",
-            &fp("B"),
-        ],
-    ));
-    ok(run(
-        d,
-        &[
-            "--home",
-            "B",
-            "trust",
-            "add",
-            "A/card.note",
-            "--fingerprint",
-            &fp("A"),
-        ],
-    ));
+    agency(d, "A", "agency-a", false);
+    agency(d, "B", "agency-b", false);
+    trust(d, "A", "B");
+    trust(d, "B", "A");
     let bulk = d.join("bulk");
     for i in 0..5000u32 {
         let dir = bulk.join(format!("d{:02}", i % 50));

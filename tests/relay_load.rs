@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -38,19 +37,8 @@ fn fifty_concurrent_senders_of_64_mib() {
         let data: Vec<u8> = (0..mib << 20).map(|j| (j as u8) ^ (i as u8)).collect();
         std::fs::write(f.join("evidence.bin"), data).expect("write");
     }
-    let mut relay = Command::new(bin())
-        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .env("ROGATORY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay");
-    let mut line = String::new();
-    BufReader::new(relay.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let relay = start_relay(d, "B");
+    let addr = relay.1.clone();
     let start = Instant::now();
     let children: Vec<_> = (0..senders)
         .map(|i| {
@@ -80,9 +68,8 @@ fn fifty_concurrent_senders_of_64_mib() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let secs = start.elapsed().as_secs_f64();
-    let rss = peak_rss_kib(relay.id());
-    let _ = relay.kill();
-    let _ = relay.wait();
+    let rss = peak_rss_kib(relay.0.id());
+    drop(relay);
     let receipts = std::fs::read_dir(d.join("A/receipts"))
         .expect("receipts")
         .count();

@@ -70,70 +70,92 @@ pub fn assert_failed_cleanly(o: &Output, want: i32, dir: &Path, allowed: &[&str]
     assert_eq!(listing(dir), allowed, "no partial or temporary output left");
 }
 
+/// Asserts exit 0 and returns the output.
+pub fn ok(o: Output) -> Output {
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o
+}
+
+/// `agency init` in `home` (`relay_only`: no age identity).
+pub fn agency(dir: &Path, home: &str, id: &str, relay_only: bool) {
+    let mut args = vec![
+        "--home",
+        home,
+        "agency",
+        "init",
+        "--id",
+        id,
+        "--name",
+        id,
+        "--jurisdiction",
+        "XX",
+    ];
+    if relay_only {
+        args.push("--relay-only");
+    }
+    ok(run(dir, &args));
+}
+
+/// The fingerprint of the agency in `home`.
+pub fn fingerprint(dir: &Path, home: &str) -> String {
+    String::from_utf8(ok(run(dir, &["--home", home, "agency", "fingerprint"])).stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// `home` trusts the card of the agency in `other`, by its fingerprint.
+pub fn trust(dir: &Path, home: &str, other: &str) {
+    let fp = fingerprint(dir, other);
+    ok(run(
+        dir,
+        &[
+            "--home",
+            home,
+            "trust",
+            "add",
+            &format!("{other}/card.note"),
+            "--fingerprint",
+            &fp,
+        ],
+    ));
+}
+
 /// Two agencies in `dir`: `A` (agency-a, full identity) and `B` (agency-b, relay-only), each
 /// trusting the other's card by its fingerprint.
 pub fn two_agencies(dir: &Path) {
-    let ok = |o: Output| assert_eq!(code(&o), 0, "{}", stderr(&o));
-    ok(run(
-        dir,
-        &[
-            "--home",
-            "A",
-            "agency",
-            "init",
-            "--id",
-            "agency-a",
-            "--name",
-            "Agency A",
-            "--jurisdiction",
-            "XA",
-        ],
-    ));
-    ok(run(
-        dir,
-        &[
-            "--home",
-            "B",
-            "agency",
-            "init",
-            "--id",
-            "agency-b",
-            "--name",
-            "Agency B",
-            "--jurisdiction",
-            "XB",
-            "--relay-only",
-        ],
-    ));
-    let fp = |home: &str| {
-        String::from_utf8(run(dir, &["--home", home, "agency", "fingerprint"]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
-    let (fa, fb) = (fp("A"), fp("B"));
-    ok(run(
-        dir,
-        &[
-            "--home",
-            "A",
-            "trust",
-            "add",
-            "B/card.note",
-            "--fingerprint",
-            &fb,
-        ],
-    ));
-    ok(run(
-        dir,
-        &[
-            "--home",
-            "B",
-            "trust",
-            "add",
-            "A/card.note",
-            "--fingerprint",
-            &fa,
-        ],
-    ));
+    agency(dir, "A", "agency-a", false);
+    agency(dir, "B", "agency-b", true);
+    trust(dir, "A", "B");
+    trust(dir, "B", "A");
+}
+
+/// A relay process (`relay serve` on 127.0.0.1:0) and its address; killed on drop.
+pub struct RelayProcess(pub std::process::Child, pub String);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `relay serve` from `home` and waits until it listens.
+pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["--home", home, "relay", "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env("ROGATORY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    RelayProcess(child, addr)
 }
