@@ -66,12 +66,19 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn send_a_folder_with_json_events_and_rerun_without_resending() {
+fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    two_agencies(d);
-    // The relay runs from agency-b's relay-only home.
-    let r = relay(d, "B", None);
+    agency(d, "A", "agency-a", false);
+    agency(d, "B", "agency-b", false);
+    trust(d, "A", "B");
+    trust(d, "B", "A");
+    // The relay runs from a home of agency-b without its age identity.
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+    let r = relay(d, "B-relay", None);
 
     let case = d.join("case 42");
     std::fs::create_dir_all(case.join("sub dir/deeper")).expect("mkdir");
@@ -157,11 +164,11 @@ fn send_a_folder_with_json_events_and_rerun_without_resending() {
     );
     assert_eq!(code(&o), 2, "unknown transfer: {}", stderr(&o));
 
-    // A relay-only home holds no age identity: it cannot fetch and decrypt (exit 4).
+    // The relay's home holds no age identity: it cannot fetch and decrypt (exit 4).
     let o = run(
         d,
         &[
-            "--home", "B", "fetch", "--relay", &r.1, "--all", "-o", "out",
+            "--home", "B-relay", "fetch", "--relay", &r.1, "--all", "-o", "out",
         ],
     );
     assert_eq!(
@@ -170,7 +177,40 @@ fn send_a_folder_with_json_events_and_rerun_without_resending() {
         "a relay-only home cannot decrypt: {}",
         stderr(&o)
     );
+
+    // The recipient fetches: byte-exact.
+    ok(run(
+        d,
+        &[
+            "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    ));
+    assert_eq!(tree(&d.join("out/case 42")), tree(&case));
+    // Every receipt verifies against the trust store; the relay's log verifies, and stops
+    // verifying after one byte of it changes.
+    let mut args = vec!["--home", "A", "verify"];
+    let receipts: Vec<String> = ["A", "B"]
+        .iter()
+        .flat_map(|h| {
+            std::fs::read_dir(d.join(h).join("receipts"))
+                .expect("receipts")
+                .map(|e| e.expect("e").path().display().to_string())
+        })
+        .collect();
+    args.extend(receipts.iter().map(String::as_str));
+    let o = ok(run(d, &args));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).matches(": ok: ").count(),
+        receipts.len()
+    );
+    ok(run(d, &["--home", "B-relay", "audit", "verify"]));
     drop(r);
+    let p = d.join("B-relay/relay/audit.log");
+    let mut b = std::fs::read(&p).expect("log");
+    let n = b.len() / 2;
+    b[n] ^= 0x01;
+    std::fs::write(&p, b).expect("write");
+    assert_eq!(code(&run(d, &["--home", "B-relay", "audit", "verify"])), 3);
 }
 
 #[test]
