@@ -364,8 +364,8 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
             "verify",
         ],
     ));
-    // Each refusal left an audit entry: rejections for C's fetch, Z never reached the
-    // application (TLS), and the policy refusal.
+    // Each refusal left an audit entry: agency-z's certificate refused in the TLS handshake,
+    // agency-c's fetch, and the policy refusal.
     let log =
         rogatory_relay::logfile::read_records(&d.join("B-relay/relay/audit.log")).expect("log");
     let rejections = log
@@ -373,7 +373,10 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         .iter()
         .filter(|r| String::from_utf8_lossy(&r.entry).contains("rejection"))
         .count();
-    assert_eq!(rejections, 2, "fetch by agency-c and the policy refusal");
+    assert_eq!(
+        rejections, 3,
+        "agency-z's TLS refusal, agency-c's fetch, the policy refusal"
+    );
     drop(r);
     let p = d.join("B-relay/relay/audit.log");
     let mut b = std::fs::read(&p).expect("log");

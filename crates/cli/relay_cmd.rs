@@ -86,7 +86,9 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
     let _lock = lock_data_dir(home)?;
     let relay = Arc::new(open_relay(home, a.policy.as_deref())?);
     let store = home.trust_store()?;
-    let peer_trust = home.peer_trust(&store)?;
+    let mut peer_trust = home.peer_trust(&store)?;
+    let r = relay.clone();
+    peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
     let tls = home.tls()?;
     let listen: SocketAddr = a.listen.parse().map_err(|_| {
         CliError::new(

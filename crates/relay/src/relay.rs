@@ -61,6 +61,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RelayError 
     move |source| RelayError::Io { what, source }
 }
 
+/// Audit entries for TLS refusals per minute, at most.
+pub const TLS_REJECTIONS_PER_MINUTE: u32 = 120;
+
 /// Where the relay gets the time (tests move it).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -129,6 +132,8 @@ pub struct Relay<S: Storage> {
     policy: Policy,
     clock: Clock,
     active: Mutex<HashMap<TransferId, Arc<Mutex<Active>>>>,
+    /// TLS refusals logged in the current minute (a flood is summarised, not logged entry by entry).
+    tls_rejections: Mutex<(i64, u32)>,
     /// Files each recipient has fetched to the end, per transfer (until it has all of them).
     served: Mutex<HashMap<(i64, AgencyId), std::collections::BTreeSet<u32>>>,
 }
@@ -339,6 +344,7 @@ impl<S: Storage> Relay<S> {
             policy: cfg.policy,
             clock: cfg.clock,
             active: Mutex::default(),
+            tls_rejections: Mutex::default(),
             served: Mutex::default(),
         })
     }
@@ -455,6 +461,43 @@ impl<S: Storage> Relay<S> {
             tracing::error!(error = %le, "could not log a refusal");
         }
         e
+    }
+
+    /// Logs a client certificate refused during the TLS handshake (TESTS.md 13, 51): the agency
+    /// it names (or `unknown`), its SHA-256 and the reason. At most [`TLS_REJECTIONS_PER_MINUTE`]
+    /// entries a minute, so that strangers cannot flood the audit log; the rest are counted in the
+    /// service log.
+    pub fn log_tls_rejection(&self, r: &rogatory_transport::Rejected) {
+        let now = self.now();
+        {
+            let mut w = lock(&self.tls_rejections);
+            let minute = now.unix() / 60;
+            if w.0 != minute {
+                *w = (minute, 0);
+            }
+            w.1 += 1;
+            if w.1 > TLS_REJECTIONS_PER_MINUTE {
+                tracing::warn!(
+                    count = w.1,
+                    "TLS refusals above the audit rate limit this minute"
+                );
+                return;
+            }
+        }
+        let st = Statement::Rejection {
+            head: Head {
+                transfer: TransferId::NONE,
+                issuer: self.agency.clone(),
+                time: now,
+            },
+            peer: r.agency.clone().map_or(Peer::Unknown, Peer::Agency),
+            peer_cert_sha256: r.cert_sha256,
+            code: text("TLS"),
+            reason: text(&r.reason),
+        };
+        if let Err(e) = self.log_statement(&st) {
+            tracing::error!(error = %e, "could not log a TLS refusal");
+        }
     }
 
     /// A transfer by id.

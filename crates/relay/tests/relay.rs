@@ -618,3 +618,30 @@ async fn retention_purges_with_a_signed_receipt_and_gc_removes_only_stale_partia
     let _ = Ordering::SeqCst;
     let _ = LegalText::new("x", false);
 }
+
+#[test]
+fn tls_refusals_are_logged_up_to_the_rate_limit() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_c, clock) = clock_at(now().unix());
+    let relay = open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clock);
+    let limit = rogatory_relay::relay::TLS_REJECTIONS_PER_MINUTE;
+    // Distinct certificates within one minute: the first `limit` are logged, the rest counted.
+    for i in 0..limit + 10 {
+        let mut h = [0u8; 32];
+        h[..4].copy_from_slice(&i.to_be_bytes());
+        relay.log_tls_rejection(&rogatory_transport::Rejected {
+            agency: Some(id("agency-z")),
+            cert_sha256: rogatory_custody::Sha256Digest(h),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        });
+    }
+    assert_eq!(relay.log_len(), u64::from(limit));
+    let entry = rogatory_relay::logfile::read_records(&dir.path().join("audit.log"))
+        .expect("log")
+        .records[0]
+        .entry
+        .clone();
+    let text = String::from_utf8(entry).expect("utf8");
+    assert!(text.contains("agency-z") && text.contains("TLS"), "{text}");
+}

@@ -23,4 +23,4 @@ pub mod varint;
 pub use config::{Congestion, Limits};
 pub use error::{ErrorClass, ErrorCode, FrameError, ProtocolError};
 pub use frame::{ALPN, Frame, FrameLimits, FrameType};
-pub use tls::{PeerIdentity, PeerTrust, TlsIdentity};
+pub use tls::{PeerIdentity, PeerTrust, Rejected, TlsIdentity};

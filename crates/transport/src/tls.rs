@@ -147,12 +147,34 @@ impl TlsIdentity {
     }
 }
 
+/// A client certificate the relay refused (for its audit log, TESTS.md 13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The agency the certificate names, if it names one.
+    pub agency: Option<AgencyId>,
+    /// SHA-256 of the certificate (DER).
+    pub cert_sha256: Sha256Digest,
+    /// Why (the TLS error).
+    pub reason: String,
+}
+
+/// Called for every refused client certificate.
+#[derive(Clone)]
+pub struct RejectHook(pub Arc<dyn Fn(&Rejected) + Send + Sync>);
+
+impl fmt::Debug for RejectHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RejectHook")
+    }
+}
+
 /// Who is trusted (`protocol.md` §3).
 #[derive(Clone, Debug, Default)]
 pub struct PeerTrust {
     roots: Option<Arc<RootCertStore>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     agencies: BTreeMap<AgencyId, Vec<Sha256Digest>>,
+    on_reject: Option<RejectHook>,
 }
 
 impl PeerTrust {
@@ -208,6 +230,12 @@ impl PeerTrust {
     /// Makes `agency` known, with the SPKI pins of its card (empty: CA chain required).
     pub fn add_agency(&mut self, agency: AgencyId, pins: Vec<Sha256Digest>) -> &mut Self {
         self.agencies.insert(agency, pins);
+        self
+    }
+
+    /// Calls `hook` for every client certificate the relay refuses (the relay logs them).
+    pub fn on_reject(&mut self, hook: impl Fn(&Rejected) + Send + Sync + 'static) -> &mut Self {
+        self.on_reject = Some(RejectHook(Arc::new(hook)));
         self
     }
 
@@ -437,18 +465,28 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let info = CertInfo::parse(end_entity).map_err(bad_encoding)?;
-        let (_, pinned) = self.trust.check_name_and_pin(&info)?;
-        let chain = match &self.webpki {
-            Some(w) => w
-                .verify_client_cert(end_entity, intermediates, now)
-                .map(|_| ()),
-            None => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
-        };
-        decide(chain, pinned, &info, now)?;
-        Ok(ClientCertVerified::assertion())
+        let verdict = (|| {
+            let info = CertInfo::parse(end_entity).map_err(bad_encoding)?;
+            let (_, pinned) = self.trust.check_name_and_pin(&info)?;
+            let chain = match &self.webpki {
+                Some(w) => w
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ()),
+                None => Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+            };
+            decide(chain, pinned, &info, now)
+        })();
+        if let (Err(e), Some(hook)) = (&verdict, &self.trust.on_reject) {
+            let agency = CertInfo::parse(end_entity).ok().and_then(|i| i.agency);
+            (hook.0)(&Rejected {
+                agency,
+                cert_sha256: Sha256Digest(Sha256::digest(end_entity.as_ref()).into()),
+                reason: e.to_string(),
+            });
+        }
+        verdict.map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
