@@ -436,3 +436,45 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
         5000.0 / fetch_secs
     );
 }
+
+#[test]
+fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_agencies(d);
+    let r = relay(d, "B", None);
+    let case = d.join("case");
+    std::fs::create_dir_all(case.join("sub")).expect("mkdir");
+    std::fs::write(case.join("good.txt"), b"ok").expect("w");
+    std::os::unix::fs::symlink("/etc/hostname", case.join("link")).expect("symlink");
+    std::os::unix::fs::symlink("/etc", case.join("sub/dirlink")).expect("symlink");
+    std::fs::write(
+        case.join(std::ffi::OsStr::from_bytes(b"bad-\xff.txt")),
+        b"x",
+    )
+    .expect("w");
+    let o = send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(
+        lines.last().expect("error")["type"],
+        "error",
+        "an error event ends the stream"
+    );
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary");
+    let failed: Vec<String> = summary["failed"]
+        .as_array()
+        .expect("failed")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").to_owned())
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(
+        failed.iter().any(|p| p.ends_with("link")) && failed.iter().any(|p| p.ends_with("dirlink"))
+    );
+    assert!(!d.join("A/receipts").exists(), "nothing was sent");
+}

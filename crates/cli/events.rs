@@ -86,6 +86,29 @@ impl Events {
         }
     }
 
+    /// Every source that could not be sent: a `summary` with `failed` in JSON mode, one stderr
+    /// line each otherwise.
+    pub(crate) fn failed(&self, failed: &[(String, String)]) {
+        if self.json {
+            let list: Vec<_> = failed
+                .iter()
+                .map(|(p, e)| json!({"path": p, "error": e}))
+                .collect();
+            self.line(
+                json!({"type": "summary", "transfer_id": null, "files": 0, "bytes_total": 0,
+                "bytes_sent": 0, "bytes_skipped": 0, "failed": list}),
+            );
+        } else {
+            for (p, e) in failed {
+                eprintln!(
+                    "rogatory: cannot send {}: {}",
+                    crate::error::escape_controls(p),
+                    crate::error::escape_controls(e)
+                );
+            }
+        }
+    }
+
     pub(crate) fn error(&self, exit: i32, message: &str) {
         if self.json {
             self.line(json!({"type": "error", "exit_code": exit, "message": message}));

@@ -42,22 +42,12 @@ struct Source {
     ino: u64,
 }
 
-fn collect(paths: &[PathBuf]) -> Result<Vec<Source>> {
+fn collect(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = fs::symlink_metadata(p)
-            .map_err(|e| CliError::new(Exit::Usage, format!("{}", p.display())).source(e))?;
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| {
-                CliError::new(
-                    Exit::Usage,
-                    format!("{}: needs a UTF-8 file name", p.display()),
-                )
-            })?
-            .to_owned();
-        walk(p, &name, &meta, &mut out)?;
+        if let Err(e) = collect_one(p, &mut out, failed) {
+            failed.push((p.display().to_string(), e.to_string()));
+        }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     for w in out.windows(2) {
@@ -68,7 +58,7 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Source>> {
             ));
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && failed.is_empty() {
         return Err(CliError::new(
             Exit::Usage,
             "nothing to send: no files under the given paths",
@@ -77,7 +67,45 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Source>> {
     Ok(out)
 }
 
-fn walk(p: &Path, rel: &str, meta: &fs::Metadata, out: &mut Vec<Source>) -> Result<()> {
+fn collect_one(p: &Path, out: &mut Vec<Source>, failed: &mut Vec<Failure>) -> Result<()> {
+    let meta = fs::symlink_metadata(p)
+        .map_err(|e| CliError::new(Exit::Usage, format!("{}", p.display())).source(e))?;
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            CliError::new(
+                Exit::Usage,
+                format!("{}: needs a UTF-8 file name", p.display()),
+            )
+        })?
+        .to_owned();
+    walk(p, &name, &meta, out, failed)
+}
+
+/// A source that could not be sent, and why.
+type Failure = (String, String);
+
+/// Reports every failed source (JSON summary or one stderr line each); nothing is sent.
+fn failures(events: &Events, failed: &[Failure], total: usize) -> CliError {
+    events.failed(failed);
+    CliError::new(
+        Exit::Usage,
+        format!(
+            "{} of {total} files cannot be sent; nothing was sent",
+            failed.len()
+        ),
+    )
+    .hint("fix or leave out the files listed above and run the same command again")
+}
+
+fn walk(
+    p: &Path,
+    rel: &str,
+    meta: &fs::Metadata,
+    out: &mut Vec<Source>,
+    failed: &mut Vec<Failure>,
+) -> Result<()> {
     let ft = meta.file_type();
     if ft.is_symlink() {
         return Err(CliError::new(
@@ -90,15 +118,22 @@ fn walk(p: &Path, rel: &str, meta: &fs::Metadata, out: &mut Vec<Source>) -> Resu
         let rd = fs::read_dir(p).map_err(|e| io("reading directory", p, e))?;
         for e in rd {
             let e = e.map_err(|e| io("reading directory", p, e))?;
-            let name = e.file_name();
-            let name = name.to_str().ok_or_else(|| {
-                CliError::new(
-                    Exit::Usage,
-                    format!("{}: file name is not UTF-8", e.path().display()),
-                )
-            })?;
-            let m = fs::symlink_metadata(e.path()).map_err(|er| io("reading", &e.path(), er))?;
-            walk(&e.path(), &format!("{rel}/{name}"), &m, out)?;
+            // One bad entry does not hide the others: every failure is listed.
+            let r = (|| {
+                let name = e.file_name();
+                let name = name.to_str().ok_or_else(|| {
+                    CliError::new(
+                        Exit::Usage,
+                        format!("{}: file name is not UTF-8", e.path().display()),
+                    )
+                })?;
+                let m =
+                    fs::symlink_metadata(e.path()).map_err(|er| io("reading", &e.path(), er))?;
+                walk(&e.path(), &format!("{rel}/{name}"), &m, out, failed)
+            })();
+            if let Err(err) = r {
+                failed.push((e.path().display().to_string(), err.to_string()));
+            }
         }
         return Ok(());
     }
@@ -285,7 +320,11 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
         age_recipients.push(card.age_recipient);
     }
     let legal = legal(a)?;
-    let sources = collect(&a.paths)?;
+    let mut failed = Vec::new();
+    let sources = collect(&a.paths, &mut failed)?;
+    if !failed.is_empty() {
+        return Err(failures(events, &failed, sources.len() + failed.len()));
+    }
     let key = outbox_key(identity.id(), &recipients, &legal, &sources);
     let dir = home.path(&format!("outbox/{key}"));
     if dir.join("seal.note").exists() {
@@ -307,9 +346,17 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
     let mut buf = vec![0u8; 1 << 20];
     let mut tables = Vec::new();
     for (i, s) in sources.iter().enumerate() {
-        let (entry, table) = encrypt_one(s, &age_recipients, &spool_path(&dir, i), &mut buf)?;
-        entries.push(entry);
-        tables.push(table);
+        match encrypt_one(s, &age_recipients, &spool_path(&dir, i), &mut buf) {
+            Ok((entry, table)) => {
+                entries.push(entry);
+                tables.push(table);
+            }
+            // Keep going: the summary lists every file that failed, not just the first.
+            Err(e) => failed.push((s.path.display().to_string(), e.to_string())),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failures(events, &failed, sources.len()));
     }
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
