@@ -7,10 +7,12 @@ use std::path::Path;
 use rogatory_custody::TransferId;
 use serde_json::json;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 pub(crate) struct Events {
     pub(crate) json: bool,
     pub(crate) quiet: bool,
+    /// The progress bar on a terminal (human mode only).
+    pub(crate) bar: std::sync::OnceLock<indicatif::ProgressBar>,
 }
 
 impl Events {
@@ -32,21 +34,26 @@ impl Events {
             self.line(json!({"type": "start", "transfer_id": t.to_string(), "files": files, "bytes_total": bytes_total}));
         } else if !self.quiet {
             eprintln!("rogatory: transfer {t}: {files} files, {bytes_total} bytes of ciphertext");
+            if std::io::stderr().is_terminal() {
+                let bar = indicatif::ProgressBar::new(bytes_total);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ) {
+                    bar.set_style(style);
+                }
+                let _ = self.bar.set(bar);
+            }
         }
     }
 
     pub(crate) fn progress(&self, done: u64, total: u64) {
         if self.json {
             self.line(json!({"type": "progress", "bytes_done": done, "bytes_total": total}));
-        } else if !self.quiet && std::io::stderr().is_terminal() {
-            let pct = if total == 0 {
-                100.0
-            } else {
-                done as f64 * 100.0 / total as f64
-            };
-            eprint!("\r{pct:5.1} %  {done} / {total} bytes durable at the relay");
+        } else if let Some(bar) = self.bar.get() {
+            bar.set_length(total);
+            bar.set_position(done);
             if done == total {
-                eprintln!();
+                bar.finish_and_clear();
             }
         }
     }

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     };
     cleanup::install_signal_handler();
     let events = events::Events {
+        bar: Default::default(),
         json: cli.global.json,
         quiet: cli.global.quiet,
     };
