@@ -303,19 +303,35 @@ pub(crate) struct AuditArgs {
 pub(crate) enum AuditCommand {
     /// Recompute the log's Merkle tree and check every signed checkpoint (exit 3 on tampering).
     Verify,
-    /// Print the entries (optionally of one transfer).
+    /// Print the entries (optionally of one transfer or period).
     Show {
         /// Only entries about this transfer.
         #[arg(long, value_name = "ID")]
         transfer: Option<String>,
+        #[command(flatten)]
+        period: Period,
     },
-    /// Write the entries (optionally of one transfer) and the latest checkpoint as JSON Lines.
+    /// Write the entries (optionally of one transfer or period) and the latest checkpoint as
+    /// JSON Lines.
     Export {
         /// Only entries about this transfer.
         #[arg(long, value_name = "ID")]
         transfer: Option<String>,
+        #[command(flatten)]
+        period: Period,
         /// Output file (never overwritten).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
+}
+
+/// A period of audit entries, by their time.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct Period {
+    /// Only entries at or after this date (YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub(crate) since: Option<String>,
+    /// Only entries before the end of this date (YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub(crate) until: Option<String>,
 }

@@ -229,7 +229,25 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Show { transfer } | AuditCommand::Export { transfer, .. } => {
+        AuditCommand::Show { transfer, period }
+        | AuditCommand::Export {
+            transfer, period, ..
+        } => {
+            let date = |d: &Option<String>,
+                        flag: &str|
+             -> Result<Option<rogatory_custody::CalendarDate>> {
+                d.as_deref()
+                    .map(|s| {
+                        s.parse().map_err(|_| {
+                            CliError::new(Exit::Usage, format!("{flag} {s:?}: expected YYYY-MM-DD"))
+                        })
+                    })
+                    .transpose()
+            };
+            let (since, until) = (
+                date(&period.since, "--since")?,
+                date(&period.until, "--until")?,
+            );
             let want: Option<TransferId> = match transfer {
                 Some(t) => Some(t.parse().map_err(|_| {
                     CliError::new(Exit::Usage, format!("{t:?} is not a transfer id"))
@@ -250,6 +268,10 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     continue;
                 };
                 if want.is_some_and(|t| st.head().transfer != t) {
+                    continue;
+                }
+                let day = st.head().time.date();
+                if since.is_some_and(|s| day < s.0) || until.is_some_and(|u| day > u.0) {
                     continue;
                 }
                 out.push((i, st, text.into_owned()));
