@@ -204,6 +204,29 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
         receipts.len()
     );
     ok(run(d, &["--home", "B-relay", "audit", "verify"]));
+    // TESTS.md 39: a byte flipped in the relay's store is an integrity failure at the receiver
+    // (exit 3), never a successful decrypt.
+    let pack = std::fs::read_dir(d.join("B-relay/relay/inbox"))
+        .expect("inbox")
+        .next()
+        .expect("pack")
+        .expect("entry")
+        .path();
+    let mut b = std::fs::read(&pack).expect("pack");
+    let n = b.len() / 2;
+    b[n] ^= 0x01;
+    std::fs::write(&pack, b).expect("write");
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out2",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        !d.join("out2/case 42/big.bin").exists(),
+        "the corrupted file never appears"
+    );
     drop(r);
     let p = d.join("B-relay/relay/audit.log");
     let mut b = std::fs::read(&p).expect("log");
