@@ -324,6 +324,10 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         "nothing written outside"
     );
 
+    // A temporary file left by a killed earlier fetch is swept (TESTS.md 29).
+    std::fs::create_dir_all(d.join("out/case-7")).expect("mkdir");
+    std::fs::write(d.join("out/case-7/.rogatory-partial-Xy12ab"), b"stale").expect("w");
+
     // The recipient lists and fetches: byte-exact, then the delivery receipt is visible.
     let o = ok(run(d, &["--home", "B", "inbox", "--relay", &r.1]));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&transfer));
@@ -333,7 +337,11 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
             "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
         ],
     ));
-    assert_eq!(tree(&d.join("out/case-7")), tree(&case));
+    assert_eq!(
+        tree(&d.join("out/case-7")),
+        tree(&case),
+        "byte-exact, and no stale partial left"
+    );
     assert!(
         !d.join("out/.rogatory-fetch").exists(),
         "no work files left"

@@ -346,7 +346,11 @@ async fn fetch_one(
         }
     }
 
-    // 3. Download (resumable), check, decrypt, check, publish — file by file.
+    // 3. Temporary files a killed earlier run left beside this transfer's destinations go first
+    //    (TESTS.md 29): only our own `.rogatory-partial-*` names, only in those directories.
+    sweep_partials(&a.output, m);
+
+    // Download (resumable), check, decrypt, check, publish — file by file.
     let work = a.output.join(".rogatory-fetch").join(t.to_string());
     fs::create_dir_all(&work).map_err(|e| io("creating", &work, e))?;
     let total: u64 = m.files.iter().map(|f| f.ciphertext_size).sum();
@@ -504,6 +508,32 @@ async fn fetch_one(
         println!("receipt {}", rpath.display());
     }
     Ok(())
+}
+
+/// Removes `.rogatory-partial-*` regular files from the existing directories the transfer's
+/// files go to. Never follows a symbolic link.
+fn sweep_partials(root: &Path, m: &Manifest) {
+    let dirs: std::collections::BTreeSet<PathBuf> = m
+        .files
+        .iter()
+        .filter_map(|f| root.join(f.path.as_str()).parent().map(Path::to_path_buf))
+        .collect();
+    for d in dirs {
+        // Only real directories below the root: a symlinked component is refused later anyway.
+        if !fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let stale = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".rogatory-partial-"));
+            if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 enum Ciphertext {
