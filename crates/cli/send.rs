@@ -450,7 +450,7 @@ fn encrypt_one(
         .len();
     let layout = piece_layout(s.size, ct_len)
         .ok_or_else(|| CliError::new(Exit::Internal, "ciphertext size"))?;
-    let (table, ct_sha) = hash_pieces(dest, &layout)?;
+    let (table, ct_sha) = hash_pieces(dest, &layout, buf)?;
     let root =
         Sha256Digest(rogatory_custody::merkle::Tree::from_leaves(table.iter().copied()).root());
     let entry = FileEntry {
@@ -465,10 +465,13 @@ fn encrypt_one(
 }
 
 /// Leaf hashes of every piece and the SHA-256 of the whole file.
-fn hash_pieces(path: &Path, layout: &PieceLayout) -> Result<(Vec<[u8; 32]>, Sha256Digest)> {
+fn hash_pieces(
+    path: &Path,
+    layout: &PieceLayout,
+    buf: &mut [u8],
+) -> Result<(Vec<[u8; 32]>, Sha256Digest)> {
     let f = File::open(path).map_err(|e| io("reading", path, e))?;
     let mut whole = Sha256::new();
-    let mut buf = vec![0u8; 65_552];
     let mut leaves = Vec::with_capacity(layout.count() as usize);
     for i in 0..layout.count() {
         let r = layout
@@ -493,11 +496,12 @@ fn load(dir: &Path) -> Result<Prepared> {
     })?;
     let mut layouts = Vec::new();
     let mut tables = Vec::new();
+    let mut buf = vec![0u8; 65_552];
     for (i, f) in manifest.files.iter().enumerate() {
         let layout = piece_layout(f.size, f.ciphertext_size)
             .ok_or_else(|| CliError::new(Exit::Integrity, "manifest sizes"))?;
         let p = spool_path(dir, i);
-        let (t, sha) = hash_pieces(&p, &layout)?;
+        let (t, sha) = hash_pieces(&p, &layout, &mut buf)?;
         if sha != f.ciphertext_sha256 {
             return Err(CliError::new(
                 Exit::Integrity,

@@ -1035,10 +1035,12 @@ impl<S: Storage> Relay<S> {
         let spool = self.spool(a.row);
         let inbox = self.inbox(a.row);
         if self.storage.len(&spool).map_err(storage_err)?.is_some() {
-            // Full digests, read back from disk: what we receipt is what we hold.
+            // Full digests, read back from disk: what we receipt is what we hold. One buffer
+            // for every file of the transfer.
+            let mut buf = vec![0u8; 1 << 20];
             for (i, f) in a.files.iter().enumerate() {
                 let got = self
-                    .digest(&spool, f.base, f.layout.ciphertext_size)
+                    .digest(&spool, f.base, f.layout.ciphertext_size, &mut buf)
                     .map_err(storage_err)?;
                 if got != f.ciphertext_sha256 {
                     drop(a);
@@ -1115,9 +1117,14 @@ impl<S: Storage> Relay<S> {
         let _ = self.storage.remove(&self.spool(row.row));
     }
 
-    fn digest(&self, path: &Path, base: u64, len: u64) -> std::io::Result<Sha256Digest> {
+    fn digest(
+        &self,
+        path: &Path,
+        base: u64,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<Sha256Digest> {
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
         let mut done = 0;
         while done < len {
             let want = (len - done).min(buf.len() as u64) as usize;
