@@ -278,10 +278,10 @@ impl TrustStore {
                 actual: actual.to_string(),
             });
         }
-        if let Some(old) = self.cards.get(&card.id) {
-            if old.verifier_key != card.verifier_key {
-                return Err(TrustError::Conflict(card.id.clone()));
-            }
+        if let Some(old) = self.cards.get(&card.id)
+            && old.verifier_key != card.verifier_key
+        {
+            return Err(TrustError::Conflict(card.id.clone()));
         }
         let id = card.id.clone();
         self.cards.insert(id.clone(), card);

@@ -54,8 +54,9 @@ pub use log::{
     ReceiptBundle, Record, check_not_rolled_back, decode_records, verify_records,
 };
 pub use manifest::{
-    FileEntry, Legal, LegalText, MAX_FILES, MAX_MANIFEST_LEN, Manifest, OnwardTransfer,
-    PieceLayout, PieceTable, RelativePath, SealedManifest, open_sealed_manifest, piece_layout,
+    FileEntry, Legal, LegalText, MAX_FILES, MAX_MANIFEST_LEN, Manifest, OfferedFile,
+    OnwardTransfer, PieceLayout, PieceTable, RelativePath, SealedManifest, TransferOffer,
+    open_sealed_manifest, piece_layout,
 };
 pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,

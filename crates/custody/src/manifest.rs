@@ -137,9 +137,7 @@ pub struct FileEntry {
     pub sha256: Sha256Digest,
     /// Size of the age file.
     pub ciphertext_size: u64,
-    /// SHA-256 of the age file.
-    pub ciphertext_sha256: Sha256Digest,
-    /// Merkle root over the ciphertext pieces (`custody.md` §5.2).
+    /// Merkle root over the ciphertext pieces (`custody.md` §5.2): the digest of the age file.
     pub piece_root: Sha256Digest,
 }
 
@@ -163,6 +161,150 @@ pub struct Manifest {
 }
 
 crate::ids::format_tag!(Format, "rogatory-manifest/v1");
+crate::ids::format_tag!(OfferFormat, "rogatory-offer/v1");
+
+/// The sizes of one file of an offer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferedFile {
+    /// Plaintext size.
+    pub size: u64,
+    /// Size of the age file.
+    pub ciphertext_size: u64,
+}
+
+/// What a sender announces before any data (`custody.md` §5.3): the manifest without what
+/// only the data determines (paths, plaintext digests, piece roots). The relay applies its
+/// policy to it and lays out its store; the sealed manifest that ends the upload must agree with
+/// it in every field ([`Manifest::offer`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferOffer {
+    format: OfferFormat,
+    /// The transfer id.
+    pub transfer_id: TransferId,
+    /// The sending agency.
+    pub sender: AgencyId,
+    /// Recipient agencies, sorted and unique.
+    pub recipients: Vec<AgencyId>,
+    /// When the sender created the transfer (the manifest's `created_at`).
+    pub created_at: Timestamp,
+    /// Legal metadata.
+    pub legal: Legal,
+    /// File sizes, in manifest order.
+    pub files: Vec<OfferedFile>,
+}
+
+impl TransferOffer {
+    /// Builds an offer; checks the rules of §5.3 (recipients are sorted here).
+    pub fn new(
+        transfer_id: TransferId,
+        sender: AgencyId,
+        mut recipients: Vec<AgencyId>,
+        created_at: Timestamp,
+        legal: Legal,
+        files: Vec<OfferedFile>,
+    ) -> Result<Self, ParseError> {
+        recipients.sort();
+        let o = Self {
+            format: OfferFormat,
+            transfer_id,
+            sender,
+            recipients,
+            created_at,
+            legal,
+            files,
+        };
+        o.validate()?;
+        Ok(o)
+    }
+
+    fn validate(&self) -> Result<(), ParseError> {
+        const KIND: &str = "offer";
+        check_recipients_and_legal(KIND, &self.recipients, &self.legal)?;
+        if self.files.len() > MAX_FILES {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        if self
+            .files
+            .iter()
+            .any(|f| piece_layout(f.size, f.ciphertext_size).is_none())
+        {
+            return Err(ParseError::syntax(
+                KIND,
+                "a ciphertext size does not fit its plaintext size",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The canonical JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Invariant: these types always serialise (no maps with non-string keys, no floats).
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        const KIND: &str = "offer";
+        if bytes.len() > MAX_MANIFEST_LEN {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        let o: Self =
+            serde_json::from_slice(bytes).map_err(|e| ParseError::syntax(KIND, e.to_string()))?;
+        o.validate()?;
+        if o.to_json() != bytes {
+            return Err(ParseError::syntax(KIND, "not in canonical form"));
+        }
+        Ok(o)
+    }
+
+    /// The piece layout of every file.
+    pub fn layouts(&self) -> Vec<PieceLayout> {
+        self.files
+            .iter()
+            // `validate` checked every file's sizes.
+            .filter_map(|f| piece_layout(f.size, f.ciphertext_size))
+            .collect()
+    }
+
+    /// Total ciphertext bytes.
+    pub fn ciphertext_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.ciphertext_size).sum()
+    }
+}
+
+fn check_recipients_and_legal(
+    kind: &'static str,
+    recipients: &[AgencyId],
+    legal: &Legal,
+) -> Result<(), ParseError> {
+    if recipients.is_empty() || recipients.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ParseError::syntax(
+            kind,
+            "recipients must be non-empty, sorted and unique",
+        ));
+    }
+    for t in [
+        &legal.case_reference,
+        &legal.legal_basis,
+        &legal.requesting_authority,
+        &legal.executing_authority,
+        &legal.purpose,
+        &legal.classification,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if t.0.contains('\n') {
+            return Err(ParseError::syntax(
+                kind,
+                "only notes may span several lines",
+            ));
+        }
+    }
+    Ok(())
+}
 
 impl Serialize for LegalText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -208,30 +350,12 @@ impl Manifest {
     fn validate(&self) -> Result<(), ParseError> {
         const KIND: &str = "manifest";
         let err = |w: &str| Err(ParseError::syntax(KIND, w));
-        if self.recipients.is_empty() || self.recipients.windows(2).any(|w| w[0] >= w[1]) {
-            return err("recipients must be non-empty, sorted and unique");
-        }
+        check_recipients_and_legal(KIND, &self.recipients, &self.legal)?;
         if self.files.len() > MAX_FILES {
             return Err(ParseError::TooLarge(KIND));
         }
         if self.files.windows(2).any(|w| w[0].path >= w[1].path) {
             return err("files must be sorted by path and unique");
-        }
-        let l = &self.legal;
-        for t in [
-            &l.case_reference,
-            &l.legal_basis,
-            &l.requesting_authority,
-            &l.executing_authority,
-            &l.purpose,
-            &l.classification,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if t.0.contains('\n') {
-                return err("only notes may span several lines");
-            }
         }
         for f in &self.files {
             if piece_layout(f.size, f.ciphertext_size).is_none() {
@@ -278,6 +402,26 @@ impl Manifest {
     /// Total plaintext bytes.
     pub fn plaintext_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The offer this manifest fulfils (`custody.md` §5.3).
+    pub fn offer(&self) -> TransferOffer {
+        TransferOffer {
+            format: OfferFormat,
+            transfer_id: self.transfer_id,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            created_at: self.created_at,
+            legal: self.legal.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|f| OfferedFile {
+                    size: f.size,
+                    ciphertext_size: f.ciphertext_size,
+                })
+                .collect(),
+        }
     }
 
     /// The seal statement for this manifest.

@@ -64,6 +64,81 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
+/// The right edge of an RFC 6962 tree being built leaf by leaf (a compact range from 0):
+/// the roots of its complete subtrees, largest first, one per set bit of the leaf count. It
+/// gives the root of every prefix in O(log n) memory, so a piece root is computed as pieces
+/// arrive without keeping their hashes (`custody.md` §5.2), and it can be saved and resumed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frontier {
+    len: u64,
+    /// `stack[i]` covers `2^k` leaves where `k` is the i-th highest set bit of `len`.
+    stack: Vec<Hash>,
+}
+
+impl Frontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no leaf was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut h = leaf;
+        let mut n = self.len;
+        while n & 1 == 1 {
+            // Invariant: one stack entry per set bit of `len`, so this pop cannot fail.
+            let Some(left) = self.stack.pop() else { break };
+            h = node_hash(&left, &h);
+            n >>= 1;
+        }
+        self.stack.push(h);
+        self.len += 1;
+    }
+
+    /// The RFC 6962 root of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.stack.iter().rev();
+        let Some(last) = it.next() else {
+            return empty_root();
+        };
+        it.fold(*last, |acc, left| node_hash(left, &acc))
+    }
+
+    /// `len` (8 bytes, big-endian) followed by the subtree hashes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + 32 * self.stack.len());
+        v.extend_from_slice(&self.len.to_be_bytes());
+        for h in &self.stack {
+            v.extend_from_slice(h);
+        }
+        v
+    }
+
+    /// Parses [`Frontier::to_bytes`]; `None` unless the hash count matches the length.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (len, rest) = b.split_first_chunk::<8>()?;
+        let len = u64::from_be_bytes(*len);
+        if rest.len() != 32 * len.count_ones() as usize {
+            return None;
+        }
+        let stack = rest
+            .chunks_exact(32)
+            .map(|c| c.try_into().ok())
+            .collect::<Option<Vec<Hash>>>()?;
+        Some(Self { len, stack })
+    }
+}
+
 /// An append-only Merkle tree that keeps the hash of every complete aligned subtree, so roots
 /// and proofs for any size cost O(log n) hashes.
 #[derive(Clone, Debug, Default)]
@@ -136,7 +211,7 @@ impl Tree {
     /// `MTH(D[start:end])` for `start < end ≤ len`, where `start` is aligned as in RFC 9162.
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(start >> k) as usize];
         }
@@ -345,6 +420,30 @@ mod tests {
                 node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
             }
         }
+    }
+
+    #[test]
+    fn frontier_root_matches_the_definition_and_survives_a_round_trip() {
+        let leaves: Vec<Hash> = (0..300u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut f = Frontier::new();
+        assert_eq!(f.root(), empty_root());
+        for (i, l) in leaves.iter().enumerate() {
+            f.push(*l);
+            assert_eq!(f.len(), i as u64 + 1);
+            assert_eq!(f.root(), mth(&leaves[..=i]), "size {}", i + 1);
+            let back = Frontier::from_bytes(&f.to_bytes()).expect("round trip");
+            assert_eq!(back, f);
+        }
+        let mut b = f.to_bytes();
+        b.pop();
+        assert!(Frontier::from_bytes(&b).is_none());
+        assert!(Frontier::from_bytes(&[0; 7]).is_none());
+        let mut wrong = 5u64.to_be_bytes().to_vec();
+        wrong.extend_from_slice(&[0; 32]);
+        assert!(
+            Frontier::from_bytes(&wrong).is_none(),
+            "5 leaves need two hashes"
+        );
     }
 
     #[test]

@@ -62,7 +62,6 @@ fn files() -> impl Strategy<Value = Vec<FileEntry>> {
                 size,
                 sha256: Sha256Digest(d),
                 ciphertext_size: rogatory_envelope::payload_len(size) + 16 + 180,
-                ciphertext_sha256: Sha256Digest(d),
                 piece_root: Sha256Digest(d),
             })
             .collect()
@@ -207,10 +206,9 @@ proptest! {
             prop_assert_eq!(parsed.to_json(), json);
         }
         let text = mutate(s.encode().into_bytes(), &ops);
-        if let Ok(t) = std::str::from_utf8(&text) {
-            if let Ok(parsed) = Statement::parse(t) {
+        if let Ok(t) = std::str::from_utf8(&text)
+            && let Ok(parsed) = Statement::parse(t) {
                 prop_assert_eq!(parsed.encode().into_bytes(), text);
             }
-        }
     }
 }
