@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rogatory_custody::{AgencyId, PieceLayout, TransferId, piece_layout};
 use rogatory_transport::certs::{Ca, Validity};
 use rogatory_transport::config::{client_config, server_config};
-use rogatory_transport::frame::Offer;
+use rogatory_transport::frame::{Offer, Seal};
 use rogatory_transport::net::{
     IntakeHandler, Node, PieceSource, ServeConfig, serve_connection, upload,
 };
@@ -115,21 +115,15 @@ impl IntakeHandler for Sink {
         self.bytes.store(0, Ordering::SeqCst);
         Ok((vec![self.layout], vec![0]))
     }
-    fn table(&self, _: TransferId, _: u32, _: u64, _: &[[u8; 32]]) -> Result<(), ProtocolError> {
-        Ok(())
-    }
     fn store(&self, _: TransferId, _: u32, _: u64, b: &[u8]) -> Result<(), ProtocolError> {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
         Ok(())
     }
-    fn duplicate(&self, _: TransferId, _: u32, _: u64, _: &[u8]) -> Result<(), ProtocolError> {
-        Ok(())
-    }
     fn sync(&self, _: TransferId) -> Result<Vec<u64>, ProtocolError> {
         Ok(vec![self.received.load(Ordering::SeqCst)])
     }
-    fn receipt(&self, _: TransferId) -> Result<String, ProtocolError> {
+    fn complete(&self, _: &PeerIdentity, _: TransferId, _: &Seal) -> Result<String, ProtocolError> {
         Ok("receipt\n".into())
     }
 }
@@ -140,9 +134,8 @@ struct Source {
 }
 
 impl PieceSource for Source {
-    fn table(&mut self, _: u32, _: u64, count: usize, out: &mut Vec<[u8; 32]>) -> io::Result<()> {
-        out.resize(out.len() + count, [0; 32]);
-        Ok(())
+    fn seal(&mut self) -> io::Result<(String, String)> {
+        Ok((String::new(), String::new()))
     }
     fn piece(&mut self, _: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let r = self
@@ -192,8 +185,7 @@ async fn framed(s: &Setup, bytes: u64) -> Duration {
     };
     let offer = Offer {
         transfer: TransferId::from_bytes([1; 16]),
-        seal: String::new(),
-        manifest: String::new(),
+        offer: String::new(),
     };
     let start = Instant::now();
     let out = upload(

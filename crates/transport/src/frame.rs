@@ -18,8 +18,6 @@ pub const VERSIONS: &[u32] = &[1];
 pub const ALPN: &[u8] = b"rogatory/1";
 /// Largest piece (`custody.md` §5.2): an encrypted STREAM chunk, or a maximal header + nonce.
 pub const MAX_PIECE: u64 = 65_552;
-/// Most hashes in one TABLE frame.
-pub const MAX_TABLE_HASHES: usize = 16_384;
 /// Largest RANGE payload a relay sends.
 pub const MAX_RANGE: u64 = 1 << 20;
 /// The longest frame header: type byte and an 8-byte varint.
@@ -28,7 +26,8 @@ pub const MAX_HEADER: usize = 9;
 /// Frame size limits (`protocol.md` §8). Defaults are the protocol's; a node may lower them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
-    /// OFFER payload: the sealed manifest (custody.md §10: manifest ≤ 32 MiB) and its signatures.
+    /// OFFER and SEAL payloads: the offer, or the sealed manifest (custody.md §10: ≤ 32 MiB) and
+    /// its signatures.
     pub max_offer: u64,
     /// Any other control payload (INBOX, STATUS, receipts, …).
     pub max_control: u64,
@@ -73,7 +72,6 @@ frame_types! {
     Durable = 0x05;
     Receipt = 0x06;
     Attach = 0x07;
-    Table = 0x08;
     Piece = 0x09;
     InboxRequest = 0x0a;
     Inbox = 0x0b;
@@ -83,6 +81,7 @@ frame_types! {
     StatusRequest = 0x0f;
     Status = 0x10;
     Deliver = 0x11;
+    Seal = 0x12;
     Error = 0x1f;
 }
 
@@ -90,12 +89,10 @@ impl FrameType {
     /// The payload limit for this type.
     pub fn limit(self, limits: &FrameLimits) -> u64 {
         match self {
-            FrameType::Offer => limits.max_offer,
+            FrameType::Offer | FrameType::Seal => limits.max_offer,
             // file + piece varints (≤ 4 + 8) and the piece.
             FrameType::Piece => MAX_PIECE + 12,
             FrameType::Range => MAX_RANGE + 8,
-            // file, first, vector length and the hashes.
-            FrameType::Table => 4 + 8 + 4 + 32 * MAX_TABLE_HASHES as u64,
             FrameType::Hello | FrameType::Welcome | FrameType::Attach | FrameType::Durable => 4096,
             FrameType::InboxRequest | FrameType::Fetch | FrameType::StatusRequest => 4096,
             FrameType::Error => 4096,
@@ -128,12 +125,23 @@ pub struct Welcome {
     pub max_data_streams: u32,
 }
 
-/// OFFER (client → relay, upload stream): a transfer, as its sealed manifest.
+/// OFFER (client → relay, upload stream): a transfer announced before its data, as its offer
+/// (`custody.md` §5.3: recipients, legal metadata, file sizes; no names, no digests).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
-    /// The transfer id (as in the manifest).
+    /// The transfer id (as in the offer).
     pub transfer: TransferId,
-    /// The seal: the signed note over the manifest (`custody.md` §4), then the manifest JSON.
+    /// The offer's canonical JSON.
+    pub offer: String,
+}
+
+/// SEAL (client → relay, upload stream): once every piece is durable, the sealed manifest that
+/// the data determined. It must agree with the offer and with the pieces the relay holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The transfer.
+    pub transfer: TransferId,
+    /// The seal: the signed note over the manifest (`custody.md` §4).
     pub seal: String,
     /// The manifest JSON the seal commits to.
     pub manifest: String,
@@ -187,17 +195,6 @@ pub struct Receipt {
 pub struct Attach {
     /// The transfer this stream carries data for.
     pub transfer: TransferId,
-}
-
-/// TABLE (client → relay, data stream): piece leaf hashes `first..first + hashes.len()` of `file`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Table {
-    /// File index.
-    pub file: u32,
-    /// Index of the first hash.
-    pub first: u64,
-    /// Leaf hashes `SHA-256(0x00 || piece)`.
-    pub hashes: Vec<[u8; 32]>,
 }
 
 /// PIECE (client → relay, data stream): one piece of one file. Raw layout:
@@ -351,7 +348,6 @@ pub enum Frame<'a> {
     Durable(Durable),
     Receipt(Receipt),
     Attach(Attach),
-    Table(Table),
     Piece(Piece<'a>),
     InboxRequest(InboxRequest),
     Inbox(Inbox),
@@ -361,6 +357,7 @@ pub enum Frame<'a> {
     StatusRequest(StatusRequest),
     Status(Status),
     Deliver(Deliver),
+    Seal(Seal),
     Error(ErrorFrame),
 }
 
@@ -467,15 +464,6 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
         FrameType::Durable => ctl(ty, p, Frame::Durable),
         FrameType::Receipt => ctl(ty, p, Frame::Receipt),
         FrameType::Attach => ctl(ty, p, Frame::Attach),
-        FrameType::Table => ctl(ty, p, Frame::Table).and_then(|f| match &f {
-            Frame::Table(t) if t.hashes.is_empty() || t.hashes.len() > MAX_TABLE_HASHES => {
-                Err(FrameError::Malformed {
-                    ty: ty.name(),
-                    reason: "hash count out of range".into(),
-                })
-            }
-            _ => Ok(f),
-        }),
         FrameType::Piece => {
             let (file, a) = raw_varint(ty, p)?;
             let file = u32::try_from(file).map_err(|_| FrameError::Malformed {
@@ -510,6 +498,7 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
         FrameType::StatusRequest => ctl(ty, p, Frame::StatusRequest),
         FrameType::Status => ctl(ty, p, Frame::Status),
         FrameType::Deliver => ctl(ty, p, Frame::Deliver),
+        FrameType::Seal => ctl(ty, p, Frame::Seal),
         FrameType::Error => ctl(ty, p, Frame::Error),
     }
 }
@@ -536,7 +525,6 @@ impl Frame<'_> {
             Frame::Durable(_) => FrameType::Durable,
             Frame::Receipt(_) => FrameType::Receipt,
             Frame::Attach(_) => FrameType::Attach,
-            Frame::Table(_) => FrameType::Table,
             Frame::Piece(_) => FrameType::Piece,
             Frame::InboxRequest(_) => FrameType::InboxRequest,
             Frame::Inbox(_) => FrameType::Inbox,
@@ -546,6 +534,7 @@ impl Frame<'_> {
             Frame::StatusRequest(_) => FrameType::StatusRequest,
             Frame::Status(_) => FrameType::Status,
             Frame::Deliver(_) => FrameType::Deliver,
+            Frame::Seal(_) => FrameType::Seal,
             Frame::Error(_) => FrameType::Error,
         }
     }
@@ -569,7 +558,6 @@ impl Frame<'_> {
             Frame::Durable(v) => ctl(ty, v, out),
             Frame::Receipt(v) => ctl(ty, v, out),
             Frame::Attach(v) => ctl(ty, v, out),
-            Frame::Table(v) => ctl(ty, v, out),
             Frame::Piece(p) => {
                 piece_header(out, p.file, p.piece, p.bytes.len());
                 out.extend_from_slice(p.bytes);
@@ -585,6 +573,7 @@ impl Frame<'_> {
             Frame::StatusRequest(v) => ctl(ty, v, out),
             Frame::Status(v) => ctl(ty, v, out),
             Frame::Deliver(v) => ctl(ty, v, out),
+            Frame::Seal(v) => ctl(ty, v, out),
             Frame::Error(v) => ctl(ty, v, out),
         }
     }
@@ -640,8 +629,7 @@ mod tests {
             }),
             Frame::Offer(Offer {
                 transfer: t,
-                seal: "seal\n".into(),
-                manifest: "{}".into(),
+                offer: "{}".into(),
             }),
             Frame::Accept(Accept {
                 transfer: t,
@@ -657,11 +645,6 @@ mod tests {
                 text: "r".into(),
             }),
             Frame::Attach(Attach { transfer: t }),
-            Frame::Table(Table {
-                file: 1,
-                first: 0,
-                hashes: vec![[1; 32], [2; 32]],
-            }),
             Frame::Piece(Piece {
                 file: 70_000,
                 piece: 1 << 40,
@@ -693,6 +676,11 @@ mod tests {
             Frame::Deliver(Deliver {
                 transfer: t,
                 receipt: "d".into(),
+            }),
+            Frame::Seal(Seal {
+                transfer: t,
+                seal: "seal\n".into(),
+                manifest: "{}".into(),
             }),
             Frame::Error(ErrorFrame {
                 code: ErrorCode::POLICY,

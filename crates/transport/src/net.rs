@@ -18,12 +18,12 @@ use crate::config::{Limits, client_config, server_config};
 use crate::error::{ErrorClass, ErrorCode, FrameError, ProtocolError};
 use crate::frame::{
     self, Attach, ErrorFrame, Frame, FrameLimits, HeaderRead, Hello, MAX_HEADER, Offer, Receipt,
-    Table, VERSIONS, Welcome,
+    Seal, VERSIONS, Welcome,
 };
 use crate::tls::{PeerIdentity, PeerTrust, TlsConfigError, TlsIdentity};
 use crate::upload::{
     DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadEvent, UploadPhase,
-    UploadStats, table_runs,
+    UploadStats,
 };
 
 /// A transport failure, classified for the CLI's exit codes.
@@ -560,18 +560,26 @@ fn software() -> String {
     concat!("rogatory ", env!("CARGO_PKG_VERSION")).to_owned()
 }
 
-/// Where the sender's bytes come from: the piece table and the ciphertext of every piece.
+/// Where the sender's bytes come from (`protocol.md` §6.1): the ciphertext of every piece,
+/// produced as it is sent, and at the end the sealed manifest that the data determined.
 pub trait PieceSource: Send {
-    /// Appends leaf hashes `first..first + count` of `file` to `out`.
-    fn table(
-        &mut self,
-        file: u32,
-        first: u64,
-        count: usize,
-        out: &mut Vec<[u8; 32]>,
-    ) -> io::Result<()>;
-    /// Appends the ciphertext of piece `piece` of `file` to `out`.
+    /// The relay accepted the offer and holds `durable[i]` pieces of file `i`: the next piece
+    /// asked for each file is at most that one. A source that cannot continue from there
+    /// (its input changed) fails the upload.
+    fn resume(&mut self, durable: &[u64]) -> io::Result<()> {
+        let _ = durable;
+        Ok(())
+    }
+    /// Appends the ciphertext of piece `piece` of `file` to `out`. Pieces of a file are asked
+    /// for in order from its durable prefix; after a rewind, earlier ones again.
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Pieces `0..pieces` of `file` are durable at the relay (what a later resume starts from).
+    fn durable(&mut self, file: u32, pieces: u64) -> io::Result<()> {
+        let _ = (file, pieces);
+        Ok(())
+    }
+    /// Every piece is durable: the sealed manifest, as `(seal note, manifest JSON)`.
+    fn seal(&mut self) -> io::Result<(String, String)>;
 }
 
 /// The outcome of a completed upload.
@@ -584,8 +592,8 @@ pub struct UploadOutcome {
 }
 
 /// Runs an upload over `session` (`protocol.md` §6.1): OFFER on a new bidirectional stream,
-/// data on unidirectional streams, until the custody receipt arrives or the upload fails.
-/// `on_event` sees every [`UploadEvent`].
+/// data on unidirectional streams, SEAL once every piece is durable, until the custody receipt
+/// arrives or the upload fails. `on_event` sees every [`UploadEvent`].
 pub async fn upload(
     session: &Session,
     offer: &Offer,
@@ -626,7 +634,6 @@ pub async fn upload(
     });
     let _guard = AbortOnDrop(reader_task);
     let mut streams: HashMap<u32, (u32, FrameWriter)> = HashMap::new();
-    let mut table = Vec::new();
     let mut late_error: Option<NetError> = None;
     let mut receipt = None;
 
@@ -643,6 +650,15 @@ pub async fn upload(
             }
         }
         while let Some(e) = up.poll_event() {
+            match &e {
+                UploadEvent::Accepted { durable, .. } => {
+                    source.resume(durable).map_err(NetError::Source)?
+                }
+                UploadEvent::Durable { file, pieces } => {
+                    source.durable(*file, *pieces).map_err(NetError::Source)?
+                }
+                _ => {}
+            }
             on_event(&e);
             if let UploadEvent::Receipt(r) = e {
                 receipt = Some(r);
@@ -670,26 +686,11 @@ pub async fn upload(
                 Transmit::Offer => control.send(&Frame::Offer(offer.clone())).await?,
                 Transmit::Open { file, generation } => {
                     let mut w = FrameWriter::new(session.conn.open_uni().await?);
-                    let r = async {
-                        w.send(&Frame::Attach(Attach {
+                    let r = w
+                        .send(&Frame::Attach(Attach {
                             transfer: offer.transfer,
                         }))
-                        .await?;
-                        for (first, count) in table_runs(count_of(&up, file)) {
-                            table.clear();
-                            source
-                                .table(file, first, count, &mut table)
-                                .map_err(NetError::Source)?;
-                            w.send(&Frame::Table(Table {
-                                file,
-                                first,
-                                hashes: std::mem::take(&mut table),
-                            }))
-                            .await?;
-                        }
-                        Ok::<_, NetError>(())
-                    }
-                    .await;
+                        .await;
                     match r {
                         Ok(()) => {
                             streams.insert(file, (generation, w));
@@ -721,13 +722,22 @@ pub async fn upload(
                     }
                 }
                 Transmit::Reset { file, generation } => {
-                    if let Some((g, _)) = streams.get(&file) {
-                        if *g == generation {
-                            if let Some((_, mut w)) = streams.remove(&file) {
-                                w.reset(ErrorCode::NO_ERROR);
-                            }
-                        }
+                    if let Some((g, _)) = streams.get(&file)
+                        && *g == generation
+                        && let Some((_, mut w)) = streams.remove(&file)
+                    {
+                        w.reset(ErrorCode::NO_ERROR);
                     }
+                }
+                Transmit::Seal => {
+                    let (seal, manifest) = source.seal().map_err(NetError::Source)?;
+                    control
+                        .send(&Frame::Seal(Seal {
+                            transfer: offer.transfer,
+                            seal,
+                            manifest,
+                        }))
+                        .await?;
                 }
             }
             continue;
@@ -752,10 +762,6 @@ pub async fn upload(
         ))
     })?;
     Ok(UploadOutcome { receipt, stats })
-}
-
-fn count_of(up: &Upload, file: u32) -> u64 {
-    up.layout(file).map_or(0, |l| l.count())
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -783,7 +789,6 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
         Frame::Durable(v) => Frame::Durable(v),
         Frame::Receipt(v) => Frame::Receipt(v),
         Frame::Attach(v) => Frame::Attach(v),
-        Frame::Table(v) => Frame::Table(v),
         Frame::InboxRequest(v) => Frame::InboxRequest(v),
         Frame::Inbox(v) => Frame::Inbox(v),
         Frame::Fetch(v) => Frame::Fetch(v),
@@ -791,6 +796,7 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
         Frame::StatusRequest(v) => Frame::StatusRequest(v),
         Frame::Status(v) => Frame::Status(v),
         Frame::Deliver(v) => Frame::Deliver(v),
+        Frame::Seal(v) => Frame::Seal(v),
         Frame::Error(v) => Frame::Error(v),
         Frame::Piece(_) | Frame::Range(_) => return None,
     })
@@ -807,15 +813,7 @@ pub trait IntakeHandler: Send + Sync + 'static {
         peer: &PeerIdentity,
         offer: &Offer,
     ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError>;
-    /// New piece-table entries `first..` of `file`.
-    fn table(
-        &self,
-        transfer: TransferId,
-        file: u32,
-        first: u64,
-        hashes: &[[u8; 32]],
-    ) -> Result<(), ProtocolError>;
-    /// The next piece of `file`: verify it and write it (not yet durable).
+    /// The next piece of `file`: hash it and write it (not yet durable).
     fn store(
         &self,
         transfer: TransferId,
@@ -823,18 +821,18 @@ pub trait IntakeHandler: Send + Sync + 'static {
         piece: u64,
         bytes: &[u8],
     ) -> Result<(), ProtocolError>;
-    /// A piece already received: it must be identical.
-    fn duplicate(
-        &self,
-        transfer: TransferId,
-        file: u32,
-        piece: u64,
-        bytes: &[u8],
-    ) -> Result<(), ProtocolError>;
     /// Makes everything stored so far durable; returns each file's durable piece count.
+    /// Called from one task per transfer while `store` goes on: it must not stall `store` for
+    /// the duration of an fsync.
     fn sync(&self, transfer: TransferId) -> Result<Vec<u64>, ProtocolError>;
-    /// Every piece is durable: log and sign the custody receipt.
-    fn receipt(&self, transfer: TransferId) -> Result<String, ProtocolError>;
+    /// Every piece is durable and the sender sealed the manifest: check the seal against the
+    /// offer and the pieces held, then log and sign the custody receipt.
+    fn complete(
+        &self,
+        peer: &PeerIdentity,
+        transfer: TransferId,
+        seal: &Seal,
+    ) -> Result<String, ProtocolError>;
     /// The upload ended without completing (connection lost, failure); the store keeps what
     /// is durable.
     fn abandon(&self, _transfer: TransferId) {}
@@ -976,7 +974,30 @@ async fn serve_upload<H: IntakeHandler>(
         notify: Notify::new(),
     });
     lock(&registry).insert(transfer, active.clone());
-    let result = drive_intake(&handler, &cfg, &active, &mut w, &mut r).await;
+    // The upload stream is read on its own task: reading a frame is not cancel-safe, and the
+    // driver below waits on several things at once (`protocol.md` §6.2).
+    let (tx, mut rx) = mpsc::channel::<Result<Option<Frame<'static>>, NetError>>(4);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let item = match r.next().await {
+                Ok(Some(f)) => match owned(f) {
+                    Some(f) => Ok(Some(f)),
+                    None => Err(NetError::Protocol(ProtocolError::new(
+                        ErrorCode::PROTOCOL_VIOLATION,
+                        "data frame on the upload stream",
+                    ))),
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let stop = !matches!(item, Ok(Some(_)));
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let _guard = AbortOnDrop(reader_task);
+    let result = drive_intake(&handler, &session.peer, &cfg, &active, &mut w, &mut rx).await;
     lock(&registry).remove(&transfer);
     match result {
         Ok(()) => w.finish(),
@@ -991,14 +1012,16 @@ async fn serve_upload<H: IntakeHandler>(
 
 async fn drive_intake<H: IntakeHandler>(
     handler: &Arc<H>,
+    peer: &PeerIdentity,
     cfg: &ServeConfig,
     active: &Arc<Active>,
     w: &mut FrameWriter,
-    r: &mut FrameReader,
+    rx: &mut mpsc::Receiver<Result<Option<Frame<'static>>, NetError>>,
 ) -> Result<(), ProtocolError> {
     let transfer = lock(&active.state).intake.transfer();
     let mut out = Vec::new();
     let mut last_sync = Instant::now();
+    let mut seal: Option<Seal> = None;
     loop {
         // Frames the state machine wants sent.
         let (phase, deadline, dirty) = {
@@ -1025,13 +1048,17 @@ async fn drive_intake<H: IntakeHandler>(
             IntakePhase::Done => return Ok(()),
             IntakePhase::AwaitReceipt => {
                 let h = handler.clone();
-                let text = tokio::task::spawn_blocking(move || h.receipt(transfer))
+                let Some(seal) = seal.take() else {
+                    return Err(ProtocolError::new(ErrorCode::INTERNAL, "no seal held"));
+                };
+                let peer = peer.clone();
+                let text = tokio::task::spawn_blocking(move || h.complete(&peer, transfer, &seal))
                     .await
                     .map_err(|e| ProtocolError::new(ErrorCode::INTERNAL, e.to_string()))??;
                 lock(&active.state).intake.receipt(text)?;
                 continue;
             }
-            IntakePhase::AwaitPieces => {}
+            IntakePhase::AwaitPieces | IntakePhase::AwaitSeal => {}
         }
         if dirty && last_sync.elapsed() >= cfg.sync_interval {
             lock(&active.state).dirty = false;
@@ -1055,10 +1082,14 @@ async fn drive_intake<H: IntakeHandler>(
         tokio::select! {
             _ = active.notify.notified() => {}
             _ = sleep_until(wake) => {}
-            f = r.next() => match f {
-                Ok(None) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, "sender closed the upload stream")),
-                Ok(Some(f)) => return Err(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, format!("unexpected {} on the upload stream", f.ty().name()))),
-                Err(e) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, e.to_string())),
+            f = rx.recv() => match f {
+                None | Some(Ok(None)) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, "sender closed the upload stream")),
+                Some(Ok(Some(Frame::Seal(s)))) => {
+                    lock(&active.state).intake.handle_seal(&s)?;
+                    seal = Some(s);
+                }
+                Some(Ok(Some(f))) => return Err(ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, format!("unexpected {} on the upload stream", f.ty().name()))),
+                Some(Err(e)) => return Err(ProtocolError::new(ErrorCode::TIMEOUT, e.to_string())),
             },
         }
     }
@@ -1100,18 +1131,10 @@ async fn serve_data<H: IntakeHandler>(
         };
         let mut st = lock(&active.state);
         let res = match st.intake.handle_data(&frame) {
-            Ok(DataAction::Table {
-                file,
-                first,
-                hashes,
-            }) if !hashes.is_empty() => handler.table(transfer, file, first, hashes),
-            Ok(DataAction::Table { .. } | DataAction::Gap) => Ok(()),
+            Ok(DataAction::Duplicate | DataAction::Gap) => Ok(()),
             Ok(DataAction::Store { file, piece, bytes }) => {
                 st.dirty = true;
                 handler.store(transfer, file, piece, bytes)
-            }
-            Ok(DataAction::Duplicate { file, piece, bytes }) => {
-                handler.duplicate(transfer, file, piece, bytes)
             }
             Err(e) => Err(e),
         };

@@ -343,10 +343,10 @@ impl CertInfo {
         let mut agencies = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {
-                if let GeneralName::DNSName(d) = n {
-                    if let Some(id) = d.strip_suffix(NAME_SUFFIX) {
-                        agencies.push(id.to_owned());
-                    }
+                if let GeneralName::DNSName(d) = n
+                    && let Some(id) = d.strip_suffix(NAME_SUFFIX)
+                {
+                    agencies.push(id.to_owned());
                 }
             }
         }

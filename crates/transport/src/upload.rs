@@ -2,6 +2,10 @@
 //! on the sender, [`Intake`] on the relay. Frames and time go in; frames, directives, events
 //! and timeouts come out. The tokio shell (`net`) only moves bytes.
 //!
+//! Order (`protocol.md` §6.1): OFFER announces the files' sizes; the data follows at once,
+//! produced while it is sent; once every piece is durable the sender sends SEAL, the sealed
+//! manifest that the data determined, and the relay answers with the custody receipt.
+//!
 //! Reliability model: QUIC delivers each stream reliably and in order, but a stream can be
 //! reset, a connection can drop and a relay can crash, so a piece is not safe until the relay
 //! says it is **durable**. The sender keeps at most `window` bytes beyond the durable prefix in
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use rogatory_custody::{PieceLayout, TransferId};
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::frame::{Accept, Durable, Frame, MAX_TABLE_HASHES, Receipt, ReceiptKind};
+use crate::frame::{Accept, Durable, Frame, Receipt, ReceiptKind, Seal};
 
 /// Sender-side settings (`protocol.md` §8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +57,7 @@ impl Default for UploadConfig {
 pub enum Transmit {
     /// Send OFFER on the upload stream.
     Offer,
-    /// Open a data stream for `(file, generation)` and send ATTACH, then the file's whole piece table
-    /// in TABLE frames of at most [`MAX_TABLE_HASHES`] hashes.
+    /// Open a data stream for `(file, generation)` and send ATTACH.
     Open {
         /// File index.
         file: u32,
@@ -86,6 +89,8 @@ pub enum Transmit {
         /// Stream generation.
         generation: u32,
     },
+    /// Every piece is durable: send SEAL (the sealed manifest) on the upload stream.
+    Seal,
 }
 
 /// What happened, for the sender's user interface.
@@ -97,6 +102,15 @@ pub enum UploadEvent {
         skipped: u64,
         /// Ciphertext bytes still to send.
         remaining: u64,
+        /// Durable piece count per file at the relay.
+        durable: Vec<u64>,
+    },
+    /// Pieces `0..pieces` of `file` are durable at the relay.
+    Durable {
+        /// File index.
+        file: u32,
+        /// Durable piece count.
+        pieces: u64,
     },
     /// More data is durable.
     Progress {
@@ -123,7 +137,7 @@ pub enum UploadPhase {
     AwaitAccept,
     /// Sending pieces; waiting for DURABLE.
     AwaitDurable,
-    /// Every piece durable; waiting for RECEIPT.
+    /// Every piece durable and SEAL sent; waiting for RECEIPT.
     AwaitReceipt,
     /// Receipt received.
     Done,
@@ -338,6 +352,7 @@ impl Upload {
         self.events.push_back(UploadEvent::Accepted {
             skipped,
             remaining: self.total_bytes() - skipped,
+            durable: a.durable.clone(),
         });
         self.last_progress = now;
         self.phase = UploadPhase::AwaitDurable;
@@ -376,6 +391,10 @@ impl Upload {
         }
         self.last_progress = now;
         self.rewinds_in_a_row = 0;
+        self.events.push_back(UploadEvent::Durable {
+            file: d.file,
+            pieces: d.pieces,
+        });
         self.events.push_back(UploadEvent::Progress {
             durable: self.durable_bytes(),
             total: self.total_bytes(),
@@ -389,6 +408,7 @@ impl Upload {
     fn check_all_durable(&mut self, now: Instant) {
         if self.phase == UploadPhase::AwaitDurable && self.incomplete == 0 {
             self.phase = UploadPhase::AwaitReceipt;
+            self.out.push_back(Transmit::Seal);
             self.deadline = now + self.cfg.receipt_timeout;
         }
     }
@@ -552,16 +572,7 @@ impl Default for IntakeConfig {
 /// What the relay's shell must do with a data frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataAction<'a> {
-    /// New table entries `first..first + hashes.len()` of `file`: check and store them.
-    Table {
-        /// File index.
-        file: u32,
-        /// First new index.
-        first: u64,
-        /// The new hashes.
-        hashes: &'a [[u8; 32]],
-    },
-    /// The next piece of `file`: verify against its table entry and write it.
+    /// The next piece of `file`: hash it (its leaf joins the file's piece root) and write it.
     Store {
         /// File index.
         file: u32,
@@ -570,15 +581,9 @@ pub enum DataAction<'a> {
         /// The bytes.
         bytes: &'a [u8],
     },
-    /// A piece the relay already has (a resend): verify it is identical; nothing to write.
-    Duplicate {
-        /// File index.
-        file: u32,
-        /// Piece index.
-        piece: u64,
-        /// The bytes.
-        bytes: &'a [u8],
-    },
+    /// A piece the relay already has (a resend after a rewind): dropped. The copy already
+    /// stored is the one the piece root covers, checked against the sealed manifest at SEAL.
+    Duplicate,
     /// A piece beyond the next expected one (its predecessor was lost): dropped; the sender
     /// will resend from the durable prefix.
     Gap,
@@ -589,7 +594,9 @@ pub enum DataAction<'a> {
 pub enum IntakePhase {
     /// Waiting for pieces.
     AwaitPieces,
-    /// Every piece durable; the relay must issue the receipt ([`Intake::receipt`]).
+    /// Every piece durable; waiting for SEAL ([`Intake::handle_seal`]).
+    AwaitSeal,
+    /// SEAL arrived; the relay must check it and issue the receipt ([`Intake::receipt`]).
     AwaitReceipt,
     /// Receipt queued.
     Done,
@@ -598,7 +605,6 @@ pub enum IntakePhase {
 #[derive(Debug)]
 struct RecvFile {
     layout: PieceLayout,
-    table: u64,
     received: u64,
     durable: u64,
     acked: u64,
@@ -637,7 +643,6 @@ impl Intake {
                 let d = d.min(layout.count());
                 RecvFile {
                     layout,
-                    table: 0,
                     received: d,
                     durable: d,
                     acked: d,
@@ -695,35 +700,6 @@ impl Intake {
     ) -> Result<DataAction<'a>, ProtocolError> {
         let violation = |m: &str| ProtocolError::new(ErrorCode::PROTOCOL_VIOLATION, m);
         match frame {
-            Frame::Table(t) => {
-                let f = self
-                    .files
-                    .get_mut(t.file as usize)
-                    .ok_or_else(|| violation("TABLE names no file of the transfer"))?;
-                let end = t
-                    .first
-                    .checked_add(t.hashes.len() as u64)
-                    .filter(|&e| e <= f.layout.count());
-                let end = end.ok_or_else(|| violation("TABLE beyond the file's piece count"))?;
-                if t.first > f.table {
-                    return Err(violation("TABLE out of order"));
-                }
-                if end <= f.table {
-                    return Ok(DataAction::Table {
-                        file: t.file,
-                        first: end,
-                        hashes: &[],
-                    });
-                }
-                let skip = (f.table - t.first) as usize;
-                let first = f.table;
-                f.table = end;
-                Ok(DataAction::Table {
-                    file: t.file,
-                    first,
-                    hashes: &t.hashes[skip..],
-                })
-            }
             Frame::Piece(p) => {
                 let f = self
                     .files
@@ -739,16 +715,9 @@ impl Intake {
                         "PIECE has the wrong length for its position",
                     ));
                 }
-                if f.table < f.layout.count() {
-                    return Err(violation("PIECE before the file's complete TABLE"));
-                }
                 if p.piece < f.received {
                     self.duplicates += 1;
-                    return Ok(DataAction::Duplicate {
-                        file: p.file,
-                        piece: p.piece,
-                        bytes: p.bytes,
-                    });
+                    return Ok(DataAction::Duplicate);
                 }
                 if p.piece > f.received {
                     self.gaps += 1;
@@ -802,16 +771,37 @@ impl Intake {
 
     fn check_all_durable(&mut self) {
         if self.phase == IntakePhase::AwaitPieces && self.incomplete == 0 {
-            self.phase = IntakePhase::AwaitReceipt;
+            self.phase = IntakePhase::AwaitSeal;
+            // The sender seals once it has seen every piece durable: tell it now.
+            self.flush_acks();
         }
     }
 
-    /// Queues the custody receipt (after every piece is durable).
+    /// SEAL arrived on the upload stream: accepted only once every piece is durable
+    /// (`protocol.md` §6.2). The shell then checks it and issues the receipt.
+    pub fn handle_seal(&mut self, seal: &Seal) -> Result<(), ProtocolError> {
+        if seal.transfer != self.transfer {
+            return Err(ProtocolError::new(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "SEAL names another transfer",
+            ));
+        }
+        if self.phase != IntakePhase::AwaitSeal {
+            return Err(ProtocolError::new(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "SEAL before every piece is durable",
+            ));
+        }
+        self.phase = IntakePhase::AwaitReceipt;
+        Ok(())
+    }
+
+    /// Queues the custody receipt (after SEAL was checked).
     pub fn receipt(&mut self, text: String) -> Result<(), ProtocolError> {
         if self.phase != IntakePhase::AwaitReceipt {
             return Err(ProtocolError::new(
                 ErrorCode::INTERNAL,
-                "receipt before every piece is durable",
+                "receipt before the seal",
             ));
         }
         self.flush_acks();
@@ -854,11 +844,4 @@ impl Intake {
     pub fn poll_frame(&mut self) -> Option<Frame<'static>> {
         self.out.pop_front()
     }
-}
-
-/// Splits a piece table into TABLE-sized runs: `(first, count)`.
-pub fn table_runs(count: u64) -> impl Iterator<Item = (u64, usize)> {
-    (0..count)
-        .step_by(MAX_TABLE_HASHES)
-        .map(move |first| (first, (count - first).min(MAX_TABLE_HASHES as u64) as usize))
 }

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rogatory_custody::TransferId;
-use rogatory_transport::frame::{self, Decoded, Frame, FrameLimits, Piece, Table};
+use rogatory_transport::frame::{self, Decoded, Frame, FrameLimits, Piece, Seal};
 use rogatory_transport::net::PieceSource;
 use rogatory_transport::upload::{
     DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadConfig, UploadPhase,
-    table_runs,
 };
 use rogatory_transport::{ErrorClass, ErrorCode};
 use support::memory::Files;
@@ -89,19 +88,18 @@ fn simulate(
             match t {
                 Transmit::Offer => to_relay.push_back((now + net.latency, vec![])),
                 Transmit::Open { file, generation } => {
-                    let q = streams.entry((file, generation)).or_default();
-                    for (first, count) in table_runs(files.layouts[file as usize].count()) {
-                        let mut h = Vec::new();
-                        src.table(file, first, count, &mut h).expect("table");
-                        q.push_back((
-                            now + net.latency,
-                            encode(&Frame::Table(Table {
-                                file,
-                                first,
-                                hashes: h,
-                            })),
-                        ));
-                    }
+                    streams.entry((file, generation)).or_default();
+                }
+                Transmit::Seal => {
+                    let (seal, manifest) = src.seal().expect("seal");
+                    to_relay.push_back((
+                        now + net.latency,
+                        encode(&Frame::Seal(Seal {
+                            transfer,
+                            seal,
+                            manifest,
+                        })),
+                    ));
                 }
                 Transmit::Piece {
                     file,
@@ -132,7 +130,17 @@ fn simulate(
         }
         // The network delivers what is due: control in order, data streams interleaved at random.
         while to_relay.front().is_some_and(|(at, _)| *at <= now) {
-            to_relay.pop_front();
+            let (_, b) = to_relay.pop_front().expect("front");
+            if !b.is_empty() {
+                let Ok(Decoded::Frame(Frame::Seal(seal), _)) = frame::decode(&b, &limits) else {
+                    panic!("only SEAL follows OFFER on the upload stream")
+                };
+                let i = intake.as_mut().expect("SEAL after ACCEPT");
+                i.handle_seal(&seal)
+                    .expect("SEAL once every piece is durable");
+                assert_eq!(seal.manifest, files.roots_text(), "sealed roots");
+                continue;
+            }
             if relay_answers && intake.is_none() {
                 intake = Some(Intake::new(
                     transfer,
@@ -179,15 +187,6 @@ fn simulate(
                     panic!("decode")
                 };
                 match intake.handle_data(&f).expect("valid data") {
-                    DataAction::Table {
-                        file,
-                        first,
-                        hashes,
-                    } => {
-                        let want = &files.tables[file as usize]
-                            [first as usize..first as usize + hashes.len()];
-                        assert_eq!(want, hashes);
-                    }
                     DataAction::Store { file, piece, bytes } => {
                         let l = &files.layouts[file as usize];
                         assert_eq!(
@@ -197,15 +196,7 @@ fn simulate(
                         );
                         received[file as usize].extend_from_slice(bytes);
                     }
-                    DataAction::Duplicate { file, piece, bytes } => {
-                        let r = files.layouts[file as usize].range(piece).expect("range");
-                        assert_eq!(
-                            &received[file as usize][r.start as usize..r.end as usize],
-                            bytes,
-                            "duplicate is identical"
-                        );
-                    }
-                    DataAction::Gap => {}
+                    DataAction::Duplicate | DataAction::Gap => {}
                 }
             }
         }
@@ -385,26 +376,21 @@ fn intake_refuses_misplaced_and_malformed_data() {
     let t = TransferId::from_bytes([7; 16]);
     let mut i = Intake::new(t, files.layouts.clone(), vec![0], IntakeConfig::default());
     let piece = vec![0u8; 65_552];
-    // A piece before the table.
-    let f = Frame::Piece(Piece {
-        file: 0,
-        piece: 1,
-        bytes: &piece,
-    });
+    let count = files.layouts[0].count();
+    // SEAL before every piece is durable, or naming another transfer.
+    let seal = |transfer| Seal {
+        transfer,
+        seal: "s".into(),
+        manifest: "m".into(),
+    };
     assert_eq!(
-        i.handle_data(&f).expect_err("no table").code,
+        i.handle_seal(&seal(t)).expect_err("early").code,
         ErrorCode::PROTOCOL_VIOLATION
     );
-    let count = files.layouts[0].count();
-    let table = Frame::Table(Table {
-        file: 0,
-        first: 0,
-        hashes: files.tables[0].clone(),
-    });
-    assert!(matches!(
-        i.handle_data(&table),
-        Ok(DataAction::Table { first: 0, .. })
-    ));
+    assert!(
+        i.handle_seal(&seal(TransferId::from_bytes([8; 16])))
+            .is_err()
+    );
     // Wrong file, beyond the last piece, wrong length.
     assert!(
         i.handle_data(&Frame::Piece(Piece {
@@ -430,13 +416,6 @@ fn intake_refuses_misplaced_and_malformed_data() {
         }))
         .expect_err("length");
     assert_eq!(e.code, ErrorCode::INTEGRITY);
-    // A table beyond the piece count.
-    let big = Frame::Table(Table {
-        file: 0,
-        first: count,
-        hashes: vec![[0; 32]],
-    });
-    assert!(i.handle_data(&big).is_err());
     // A gap is dropped, not stored.
     assert_eq!(
         i.handle_data(&Frame::Piece(Piece {

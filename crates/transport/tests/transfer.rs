@@ -19,8 +19,7 @@ use support::*;
 fn offer(t: TransferId) -> Offer {
     Offer {
         transfer: t,
-        seal: "seal\n".into(),
-        manifest: "{}".into(),
+        offer: "{}".into(),
     }
 }
 
@@ -217,10 +216,10 @@ async fn interrupted_upload_resumes_from_the_durable_prefix() {
         small_window,
         &mut src,
         |e| {
-            if let UploadEvent::Progress { durable, .. } = e {
-                if *durable > 8 << 20 {
-                    conn.close(0u32.into(), b"cut");
-                }
+            if let UploadEvent::Progress { durable, .. } = e
+                && *durable > 8 << 20
+            {
+                conn.close(0u32.into(), b"cut");
             }
         },
     )
