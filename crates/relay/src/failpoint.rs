@@ -35,11 +35,11 @@ pub fn hit(name: &str) {
     if p.is_empty() {
         return;
     }
-    if let Some((n, count)) = p.get(name) {
-        if count.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-            eprintln!("rogatory: failpoint {name} reached; aborting");
-            std::process::abort();
-        }
+    if let Some((n, count)) = p.get(name)
+        && count.fetch_add(1, Ordering::SeqCst) + 1 == *n
+    {
+        eprintln!("rogatory: failpoint {name} reached; aborting");
+        std::process::abort();
     }
 }
 

@@ -8,27 +8,30 @@
 //! audit.log         the audit log (custody.md §7); audit.quarantine for a cut-off torn tail
 //! ```
 //!
-//! Durability order (`relay.md` §3): piece written → pack fsynced (and the spool directory,
-//! once, so the name survives) → index transaction with the new durable prefixes committed →
-//! only then DURABLE to the sender. Completion: full ciphertext digests re-checked from disk →
-//! rename to inbox → fsync both directories → completion time committed → custody receipt signed
-//! and appended to the audit log (fsync) → bundle committed → RECEIPT.
+//! Durability order (`relay.md` §3): piece hashed into its file's piece-root frontier and
+//! written → pack fsynced (and the spool directory, once, so the name survives) → index
+//! transaction with the new durable prefixes and frontiers committed → only then DURABLE to the
+//! sender. Group commit: one fsync and one transaction cover every piece written since the last
+//! one, and pieces keep arriving while they run. Completion, on SEAL: seal verified, manifest
+//! matched against the offer and every file's piece root against the frontier computed on
+//! arrival (nothing is read back) → manifest, seal and completion time committed → rename to
+//! inbox → fsync both directories → custody receipt signed and appended to the audit log
+//! (fsync) → bundle committed → RECEIPT.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rogatory_custody::merkle::leaf_hash;
+use rogatory_custody::merkle::{Frontier, leaf_hash};
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, PieceTable,
-    Sha256Digest, Statement, Text, Timestamp, TransferId, TrustStore, open_sealed_manifest,
-    piece_layout,
+    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout,
+    Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
+    open_sealed_manifest,
 };
-use rogatory_transport::frame::{Offer, TransferState};
+use rogatory_transport::frame::{Offer, Seal, TransferState};
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 
 use crate::logfile::FileLogStore;
 use crate::policy::{Policy, Refusal};
@@ -98,8 +101,6 @@ pub fn system_clock() -> Clock {
 struct FileInfo {
     layout: PieceLayout,
     base: u64,
-    piece_root: Sha256Digest,
-    ciphertext_sha256: Sha256Digest,
 }
 
 /// A transfer being received (its pack file lives in the spool).
@@ -108,16 +109,17 @@ struct Active {
     row: i64,
     /// The pack file in the spool (computed once, not per piece).
     spool: PathBuf,
-    sender: AgencyId,
     files: Vec<FileInfo>,
-    tables: Vec<Vec<[u8; 32]>>,
-    verified: Vec<bool>,
-    /// Verified tables not yet in the index.
-    unsaved_tables: Vec<u32>,
+    /// Each file's piece-root frontier over the pieces received (`custody.md` §5.2).
+    frontiers: Vec<Frontier>,
     received: Vec<u64>,
     durable: Vec<u64>,
+    /// Files whose received prefix grew since the last sync (each listed once).
+    changed: Vec<u32>,
     dirty: bool,
     named: bool,
+    /// A sync is running (its fsync happens without this lock held).
+    syncing: bool,
 }
 
 /// The relay.
@@ -204,9 +206,10 @@ CREATE TABLE IF NOT EXISTS transfers (
     transfer BLOB NOT NULL UNIQUE,
     sender TEXT NOT NULL,
     recipients TEXT NOT NULL,
-    manifest BLOB NOT NULL,
-    seal BLOB NOT NULL,
-    manifest_sha256 BLOB NOT NULL,
+    offer BLOB NOT NULL,
+    manifest BLOB,
+    seal BLOB,
+    manifest_sha256 BLOB,
     ciphertext_bytes INTEGER NOT NULL,
     files INTEGER NOT NULL,
     state TEXT NOT NULL,
@@ -225,9 +228,7 @@ CREATE TABLE IF NOT EXISTS files (
     size INTEGER NOT NULL,
     ciphertext_size INTEGER NOT NULL,
     base INTEGER NOT NULL,
-    piece_root BLOB NOT NULL,
-    ciphertext_sha256 BLOB NOT NULL,
-    piece_table BLOB,
+    frontier BLOB,
     durable INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (row, idx)
 );
@@ -270,14 +271,17 @@ pub struct TransferRow {
     pub delivered_at: Option<i64>,
     /// Purge receipt.
     pub purge_receipt: Option<String>,
-    /// The seal and manifest as offered.
+    /// The seal (empty until the sender sealed the transfer).
     pub seal: Vec<u8>,
-    /// The manifest JSON.
+    /// The manifest JSON (empty until the sender sealed the transfer).
     pub manifest: Vec<u8>,
+    /// The offer JSON.
+    pub offer: Vec<u8>,
 }
 
 const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
-     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, seal, manifest";
+     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, COALESCE(seal, x''), \
+     COALESCE(manifest, x''), offer";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;
@@ -311,6 +315,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
         purge_receipt: r.get(13)?,
         seal: r.get(14)?,
         manifest: r.get(15)?,
+        offer: r.get(16)?,
     })
 }
 
@@ -540,8 +545,9 @@ impl<S: Storage> Relay<S> {
         Ok(v.into_iter().map(|d| d as u64).collect())
     }
 
-    /// Handles an OFFER (`relay.md` §2): verify the seal, bind the transfer to its sender,
-    /// apply the policy, create or resume the transfer. Refusals are logged.
+    /// Handles an OFFER (`relay.md` §2): bind the transfer to its sender, apply the policy to
+    /// the offer, create or resume the transfer. Refusals are logged. The seal comes at the end
+    /// of the upload ([`Relay::complete`]).
     pub fn offer(
         &self,
         peer: &PeerIdentity,
@@ -556,63 +562,42 @@ impl<S: Storage> Relay<S> {
         peer: &PeerIdentity,
         offer: &Offer,
     ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
-        // The manifest must be the authenticated agency's own, sealed with its card's key.
-        let claimed = Manifest::parse(offer.manifest.as_bytes())
-            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("manifest: {e}")))?;
-        if claimed.sender != peer.agency {
+        let o = TransferOffer::parse(offer.offer.as_bytes())
+            .map_err(|e| perr(ErrorCode::PROTOCOL_VIOLATION, format!("offer: {e}")))?;
+        // The transfer must be the authenticated agency's own.
+        if o.sender != peer.agency {
             return Err(perr(
                 ErrorCode::NOT_AUTHORISED,
-                format!(
-                    "{} may not upload a transfer of {}",
-                    peer.agency, claimed.sender
-                ),
+                format!("{} may not upload a transfer of {}", peer.agency, o.sender),
             ));
         }
-        let card = self.trust.get(&peer.agency).ok_or_else(|| {
-            perr(
+        if self.trust.get(&peer.agency).is_none() {
+            return Err(perr(
                 ErrorCode::UNKNOWN_AGENCY,
                 format!("{} has no card in the relay's trust store", peer.agency),
-            )
-        })?;
-        let sealed = open_sealed_manifest(
-            offer.manifest.as_bytes(),
-            offer.seal.as_bytes(),
-            &card.verifier_key,
-        )
-        .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
-        let m: &Manifest = &sealed.manifest;
-        if m.transfer_id != offer.transfer {
-            return Err(perr(
-                ErrorCode::BAD_SEAL,
-                "OFFER names another transfer than its manifest",
             ));
         }
-        let manifest_sha = Sha256Digest::of(offer.manifest.as_bytes());
-        let layouts = m
-            .files
-            .iter()
-            .map(|f| piece_layout(f.size, f.ciphertext_size))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                perr(
-                    ErrorCode::BAD_SEAL,
-                    "a file's sizes cannot belong to an age file",
-                )
-            })?;
+        if o.transfer_id != offer.transfer {
+            return Err(perr(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "OFFER names another transfer than its offer",
+            ));
+        }
+        let layouts = o.layouts();
 
         if let Some(existing) = self.transfer(&offer.transfer)? {
             // Resume authority (TESTS.md 26, 31): the transfer id belongs to its sender and its
-            // manifest; the relay's own durable prefixes answer.
+            // offer; the relay's own durable prefixes answer.
             if existing.sender != peer.agency {
                 return Err(perr(
                     ErrorCode::NOT_AUTHORISED,
                     "this transfer id belongs to another agency",
                 ));
             }
-            if Sha256Digest::of(&existing.manifest) != manifest_sha {
+            if existing.offer != offer.offer.as_bytes() {
                 return Err(perr(
                     ErrorCode::CONFLICT,
-                    "this transfer id is in use with another manifest",
+                    "this transfer id is in use with another offer",
                 ));
             }
             match existing.state {
@@ -626,7 +611,7 @@ impl<S: Storage> Relay<S> {
             }
             let durable = self.durable(existing.row)?;
             if existing.state == TransferState::Receiving {
-                self.activate(&existing, m, &layouts, &durable)?;
+                self.activate(&existing, &layouts, &durable)?;
             }
             let db = lock(&self.db);
             db.execute(
@@ -651,7 +636,7 @@ impl<S: Storage> Relay<S> {
                 "the manifest is older than the relay accepts",
             ),
         };
-        for r in &m.recipients {
+        for r in &o.recipients {
             if self.trust.get(r).is_none() && r != &self.agency {
                 return Err(perr(
                     ErrorCode::POLICY,
@@ -660,23 +645,23 @@ impl<S: Storage> Relay<S> {
             }
         }
         self.policy
-            .check_route(&m.sender, &m.recipients, &self.agency)
+            .check_route(&o.sender, &o.recipients, &self.agency)
             .map_err(policy_err)?;
-        self.policy.check_legal(&m.legal).map_err(policy_err)?;
+        self.policy.check_legal(&o.legal).map_err(policy_err)?;
         let now = self.now().unix();
-        let age = now - m.created_at.unix();
+        let age = now - o.created_at.unix();
         if age > i64::from(self.policy.max_manifest_age_days) * 86_400 || age < -86_400 {
             return Err(policy_err(Refusal::Stale));
         }
-        let total: u64 = m.files.iter().map(|f| f.ciphertext_size).sum();
+        let total = o.ciphertext_bytes();
         if total > self.policy.max_transfer_bytes {
             return Err(policy_err(Refusal::TooLarge(total)));
         }
-        if let Some(q) = self.policy.rule(&m.sender).and_then(|r| r.quota_bytes) {
+        if let Some(q) = self.policy.rule(&o.sender).and_then(|r| r.quota_bytes) {
             let used: i64 = lock(&self.db)
                 .query_row(
                     "SELECT COALESCE(SUM(ciphertext_bytes), 0) FROM transfers WHERE sender = ?1 AND state NOT IN ('purged', 'rejected')",
-                    params![m.sender.as_str()],
+                    params![o.sender.as_str()],
                     |r| r.get(0),
                 )
                 .map_err(db_err)?;
@@ -695,7 +680,7 @@ impl<S: Storage> Relay<S> {
             ));
         }
 
-        let recipients = m
+        let recipients = o
             .recipients
             .iter()
             .map(AgencyId::as_str)
@@ -705,49 +690,56 @@ impl<S: Storage> Relay<S> {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
             tx.execute(
-                "INSERT INTO transfers (transfer, sender, recipients, manifest, seal, manifest_sha256, ciphertext_bytes, files, state, offered_at, touched_at, retain_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'receiving', ?9, ?9, ?10)",
+                "INSERT INTO transfers (transfer, sender, recipients, offer, ciphertext_bytes, files, state, offered_at, touched_at, retain_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'receiving', ?7, ?7, ?8)",
                 params![
                     &offer.transfer.as_bytes()[..],
-                    m.sender.as_str(),
+                    o.sender.as_str(),
                     recipients,
-                    offer.manifest.as_bytes(),
-                    offer.seal.as_bytes(),
-                    &manifest_sha.0[..],
+                    offer.offer.as_bytes(),
                     total as i64,
-                    m.files.len() as i64,
+                    o.files.len() as i64,
                     now,
-                    m.legal.retain_until.map(|d| d.to_string()),
+                    o.legal.retain_until.map(|d| d.to_string()),
                 ],
             )
             .map_err(db_err)?;
             let row = tx.last_insert_rowid();
             let mut base = 0u64;
-            for (i, f) in m.files.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO files (row, idx, size, ciphertext_size, base, piece_root, ciphertext_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![row, i as i64, f.size as i64, f.ciphertext_size as i64, base as i64, &f.piece_root.0[..], &f.ciphertext_sha256.0[..]],
-                )
-                .map_err(db_err)?;
-                base += f.ciphertext_size;
+            {
+                let mut ins = tx
+                    .prepare(
+                        "INSERT INTO files (row, idx, size, ciphertext_size, base) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(db_err)?;
+                for (i, f) in o.files.iter().enumerate() {
+                    ins.execute(params![
+                        row,
+                        i as i64,
+                        f.size as i64,
+                        f.ciphertext_size as i64,
+                        base as i64
+                    ])
+                    .map_err(db_err)?;
+                    base += f.ciphertext_size;
+                }
             }
             tx.commit().map_err(db_err)?;
             row
         };
-        tracing::info!(transfer = %offer.transfer, sender = %m.sender, files = m.files.len(), bytes = total, "transfer accepted");
+        tracing::info!(transfer = %offer.transfer, sender = %o.sender, files = o.files.len(), bytes = total, "transfer accepted");
         let existing = self
             .transfer(&offer.transfer)?
             .ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
         debug_assert_eq!(existing.row, row);
         let durable = vec![0; layouts.len()];
-        self.activate(&existing, m, &layouts, &durable)?;
+        self.activate(&existing, &layouts, &durable)?;
         Ok((layouts, durable))
     }
 
     fn activate(
         &self,
         row: &TransferRow,
-        m: &Manifest,
         layouts: &[PieceLayout],
         durable: &[u64],
     ) -> Result<(), ProtocolError> {
@@ -755,65 +747,65 @@ impl<S: Storage> Relay<S> {
         if active.contains_key(&row.transfer) {
             return Ok(());
         }
-        let tables = self.stored_tables(row.row)?;
+        let frontiers = self.stored_frontiers(row.row, durable)?;
         let mut base = 0;
-        let files = m
-            .files
+        let files = layouts
             .iter()
-            .zip(layouts)
-            .map(|(f, l)| {
-                let fi = FileInfo {
-                    layout: *l,
-                    base,
-                    piece_root: f.piece_root,
-                    ciphertext_sha256: f.ciphertext_sha256,
-                };
-                base += f.ciphertext_size;
+            .map(|l| {
+                let fi = FileInfo { layout: *l, base };
+                base += l.ciphertext_size;
                 fi
             })
             .collect::<Vec<_>>();
-        let verified = tables
-            .iter()
-            .zip(&files)
-            .map(|(t, f)| t.len() as u64 == f.layout.count())
-            .collect();
         active.insert(
             row.transfer,
             Arc::new(Mutex::new(Active {
                 row: row.row,
                 spool: self.spool(row.row),
-                sender: row.sender.clone(),
                 files,
-                tables,
-                verified,
-                unsaved_tables: Vec::new(),
+                frontiers,
                 received: durable.to_vec(),
                 durable: durable.to_vec(),
+                changed: Vec::new(),
                 dirty: false,
                 named: durable.iter().any(|&d| d > 0),
+                syncing: false,
             })),
         );
         Ok(())
     }
 
-    fn stored_tables(&self, row: i64) -> Result<Vec<Vec<[u8; 32]>>, ProtocolError> {
+    /// The frontiers saved with the durable prefixes; each must cover exactly its prefix.
+    fn stored_frontiers(&self, row: i64, durable: &[u64]) -> Result<Vec<Frontier>, ProtocolError> {
         let db = lock(&self.db);
         let mut q = db
-            .prepare("SELECT piece_table FROM files WHERE row = ?1 ORDER BY idx")
+            .prepare("SELECT frontier FROM files WHERE row = ?1 ORDER BY idx")
             .map_err(db_err)?;
         let v = q
             .query_map(params![row], |r| r.get::<_, Option<Vec<u8>>>(0))
             .map_err(db_err)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)?;
-        Ok(v.into_iter()
-            .map(|b| {
-                b.unwrap_or_default()
-                    .chunks_exact(32)
-                    .map(|c| c.try_into().unwrap_or([0; 32]))
-                    .collect()
+        v.into_iter()
+            .zip(durable)
+            .enumerate()
+            .map(|(i, (b, &d))| {
+                let f = match b {
+                    None => Frontier::new(),
+                    Some(b) => Frontier::from_bytes(&b).unwrap_or_default(),
+                };
+                if f.len() == d {
+                    Ok(f)
+                } else {
+                    Err(perr(
+                        ErrorCode::STORAGE_UNAVAILABLE,
+                        format!(
+                            "file {i}: the index's piece frontier does not match its durable prefix"
+                        ),
+                    ))
+                }
             })
-            .collect())
+            .collect()
     }
 
     fn get_active(&self, t: &TransferId) -> Result<Arc<Mutex<Active>>, ProtocolError> {
@@ -846,56 +838,8 @@ impl<S: Storage> Relay<S> {
         e
     }
 
-    /// TABLE entries `first..` of `file` (contiguous, from the intake).
-    pub fn table(
-        &self,
-        t: TransferId,
-        file: u32,
-        first: u64,
-        hashes: &[[u8; 32]],
-    ) -> Result<(), ProtocolError> {
-        let a = self.get_active(&t)?;
-        let mut a = lock(&a);
-        let f = file as usize;
-        if a.verified[f] {
-            // Already verified and stored: a resend must be identical.
-            let held = &a.tables[f][first as usize..first as usize + hashes.len()];
-            if held != hashes {
-                let sender = a.sender.clone();
-                return Err(self.integrity(
-                    t,
-                    &sender,
-                    format!("file {file}: a resent piece table differs"),
-                ));
-            }
-            return Ok(());
-        }
-        if a.tables[f].len() as u64 != first {
-            // A new stream restarts the table; keep what matches.
-            a.tables[f].truncate(first as usize);
-        }
-        a.tables[f].extend_from_slice(hashes);
-        let info = &a.files[f];
-        if a.tables[f].len() as u64 == info.layout.count() {
-            let leaves = a.tables[f].clone();
-            if PieceTable::from_leaves(&info.layout, leaves, &info.piece_root).is_none() {
-                a.tables[f].clear();
-                let sender = a.sender.clone();
-                return Err(self.integrity(
-                    t,
-                    &sender,
-                    format!("file {file}: the piece table does not match piece_root"),
-                ));
-            }
-            // Stored with the next sync's transaction: one commit for many files, and a table is
-            // on disk no later than the first durable piece it covers.
-            a.verified[f] = true;
-            a.unsaved_tables.push(file);
-        }
-        Ok(())
-    }
-
-    /// The next piece of `file`: checked against its table entry, then written.
+    /// The next piece of `file` (the intake hands them out in order): its leaf joins the file's
+    /// piece-root frontier, then it is written. Nothing is durable before [`Relay::sync`].
     pub fn store(
         &self,
         t: TransferId,
@@ -906,21 +850,13 @@ impl<S: Storage> Relay<S> {
         let a = self.get_active(&t)?;
         let mut a = lock(&a);
         let f = file as usize;
-        if !a.verified[f] {
-            return Err(perr(
-                ErrorCode::PROTOCOL_VIOLATION,
-                "piece before a verified table",
-            ));
+        let info = a
+            .files
+            .get(f)
+            .ok_or_else(|| perr(ErrorCode::PROTOCOL_VIOLATION, "no such file"))?;
+        if a.received[f] != piece {
+            return Err(perr(ErrorCode::INTERNAL, "pieces must be stored in order"));
         }
-        if !bool::from(subtle_eq(&leaf_hash(bytes), &a.tables[f][piece as usize])) {
-            let sender = a.sender.clone();
-            return Err(self.integrity(
-                t,
-                &sender,
-                format!("file {file} piece {piece} does not match its table entry"),
-            ));
-        }
-        let info = &a.files[f];
         let range = info
             .layout
             .range(piece)
@@ -930,95 +866,159 @@ impl<S: Storage> Relay<S> {
             .write_at(&a.spool, off, bytes)
             .map_err(storage_err)?;
         crate::failpoint::hit("store.after_write");
-        a.received[f] = a.received[f].max(piece + 1);
+        a.frontiers[f].push(leaf_hash(bytes));
+        if a.received[f] == a.durable[f] {
+            a.changed.push(file);
+        }
+        a.received[f] = piece + 1;
         a.dirty = true;
         Ok(())
     }
 
-    /// A resent piece the relay already has: it must be identical (TESTS.md 26, 27).
-    pub fn duplicate(
-        &self,
-        t: TransferId,
-        file: u32,
-        piece: u64,
-        bytes: &[u8],
-    ) -> Result<(), ProtocolError> {
-        let a = self.get_active(&t)?;
-        let a = lock(&a);
-        let f = file as usize;
-        if a.verified[f] && bool::from(subtle_eq(&leaf_hash(bytes), &a.tables[f][piece as usize])) {
-            return Ok(());
-        }
-        let sender = a.sender.clone();
-        Err(self.integrity(
-            t,
-            &sender,
-            format!("file {file} piece {piece}: a resent piece differs from the stored one"),
-        ))
-    }
-
     /// Makes what was stored durable (`relay.md` §3) and returns the durable piece counts.
+    /// Group commit: the fsync runs without the transfer's lock, so pieces keep being stored
+    /// meanwhile; they are covered by the next sync.
     pub fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
         let a = self.get_active(&t)?;
-        let mut a = lock(&a);
-        if !a.dirty && a.unsaved_tables.is_empty() {
-            return Ok(a.durable.clone());
-        }
-        if a.dirty {
-            self.storage.sync(&a.spool).map_err(storage_err)?;
-            crate::failpoint::hit("sync.after_fsync");
-            if !a.named {
-                self.storage
-                    .sync_dir(&self.data_dir.join("spool"))
-                    .map_err(storage_err)?;
-                a.named = true;
+        let (spool, row, named, batch) = {
+            let mut g = lock(&a);
+            if !g.dirty || g.syncing {
+                return Ok(g.durable.clone());
             }
+            g.dirty = false;
+            g.syncing = true;
+            let changed = std::mem::take(&mut g.changed);
+            let batch: Vec<(u32, u64, Vec<u8>)> = changed
+                .into_iter()
+                .map(|i| {
+                    let f = i as usize;
+                    (i, g.received[f], g.frontiers[f].to_bytes())
+                })
+                .collect();
+            (g.spool.clone(), g.row, g.named, batch)
+        };
+        let result = self.commit_batch(&spool, row, named, &batch);
+        let mut g = lock(&a);
+        g.syncing = false;
+        match result {
+            Ok(()) => {
+                g.named = true;
+                for &(i, r, _) in &batch {
+                    let f = i as usize;
+                    g.durable[f] = r;
+                    // Pieces stored while this sync ran still need the next one.
+                    if g.received[f] > r {
+                        g.changed.push(i);
+                    }
+                }
+                Ok(g.durable.clone())
+            }
+            Err(e) => {
+                // Nothing of this batch is known durable: the next sync retries all of it.
+                for &(i, _, _) in &batch {
+                    if !g.changed.contains(&i) {
+                        g.changed.push(i);
+                    }
+                }
+                g.dirty = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_batch(
+        &self,
+        spool: &Path,
+        row: i64,
+        named: bool,
+        batch: &[(u32, u64, Vec<u8>)],
+    ) -> Result<(), ProtocolError> {
+        self.storage.sync(spool).map_err(storage_err)?;
+        crate::failpoint::hit("sync.after_fsync");
+        if !named {
+            self.storage
+                .sync_dir(&self.data_dir.join("spool"))
+                .map_err(storage_err)?;
         }
         {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
-            for &file in &a.unsaved_tables {
-                let blob: Vec<u8> = a.tables[file as usize].iter().flatten().copied().collect();
-                tx.execute(
-                    "UPDATE files SET piece_table = ?1 WHERE row = ?2 AND idx = ?3",
-                    params![blob, a.row, i64::from(file)],
-                )
-                .map_err(db_err)?;
-            }
-            for (i, (&r, &d)) in a.received.iter().zip(&a.durable).enumerate() {
-                if r != d {
-                    tx.execute(
-                        "UPDATE files SET durable = ?1 WHERE row = ?2 AND idx = ?3",
-                        params![r as i64, a.row, i as i64],
+            {
+                let mut up = tx
+                    .prepare(
+                        "UPDATE files SET durable = ?1, frontier = ?2 WHERE row = ?3 AND idx = ?4",
                     )
                     .map_err(db_err)?;
+                for (i, r, frontier) in batch {
+                    up.execute(params![*r as i64, frontier, row, i64::from(*i)])
+                        .map_err(db_err)?;
                 }
             }
             tx.execute(
                 "UPDATE transfers SET touched_at = ?1 WHERE row = ?2",
-                params![self.now().unix(), a.row],
+                params![self.now().unix(), row],
             )
             .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         crate::failpoint::hit("sync.after_commit");
-        a.durable = a.received.clone();
-        a.unsaved_tables.clear();
-        a.dirty = false;
-        Ok(a.durable.clone())
+        Ok(())
     }
 
-    /// Every piece is durable: verify the files from disk, publish to the inbox, sign and log the
-    /// custody receipt (once), and return its bundle.
-    pub fn receipt(&self, t: TransferId) -> Result<String, ProtocolError> {
+    /// SEAL (`relay.md` §5): every piece is durable and the sender sealed the manifest. The
+    /// seal must verify with the sender's card, the manifest must fulfil the offer, and every
+    /// file's piece root must equal the one computed as its pieces arrived. Then publish to the
+    /// inbox, sign and log the custody receipt (once), and return its bundle. A re-sent SEAL of
+    /// a completed transfer gets the same receipt.
+    pub fn complete(
+        &self,
+        peer: &PeerIdentity,
+        t: TransferId,
+        seal: &Seal,
+    ) -> Result<String, ProtocolError> {
+        self.complete_inner(t, seal).map_err(|e| {
+            // Integrity failures are logged where they are found; other refusals here.
+            let logged = e.code == ErrorCode::INTEGRITY
+                || e.code == ErrorCode::INTERNAL
+                || e.code.class() == rogatory_transport::ErrorClass::Retryable;
+            if logged { e } else { self.refuse(peer, t, e) }
+        })
+    }
+
+    fn complete_inner(&self, t: TransferId, seal: &Seal) -> Result<String, ProtocolError> {
         let row = self
             .transfer(&t)?
             .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
         if let Some(b) = &row.custody_receipt {
-            return Ok(b.clone());
+            if row.manifest == seal.manifest.as_bytes() && row.seal == seal.seal.as_bytes() {
+                return Ok(b.clone());
+            }
+            return Err(perr(
+                ErrorCode::CONFLICT,
+                "this transfer was receipted with another seal",
+            ));
         }
         if row.state != TransferState::Receiving {
             return Err(perr(ErrorCode::NOT_FOUND, "transfer is not being received"));
+        }
+        let card = self.trust.get(&row.sender).ok_or_else(|| {
+            perr(
+                ErrorCode::UNKNOWN_AGENCY,
+                format!("{} has no card in the relay's trust store", row.sender),
+            )
+        })?;
+        let sealed = open_sealed_manifest(
+            seal.manifest.as_bytes(),
+            seal.seal.as_bytes(),
+            &card.verifier_key,
+        )
+        .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
+        let m: &Manifest = &sealed.manifest;
+        if m.transfer_id != t || m.sender != row.sender || m.offer().to_json() != row.offer {
+            return Err(perr(
+                ErrorCode::BAD_SEAL,
+                "the sealed manifest does not match the offer",
+            ));
         }
         let active = self.get_active(&t)?;
         let a = lock(&active);
@@ -1028,30 +1028,49 @@ impl<S: Storage> Relay<S> {
             .any(|(&d, f)| d != f.layout.count())
         {
             return Err(perr(
-                ErrorCode::INTERNAL,
-                "receipt requested before every piece is durable",
+                ErrorCode::PROTOCOL_VIOLATION,
+                "SEAL before every piece is durable",
             ));
         }
-        let spool = self.spool(a.row);
-        let inbox = self.inbox(a.row);
+        // Keyless verification (`custody.md` §5.2): the roots of what the relay holds, computed
+        // on arrival, against the roots the sender sealed.
+        if let Some(i) = m
+            .files
+            .iter()
+            .zip(&a.frontiers)
+            .position(|(f, fr)| !bool::from(subtle_eq(&fr.root(), &f.piece_root.0)))
+        {
+            drop(a);
+            self.reject(&row);
+            return Err(self.integrity(
+                t,
+                &row.sender,
+                format!("file {i}: the stored ciphertext does not match its sealed piece root"),
+            ));
+        }
+        drop(a);
+        // The manifest, seal and completion time are committed before anything is signed, so a
+        // retry signs the same text and finds it in the log instead of appending it twice.
+        let manifest_sha = Sha256Digest::of(seal.manifest.as_bytes());
+        let completed = match row.completed_at {
+            Some(c) if row.seal == seal.seal.as_bytes() => c,
+            _ => self.now().unix(),
+        };
+        lock(&self.db)
+            .execute(
+                "UPDATE transfers SET manifest = ?1, seal = ?2, manifest_sha256 = ?3, completed_at = ?4 WHERE row = ?5",
+                params![
+                    seal.manifest.as_bytes(),
+                    seal.seal.as_bytes(),
+                    &manifest_sha.0[..],
+                    completed,
+                    row.row
+                ],
+            )
+            .map_err(db_err)?;
+        let spool = self.spool(row.row);
+        let inbox = self.inbox(row.row);
         if self.storage.len(&spool).map_err(storage_err)?.is_some() {
-            // Full digests, read back from disk: what we receipt is what we hold. One buffer
-            // for every file of the transfer.
-            let mut buf = vec![0u8; 1 << 20];
-            for (i, f) in a.files.iter().enumerate() {
-                let got = self
-                    .digest(&spool, f.base, f.layout.ciphertext_size, &mut buf)
-                    .map_err(storage_err)?;
-                if got != f.ciphertext_sha256 {
-                    drop(a);
-                    self.reject(&row);
-                    return Err(self.integrity(
-                        t,
-                        &row.sender,
-                        format!("file {i}: stored ciphertext does not match its digest"),
-                    ));
-                }
-            }
             self.storage.rename(&spool, &inbox).map_err(storage_err)?;
             self.storage
                 .sync_dir(&self.data_dir.join("inbox"))
@@ -1059,27 +1078,9 @@ impl<S: Storage> Relay<S> {
             self.storage
                 .sync_dir(&self.data_dir.join("spool"))
                 .map_err(storage_err)?;
-        } else if self.storage.len(&inbox).map_err(storage_err)?.is_none() && !a.files.is_empty() {
+        } else if self.storage.len(&inbox).map_err(storage_err)?.is_none() && !m.files.is_empty() {
             return Err(perr(ErrorCode::INTERNAL, "the transfer's data is missing"));
         }
-        drop(a);
-        // The completion time is committed before signing, so a retry signs the same text and
-        // finds it in the log instead of appending it twice.
-        let completed = match row.completed_at {
-            Some(c) => c,
-            None => {
-                let c = self.now().unix();
-                lock(&self.db)
-                    .execute(
-                        "UPDATE transfers SET completed_at = ?1 WHERE row = ?2",
-                        params![c, row.row],
-                    )
-                    .map_err(db_err)?;
-                c
-            }
-        };
-        let m =
-            Manifest::parse(&row.manifest).map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))?;
         let st = Statement::CustodyReceipt {
             head: Head {
                 transfer: t,
@@ -1089,8 +1090,8 @@ impl<S: Storage> Relay<S> {
             },
             sender: row.sender.clone(),
             recipients: row.recipients.clone(),
-            manifest_sha256: Sha256Digest::of(&row.manifest),
-            seal_sha256: text_digest(&row.seal),
+            manifest_sha256: manifest_sha,
+            seal_sha256: text_digest(seal.seal.as_bytes()),
             files: m.files.len() as u64,
             ciphertext_bytes: row.ciphertext_bytes,
         };
@@ -1115,30 +1116,6 @@ impl<S: Storage> Relay<S> {
         );
         lock(&self.active).remove(&row.transfer);
         let _ = self.storage.remove(&self.spool(row.row));
-    }
-
-    fn digest(
-        &self,
-        path: &Path,
-        base: u64,
-        len: u64,
-        buf: &mut [u8],
-    ) -> std::io::Result<Sha256Digest> {
-        let mut h = Sha256::new();
-        let mut done = 0;
-        while done < len {
-            let want = (len - done).min(buf.len() as u64) as usize;
-            let n = self.storage.read_at(path, base + done, &mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "pack file too short",
-                ));
-            }
-            h.update(&buf[..n]);
-            done += n as u64;
-        }
-        Ok(Sha256Digest(h.finalize().into()))
     }
 
     /// The upload stopped before completion: forget the in-memory state (what is durable stays).
@@ -1394,64 +1371,97 @@ impl<S: Storage> Relay<S> {
     /// file against its digest (TESTS.md 39). Returns `(transfer, file, problem)` for each fault.
     pub fn scrub(&self) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
         let mut out = Vec::new();
+        let mut buf = vec![0u8; 65_552];
         for r in self.transfers()? {
             if matches!(r.state, TransferState::Purged | TransferState::Rejected) {
                 continue;
             }
-            let want: Vec<u8> = lock(&self.db)
-                .query_row(
-                    "SELECT manifest_sha256 FROM transfers WHERE row = ?1",
-                    params![r.row],
-                    |x| x.get(0),
-                )
-                .map_err(db_err)?;
-            if Sha256Digest::of(&r.manifest).0[..] != want[..] {
-                out.push((
-                    r.transfer,
-                    0,
-                    "stored manifest does not match its digest".to_owned(),
-                ));
-                continue;
-            }
-            let m = match Manifest::parse(&r.manifest) {
-                Ok(m) => m,
+            let offer = match TransferOffer::parse(&r.offer) {
+                Ok(o) => o,
                 Err(e) => {
-                    out.push((r.transfer, 0, format!("stored manifest: {e}")));
+                    out.push((r.transfer, 0, format!("stored offer: {e}")));
                     continue;
                 }
             };
             let durable = self.durable(r.row)?;
-            let tables = self.stored_tables(r.row)?;
+            // What each file's pieces must hash to: the sealed piece roots once sealed, else the
+            // frontiers committed with the durable prefixes.
+            let expected: Vec<Sha256Digest> = if r.manifest.is_empty() {
+                match self.stored_frontiers(r.row, &durable) {
+                    Ok(f) => f.iter().map(|f| Sha256Digest(f.root())).collect(),
+                    Err(e) => {
+                        out.push((r.transfer, 0, e.message));
+                        continue;
+                    }
+                }
+            } else {
+                let want: Option<Vec<u8>> = lock(&self.db)
+                    .query_row(
+                        "SELECT manifest_sha256 FROM transfers WHERE row = ?1",
+                        params![r.row],
+                        |x| x.get(0),
+                    )
+                    .map_err(db_err)?;
+                if want.as_deref() != Some(&Sha256Digest::of(&r.manifest).0[..]) {
+                    out.push((
+                        r.transfer,
+                        0,
+                        "stored manifest does not match its digest".to_owned(),
+                    ));
+                    continue;
+                }
+                match Manifest::parse(&r.manifest) {
+                    Ok(m) if m.offer().to_json() == r.offer => {
+                        m.files.iter().map(|f| f.piece_root).collect()
+                    }
+                    Ok(_) => {
+                        out.push((
+                            r.transfer,
+                            0,
+                            "stored manifest does not match the offer".to_owned(),
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.push((r.transfer, 0, format!("stored manifest: {e}")));
+                        continue;
+                    }
+                }
+            };
             let path = self.pack_path(&r);
             let mut base = 0u64;
-            let mut buf = vec![0u8; 65_552];
-            for (i, f) in m.files.iter().enumerate() {
-                let Some(layout) = piece_layout(f.size, f.ciphertext_size) else {
-                    continue;
-                };
+            for (i, layout) in offer.layouts().iter().enumerate() {
+                let mut frontier = Frontier::new();
+                let mut problem = None;
                 for p in 0..durable.get(i).copied().unwrap_or(0) {
                     let Some(range) = layout.range(p) else { break };
                     let len = (range.end - range.start) as usize;
-                    let ok = match self
+                    match self
                         .storage
                         .read_at(&path, base + range.start, &mut buf[..len])
                     {
-                        Ok(n) if n == len => tables
-                            .get(i)
-                            .and_then(|t| t.get(p as usize))
-                            .is_some_and(|h| *h == leaf_hash(&buf[..len])),
-                        _ => false,
-                    };
-                    if !ok {
-                        out.push((
-                            r.transfer,
-                            i as u32,
-                            format!("piece {p} does not match its table entry"),
-                        ));
-                        break;
+                        Ok(n) if n == len => frontier.push(leaf_hash(&buf[..len])),
+                        Ok(_) => {
+                            problem = Some(format!("piece {p} is missing (the pack is too short)"));
+                            break;
+                        }
+                        Err(e) => {
+                            problem = Some(format!("piece {p} cannot be read: {e}"));
+                            break;
+                        }
                     }
                 }
-                base += f.ciphertext_size;
+                let root_ok = expected
+                    .get(i)
+                    .is_some_and(|want| bool::from(subtle_eq(&frontier.root(), &want.0)));
+                if problem.is_none() && !root_ok {
+                    problem =
+                        Some("the stored pieces do not match the file's piece root".to_owned());
+                }
+                if let Some(p) = problem {
+                    out.push((r.transfer, i as u32, p));
+                }
+                base += layout.ciphertext_size;
             }
         }
         Ok(out)

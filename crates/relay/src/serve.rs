@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use rogatory_custody::{PieceLayout, Timestamp, TransferId};
 use rogatory_transport::frame::{
-    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, Object, Offer, Receipt, ReceiptKind, Status,
-    TransferState,
+    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, Object, Offer, Receipt, ReceiptKind, Seal,
+    Status, TransferState,
 };
 use rogatory_transport::net::{
     FrameReader, FrameWriter, IntakeHandler, ServeConfig, Session, serve_connection,
@@ -33,15 +33,6 @@ impl<S: Storage + 'static> IntakeHandler for Handler<S> {
     ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
         self.0.offer(peer, offer)
     }
-    fn table(
-        &self,
-        t: TransferId,
-        file: u32,
-        first: u64,
-        hashes: &[[u8; 32]],
-    ) -> Result<(), ProtocolError> {
-        self.0.table(t, file, first, hashes)
-    }
     fn store(
         &self,
         t: TransferId,
@@ -51,20 +42,16 @@ impl<S: Storage + 'static> IntakeHandler for Handler<S> {
     ) -> Result<(), ProtocolError> {
         self.0.store(t, file, piece, bytes)
     }
-    fn duplicate(
-        &self,
-        t: TransferId,
-        file: u32,
-        piece: u64,
-        bytes: &[u8],
-    ) -> Result<(), ProtocolError> {
-        self.0.duplicate(t, file, piece, bytes)
-    }
     fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
         self.0.sync(t)
     }
-    fn receipt(&self, t: TransferId) -> Result<String, ProtocolError> {
-        self.0.receipt(t)
+    fn complete(
+        &self,
+        peer: &PeerIdentity,
+        t: TransferId,
+        seal: &Seal,
+    ) -> Result<String, ProtocolError> {
+        self.0.complete(peer, t, seal)
     }
     fn abandon(&self, t: TransferId) {
         self.0.abandon(t)
@@ -163,10 +150,10 @@ fn inbox<S: Storage>(
         .filter(|r| r.recipients.contains(&peer.agency))
         .filter(|r| matches!(r.state, TransferState::Complete | TransferState::Delivered))
         .collect();
-    if let Some(a) = after {
-        if let Some(pos) = rows.iter().position(|r| r.transfer == a) {
-            rows.drain(..=pos);
-        }
+    if let Some(a) = after
+        && let Some(pos) = rows.iter().position(|r| r.transfer == a)
+    {
+        rows.drain(..=pos);
     }
     let more = rows.len() > INBOX_PAGE;
     rows.truncate(INBOX_PAGE);
@@ -243,6 +230,12 @@ async fn fetch<S: Storage + 'static>(
         ));
     }
     let bytes_of = |v: &[u8]| v.to_vec();
+    if r.manifest.is_empty() && matches!(f.object, Object::Seal | Object::Manifest) {
+        return Err(ProtocolError::new(
+            ErrorCode::NOT_FOUND,
+            "the transfer is not sealed yet",
+        ));
+    }
     let (source, base, total): (Option<Vec<u8>>, u64, u64) = match f.object {
         Object::Seal => {
             let b = bytes_of(&r.seal);
@@ -315,10 +308,10 @@ async fn fetch<S: Storage + 'static>(
         .map_err(io)?;
         off += n as u64;
     }
-    if let Object::File(i) = f.object {
-        if end == total {
-            relay.served(&r, &peer.agency, i)?;
-        }
+    if let Object::File(i) = f.object
+        && end == total
+    {
+        relay.served(&r, &peer.agency, i)?;
     }
     Ok(())
 }

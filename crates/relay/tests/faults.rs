@@ -14,6 +14,7 @@ use rogatory_custody::Sha256Digest;
 use rogatory_relay::logfile::read_records;
 use rogatory_relay::{DiskStorage, Faulty, Policy, Relay, SimStorage, Storage, Unsynced};
 use rogatory_transport::ProtocolError;
+use rogatory_transport::frame::Seal;
 use rogatory_transport::tls::PeerIdentity;
 use support::*;
 
@@ -25,8 +26,8 @@ fn peer(w: &World) -> PeerIdentity {
     }
 }
 
-/// A sender without the network: offer, tables, pieces from the durable prefix, a sync every
-/// `sync_every` pieces, then the receipt.
+/// A sender without the network: offer, pieces from the durable prefix, a sync every
+/// `sync_every` pieces, then the seal and the receipt.
 fn drive<S: Storage>(
     relay: &Relay<S>,
     peer: &PeerIdentity,
@@ -40,7 +41,6 @@ fn drive<S: Storage>(
             // Complete: a network sender would not even open a stream for it.
             continue;
         }
-        relay.table(t.id, f as u32, 0, &t.tables[f])?;
         for p in durable[f]..l.count() {
             let r = l.range(p).expect("range");
             relay.store(
@@ -59,7 +59,15 @@ fn drive<S: Storage>(
         let d = relay.sync(t.id)?;
         assert!(d.iter().zip(&layouts).all(|(&d, l)| d == l.count()));
     }
-    let r = relay.receipt(t.id);
+    let r = relay.complete(
+        peer,
+        t.id,
+        &Seal {
+            transfer: t.id,
+            seal: t.seal.clone(),
+            manifest: t.manifest_json.clone(),
+        },
+    );
     if r.is_err() {
         relay.abandon(t.id);
     }

@@ -263,14 +263,7 @@ async fn refusals_are_specific_logged_and_store_nothing() {
             .expect_err("refused"),
         ErrorCode::POLICY,
     );
-    // A tampered seal.
-    let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
-    t.manifest_json = t.manifest_json.replace("XX-2026-0042", "XX-2026-0043");
-    check(
-        send(&sa, &t, None).await.expect_err("refused"),
-        ErrorCode::BAD_SEAL,
-    );
-    // Nothing was stored.
+    // Nothing was stored for a refused offer.
     assert_eq!(
         std::fs::read_dir(dir.path().join("spool"))
             .expect("spool")
@@ -278,6 +271,39 @@ async fn refusals_are_specific_logged_and_store_nothing() {
         0
     );
     assert!(r.relay.transfers().expect("rows").is_empty());
+    // A tampered seal: refused (and logged) at SEAL, after the data; never receipted.
+    let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
+    t.manifest_json = t.manifest_json.replace("XX-2026-0042", "XX-2026-0043");
+    check(
+        send(&sa, &t, None).await.expect_err("refused"),
+        ErrorCode::BAD_SEAL,
+    );
+    let row = r.relay.transfer(&t.id).expect("db").expect("row");
+    assert_eq!(row.state, TransferState::Receiving);
+    assert!(row.custody_receipt.is_none() && row.manifest.is_empty());
+    // A manifest that does not fulfil the offer (another case reference, correctly sealed).
+    let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
+    let mut m = t.manifest.clone();
+    m.legal.case_reference =
+        Some(rogatory_custody::LegalText::new("XX-2026-0099", false).expect("text"));
+    let offer = t.offer();
+    t.manifest_json = String::from_utf8(m.to_json()).expect("utf8");
+    t.seal = m.seal(w.a.identity.signer(), now()).expect("seal");
+    let mut src = Source {
+        t: t.clone(),
+        tamper: None,
+    };
+    let e = rogatory_transport::net::upload(
+        &sa,
+        &offer,
+        t.layouts.clone(),
+        Default::default(),
+        &mut src,
+        |_| {},
+    )
+    .await
+    .expect_err("refused");
+    check(e, ErrorCode::BAD_SEAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,10 +335,10 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         },
         &mut src,
         |e| {
-            if let UploadEvent::Progress { durable, .. } = e {
-                if *durable > 5 << 20 {
-                    conn.close(0u32.into(), b"cut");
-                }
+            if let UploadEvent::Progress { durable, .. } = e
+                && *durable > 5 << 20
+            {
+                conn.close(0u32.into(), b"cut");
             }
         },
     )
@@ -330,6 +356,7 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     m.transfer_id = t.id;
     hijack.manifest_json = String::from_utf8(m.to_json()).expect("utf8");
     hijack.seal = m.seal(w.c.identity.signer(), now()).expect("seal");
+    hijack.manifest = m;
     assert_eq!(
         code(&send(&sc, &hijack, None).await.expect_err("refused")),
         ErrorCode::NOT_AUTHORISED
@@ -364,6 +391,8 @@ async fn a_tampered_piece_is_an_integrity_error_and_never_receipted() {
         .iter()
         .position(|f| f.path.as_str() == "b/big.bin")
         .expect("big") as u32;
+    // The relay holds the tampered bytes until SEAL, where their root differs from the sealed
+    // one: the transfer is rejected, logged and never receipted.
     let e = send(&sa, &t, Some((big, 12))).await.expect_err("integrity");
     assert_eq!(code(&e), ErrorCode::INTEGRITY);
     assert_eq!(e.class().exit_code(), 3);
@@ -374,13 +403,22 @@ async fn a_tampered_piece_is_an_integrity_error_and_never_receipted() {
     );
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     assert!(row.custody_receipt.is_none());
-    assert!(
-        r.relay.durable(row.row).expect("durable")[big as usize] <= 12,
-        "nothing at or after the bad piece is durable"
+    assert_eq!(row.state, TransferState::Rejected);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool"))
+            .expect("spool")
+            .count(),
+        0,
+        "the rejected data is removed"
     );
-    // The honest bytes complete it.
-    let out = send(&sa, &t, None).await.expect("clean resend");
-    assert_eq!(out.stats.bytes_skipped + out.stats.bytes_sent, t.total());
+    // The rejected transfer id stays refused; the same files as a new transfer complete.
+    let e = send(&sa, &t, None)
+        .await
+        .expect_err("rejected stays rejected");
+    assert_eq!(code(&e), ErrorCode::INTEGRITY);
+    let again = transfer(&w.a, &[&w.b], &exhibits(2), legal(), now());
+    let out = send(&sa, &again, None).await.expect("clean new transfer");
+    assert_eq!(out.stats.bytes_sent, again.total());
     assert_eq!(r.relay.scrub().expect("scrub"), vec![]);
 }
 

@@ -150,7 +150,6 @@ pub fn transfer(
             size: pt.len() as u64,
             sha256: Sha256Digest::of(pt),
             ciphertext_size: ct.len() as u64,
-            ciphertext_sha256: Sha256Digest::of(&ct),
             piece_root: table.root(),
         });
         let leaves: Vec<[u8; 32]> = (0..layout.count())
@@ -204,8 +203,7 @@ impl Transfer {
     pub fn offer(&self) -> Offer {
         Offer {
             transfer: self.id,
-            seal: self.seal.clone(),
-            manifest: self.manifest_json.clone(),
+            offer: String::from_utf8(self.manifest.offer().to_json()).expect("utf8"),
         }
     }
     pub fn total(&self) -> u64 {
@@ -221,17 +219,8 @@ pub struct Source {
 }
 
 impl PieceSource for Source {
-    fn table(
-        &mut self,
-        file: u32,
-        first: u64,
-        count: usize,
-        out: &mut Vec<[u8; 32]>,
-    ) -> std::io::Result<()> {
-        out.extend_from_slice(
-            &self.t.tables[file as usize][first as usize..first as usize + count],
-        );
-        Ok(())
+    fn seal(&mut self) -> std::io::Result<(String, String)> {
+        Ok((self.t.seal.clone(), self.t.manifest_json.clone()))
     }
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
         let r = self.t.layouts[file as usize].range(piece).expect("range");
