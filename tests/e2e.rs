@@ -139,7 +139,7 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     assert_eq!(again["transfer_id"], transfer.as_str());
     assert_eq!(again["bytes_sent"], 0);
 
-    // `send --resume ID` finds the spooled transfer without the paths.
+    // `send --resume ID` finds the transfer without the paths (receipted: nothing to send).
     let o = run(
         d,
         &[

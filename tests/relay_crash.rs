@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -260,37 +259,49 @@ fn make_folder(env: &Env, name: &str, mib: usize, seed: u64) -> PathBuf {
     d
 }
 
-/// SHA-256 of the relay's stored packs vs the sender's spooled ciphertext of `folder`.
-fn same_ciphertext(env: &Env) {
-    let mut packs: Vec<PathBuf> = std::fs::read_dir(env.path().join("B/relay/inbox"))
-        .expect("inbox")
-        .map(|e| e.expect("e").path())
+/// Every stored transfer, decrypted straight from the relay's packs (with the sender's key: every
+/// file is also encrypted to it; B's home here is relay-only), equals the sender's files byte for
+/// byte. No copy of the ciphertext exists at the sender to compare with.
+fn relay_holds_the_sources(env: &Env) {
+    let text = std::fs::read_to_string(env.path().join("A/identity.txt")).expect("identity");
+    let a = rogatory_custody::AgencyIdentity::parse(&text).expect("identity");
+    let id = a.age_identity().expect("age key").clone();
+    let db = rusqlite::Connection::open_with_flags(
+        env.path().join("B/relay/relay.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let mut q = db
+        .prepare("SELECT row, manifest FROM transfers WHERE state = 'complete'")
+        .expect("query");
+    let rows: Vec<(i64, Vec<u8>)> = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .map(|r| r.expect("row"))
         .collect();
-    packs.sort();
-    let mut outboxes: Vec<PathBuf> = std::fs::read_dir(env.path().join("A/outbox"))
-        .expect("outbox")
-        .map(|e| e.expect("e").path())
-        .collect();
-    outboxes.sort();
-    let spool_digest = |dir: &Path| {
-        let mut h = Sha256::new();
-        for i in 0.. {
-            let p = dir.join("files").join(format!("{i}.age"));
-            if !p.exists() {
-                break;
-            }
-            h.update(std::fs::read(&p).expect("spool"));
+    assert!(!rows.is_empty(), "a complete transfer");
+    for (row, manifest) in rows {
+        let m = rogatory_custody::Manifest::parse(&manifest).expect("manifest");
+        let pack =
+            std::fs::read(env.path().join(format!("B/relay/inbox/{row}.pack"))).expect("pack");
+        let mut at = 0usize;
+        for f in &m.files {
+            let ct = &pack[at..at + f.ciphertext_size as usize];
+            at += f.ciphertext_size as usize;
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut rogatory_envelope::Decryptor::new(ct)
+                    .expect("header")
+                    .decrypt(std::slice::from_ref(&id))
+                    .expect("file key"),
+                &mut plain,
+            )
+            .expect("payload");
+            let source = std::fs::read(env.path().join(f.path.as_str())).expect("source");
+            assert!(plain == source, "{}: byte-exact at the relay", f.path);
         }
-        hex::encode(h.finalize())
-    };
-    let mut want: Vec<String> = outboxes.iter().map(|d| spool_digest(d)).collect();
-    let mut got: Vec<String> = packs
-        .iter()
-        .map(|p| hex::encode(Sha256::digest(std::fs::read(p).expect("pack"))))
-        .collect();
-    want.sort();
-    got.sort();
-    assert_eq!(got, want, "the relay holds exactly the sender's ciphertext");
+        assert_eq!(at, pack.len(), "nothing else in the pack");
+    }
 }
 
 /// Kills land when a seeded random number of bytes is durable at the relay.
@@ -356,7 +367,7 @@ fn crash_run(mib: usize, relay_kills: usize, sender_kills: usize, seed: u64) {
         "the resumed run re-sent {overhead} bytes beyond what the relay lacked"
     );
     assert_eq!(env.custody_receipts(), 1, "exactly one custody receipt");
-    same_ciphertext(&env);
+    relay_holds_the_sources(&env);
     env.scrub_ok();
     eprintln!(
         "crash run: {mib} MiB, {relay_kills} relay kills, {sender_kills} sender kills; final run sent {sent} of {total_ct} bytes \
@@ -407,7 +418,82 @@ fn failpoints(mib: usize) {
         let _ = relay.kill();
         let _ = relay.wait();
     }
-    same_ciphertext(&env);
+    relay_holds_the_sources(&env);
+}
+
+/// Issue 10: a source rewritten between two runs with its size kept and its modification time
+/// restored (as `cp -p`, `tar` and `rsync -t` do) is refused with exit 8, naming the file, and
+/// nothing of the new content joins the transfer; `--restart` sends the new content as a new
+/// transfer, and the relay holds exactly it.
+#[test]
+fn a_source_changed_between_runs_is_refused_and_never_mixed() {
+    let mut env = setup();
+    make_folder(&env, "case-7", 8, 99);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("case-7");
+    env.wait_durable(&mut s, 2 << 20);
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let path = env.path().join("case-7/evidence.bin");
+    let before = std::fs::metadata(&path).expect("meta");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("rewrite");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(before.modified().expect("mtime")))
+        .expect("restore mtime");
+    let after = std::fs::metadata(&path).expect("meta");
+    assert_eq!(
+        (after.len(), after.modified().ok()),
+        (before.len(), before.modified().ok())
+    );
+
+    let mut again = env.send("case-7");
+    let status = again.child.wait().expect("send ends");
+    let mut err = String::new();
+    std::io::Read::read_to_string(again.child.stderr.as_mut().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(8), "{err}");
+    assert!(
+        err.contains("evidence.bin") && err.contains("changed"),
+        "{err}"
+    );
+    assert_eq!(env.custody_receipts(), 0, "nothing receipted");
+
+    // --restart: a new transfer of the current content.
+    let relay_addr = format!("127.0.0.1:{}", env.port);
+    let o = Command::new(bin())
+        .args([
+            "--home",
+            "A",
+            "--json",
+            "send",
+            "--restart",
+            "--relay",
+            &relay_addr,
+            "--to",
+            "agency-b",
+            "--case",
+            "C-42",
+            "--legal-basis",
+            "MLAT art. 18",
+            "--purpose",
+            "investigation",
+            "--retain-until",
+            "2030-01-01",
+            "case-7",
+        ])
+        .current_dir(env.path())
+        .output()
+        .expect("send");
+    ok(&o);
+    assert_eq!(env.custody_receipts(), 1);
+    relay_holds_the_sources(&env);
+    let _ = relay.kill();
+    let _ = relay.wait();
 }
 
 #[test]

@@ -244,9 +244,13 @@ pub(crate) struct SendArgs {
     /// More legal metadata (TOML with the manifest's legal field names).
     #[arg(long, value_name = "FILE.toml")]
     pub(crate) meta: Option<PathBuf>,
-    /// Resume the transfer with this id from its spool (no paths needed).
-    #[arg(long, value_name = "TRANSFER_ID", conflicts_with_all = ["to", "paths", "case", "legal_basis", "purpose", "retain_until", "classification", "meta"])]
+    /// Resume the interrupted send of this transfer id (no paths needed).
+    #[arg(long, value_name = "TRANSFER_ID", conflicts_with_all = ["to", "paths", "case", "legal_basis", "purpose", "retain_until", "classification", "meta", "restart"])]
     pub(crate) resume: Option<String>,
+    /// Start a new transfer even if an interrupted send of the same files exists (its state is
+    /// discarded; the relay collects its partial upload).
+    #[arg(long)]
+    pub(crate) restart: bool,
     /// Files and directories (recursive).
     #[arg(required_unless_present = "resume", value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,

@@ -32,7 +32,7 @@ pub(crate) fn install_signal_handler() {
             let _ = std::fs::remove_file(p);
         }
         eprintln!("rogatory: error: interrupted");
-        std::process::exit(Exit::Interrupted as i32);
+        std::process::exit(i32::from(crate::error::code(Exit::Interrupted)));
     });
 }
 

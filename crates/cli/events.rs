@@ -58,6 +58,26 @@ impl Events {
         }
     }
 
+    /// An event of the client library.
+    pub(crate) fn event(&self, e: &rogatory_client::Event) {
+        use rogatory_client::Event;
+        match e {
+            Event::Info { message } => self.emit_line(message),
+            Event::Start {
+                transfer_id,
+                files,
+                bytes_total,
+            } => self.start(transfer_id, *files, *bytes_total),
+            Event::Progress {
+                bytes_done,
+                bytes_total,
+            } => self.progress(*bytes_done, *bytes_total),
+            Event::FileDone { path } => self.file_done(path),
+            Event::Failed { failed } => self.failed(failed),
+            _ => {}
+        }
+    }
+
     pub(crate) fn file_done(&self, path: &str) {
         if self.json {
             self.line(json!({"type": "file_done", "path": path}));

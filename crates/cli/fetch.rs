@@ -206,18 +206,6 @@ fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn sha256_file(p: &Path, buf: &mut [u8]) -> Result<Sha256Digest> {
-    let mut f = File::open(p).map_err(|e| io("reading", p, e))?;
-    let mut h = Sha256::new();
-    loop {
-        let n = f.read(buf).map_err(|e| io("reading", p, e))?;
-        if n == 0 {
-            return Ok(Sha256Digest(h.finalize().into()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
     if a.transfers.is_empty() && !a.all {
         return Err(CliError::new(
@@ -393,7 +381,10 @@ async fn fetch_one(
             let bytes = h
                 .await
                 .map_err(|e| CliError::new(Exit::Internal, "fetch task").source(e))??;
-            if Sha256Digest::of(&bytes) != f.ciphertext_sha256 {
+            let root = rogatory_custody::piece_layout(f.size, f.ciphertext_size)
+                .and_then(|l| rogatory_custody::PieceTable::of_ciphertext(&l, &bytes))
+                .map(|t| t.root());
+            if root != Some(f.piece_root) {
                 return Err(CliError::new(
                     Exit::Integrity,
                     format!(
@@ -422,7 +413,12 @@ async fn fetch_one(
                 // No fsync: this is a resumable cache whose digest is checked right below; a
                 // copy lost in a crash is downloaded again.
             }
-            if sha256_file(&part, &mut buf)? != f.ciphertext_sha256 {
+            let whole = fs::read(&part).map_err(|e| io("reading", &part, e))?;
+            let root = rogatory_custody::piece_layout(f.size, f.ciphertext_size)
+                .and_then(|l| rogatory_custody::PieceTable::of_ciphertext(&l, &whole))
+                .map(|t| t.root());
+            drop(whole);
+            if root != Some(f.piece_root) {
                 let _ = fs::remove_file(&part);
                 return Err(CliError::new(
                     Exit::Integrity,

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                error::Exit::Usage as u8
+                error::code(error::Exit::Usage)
             } else {
                 0
             });
@@ -48,9 +48,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            events.error(e.exit as i32, &e.to_string());
-            e.report();
-            ExitCode::from(e.exit as u8)
+            events.error(i32::from(error::code(e.kind)), &e.to_string());
+            error::report(&e);
+            ExitCode::from(error::code(e.kind))
         }
     }
 }
@@ -100,14 +100,7 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
     }
 }
 
-/// The async runtime for network commands: two worker threads (QUIC packet protection on one,
-/// our work on the other).
+/// The async runtime for network commands (the client library's).
 pub(crate) fn runtime() -> error::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            error::CliError::new(error::Exit::Internal, "starting the async runtime").source(e)
-        })
+    rogatory_client::runtime()
 }

@@ -96,10 +96,10 @@ fn verify_one(text: &str, store: &TrustStore) -> std::result::Result<String, Str
                 describe(&st)
             ));
         }
-        if let Some(log_key) = c.verifier_key.with_name(&format!("{}/audit", c.id)) {
-            if let Ok(cp) = Checkpoint::open(text.as_bytes(), &log_key) {
-                return Ok(format!("checkpoint of {}: {} entries", cp.origin, cp.size));
-            }
+        if let Some(log_key) = c.verifier_key.with_name(&format!("{}/audit", c.id))
+            && let Ok(cp) = Checkpoint::open(text.as_bytes(), &log_key)
+        {
+            return Ok(format!("checkpoint of {}: {} entries", cp.origin, cp.size));
         }
     }
     if let Ok(card) = AgencyCard::open(text.as_bytes()) {
@@ -314,7 +314,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
 
 fn write_export(p: &Path, data: &[u8]) -> Result<()> {
     crate::home::write_file(p, data, 0o644, false).map_err(|e| {
-        if e.exit == Exit::Safety {
+        if e.kind == Exit::Safety {
             e
         } else {
             io("writing", p, std::io::Error::other(e.to_string()))

@@ -1,0 +1,230 @@
+//! The agency's state directory (`--home`, `ROGATORY_HOME`, default `$XDG_DATA_HOME/rogatory`):
+//!
+//! ```text
+//! identity.txt      the agency identity (secret, 0600; relay-only homes hold no age key)
+//! tls/key.pem       TLS private key (secret, 0600)
+//! tls/cert.pem      TLS certificate (self-signed, names <id>.rogatory.invalid; pinned by the card)
+//! tls/ca.pem        optional CA bundle; tls/crl.pem optional CRL
+//! card.note         this agency's signed card (public)
+//! trust/<id>.card   cards of trusted agencies
+//! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
+//! sent/<transfer>/  completed sends: manifest and seal
+//! receipts/         custody receipts of completed sends
+//! relay/            the relay's data directory (`relay serve`)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rogatory_custody::{AgencyCard, AgencyId, AgencyIdentity, TrustStore};
+use rogatory_transport::{PeerTrust, TlsIdentity};
+
+use crate::error::{Error as CliError, ErrorKind as Exit, Result, io};
+
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl Home {
+    pub fn resolve(flag: Option<&Path>) -> Result<Home> {
+        let root = match flag {
+            Some(p) => p.to_owned(),
+            None => match std::env::var_os("ROGATORY_HOME") {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ => {
+                    let base = std::env::var_os("XDG_DATA_HOME")
+                        .filter(|p| !p.is_empty())
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share"))
+                        })
+                        .ok_or_else(|| {
+                            CliError::new(Exit::Usage, "no home directory")
+                                .hint("pass --home DIR or set ROGATORY_HOME")
+                        })?;
+                    base.join("rogatory")
+                }
+            },
+        };
+        Ok(Home { root })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn identity(&self) -> Result<AgencyIdentity> {
+        let p = self.path("identity.txt");
+        let text = read_secret(&p)?;
+        AgencyIdentity::parse(&text).map_err(|e| {
+            CliError::new(
+                Exit::NoKey,
+                format!("{}: not an agency identity", p.display()),
+            )
+            .source(e)
+        })
+    }
+
+    pub fn tls(&self) -> Result<TlsIdentity> {
+        let cert = self.path("tls/cert.pem");
+        let key = self.path("tls/key.pem");
+        let c = fs::read(&cert).map_err(|e| no_key(&cert, e))?;
+        let k = read_secret(&key)?;
+        TlsIdentity::from_pem(&c, k.as_bytes()).map_err(|e| {
+            CliError::new(
+                Exit::NoKey,
+                format!("{}: unusable TLS identity", cert.display()),
+            )
+            .source(e)
+        })
+    }
+
+    /// Trusted agencies' cards (and this agency's own card).
+    pub fn trust_store(&self) -> Result<TrustStore> {
+        let mut t = TrustStore::new();
+        let own = self.path("card.note");
+        if own.exists() {
+            t.insert_verified(read_card(&own)?);
+        }
+        let dir = self.path("trust");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for p in paths
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "card"))
+            {
+                t.insert_verified(read_card(&p)?);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Peer trust for TLS: every trusted agency with its card's SPKI pins, plus the optional CA
+    /// bundle and CRL.
+    pub fn peer_trust(&self, store: &TrustStore) -> Result<PeerTrust> {
+        let mut t = PeerTrust::new();
+        let ca = self.path("tls/ca.pem");
+        if ca.exists() {
+            let b = fs::read(&ca).map_err(|e| io("reading", &ca, e))?;
+            t.add_ca_pem(&b).map_err(|e| {
+                CliError::new(Exit::Usage, format!("{}: bad CA bundle", ca.display())).source(e)
+            })?;
+        }
+        let crl = self.path("tls/crl.pem");
+        if crl.exists() {
+            let b = fs::read(&crl).map_err(|e| io("reading", &crl, e))?;
+            t.add_crl(&b).map_err(|e| {
+                CliError::new(Exit::Usage, format!("{}: bad CRL", crl.display())).source(e)
+            })?;
+        }
+        for c in store.cards() {
+            t.add_agency(c.id.clone(), c.tls_spki_sha256.clone());
+        }
+        Ok(t)
+    }
+
+    pub fn card(&self) -> Result<rogatory_custody::Verified<AgencyCard>> {
+        read_card(&self.path("card.note"))
+    }
+}
+
+fn no_key(p: &Path, e: std::io::Error) -> CliError {
+    CliError::new(Exit::NoKey, format!("cannot read {}", p.display()))
+        .source(e)
+        .hint("create this agency's keys with `rogatory agency init`")
+}
+
+/// Reads a secret file, refusing one that others can read (exit 4).
+pub fn read_secret(p: &Path) -> Result<String> {
+    let meta = fs::metadata(p).map_err(|e| no_key(p, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(CliError::new(
+                Exit::NoKey,
+                format!("{} is accessible by other users", p.display()),
+            )
+            .hint(format!("chmod 600 {}", p.display())));
+        }
+    }
+    let _ = meta;
+    let b = fs::read(p).map_err(|e| no_key(p, e))?;
+    String::from_utf8(b)
+        .map_err(|_| CliError::new(Exit::NoKey, format!("{} is not UTF-8", p.display())))
+}
+
+pub fn read_card(p: &Path) -> Result<rogatory_custody::Verified<AgencyCard>> {
+    let b = fs::read(p).map_err(|e| {
+        CliError::new(Exit::Usage, format!("cannot read card {}", p.display())).source(e)
+    })?;
+    AgencyCard::open(&b).map_err(|e| {
+        CliError::new(
+            Exit::Integrity,
+            format!("{}: not a valid agency card", p.display()),
+        )
+        .source(e)
+    })
+}
+
+/// Makes a directory private to its owner (0700), whatever the umask.
+pub fn make_private(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("securing", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes a new file atomically (temp, fsync, rename, fsync dir) with `mode`; never replaces
+/// an existing file unless `replace`.
+pub fn write_file(p: &Path, data: &[u8], mode: u32, replace: bool) -> Result<()> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    if !replace && p.exists() {
+        return Err(CliError::new(
+            Exit::Safety,
+            format!("{} already exists", p.display()),
+        ));
+    }
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        p.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(mode);
+    }
+    let _ = mode;
+    let mut f = o.open(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    let r = f.write_all(data).and_then(|_| f.sync_all());
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(io("writing", &tmp, e));
+    }
+    fs::rename(&tmp, p).map_err(|e| io("renaming", p, e))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing", dir, e))?;
+    Ok(())
+}
+
+pub fn parse_agency(s: &str) -> Result<AgencyId> {
+    s.parse().map_err(|_| {
+        CliError::new(Exit::Usage, format!("{s:?} is not an agency id"))
+            .hint("1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit")
+    })
+}

@@ -1,0 +1,122 @@
+//! Legal metadata of a send (`custody.md` §5): flags, or a TOML file with the manifest's
+//! field names.
+
+use std::fs;
+use std::path::PathBuf;
+
+use rogatory_custody::{Legal, LegalText, OnwardTransfer};
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The legal metadata as the user gave it (flags win over the `meta` file's fields).
+#[derive(Clone, Debug, Default)]
+pub struct LegalInput {
+    /// Case reference.
+    pub case: Option<String>,
+    /// Legal basis.
+    pub legal_basis: Option<String>,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Retention end, `YYYY-MM-DD`.
+    pub retain_until: Option<String>,
+    /// Classification marking.
+    pub classification: Option<String>,
+    /// A TOML file with the manifest's legal field names.
+    pub meta: Option<PathBuf>,
+}
+
+/// Optional legal fields from `--meta FILE.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    case_reference: Option<String>,
+    legal_basis: Option<String>,
+    requesting_authority: Option<String>,
+    executing_authority: Option<String>,
+    purpose: Option<String>,
+    classification: Option<String>,
+    retain_until: Option<String>,
+    onward_transfer: Option<String>,
+    notes: Option<String>,
+}
+
+/// Builds and checks the legal metadata from flags and the `--meta` file.
+pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
+    let meta: Meta = match &a.meta {
+        Some(p) => {
+            let t = fs::read_to_string(p).map_err(|e| {
+                Error::new(ErrorKind::Usage, format!("cannot read {}", p.display())).source(e)
+            })?;
+            toml::from_str(&t).map_err(|e| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!("{}: {}", p.display(), e.message()),
+                )
+            })?
+        }
+        None => Meta::default(),
+    };
+    let text = |flag: &Option<String>,
+                file: Option<String>,
+                name: &str,
+                multi: bool|
+     -> Result<Option<LegalText>> {
+        match flag.clone().or(file) {
+            None => Ok(None),
+            Some(s) => LegalText::new(&s, multi).map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!("{name}: {s:?} is not acceptable legal text"),
+                )
+                .source(e)
+            }),
+        }
+    };
+    let retain = match a.retain_until.clone().or(meta.retain_until) {
+        None => None,
+        Some(d) => Some(d.parse().map_err(|e| {
+            Error::new(
+                ErrorKind::Usage,
+                format!("--retain-until {d:?}: expected YYYY-MM-DD"),
+            )
+            .source(e)
+        })?),
+    };
+    let onward = match meta.onward_transfer.as_deref() {
+        None | Some("forbidden") => OnwardTransfer::Forbidden,
+        Some("with-consent") => OnwardTransfer::WithConsent,
+        Some(o) => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("onward_transfer {o:?}: forbidden or with-consent"),
+            ));
+        }
+    };
+    Ok(Legal {
+        case_reference: text(&a.case, meta.case_reference, "--case", false)?,
+        legal_basis: text(&a.legal_basis, meta.legal_basis, "--legal-basis", false)?,
+        requesting_authority: text(
+            &None,
+            meta.requesting_authority,
+            "requesting_authority",
+            false,
+        )?,
+        executing_authority: text(
+            &None,
+            meta.executing_authority,
+            "executing_authority",
+            false,
+        )?,
+        purpose: text(&a.purpose, meta.purpose, "--purpose", false)?,
+        classification: text(
+            &a.classification,
+            meta.classification,
+            "--classification",
+            false,
+        )?,
+        retain_until: retain,
+        onward_transfer: onward,
+        notes: text(&None, meta.notes, "notes", true)?,
+    })
+}

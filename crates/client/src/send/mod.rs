@@ -1,0 +1,570 @@
+//! Sending evidence through a relay (`docs/cli.md` "send", `protocol.md` §6.1).
+//!
+//! One pass over the data: the offer (sizes, recipients, legal metadata) goes out first, then
+//! each plaintext chunk is read, hashed, encrypted and sent; no ciphertext is written locally.
+//! Once every piece is durable at the relay the manifest, which only the data could determine,
+//! is sealed and sent, and the relay answers with the custody receipt.
+//!
+//! Resume: the state of a send (`state.rs`) is kept under `outbox/<key>/`, where `<key>` names
+//! the sender, recipients, legal metadata and source paths. Running the same command again
+//! finds it, checks that no source changed (size, modification and change time, inode), and
+//! sends only what the relay does not durably hold, re-encrypting it byte for byte under the
+//! saved headers. A changed source is refused (exit 8), never mixed into the transfer.
+
+mod legal;
+mod sources;
+mod state;
+mod stream;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rogatory_custody::{
+    AgencyId, OfferedFile, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
+    TransferOffer,
+};
+use rogatory_envelope::{Encryptor, FileKey, PayloadNonce, Recipient};
+use rogatory_transport::Limits;
+use rogatory_transport::frame::Offer;
+use rogatory_transport::net::{NetError, Node, upload};
+use rogatory_transport::upload::{UploadConfig, UploadEvent};
+use sha2::{Digest, Sha256};
+
+pub use legal::LegalInput;
+pub use sources::Failure;
+
+use crate::error::{Error, ErrorKind, Result, io, net};
+use crate::events::Event;
+use crate::home::{Home, parse_agency, write_file};
+use state::{Saved, StateDir};
+use stream::{SourceError, Streamer};
+
+/// What to send, and where.
+#[derive(Clone, Debug, Default)]
+pub struct SendRequest {
+    /// The relay, `HOST:PORT`.
+    pub relay: String,
+    /// Recipient agencies.
+    pub to: Vec<String>,
+    /// Legal metadata.
+    pub legal: LegalInput,
+    /// Files and directories.
+    pub paths: Vec<PathBuf>,
+    /// Resume the interrupted send of this transfer id (no paths needed).
+    pub resume: Option<String>,
+    /// Discard an interrupted send of the same sources and start a new transfer.
+    pub restart: bool,
+}
+
+/// A completed send.
+#[derive(Clone, Debug)]
+pub struct SendOutcome {
+    /// The transfer id.
+    pub transfer: TransferId,
+    /// Files.
+    pub files: usize,
+    /// Ciphertext bytes of the transfer.
+    pub bytes_total: u64,
+    /// Bytes this run put on the wire (resends included).
+    pub bytes_sent: u64,
+    /// Bytes the relay already held when this run started.
+    pub bytes_skipped: u64,
+    /// Where the custody receipt was saved.
+    pub receipt: PathBuf,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Names the state folder: the same sender, recipients, legal metadata and source paths find
+/// the same folder; contents are checked separately (fingerprints).
+fn outbox_key(
+    sender: &AgencyId,
+    recipients: &[AgencyId],
+    legal: &rogatory_custody::Legal,
+    sources: &[sources::Source],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(b"rogatory-outbox/v2\n");
+    h.update(sender.as_str());
+    for r in recipients {
+        h.update(b"\nto ");
+        h.update(r.as_str());
+    }
+    h.update(serde_json::to_vec(legal).unwrap_or_default());
+    for s in sources {
+        h.update(b"\n");
+        h.update(s.rel.as_str());
+        h.update(b"\0");
+        h.update(s.path.as_os_str().as_encoded_bytes());
+    }
+    hex(&h.finalize()[..16])
+}
+
+/// Fresh age headers for every file: the bytes of `heads.bin`, the ciphertext sizes and the
+/// file keys.
+struct Heads {
+    bytes: Vec<u8>,
+    ciphertext_sizes: Vec<u64>,
+    keys: Vec<Option<FileKey>>,
+}
+
+/// Makes every file's header, in parallel over the cores (the per-file public-key work).
+fn make_heads(sizes: &[u64], recipients: &[Recipient]) -> Result<Heads> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let per = sizes.len().div_ceil(threads).max(1);
+    let parts = std::thread::scope(|sc| {
+        let handles: Vec<_> = sizes
+            .chunks(per)
+            .map(|chunk| {
+                sc.spawn(move || {
+                    let mut bytes = Vec::new();
+                    let mut ct = Vec::with_capacity(chunk.len());
+                    let mut keys = Vec::with_capacity(chunk.len());
+                    for &size in chunk {
+                        let enc = Encryptor::new(recipients)?;
+                        let before = bytes.len();
+                        bytes.extend_from_slice(&enc.header().encode());
+                        bytes.extend_from_slice(&PayloadNonce::generate().0);
+                        let head = (bytes.len() - before) as u64;
+                        ct.push(head + rogatory_envelope::payload_len(size));
+                        keys.push(Some(FileKey::from_bytes(*enc.file_key().expose_secret())));
+                    }
+                    Ok::<_, rogatory_envelope::EncryptError>((bytes, ct, keys))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let mut bytes = Vec::new();
+    let mut ct = Vec::with_capacity(sizes.len());
+    let mut keys = Vec::with_capacity(sizes.len());
+    for p in parts {
+        let (b, c, k) = p
+            .map_err(|_| Error::new(ErrorKind::Internal, "an encryption thread failed"))?
+            .map_err(|e| {
+                Error::new(ErrorKind::Usage, "cannot encrypt to the recipients").source(e)
+            })?;
+        bytes.extend_from_slice(&b);
+        ct.extend(c);
+        keys.extend(k);
+    }
+    Ok(Heads {
+        bytes,
+        ciphertext_sizes: ct,
+        keys,
+    })
+}
+
+/// A send set up and ready to stream.
+struct Prepared {
+    state: StateDir,
+    offer: TransferOffer,
+    sources: Vec<sources::Source>,
+    fresh_keys: Vec<Option<FileKey>>,
+    /// `outbox/<key>.sent`: written once the transfer is receipted.
+    marker: Option<PathBuf>,
+}
+
+/// What a send finds before it starts.
+enum Found {
+    /// Work to do.
+    Send(Box<Prepared>),
+    /// The same files were sent and receipted already.
+    Already(SendOutcome),
+}
+
+/// Digest of the sources' names and fingerprints: what "the same files" means for a re-run.
+fn sources_digest(sources: &[sources::Source]) -> String {
+    let mut h = Sha256::new();
+    h.update(postcard::to_stdvec(sources).unwrap_or_default());
+    hex(&h.finalize())
+}
+
+/// A receipted transfer, described from what the home kept (`sent/`, `receipts/`).
+fn already_sent(home: &Home, transfer: TransferId) -> Option<SendOutcome> {
+    let receipt = home.path(&format!("receipts/{transfer}.custody-receipt"));
+    let m = std::fs::read(sent_dir(home, &transfer).join("manifest.json")).ok()?;
+    let m = rogatory_custody::Manifest::parse(&m).ok()?;
+    (receipt.exists() && m.transfer_id == transfer).then(|| SendOutcome {
+        transfer,
+        files: m.files.len(),
+        bytes_total: m.ciphertext_bytes(),
+        bytes_sent: 0,
+        bytes_skipped: m.ciphertext_bytes(),
+        receipt,
+    })
+}
+
+/// Sets up a new send, or finds the interrupted (or completed) one of the same sources.
+fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found> {
+    let identity = home.identity()?;
+    let store = home.trust_store()?;
+    if req.to.is_empty() {
+        return Err(Error::new(ErrorKind::Usage, "no recipient").hint("pass --to AGENCY"));
+    }
+    let mut recipients: Vec<AgencyId> = req
+        .to
+        .iter()
+        .map(|t| parse_agency(t))
+        .collect::<Result<_>>()?;
+    recipients.sort();
+    recipients.dedup();
+    // Every file is also encrypted to the sender: it can resume (unwrap its own headers).
+    let mut age_recipients = vec![identity.age_recipient()];
+    for r in &recipients {
+        let card = store.get(r).ok_or_else(|| {
+            Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
+                .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
+        })?;
+        age_recipients.push(card.age_recipient);
+    }
+    let legal = legal::legal(&req.legal)?;
+    let mut failed = Vec::new();
+    let sources = sources::collect(&req.paths, &mut failed)?;
+    if !failed.is_empty() {
+        let total = sources.len() + failed.len();
+        on(&Event::Failed {
+            failed: failed.clone(),
+        });
+        return Err(failures(failed.len(), total));
+    }
+    let key = outbox_key(identity.id(), &recipients, &legal, &sources);
+    let state = StateDir::new(home.path(&format!("outbox/{key}")));
+    let marker = home.path(&format!("outbox/{key}.sent"));
+    if !req.restart
+        && !state.exists()
+        && let Ok(text) = std::fs::read_to_string(&marker)
+        && let Some((t, digest)) = text.trim_end().split_once(' ')
+        && digest == sources_digest(&sources)
+        && let Ok(t) = t.parse::<TransferId>()
+        && let Some(done) = already_sent(home, t)
+    {
+        on(&Event::Info {
+            message: format!(
+                "these files were already sent as transfer {t} and receipted; --restart sends them again as a new transfer"
+            ),
+        });
+        return Ok(Found::Already(done));
+    }
+    if state.exists() {
+        if req.restart {
+            std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
+        } else {
+            let saved = state.load()?;
+            sources::check_unchanged(&saved.sources)?;
+            let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
+                Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e)
+            })?;
+            on(&Event::Info {
+                message: format!("resuming transfer {}", offer.transfer_id),
+            });
+            return Ok(Found::Send(Box::new(Prepared {
+                state,
+                offer,
+                fresh_keys: vec![None; saved.sources.len()],
+                sources: saved.sources,
+                marker: Some(marker),
+            })));
+        }
+    } else if state.dir.exists() {
+        // An earlier run died before its state was complete: nothing was offered from it.
+        std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
+    }
+    let sizes: Vec<u64> = sources.iter().map(|s| s.fp.size).collect();
+    let Heads {
+        bytes: heads,
+        ciphertext_sizes: ct,
+        keys: fresh_keys,
+    } = make_heads(&sizes, &age_recipients)?;
+    let transfer = TransferId::generate();
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let files = sizes
+        .iter()
+        .zip(&ct)
+        .map(|(&size, &ciphertext_size)| OfferedFile {
+            size,
+            ciphertext_size,
+        })
+        .collect();
+    let offer = TransferOffer::new(
+        transfer,
+        identity.id().clone(),
+        recipients,
+        now,
+        legal,
+        files,
+    )
+    .map_err(|e| Error::new(ErrorKind::Usage, "the transfer is not valid").source(e))?;
+    let json = String::from_utf8(offer.to_json())
+        .map_err(|_| Error::new(ErrorKind::Internal, "offer is not UTF-8"))?;
+    state.create(
+        &Saved {
+            version: 1,
+            offer: json,
+            sources: sources.clone(),
+        },
+        &heads,
+    )?;
+    Ok(Found::Send(Box::new(Prepared {
+        state,
+        offer,
+        sources,
+        fresh_keys,
+        marker: Some(marker),
+    })))
+}
+
+fn failures(n: usize, total: usize) -> Error {
+    Error::new(
+        ErrorKind::Usage,
+        format!("{n} of {total} files cannot be sent; nothing was sent"),
+    )
+    .hint("fix or leave out the files listed above and run the same command again")
+}
+
+/// The interrupted send of transfer `id` under `outbox/` (`send --resume`), or its outcome if it
+/// completed.
+fn find_interrupted(home: &Home, id: &str) -> Result<Found> {
+    let t: TransferId = id
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::Usage, format!("{id:?} is not a transfer id")))?;
+    if let Some(done) = already_sent(home, t) {
+        return Ok(Found::Already(done));
+    }
+    let outbox = home.path("outbox");
+    let dirs = std::fs::read_dir(&outbox).map_err(|e| {
+        Error::new(
+            ErrorKind::Usage,
+            format!("no sends in {}", outbox.display()),
+        )
+        .source(e)
+    })?;
+    for e in dirs.flatten() {
+        let state = StateDir::new(e.path());
+        if !state.exists() {
+            continue;
+        }
+        let Ok(saved) = state.load() else { continue };
+        let Ok(offer) = TransferOffer::parse(saved.offer.as_bytes()) else {
+            continue;
+        };
+        if offer.transfer_id == t {
+            sources::check_unchanged(&saved.sources)?;
+            let marker = state.dir.with_extension("sent");
+            return Ok(Found::Send(Box::new(Prepared {
+                state,
+                offer,
+                fresh_keys: vec![None; saved.sources.len()],
+                sources: saved.sources,
+                marker: Some(marker),
+            })));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Usage,
+        format!("transfer {t} is not in {}", outbox.display()),
+    )
+    .hint("a completed send keeps only its manifest, seal and receipts (sent/, receipts/)"))
+}
+
+/// The upload's failure as the user sees it: a changed source is a safety refusal (exit 8).
+fn upload_error(e: NetError) -> Error {
+    if let NetError::Source(io_err) = &e {
+        if let Some(se) = io_err
+            .get_ref()
+            .and_then(|x| x.downcast_ref::<SourceError>())
+        {
+            return match se {
+                SourceError::Changed(m) => Error::new(ErrorKind::Safety, m.clone()).hint(
+                    "a transfer never mixes two versions of a file: send again with --restart to start a new transfer of the current content (the relay collects the partial upload)",
+                ),
+                SourceError::State(m) => {
+                    Error::new(ErrorKind::Internal, format!("send state: {m}"))
+                }
+            };
+        }
+        return Error::new(ErrorKind::Storage, "reading the sources")
+            .source(io::Error::new(io_err.kind(), io_err.to_string()));
+    }
+    net("upload", e)
+}
+
+/// Sends files to recipients through a relay and returns once the custody receipt is verified
+/// and saved. `on` sees progress as it happens.
+///
+/// ```no_run
+/// use rogatory_client::{Home, send::{SendRequest, LegalInput, send}};
+///
+/// let home = Home::resolve(None)?;
+/// let req = SendRequest {
+///     relay: "127.0.0.1:4433".into(),
+///     to: vec!["agency-b".into()],
+///     legal: LegalInput { case: Some("XX-2026-0042".into()), ..Default::default() },
+///     paths: vec!["case-42".into()],
+///     ..Default::default()
+/// };
+/// let done = send(&home, &req, &|e| eprintln!("{e:?}"))?;
+/// println!("receipt {}", done.receipt.display());
+/// # Ok::<(), rogatory_client::Error>(())
+/// ```
+pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Result<SendOutcome> {
+    let found = match &req.resume {
+        Some(id) => find_interrupted(home, id)?,
+        None => prepare(home, req, on)?,
+    };
+    let p = match found {
+        Found::Send(p) => p,
+        Found::Already(done) => return Ok(done),
+    };
+    let marker = p.marker.clone();
+    let digest = sources_digest(&p.sources);
+    let identity = home.identity()?;
+    let store = home.trust_store()?;
+    let peer_trust = home.peer_trust(&store)?;
+    let tls = home.tls()?;
+    let Some(age_identity) = identity.age_identity().cloned() else {
+        return Err(Error::new(
+            ErrorKind::NoKey,
+            "this home has no age identity (a relay-only home cannot send)",
+        ));
+    };
+    let layouts = p.offer.layouts();
+    let total: u64 = layouts.iter().map(|l| l.ciphertext_size).sum();
+    let transfer = p.offer.transfer_id;
+    let nfiles = layouts.len();
+    on(&Event::Start {
+        transfer_id: transfer,
+        files: nfiles,
+        bytes_total: total,
+    });
+    let offer_frame = Offer {
+        transfer,
+        offer: String::from_utf8(p.offer.to_json())
+            .map_err(|_| Error::new(ErrorKind::Internal, "offer is not UTF-8"))?,
+    };
+    let rels: Vec<String> = p
+        .sources
+        .iter()
+        .map(|s| s.rel.as_str().to_owned())
+        .collect();
+    let mut streamer = Streamer::new(
+        p.state,
+        p.offer,
+        p.sources,
+        age_identity,
+        identity.signer().clone(),
+        p.fresh_keys,
+    )
+    .map_err(|e| Error::new(ErrorKind::Storage, "opening the send state").source(e))?;
+    let rt = crate::runtime()?;
+    let relay = req.relay.clone();
+    let result = rt.block_on(async {
+        let addr = rogatory_transport::net::resolve(&relay)
+            .await
+            .map_err(|e| net(&format!("relay {relay}"), e))?;
+        let node = Node::client(addr.is_ipv6(), tls, peer_trust, Limits::default())
+            .map_err(|e| net("starting QUIC", e))?;
+        let session = node
+            .connect(addr, None)
+            .await
+            .map_err(|e| net(&format!("connecting to {relay}"), e))?;
+        let mut last = Instant::now() - Duration::from_secs(1);
+        let out = upload(
+            &session,
+            &offer_frame,
+            layouts,
+            UploadConfig::default(),
+            &mut streamer,
+            |e| match e {
+                UploadEvent::Accepted { skipped, .. } if *skipped > 0 => on(&Event::Info {
+                    message: format!("the relay already holds {skipped} bytes"),
+                }),
+                UploadEvent::Progress { durable, total }
+                    if last.elapsed() >= Duration::from_millis(100) || durable == total =>
+                {
+                    last = Instant::now();
+                    on(&Event::Progress {
+                        bytes_done: *durable,
+                        bytes_total: *total,
+                    });
+                }
+                UploadEvent::FileDurable(i) => on(&Event::FileDone {
+                    path: rels.get(*i as usize).cloned().unwrap_or_default(),
+                }),
+                _ => {}
+            },
+        )
+        .await;
+        session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+        node.shutdown(rogatory_transport::ErrorCode::NO_ERROR).await;
+        let out = out.map_err(upload_error)?;
+        Ok::<_, Error>((out, session.peer.agency.clone()))
+    });
+    let (outcome, relay_agency) = result?;
+    let state = streamer.into_state();
+    let Some((manifest_json, seal)) = state.sealed() else {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "receipted without a saved seal",
+        ));
+    };
+    // The receipt must verify with the relay agency's card and match what we sealed.
+    let card = store.get(&relay_agency).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("no card for relay agency {relay_agency}"),
+        )
+    })?;
+    let bundle = ReceiptBundle::parse(&outcome.receipt.text).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "the custody receipt is malformed").source(e)
+    })?;
+    let logged = bundle.verify(&card.verifier_key).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "the custody receipt does not verify").source(e)
+    })?;
+    let ok = match &logged.statement {
+        Statement::CustodyReceipt {
+            head,
+            sender,
+            manifest_sha256,
+            seal_sha256,
+            ..
+        } => {
+            head.transfer == transfer
+                && sender == identity.id()
+                && *manifest_sha256 == Sha256Digest::of(manifest_json.as_bytes())
+                && *seal_sha256 == rogatory_custody::note_text_digest(seal.as_bytes())
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "the custody receipt does not describe this transfer",
+        ));
+    }
+    let rpath = home.path(&format!("receipts/{transfer}.custody-receipt"));
+    write_file(&rpath, outcome.receipt.text.as_bytes(), 0o644, true)?;
+    state.finish(&sent_dir(home, &transfer))?;
+    if let Some(m) = marker {
+        // A re-run of the same command finds the receipt instead of sending again.
+        write_file(&m, format!("{transfer} {digest}\n").as_bytes(), 0o600, true)?;
+    }
+    Ok(SendOutcome {
+        transfer,
+        files: nfiles,
+        bytes_total: total,
+        bytes_sent: outcome.stats.bytes_sent,
+        bytes_skipped: outcome.stats.bytes_skipped,
+        receipt: rpath,
+    })
+}
+
+/// Where a completed send keeps its manifest and seal.
+pub fn sent_dir(home: &Home, transfer: &TransferId) -> PathBuf {
+    home.path(&format!("sent/{transfer}"))
+}

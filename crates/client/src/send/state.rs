@@ -1,0 +1,234 @@
+//! What a send keeps on disk while it runs (`docs/cli.md` "send", `protocol.md` §6.1): enough
+//! to resume without a ciphertext copy, never a byte of evidence.
+//!
+//! ```text
+//! outbox/<key>/state.bin     the offer (transfer id, sizes, legal metadata) and the sources
+//!                            with their fingerprints; written once, fsynced, before OFFER
+//! outbox/<key>/heads.bin     piece 0 of every file (age header and payload nonce): it fixes
+//!                            each file key and nonce, so any piece can be re-encrypted byte for
+//!                            byte; written once, fsynced, before OFFER
+//! outbox/<key>/progress.bin  per unfinished file: the relay's durable piece count, the
+//!                            plaintext SHA-256 state and the piece-root frontier at that count
+//!                            (replaced atomically; no fsync: an older copy only costs re-reading)
+//! outbox/<key>/done.bin      per finished file: plaintext SHA-256 and piece root (appended)
+//! outbox/<key>/manifest.json, seal.note   the sealed manifest, once every piece is durable
+//! ```
+//!
+//! After the custody receipt the folder is removed; the manifest, seal and receipt are kept
+//! under `sent/<transfer>/` and `receipts/`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use super::sources::Source;
+use crate::error::{Error, ErrorKind, Result, io};
+use crate::home::write_file;
+
+/// `state.bin`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Saved {
+    pub(crate) version: u32,
+    pub(crate) offer: String,
+    pub(crate) sources: Vec<Source>,
+}
+
+/// One unfinished file in `progress.bin`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Partial {
+    pub(crate) file: u32,
+    pub(crate) durable: u64,
+    /// Serialized plaintext SHA-256 state after the durable pieces.
+    pub(crate) plain: Vec<u8>,
+    /// Piece-root frontier of the durable pieces.
+    pub(crate) frontier: Vec<u8>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    partial: Vec<Partial>,
+}
+
+/// A finished file in `done.bin`: plaintext SHA-256 and piece root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Done {
+    pub(crate) sha256: [u8; 32],
+    pub(crate) root: [u8; 32],
+}
+
+const DONE_RECORD: usize = 4 + 32 + 32 + 4;
+const STATE_VERSION: u32 = 1;
+
+/// The state folder of one send.
+#[derive(Debug)]
+pub(crate) struct StateDir {
+    pub(crate) dir: PathBuf,
+    done: Option<File>,
+}
+
+impl StateDir {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        StateDir { dir, done: None }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether a send was set up here (its state is complete).
+    pub(crate) fn exists(&self) -> bool {
+        self.path("state.bin").exists()
+    }
+
+    /// Writes the heads and the state (fsynced, state last: its presence means complete).
+    pub(crate) fn create(&self, saved: &Saved, heads: &[u8]) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
+        crate::home::make_private(&self.dir)?;
+        write_file(&self.path("heads.bin"), heads, 0o600, true)?;
+        let bytes = postcard::to_stdvec(saved)
+            .map_err(|e| Error::new(ErrorKind::Internal, "encoding the send state").source(e))?;
+        write_file(&self.path("state.bin"), &bytes, 0o600, true)
+    }
+
+    pub(crate) fn load(&self) -> Result<Saved> {
+        let p = self.path("state.bin");
+        let b = fs::read(&p).map_err(|e| io("reading", &p, e))?;
+        let s: Saved = postcard::from_bytes(&b).map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("{}: damaged send state", p.display()),
+            )
+            .source(e)
+            .hint("remove the folder and send again with --restart")
+        })?;
+        if s.version != STATE_VERSION {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("{}: send state of another version", p.display()),
+            )
+            .hint("send again with --restart"));
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn heads(&self) -> Result<File> {
+        let p = self.path("heads.bin");
+        File::open(&p).map_err(|e| io("reading", &p, e))
+    }
+
+    /// Unfinished files' resume points (an unreadable file gives none: resume re-reads more).
+    pub(crate) fn load_partial(&self) -> BTreeMap<u32, Partial> {
+        let p = self.path("progress.bin");
+        let Ok(b) = fs::read(&p) else {
+            return BTreeMap::new();
+        };
+        let pr: Progress = postcard::from_bytes(&b).unwrap_or_default();
+        pr.partial.into_iter().map(|p| (p.file, p)).collect()
+    }
+
+    /// Replaces `progress.bin` (temp file and rename; no fsync, see the module doc).
+    pub(crate) fn save_partial(&self, partial: Vec<Partial>) -> Result<()> {
+        let p = self.path("progress.bin");
+        let tmp = self.path("progress.bin.tmp");
+        let bytes = postcard::to_stdvec(&Progress { partial })
+            .map_err(|e| Error::new(ErrorKind::Internal, "encoding progress").source(e))?;
+        fs::write(&tmp, bytes).map_err(|e| io("writing", &tmp, e))?;
+        fs::rename(&tmp, &p).map_err(|e| io("renaming", &p, e))
+    }
+
+    /// Finished files (a torn or damaged tail is ignored: those files are hashed again).
+    pub(crate) fn load_done(&self) -> BTreeMap<u32, Done> {
+        let mut out = BTreeMap::new();
+        let Ok(b) = fs::read(self.path("done.bin")) else {
+            return out;
+        };
+        for r in b.chunks_exact(DONE_RECORD) {
+            let (body, check) = r.split_at(DONE_RECORD - 4);
+            if sha2::Sha256::digest(body)[..4] != *check {
+                break;
+            }
+            let mut idx = [0u8; 4];
+            idx.copy_from_slice(&body[..4]);
+            let mut d = Done {
+                sha256: [0; 32],
+                root: [0; 32],
+            };
+            d.sha256.copy_from_slice(&body[4..36]);
+            d.root.copy_from_slice(&body[36..68]);
+            out.insert(u32::from_le_bytes(idx), d);
+        }
+        out
+    }
+
+    /// Appends finished files to `done.bin` (no fsync, see the module doc).
+    pub(crate) fn append_done(&mut self, records: &[(u32, Done)]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let p = self.path("done.bin");
+        if self.done.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| io("opening", &p, e))?;
+            self.done = Some(f);
+        }
+        let mut buf = Vec::with_capacity(records.len() * DONE_RECORD);
+        for (i, d) in records {
+            let start = buf.len();
+            buf.extend_from_slice(&i.to_le_bytes());
+            buf.extend_from_slice(&d.sha256);
+            buf.extend_from_slice(&d.root);
+            let check = sha2::Sha256::digest(&buf[start..]);
+            buf.extend_from_slice(&check[..4]);
+        }
+        match &mut self.done {
+            Some(f) => f.write_all(&buf).map_err(|e| io("writing", &p, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The sealed manifest, if this send got that far.
+    pub(crate) fn sealed(&self) -> Option<(String, String)> {
+        let m = fs::read_to_string(self.path("manifest.json")).ok()?;
+        let s = fs::read_to_string(self.path("seal.note")).ok()?;
+        Some((m, s))
+    }
+
+    pub(crate) fn save_sealed(&self, manifest: &str, seal: &str) -> Result<()> {
+        write_file(
+            &self.path("manifest.json"),
+            manifest.as_bytes(),
+            0o600,
+            true,
+        )?;
+        // The seal last: its presence means both are complete.
+        write_file(&self.path("seal.note"), seal.as_bytes(), 0o600, true)
+    }
+
+    /// The transfer is receipted: keep the manifest and seal under `sent/<transfer>/`, drop
+    /// everything else.
+    pub(crate) fn finish(self, sent: &Path) -> Result<()> {
+        fs::create_dir_all(sent).map_err(|e| io("creating", sent, e))?;
+        for name in ["manifest.json", "seal.note"] {
+            let from = self.path(name);
+            let to = sent.join(name);
+            fs::rename(&from, &to).map_err(|e| io("moving", &from, e))?;
+        }
+        if let Some(parent) = sent.parent() {
+            File::open(sent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing", sent, e))?;
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing", parent, e))?;
+        }
+        drop(self.done);
+        fs::remove_dir_all(&self.dir).map_err(|e| io("removing", &self.dir, e))
+    }
+}

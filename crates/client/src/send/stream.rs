@@ -1,0 +1,505 @@
+//! The sender's data path (`protocol.md` §6.1): each plaintext chunk is read once, hashed,
+//! encrypted in place and handed to the wire. The digests the manifest needs (plaintext SHA-256
+//! and piece root) advance only the first time a piece is produced; their state at the relay's
+//! durable prefix is what a later run resumes from, so a resumed send never re-reads or
+//! re-encrypts what the relay already holds.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use rogatory_custody::merkle::{Frontier, leaf_hash};
+use rogatory_custody::{
+    FileEntry, Manifest, NoteSigner, PieceLayout, Sha256Digest, Timestamp, TransferOffer,
+};
+use rogatory_envelope::{CHUNK_SIZE, Decryptor, FileKey, Identity, PayloadKey, PayloadNonce};
+use rogatory_transport::net::PieceSource;
+use sha2_resumable::Digest as _;
+use sha2_resumable::digest::common::hazmat::SerializableState as _;
+
+use super::sources::{Source, changed};
+use super::state::{Done, Partial, StateDir};
+
+type PlainHash = sha2_resumable::Sha256;
+
+/// Why the source cannot go on: carried inside the `io::Error` the transport sees.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    /// A source is not what it was (exit 8).
+    #[error("{0}")]
+    Changed(String),
+    /// Our own state is unusable.
+    #[error("{0}")]
+    State(String),
+}
+
+fn changed_err(s: &Source, what: &str) -> io::Error {
+    io::Error::other(SourceError::Changed(changed(&s.path, what).to_string()))
+}
+
+fn state_err(m: impl Into<String>) -> io::Error {
+    io::Error::other(SourceError::State(m.into()))
+}
+
+/// One piece produced but not yet durable: its leaf and the plaintext hash after it.
+#[derive(Clone, Debug)]
+struct Produced {
+    leaf: [u8; 32],
+    plain: PlainHash,
+}
+
+/// The digests of a file being sent. `produced` pieces have been hashed; `ring[k]` is piece
+/// `durable + k` (produced, not yet durable).
+#[derive(Debug)]
+struct Hashing {
+    produced: u64,
+    plain: PlainHash,
+    ring: VecDeque<Produced>,
+    durable: u64,
+    durable_plain: PlainHash,
+    durable_frontier: Frontier,
+}
+
+impl Hashing {
+    fn at(durable: u64, plain: PlainHash, frontier: Frontier) -> Box<Self> {
+        Box::new(Hashing {
+            produced: durable,
+            plain: plain.clone(),
+            ring: VecDeque::new(),
+            durable,
+            durable_plain: plain,
+            durable_frontier: frontier,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Nothing produced or durable yet (no state kept: thousands of files cost nothing).
+    Pending,
+    /// Pieces to produce.
+    Open(Box<Hashing>),
+    /// Every piece durable.
+    Done(Done),
+}
+
+#[derive(Debug)]
+struct FileState {
+    layout: PieceLayout,
+    /// Offset of the file's piece 0 in `heads.bin`.
+    head_at: u64,
+    key: Option<PayloadKey>,
+    fd: Option<File>,
+    phase: Phase,
+}
+
+/// The sender's [`PieceSource`].
+#[derive(Debug)]
+pub(crate) struct Streamer {
+    state: StateDir,
+    offer: TransferOffer,
+    sources: Vec<Source>,
+    files: Vec<FileState>,
+    heads: File,
+    identity: Identity,
+    signer: NoteSigner,
+    /// File keys of this run's fresh headers (none on a resume: unwrapped from the heads).
+    fresh_keys: Vec<Option<FileKey>>,
+    /// Files that finished since `done.bin` was last appended to.
+    finished: Vec<(u32, Done)>,
+    progress_dirty: bool,
+    last_save: Instant,
+}
+
+fn fresh_hash() -> PlainHash {
+    PlainHash::new()
+}
+
+/// A saved plaintext hash state (`None` if it is not one).
+fn plain_from(b: &[u8]) -> Option<PlainHash> {
+    let state = b.try_into().ok()?;
+    PlainHash::deserialize(state).ok()
+}
+
+impl Streamer {
+    pub(crate) fn new(
+        state: StateDir,
+        offer: TransferOffer,
+        sources: Vec<Source>,
+        identity: Identity,
+        signer: NoteSigner,
+        fresh_keys: Vec<Option<FileKey>>,
+    ) -> io::Result<Self> {
+        let heads = state.heads().map_err(io::Error::other)?;
+        let mut head_at = 0;
+        let files = offer
+            .layouts()
+            .into_iter()
+            .map(|layout| {
+                let f = FileState {
+                    layout,
+                    head_at,
+                    key: None,
+                    fd: None,
+                    phase: Phase::Pending,
+                };
+                head_at += layout.head_len;
+                f
+            })
+            .collect::<Vec<_>>();
+        if files.len() != sources.len() {
+            return Err(state_err("the send state lists another number of files"));
+        }
+        Ok(Streamer {
+            state,
+            offer,
+            sources,
+            files,
+            heads,
+            identity,
+            signer,
+            fresh_keys,
+            finished: Vec::new(),
+            progress_dirty: false,
+            last_save: Instant::now(),
+        })
+    }
+
+    /// The state folder, once the upload is over.
+    pub(crate) fn into_state(self) -> StateDir {
+        self.state
+    }
+
+    fn head(&self, file: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let f = &self.files[file];
+        let start = out.len();
+        out.resize(start + f.layout.head_len as usize, 0);
+        self.heads.read_exact_at(&mut out[start..], f.head_at)
+    }
+
+    /// The payload key of `file`: from this run's fresh header, or unwrapped from the saved
+    /// header with the agency's own identity (every file is also encrypted to the sender).
+    fn key(&mut self, file: usize) -> io::Result<()> {
+        if self.files[file].key.is_some() {
+            return Ok(());
+        }
+        let mut head = Vec::with_capacity(self.files[file].layout.head_len as usize);
+        self.head(file, &mut head)?;
+        let Some(nonce_at) = head.len().checked_sub(16) else {
+            return Err(state_err("saved header too short"));
+        };
+        let mut nonce = PayloadNonce([0; 16]);
+        nonce.0.copy_from_slice(&head[nonce_at..]);
+        let file_key = match self.fresh_keys.get_mut(file).and_then(Option::take) {
+            Some(k) => k,
+            None => Decryptor::new(&head[..nonce_at])
+                .and_then(|d| d.unwrap_file_key(std::slice::from_ref(&self.identity)))
+                .map_err(|e| state_err(format!("saved header of file {file}: {e}")))?,
+        };
+        self.files[file].key = Some(PayloadKey::derive(&file_key, &nonce));
+        Ok(())
+    }
+
+    fn open(&mut self, file: usize) -> io::Result<()> {
+        if self.files[file].fd.is_some() {
+            return Ok(());
+        }
+        let s = &self.sources[file];
+        let fd = File::open(&s.path).map_err(|_| changed_err(s, "it cannot be opened"))?;
+        let m = fd.metadata()?;
+        if super::sources::Fingerprint::of(&m) != s.fp {
+            return Err(changed_err(s, "its size, times or inode differ"));
+        }
+        self.files[file].fd = Some(fd);
+        Ok(())
+    }
+
+    /// Produces piece `piece` of `file` into `out`; `hash` says whether it advances the digests
+    /// (first production) or must equal what was produced before (a resend).
+    fn produce(&mut self, file: usize, piece: u64, out: &mut Vec<u8>) -> io::Result<[u8; 32]> {
+        let start = out.len();
+        if piece == 0 {
+            self.head(file, out)?;
+            return Ok(leaf_hash(&out[start..]));
+        }
+        self.key(file)?;
+        self.open(file)?;
+        let f = &self.files[file];
+        let size = f.layout.size;
+        let chunk = piece - 1;
+        let off = chunk * CHUNK_SIZE as u64;
+        let len = (size - off).min(CHUNK_SIZE as u64) as usize;
+        let last = piece + 1 == f.layout.count();
+        out.resize(start + len + 16, 0);
+        let Some(fd) = &f.fd else {
+            return Err(state_err("file not open"));
+        };
+        let n = read_full_at(fd, &mut out[start..start + len], off)?;
+        if n != len {
+            return Err(changed_err(
+                &self.sources[file],
+                "it is shorter than it was",
+            ));
+        }
+        if last {
+            // Nothing may follow the last chunk.
+            let mut probe = [0u8; 1];
+            if fd.read_at(&mut probe, size)? != 0 {
+                return Err(changed_err(&self.sources[file], "it grew"));
+            }
+        }
+        if let Phase::Open(h) = &mut self.files[file].phase
+            && h.produced == piece
+        {
+            h.plain.update(&out[start..start + len]);
+        }
+        let Some(key) = &self.files[file].key else {
+            return Err(state_err("no payload key"));
+        };
+        key.seal_chunk(chunk, last, &mut out[start..])
+            .map_err(|e| state_err(e.to_string()))?;
+        Ok(leaf_hash(&out[start..]))
+    }
+
+    /// Brings a file's digests from its saved resume point up to `target` pieces by
+    /// re-reading them (only when the relay is ahead of what this sender saved).
+    fn catch_up(&mut self, file: usize, target: u64) -> io::Result<()> {
+        let mut scratch = Vec::with_capacity(65_552);
+        loop {
+            let p = match &self.files[file].phase {
+                Phase::Pending => 0,
+                Phase::Open(h) => h.produced,
+                Phase::Done(_) => return Ok(()),
+            };
+            if p >= target {
+                break;
+            }
+            scratch.clear();
+            self.piece(file as u32, p, &mut scratch)?;
+        }
+        self.durable(file as u32, target)
+    }
+
+    fn save_progress(&mut self, force: bool) -> io::Result<()> {
+        if !force && (!self.progress_dirty || self.last_save.elapsed() < Duration::from_millis(500))
+        {
+            return Ok(());
+        }
+        let finished = std::mem::take(&mut self.finished);
+        self.state
+            .append_done(&finished)
+            .map_err(io::Error::other)?;
+        let partial = self
+            .files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match &f.phase {
+                Phase::Open(h) if h.durable > 0 => Some(Partial {
+                    file: i as u32,
+                    durable: h.durable,
+                    plain: h.durable_plain.serialize().to_vec(),
+                    frontier: h.durable_frontier.to_bytes(),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.state.save_partial(partial).map_err(io::Error::other)?;
+        self.progress_dirty = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    /// Whether every file's digests are final.
+    fn all_done(&self) -> bool {
+        self.files.iter().all(|f| matches!(f.phase, Phase::Done(_)))
+    }
+}
+
+fn read_full_at(fd: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match fd.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl PieceSource for Streamer {
+    fn resume(&mut self, durable: &[u64]) -> io::Result<()> {
+        if durable.len() != self.files.len() {
+            return Err(state_err("the relay reports another number of files"));
+        }
+        let mut done = self.state.load_done();
+        let mut partial = self.state.load_partial();
+        for (i, &d) in durable.iter().enumerate() {
+            let count = self.files[i].layout.count();
+            // The saved point, if it is exactly where the relay is.
+            if d == count
+                && let Some(rec) = done.remove(&(i as u32))
+            {
+                self.files[i].phase = Phase::Done(rec);
+                continue;
+            }
+            let mut start = (0, fresh_hash(), Frontier::new());
+            if let Some(p) = partial.remove(&(i as u32))
+                && p.durable <= d
+                && let (Some(plain), Some(fr)) =
+                    (plain_from(&p.plain), Frontier::from_bytes(&p.frontier))
+                && fr.len() == p.durable
+            {
+                start = (p.durable, plain, fr);
+            }
+            let (at, plain, frontier) = start;
+            self.files[i].phase = if at == 0 {
+                Phase::Pending
+            } else {
+                Phase::Open(Hashing::at(at, plain, frontier))
+            };
+            if at < d {
+                self.catch_up(i, d)?;
+            }
+        }
+        self.progress_dirty = true;
+        self.save_progress(true)
+    }
+
+    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let i = file as usize;
+        if i >= self.files.len() {
+            return Err(state_err("no such file"));
+        }
+        if matches!(self.files[i].phase, Phase::Pending) {
+            self.files[i].phase = Phase::Open(Hashing::at(0, fresh_hash(), Frontier::new()));
+        }
+        let leaf = self.produce(i, piece, out)?;
+        let Phase::Open(h) = &mut self.files[i].phase else {
+            // A resend of a finished file's piece: nothing to account.
+            return Ok(());
+        };
+        if piece == h.produced {
+            let plain = h.plain.clone();
+            h.ring.push_back(Produced { leaf, plain });
+            h.produced += 1;
+        } else if piece < h.produced && piece >= h.durable {
+            // A resend after a rewind: byte for byte what was produced before, or the source
+            // changed under us.
+            let k = (piece - h.durable) as usize;
+            if h.ring.get(k).is_none_or(|p| p.leaf != leaf) {
+                return Err(changed_err(&self.sources[i], "a re-read piece differs"));
+            }
+        } else {
+            return Err(state_err(format!(
+                "piece {piece} of file {file} asked out of order"
+            )));
+        }
+        Ok(())
+    }
+
+    fn durable(&mut self, file: u32, pieces: u64) -> io::Result<()> {
+        let i = file as usize;
+        let count = self.files.get(i).map_or(0, |f| f.layout.count());
+        let Some(f) = self.files.get_mut(i) else {
+            return Err(state_err("no such file"));
+        };
+        let h = match &mut f.phase {
+            Phase::Open(h) => h,
+            Phase::Done(_) => return Ok(()),
+            Phase::Pending if pieces == 0 => return Ok(()),
+            Phase::Pending => {
+                return Err(state_err(
+                    "the relay holds pieces this sender never produced",
+                ));
+            }
+        };
+        if pieces <= h.durable {
+            return Ok(());
+        }
+        if pieces > h.produced {
+            return Err(state_err(
+                "the relay holds pieces this sender never produced",
+            ));
+        }
+        while h.durable < pieces {
+            let Some(p) = h.ring.pop_front() else {
+                return Err(state_err("resume ring out of step"));
+            };
+            h.durable_frontier.push(p.leaf);
+            h.durable_plain = p.plain;
+            h.durable += 1;
+        }
+        if pieces == count {
+            let rec = Done {
+                sha256: h.durable_plain.clone().finalize().into(),
+                root: h.durable_frontier.root(),
+            };
+            f.phase = Phase::Done(rec);
+            f.fd = None;
+            f.key = None;
+            self.finished.push((file, rec));
+        }
+        self.progress_dirty = true;
+        self.save_progress(false)
+    }
+
+    fn seal(&mut self) -> io::Result<(String, String)> {
+        self.save_progress(true)?;
+        if !self.all_done() {
+            return Err(state_err("sealing before every file is durable"));
+        }
+        let transfer = self.offer.transfer_id;
+        let entries = self
+            .files
+            .iter()
+            .zip(&self.sources)
+            .map(|(f, s)| {
+                let Phase::Done(d) = &f.phase else {
+                    return Err(state_err("file not finished"));
+                };
+                Ok(FileEntry {
+                    path: s.rel.clone(),
+                    size: f.layout.size,
+                    sha256: Sha256Digest(d.sha256),
+                    ciphertext_size: f.layout.ciphertext_size,
+                    piece_root: Sha256Digest(d.root),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let manifest = Manifest::new(
+            transfer,
+            self.offer.sender.clone(),
+            self.offer.recipients.clone(),
+            self.offer.created_at,
+            self.offer.legal.clone(),
+            entries,
+        )
+        .map_err(|e| state_err(format!("manifest: {e}")))?;
+        if manifest.offer() != self.offer {
+            return Err(state_err("the manifest does not match the offer"));
+        }
+        let json = String::from_utf8(manifest.to_json())
+            .map_err(|_| state_err("manifest is not UTF-8"))?;
+        // A seal made by an earlier run for the same manifest is sent again, never re-signed.
+        if let Some((m, s)) = self.state.sealed()
+            && m == json
+        {
+            return Ok((s, m));
+        }
+        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        let seal = manifest
+            .seal(&self.signer, now)
+            .map_err(|e| state_err(format!("sealing: {e}")))?;
+        self.state
+            .save_sealed(&json, &seal)
+            .map_err(io::Error::other)?;
+        Ok((seal, json))
+    }
+}
