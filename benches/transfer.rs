@@ -377,10 +377,12 @@ struct RogRound {
     send_rss_kib: Option<u64>,
     fetch_rss_kib: Option<u64>,
     relay_hwm_kib: Option<u64>,
-    home_growth_during: u64,
+    /// `None` when not sampled.
+    home_growth_during: Option<u64>,
     home_growth_after: i64,
     first_progress: Option<Duration>,
-    relay_first_mib: Option<Duration>,
+    /// `None` when not sampled; `Some(None)` when it never grew by 1 MiB.
+    relay_first_mib: Option<Option<Duration>>,
     fetch_progress_mid: usize,
     fetch_first_progress: Option<Duration>,
 }
@@ -708,12 +710,15 @@ impl Bench {
         Ok(relay)
     }
 
-    /// One `send` of `src` and one `fetch --all` of it, with fresh homes under `place`.
+    /// One `send` of `src` and one `fetch --all` of it, with fresh homes under `place`. With
+    /// `sample`, the sender's and the relay's homes are measured every 100 ms during the send
+    /// (not for thousands of small files, where walking them would cost the send a core).
     fn rogatory_round(
         &self,
         place: &Place,
         src: &Path,
         expect: (u64, u64),
+        sample: bool,
     ) -> Result<RogRound, String> {
         let base = tempfile::Builder::new()
             .prefix("rogatory-bench-round-")
@@ -738,7 +743,12 @@ impl Bench {
             .args(["--retain-until", &self.retain_until])
             .arg(src);
         let cpu0 = proc_cpu(relay_pid, false, self.clk_tck);
-        let m = self.measure(&send, &[home.clone(), relay_home.clone()])?;
+        let watch = if sample {
+            vec![home.clone(), relay_home.clone()]
+        } else {
+            Vec::new()
+        };
+        let m = self.measure(&send, &watch)?;
         let cpu1 = proc_cpu(relay_pid, false, self.clk_tck);
         let send_sample = Sample::of(&m, cpu1.zip(cpu0).map(|(a, b)| a - b));
         let events = json_events(&m.lines);
@@ -746,16 +756,20 @@ impl Bench {
             return Err("send printed no JSON summary".into());
         }
         let send_first_progress = first_progress(&events);
-        let home_growth_during = m.samples[0]
-            .iter()
-            .map(|&(_, s)| s.saturating_sub(home0))
-            .max()
-            .unwrap_or(0);
+        let home_growth_during = m.samples.first().map(|samples| {
+            samples
+                .iter()
+                .map(|&(_, s)| s.saturating_sub(home0))
+                .max()
+                .unwrap_or(0)
+        });
         let home_growth_after = du_sb(&home) as i64 - home0 as i64;
-        let relay_first_mib = m.samples[1]
-            .iter()
-            .find(|&&(_, s)| s >= relay0 + MIB)
-            .map(|&(t, _)| t);
+        let relay_first_mib = m.samples.get(1).map(|samples| {
+            samples
+                .iter()
+                .find(|&&(_, s)| s >= relay0 + MIB)
+                .map(|&(t, _)| t)
+        });
 
         if cold {
             self.drop_caches();
@@ -973,6 +987,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rogatory")));
     let only = std::env::var("ROGATORY_BENCH_ONLY").unwrap_or_default();
+    assert!(
+        ["", "file", "bulk"].contains(&only.as_str()),
+        "ROGATORY_BENCH_ONLY={only:?}: expected `file` or `bulk`"
+    );
     let mut b = Bench {
         mib: env_num("ROGATORY_BENCH_MIB", 1024).max(1),
         rounds: env_num("ROGATORY_BENCH_ROUNDS", 2).max(1) as usize,
@@ -1193,7 +1211,7 @@ fn file_section(
         println!("round {round}: bare quinn {:.2} s", secs(s.wall));
         bare.push(Ok(s));
         for ((place, _, file), (send, fetch, res)) in sources.iter().zip(rows.iter_mut()) {
-            match b.rogatory_round(place, file, (1, bytes)) {
+            match b.rogatory_round(place, file, (1, bytes), true) {
                 Ok(r) => {
                     println!(
                         "round {round}: {}: send {:.2} s, fetch {:.2} s",
@@ -1205,11 +1223,12 @@ fn file_section(
                     res.send_rss_kib = worst(res.send_rss_kib, r.send_rss_kib);
                     res.fetch_rss_kib = worst(res.fetch_rss_kib, r.fetch_rss_kib);
                     res.relay_hwm_kib = worst(res.relay_hwm_kib, r.relay_hwm_kib);
-                    res.home_growth_during =
-                        worst(res.home_growth_during, Some(r.home_growth_during));
+                    res.home_growth_during = worst(res.home_growth_during, r.home_growth_during);
                     res.home_growth_after = worst(res.home_growth_after, Some(r.home_growth_after));
                     res.first_progress = worst_time(res.first_progress, r.first_progress);
-                    res.relay_first_mib = worst_time(res.relay_first_mib, r.relay_first_mib);
+                    if let Some(t) = r.relay_first_mib {
+                        res.relay_first_mib = worst_time(res.relay_first_mib, t);
+                    }
                     res.fetch_progress_mid = Some(
                         res.fetch_progress_mid
                             .map_or(r.fetch_progress_mid, |m| m.min(r.fetch_progress_mid)),
@@ -1266,8 +1285,8 @@ fn file_section(
     print_row(&scp_down, b.nproc);
     if scp_skip.is_none() {
         println!(
-            "  scp: OpenSSH's scp to/from a loopback sshd (benches/loopback-sshd.sh), cipher {SSH_CIPHER}; \
-             decrypt: {}",
+            "  scp: OpenSSH's scp to/from a loopback sshd (benches/loopback-sshd.sh), cipher {SSH_CIPHER}; the remote \
+             sync is a second ssh connection, as in a script; decrypt: {}",
             match &decryptor {
                 Some(Decryptor::Age(p)) =>
                     format!("{} (the age reference implementation)", p.display()),
@@ -1551,7 +1570,7 @@ fn bulk_section(
         b.rounds
     );
     for round in 1..=b.rounds {
-        match b.rogatory_round(place, &bulk, expect) {
+        match b.rogatory_round(place, &bulk, expect, false) {
             Ok(r) => {
                 println!(
                     "round {round}: send {:.2} s, fetch --all {:.2} s",
