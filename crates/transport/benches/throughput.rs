@@ -1,102 +1,27 @@
 //! Throughput of the real stack over loopback: 1 GiB with mutual TLS and our framing (OFFER,
-//! TABLE, PIECE frames, DURABLE acknowledgements, the upload state machines; no envelope, no
+//! PIECE and SEAL frames, DURABLE acknowledgements, the upload state machines; no envelope, no
 //! disk), next to a bare quinn stream on the same TLS and transport configuration in the same
 //! run. Reports MB/s of each and the ratio; the target is ≤ 10 % overhead (ratio ≥ 0.90).
 //!
 //! `cargo bench -p rogatory-transport --bench throughput`
 //! (`ROGATORY_BENCH_MIB=256` for a shorter run, `ROGATORY_BENCH_ROUNDS=5` for more rounds).
 
+mod bare_quinn;
+
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rogatory_custody::{AgencyId, PieceLayout, TransferId, piece_layout};
-use rogatory_transport::certs::{Ca, Validity};
-use rogatory_transport::config::{client_config, server_config};
+use bare_quinn::{Setup, bare, setup};
+use rogatory_custody::{PieceLayout, TransferId, piece_layout};
 use rogatory_transport::frame::{Offer, Seal};
 use rogatory_transport::net::{
     IntakeHandler, Node, PieceSource, ServeConfig, serve_connection, upload,
 };
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::upload::UploadConfig;
-use rogatory_transport::{Limits, PeerTrust, ProtocolError, TlsIdentity};
-
-fn id(s: &str) -> AgencyId {
-    s.parse().expect("id")
-}
-
-struct Setup {
-    relay_id: TlsIdentity,
-    client_id: TlsIdentity,
-    trust: PeerTrust,
-}
-
-fn setup() -> Setup {
-    let ca = Ca::generate("bench CA", Validity::days_from_now(2)).expect("ca");
-    let v = Validity::days_from_now(1);
-    let r = ca.issue(&id("relay-b"), v, 1).expect("relay");
-    let c = ca.issue(&id("agency-a"), v, 2).expect("client");
-    let mut trust = PeerTrust::new();
-    trust.add_ca_pem(ca.cert_pem().as_bytes()).expect("ca");
-    trust
-        .add_agency(id("relay-b"), vec![])
-        .add_agency(id("agency-a"), vec![]);
-    Setup {
-        relay_id: TlsIdentity::from_pem(r.cert_pem.as_bytes(), r.key_pem.as_bytes()).expect("id"),
-        client_id: TlsIdentity::from_pem(c.cert_pem.as_bytes(), c.key_pem.as_bytes()).expect("id"),
-        trust,
-    }
-}
-
-/// Bare quinn: one unidirectional stream, 64 KiB writes, the reader counts bytes.
-async fn bare(s: &Setup, bytes: u64) -> Duration {
-    let limits = Limits::default();
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let server = quinn::Endpoint::server(
-        server_config(&s.relay_id, s.trust.clone(), &limits).expect("cfg"),
-        addr,
-    )
-    .expect("ep");
-    let addr = server.local_addr().expect("addr");
-    let recv = tokio::spawn(async move {
-        let conn = server
-            .accept()
-            .await
-            .expect("incoming")
-            .await
-            .expect("conn");
-        let mut r = conn.accept_uni().await.expect("uni");
-        let mut n = 0u64;
-        while let Some(c) = r.read_chunk(usize::MAX, true).await.expect("read") {
-            n += c.bytes.len() as u64;
-        }
-        conn.close(0u32.into(), b"");
-        n
-    });
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("bind")).expect("client");
-    let cfg = client_config(&s.client_id, s.trust.clone(), None, &limits).expect("cfg");
-    let conn = client
-        .connect_with(cfg, addr, "relay-b.rogatory.invalid")
-        .expect("connect")
-        .await
-        .expect("conn");
-    let buf = vec![0x5au8; 65_552];
-    let start = Instant::now();
-    let mut w = conn.open_uni().await.expect("uni");
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        w.write_all(&buf[..n]).await.expect("write");
-        left -= n as u64;
-    }
-    w.finish().expect("finish");
-    assert_eq!(recv.await.expect("join"), bytes);
-    let t = start.elapsed();
-    client.close(0u32.into(), b"");
-    t
-}
+use rogatory_transport::{Limits, ProtocolError};
 
 /// The relay side of the framing bench: accepts, counts, acknowledges; no disk, no hashing.
 struct Sink {
