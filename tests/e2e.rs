@@ -591,7 +591,10 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
         .read_to_string(&mut first)
         .expect("stdout");
     assert!(held >= 8 << 20);
-    assert!(!out_dir.join("big.bin").exists(), "nothing under the final name");
+    assert!(
+        !out_dir.join("big.bin").exists(),
+        "nothing under the final name"
+    );
     let left = partials(&out_dir);
     assert_eq!(left.len(), 1, "one resumable partial: {left:?}");
     // Progress events of the killed run grew strictly.

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rogatory_custody::{
-    AgencyId, FileEntry, Head, Manifest, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
-    note_text_digest, open_sealed_manifest,
+    AgencyId, FileEntry, Head, Manifest, ReceiptBundle, Sha256Digest, Statement, Timestamp,
+    TransferId, note_text_digest, open_sealed_manifest,
 };
 use rogatory_envelope::Identity;
 use rogatory_transport::frame::{
@@ -543,7 +543,6 @@ async fn fetch_one(
     Ok(())
 }
 
-
 /// Name prefix of every temporary file `fetch` creates beside a destination.
 const PARTIAL: &str = ".rogatory-partial-";
 /// The per-transfer state directory inside the output directory.
@@ -957,9 +956,7 @@ fn resume_partial(pf: &mut PartialFile, layout: &Layout, op: &mut Opener<'_>) ->
 /// fsyncs a verified partial once and renames it to its final name: never over an existing
 /// file without `--force` (exit 8).
 fn publish(pf: &mut PartialFile, dest: &Path, force: bool) -> Result<()> {
-    pf.file
-        .sync_all()
-        .map_err(|e| io("syncing", &pf.path, e))?;
+    pf.file.sync_all().map_err(|e| io("syncing", &pf.path, e))?;
     let rename = || {
         let tp = tempfile::TempPath::try_from_path(&pf.path)?;
         let r = if force {
@@ -1059,7 +1056,12 @@ fn write_state(output: &Path, state: &Path, t: TransferId) -> Result<()> {
     if fs::symlink_metadata(state).is_ok_and(|m| m.is_file()) {
         return Ok(());
     }
-    write_file(state, format!("fetch of {t} under way\n").as_bytes(), 0o600, true)?;
+    write_file(
+        state,
+        format!("fetch of {t} under way\n").as_bytes(),
+        0o600,
+        true,
+    )?;
     for d in [&dir, &output.to_path_buf()] {
         File::open(d)
             .and_then(|f| f.sync_all())

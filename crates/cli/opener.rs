@@ -8,8 +8,8 @@ use std::io::{self, Write};
 
 use rogatory_custody::Sha256Digest;
 use rogatory_envelope::{
-    CHUNK_SIZE, DecryptError, Decryptor, ENCRYPTED_CHUNK_SIZE, Identity, MAX_HEADER_LEN,
-    NONCE_LEN, PayloadKey, PayloadNonce, TAG_SIZE, chunk_count,
+    CHUNK_SIZE, DecryptError, Decryptor, ENCRYPTED_CHUNK_SIZE, Identity, MAX_HEADER_LEN, NONCE_LEN,
+    PayloadKey, PayloadNonce, TAG_SIZE, chunk_count,
 };
 use sha2::{Digest, Sha256};
 
@@ -308,7 +308,10 @@ mod tests {
             for at in [10, ct.len() / 2, ct.len() - 1] {
                 let mut bad = ct.clone();
                 bad[at] ^= 1;
-                assert!(open_all(&bad, n as u64, &sha, &id, 4096).is_err(), "n {n} at {at}");
+                assert!(
+                    open_all(&bad, n as u64, &sha, &id, 4096).is_err(),
+                    "n {n} at {at}"
+                );
             }
             // Truncated: the sizes no longer fit, or the last chunk is missing.
             let cut = &ct[..ct.len() - 1];

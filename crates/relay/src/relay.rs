@@ -524,10 +524,7 @@ impl<S: Storage> Relay<S> {
         db.prepare_cached(&format!(
             "SELECT {columns} FROM transfers WHERE transfer = ?1"
         ))
-        .and_then(|mut q| {
-            q.query_row(params![&t.as_bytes()[..]], read_row)
-                .optional()
-        })
+        .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
         .map_err(db_err)
     }
 
