@@ -597,6 +597,10 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
     );
     let left = partials(&out_dir);
     assert_eq!(left.len(), 1, "one resumable partial: {left:?}");
+    // The small file went in parallel and was published by the killed run: the re-run must
+    // accept it (its state file says a fetch was under way), not refuse it as existing.
+    assert!(out_dir.join("small.txt").exists());
+    assert!(d.join("out/.rogatory-fetch").exists());
     // Progress events of the killed run grew strictly.
     let done: Vec<u64> = first
         .lines()
