@@ -227,6 +227,10 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
         !d.join("out2/case 42/big.bin").exists(),
         "the corrupted file never appears"
     );
+    assert!(
+        partials(&d.join("out2/case 42")).is_empty(),
+        "nothing of a file that failed to authenticate is kept"
+    );
     drop(r);
     let p = d.join("B-relay/relay/audit.log");
     let mut b = std::fs::read(&p).expect("log");
@@ -508,4 +512,182 @@ fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
         failed.iter().any(|p| p.ends_with("link")) && failed.iter().any(|p| p.ends_with("dirlink"))
     );
     assert!(!d.join("A/receipts").exists(), "nothing was sent");
+}
+
+/// The `.rogatory-partial-*` files in `dir`, with their sizes.
+fn partials(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".rogatory-partial-")
+                })
+                .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `docs/cli.md` "Receiving": `kill -9` of `fetch` in the middle of a 64 MiB file leaves only a
+/// partial of whole authenticated chunks (nothing under the final name); the re-run resumes
+/// from it (it does not download from 0), ends byte-exact and leaves no state behind. Progress
+/// events grow strictly while the file downloads.
+#[test]
+fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    agency(d, "A", "agency-a", false);
+    agency(d, "B", "agency-b", false);
+    trust(d, "A", "B");
+    trust(d, "B", "A");
+    let r = relay(d, "B", None);
+    let case = d.join("case");
+    std::fs::create_dir_all(&case).expect("mkdir");
+    let big: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(case.join("big.bin"), &big).expect("big");
+    std::fs::write(case.join("small.txt"), b"exhibit 2\n").expect("small");
+    let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]));
+    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // First run: killed (SIGKILL) once the partial of big.bin holds at least 8 MiB.
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ])
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fetch");
+    let out_dir = d.join("out/case");
+    let t0 = std::time::Instant::now();
+    let held = loop {
+        if let Some((_, n)) = partials(&out_dir).into_iter().find(|(_, n)| *n >= 8 << 20) {
+            break n;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "fetch ended before it could be killed mid-file"
+        );
+        assert!(t0.elapsed().as_secs() < 120, "no partial appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let mut first = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut first)
+        .expect("stdout");
+    assert!(held >= 8 << 20);
+    assert!(
+        !out_dir.join("big.bin").exists(),
+        "nothing under the final name"
+    );
+    let left = partials(&out_dir);
+    assert_eq!(left.len(), 1, "one resumable partial: {left:?}");
+    // The small file went in parallel and was published by the killed run: the re-run must
+    // accept it (its state file says a fetch was under way), not refuse it as existing.
+    assert!(out_dir.join("small.txt").exists());
+    assert!(d.join("out/.rogatory-fetch").exists());
+    // Progress events of the killed run grew strictly.
+    let done: Vec<u64> = first
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "progress")
+        .map(|v| v["bytes_done"].as_u64().expect("bytes_done"))
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+
+    // Second run: resumes, byte-exact, nothing left behind.
+    let o = ok(run(
+        d,
+        &[
+            "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    ));
+    let ev = json_lines(&o);
+    let summary = ev.last().expect("summary");
+    assert_eq!(summary["type"], "summary");
+    let total = summary["bytes_total"].as_u64().expect("total");
+    let downloaded = summary["bytes_downloaded"].as_u64().expect("downloaded");
+    let resumed = summary["bytes_resumed"].as_u64().expect("resumed");
+    assert!(
+        resumed >= (8 << 20) - 65_536 && downloaded + resumed >= total && downloaded < total,
+        "resumed {resumed}, downloaded {downloaded} of {total}"
+    );
+    assert_eq!(std::fs::read(out_dir.join("big.bin")).expect("big"), big);
+    assert_eq!(tree(&out_dir), tree(&case));
+    assert!(partials(&out_dir).is_empty());
+    assert!(
+        !d.join("out/.rogatory-fetch").exists(),
+        "completed fetch state removed"
+    );
+    let done: Vec<u64> = ev
+        .iter()
+        .filter(|v| v["type"] == "progress")
+        .map(|v| v["bytes_done"].as_u64().expect("bytes_done"))
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+    assert_eq!(done.last(), Some(&total));
+}
+
+/// `--json` `progress` events move per chunk while one large file downloads: several, with
+/// strictly growing `bytes_done`, before the file is done.
+#[test]
+fn fetch_progress_grows_while_a_large_file_downloads() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    agency(d, "A", "agency-a", false);
+    agency(d, "B", "agency-b", false);
+    trust(d, "A", "B");
+    trust(d, "B", "A");
+    let r = relay(d, "B", None);
+    std::fs::create_dir_all(d.join("case")).expect("mkdir");
+    let big: Vec<u8> = (0..192u32 << 20)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 7) as u8)
+        .collect();
+    std::fs::write(d.join("case/big.bin"), &big).expect("big");
+    let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]));
+    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let o = ok(run(
+        d,
+        &[
+            "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+        ],
+    ));
+    let ev = json_lines(&o);
+    let total = ev.last().expect("summary")["bytes_total"]
+        .as_u64()
+        .expect("total");
+    let before_done: Vec<u64> = ev
+        .iter()
+        .take_while(|v| v["type"] != "file_done")
+        .filter(|v| v["type"] == "progress")
+        .map(|v| v["bytes_done"].as_u64().expect("bytes_done"))
+        .collect();
+    assert!(
+        before_done.windows(2).all(|w| w[0] < w[1]),
+        "{before_done:?}"
+    );
+    let between = before_done.iter().filter(|&&b| b > 0 && b < total).count();
+    assert!(
+        between >= 3,
+        "progress while the file downloads: {before_done:?}"
+    );
+    assert_eq!(std::fs::read(d.join("out/case/big.bin")).expect("big"), big);
 }

@@ -31,28 +31,38 @@ const WRAPPED_LEN: usize = FILE_KEY_LEN + 16;
 pub struct Recipient(PublicKey);
 
 /// An X25519 identity (`AGE-SECRET-KEY-1…`): the secret key that decrypts. Never printed.
+/// Its public key is computed once, not for every file it opens (`envelope.md` §5.1 needs it
+/// in the HKDF salt of every unwrap).
 #[derive(Clone)]
-pub struct Identity(StaticSecret);
+pub struct Identity {
+    secret: StaticSecret,
+    public: PublicKey,
+}
 
 impl Identity {
     /// A fresh identity from the operating system's CSPRNG.
     pub fn generate() -> Self {
-        Self(StaticSecret::random_from_rng(OsRng))
+        Self::from_secret(StaticSecret::random_from_rng(OsRng))
     }
 
     /// An identity from raw secret scalar bytes (clamped by X25519 as usual).
     pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
-        Self(StaticSecret::from(bytes))
+        Self::from_secret(StaticSecret::from(bytes))
+    }
+
+    fn from_secret(secret: StaticSecret) -> Self {
+        let public = PublicKey::from(&secret);
+        Self { secret, public }
     }
 
     /// The matching recipient.
     pub fn to_public(&self) -> Recipient {
-        Recipient(PublicKey::from(&self.0))
+        Recipient(self.public)
     }
 
     /// The Bech32 encoding, `AGE-SECRET-KEY-1…`. The result is zeroized on drop.
     pub fn to_secret_string(&self) -> Zeroizing<String> {
-        let bytes = Zeroizing::new(self.0.to_bytes());
+        let bytes = Zeroizing::new(self.secret.to_bytes());
         Zeroizing::new(bech32_encode(IDENTITY_HRP, &bytes[..]).to_uppercase())
     }
 
@@ -65,7 +75,7 @@ impl Identity {
         let ours = self.to_public();
         for stanza in stanzas.iter().filter(|s| s.tag == STANZA_TAG) {
             let share = parse_stanza(stanza)?;
-            let shared = Zeroizing::new(self.0.diffie_hellman(&share).to_bytes());
+            let shared = Zeroizing::new(self.secret.diffie_hellman(&share).to_bytes());
             if bool::from(shared.ct_eq(&[0u8; 32])) {
                 return Err(HeaderError::LowOrderShare);
             }
@@ -177,7 +187,7 @@ impl FromStr for Identity {
             return Err(KeyParseError::Bech32);
         }
         let bytes = bech32_decode(s, IDENTITY_HRP)?;
-        Ok(Self(StaticSecret::from(*bytes)))
+        Ok(Self::from_secret(StaticSecret::from(*bytes)))
     }
 }
 

@@ -517,6 +517,22 @@ impl<S: Storage> Relay<S> {
         .map_err(db_err)
     }
 
+    /// Like [`Relay::transfer`], but without the seal and manifest (empty here), which can be
+    /// megabytes for a transfer of many files: what serving one file's FETCH needs
+    /// (`protocol.md` §6.3), read once per request.
+    pub fn transfer_without_documents(
+        &self,
+        t: &TransferId,
+    ) -> Result<Option<TransferRow>, ProtocolError> {
+        let columns = ROW_COLUMNS.replace("seal, manifest", "x'' AS seal, x'' AS manifest");
+        let db = lock(&self.db);
+        db.prepare_cached(&format!(
+            "SELECT {columns} FROM transfers WHERE transfer = ?1"
+        ))
+        .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
+        .map_err(db_err)
+    }
+
     /// Every transfer, oldest first.
     pub fn transfers(&self) -> Result<Vec<TransferRow>, ProtocolError> {
         let db = lock(&self.db);

@@ -219,9 +219,13 @@ async fn fetch<S: Storage + 'static>(
     f: rogatory_transport::frame::Fetch,
     w: &mut FrameWriter,
 ) -> Result<(), ProtocolError> {
-    let r = relay
-        .transfer(&f.transfer)?
-        .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
+    // A file's FETCH does not need the seal and manifest (megabytes for many files): one
+    // request per file must not read them each time.
+    let r = match f.object {
+        Object::File(_) => relay.transfer_without_documents(&f.transfer)?,
+        _ => relay.transfer(&f.transfer)?,
+    }
+    .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
     if !r.recipients.contains(&peer.agency) {
         return Err(relay.refuse(
             peer,
@@ -284,7 +288,8 @@ async fn fetch<S: Storage + 'static>(
     w.send(&Frame::FetchHead(FetchHead { total }))
         .await
         .map_err(io)?;
-    let mut buf = vec![0u8; rogatory_transport::frame::MAX_RANGE as usize];
+    // Sized to what is sent: a small file's request does not zero a 1 MiB buffer.
+    let mut buf = vec![0u8; (end - f.offset).min(rogatory_transport::frame::MAX_RANGE) as usize];
     let mut off = f.offset;
     while off < end {
         let n = (end - off).min(buf.len() as u64) as usize;
