@@ -214,8 +214,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         .collect::<Result<_>>()?;
     recipients.sort();
     recipients.dedup();
-    // Every file is also encrypted to the sender: it can resume (unwrap its own headers).
-    let mut age_recipients = vec![identity.age_recipient()];
+    let mut age_recipients = Vec::with_capacity(recipients.len() + 1);
     for r in &recipients {
         let card = store.get(r).ok_or_else(|| {
             Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
@@ -223,6 +222,10 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         })?;
         age_recipients.push(card.age_recipient);
     }
+    // Every file is also encrypted to the sender, so it can resume (unwrap its own headers).
+    // Its stanza comes last: a recipient tries stanzas in order, so the recipients' come first
+    // and a single recipient does one X25519 per file, not two.
+    age_recipients.push(identity.age_recipient());
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
     let sources = sources::collect(&req.paths, &mut failed)?;
