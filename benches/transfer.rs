@@ -174,11 +174,10 @@ fn du_sb(dir: &Path) -> u64 {
             continue;
         };
         total += m.len();
-        if m.is_dir() {
-            if let Ok(rd) = fs::read_dir(&d) {
+        if m.is_dir()
+            && let Ok(rd) = fs::read_dir(&d) {
                 stack.extend(rd.flatten().map(|e| e.path()));
             }
-        }
     }
     total
 }

@@ -20,7 +20,7 @@ use rogatory_transport::frame::{
     Deliver, Fetch, Frame, InboxEntry, InboxRequest, Object, ReceiptKind,
 };
 use rogatory_transport::net::{Node, Session};
-use rogatory_transport::{ErrorClass, ErrorCode, Limits};
+use rogatory_transport::{ErrorClass, ErrorCode};
 use sha2::{Digest, Sha256};
 
 use crate::args::{FetchArgs, InboxArgs};
@@ -39,19 +39,7 @@ fn refused(what: &str, code: ErrorCode, message: &str) -> CliError {
 }
 
 async fn connect(home: &Home, relay: &str) -> Result<(Node, Session)> {
-    let store = home.trust_store()?;
-    let peer_trust = home.peer_trust(&store)?;
-    let tls = home.tls()?;
-    let addr = rogatory_transport::net::resolve(relay)
-        .await
-        .map_err(|e| net(&format!("relay {relay}"), e))?;
-    let node = Node::client(addr.is_ipv6(), tls, peer_trust, Limits::default())
-        .map_err(|e| net("starting QUIC", e))?;
-    let s = node
-        .connect(addr, None)
-        .await
-        .map_err(|e| net(&format!("connecting to {relay}"), e))?;
-    Ok((node, s))
+    rogatory_client::connect(home, relay).await
 }
 
 async fn inbox_entries(s: &Session) -> Result<Vec<InboxEntry>> {

@@ -21,6 +21,36 @@ pub use error::{Error, ErrorKind, Result};
 pub use events::Event;
 pub use home::Home;
 
+/// Connects to a relay as this home's agency (mutual TLS against the home's trust store) and
+/// completes HELLO/WELCOME. Keep the [`Node`](rogatory_transport::net::Node) alive as long as
+/// the session.
+pub async fn connect(
+    home: &Home,
+    relay: &str,
+) -> Result<(
+    rogatory_transport::net::Node,
+    rogatory_transport::net::Session,
+)> {
+    let store = home.trust_store()?;
+    let peer_trust = home.peer_trust(&store)?;
+    let tls = home.tls()?;
+    let addr = rogatory_transport::net::resolve(relay)
+        .await
+        .map_err(|e| error::net(&format!("relay {relay}"), e))?;
+    let node = rogatory_transport::net::Node::client(
+        addr.is_ipv6(),
+        tls,
+        peer_trust,
+        rogatory_transport::Limits::default(),
+    )
+    .map_err(|e| error::net("starting QUIC", e))?;
+    let s = node
+        .connect(addr, None)
+        .await
+        .map_err(|e| error::net(&format!("connecting to {relay}"), e))?;
+    Ok((node, s))
+}
+
 /// The async runtime for network work: two worker threads (QUIC packet protection on one, our
 /// work on the other).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -240,23 +240,12 @@ impl TransferOffer {
 
     /// The canonical JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        // Invariant: these types always serialise (no maps with non-string keys, no floats).
-        serde_json::to_vec(self).unwrap_or_default()
+        to_canonical_json(self)
     }
 
     /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        const KIND: &str = "offer";
-        if bytes.len() > MAX_MANIFEST_LEN {
-            return Err(ParseError::TooLarge(KIND));
-        }
-        let o: Self =
-            serde_json::from_slice(bytes).map_err(|e| ParseError::syntax(KIND, e.to_string()))?;
-        o.validate()?;
-        if o.to_json() != bytes {
-            return Err(ParseError::syntax(KIND, "not in canonical form"));
-        }
-        Ok(o)
+        parse_canonical_json("offer", bytes, Self::validate)
     }
 
     /// The piece layout of every file.
@@ -272,6 +261,29 @@ impl TransferOffer {
     pub fn ciphertext_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.ciphertext_size).sum()
     }
+}
+
+fn to_canonical_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Invariant: our documents always serialise (no maps with non-string keys, no floats).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// §5: a document of at most 32 MiB that passes `validate` and re-encodes byte for byte.
+fn parse_canonical_json<T: Serialize + serde::de::DeserializeOwned>(
+    kind: &'static str,
+    bytes: &[u8],
+    validate: fn(&T) -> Result<(), ParseError>,
+) -> Result<T, ParseError> {
+    if bytes.len() > MAX_MANIFEST_LEN {
+        return Err(ParseError::TooLarge(kind));
+    }
+    let v: T =
+        serde_json::from_slice(bytes).map_err(|e| ParseError::syntax(kind, e.to_string()))?;
+    validate(&v)?;
+    if to_canonical_json(&v) != bytes {
+        return Err(ParseError::syntax(kind, "not in canonical form"));
+    }
+    Ok(v)
 }
 
 fn check_recipients_and_legal(
@@ -370,23 +382,12 @@ impl Manifest {
 
     /// The canonical JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        // Invariant: these types always serialise (no maps with non-string keys, no floats).
-        serde_json::to_vec(self).unwrap_or_default()
+        to_canonical_json(self)
     }
 
     /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        const KIND: &str = "manifest";
-        if bytes.len() > MAX_MANIFEST_LEN {
-            return Err(ParseError::TooLarge(KIND));
-        }
-        let m: Self =
-            serde_json::from_slice(bytes).map_err(|e| ParseError::syntax(KIND, e.to_string()))?;
-        m.validate()?;
-        if m.to_json() != bytes {
-            return Err(ParseError::syntax(KIND, "not in canonical form"));
-        }
-        Ok(m)
+        parse_canonical_json("manifest", bytes, Self::validate)
     }
 
     /// SHA-256 of the canonical JSON.

@@ -25,9 +25,9 @@ use rogatory_custody::{
     TransferOffer,
 };
 use rogatory_envelope::{Encryptor, FileKey, PayloadNonce, Recipient};
-use rogatory_transport::Limits;
+
 use rogatory_transport::frame::Offer;
-use rogatory_transport::net::{NetError, Node, upload};
+use rogatory_transport::net::{NetError, upload};
 use rogatory_transport::upload::{UploadConfig, UploadEvent};
 use sha2::{Digest, Sha256};
 
@@ -259,20 +259,13 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
             std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
         } else {
             let saved = state.load()?;
-            sources::check_unchanged(&saved.sources)?;
             let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
                 Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e)
             })?;
             on(&Event::Info {
                 message: format!("resuming transfer {}", offer.transfer_id),
             });
-            return Ok(Found::Send(Box::new(Prepared {
-                state,
-                offer,
-                fresh_keys: vec![None; saved.sources.len()],
-                sources: saved.sources,
-                marker: Some(marker),
-            })));
+            return resumed(state, saved, offer);
         }
     } else if state.dir.exists() {
         // An earlier run died before its state was complete: nothing was offered from it.
@@ -322,6 +315,19 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     })))
 }
 
+/// An interrupted send found again: its sources must be unchanged.
+fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
+    sources::check_unchanged(&saved.sources)?;
+    let marker = state.dir.with_extension("sent");
+    Ok(Found::Send(Box::new(Prepared {
+        state,
+        offer,
+        fresh_keys: vec![None; saved.sources.len()],
+        sources: saved.sources,
+        marker: Some(marker),
+    })))
+}
+
 fn failures(n: usize, total: usize) -> Error {
     Error::new(
         ErrorKind::Usage,
@@ -357,15 +363,7 @@ fn find_interrupted(home: &Home, id: &str) -> Result<Found> {
             continue;
         };
         if offer.transfer_id == t {
-            sources::check_unchanged(&saved.sources)?;
-            let marker = state.dir.with_extension("sent");
-            return Ok(Found::Send(Box::new(Prepared {
-                state,
-                offer,
-                fresh_keys: vec![None; saved.sources.len()],
-                sources: saved.sources,
-                marker: Some(marker),
-            })));
+            return resumed(state, saved, offer);
         }
     }
     Err(Error::new(
@@ -428,8 +426,6 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let digest = sources_digest(&p.sources);
     let identity = home.identity()?;
     let store = home.trust_store()?;
-    let peer_trust = home.peer_trust(&store)?;
-    let tls = home.tls()?;
     let Some(age_identity) = identity.age_identity().cloned() else {
         return Err(Error::new(
             ErrorKind::NoKey,
@@ -467,15 +463,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let rt = crate::runtime()?;
     let relay = req.relay.clone();
     let result = rt.block_on(async {
-        let addr = rogatory_transport::net::resolve(&relay)
-            .await
-            .map_err(|e| net(&format!("relay {relay}"), e))?;
-        let node = Node::client(addr.is_ipv6(), tls, peer_trust, Limits::default())
-            .map_err(|e| net("starting QUIC", e))?;
-        let session = node
-            .connect(addr, None)
-            .await
-            .map_err(|e| net(&format!("connecting to {relay}"), e))?;
+        let (node, session) = crate::connect(home, &relay).await?;
         let mut last = Instant::now() - Duration::from_secs(1);
         let out = upload(
             &session,
