@@ -1,4 +1,5 @@
-//! Fuzz target: manifests: whatever parses re-encodes byte for byte.
+//! Fuzz target: manifests, offers and piece-root frontiers: whatever parses re-encodes byte for
+//! byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -6,5 +7,16 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = rogatory_custody::Manifest::parse(data) {
         assert_eq!(m.to_json(), data);
+        assert_eq!(
+            rogatory_custody::TransferOffer::parse(&m.offer().to_json()).ok(),
+            Some(m.offer())
+        );
+    }
+    if let Ok(o) = rogatory_custody::TransferOffer::parse(data) {
+        assert_eq!(o.to_json(), data);
+    }
+    if let Some(f) = rogatory_custody::merkle::Frontier::from_bytes(data) {
+        assert_eq!(f.to_bytes(), data);
+        let _ = f.root();
     }
 });
