@@ -232,3 +232,55 @@ impl StateDir {
         fs::remove_dir_all(&self.dir).map_err(|e| io("removing", &self.dir, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(b: u8) -> Done {
+        Done {
+            sha256: [b; 32],
+            root: [b ^ 0xff; 32],
+        }
+    }
+
+    #[test]
+    fn finished_files_survive_a_torn_or_damaged_tail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut st = StateDir::new(tmp.path().to_owned());
+        st.append_done(&[(0, done(1)), (7, done(2))]).expect("append");
+        st.append_done(&[(9, done(3))]).expect("append");
+        let all = st.load_done();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[&7], done(2));
+        // A torn last record is ignored: that file is hashed again on resume.
+        let p = st.path("done.bin");
+        let mut b = fs::read(&p).expect("read");
+        b.truncate(b.len() - 5);
+        fs::write(&p, &b).expect("write");
+        assert_eq!(st.load_done().len(), 2);
+        // A damaged record stops the scan there.
+        b[DONE_RECORD + 10] ^= 1;
+        fs::write(&p, &b).expect("write");
+        assert_eq!(st.load_done().keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn progress_is_replaced_whole_and_a_bad_file_means_none() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let st = StateDir::new(tmp.path().to_owned());
+        assert!(st.load_partial().is_empty());
+        let p = Partial {
+            file: 3,
+            durable: 12,
+            plain: vec![1, 2, 3],
+            frontier: vec![4; 8],
+        };
+        st.save_partial(vec![p.clone()]).expect("save");
+        assert_eq!(st.load_partial()[&3].durable, 12);
+        st.save_partial(vec![]).expect("save");
+        assert!(st.load_partial().is_empty());
+        fs::write(st.path("progress.bin"), b"\xff\xff\xff garbage").expect("write");
+        assert!(st.load_partial().is_empty());
+    }
+}
