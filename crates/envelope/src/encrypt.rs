@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use crate::error::EncryptError;
 use crate::any::{RecipientKey, mixes_post_quantum, wrap};
+use crate::error::EncryptError;
 use crate::header::{Header, MAX_HEADER_LEN, MAX_STANZAS};
 use crate::keys::{FileKey, PayloadNonce};
 use crate::stream::{PayloadKey, StreamWriter};

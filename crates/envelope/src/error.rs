@@ -188,9 +188,7 @@ pub enum EncryptError {
     #[error("recipient key is a low-order point or unusable")]
     LowOrderRecipient,
     /// Hybrid post-quantum and classical recipients in one file (`envelope.md` §5.3).
-    #[error(
-        "post-quantum (age1pq1…) and classical (age1…) recipients cannot be mixed in one file"
-    )]
+    #[error("post-quantum (age1pq1…) and classical (age1…) recipients cannot be mixed in one file")]
     MixedPostQuantum,
     /// The header would exceed the 64 KiB limit (`envelope.md` §8).
     #[error("too many recipients: the header would exceed 64 KiB")]

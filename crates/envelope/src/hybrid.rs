@@ -378,7 +378,10 @@ mod tests {
         let mut short_enc = good.clone();
         short_enc.args[0].truncate(ENC_B64_LEN - 4);
         for bad in [extra, long_body, short_enc] {
-            assert_eq!(id.unwrap(&[bad]).err(), Some(HeaderError::InvalidHybridStanza));
+            assert_eq!(
+                id.unwrap(&[bad]).err(),
+                Some(HeaderError::InvalidHybridStanza)
+            );
         }
         // An all-zero X25519 share: the X25519 half is non-contributory.
         let mut enc = [0u8; ENC_LEN];

@@ -3,8 +3,8 @@
 
 use zeroize::Zeroizing;
 
-use crate::error::KeyParseError;
 use crate::any::{AnyIdentity, AnyRecipient};
+use crate::error::KeyParseError;
 
 /// Why a key file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
