@@ -226,10 +226,12 @@ pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
         ));
     }
     let identity = home.identity()?;
-    let age = identity.age_identity().cloned().ok_or_else(|| {
-        CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
-            .hint("fetch from the agency's analyst home")
-    })?;
+    let age = Some(identity.age_identities())
+        .filter(|ids| !ids.is_empty())
+        .ok_or_else(|| {
+            CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
+                .hint("fetch from the agency's analyst home")
+        })?;
     let wanted: Vec<TransferId> = a
         .transfers
         .iter()
@@ -278,7 +280,7 @@ async fn fetch_one(
     store: &rogatory_custody::TrustStore,
     relay_card: &rogatory_custody::AgencyCard,
     identity: &rogatory_custody::AgencyIdentity,
-    age: &rogatory_envelope::Identity,
+    age: &[rogatory_envelope::AnyIdentity],
     t: TransferId,
 ) -> Result<()> {
     // 1. The seal, by the sender's trusted key, and the relay's custody receipt for it.
@@ -548,7 +550,7 @@ fn publish(
     a: &FetchArgs,
     t: TransferId,
     f: &rogatory_custody::FileEntry,
-    age: &rogatory_envelope::Identity,
+    age: &[rogatory_envelope::AnyIdentity],
     ciphertext: &Ciphertext,
     buf: &mut [u8],
 ) -> Result<PathBuf> {
@@ -568,7 +570,7 @@ fn publish(
     let bad =
         |what: &str| CliError::new(Exit::Integrity, format!("{t}: {} {what}", f.path.as_str()));
     let mut reader = Decryptor::new(input)
-        .and_then(|d| d.decrypt(std::slice::from_ref(age)))
+        .and_then(|d| d.decrypt(age))
         .map_err(|e| bad("cannot be decrypted").source(e))?;
     let mut h = Sha256::new();
     let mut n_total = 0u64;

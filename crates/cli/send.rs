@@ -311,14 +311,15 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
             .collect::<Result<_>>()?;
     recipients.sort();
     recipients.dedup();
-    let mut age_recipients = vec![identity.age_recipient()];
+    let mut cards = Vec::new();
     for r in &recipients {
         let card = store.get(r).ok_or_else(|| {
             CliError::new(Exit::Usage, format!("recipient {r} is not trusted"))
                 .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
         })?;
-        age_recipients.push(card.age_recipient);
+        cards.push(card);
     }
+    let age_recipients = rogatory_custody::age_recipients_for(&identity, &cards);
     let legal = legal(a)?;
     let mut failed = Vec::new();
     let sources = collect(&a.paths, &mut failed)?;
@@ -406,7 +407,7 @@ fn prepare(home: &Home, a: &SendArgs, events: &Events) -> Result<Prepared> {
 
 fn encrypt_one(
     s: &Source,
-    recipients: &[rogatory_envelope::Recipient],
+    recipients: &[rogatory_envelope::AnyRecipient],
     dest: &Path,
     buf: &mut [u8],
 ) -> Result<(FileEntry, Vec<[u8; 32]>)> {
