@@ -25,7 +25,10 @@ struct Kind {
 fn kinds() -> Vec<Kind> {
     [
         ("x25519", AnyIdentity::from(Identity::generate())),
-        ("mlkem768x25519", AnyIdentity::from(HybridIdentity::generate())),
+        (
+            "mlkem768x25519",
+            AnyIdentity::from(HybridIdentity::generate()),
+        ),
     ]
     .into_iter()
     .map(|(name, id)| {
