@@ -3,9 +3,11 @@
 //
 //   node age.mjs keygen pq|x25519 IDENTITY_FILE   writes the identity, prints the recipient
 //   node age.mjs encrypt RECIPIENT IN OUT
-//   node age.mjs decrypt IDENTITY_FILE IN OUT     identity file: age's format (# comments)
+//   node age.mjs decrypt IDENTITY_FILE IN OUT     identity file: age's format (# comments);
+//                                                 ASCII-armored input is detected
 import { readFileSync, writeFileSync } from "node:fs";
 import {
+  armor,
   Decrypter,
   Encrypter,
   generateHybridIdentity,
@@ -34,7 +36,11 @@ if (cmd === "keygen") {
 } else if (cmd === "decrypt") {
   const d = new Decrypter();
   for (const id of identities(a)) d.addIdentity(id);
-  writeFileSync(c, await d.decrypt(readFileSync(b)));
+  let file = readFileSync(b);
+  if (file.subarray(0, 10).toString("latin1") === "-----BEGIN") {
+    file = armor.decode(file.toString("latin1"));
+  }
+  writeFileSync(c, await d.decrypt(file));
 } else {
   process.stderr.write("usage: age.mjs keygen|encrypt|decrypt ...\n");
   process.exit(2);
