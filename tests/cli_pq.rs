@@ -179,3 +179,47 @@ fn malformed_pq_keys_are_refused() {
     assert_eq!(code(&o), 4, "{}", stderr(&o));
     assert!(!d.join("out").exists());
 }
+
+#[test]
+fn new_agencies_have_a_pq_card_and_old_ones_add_one_by_reissuing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    common::agency(d, "A", "agency-a", false);
+    let card = |d: &Path| {
+        let o = run(d, &["--home", "A", "agency", "card"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(card(d).contains("\"age_recipient_pq\":\"age1pq1"));
+    let fp = run(d, &["--home", "A", "agency", "fingerprint"]).stdout;
+    // Already post-quantum: --add-pq refuses (exit 8) and changes nothing.
+    let before = fs::read(d.join("A/identity.txt")).expect("identity");
+    let o = run(d, &["--home", "A", "agency", "reissue-card", "--add-pq"]);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    assert_eq!(
+        fs::read(d.join("A/identity.txt")).expect("identity"),
+        before
+    );
+    // An agency from before post-quantum support: no hybrid key, a card without it.
+    let old: String = String::from_utf8_lossy(&before)
+        .lines()
+        .filter(|l| !l.contains("PQ-1") && !l.contains("post-quantum"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(d.join("A/identity.txt"), old).expect("write");
+    let o = run(d, &["--home", "A", "agency", "reissue-card"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!card(d).contains("age_recipient_pq"));
+    // Re-issue with a hybrid key: same fingerprint, the card carries it, 0600 kept.
+    let o = run(d, &["--home", "A", "agency", "reissue-card", "--add-pq"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(card(d).contains("\"age_recipient_pq\":\"age1pq1"));
+    assert_eq!(run(d, &["--home", "A", "agency", "fingerprint"]).stdout, fp);
+    let text = fs::read_to_string(d.join("A/identity.txt")).expect("identity");
+    assert_eq!(text.matches("\nAGE-SECRET-KEY-PQ-1").count(), 1);
+    let mode = fs::metadata(d.join("A/identity.txt"))
+        .expect("identity")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
