@@ -136,7 +136,7 @@ impl Tree {
     /// `MTH(D[start:end])` for `start < end ≤ len`, where `start` is aligned as in RFC 9162.
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(start >> k) as usize];
         }

@@ -70,13 +70,16 @@ impl Checksum for LongBech32 {
 #[derive(Clone, PartialEq, Eq)]
 pub struct HybridRecipient {
     bytes: Box<[u8; RECIPIENT_LEN]>,
-    key: PublicKey,
+    key: Box<PublicKey>,
 }
 
 /// A hybrid post-quantum identity (`AGE-SECRET-KEY-PQ-1…`): a 32-byte X-Wing seed. Never
 /// printed; wiped on drop (the seed here, the expanded keys by `hpke`/`x-wing`).
 #[derive(Clone)]
-pub struct HybridIdentity {
+pub struct HybridIdentity(Box<IdentityKeys>);
+
+#[derive(Clone)]
+struct IdentityKeys {
     seed: Zeroizing<[u8; SEED_LEN]>,
     key: PrivateKey,
     /// The same key in `x-wing`'s form that refuses an all-zero X25519 shared secret.
@@ -99,22 +102,22 @@ impl HybridIdentity {
         #[allow(clippy::expect_used)]
         let key = PrivateKey::from_bytes(&seed[..]).expect("a 32-byte X-Wing seed");
         let public = recipient_from_key(Kem::sk_to_pk(&key));
-        Self {
+        Self(Box::new(IdentityKeys {
             strict: x_wing::DecapsulationKeyRejectNonContrib::from(*seed),
             seed,
             key,
             public,
-        }
+        }))
     }
 
     /// The matching recipient (`PrivateKeyToPublicKey` of X-Wing).
     pub fn to_public(&self) -> HybridRecipient {
-        self.public.clone()
+        self.0.public.clone()
     }
 
     /// The Bech32 encoding, `AGE-SECRET-KEY-PQ-1…`. The result is zeroized on drop.
     pub fn to_secret_string(&self) -> Zeroizing<String> {
-        let mut lower = bech32_encode(IDENTITY_HRP, &self.seed[..]);
+        let mut lower = bech32_encode(IDENTITY_HRP, &self.0.seed[..]);
         let upper = Zeroizing::new(lower.to_uppercase());
         lower.zeroize();
         upper
@@ -132,7 +135,7 @@ impl HybridIdentity {
             // age's reference implementation and the CCTV vectors do.
             let ct = x_wing::Ciphertext::try_from(&enc_bytes[..])
                 .map_err(|_| HeaderError::InvalidHybridStanza)?;
-            match self.strict.try_decapsulate(&ct) {
+            match self.0.strict.try_decapsulate(&ct) {
                 Ok(mut ss) => ss.as_mut_slice().zeroize(),
                 Err(_) => return Err(HeaderError::LowOrderShare),
             }
@@ -144,7 +147,7 @@ impl HybridIdentity {
             buf.copy_from_slice(&stanza.body[..FILE_KEY_LEN]);
             let opened = hpke::single_shot_open_inout_detached::<Aead, Kdf, Kem>(
                 &OpModeR::Base,
-                &self.key,
+                &self.0.key,
                 &enc,
                 INFO,
                 InOutBuf::from(&mut buf[..]),
@@ -180,7 +183,10 @@ fn parse_stanza(stanza: &Stanza) -> Result<Box<[u8; ENC_LEN]>, HeaderError> {
 fn recipient_from_key(key: PublicKey) -> HybridRecipient {
     let mut bytes = Box::new([0u8; RECIPIENT_LEN]);
     bytes.copy_from_slice(&key.to_bytes());
-    HybridRecipient { bytes, key }
+    HybridRecipient {
+        bytes,
+        key: Box::new(key),
+    }
 }
 
 impl HybridRecipient {
@@ -225,7 +231,7 @@ impl fmt::Debug for HybridRecipient {
 
 impl fmt::Debug for HybridIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HybridIdentity(<secret for {:?}>)", self.public)
+        write!(f, "HybridIdentity(<secret for {:?}>)", self.0.public)
     }
 }
 
