@@ -175,9 +175,10 @@ fn du_sb(dir: &Path) -> u64 {
         };
         total += m.len();
         if m.is_dir()
-            && let Ok(rd) = fs::read_dir(&d) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
+            && let Ok(rd) = fs::read_dir(&d)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
     }
     total
 }

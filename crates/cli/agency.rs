@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use rogatory_custody::{AgencyIdentity, fingerprint_matches};
+use rogatory_envelope::HybridIdentity;
 use rogatory_transport::certs::{Validity, self_signed};
 
 use crate::args::{AgencyInitArgs, TrustAddArgs};
@@ -171,6 +172,58 @@ pub(crate) fn trust_remove(home: &Home, id: &str) -> Result<()> {
         }
         Err(e) => Err(crate::error::io("removing", &p, e)),
     }
+}
+
+/// Re-signs this agency's card from its identity, after adding a hybrid post-quantum age key
+/// with `add_pq` (`docs/custody.md` §8.2). The signing key, hence the fingerprint, is unchanged.
+pub(crate) fn reissue_card(home: &Home, add_pq: bool) -> Result<()> {
+    let identity = home.identity()?;
+    if identity.age_identity().is_none() {
+        return Err(
+            CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)").hint(
+                "re-issue the card in the agency's own home, then run `agency export-relay` again",
+            ),
+        );
+    }
+    let identity = if add_pq {
+        if identity.age_identity_pq().is_some() {
+            return Err(CliError::new(
+                Exit::Safety,
+                "this agency already has a post-quantum age key",
+            )
+            .hint("run `agency reissue-card` without --add-pq to re-sign the card only"));
+        }
+        identity.with_pq(HybridIdentity::generate())
+    } else {
+        identity
+    };
+    let old = home.card()?;
+    let (card, note) = identity
+        .card(&old.name, &old.jurisdiction, old.tls_spki_sha256.clone())
+        .map_err(|e| CliError::new(Exit::Usage, "making the card").source(e))?;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    if add_pq {
+        write_file(
+            &home.path("identity.txt"),
+            identity.to_secret_text(&now).as_bytes(),
+            0o600,
+            true,
+        )?;
+    }
+    write_file(&home.path("card.note"), note.as_bytes(), 0o644, true)?;
+    println!("card re-issued: {}", home.path("card.note").display());
+    println!("fingerprint (unchanged): {}", card.fingerprint());
+    println!(
+        "post-quantum age recipient: {}",
+        if card.age_recipient_pq.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    Ok(())
 }
 
 /// Writes a relay home for this agency without its age identity (`docs/cli.md`).

@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Generate an age X25519 identity (secret key file, mode 0600).
+    /// Generate an age identity, X25519 or hybrid post-quantum (secret key file, mode 0600).
     Keygen(KeygenArgs),
     /// Encrypt a file to one or more age recipients.
     Encrypt(EncryptArgs),
@@ -75,11 +75,15 @@ pub(crate) struct KeygenArgs {
     /// Write the identity to FILE (created 0600; never overwritten) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
+    /// Generate a hybrid post-quantum identity (mlkem768x25519: AGE-SECRET-KEY-PQ-1…, whose
+    /// recipient is age1pq1…) instead of an X25519 one.
+    #[arg(long)]
+    pub(crate) pq: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct EncryptArgs {
-    /// Encrypt to RECIPIENT (an age1… public key). May be repeated.
+    /// Encrypt to RECIPIENT (an age1… or age1pq1… public key; never both kinds). May be repeated.
     #[arg(short, long = "recipient", value_name = "RECIPIENT")]
     pub(crate) recipients: Vec<String>,
     /// Encrypt to the recipients listed in FILE (one per line, # comments). May be repeated.
@@ -141,6 +145,14 @@ pub(crate) enum AgencyCommand {
     Fingerprint {
         /// A card file (default: this agency's own).
         card: Option<PathBuf>,
+    },
+    /// Re-sign this agency's card from its identity (same signing key, name, jurisdiction and
+    /// TLS pins); with --add-pq, first add a hybrid post-quantum age key (docs/custody.md §8.2).
+    ReissueCard {
+        /// Generate a hybrid post-quantum (mlkem768x25519) age identity for this agency and put
+        /// its recipient on the card.
+        #[arg(long)]
+        add_pq: bool,
     },
     /// Create a home for this agency's relay that holds no age identity: the signing key, TLS
     /// key and certificate, card and trusted cards only.
@@ -216,6 +228,10 @@ pub(crate) struct RelayServeArgs {
     /// Policy file (TOML; docs/relay.md §4).
     #[arg(long, value_name = "FILE")]
     pub(crate) policy: Option<PathBuf>,
+    /// Refuse clients whose TLS handshake does not negotiate the hybrid post-quantum key
+    /// exchange X25519MLKEM768 (docs/protocol.md §2).
+    #[arg(long)]
+    pub(crate) require_pq_tls: bool,
 }
 
 #[derive(Debug, Args)]

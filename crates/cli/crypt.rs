@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rogatory_envelope::{
-    ArmorError, ArmoredWriter, CHUNK_SIZE, DecryptError, Decryptor, EncryptError, Encryptor,
-    Identity, KeyFileError, PayloadError, Recipient, parse_identities, parse_recipients,
+    AnyIdentity, AnyRecipient, ArmorError, ArmoredWriter, CHUNK_SIZE, DecryptError, Decryptor,
+    EncryptError, Encryptor, KeyFileError, PayloadError, parse_identities, parse_recipients,
 };
 use zeroize::Zeroizing;
 
@@ -46,12 +46,13 @@ fn input_name(input: &Option<PathBuf>) -> String {
 
 /// Collects `-r` and `-R` recipients. Every problem is a usage error (exit 2) that names the
 /// offending recipient, file and line; nothing is written before this succeeds.
-fn load_recipients(a: &EncryptArgs) -> Result<Vec<Recipient>> {
+fn load_recipients(a: &EncryptArgs) -> Result<Vec<AnyRecipient>> {
     let mut out = Vec::new();
     for r in &a.recipients {
-        let parsed = r.parse::<Recipient>().map_err(|e| {
-            CliError::new(Exit::Usage, format!("invalid recipient {r:?}: {e}"))
-                .hint("a recipient is an age public key, \"age1\" followed by 58 characters")
+        let parsed = r.parse::<AnyRecipient>().map_err(|e| {
+            CliError::new(Exit::Usage, format!("invalid recipient {r:?}: {e}")).hint(
+                "a recipient is an age public key: \"age1\" and 58 characters (X25519), or \"age1pq1\" and 1952 (post-quantum)",
+            )
         })?;
         out.push(parsed);
     }
@@ -85,7 +86,7 @@ fn load_recipients(a: &EncryptArgs) -> Result<Vec<Recipient>> {
 
 /// Loads identity files. A missing, unreadable, malformed or group/world-accessible file is
 /// refused with exit 4: a secret key readable by others is not a usable key.
-fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
+fn load_identities(files: &[PathBuf]) -> Result<Vec<AnyIdentity>> {
     let mut out = Vec::new();
     for file in files {
         let unusable = |what: &str| {
@@ -122,7 +123,9 @@ pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
     let target = Target::resolve(&io.output, &io.input, io.force, !a.armor)?;
     let mut input = open_input(&io.input)?;
     let enc = Encryptor::new(&recipients).map_err(|e| match e {
-        EncryptError::TooManyRecipients => CliError::new(Exit::Usage, e.to_string()),
+        EncryptError::TooManyRecipients
+        | EncryptError::HeaderTooLarge
+        | EncryptError::MixedPostQuantum => CliError::new(Exit::Usage, e.to_string()),
         other => CliError::new(Exit::Usage, "cannot encrypt to these recipients").source(other),
     })?;
     let sink = target.open()?;

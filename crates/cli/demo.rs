@@ -148,6 +148,34 @@ fn verify_receipt(path: &Path, card: &AgencyCard) -> Result<(String, u64)> {
     Ok((kind.to_owned(), logged.index))
 }
 
+/// The recipient stanza types of every file of the transfer as the relay stores it: the headers
+/// read from the relay's pack (one pack in the demo) at the offsets the sealed manifest gives.
+fn stanza_types(manifest: &Path, packs: &Path) -> Result<Vec<String>> {
+    let m = fs::read(manifest).map_err(|e| crate::error::io("reading", manifest, e))?;
+    let m = rogatory_custody::Manifest::parse(&m)
+        .map_err(|e| CliError::new(Exit::Integrity, "demo: the sent manifest").source(e))?;
+    let pack = fs::read_dir(packs)
+        .map_err(|e| crate::error::io("reading", packs, e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .ok_or_else(|| CliError::new(Exit::Internal, "demo: no pack at the relay"))?;
+    let bytes = fs::read(&pack).map_err(|e| crate::error::io("reading", &pack, e))?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for f in &m.files {
+        let end = at + f.ciphertext_size as usize;
+        let file = bytes
+            .get(at..end)
+            .ok_or_else(|| CliError::new(Exit::Integrity, "demo: the pack is short"))?;
+        let d = rogatory_envelope::Decryptor::new(BufReader::new(file))
+            .map_err(|e| CliError::new(Exit::Integrity, format!("demo: {}", f.path)).source(e))?;
+        out.extend(d.header().stanzas().iter().map(|s| s.tag.clone()));
+        at = end;
+    }
+    Ok(out)
+}
+
 pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let start = Instant::now();
     let exe = std::env::current_exe()
@@ -243,6 +271,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--require-pq-tls",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -262,7 +291,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let addr =
         addr.ok_or_else(|| CliError::new(Exit::Internal, "demo: the relay did not start"))?;
     println!(
-        "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, X25519MLKEM768)\n                    run from B-relay/, a home without the age key"
+        "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, --require-pq-tls)\n                    run from B-relay/, a home without the age key"
     );
 
     // 3. A sends the evidence folder with its legal metadata.
@@ -301,6 +330,20 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     println!(
         "sent                {} files, {} bytes of age ciphertext, transfer {transfer}",
         summary["files"], summary["bytes_total"]
+    );
+    let types = stanza_types(
+        &d.path(&format!("A/sent/{transfer}/manifest.json")),
+        &d.path("B-relay/relay/inbox"),
+    )?;
+    if types.is_empty() || types.iter().any(|t| t != "mlkem768x25519") {
+        return Err(CliError::new(
+            Exit::Internal,
+            format!("demo: the stored files are not all hybrid post-quantum: {types:?}"),
+        ));
+    }
+    println!(
+        "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, A and B)",
+        types.len()
     );
 
     // 4. B lists and fetches: digests checked against A's seal before anything is published.
@@ -343,6 +386,20 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             .unwrap_or("")
             .trim()
     );
+    // The group is read from the status command's live connection, not assumed.
+    let kx = status
+        .lines()
+        .find_map(|l| l.strip_prefix("tls-key-exchange "))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    if kx != "X25519MLKEM768" {
+        return Err(CliError::new(
+            Exit::Internal,
+            format!("demo: the connection negotiated {kx}, not X25519MLKEM768"),
+        ));
+    }
+    println!("key exchange        {kx}, read from the live QUIC/TLS connection");
 
     // 5. Both receipts verify against agency B's card and prove inclusion in its audit log.
     let b_card = card(&d, "B")?;

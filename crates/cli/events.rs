@@ -63,6 +63,19 @@ impl Events {
         use rogatory_client::Event;
         match e {
             Event::Info { message } => self.emit_line(message),
+            Event::Connected {
+                relay_agency,
+                tls_key_exchange,
+            } => {
+                if self.json {
+                    self.line(json!({"type": "connected", "relay_agency": relay_agency, "tls_key_exchange": tls_key_exchange}));
+                } else {
+                    self.emit_line(&format!(
+                        "connected to {relay_agency} (TLS 1.3, key exchange {})",
+                        tls_key_exchange.as_deref().unwrap_or("unknown")
+                    ));
+                }
+            }
             Event::Start {
                 transfer_id,
                 files,

@@ -15,7 +15,6 @@ use rogatory_custody::{
     AgencyId, FileEntry, Head, Manifest, ReceiptBundle, Sha256Digest, Statement, Timestamp,
     TransferId, note_text_digest, open_sealed_manifest,
 };
-use rogatory_envelope::Identity;
 use rogatory_transport::frame::{
     Deliver, Fetch, Frame, InboxEntry, InboxRequest, Object, ReceiptKind,
 };
@@ -219,10 +218,12 @@ pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
         ));
     }
     let identity = home.identity()?;
-    let age = identity.age_identity().cloned().ok_or_else(|| {
-        CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
-            .hint("fetch from the agency's analyst home")
-    })?;
+    let age = Some(identity.age_identities())
+        .filter(|ids| !ids.is_empty())
+        .ok_or_else(|| {
+            CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)")
+                .hint("fetch from the agency's analyst home")
+        })?;
     let wanted: Vec<TransferId> = a
         .transfers
         .iter()
@@ -271,7 +272,7 @@ async fn fetch_one(
     store: &rogatory_custody::TrustStore,
     relay_card: &rogatory_custody::AgencyCard,
     identity: &rogatory_custody::AgencyIdentity,
-    age: &rogatory_envelope::Identity,
+    age: &[rogatory_envelope::AnyIdentity],
     t: TransferId,
 ) -> Result<()> {
     // 1. The seal, by the sender's trusted key, and the relay's custody receipt for it.
@@ -405,7 +406,7 @@ async fn fetch_one(
         output: a.output.clone(),
         parents,
         force: a.force,
-        age: age.clone(),
+        age: age.to_vec(),
         partials,
         todo,
         next: AtomicUsize::new(0),
@@ -553,7 +554,7 @@ struct Ctx {
     /// Each file's (checked, created) parent directory.
     parents: Vec<PathBuf>,
     force: bool,
-    age: Identity,
+    age: Vec<rogatory_envelope::AnyIdentity>,
     /// Resumable partial plaintext files found by the sweep, by file index.
     partials: HashMap<usize, Partial>,
     /// Indices of the files to fetch, in manifest order; `next` is the next one to take.

@@ -1,10 +1,11 @@
-//! `rogatory keygen`: a new age X25519 identity.
+//! `rogatory keygen`: a new age identity, X25519 or (`--pq`) hybrid post-quantum
+//! `mlkem768x25519`.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 
-use rogatory_envelope::{Identity, format_identity_file};
+use rogatory_envelope::{AnyIdentity, HybridIdentity, Identity, format_identity_file};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -13,7 +14,11 @@ use crate::error::{CliError, Exit, Result};
 use crate::output::{fsync_dir, storage_error};
 
 pub(crate) fn run(a: &KeygenArgs) -> Result<()> {
-    let identity = Identity::generate();
+    let identity = if a.pq {
+        AnyIdentity::from(HybridIdentity::generate())
+    } else {
+        AnyIdentity::from(Identity::generate())
+    };
     let created = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()

@@ -70,6 +70,9 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
             agency::fingerprint(&home()?, card.as_deref())
         }
         Command::Agency(AgencyCommand::ExportRelay { dir }) => agency::export_relay(&home()?, &dir),
+        Command::Agency(AgencyCommand::ReissueCard { add_pq }) => {
+            agency::reissue_card(&home()?, add_pq)
+        }
         Command::Trust(TrustCommand::Add(a)) => agency::trust_add(&home()?, &a),
         Command::Trust(TrustCommand::List) => agency::trust_list(&home()?),
         Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id),

@@ -8,8 +8,8 @@ use std::io::{self, Write};
 
 use rogatory_custody::Sha256Digest;
 use rogatory_envelope::{
-    CHUNK_SIZE, DecryptError, Decryptor, ENCRYPTED_CHUNK_SIZE, Identity, MAX_HEADER_LEN, NONCE_LEN,
-    PayloadKey, PayloadNonce, TAG_SIZE, chunk_count,
+    CHUNK_SIZE, DecryptError, Decryptor, ENCRYPTED_CHUNK_SIZE, IdentityKey, MAX_HEADER_LEN,
+    NONCE_LEN, PayloadKey, PayloadNonce, TAG_SIZE, chunk_count,
 };
 use sha2::{Digest, Sha256};
 
@@ -151,7 +151,10 @@ impl<'b> Opener<'b> {
     /// Parses the complete header piece, unwraps the file key (which checks the header MAC,
     /// `envelope.md` §3) and derives the payload key. Returns an identifier of the header piece
     /// (the first 16 bytes of its SHA-256), which fixes the file key a resume must use again.
-    pub(crate) fn open_head(&mut self, identity: &Identity) -> Result<[u8; 16], OpenError> {
+    pub(crate) fn open_head<I: IdentityKey>(
+        &mut self,
+        identities: &[I],
+    ) -> Result<[u8; 16], OpenError> {
         if self.wants_head() {
             return Err(OpenError::Integrity("the header is incomplete".into()));
         }
@@ -163,7 +166,7 @@ impl<'b> Opener<'b> {
             e => OpenError::Integrity(format!("bad header: {e}")),
         };
         let d = Decryptor::new(&mut rest).map_err(bad)?;
-        let file_key = d.unwrap_file_key(std::slice::from_ref(identity));
+        let file_key = d.unwrap_file_key(identities);
         drop(d);
         if !rest.is_empty() {
             return Err(OpenError::Integrity(
@@ -253,7 +256,7 @@ impl<'b> Opener<'b> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rogatory_envelope::{ENCRYPTED_CHUNK_SIZE as E, Encryptor, payload_len};
+    use rogatory_envelope::{ENCRYPTED_CHUNK_SIZE as E, Encryptor, Identity, payload_len};
 
     fn sealed(plain: &[u8], to: &Identity) -> Vec<u8> {
         let mut w = Encryptor::new(&[to.to_public()])
@@ -280,7 +283,7 @@ mod tests {
         for piece in ct.chunks(step) {
             let used = op.push_head(piece);
             if used > 0 && !op.wants_head() {
-                op.open_head(id)?;
+                op.open_head(std::slice::from_ref(id))?;
             }
             if used < piece.len() {
                 op.push_payload(&piece[used..], &mut out)?;
@@ -336,7 +339,7 @@ mod tests {
         let mut bufs = Buffers::new();
         let mut op = Opener::new(layout, &mut bufs);
         let head = op.push_head(&ct);
-        op.open_head(&id).expect("head");
+        op.open_head(std::slice::from_ref(&id)).expect("head");
         let two = layout.chunk_offset(2) as usize;
         op.push_payload(&ct[head..two], &mut io::sink())
             .expect("two chunks");
@@ -355,7 +358,7 @@ mod tests {
             let mut bufs = Buffers::new();
             let mut op = Opener::new(layout, &mut bufs);
             op.push_head(&ct[..layout.head as usize]);
-            op.open_head(&id).expect("head");
+            op.open_head(std::slice::from_ref(&id)).expect("head");
             let held = &plain[..Layout::plain_offset(k) as usize];
             let mut h = Sha256::new();
             h.update(held);

@@ -89,6 +89,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
     let mut peer_trust = home.peer_trust(&store)?;
     let r = relay.clone();
     peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
+    peer_trust.require_post_quantum(a.require_pq_tls);
     let tls = home.tls()?;
     let listen: SocketAddr = a.listen.parse().map_err(|_| {
         CliError::new(
@@ -236,9 +237,14 @@ pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
         let f = r.expect().await.map_err(|e| net("status", e))?;
         let f = rogatory_transport::net::owned(f)
             .ok_or_else(|| CliError::new(Exit::Refused, "unexpected answer"))?;
+        // The key-exchange group this live connection negotiated (docs/protocol.md §2).
+        let kx = s
+            .key_exchange_group()
+            .map(rogatory_transport::kx::group_name);
         s.close(ErrorCode::NO_ERROR, "done");
-        Ok::<_, CliError>(f)
+        Ok::<_, CliError>((f, kx))
     })?;
+    let (frame, kx) = frame;
     match frame {
         Frame::Status(st) => {
             println!(
@@ -246,6 +252,7 @@ pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
                 st.transfer,
                 rogatory_relay::relay::state_name(st.state)
             );
+            println!("tls-key-exchange {}", kx.as_deref().unwrap_or("unknown"));
             for r in &st.receipts {
                 println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
             }

@@ -15,6 +15,13 @@ pub enum Event {
         /// The sentence.
         message: String,
     },
+    /// Connected to a relay (mutual TLS verified, HELLO/WELCOME done).
+    Connected {
+        /// The relay's agency, from its certificate.
+        relay_agency: String,
+        /// The TLS key-exchange group this connection negotiated (e.g. `X25519MLKEM768`).
+        tls_key_exchange: Option<String>,
+    },
     /// A transfer starts.
     Start {
         /// The transfer.

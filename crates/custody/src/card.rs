@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use rogatory_envelope::Recipient;
+use rogatory_envelope::{AnyRecipient, HybridRecipient, Recipient};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{FieldError, ParseError};
+use crate::identity::AgencyIdentity;
 use crate::ids::{AgencyId, Sha256Digest};
 use crate::note::{Note, NoteSigner, NoteVerifier};
 use crate::verified::Verified;
@@ -29,9 +30,13 @@ pub struct AgencyCard {
     /// The signed-note verifier key of the agency's statements.
     #[serde(with = "as_text")]
     pub verifier_key: NoteVerifier,
-    /// The age recipient that evidence for this agency is encrypted to.
+    /// The X25519 age recipient of this agency.
     #[serde(with = "as_text")]
     pub age_recipient: Recipient,
+    /// The hybrid post-quantum age recipient (`age1pq1…`) of this agency, if it has one
+    /// (absent from the JSON otherwise, so cards issued before it keep their exact form).
+    #[serde(with = "opt_text", default, skip_serializing_if = "Option::is_none")]
+    pub age_recipient_pq: Option<HybridRecipient>,
     /// SHA-256 pins of the agency's TLS certificate SubjectPublicKeyInfo, sorted.
     pub tls_spki_sha256: Vec<Sha256Digest>,
 }
@@ -57,6 +62,28 @@ mod as_text {
     }
 }
 
+mod opt_text {
+    use super::*;
+    pub(super) fn serialize<T: fmt::Display, S: Serializer>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+        D: Deserializer<'de>,
+    {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
 impl AgencyCard {
     /// A card for `verifier_key`'s agency.
     pub fn new(
@@ -75,10 +102,17 @@ impl AgencyCard {
             jurisdiction: jurisdiction.to_owned(),
             verifier_key,
             age_recipient,
+            age_recipient_pq: None,
             tls_spki_sha256,
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// The same card carrying the hybrid post-quantum recipient `pq` (or none).
+    pub fn with_pq_recipient(mut self, pq: Option<HybridRecipient>) -> Self {
+        self.age_recipient_pq = pq;
+        self
     }
 
     fn validate(&self) -> Result<(), ParseError> {
@@ -152,6 +186,35 @@ impl AgencyCard {
         self.verifier_key
             .with_name(&format!("{}/audit", self.id))
             .unwrap_or_else(|| self.verifier_key.clone())
+    }
+}
+
+/// The age recipients a sender encrypts one transfer to (`custody.md` §8.2): the hybrid
+/// post-quantum recipient of every party when every party has one, otherwise the X25519
+/// recipient of every party. Never a mix: a classical stanza beside hybrid ones would leave the
+/// file open to a quantum attacker, and age forbids it.
+///
+/// `sender` is the sending agency's own identity (always a recipient, last, so the sender can
+/// resume its own transfer); `cards` are the recipient agencies' cards, in that order.
+pub fn age_recipients_for(sender: &AgencyIdentity, cards: &[&AgencyCard]) -> Vec<AnyRecipient> {
+    let sender_pq = sender.age_recipient_pq();
+    let cards_pq: Option<Vec<&HybridRecipient>> =
+        cards.iter().map(|c| c.age_recipient_pq.as_ref()).collect();
+    // The sender's own stanza last: a recipient tries stanzas in order, so with one recipient
+    // it unwraps its own first, one key exchange per file instead of two.
+    match (sender_pq, cards_pq) {
+        (Some(own), Some(theirs)) => theirs
+            .into_iter()
+            .chain(std::iter::once(own))
+            .cloned()
+            .map(AnyRecipient::Hybrid)
+            .collect(),
+        _ => cards
+            .iter()
+            .map(|c| c.age_recipient)
+            .chain(std::iter::once(sender.age_recipient()))
+            .map(AnyRecipient::X25519)
+            .collect(),
     }
 }
 
@@ -320,7 +383,6 @@ impl TrustStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::AgencyIdentity;
 
     fn card(seed: u8) -> (AgencyCard, String) {
         AgencyIdentity::from_seeds("de-bka".parse().expect("id"), &[seed; 32], [seed; 32])
@@ -385,5 +447,86 @@ mod tests {
         let text = &note[..note.find("\n\n").expect("split") + 1];
         let resigned = other.sign(text).expect("sign");
         assert!(AgencyCard::open(resigned.as_bytes()).is_err());
+    }
+
+    fn agency(name: &str, seed: u8, pq: bool) -> AgencyIdentity {
+        let a = AgencyIdentity::from_seeds(name.parse().expect("id"), &[seed; 32], [seed; 32]);
+        if pq {
+            a.with_pq_seed([seed ^ 0x80; 32])
+        } else {
+            a
+        }
+    }
+
+    #[test]
+    fn pq_card_round_trips_and_old_cards_keep_their_form() {
+        let pq = agency("de-bka", 1, true);
+        let (c, note) = pq.card("BKA", "DE", vec![]).expect("card");
+        assert!(c.to_json().contains("\"age_recipient_pq\":\"age1pq1"));
+        let opened = AgencyCard::open(note.as_bytes()).expect("opens");
+        assert_eq!(opened.age_recipient_pq.as_ref(), pq.age_recipient_pq());
+        let (old, old_note) = agency("de-bka", 1, false)
+            .card("BKA", "DE", vec![])
+            .expect("card");
+        assert!(!old.to_json().contains("age_recipient_pq"));
+        assert!(
+            AgencyCard::open(old_note.as_bytes())
+                .expect("opens")
+                .age_recipient_pq
+                .is_none()
+        );
+        // Same signing key: adding the post-quantum recipient keeps the fingerprint.
+        assert_eq!(old.fingerprint(), c.fingerprint());
+        // A bad hybrid recipient is refused.
+        let text = note.replacen(
+            "\"age_recipient_pq\":\"age1pq1",
+            "\"age_recipient_pq\":\"age1pq1q",
+            1,
+        );
+        assert!(AgencyCard::open(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn recipients_are_hybrid_only_when_every_party_has_one() {
+        let sender_pq = agency("xx-a", 1, true);
+        let sender_x = agency("xx-a", 1, false);
+        let (b_pq, _) = agency("yy-b", 2, true)
+            .card("B", "YY", vec![])
+            .expect("card");
+        let (c_pq, _) = agency("zz-c", 3, true)
+            .card("C", "ZZ", vec![])
+            .expect("card");
+        let (c_x, _) = agency("zz-c", 3, false)
+            .card("C", "ZZ", vec![])
+            .expect("card");
+
+        let all_pq = age_recipients_for(&sender_pq, &[&b_pq, &c_pq]);
+        assert_eq!(all_pq.len(), 3);
+        assert!(all_pq.iter().all(AnyRecipient::is_post_quantum));
+        // The recipients' stanzas first (one key exchange each to find their own), the sender's
+        // last.
+        assert_eq!(
+            all_pq[2],
+            AnyRecipient::Hybrid(sender_pq.age_recipient_pq().expect("pq").clone())
+        );
+        assert_eq!(
+            all_pq[1],
+            AnyRecipient::Hybrid(c_pq.age_recipient_pq.clone().expect("pq"))
+        );
+
+        // One recipient without a hybrid key: X25519 for everyone, the sender included.
+        let mixed = age_recipients_for(&sender_pq, &[&b_pq, &c_x]);
+        assert_eq!(mixed.len(), 3);
+        assert!(mixed.iter().all(|r| !r.is_post_quantum()));
+        assert_eq!(mixed[2], AnyRecipient::X25519(sender_pq.age_recipient()));
+        assert_eq!(mixed[0], AnyRecipient::X25519(b_pq.age_recipient));
+
+        // A sender without a hybrid key: X25519 too.
+        let old_sender = age_recipients_for(&sender_x, &[&b_pq]);
+        assert!(old_sender.iter().all(|r| !r.is_post_quantum()));
+        // No recipient cards: the sender alone, hybrid if it can.
+        let alone = age_recipients_for(&sender_pq, &[]);
+        assert_eq!(alone.len(), 1);
+        assert!(alone[0].is_post_quantum());
     }
 }

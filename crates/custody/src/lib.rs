@@ -44,7 +44,9 @@ mod statement;
 mod text;
 mod verified;
 
-pub use card::{AgencyCard, Fingerprint, TrustError, TrustStore, fingerprint_matches};
+pub use card::{
+    AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
+};
 pub use checkpoint::Checkpoint;
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
 pub use identity::AgencyIdentity;

@@ -39,6 +39,10 @@ fn golden_vectors() {
     let ro = AgencyIdentity::parse(&relay_only).expect("relay-only parses");
     assert!(ro.age_identity().is_none());
     assert_eq!(ro.age_recipient(), w.sender.age_recipient());
+    assert!(ro.age_identity_pq().is_none());
+    assert_eq!(ro.age_recipient_pq(), w.sender.age_recipient_pq());
+    assert_eq!(back.age_recipient_pq(), w.sender.age_recipient_pq());
+    assert_eq!(back.age_identities().len(), 2);
 
     let (card, card_note) = w
         .sender
@@ -51,6 +55,11 @@ fn golden_vectors() {
     check("card.note", card_note.as_bytes());
     let opened = AgencyCard::open(card_note.as_bytes()).expect("card verifies");
     assert_eq!(*opened, card);
+    assert_eq!(
+        opened.age_recipient_pq.as_ref(),
+        w.sender.age_recipient_pq(),
+        "the card carries the hybrid post-quantum recipient"
+    );
     check(
         "fingerprint.txt",
         format!("{}\n", card.fingerprint()).as_bytes(),

@@ -1,13 +1,13 @@
-//! Decryption with X25519 identities (`envelope.md` §3 to §7, §9).
+//! Decryption with X25519 or hybrid identities (`envelope.md` §3 to §7, §9).
 
 use std::io::{self, BufRead, Read};
 
+use crate::any::{IdentityKey, unwrap};
 use crate::armor::{ArmoredReader, looks_armored};
 use crate::error::{DecryptError, HeaderError};
 use crate::header::Header;
 use crate::keys::{FileKey, NONCE_LEN, PayloadNonce};
 use crate::stream::{PayloadKey, StreamReader};
-use crate::x25519::Identity;
 
 /// The scrypt stanza type (`envelope.md` §5.2).
 const SCRYPT_TAG: &str = "scrypt";
@@ -80,7 +80,10 @@ impl<R: BufRead> Decryptor<R> {
     }
 
     /// Unwraps the file key with the first identity that matches, then checks the header MAC.
-    pub fn unwrap_file_key(&self, identities: &[Identity]) -> Result<FileKey, DecryptError> {
+    pub fn unwrap_file_key<I: IdentityKey>(
+        &self,
+        identities: &[I],
+    ) -> Result<FileKey, DecryptError> {
         let stanzas = self.header.stanzas();
         // `envelope.md` §5.2: scrypt must be alone, and is refused without any work.
         if stanzas.iter().any(|s| s.tag == SCRYPT_TAG) {
@@ -91,7 +94,7 @@ impl<R: BufRead> Decryptor<R> {
             });
         }
         for identity in identities {
-            if let Some(file_key) = identity.unwrap(stanzas)? {
+            if let Some(file_key) = unwrap(identity, stanzas)? {
                 if !self.header.verify_mac(&file_key) {
                     return Err(DecryptError::HeaderMac);
                 }
@@ -102,7 +105,10 @@ impl<R: BufRead> Decryptor<R> {
     }
 
     /// Unwraps the file key and returns the streaming plaintext reader.
-    pub fn decrypt(self, identities: &[Identity]) -> Result<StreamReader<R>, DecryptError> {
+    pub fn decrypt<I: IdentityKey>(
+        self,
+        identities: &[I],
+    ) -> Result<StreamReader<R>, DecryptError> {
         let file_key = self.unwrap_file_key(identities)?;
         self.decrypt_with_file_key(&file_key)
     }

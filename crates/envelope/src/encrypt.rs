@@ -1,12 +1,12 @@
-//! Encryption to X25519 recipients (`envelope.md` §3, §5.1, §6).
+//! Encryption to X25519 or hybrid recipients (`envelope.md` §3, §5, §6).
 
 use std::io::Write;
 
+use crate::any::{RecipientKey, mixes_post_quantum, wrap};
 use crate::error::EncryptError;
-use crate::header::{Header, MAX_STANZAS};
+use crate::header::{Header, MAX_HEADER_LEN, MAX_STANZAS};
 use crate::keys::{FileKey, PayloadNonce};
 use crate::stream::{PayloadKey, StreamWriter};
-use crate::x25519::Recipient;
 
 /// Prepares an age file for a set of recipients: a fresh file key, wrapped to each of them.
 ///
@@ -33,15 +33,16 @@ pub struct Encryptor {
 }
 
 impl Encryptor {
-    /// A fresh file key wrapped to every recipient (at least one, at most 64).
-    pub fn new(recipients: &[Recipient]) -> Result<Self, EncryptError> {
+    /// A fresh file key wrapped to every recipient (at least one, at most 64, all of one kind:
+    /// X25519 or hybrid post-quantum, never both; `envelope.md` §5.3).
+    pub fn new<R: RecipientKey>(recipients: &[R]) -> Result<Self, EncryptError> {
         Self::with_file_key(FileKey::generate(), recipients)
     }
 
     /// Wraps a given file key (for callers that manage file keys themselves).
-    pub fn with_file_key(
+    pub fn with_file_key<R: RecipientKey>(
         file_key: FileKey,
-        recipients: &[Recipient],
+        recipients: &[R],
     ) -> Result<Self, EncryptError> {
         if recipients.is_empty() {
             return Err(EncryptError::NoRecipients);
@@ -49,11 +50,18 @@ impl Encryptor {
         if recipients.len() > MAX_STANZAS {
             return Err(EncryptError::TooManyRecipients);
         }
+        if mixes_post_quantum(recipients) {
+            return Err(EncryptError::MixedPostQuantum);
+        }
         let stanzas = recipients
             .iter()
-            .map(|r| r.wrap(&file_key).ok_or(EncryptError::LowOrderRecipient))
+            .map(|r| wrap(r, &file_key).ok_or(EncryptError::LowOrderRecipient))
             .collect::<Result<Vec<_>, _>>()?;
         let header = Header::seal(stanzas, &file_key);
+        // Never write a header our own reader would refuse (hybrid stanzas are ~1.5 KiB).
+        if header.encode().len() > MAX_HEADER_LEN {
+            return Err(EncryptError::HeaderTooLarge);
+        }
         Ok(Self { file_key, header })
     }
 

@@ -17,7 +17,10 @@ pub enum HeaderError {
     TooLarge,
     /// An `X25519` stanza is not well formed (`envelope.md` §5.1).
     InvalidX25519Stanza,
-    /// An X25519 share gives an all-zero shared secret (low-order point).
+    /// An `mlkem768x25519` stanza is not well formed (`envelope.md` §5.3).
+    InvalidHybridStanza,
+    /// An X25519 share (alone or as the X25519 half of a hybrid `enc`) gives an all-zero
+    /// shared secret (low-order point).
     LowOrderShare,
     /// An `scrypt` stanza is mixed with other stanzas (`envelope.md` §5.2).
     ScryptNotAlone,
@@ -32,6 +35,7 @@ impl fmt::Display for HeaderError {
             Self::Malformed(what) => write!(f, "malformed header: {what}"),
             Self::TooLarge => f.write_str("header exceeds the size or stanza-count limit"),
             Self::InvalidX25519Stanza => f.write_str("invalid X25519 recipient stanza"),
+            Self::InvalidHybridStanza => f.write_str("invalid mlkem768x25519 recipient stanza"),
             Self::LowOrderShare => f.write_str("X25519 share gives an all-zero shared secret"),
             Self::ScryptNotAlone => f.write_str("an scrypt stanza must be the only stanza"),
             Self::MissingNonce => f.write_str("payload nonce missing or truncated"),
@@ -161,9 +165,13 @@ pub enum KeyParseError {
         /// The prefix that was expected.
         expected: &'static str,
     },
-    /// The key is not 32 bytes, or has non-zero padding bits.
+    /// The key has the wrong length, or has non-zero padding bits.
     #[error("wrong key length")]
     Length,
+    /// The key decodes but is not a valid key of its type (an ML-KEM-768 encapsulation key
+    /// that fails the FIPS 203 modulus check).
+    #[error("invalid key")]
+    InvalidKey,
 }
 
 /// Why encryption could not start.
@@ -176,9 +184,15 @@ pub enum EncryptError {
     /// More recipients than a header may hold (`envelope.md` §8).
     #[error("too many recipients (at most 64)")]
     TooManyRecipients,
-    /// A recipient key is a low-order point.
-    #[error("recipient key is a low-order point")]
+    /// A recipient key is a low-order point, or cannot be encapsulated to.
+    #[error("recipient key is a low-order point or unusable")]
     LowOrderRecipient,
+    /// Hybrid post-quantum and classical recipients in one file (`envelope.md` §5.3).
+    #[error("post-quantum (age1pq1…) and classical (age1…) recipients cannot be mixed in one file")]
+    MixedPostQuantum,
+    /// The header would exceed the 64 KiB limit (`envelope.md` §8).
+    #[error("too many recipients: the header would exceed 64 KiB")]
+    HeaderTooLarge,
     /// Writing the output failed.
     #[error("write failed: {0}")]
     Io(#[from] io::Error),

@@ -1,12 +1,14 @@
 //! # rogatory-envelope
 //!
-//! age v1 envelope encryption for Rogatory: X25519 recipients, the header MAC, the chunked
-//! ChaCha20-Poly1305 STREAM payload and strict ASCII armor, as profiled in `docs/envelope.md`.
-//! Files we write decrypt with `age` and `rage`, and the reverse.
+//! age v1 envelope encryption for Rogatory: X25519 recipients and the hybrid post-quantum
+//! `mlkem768x25519` recipients (X-Wing in HPKE), the header MAC, the chunked ChaCha20-Poly1305
+//! STREAM payload and strict ASCII armor, as profiled in `docs/envelope.md`. Files we write
+//! decrypt with `age` and `rage` (hybrid files with age ≥ 1.3 and `age-encryption` ≥ 0.3), and
+//! the reverse.
 //!
-//! What it is not: sender authentication (age has none; see `docs/custody.md`), passphrase or
-//! post-quantum recipients, or anything that does I/O beyond `io::Read` / `io::Write`. It is
-//! pure and synchronous.
+//! What it is not: sender authentication (age has none; see `docs/custody.md`), passphrase
+//! recipients, or anything that does I/O beyond `io::Read` / `io::Write`. It is pure and
+//! synchronous.
 //!
 //! Where to start: [`Encryptor`] and [`Decryptor`] for whole files; [`PayloadKey`] for random
 //! access to one chunk (encrypt or decrypt chunk *i* given the file key and payload nonce),
@@ -31,12 +33,14 @@
 
 #![forbid(unsafe_code)]
 
+mod any;
 mod armor;
 mod b64;
 mod decrypt;
 mod encrypt;
 mod error;
 mod header;
+mod hybrid;
 mod keyfile;
 mod keys;
 mod stream;
@@ -44,11 +48,13 @@ mod x25519;
 
 use std::io::{self, BufRead};
 
+pub use any::{AnyIdentity, AnyRecipient, IdentityKey, RecipientKey};
 pub use armor::{ArmoredReader, ArmoredWriter};
 pub use decrypt::{Decryptor, Input};
 pub use encrypt::Encryptor;
 pub use error::{ArmorError, DecryptError, EncryptError, HeaderError, KeyParseError, PayloadError};
 pub use header::{Header, MAX_HEADER_LEN, MAX_STANZAS, Stanza};
+pub use hybrid::{HybridIdentity, HybridRecipient};
 pub use keyfile::{KeyFileError, format_identity_file, parse_identities, parse_recipients};
 pub use keys::{FILE_KEY_LEN, FileKey, NONCE_LEN, PayloadNonce};
 pub use stream::{

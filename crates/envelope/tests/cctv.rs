@@ -1,14 +1,11 @@
 //! The C2SP CCTV age vectors (`tests/cctv-age/`, 0BSD/CC0/Unlicense, see its README): one test
 //! per vector, a strict reader, and a summary that prints how many of each kind ran.
 //!
-//! Deliberate deviations, with reasons (`docs/envelope.md` §5):
-//! - scrypt vectors: passphrase encryption is not supported. A lone scrypt stanza is refused as
-//!   "unsupported" without parsing its work factor; scrypt mixed with other stanzas is still the
-//!   header failure the spec requires (`scrypt_and_x25519`).
-//! - mlkem768x25519 (hybrid) vectors: hybrid identities are not supported, so hybrid stanzas are
-//!   ignored like any unknown stanza and the result is "no match" (the vector's own class is
-//!   also accepted). A hybrid payload in an X25519 stanza is still a header failure
-//!   (`hybrid_x25519_arg`, checked exactly).
+//! The X25519 and hybrid post-quantum (`mlkem768x25519`) vectors must give exactly their
+//! expected result. The one deliberate deviation, with its reason (`docs/envelope.md` §5.2):
+//! scrypt vectors: passphrase encryption is not supported. A lone scrypt stanza is refused as
+//! "unsupported" without parsing its work factor; scrypt mixed with other stanzas is still the
+//! header failure the spec requires (`scrypt_and_x25519`).
 
 mod cctv_support;
 
@@ -51,4 +48,19 @@ fn summary_every_file_listed_and_counts_printed() {
         println!("  {n:4}  {kind}");
     }
     assert_eq!(counts.values().sum::<usize>(), 143);
+    // Every X25519 and every hybrid vector gave exactly its expected result.
+    let exact = |family: &str| {
+        counts
+            .iter()
+            .filter(|(k, _)| k.starts_with(family) && k.ends_with("as expected"))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    let refused = counts
+        .iter()
+        .filter(|(k, _)| !k.starts_with("scrypt") && !k.ends_with("as expected"))
+        .count();
+    assert_eq!(refused, 0, "only scrypt vectors may be refused");
+    assert_eq!(exact("mlkem768x25519"), 19, "19 hybrid vectors");
+    assert_eq!(exact("x25519 "), 98, "98 X25519 vectors");
 }

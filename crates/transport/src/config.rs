@@ -9,8 +9,9 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rogatory_custody::AgencyId;
 
 use crate::frame::{ALPN, FrameLimits};
+use crate::kx::{ObservedClientConfig, ObservedServerConfig};
 use crate::tls::{
-    ClientVerifier, PeerTrust, ServerVerifier, TlsConfigError, TlsIdentity, provider,
+    ClientVerifier, PeerTrust, ServerVerifier, TlsConfigError, TlsIdentity, provider_for,
 };
 
 /// The congestion controller (`protocol.md` §8).
@@ -126,12 +127,13 @@ fn varint(v: u64) -> VarInt {
 }
 
 /// The rustls server configuration of a relay: TLS 1.3 only, mandatory client certificates
-/// checked by our verifier, ALPN `rogatory/1`, no 0-RTT (`max_early_data_size == 0`).
+/// checked by our verifier, ALPN `rogatory/1`, no 0-RTT (`max_early_data_size == 0`); only
+/// X25519MLKEM768 when `trust` requires post-quantum key exchange.
 pub fn rustls_server_config(
     identity: &TlsIdentity,
     trust: PeerTrust,
 ) -> Result<rustls::ServerConfig, TlsConfigError> {
-    let provider = provider();
+    let provider = provider_for(trust.requires_post_quantum());
     let verifier = Arc::new(ClientVerifier::new(trust, &provider)?);
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -148,13 +150,14 @@ pub fn rustls_server_config(
 }
 
 /// The rustls client configuration: TLS 1.3 only, our certificate, our server verifier,
-/// ALPN `rogatory/1`, no early data, no resumption.
+/// ALPN `rogatory/1`, no early data, no resumption; only X25519MLKEM768 when `trust` requires
+/// post-quantum key exchange.
 pub fn rustls_client_config(
     identity: &TlsIdentity,
     trust: PeerTrust,
     expect: Option<AgencyId>,
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
-    let provider = provider();
+    let provider = provider_for(trust.requires_post_quantum());
     let verifier = Arc::new(ServerVerifier::new(trust, expect, &provider)?);
     let mut c = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -167,7 +170,8 @@ pub fn rustls_client_config(
     Ok(c)
 }
 
-/// The quinn server configuration: our TLS, our limits, migration off.
+/// The quinn server configuration: our TLS (each session's key exchange observed,
+/// [`crate::kx`]), our limits, migration off.
 pub fn server_config(
     identity: &TlsIdentity,
     trust: PeerTrust,
@@ -176,14 +180,14 @@ pub fn server_config(
     let tls = rustls_server_config(identity, trust)?;
     let quic =
         QuicServerConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
-    let mut c = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut c = quinn::ServerConfig::with_crypto(Arc::new(ObservedServerConfig(Arc::new(quic))));
     c.transport_config(Arc::new(limits.transport_config()));
     c.migration(false);
     c.max_incoming(limits.max_incoming);
     Ok(c)
 }
 
-/// The quinn client configuration.
+/// The quinn client configuration (each session's key exchange observed, [`crate::kx`]).
 pub fn client_config(
     identity: &TlsIdentity,
     trust: PeerTrust,
@@ -193,7 +197,7 @@ pub fn client_config(
     let tls = rustls_client_config(identity, trust, expect)?;
     let quic =
         QuicClientConfig::try_from(tls).map_err(|e| TlsConfigError::Certificate(e.to_string()))?;
-    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    let mut c = quinn::ClientConfig::new(Arc::new(ObservedClientConfig(Arc::new(quic))));
     c.transport_config(Arc::new(limits.transport_config()));
     Ok(c)
 }

@@ -5,6 +5,7 @@
 //! - [`upload`]: the upload exchange as sans-IO state machines (§6).
 //! - [`tls`]: peer authentication: CA chains, CRLs, SPKI pins from agency cards (§3).
 //! - [`config`]: every transport limit as a documented setting (§8).
+//! - [`kx`]: the key-exchange group each connection negotiated (§2).
 //! - [`net`]: the thin tokio shell over quinn.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod error;
 pub mod frame;
 #[cfg(feature = "impair")]
 pub mod impair;
+pub mod kx;
 pub mod net;
 pub mod tls;
 pub mod upload;

@@ -294,6 +294,34 @@ impl Session {
     pub fn close(&self, code: ErrorCode, reason: &str) {
         self.conn.close(code.to_varint(), reason.as_bytes());
     }
+
+    /// The TLS key-exchange group this connection negotiated, observed while its handshake ran
+    /// (`protocol.md` §2, [`crate::kx`]): `X25519MLKEM768` between our own nodes.
+    pub fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
+        crate::kx::negotiated_group(&self.conn)
+    }
+
+    /// Whether the key exchange was the hybrid post-quantum X25519MLKEM768.
+    pub fn is_post_quantum(&self) -> bool {
+        self.key_exchange_group() == Some(crate::kx::POST_QUANTUM_GROUP)
+    }
+}
+
+/// `protocol.md` §2: with [`PeerTrust::require_post_quantum`], a connection whose handshake did
+/// not negotiate X25519MLKEM768 is closed (the TLS configuration already offers nothing else;
+/// this checks what the connection reports).
+fn check_key_exchange(trust: &PeerTrust, conn: &quinn::Connection) -> Result<(), NetError> {
+    if trust.requires_post_quantum()
+        && crate::kx::negotiated_group(conn) != Some(crate::kx::POST_QUANTUM_GROUP)
+    {
+        let e = ProtocolError::new(
+            ErrorCode::NOT_AUTHORISED,
+            "the TLS handshake did not negotiate X25519MLKEM768",
+        );
+        conn.close(e.code.to_varint(), e.message.as_bytes());
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 fn peer_of(conn: &quinn::Connection) -> Result<PeerIdentity, NetError> {
@@ -402,6 +430,7 @@ impl Node {
         let fut = async {
             let conn = self.endpoint.connect_with(cfg, addr, &name)?.await?;
             let peer = peer_of(&conn)?;
+            check_key_exchange(&self.trust, &conn)?;
             let (s, r) = conn.open_bi().await?;
             let mut w = FrameWriter::new(s);
             let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
@@ -481,7 +510,11 @@ impl Node {
                 match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming))
                     .await
                 {
-                    Ok(Ok(s)) => serve(s).await,
+                    Ok(Ok(s)) => {
+                        let kx = s.key_exchange_group().map(crate::kx::group_name);
+                        tracing::info!(peer = %s.peer.agency, kx = kx.as_deref().unwrap_or("unknown"), "session established");
+                        serve(s).await
+                    }
                     Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
                     Err(_) => tracing::info!("handshake timed out"),
                 }
@@ -492,6 +525,7 @@ impl Node {
     async fn handshake(&self, incoming: quinn::Incoming) -> Result<Session, NetError> {
         let conn = incoming.accept()?.await?;
         let peer = peer_of(&conn)?;
+        check_key_exchange(&self.trust, &conn)?;
         let (s, r) = conn.accept_bi().await?;
         let mut w = FrameWriter::new(s);
         let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);

@@ -44,8 +44,15 @@ pub fn agency_dns_name(agency: &AgencyId) -> String {
 /// The crypto provider: aws-lc-rs (`protocol.md` §2). Its default key exchange puts the hybrid
 /// post-quantum group X25519MLKEM768 first; we put AES-128-GCM first among the TLS 1.3 suites
 /// (cheapest packet protection here; QUIC needs it for Initial packets anyway), then AES-256-GCM
-/// and ChaCha20-Poly1305 for peers without AES hardware.
+/// and ChaCha20-Poly1305 for peers without AES hardware. Every key-exchange group is wrapped so
+/// that a connection can report the group it negotiated ([`crate::kx`]).
 pub fn provider() -> Arc<CryptoProvider> {
+    provider_for(false)
+}
+
+/// [`provider`], with only X25519MLKEM768 when `post_quantum_only` (a peer that does not offer
+/// it then fails the handshake: no group in common).
+pub(crate) fn provider_for(post_quantum_only: bool) -> Arc<CryptoProvider> {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.cipher_suites = vec![
@@ -53,6 +60,11 @@ pub fn provider() -> Arc<CryptoProvider> {
         cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_CHACHA20_POLY1305_SHA256,
     ];
+    if post_quantum_only {
+        p.kx_groups
+            .retain(|g| g.name() == crate::kx::POST_QUANTUM_GROUP);
+    }
+    p.kx_groups = crate::kx::observe(&p.kx_groups);
     Arc::new(p)
 }
 
@@ -175,6 +187,7 @@ pub struct PeerTrust {
     crls: Vec<CertificateRevocationListDer<'static>>,
     agencies: BTreeMap<AgencyId, Vec<Sha256Digest>>,
     on_reject: Option<RejectHook>,
+    require_post_quantum: bool,
 }
 
 impl PeerTrust {
@@ -237,6 +250,19 @@ impl PeerTrust {
     pub fn on_reject(&mut self, hook: impl Fn(&Rejected) + Send + Sync + 'static) -> &mut Self {
         self.on_reject = Some(RejectHook(Arc::new(hook)));
         self
+    }
+
+    /// Accept only peers whose handshake negotiates the hybrid post-quantum key exchange
+    /// X25519MLKEM768 (`protocol.md` §2): it is then the only group offered, so a peer without
+    /// it fails the TLS handshake, and the group a connection reports is checked too.
+    pub fn require_post_quantum(&mut self, require: bool) -> &mut Self {
+        self.require_post_quantum = require;
+        self
+    }
+
+    /// Whether [`PeerTrust::require_post_quantum`] is set.
+    pub fn requires_post_quantum(&self) -> bool {
+        self.require_post_quantum
     }
 
     /// Whether `agency` is known.

@@ -24,7 +24,7 @@ use rogatory_custody::{
     AgencyId, OfferedFile, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
     TransferOffer,
 };
-use rogatory_envelope::{Encryptor, FileKey, PayloadNonce, Recipient};
+use rogatory_envelope::{AnyRecipient, Encryptor, FileKey, PayloadNonce};
 
 use rogatory_transport::frame::Offer;
 use rogatory_transport::net::{NetError, upload};
@@ -112,7 +112,7 @@ struct Heads {
 }
 
 /// Makes every file's header, in parallel over the cores (the per-file public-key work).
-fn make_heads(sizes: &[u64], recipients: &[Recipient]) -> Result<Heads> {
+fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
@@ -214,18 +214,18 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         .collect::<Result<_>>()?;
     recipients.sort();
     recipients.dedup();
-    let mut age_recipients = Vec::with_capacity(recipients.len() + 1);
+    let mut cards = Vec::with_capacity(recipients.len());
     for r in &recipients {
         let card = store.get(r).ok_or_else(|| {
             Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
                 .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
         })?;
-        age_recipients.push(card.age_recipient);
+        cards.push(card);
     }
-    // Every file is also encrypted to the sender, so it can resume (unwrap its own headers).
-    // Its stanza comes last: a recipient tries stanzas in order, so the recipients' come first
-    // and a single recipient does one X25519 per file, not two.
-    age_recipients.push(identity.age_recipient());
+    // Hybrid post-quantum stanzas when every party has a hybrid key, X25519 otherwise; never
+    // mixed. Every file is also encrypted to the sender, so it can resume (unwrap its own
+    // headers).
+    let age_recipients = rogatory_custody::age_recipients_for(&identity, &cards);
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
     let sources = sources::collect(&req.paths, &mut failed)?;
@@ -464,6 +464,12 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let relay = req.relay.clone();
     let result = rt.block_on(async {
         let (node, session) = crate::connect(home, &relay).await?;
+        on(&Event::Connected {
+            relay_agency: session.peer.agency.to_string(),
+            tls_key_exchange: session
+                .key_exchange_group()
+                .map(rogatory_transport::kx::group_name),
+        });
         let mut last = Instant::now() - Duration::from_secs(1);
         let out = upload(
             &session,

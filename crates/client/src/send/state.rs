@@ -248,7 +248,8 @@ mod tests {
     fn finished_files_survive_a_torn_or_damaged_tail() {
         let tmp = tempfile::tempdir().expect("tmp");
         let mut st = StateDir::new(tmp.path().to_owned());
-        st.append_done(&[(0, done(1)), (7, done(2))]).expect("append");
+        st.append_done(&[(0, done(1)), (7, done(2))])
+            .expect("append");
         st.append_done(&[(9, done(3))]).expect("append");
         let all = st.load_done();
         assert_eq!(all.len(), 3);
