@@ -265,7 +265,7 @@ fn make_folder(env: &Env, name: &str, mib: usize, seed: u64) -> PathBuf {
 fn relay_holds_the_sources(env: &Env) {
     let text = std::fs::read_to_string(env.path().join("A/identity.txt")).expect("identity");
     let a = rogatory_custody::AgencyIdentity::parse(&text).expect("identity");
-    let id = a.age_identity().expect("age key").clone();
+    let ids = a.age_identities();
     let db = rusqlite::Connection::open_with_flags(
         env.path().join("B/relay/relay.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -292,7 +292,7 @@ fn relay_holds_the_sources(env: &Env) {
             std::io::Read::read_to_end(
                 &mut rogatory_envelope::Decryptor::new(ct)
                     .expect("header")
-                    .decrypt(std::slice::from_ref(&id))
+                    .decrypt(&ids)
                     .expect("file key"),
                 &mut plain,
             )

@@ -426,12 +426,13 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let digest = sources_digest(&p.sources);
     let identity = home.identity()?;
     let store = home.trust_store()?;
-    let Some(age_identity) = identity.age_identity().cloned() else {
+    let age_identities = identity.age_identities();
+    if age_identities.is_empty() {
         return Err(Error::new(
             ErrorKind::NoKey,
             "this home has no age identity (a relay-only home cannot send)",
         ));
-    };
+    }
     let layouts = p.offer.layouts();
     let total: u64 = layouts.iter().map(|l| l.ciphertext_size).sum();
     let transfer = p.offer.transfer_id;
@@ -455,7 +456,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         p.state,
         p.offer,
         p.sources,
-        age_identity,
+        age_identities,
         identity.signer().clone(),
         p.fresh_keys,
     )

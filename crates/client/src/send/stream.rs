@@ -14,7 +14,7 @@ use rogatory_custody::merkle::{Frontier, leaf_hash};
 use rogatory_custody::{
     FileEntry, Manifest, NoteSigner, PieceLayout, Sha256Digest, Timestamp, TransferOffer,
 };
-use rogatory_envelope::{CHUNK_SIZE, Decryptor, FileKey, Identity, PayloadKey, PayloadNonce};
+use rogatory_envelope::{AnyIdentity, CHUNK_SIZE, Decryptor, FileKey, PayloadKey, PayloadNonce};
 use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
@@ -103,7 +103,7 @@ pub(crate) struct Streamer {
     sources: Vec<Source>,
     files: Vec<FileState>,
     heads: File,
-    identity: Identity,
+    identities: Vec<AnyIdentity>,
     signer: NoteSigner,
     /// File keys of this run's fresh headers (none on a resume: unwrapped from the heads).
     fresh_keys: Vec<Option<FileKey>>,
@@ -128,7 +128,7 @@ impl Streamer {
         state: StateDir,
         offer: TransferOffer,
         sources: Vec<Source>,
-        identity: Identity,
+        identities: Vec<AnyIdentity>,
         signer: NoteSigner,
         fresh_keys: Vec<Option<FileKey>>,
     ) -> io::Result<Self> {
@@ -158,7 +158,7 @@ impl Streamer {
             sources,
             files,
             heads,
-            identity,
+            identities,
             signer,
             fresh_keys,
             finished: Vec::new(),
@@ -195,7 +195,7 @@ impl Streamer {
         let file_key = match self.fresh_keys.get_mut(file).and_then(Option::take) {
             Some(k) => k,
             None => Decryptor::new(&head[..nonce_at])
-                .and_then(|d| d.unwrap_file_key(std::slice::from_ref(&self.identity)))
+                .and_then(|d| d.unwrap_file_key(&self.identities))
                 .map_err(|e| state_err(format!("saved header of file {file}: {e}")))?,
         };
         self.files[file].key = Some(PayloadKey::derive(&file_key, &nonce));
