@@ -111,6 +111,13 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     assert!(
         kinds.contains(&"progress") && kinds.contains(&"file_done") && kinds.contains(&"receipt")
     );
+    // The key exchange the live connection negotiated: hybrid post-quantum between our ends.
+    let connected = ev
+        .iter()
+        .find(|v| v["type"] == "connected")
+        .expect("connected event");
+    assert_eq!(connected["relay_agency"], "agency-b");
+    assert_eq!(connected["tls_key_exchange"], "X25519MLKEM768");
     let summary = ev.last().expect("summary");
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["files"], 4);
