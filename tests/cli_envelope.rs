@@ -1,5 +1,5 @@
 //! The `keygen`, `encrypt` and `decrypt` commands through the real binary: exit codes, exact
-//! messages, and "bad input loses nothing" (TESTS.md cases 1, 4, 53 to 56, 60 to 62).
+//! messages, and "bad input loses nothing" (test-plan.md cases 1, 4, 53 to 56, 60 to 62).
 
 mod common;
 
@@ -275,7 +275,7 @@ fn usage_errors_exit_2_with_nothing_on_stdout() {
     assert_failed_cleanly(&o, 2, p(&s), BASE);
 }
 
-/// TESTS.md case 61: SIGINT or SIGTERM mid-decrypt removes the temporary file, exit 130.
+/// test-plan.md case 61: SIGINT or SIGTERM mid-decrypt removes the temporary file, exit 130.
 #[test]
 fn interrupted_decrypt_leaves_nothing() {
     use std::io::Write;

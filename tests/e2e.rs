@@ -211,7 +211,7 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
         receipts.len()
     );
     ok(run(d, &["--home", "B-relay", "audit", "verify"]));
-    // TESTS.md 39: a byte flipped in the relay's store is an integrity failure at the receiver
+    // test-plan.md 39: a byte flipped in the relay's store is an integrity failure at the receiver
     // (exit 3), never a successful decrypt.
     let pack = std::fs::read_dir(d.join("B-relay/relay/inbox"))
         .expect("inbox")
@@ -304,7 +304,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(stderr(&o).contains("legal_basis"), "{}", stderr(&o));
 
-    // TESTS.md 58: a symbolic link in the output directory, named like an incoming file or
+    // test-plan.md 58: a symbolic link in the output directory, named like an incoming file or
     // standing for a parent directory, is never followed (exit 8, nothing written outside).
     let outside = d.join("outside");
     std::fs::create_dir_all(&outside).expect("mkdir");
@@ -335,7 +335,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         "nothing written outside"
     );
 
-    // A temporary file left by a killed earlier fetch is swept (TESTS.md 29).
+    // A temporary file left by a killed earlier fetch is swept (test-plan.md 29).
     std::fs::create_dir_all(d.join("out/case-7")).expect("mkdir");
     std::fs::write(d.join("out/case-7/.rogatory-partial-Xy12ab"), b"stale").expect("w");
 

@@ -1,4 +1,4 @@
-//! Crash tests with real processes on 127.0.0.1 (TESTS.md 23, 24; relay issue): `kill -9` of the
+//! Crash tests with real processes on 127.0.0.1 (test-plan.md 23, 24; relay issue): `kill -9` of the
 //! relay at seeded random points and at named failpoints, and of the sender, during a transfer.
 //! After each crash: every byte the sender saw acknowledged is durable at the relay and verifies
 //! (`relay scrub`); re-running the same `send` resumes and completes with the right digests and

@@ -166,7 +166,7 @@ async fn small_object(s: &Session, t: TransferId, object: Object) -> Result<Vec<
 }
 
 /// Creates `rel`'s parent directories inside `root`, refusing to follow a symbolic link or to
-/// pass through anything that is not a directory (TESTS.md 7).
+/// pass through anything that is not a directory (test-plan.md 7).
 fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
     let mut dir = root.to_owned();
     let comps: Vec<&str> = rel.split('/').collect();
@@ -366,7 +366,7 @@ async fn fetch_one(
     }
 
     // 4. Temporary files a killed earlier run left beside this transfer's destinations go
-    //    (TESTS.md 29): only our own `.rogatory-partial-*` names, only in those directories;
+    //    (test-plan.md 29): only our own `.rogatory-partial-*` names, only in those directories;
     //    the resumable partial plaintext of this transfer's large files stays.
     let partials = sweep_partials(t, &m.files, &parents);
 

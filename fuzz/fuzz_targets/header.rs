@@ -1,5 +1,5 @@
 //! Header parser: never panics, and any header that parses re-encodes byte for byte
-//! (non-malleability, TESTS.md case 3). Also drives unwrapping with fixed X25519 and hybrid
+//! (non-malleability, test-plan.md case 3). Also drives unwrapping with fixed X25519 and hybrid
 //! identities, so the X25519 and `mlkem768x25519` stanza checks and the low-order aborts are
 //! exercised.
 #![no_main]

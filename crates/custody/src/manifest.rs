@@ -584,7 +584,7 @@ impl PieceTable {
 mod tests {
     use super::*;
 
-    /// TESTS.md case 57: every one of these names is refused.
+    /// test-plan.md case 57: every one of these names is refused.
     #[test]
     fn traversal_names_are_refused() {
         for bad in [

@@ -1,4 +1,4 @@
-//! Tampering (TESTS.md cases 41, 42, 43, 44, 52): changed fields, unknown or wrong keys, extra
+//! Tampering (test-plan.md cases 41, 42, 43, 44, 52): changed fields, unknown or wrong keys, extra
 //! signatures, signature floods, tampered logs, rollback and fork detection.
 
 mod fixture;
@@ -149,7 +149,7 @@ fn big_log(n: usize) -> (Vec<Record>, NoteSigner) {
     (records, signer)
 }
 
-/// TESTS.md case 42: modify, delete, insert or reorder entry 5 000 of 10 000: verification
+/// test-plan.md case 42: modify, delete, insert or reorder entry 5 000 of 10 000: verification
 /// fails and names index 5 000.
 #[test]
 fn tampered_log_names_the_first_bad_index() {
@@ -191,7 +191,7 @@ fn tampered_log_names_the_first_bad_index() {
     );
 }
 
-/// TESTS.md case 43: a log restored from a shorter backup, or forked, is detected against a
+/// test-plan.md case 43: a log restored from a shorter backup, or forked, is detected against a
 /// checkpoint a client holds; a torn tail is cut off on open.
 #[test]
 fn rollback_fork_and_torn_tail() {

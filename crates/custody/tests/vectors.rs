@@ -1,6 +1,6 @@
 //! Third-party vectors (copied into `tests/` with their licences; never read from elsewhere):
 //! CCTV Ed25519 (914), Wycheproof Ed25519 (151), transparency-dev Merkle (196).
-//! TESTS.md cases 44 and 46.
+//! test-plan.md cases 44 and 46.
 
 use std::path::{Path, PathBuf};
 

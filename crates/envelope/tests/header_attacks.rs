@@ -1,4 +1,4 @@
-//! Header tampering and limits (TESTS.md cases 7 and 12).
+//! Header tampering and limits (test-plan.md cases 7 and 12).
 
 use std::io::{Read, Write};
 

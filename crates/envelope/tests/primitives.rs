@@ -1,4 +1,4 @@
-//! Wycheproof primitive vectors (TESTS.md cases 47 and 8), read from `tests/wycheproof/`.
+//! Wycheproof primitive vectors (test-plan.md cases 47 and 8), read from `tests/wycheproof/`.
 //! They guard against a miswired crate or a dependency swap, and check that every
 //! `ZeroSharedSecret` X25519 input aborts age decryption with a header failure.
 

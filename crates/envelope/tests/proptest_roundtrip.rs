@@ -77,7 +77,7 @@ proptest! {
     }
 }
 
-/// TESTS.md case 10 (scaled down here to 1 000; the property is pairwise distinctness):
+/// test-plan.md case 10 (scaled down here to 1 000; the property is pairwise distinctness):
 /// fresh file keys, payload nonces and ephemeral shares for every encryption.
 #[test]
 fn keys_nonces_and_shares_are_fresh() {

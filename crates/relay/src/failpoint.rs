@@ -1,4 +1,4 @@
-//! Crash points for the process-level crash tests (TESTS.md 24): with
+//! Crash points for the process-level crash tests (test-plan.md 24): with
 //! `ROGATORY_TEST_FAILPOINTS=name=N[,name=N…]` in the environment, the process aborts (as
 //! `kill -9` would: no destructors, no flushing) the Nth time it reaches `name`. Without the
 //! variable, each point costs one relaxed atomic load.

@@ -443,7 +443,7 @@ impl<S: Storage> Relay<S> {
             .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
     }
 
-    /// Records a refusal in the audit log and returns it (TESTS.md 51: one entry per refusal).
+    /// Records a refusal in the audit log and returns it (test-plan.md 51: one entry per refusal).
     pub fn refuse(
         &self,
         peer: &PeerIdentity,
@@ -468,7 +468,7 @@ impl<S: Storage> Relay<S> {
         e
     }
 
-    /// Logs a client certificate refused during the TLS handshake (TESTS.md 13, 51): the agency
+    /// Logs a client certificate refused during the TLS handshake (test-plan.md 13, 51): the agency
     /// it names (or `unknown`), its SHA-256 and the reason. At most [`TLS_REJECTIONS_PER_MINUTE`]
     /// entries a minute, so that strangers cannot flood the audit log; the rest are counted in the
     /// service log.
@@ -602,7 +602,7 @@ impl<S: Storage> Relay<S> {
         let layouts = o.layouts();
 
         if let Some(existing) = self.transfer(&offer.transfer)? {
-            // Resume authority (TESTS.md 26, 31): the transfer id belongs to its sender and its
+            // Resume authority (test-plan.md 26, 31): the transfer id belongs to its sender and its
             // offer; the relay's own durable prefixes answer.
             if existing.sender != peer.agency {
                 return Err(perr(
@@ -1343,7 +1343,7 @@ impl<S: Storage> Relay<S> {
         Ok(due)
     }
 
-    /// Removes partial uploads untouched for longer than the policy's TTL (TESTS.md 37): only
+    /// Removes partial uploads untouched for longer than the policy's TTL (test-plan.md 37): only
     /// transfers still receiving; complete or receipted data is never touched. Idempotent.
     pub fn gc_partials(&self) -> Result<Vec<TransferId>, ProtocolError> {
         let cutoff = self.now().unix() - i64::from(self.policy.partial_ttl_hours) * 3600;
@@ -1384,7 +1384,7 @@ impl<S: Storage> Relay<S> {
     }
 
     /// Re-verifies every stored piece of every transfer against its table and every complete
-    /// file against its digest (TESTS.md 39). Returns `(transfer, file, problem)` for each fault.
+    /// file against its digest (test-plan.md 39). Returns `(transfer, file, problem)` for each fault.
     pub fn scrub(&self) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65_552];

@@ -1,4 +1,4 @@
-//! Fault injection on the storage trait (`relay.md` §3; TESTS.md 25, 30, 34): fail the Nth
+//! Fault injection on the storage trait (`relay.md` §3; test-plan.md 25, 30, 34): fail the Nth
 //! operation of a whole transfer (transient and persistent, ENOSPC and EIO), and crash at the
 //! Nth sync with unsynced writes dropped or garbled. Every run ends in a clean error or a
 //! receipt; a consistency check (scrub) passes; the transfer then resumes and completes with

@@ -1,6 +1,6 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
-//! partial GC (TESTS.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52).
+//! partial GC (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52).
 
 mod support;
 

@@ -159,7 +159,7 @@ impl TlsIdentity {
     }
 }
 
-/// A client certificate the relay refused (for its audit log, TESTS.md 13).
+/// A client certificate the relay refused (for its audit log, test-plan.md 13).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
     /// The agency the certificate names, if it names one.

@@ -196,7 +196,7 @@ pub(crate) fn run_vector(name: &str) -> Result<String, String> {
     ))
 }
 
-/// TESTS.md case 3 (non-malleability): a header that parses re-encodes byte for byte, and for
+/// test-plan.md case 3 (non-malleability): a header that parses re-encodes byte for byte, and for
 /// a success vector, re-encrypting STREAM with the recovered file key and nonce reproduces the
 /// ciphertext exactly.
 fn check_round_trips(name: &str, v: &Vector) -> Result<(), String> {
