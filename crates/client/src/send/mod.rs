@@ -166,8 +166,12 @@ struct Prepared {
     offer: TransferOffer,
     sources: Vec<sources::Source>,
     fresh_keys: Vec<Option<FileKey>>,
-    /// `outbox/<key>.sent`: written once the transfer is receipted.
-    marker: Option<PathBuf>,
+}
+
+/// `outbox/<key>.sent`, beside a send's state folder: written once the transfer is receipted,
+/// so that a re-run of the same command finds the receipt instead of sending again.
+fn marker_of(state: &StateDir) -> PathBuf {
+    state.dir.with_extension("sent")
 }
 
 /// What a send finds before it starts.
@@ -238,7 +242,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     }
     let key = outbox_key(identity.id(), &recipients, &legal, &sources);
     let state = StateDir::new(home.path(&format!("outbox/{key}")));
-    let marker = home.path(&format!("outbox/{key}.sent"));
+    let marker = marker_of(&state);
     if !req.restart
         && !state.exists()
         && let Ok(text) = std::fs::read_to_string(&marker)
@@ -311,20 +315,17 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         offer,
         sources,
         fresh_keys,
-        marker: Some(marker),
     })))
 }
 
 /// An interrupted send found again: its sources must be unchanged.
 fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
     sources::check_unchanged(&saved.sources)?;
-    let marker = state.dir.with_extension("sent");
     Ok(Found::Send(Box::new(Prepared {
         state,
         offer,
         fresh_keys: vec![None; saved.sources.len()],
         sources: saved.sources,
-        marker: Some(marker),
     })))
 }
 
@@ -422,7 +423,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         Found::Send(p) => p,
         Found::Already(done) => return Ok(done),
     };
-    let marker = p.marker.clone();
+    let marker = marker_of(&p.state);
     let digest = sources_digest(&p.sources);
     let identity = home.identity()?;
     let store = home.trust_store()?;
@@ -548,10 +549,12 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let rpath = home.path(&format!("receipts/{transfer}.custody-receipt"));
     write_file(&rpath, outcome.receipt.text.as_bytes(), 0o644, true)?;
     state.finish(&sent_dir(home, &transfer))?;
-    if let Some(m) = marker {
-        // A re-run of the same command finds the receipt instead of sending again.
-        write_file(&m, format!("{transfer} {digest}\n").as_bytes(), 0o600, true)?;
-    }
+    write_file(
+        &marker,
+        format!("{transfer} {digest}\n").as_bytes(),
+        0o600,
+        true,
+    )?;
     Ok(SendOutcome {
         transfer,
         files: nfiles,
