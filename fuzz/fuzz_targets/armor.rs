@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
         w.write_all(&decoded).expect("vec write");
         let again = w.finish().expect("vec write");
         let mut back = Vec::new();
-        ArmoredReader::new(&again[..]).read_to_end(&mut back).expect("own armor decodes");
+        ArmoredReader::new(&again[..])
+            .read_to_end(&mut back)
+            .expect("own armor decodes");
         assert_eq!(back, decoded);
     }
     let _ = Decryptor::new_detect(data);

@@ -4,9 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok(c) = rogatory_custody::Checkpoint::parse(s) {
-            assert_eq!(c.encode(), s);
-        }
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Ok(c) = rogatory_custody::Checkpoint::parse(s)
+    {
+        assert_eq!(c.encode(), s);
     }
 });

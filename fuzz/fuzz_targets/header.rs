@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let mut input = data;
     if let Ok(header) = Header::read(&mut input) {
         let consumed = data.len() - input.len();
-        assert_eq!(header.encode(), &data[..consumed], "header must re-encode exactly");
+        assert_eq!(
+            header.encode(),
+            &data[..consumed],
+            "header must re-encode exactly"
+        );
     }
     if let Ok(d) = Decryptor::new(data) {
         // The CCTV vectors' test keys, so that mutated vectors reach the stanza checks.
