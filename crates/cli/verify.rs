@@ -76,18 +76,34 @@ fn describe(st: &Statement) -> String {
 fn verify_one(text: &str, store: &TrustStore) -> std::result::Result<String, String> {
     let cards: Vec<&AgencyCard> = store.cards().collect();
     if let Ok(b) = ReceiptBundle::parse(text) {
-        for c in &cards {
-            if let Ok(l) = b.verify(&c.verifier_key) {
-                return Ok(format!(
-                    "{}; entry {} of {}/audit (checkpoint of {} entries)",
-                    describe(&l.statement),
-                    l.index,
-                    c.id,
-                    l.checkpoint.size
-                ));
-            }
-        }
-        return Err("a receipt bundle that no trusted agency's key verifies".into());
+        // custody.md §9: the statement's signer (the relay's agency for custody and purge
+        // receipts, the recipient for a delivery receipt) and the log's owner (the relay's
+        // agency, named by the checkpoint's origin) are both trusted agencies, possibly two.
+        let Some(signer) = cards
+            .iter()
+            .find(|c| Statement::open(b.statement_note.as_bytes(), &c.verifier_key).is_ok())
+        else {
+            return Err("a receipt whose statement no trusted agency signed".into());
+        };
+        let origin = b.checkpoint_note.lines().next().unwrap_or_default();
+        let Some(owner) = cards.iter().find(|c| origin == format!("{}/audit", c.id)) else {
+            return Err(format!(
+                "a receipt proven in the log {origin:?}, which is no trusted agency's"
+            ));
+        };
+        return match b.verify_logged_by(&signer.verifier_key, &owner.verifier_key) {
+            Ok(l) => Ok(format!(
+                "{}; entry {} of {}/audit (checkpoint of {} entries)",
+                describe(&l.statement),
+                l.index,
+                owner.id,
+                l.checkpoint.size
+            )),
+            Err(e) => Err(format!(
+                "a receipt signed by {} whose proof in {}/audit fails: {e}",
+                signer.id, owner.id
+            )),
+        };
     }
     for c in &cards {
         if let Ok(st) = Statement::open(text.as_bytes(), &c.verifier_key) {

@@ -457,14 +457,26 @@ impl ReceiptBundle {
     }
 
     /// Verifies the statement with the issuer's key, the checkpoint with the issuer's log key,
-    /// and the inclusion proof (`custody.md` §9 steps 2 to 4).
+    /// and the inclusion proof (`custody.md` §9 steps 2 to 4): a receipt the relay's agency both
+    /// signed and logged (custody, purge).
     pub fn verify(
         &self,
         issuer_key: &NoteVerifier,
     ) -> Result<Verified<LoggedStatement>, BundleError> {
-        let statement = Statement::open(self.statement_note.as_bytes(), issuer_key)?;
-        let origin = format!("{}/audit", issuer_key.name());
-        let log_key = issuer_key
+        self.verify_logged_by(issuer_key, issuer_key)
+    }
+
+    /// Verifies the statement with `statement_key` and the checkpoint with the log key of
+    /// `log_owner_key`'s agency, then the inclusion proof (`custody.md` §9): a delivery receipt
+    /// is signed by the recipient and logged by the relay's agency, which may be another one.
+    pub fn verify_logged_by(
+        &self,
+        statement_key: &NoteVerifier,
+        log_owner_key: &NoteVerifier,
+    ) -> Result<Verified<LoggedStatement>, BundleError> {
+        let statement = Statement::open(self.statement_note.as_bytes(), statement_key)?;
+        let origin = format!("{}/audit", log_owner_key.name());
+        let log_key = log_owner_key
             .with_name(&origin)
             .ok_or(BundleError::Origin(origin.clone()))?;
         let cp =

@@ -219,8 +219,14 @@ CREATE TABLE IF NOT EXISTS transfers (
     completed_at INTEGER,
     custody_receipt TEXT,
     delivered_at INTEGER,
-    delivery_receipt TEXT,
     purge_receipt TEXT
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    row INTEGER NOT NULL,
+    agency TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    delivered_at INTEGER NOT NULL,
+    PRIMARY KEY (row, agency)
 );
 CREATE TABLE IF NOT EXISTS files (
     row INTEGER NOT NULL,
@@ -265,9 +271,7 @@ pub struct TransferRow {
     pub retain_until: Option<String>,
     /// Custody receipt bundle.
     pub custody_receipt: Option<String>,
-    /// Delivery receipt.
-    pub delivery_receipt: Option<String>,
-    /// When it was delivered.
+    /// When the last recipient delivered (every recipient's receipt is in [`Relay::deliveries`]).
     pub delivered_at: Option<i64>,
     /// Purge receipt.
     pub purge_receipt: Option<String>,
@@ -280,8 +284,11 @@ pub struct TransferRow {
 }
 
 const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
-     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, COALESCE(seal, x''), \
+     retain_until, custody_receipt, NULL, delivered_at, purge_receipt, COALESCE(seal, x''), \
      COALESCE(manifest, x''), offer";
+/// [`ROW_COLUMNS`] with the seal, manifest and offer left empty.
+const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
+     retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x''";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;
@@ -310,13 +317,33 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
         completed_at: r.get(8)?,
         retain_until: r.get(9)?,
         custody_receipt: r.get(10)?,
-        delivery_receipt: r.get(11)?,
         delivered_at: r.get(12)?,
         purge_receipt: r.get(13)?,
         seal: r.get(14)?,
         manifest: r.get(15)?,
         offer: r.get(16)?,
     })
+}
+
+/// Makes `dir` mode 0700.
+fn private_dir(dir: &Path) -> Result<(), RelayError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("making {} private", dir.display())))
+}
+
+/// Creates `path` mode 0600 if it is missing, else makes it 0600 (SQLite creates its `-wal` and
+/// `-shm` files with the database file's mode).
+fn private_file(path: &Path) -> Result<(), RelayError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let what = || format!("making {} private", path.display());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(what()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))
 }
 
 impl<S: Storage> Relay<S> {
@@ -329,7 +356,18 @@ impl<S: Storage> Relay<S> {
                 .create_dir_all(&d.join(sub))
                 .map_err(io_err(format!("creating {sub}")))?;
         }
-        let db = Connection::open(d.join("relay.db"))?;
+        // The index, the log and the packs are private to the relay's user, whatever the umask
+        // (`relay.md` §2): the index names agencies and cases.
+        private_dir(d)?;
+        for sub in ["spool", "inbox"] {
+            // (A storage under test may keep its packs elsewhere.)
+            if d.join(sub).is_dir() {
+                private_dir(&d.join(sub))?;
+            }
+        }
+        let db_path = d.join("relay.db");
+        private_file(&db_path)?;
+        let db = Connection::open(&db_path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
@@ -517,20 +555,44 @@ impl<S: Storage> Relay<S> {
         .map_err(db_err)
     }
 
-    /// Like [`Relay::transfer`], but without the seal and manifest (empty here), which can be
-    /// megabytes for a transfer of many files: what serving one file's FETCH needs
+    /// Like [`Relay::transfer`], but without the seal, manifest and offer (empty here), which
+    /// can be megabytes for a transfer of many files: what serving one file's FETCH needs
     /// (`protocol.md` §6.3), read once per request.
     pub fn transfer_without_documents(
         &self,
         t: &TransferId,
     ) -> Result<Option<TransferRow>, ProtocolError> {
-        let columns = ROW_COLUMNS.replace("seal, manifest", "x'' AS seal, x'' AS manifest");
         let db = lock(&self.db);
         db.prepare_cached(&format!(
-            "SELECT {columns} FROM transfers WHERE transfer = ?1"
+            "SELECT {ROW_COLUMNS_WITHOUT_DOCUMENTS} FROM transfers WHERE transfer = ?1"
         ))
         .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
         .map_err(db_err)
+    }
+
+    /// The delivery receipts of a transfer (`relay.md` §6): one per recipient that has fetched
+    /// it, as `(recipient, receipt bundle)`, in the order they arrived.
+    pub fn deliveries(&self, row: i64) -> Result<Vec<(AgencyId, String)>, ProtocolError> {
+        let db = lock(&self.db);
+        let mut q = db
+            .prepare_cached(
+                "SELECT agency, receipt FROM deliveries WHERE row = ?1 ORDER BY delivered_at, agency",
+            )
+            .map_err(db_err)?;
+        let rows = q
+            .query_map(params![row], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(a, r)| {
+                a.parse::<AgencyId>()
+                    .map(|a| (a, r))
+                    .map_err(|e| perr(ErrorCode::INTERNAL, format!("index: {e}")))
+            })
+            .collect()
     }
 
     /// Every transfer, oldest first.
@@ -664,6 +726,16 @@ impl<S: Storage> Relay<S> {
             .check_route(&o.sender, &o.recipients, &self.agency)
             .map_err(policy_err)?;
         self.policy.check_legal(&o.legal).map_err(policy_err)?;
+        // Retention that has already ended would have the transfer purged before any recipient
+        // could fetch it (issue 11).
+        if let Some(d) = &o.legal.retain_until
+            && d.0 < self.now().date()
+        {
+            return Err(perr(
+                ErrorCode::POLICY,
+                format!("retain_until {d} has already passed"),
+            ));
+        }
         let now = self.now().unix();
         let age = now - o.created_at.unix();
         if age > i64::from(self.policy.max_manifest_age_days) * 86_400 || age < -86_400 {
@@ -1264,16 +1336,43 @@ impl<S: Storage> Relay<S> {
                 ),
             ));
         }
+        // One receipt per recipient: a second delivery by the same agency (a re-run after a
+        // lost answer) gets the first one back and is not logged again.
+        if let Some((_, bundle)) = self
+            .deliveries(row.row)?
+            .into_iter()
+            .find(|(a, _)| *a == peer.agency)
+        {
+            return Ok(bundle);
+        }
         // Log the recipient's statement; its signed note goes into the bundle.
         let index = self.append_entry(st.encode().as_bytes())?;
         let note = note.to_owned();
         let bundle = self.bundle(&note, index)?;
-        lock(&self.db)
-            .execute(
-                "UPDATE transfers SET state = CASE WHEN state = 'complete' THEN 'delivered' ELSE state END, delivery_receipt = COALESCE(delivery_receipt, ?1), delivered_at = COALESCE(delivered_at, ?2) WHERE row = ?3",
-                params![bundle, self.now().unix(), row.row],
+        let now = self.now().unix();
+        let mut db = lock(&self.db);
+        let tx = db.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO deliveries (row, agency, receipt, delivered_at) VALUES (?1, ?2, ?3, ?4)",
+            params![row.row, peer.agency.as_str(), bundle, now],
+        )
+        .map_err(db_err)?;
+        let delivered: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE row = ?1",
+                params![row.row],
+                |r| r.get(0),
             )
             .map_err(db_err)?;
+        // Delivered once every recipient has delivered.
+        if delivered as usize >= row.recipients.len() {
+            tx.execute(
+                "UPDATE transfers SET state = CASE WHEN state = 'complete' THEN 'delivered' ELSE state END, delivered_at = COALESCE(delivered_at, ?1) WHERE row = ?2",
+                params![now, row.row],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
         Ok(bundle)
     }
 
@@ -1286,11 +1385,15 @@ impl<S: Storage> Relay<S> {
             if !matches!(r.state, TransferState::Complete | TransferState::Delivered) {
                 continue;
             }
-            let by_date = r
-                .retain_until
-                .as_deref()
-                .and_then(|d| d.parse::<rogatory_custody::CalendarDate>().ok())
-                .is_some_and(|d| d.0 < today);
+            // Retention comes from the sealed manifest, which the sender signed, never from a
+            // column an operator could edit (issue 11); a manifest that does not parse is kept.
+            let by_date = match rogatory_custody::Manifest::parse(&r.manifest) {
+                Ok(m) => m.legal.retain_until.is_some_and(|d| d.0 < today),
+                Err(e) => {
+                    tracing::error!(transfer = %r.transfer, error = %e, "stored manifest does not parse; not purged");
+                    false
+                }
+            };
             let by_delivery = match (self.policy.retain_after_delivery_days, r.delivered_at) {
                 (Some(days), Some(at)) => now.unix() >= at + i64::from(days) * 86_400,
                 _ => false,
@@ -1373,6 +1476,8 @@ impl<S: Storage> Relay<S> {
                 .map_err(storage_err)?;
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
+            tx.execute("DELETE FROM deliveries WHERE row = ?1", params![r.row])
+                .map_err(db_err)?;
             tx.execute("DELETE FROM files WHERE row = ?1", params![r.row])
                 .map_err(db_err)?;
             tx.execute("DELETE FROM transfers WHERE row = ?1", params![r.row])

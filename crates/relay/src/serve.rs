@@ -159,16 +159,28 @@ fn inbox<S: Storage>(
     rows.truncate(INBOX_PAGE);
     let entries = rows
         .into_iter()
-        .map(|r| InboxEntry {
-            transfer: r.transfer,
-            sender: r.sender,
-            files: r.files,
-            ciphertext_bytes: r.ciphertext_bytes,
-            received: Timestamp::from_unix(r.completed_at.unwrap_or(r.offered_at))
-                .unwrap_or_else(|_| Timestamp::from_datetime(time::OffsetDateTime::UNIX_EPOCH)),
-            state: r.state,
+        .map(|r| {
+            // `delivered` as this recipient sees it: it has delivered its own receipt.
+            let state = if relay
+                .deliveries(r.row)?
+                .iter()
+                .any(|(a, _)| *a == peer.agency)
+            {
+                TransferState::Delivered
+            } else {
+                TransferState::Complete
+            };
+            Ok(InboxEntry {
+                transfer: r.transfer,
+                sender: r.sender,
+                files: r.files,
+                ciphertext_bytes: r.ciphertext_bytes,
+                received: Timestamp::from_unix(r.completed_at.unwrap_or(r.offered_at))
+                    .unwrap_or_else(|_| Timestamp::from_datetime(time::OffsetDateTime::UNIX_EPOCH)),
+                state,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ProtocolError>>()?;
     Ok(Frame::Inbox(Inbox { entries, more }))
 }
 
@@ -191,20 +203,27 @@ fn status<S: Storage>(
         );
         return Err(not_found());
     }
-    let mut receipts = Vec::new();
-    for (kind, text) in [
-        (ReceiptKind::Custody, &r.custody_receipt),
-        (ReceiptKind::Delivery, &r.delivery_receipt),
-        (ReceiptKind::Purge, &r.purge_receipt),
-    ] {
-        if let Some(text) = text {
-            receipts.push(Receipt {
-                transfer: t,
-                kind,
-                text: text.clone(),
-            });
-        }
-    }
+    // Every receipt the relay holds: custody, one delivery receipt per recipient that has
+    // fetched, purge (`relay.md` §6).
+    let deliveries = relay.deliveries(r.row)?.into_iter().map(|(_, text)| text);
+    let receipts = r
+        .custody_receipt
+        .iter()
+        .cloned()
+        .map(|text| (ReceiptKind::Custody, text))
+        .chain(deliveries.map(|text| (ReceiptKind::Delivery, text)))
+        .chain(
+            r.purge_receipt
+                .iter()
+                .cloned()
+                .map(|text| (ReceiptKind::Purge, text)),
+        )
+        .map(|(kind, text)| Receipt {
+            transfer: t,
+            kind,
+            text,
+        })
+        .collect();
     Ok(Frame::Status(Status {
         transfer: t,
         state: r.state,

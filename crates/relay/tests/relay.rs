@@ -683,3 +683,132 @@ fn tls_refusals_are_logged_up_to_the_rate_limit() {
     let text = String::from_utf8(entry).expect("utf8");
     assert!(text.contains("agency-z") && text.contains("TLS"), "{text}");
 }
+
+/// `recipient`'s signed delivery receipt for `t`, whose custody receipt bundle is `custody`.
+fn delivery_note(w: &World, recipient: &Agency, t: &Transfer, custody: &str) -> String {
+    let bundle = ReceiptBundle::parse(custody).expect("bundle");
+    rogatory_custody::Statement::DeliveryReceipt {
+        head: rogatory_custody::Head {
+            transfer: t.id,
+            issuer: recipient.identity.id().clone(),
+            time: now(),
+        },
+        sender: w.a.identity.id().clone(),
+        manifest_sha256: t.manifest.digest(),
+        seal_sha256: rogatory_relay::relay::text_digest(t.seal.as_bytes()),
+        custody_receipt_sha256: rogatory_relay::relay::text_digest(
+            bundle.statement_note.as_bytes(),
+        ),
+        files: t.ciphertexts.len() as u64,
+        plaintext_bytes: t.plaintexts.iter().map(|p| p.len() as u64).sum(),
+    }
+    .sign(recipient.identity.signer())
+    .expect("sign")
+}
+
+async fn inbox_state(s: &Session, t: TransferId) -> TransferState {
+    match request(s, Frame::InboxRequest(InboxRequest { after: None })).await {
+        Frame::Inbox(i) => {
+            i.entries
+                .iter()
+                .find(|e| e.transfer == t)
+                .expect("in the inbox")
+                .state
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Issue 11: with two recipients the relay keeps one delivery receipt per recipient and serves
+/// them all to the sender; each recipient's inbox says whether *it* has delivered; the transfer
+/// is `delivered` only once both have. A repeated DELIVER returns the first receipt and logs
+/// nothing. The relay's files are private to its user; a retention that has already ended is
+/// refused at the offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_recipient_has_its_own_delivery_receipt() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path(), Policy::default());
+    let t = transfer(&w.a, &[&w.b, &w.c], &exhibits(3), legal(), now());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let out = send(&sa, &t, None).await.expect("upload");
+    let (sb, sc) = (
+        connect(&w, &w.b, r.addr).await,
+        connect(&w, &w.c, r.addr).await,
+    );
+    let deliver = |s: Session, note: String| async move {
+        match request(
+            &s,
+            Frame::Deliver(Deliver {
+                transfer: t.id,
+                receipt: note,
+            }),
+        )
+        .await
+        {
+            Frame::Receipt(rc) => rc.text,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let status = |s: Session| async move {
+        match request(&s, Frame::StatusRequest(StatusRequest { transfer: t.id })).await {
+            Frame::Status(st) => st,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let log_key = w.b.identity.signer().verifier();
+
+    let from_b = deliver(sb.clone(), delivery_note(&w, &w.b, &t, &out.receipt.text)).await;
+    let st = status(sa.clone()).await;
+    assert_eq!(st.state, TransferState::Complete, "C has not delivered yet");
+    assert_eq!(inbox_state(&sb, t.id).await, TransferState::Delivered);
+    assert_eq!(inbox_state(&sc, t.id).await, TransferState::Complete);
+    let len = r.relay.log_len();
+    let again = deliver(sb.clone(), delivery_note(&w, &w.b, &t, &out.receipt.text)).await;
+    assert_eq!(again, from_b, "the first receipt, not a second one");
+    assert_eq!(r.relay.log_len(), len, "nothing logged twice");
+
+    let from_c = deliver(sc.clone(), delivery_note(&w, &w.c, &t, &out.receipt.text)).await;
+    let st = status(sa.clone()).await;
+    assert_eq!(st.state, TransferState::Delivered);
+    let delivered: Vec<&str> = st
+        .receipts
+        .iter()
+        .filter(|rc| rc.kind == ReceiptKind::Delivery)
+        .map(|rc| rc.text.as_str())
+        .collect();
+    assert_eq!(delivered, vec![from_b.as_str(), from_c.as_str()]);
+    for (text, issuer) in [(&from_b, &w.b), (&from_c, &w.c)] {
+        let b = ReceiptBundle::parse(text).expect("bundle");
+        // The statement is the recipient's; the inclusion proof is B's log.
+        b.verify_logged_by(&issuer.identity.signer().verifier(), &log_key)
+            .expect("signed by its recipient, proven in B's log");
+        assert!(
+            b.verify(&issuer.identity.signer().verifier()).is_err()
+                || issuer.identity.id() == w.b.identity.id(),
+            "C's receipt is not in C's own log"
+        );
+    }
+    assert_eq!(inbox_state(&sc, t.id).await, TransferState::Delivered);
+
+    // Private files, whatever the umask.
+    for (p, mode) in [
+        (dir.path().to_owned(), 0o700),
+        (dir.path().join("inbox"), 0o700),
+        (dir.path().join("relay.db"), 0o600),
+        (dir.path().join("audit.log"), 0o600),
+    ] {
+        let m = std::fs::metadata(&p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{}", p.display());
+    }
+
+    // A retention that has already ended.
+    let mut past = legal();
+    past.retain_until = Some("2020-01-01".parse().expect("date"));
+    let t2 = transfer(&w.a, &[&w.b], &exhibits(4), past, now());
+    match send(&sa, &t2, None).await {
+        Err(e) => assert_eq!(code(&e), ErrorCode::POLICY),
+        Ok(_) => panic!("a past retain_until was accepted"),
+    }
+}

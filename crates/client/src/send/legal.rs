@@ -75,13 +75,25 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
     };
     let retain = match a.retain_until.clone().or(meta.retain_until) {
         None => None,
-        Some(d) => Some(d.parse().map_err(|e| {
-            Error::new(
-                ErrorKind::Usage,
-                format!("--retain-until {d:?}: expected YYYY-MM-DD"),
-            )
-            .source(e)
-        })?),
+        Some(d) => {
+            let date: rogatory_custody::CalendarDate = d.parse().map_err(|e| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!("--retain-until {d:?}: expected YYYY-MM-DD"),
+                )
+                .source(e)
+            })?;
+            // Checked before any work: a retention that has ended would have the relay refuse
+            // the transfer, or purge it before anyone could fetch it.
+            if date.0 < time::OffsetDateTime::now_utc().date() {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    format!("--retain-until {d}: that date has passed"),
+                )
+                .hint("retention must end today or later"));
+            }
+            Some(date)
+        }
     };
     let onward = match meta.onward_transfer.as_deref() {
         None | Some("forbidden") => OnwardTransfer::Forbidden,
