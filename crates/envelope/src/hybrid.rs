@@ -4,8 +4,15 @@
 //! (X-Wing, draft-ietf-hpke-pq), KDF HKDF-SHA256, AEAD ChaCha20Poly1305,
 //! `info = "age-encryption.org/mlkem768x25519"`, empty `aad`.
 //!
-//! No primitive is implemented here: HPKE comes from the `hpke` crate, X-Wing (ML-KEM-768 and
-//! X25519) from RustCrypto's `x-wing`, `ml-kem` and `x25519-dalek`.
+//! HPKE (its key schedule and AEAD) comes from the `hpke` crate, ML-KEM-768 from RustCrypto's
+//! `ml-kem`, X25519 from `x25519-dalek`, SHAKE256 and SHA3-256 from `shake` and `sha3`. Wrapping
+//! uses `hpke`'s own X-Wing KEM. Unwrapping uses [`ExpandedXWing`], the same KEM for `hpke` with
+//! the identity's keys expanded once: `hpke`'s X-Wing private key is the 32-byte seed and
+//! `x-wing` 0.1 re-derives the ML-KEM-768 and X25519 keys from it (an ML-KEM key generation and
+//! an X25519 base-point multiplication) on every decapsulation. The only X-Wing code written
+//! here is the seed expansion and the SHA3-256 combiner of draft-connolly-cfrg-xwing-kem-06,
+//! a few lines each; unit tests check them against `x-wing` and `hpke`, and the CCTV vectors
+//! check the whole.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,13 +21,18 @@ use base64::Engine as _;
 use bech32::primitives::decode::CheckedHrpstring;
 use bech32::{Bech32, Checksum, Hrp};
 use hpke::aead::{AeadTag, ChaCha20Poly1305};
+use hpke::hybrid_array::typenum::{U32, Unsigned};
 use hpke::inout::InOutBuf;
 use hpke::kdf::HkdfSha256;
-use hpke::kem::XWing;
-use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use hpke::kem::{SharedSecret, XWing};
+use hpke::rand_core::CryptoRng;
+use hpke::{Deserializable, HpkeError, Kem as _, OpModeR, OpModeS, Serializable};
+use ml_kem::{Decapsulate as _, KeyExport as _, ml_kem_768};
 use rand::RngCore;
 use rand::rngs::OsRng;
-use x_wing::TryDecapsulate;
+use sha3::{Digest as _, Sha3_256};
+use shake::{ExtendableOutput as _, Shake256, Update as _, XofReader as _};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::b64::UNPADDED;
@@ -38,19 +50,210 @@ const IDENTITY_HRP: &str = "AGE-SECRET-KEY-PQ-";
 const SEED_LEN: usize = 32;
 /// The recipient: an ML-KEM-768 encapsulation key (1184 bytes) then an X25519 key (32 bytes).
 const RECIPIENT_LEN: usize = 1216;
+/// The ML-KEM-768 encapsulation key, the first part of the recipient.
+const MLKEM_EK_LEN: usize = 1184;
 /// The HPKE encapsulated key `enc`: ML-KEM-768 ciphertext (1088 bytes) then an X25519 share.
 const ENC_LEN: usize = 1120;
+/// The ML-KEM-768 ciphertext, the first part of `enc`.
+const MLKEM_CT_LEN: usize = 1088;
 /// Canonical unpadded base64 of 1120 bytes.
 const ENC_B64_LEN: usize = 1494;
 /// The stanza body: the 16-byte file key and the 16-byte Poly1305 tag.
 const BODY_LEN: usize = FILE_KEY_LEN + 16;
+/// X-Wing's `XWingLabel`, the last input of its combiner (draft-connolly-cfrg-xwing-kem-06):
+/// the ASCII characters `\.//^\`.
+const XWING_LABEL: &[u8; 6] = br"\.//^\";
 
-type Kem = XWing;
 type Kdf = HkdfSha256;
 type Aead = ChaCha20Poly1305;
-type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
-type PublicKey = <Kem as hpke::Kem>::PublicKey;
-type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
+type PublicKey = <XWing as hpke::Kem>::PublicKey;
+type EncappedKey = <XWing as hpke::Kem>::EncappedKey;
+
+/// The X-Wing KEM of `hpke` (same `KEM_ID`, keys, `enc` and shared secret as [`XWing`]), whose
+/// private key is kept expanded ([`ExpandedKey`]) so that a decapsulation is one ML-KEM-768
+/// decapsulation, one X25519 and one SHA3-256, and that refuses a non-contributory X25519 share
+/// before anything else. `hpke` then runs its own RFC 9180 key schedule and AEAD on the shared
+/// secret. Encapsulation is [`XWing`]'s.
+///
+/// `hpke::Kem` is a public trait, but `Kem::decap` and `SharedSecret` are `#[doc(hidden)]`: an
+/// `hpke` release that changes them breaks the build here (never behaviour: the CCTV vectors and
+/// the unit tests below pin the results).
+#[derive(Debug)]
+enum ExpandedXWing {}
+
+/// An X-Wing private key (the 32-byte seed, which is what serializes) with the keys that
+/// `expandDecapsulationKey` derives from it. Every secret is wiped on drop: the seed by
+/// [`Zeroizing`], the ML-KEM-768 key by `ml-kem` (feature `zeroize`), the X25519 key by
+/// `x25519-dalek` (feature `zeroize`).
+#[derive(Clone)]
+struct ExpandedKey {
+    seed: Zeroizing<[u8; SEED_LEN]>,
+    mlkem: ml_kem_768::DecapsulationKey,
+    x25519: x25519_dalek_3::StaticSecret,
+    x25519_public: x25519_dalek_3::PublicKey,
+}
+
+impl ExpandedKey {
+    /// draft-connolly-cfrg-xwing-kem-06, `expandDecapsulationKey(sk)`:
+    ///
+    /// ```text
+    /// expanded = SHAKE256(sk, 96)
+    /// (pk_M, sk_M) = ML-KEM-768.KeyGen_internal(expanded[0:32], expanded[32:64])
+    /// sk_X = expanded[64:96]
+    /// pk_X = X25519(sk_X, X25519_BASE)
+    /// ```
+    fn from_seed(seed: &[u8; SEED_LEN]) -> Self {
+        let mut expanded = Zeroizing::new([0u8; 96]);
+        let mut xof = Shake256::default();
+        xof.update(&seed[..]);
+        xof.finalize_xof().read(&mut expanded[..]);
+        // `KeyGen_internal(d, z)` with `d || z` = `expanded[0:64]`, ML-KEM's 64-byte seed form.
+        let mut mlkem_seed = ml_kem::Seed::default();
+        mlkem_seed.copy_from_slice(&expanded[..64]);
+        let mlkem = ml_kem_768::DecapsulationKey::from_seed(mlkem_seed);
+        mlkem_seed.as_mut_slice().zeroize();
+        let mut x25519_seed = Zeroizing::new([0u8; 32]);
+        x25519_seed.copy_from_slice(&expanded[64..]);
+        let x25519 = x25519_dalek_3::StaticSecret::from(*x25519_seed);
+        let x25519_public = x25519_dalek_3::PublicKey::from(&x25519);
+        Self {
+            seed: Zeroizing::new(*seed),
+            mlkem,
+            x25519,
+            x25519_public,
+        }
+    }
+
+    /// The X-Wing public key `pk_M || pk_X` (`PrivateKeyToPublicKey`).
+    fn public_bytes(&self) -> Box<[u8; RECIPIENT_LEN]> {
+        let mut bytes = Box::new([0u8; RECIPIENT_LEN]);
+        bytes[..MLKEM_EK_LEN].copy_from_slice(&self.mlkem.encapsulation_key().to_bytes());
+        bytes[MLKEM_EK_LEN..].copy_from_slice(self.x25519_public.as_bytes());
+        bytes
+    }
+
+    /// draft-connolly-cfrg-xwing-kem-06, `Decapsulate(ct, sk)` with the keys already expanded,
+    /// and `Combiner(ss_M, ss_X, ct_X, pk_X) = SHA3-256(ss_M || ss_X || ct_X || pk_X ||
+    /// XWingLabel)`:
+    ///
+    /// ```text
+    /// ct_M = ct[0:1088]
+    /// ct_X = ct[1088:1120]
+    /// ss_M = ML-KEM-768.Decaps(sk_M, ct_M)
+    /// ss_X = X25519(sk_X, ct_X)
+    /// return Combiner(ss_M, ss_X, ct_X, pk_X)
+    /// ```
+    ///
+    /// The X25519 half is computed first (the result does not depend on the order) so that it
+    /// returns `None`, before any other work, when `ss_X` is all zeros (a low-order `ct_X`):
+    /// RFC 7748 §6.1's optional check, which age's reference implementation and the CCTV
+    /// vectors make, as `x-wing`'s `DecapsulationKeyRejectNonContrib` does.
+    fn decapsulate(&self, ct: &[u8; ENC_LEN]) -> Option<Zeroizing<[u8; 32]>> {
+        let (ct_m, ct_x) = ct.split_at(MLKEM_CT_LEN);
+        let mut share = [0u8; 32];
+        share.copy_from_slice(ct_x);
+        let ss_x = self
+            .x25519
+            .diffie_hellman(&x25519_dalek_3::PublicKey::from(share));
+        if !ss_x.was_contributory() {
+            return None;
+        }
+        let mut ct_m_array = ml_kem_768::Ciphertext::default();
+        ct_m_array.copy_from_slice(ct_m);
+        let mut ss_m = self.mlkem.decapsulate(&ct_m_array);
+        let mut combined = Sha3_256::new()
+            .chain_update(&ss_m[..])
+            .chain_update(ss_x.as_bytes())
+            .chain_update(share)
+            .chain_update(self.x25519_public.as_bytes())
+            .chain_update(XWING_LABEL)
+            .finalize();
+        ss_m.as_mut_slice().zeroize();
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&combined[..]);
+        combined.as_mut_slice().zeroize();
+        Some(out)
+    }
+}
+
+impl ConstantTimeEq for ExpandedKey {
+    fn ct_eq(&self, other: &Self) -> Choice {
+        // Everything else is derived from the seed.
+        self.seed[..].ct_eq(&other.seed[..])
+    }
+}
+
+impl Serializable for ExpandedKey {
+    /// `Nsk` = 32: the seed, as for [`XWing`].
+    type OutputSize = U32;
+
+    fn write_exact(&self, buf: &mut [u8]) {
+        // The trait's contract: panic on a wrong length.
+        assert_eq!(buf.len(), SEED_LEN, "X-Wing private key length");
+        buf.copy_from_slice(&self.seed[..]);
+    }
+}
+
+impl Deserializable for ExpandedKey {
+    fn from_bytes(encoded: &[u8]) -> Result<Self, HpkeError> {
+        let seed: &[u8; SEED_LEN] = encoded
+            .try_into()
+            .map_err(|_| HpkeError::IncorrectInputLength(Self::OutputSize::USIZE, encoded.len()))?;
+        Ok(Self::from_seed(seed))
+    }
+}
+
+impl hpke::Kem for ExpandedXWing {
+    type PublicKey = PublicKey;
+    type PrivateKey = ExpandedKey;
+    type EncappedKey = EncappedKey;
+    type NSecret = <XWing as hpke::Kem>::NSecret;
+    const KEM_ID: u16 = <XWing as hpke::Kem>::KEM_ID;
+
+    fn sk_to_pk(sk: &ExpandedKey) -> PublicKey {
+        // Invariant: an ML-KEM key generated from a seed passes FIPS 203's modulus check.
+        #[allow(clippy::expect_used)]
+        PublicKey::from_bytes(&sk.public_bytes()[..]).expect("a generated X-Wing public key")
+    }
+
+    fn derive_keypair(ikm: &[u8]) -> (ExpandedKey, PublicKey) {
+        let (sk, pk) = XWing::derive_keypair(ikm);
+        let mut seed = Zeroizing::new([0u8; SEED_LEN]);
+        sk.write_exact(&mut seed[..]);
+        (ExpandedKey::from_seed(&seed), pk)
+    }
+
+    fn decap(
+        sk_recip: &ExpandedKey,
+        pk_sender_id: Option<&PublicKey>,
+        encapped_key: &EncappedKey,
+    ) -> Result<SharedSecret<Self>, HpkeError> {
+        // X-Wing has no authenticated mode.
+        if pk_sender_id.is_some() {
+            return Err(HpkeError::DecapError);
+        }
+        let mut ct = [0u8; ENC_LEN];
+        encapped_key.write_exact(&mut ct[..]);
+        let ss = sk_recip.decapsulate(&ct).ok_or(HpkeError::DecapError)?;
+        let mut shared = SharedSecret::<Self>::default();
+        shared.0.copy_from_slice(&ss[..]);
+        Ok(shared)
+    }
+
+    fn encap_with_rng(
+        pk_recip: &PublicKey,
+        sender_id_keypair: Option<(&ExpandedKey, &PublicKey)>,
+        csprng: &mut impl CryptoRng,
+    ) -> Result<(SharedSecret<Self>, EncappedKey), HpkeError> {
+        if sender_id_keypair.is_some() {
+            return Err(HpkeError::EncapError);
+        }
+        let (ss, enc) = XWing::encap_with_rng(pk_recip, None, csprng)?;
+        let mut shared = SharedSecret::<Self>::default();
+        shared.0.copy_from_slice(&ss.0[..]);
+        Ok((shared, enc))
+    }
+}
 
 /// The Bech32 checksum of BIP 173 (the same generator and residue as [`Bech32`], not Bech32m)
 /// without BIP 173's length limit: age encodes the 1216-byte hybrid recipient as a ~1960
@@ -73,17 +276,15 @@ pub struct HybridRecipient {
     key: Box<PublicKey>,
 }
 
-/// A hybrid post-quantum identity (`AGE-SECRET-KEY-PQ-1…`): a 32-byte X-Wing seed. Never
-/// printed; wiped on drop (the seed here, the expanded keys by `hpke`/`x-wing`).
+/// A hybrid post-quantum identity (`AGE-SECRET-KEY-PQ-1…`): a 32-byte X-Wing seed, kept with
+/// the ML-KEM-768 and X25519 keys it expands to (derived once, here, rather than at every
+/// decapsulation). Never printed; wiped on drop.
 #[derive(Clone)]
 pub struct HybridIdentity(Box<IdentityKeys>);
 
 #[derive(Clone)]
 struct IdentityKeys {
-    seed: Zeroizing<[u8; SEED_LEN]>,
-    key: PrivateKey,
-    /// The same key in `x-wing`'s form that refuses an all-zero X25519 shared secret.
-    strict: x_wing::DecapsulationKeyRejectNonContrib,
+    key: ExpandedKey,
     public: HybridRecipient,
 }
 
@@ -92,22 +293,19 @@ impl HybridIdentity {
     pub fn generate() -> Self {
         let mut seed = Zeroizing::new([0u8; SEED_LEN]);
         OsRng.fill_bytes(&mut seed[..]);
-        Self::from_seed(*seed)
+        Self::from_seed_ref(&seed)
     }
 
     /// The identity of a 32-byte seed (test vectors and deterministic fixtures).
     pub fn from_seed(seed: [u8; SEED_LEN]) -> Self {
         let seed = Zeroizing::new(seed);
-        // Invariant: hpke's X-Wing private key is any 32-byte string.
-        #[allow(clippy::expect_used)]
-        let key = PrivateKey::from_bytes(&seed[..]).expect("a 32-byte X-Wing seed");
-        let public = recipient_from_key(Kem::sk_to_pk(&key));
-        Self(Box::new(IdentityKeys {
-            strict: x_wing::DecapsulationKeyRejectNonContrib::from(*seed),
-            seed,
-            key,
-            public,
-        }))
+        Self::from_seed_ref(&seed)
+    }
+
+    fn from_seed_ref(seed: &[u8; SEED_LEN]) -> Self {
+        let key = ExpandedKey::from_seed(seed);
+        let public = recipient_from_key(ExpandedXWing::sk_to_pk(&key));
+        Self(Box::new(IdentityKeys { key, public }))
     }
 
     /// The matching recipient (`PrivateKeyToPublicKey` of X-Wing).
@@ -117,7 +315,7 @@ impl HybridIdentity {
 
     /// The Bech32 encoding, `AGE-SECRET-KEY-PQ-1…`. The result is zeroized on drop.
     pub fn to_secret_string(&self) -> Zeroizing<String> {
-        let mut lower = bech32_encode(IDENTITY_HRP, &self.0.seed[..]);
+        let mut lower = bech32_encode(IDENTITY_HRP, &self.0.key.seed[..]);
         let upper = Zeroizing::new(lower.to_uppercase());
         lower.zeroize();
         upper
@@ -131,30 +329,28 @@ impl HybridIdentity {
     pub(crate) fn unwrap(&self, stanzas: &[Stanza]) -> Result<Option<FileKey>, HeaderError> {
         for stanza in stanzas.iter().filter(|s| s.tag == STANZA_TAG) {
             let enc_bytes = parse_stanza(stanza)?;
-            // RFC 7748 §6.1 / x-wing: refuse non-contributory X25519 (low-order share), as
-            // age's reference implementation and the CCTV vectors do.
-            let ct = x_wing::Ciphertext::try_from(&enc_bytes[..])
-                .map_err(|_| HeaderError::InvalidHybridStanza)?;
-            match self.0.strict.try_decapsulate(&ct) {
-                Ok(mut ss) => ss.as_mut_slice().zeroize(),
-                Err(_) => return Err(HeaderError::LowOrderShare),
-            }
             let enc = EncappedKey::from_bytes(&enc_bytes[..])
                 .map_err(|_| HeaderError::InvalidHybridStanza)?;
             let tag = AeadTag::<Aead>::from_bytes(&stanza.body[FILE_KEY_LEN..])
                 .map_err(|_| HeaderError::InvalidHybridStanza)?;
-            let mut buf = Zeroizing::new([0u8; FILE_KEY_LEN]);
-            buf.copy_from_slice(&stanza.body[..FILE_KEY_LEN]);
-            let opened = hpke::single_shot_open_inout_detached::<Aead, Kdf, Kem>(
+            // One X-Wing decapsulation with the expanded keys, then RFC 9180's key schedule.
+            // Decapsulation is the only step of `setup_receiver` that can fail, and
+            // `ExpandedXWing` fails it only when the X25519 half of `enc` is non-contributory
+            // (RFC 7748 §6.1), checked before the ML-KEM half or any key is computed: refused, as
+            // age's reference implementation and the CCTV vectors do.
+            let mut ctx = hpke::setup_receiver::<Aead, Kdf, ExpandedXWing>(
                 &OpModeR::Base,
                 &self.0.key,
                 &enc,
                 INFO,
-                InOutBuf::from(&mut buf[..]),
-                b"",
-                &tag,
-            );
-            if opened.is_ok() {
+            )
+            .map_err(|_| HeaderError::LowOrderShare)?;
+            let mut buf = Zeroizing::new([0u8; FILE_KEY_LEN]);
+            buf.copy_from_slice(&stanza.body[..FILE_KEY_LEN]);
+            if ctx
+                .open_inout_detached(InOutBuf::from(&mut buf[..]), b"", &tag)
+                .is_ok()
+            {
                 return Ok(Some(FileKey::from_bytes(*buf)));
             }
         }
@@ -198,7 +394,7 @@ impl HybridRecipient {
     /// Wraps `file_key` to this recipient in a fresh `mlkem768x25519` stanza (HPKE SealBase).
     pub(crate) fn wrap(&self, file_key: &FileKey) -> Option<Stanza> {
         let mut buf = Zeroizing::new(*file_key.expose_secret());
-        let (enc, tag) = hpke::single_shot_seal_inout_detached::<Aead, Kdf, Kem>(
+        let (enc, tag) = hpke::single_shot_seal_inout_detached::<Aead, Kdf, XWing>(
             &OpModeS::Base,
             &self.key,
             INFO,
@@ -371,6 +567,131 @@ mod tests {
         assert_eq!(got.expect("matches").expose_secret(), fk.expose_secret());
         let other = HybridIdentity::generate();
         assert!(other.unwrap(&[stanza]).expect("ok").is_none());
+    }
+
+    /// Seeds for the cross-checks: fixed ones and fresh random ones.
+    fn seeds() -> Vec<[u8; SEED_LEN]> {
+        let mut seeds = vec![[0u8; SEED_LEN], [0xff; SEED_LEN]];
+        for _ in 0..6 {
+            let mut s = [0u8; SEED_LEN];
+            OsRng.fill_bytes(&mut s);
+            seeds.push(s);
+        }
+        seeds
+    }
+
+    /// `expandDecapsulationKey` as written here gives the public key of `hpke`'s and of
+    /// `x-wing`'s X-Wing for the same seed.
+    #[test]
+    fn expanded_key_matches_hpke_and_x_wing() {
+        use x_wing::{Decapsulator as _, KeyExport as _};
+        for seed in seeds() {
+            let ours = ExpandedKey::from_seed(&seed);
+            let hpke_sk = <XWing as hpke::Kem>::PrivateKey::from_bytes(&seed).expect("seed");
+            let theirs = XWing::sk_to_pk(&hpke_sk).to_bytes();
+            assert_eq!(ours.public_bytes()[..], theirs[..]);
+            let x_wing_pk = x_wing::DecapsulationKey::from(seed)
+                .encapsulation_key()
+                .to_bytes();
+            assert_eq!(ours.public_bytes()[..], x_wing_pk[..]);
+            assert_eq!(ExpandedXWing::sk_to_pk(&ours).to_bytes()[..], theirs[..]);
+            // Serialization is the seed, as for `XWing`.
+            assert_eq!(ours.to_bytes()[..], hpke_sk.to_bytes()[..]);
+            let back = ExpandedKey::from_bytes(&ours.to_bytes()).expect("32 bytes");
+            assert!(bool::from(back.ct_eq(&ours)));
+            assert!(ExpandedKey::from_bytes(&seed[1..]).is_err());
+        }
+    }
+
+    /// The decapsulation written here gives the shared secret of `hpke`'s encapsulation and of
+    /// `x-wing`'s decapsulation, for honest ciphertexts and for tampered ones (ML-KEM's
+    /// implicit rejection, another X25519 share), and refuses exactly what `x-wing`'s
+    /// `DecapsulationKeyRejectNonContrib` refuses.
+    #[test]
+    fn decapsulation_matches_hpke_and_x_wing() {
+        use x_wing::{Decapsulate as _, TryDecapsulate as _};
+        for seed in seeds() {
+            let ours = ExpandedKey::from_seed(&seed);
+            let reference = x_wing::DecapsulationKey::from(seed);
+            let strict = x_wing::DecapsulationKeyRejectNonContrib::from(seed);
+            let pk = ExpandedXWing::sk_to_pk(&ours);
+            let (ss, enc) = XWing::encap(&pk, None).expect("encapsulates");
+            let mut ct = [0u8; ENC_LEN];
+            ct.copy_from_slice(&enc.to_bytes());
+            let got = ours.decapsulate(&ct).expect("contributory");
+            assert_eq!(got[..], ss.0[..]);
+            // Through hpke's `Kem` interface too.
+            let via_kem = ExpandedXWing::decap(&ours, None, &enc).expect("decapsulates");
+            assert_eq!(via_kem.0[..], ss.0[..]);
+
+            let mut tampered_m = ct;
+            tampered_m[7] ^= 0x40;
+            let mut tampered_x = ct;
+            tampered_x[MLKEM_CT_LEN + 3] ^= 0x01;
+            for c in [ct, tampered_m, tampered_x] {
+                let x_ct = x_wing::Ciphertext::try_from(&c[..]).expect("1120 bytes");
+                let want = reference.decapsulate(&x_ct);
+                let got = ours.decapsulate(&c).expect("contributory");
+                assert_eq!(got[..], want[..]);
+                assert_eq!(
+                    strict.try_decapsulate(&x_ct).expect("contributory")[..],
+                    want[..]
+                );
+            }
+
+            // Low-order X25519 shares (RFC 7748 §6.1): 0, 1, and a point of order 8.
+            let mut order_8 = [0u8; 32];
+            hex::decode_to_slice(
+                "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+                &mut order_8,
+            )
+            .expect("hex");
+            let mut one = [0u8; 32];
+            one[0] = 1;
+            for share in [[0u8; 32], one, order_8] {
+                let mut low = ct;
+                low[MLKEM_CT_LEN..].copy_from_slice(&share);
+                assert!(ours.decapsulate(&low).is_none());
+                let x_ct = x_wing::Ciphertext::try_from(&low[..]).expect("1120 bytes");
+                assert!(strict.try_decapsulate(&x_ct).is_err());
+                let enc = EncappedKey::from_bytes(&low).expect("1120 bytes");
+                assert!(matches!(
+                    ExpandedXWing::decap(&ours, None, &enc),
+                    Err(HpkeError::DecapError)
+                ));
+            }
+        }
+    }
+
+    /// `ExpandedXWing` is interchangeable with `XWing` in HPKE, both ways.
+    #[test]
+    fn expanded_kem_interoperates_with_hpke_x_wing() {
+        let (sk, pk) = ExpandedXWing::derive_keypair(b"some input keying material");
+        let (xsk, xpk) = XWing::derive_keypair(b"some input keying material");
+        assert_eq!(pk.to_bytes(), xpk.to_bytes());
+        assert_eq!(sk.to_bytes(), xsk.to_bytes());
+        let msg = b"sixteen byte key";
+        let (enc, ct) =
+            hpke::single_shot_seal::<Aead, Kdf, ExpandedXWing>(&OpModeS::Base, &pk, INFO, msg, b"")
+                .expect("seals");
+        let xenc = EncappedKey::from_bytes(&enc.to_bytes()).expect("enc");
+        let opened =
+            hpke::single_shot_open::<Aead, Kdf, XWing>(&OpModeR::Base, &xsk, &xenc, INFO, &ct, b"")
+                .expect("XWing opens what ExpandedXWing sealed");
+        assert_eq!(&opened[..], msg);
+        let (enc, ct) =
+            hpke::single_shot_seal::<Aead, Kdf, XWing>(&OpModeS::Base, &xpk, INFO, msg, b"")
+                .expect("seals");
+        let opened = hpke::single_shot_open::<Aead, Kdf, ExpandedXWing>(
+            &OpModeR::Base,
+            &sk,
+            &enc,
+            INFO,
+            &ct,
+            b"",
+        )
+        .expect("ExpandedXWing opens what XWing sealed");
+        assert_eq!(&opened[..], msg);
     }
 
     #[test]
