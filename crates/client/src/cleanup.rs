@@ -8,36 +8,39 @@
 //! (`crates/cli/cleanup.rs` does). Anything a killed process leaves behind anyway (SIGKILL, power
 //! loss) is swept by the next `fetch` into the same directory (`docs/cli.md` "Receiving").
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static PENDING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn pending() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Registers a temporary file for removal on interrupt.
 pub fn register(path: &Path) {
-    PENDING
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(path.to_owned());
+    pending()
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_owned());
 }
 
 /// Runs `f` (which publishes or removes `path`) with the registry locked, then forgets `path`,
 /// so that [`remove_registered`] can never remove a file that was just published.
 pub fn unregister_with<T>(path: &Path, f: impl FnOnce() -> T) -> T {
-    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut pending = pending();
     let out = f();
-    if let Some(k) = pending.iter().rposition(|p| p == path) {
-        pending.swap_remove(k);
+    if let Some(set) = pending.as_mut() {
+        set.remove(path);
     }
     out
 }
 
-/// Removes every registered file and returns how many there were. The registry stays locked
-/// afterwards for as long as the returned guard lives: call it last, just before exiting, so
-/// that no file is published after it ran.
+/// Removes every registered file. The registry stays locked for as long as the returned guard
+/// lives: call it last, just before exiting, so that no file is published after it ran.
 pub fn remove_registered() -> RemovedGuard {
-    let pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    for p in pending.iter() {
+    let pending = pending();
+    for p in pending.iter().flatten() {
         let _ = std::fs::remove_file(p);
     }
     RemovedGuard { pending }
@@ -47,12 +50,12 @@ pub fn remove_registered() -> RemovedGuard {
 /// its final name) while it lives.
 #[derive(Debug)]
 pub struct RemovedGuard {
-    pending: std::sync::MutexGuard<'static, Vec<PathBuf>>,
+    pending: MutexGuard<'static, Option<HashSet<PathBuf>>>,
 }
 
 impl RemovedGuard {
     /// How many files were registered (and removed).
     pub fn removed(&self) -> usize {
-        self.pending.len()
+        self.pending.as_ref().map_or(0, HashSet::len)
     }
 }

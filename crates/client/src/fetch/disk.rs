@@ -104,18 +104,85 @@ fn parse_partial_name(name: &str) -> Option<(String, usize, [u8; 16])> {
 }
 
 /// A partial plaintext file being written. Dropped unpublished, it is removed unless it is
-/// kept for a resume (large files, on any failure but an integrity one).
+/// kept for a resume (large files, on any failure but an integrity one). Closed once written
+/// (a verified file waits for its batch without an open descriptor).
 #[derive(Debug)]
 pub(super) struct PartialFile {
     pub(super) path: PathBuf,
-    pub(super) file: File,
+    file: Option<File>,
     pub(super) keep: bool,
     /// Registered for removal on interrupt ([`crate::cleanup`]): files that are not resumable.
-    pub(super) registered: bool,
+    registered: bool,
+}
+
+impl PartialFile {
+    /// An earlier run's partial, opened for a resume (kept on failure, not registered).
+    pub(super) fn resumed(path: PathBuf, file: File) -> Self {
+        Self {
+            path,
+            file: Some(file),
+            keep: true,
+            registered: false,
+        }
+    }
+
+    /// The open file.
+    pub(super) fn file(&mut self) -> io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("partial file already closed"))
+    }
+
+    /// Closes the file; its data stays in the page cache until the batch makes it durable.
+    pub(super) fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// Renames the (durable, verified) partial to its final name: never over an existing file
+    /// without `force` (exit 8). Done with the interrupt registry locked, so that an interrupt
+    /// never removes a file that was just published.
+    pub(super) fn publish(&mut self, dest: &Path, force: bool) -> Result<()> {
+        let path = self.path.clone();
+        let rename = || {
+            let tp = tempfile::TempPath::try_from_path(&path)?;
+            let r = if force {
+                tp.persist(dest)
+            } else {
+                tp.persist_noclobber(dest)
+            };
+            // Our own guard decides what happens to the partial on failure.
+            r.map_err(|e| {
+                let _ = e.path.keep();
+                e.error
+            })
+        };
+        let r = if self.registered {
+            cleanup::unregister_with(&path, rename)
+        } else {
+            rename()
+        };
+        match r {
+            Ok(()) => {
+                self.keep = true;
+                self.registered = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.keep = false;
+                let kind = if e.kind() == io::ErrorKind::AlreadyExists {
+                    ErrorKind::Safety
+                } else {
+                    ErrorKind::Storage
+                };
+                Err(Error::new(kind, format!("cannot create {}", dest.display())).source(e))
+            }
+        }
+    }
 }
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
+        self.file = None;
         if self.keep {
             return;
         }
@@ -142,6 +209,11 @@ pub(super) fn create_partial(dir: &Path, name: &str, resumable: bool) -> Result<
             .mode(0o600)
             .open(&path)
     };
+    // Registered before it exists: an interrupt between the creation and the registration
+    // would leave it behind.
+    if !resumable {
+        cleanup::register(&path);
+    }
     let file = match open() {
         // Left by a run killed after the sweep: ours by its name, stale by definition.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -149,17 +221,21 @@ pub(super) fn create_partial(dir: &Path, name: &str, resumable: bool) -> Result<
             open()
         }
         r => r,
+    };
+    match file {
+        Ok(file) => Ok(PartialFile {
+            path,
+            file: Some(file),
+            keep: false,
+            registered: !resumable,
+        }),
+        Err(e) => {
+            if !resumable {
+                cleanup::unregister_with(&path, || ());
+            }
+            Err(io("creating", &path, e))
+        }
     }
-    .map_err(|e| io("creating", &path, e))?;
-    if !resumable {
-        cleanup::register(&path);
-    }
-    Ok(PartialFile {
-        path,
-        file,
-        keep: false,
-        registered: !resumable,
-    })
 }
 
 /// Opens an earlier run's partial for a resume: a regular file, and still the one the sweep
@@ -176,46 +252,6 @@ pub(super) fn open_partial(p: &Path) -> io::Result<File> {
         return Err(io::Error::other("replaced while being opened"));
     }
     Ok(f)
-}
-
-/// fsyncs a verified partial once and renames it to its final name: never over an existing
-/// file without `force` (exit 8).
-pub(super) fn publish(pf: &mut PartialFile, dest: &Path, force: bool) -> Result<()> {
-    pf.file.sync_all().map_err(|e| io("syncing", &pf.path, e))?;
-    let rename = || {
-        let tp = tempfile::TempPath::try_from_path(&pf.path)?;
-        let r = if force {
-            tp.persist(dest)
-        } else {
-            tp.persist_noclobber(dest)
-        };
-        // Our own guard decides what happens to the partial on failure.
-        r.map_err(|e| {
-            let _ = e.path.keep();
-            e.error
-        })
-    };
-    let r = if pf.registered {
-        cleanup::unregister_with(&pf.path, rename)
-    } else {
-        rename()
-    };
-    match r {
-        Ok(()) => {
-            pf.keep = true;
-            pf.registered = false;
-            Ok(())
-        }
-        Err(e) => {
-            pf.keep = false;
-            let kind = if e.kind() == io::ErrorKind::AlreadyExists {
-                ErrorKind::Safety
-            } else {
-                ErrorKind::Storage
-            };
-            Err(Error::new(kind, format!("cannot create {}", dest.display())).source(e))
-        }
-    }
 }
 
 /// Removes `.rogatory-partial-*` regular files from the directories the transfer's files go

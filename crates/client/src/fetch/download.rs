@@ -12,9 +12,8 @@ use rogatory_transport::frame::{Fetch, Frame, Object};
 use rogatory_transport::net::Session;
 use sha2::{Digest, Sha256};
 
-use super::disk::{
-    Partial, PartialFile, RESUMABLE, create_partial, open_partial, partial_name, publish,
-};
+use super::batch::Ready;
+use super::disk::{Partial, PartialFile, RESUMABLE, create_partial, open_partial, partial_name};
 use super::opener::{Buffers, Layout, OpenError, Opener};
 use crate::error::{Error, ErrorKind, Result, io, net, refused};
 
@@ -205,11 +204,55 @@ fn new_partial(c: &Ctx, i: usize, id: &[u8; 16], resumable: bool) -> Result<Part
     create_partial(&c.parents[i], &partial_name(c.t, i, id), resumable)
 }
 
-/// Fetches file `i` in one pass (`docs/cli.md` "Receiving"): every RANGE goes through the
-/// [`Opener`] (header MAC, then each chunk authenticated before its plaintext is written and
-/// hashed) into a partial file beside the destination; at the end size and SHA-256 must be
-/// the sealed ones; then fsync and rename, off the async threads.
-pub(super) async fn fetch_file(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<()> {
+/// Downloads small file `i` (at most [`RESUMABLE`] bytes of ciphertext) whole into memory.
+pub(super) async fn download_small(c: &Ctx, i: usize) -> Result<Vec<u8>> {
+    let mut ct = Vec::with_capacity(c.files[i].ciphertext_size.min(RESUMABLE) as usize);
+    request(c, i, 0, 0, |b| {
+        ct.extend_from_slice(b);
+        Ok(())
+    })
+    .await?;
+    Ok(ct)
+}
+
+/// Opens small file `i` from its whole ciphertext `ct`, on a blocking thread (the key unwrap
+/// is the CPU-bound part of a small file): header MAC and file key, every chunk, size and
+/// SHA-256 against the seal; then writes the plaintext to a new partial file beside the
+/// destination (0600, registered for removal on interrupt) and closes it, ready for a batch.
+pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Ready> {
+    let f = &c.files[i];
+    let t = c.t;
+    let layout = Layout::new(f.size, f.ciphertext_size)
+        .ok_or_else(|| integrity(t, f, "has sizes in the manifest that no age file has"))?;
+    let mut bufs = Buffers::new();
+    let mut op = Opener::new(layout, &mut bufs);
+    let n = op.push_head(ct);
+    let id = op
+        .open_head(&c.age)
+        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+    let mut plain = Vec::with_capacity(f.size.min(RESUMABLE) as usize);
+    let done = op
+        .push_payload(&ct[n..], &mut plain)
+        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+    op.finish(&f.sha256)
+        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+    let mut pf = new_partial(c, i, &id, false)?;
+    let path = pf.path.clone();
+    pf.file()
+        .and_then(|w| w.write_all(&plain))
+        .map_err(|e| io("writing", &path, e))?;
+    pf.close();
+    c.bytes_done
+        .fetch_add(layout.head + done, Ordering::Relaxed);
+    Ok(Ready { i, pf })
+}
+
+/// Fetches large file `i` in one pass (`docs/cli.md` "Receiving"): every RANGE goes through
+/// the [`Opener`] (header MAC, then each chunk authenticated before its plaintext is written
+/// and hashed) into a partial file beside the destination, resuming from an earlier run's
+/// partial; at the end size and SHA-256 must be the sealed ones, and the closed partial is
+/// ready for a batch.
+pub(super) async fn fetch_large(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<Ready> {
     let f = &c.files[i];
     let t = c.t;
     let layout = Layout::new(f.size, f.ciphertext_size)
@@ -248,12 +291,7 @@ pub(super) async fn fetch_file(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<
                 };
                 match held {
                     Some(file) => {
-                        let mut pf = PartialFile {
-                            path: p.path,
-                            file,
-                            keep: true,
-                            registered: false,
-                        };
+                        let mut pf = PartialFile::resumed(p.path, file);
                         let k = resume_partial(&mut pf, &layout, &mut op)?;
                         credited = layout.chunk_offset(k);
                         resumed_credit = credited;
@@ -296,9 +334,11 @@ pub(super) async fn fetch_file(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<
             let pf = out
                 .as_mut()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "payload before the header"))?;
+            let path = pf.path.clone();
+            let file = pf.file().map_err(|e| io("writing", &path, e))?;
             let n = op
-                .push_payload(b, &mut pf.file)
-                .map_err(|e| open_error(t, f, &pf.path, e))?;
+                .push_payload(b, file)
+                .map_err(|e| open_error(t, f, &path, e))?;
             credited += n;
             c.bytes_done.fetch_add(n, Ordering::Relaxed);
             Ok(())
@@ -333,11 +373,8 @@ pub(super) async fn fetch_file(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<
         let Some(mut pf) = out else {
             return Err(integrity(t, f, "has no header"));
         };
-        let dest = c.output.join(f.path.as_str());
-        let force = c.force;
-        return tokio::task::spawn_blocking(move || publish(&mut pf, &dest, force))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "publishing task").source(e))?;
+        pf.close();
+        return Ok(Ready { i, pf });
     }
 }
 
@@ -347,20 +384,19 @@ pub(super) async fn fetch_file(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<
 fn resume_partial(pf: &mut PartialFile, layout: &Layout, op: &mut Opener<'_>) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
     let p = pf.path.clone();
-    let len = pf.file.metadata().map_err(|e| io("reading", &p, e))?.len();
+    let file = pf.file().map_err(|e| io("reading", &p, e))?;
+    let len = file.metadata().map_err(|e| io("reading", &p, e))?.len();
     let k = layout.kept_chunks(len);
     let keep = Layout::plain_offset(k);
-    pf.file.set_len(keep).map_err(|e| io("truncating", &p, e))?;
-    pf.file
-        .seek(SeekFrom::Start(0))
+    file.set_len(keep).map_err(|e| io("truncating", &p, e))?;
+    file.seek(SeekFrom::Start(0))
         .map_err(|e| io("reading", &p, e))?;
     let mut h = Sha256::new();
     let buf = op.scratch();
     let mut left = keep;
     while left > 0 {
         let want = (buf.len() as u64).min(left) as usize;
-        let n = pf
-            .file
+        let n = file
             .read(&mut buf[..want])
             .map_err(|e| io("reading", &p, e))?;
         if n == 0 {

@@ -5,15 +5,24 @@
 //! seal, publish each file safely inside the output directory, and upload the signed delivery
 //! receipt.
 //!
-//! Files: `opener.rs` opens an age file as it arrives (no I/O); `disk.rs` creates directories,
-//! partial files and publishes them; `download.rs` runs the requests and the workers.
+//! The pipeline of one transfer (`docs/cli.md` "Receiving"): `WORKERS` request streams
+//! download; small files are opened (the hybrid key unwrap is most of their cost) on the
+//! blocking threads, one per core; verified files wait closed in their 0600 partials for the
+//! batcher, which makes a batch durable together (`syncfs`), renames it into place and reports
+//! it; the directories are fsynced once each; only then is the delivery receipt sent.
+//!
+//! Files: `opener.rs` opens an age file as it arrives (no I/O); `download.rs` runs the requests
+//! and opens each file; `disk.rs` creates directories and partial files; `batch.rs` makes
+//! verified files durable in batches and renames them into place.
 
+mod batch;
 mod disk;
 mod download;
 mod opener;
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,7 +40,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result, io, net, refused};
 use crate::events::Event;
 use crate::home::{Home, write_file};
-use disk::{STATE_DIR, fsync_dir, safe_parent, sha256_file, sweep_partials, write_state};
+use disk::{RESUMABLE, STATE_DIR, safe_parent, sha256_file, sweep_partials, write_state};
 use download::{Ctx, small_object};
 use opener::Buffers;
 
@@ -342,37 +351,53 @@ async fn fetch_one(
         resumed: AtomicU64::new(skipped),
     });
 
-    // 6. Every remaining file: download, authenticate, hash and write in one pass, WORKERS
-    //    at a time (one request stream each), fsync and rename (module docs).
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Result<()>)>();
+    // 6. Every remaining file (module docs): WORKERS request streams download, each taking
+    //    the next file as soon as its last one is downloaded. A small file is downloaded whole
+    //    and opened, checked and written on the blocking threads, as many at once as there are
+    //    cores; a large one is opened as it arrives, resuming an earlier partial. Verified files
+    //    go to the batcher, which makes them durable together and renames them into place.
+    let durability = {
+        let parents = ctx.parents.clone();
+        tokio::task::spawn_blocking(move || batch::Durability::open(&parents))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "opening directories").source(e))??
+    };
+    let (ready_tx, ready_rx) = tokio::sync::mpsc::channel::<batch::Ready>(batch::MAX_BATCH);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Vec<usize>>>();
+    let cpu = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..WORKERS.min(ctx.todo.len()) {
-        let (c, tx) = (ctx.clone(), tx.clone());
+        let (c, ready, done, cpu) = (ctx.clone(), ready_tx.clone(), done_tx.clone(), cpu.clone());
         workers.spawn(async move {
-            let mut bufs = Buffers::new();
-            loop {
-                let n = c.next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = c.todo.get(n) else { break };
-                let r = download::fetch_file(&c, i, &mut bufs).await;
-                let failed = r.is_err();
-                if tx.send((i, r)).is_err() || failed {
-                    break;
-                }
+            if let Err(e) = worker(&c, &ready, &done, &cpu).await {
+                let _ = done.send(Err(e));
             }
         });
     }
-    drop(tx);
+    drop(ready_tx);
+    let batcher = {
+        let (c, done) = (ctx.clone(), done_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let dest = |i: usize| c.output.join(c.files[i].path.as_str());
+            batch::run(&dest, c.force, &durability, ready_rx, &done)
+        })
+    };
+    drop(done_tx);
     let mut remaining = ctx.todo.len();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let mut shown = u64::MAX;
     while remaining > 0 {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some((i, Ok(()))) => {
-                    remaining -= 1;
-                    on(&Event::FileDone { path: m.files[i].path.as_str().to_owned() });
+            msg = done_rx.recv() => match msg {
+                Some(Ok(published)) => {
+                    for i in published {
+                        remaining = remaining.saturating_sub(1);
+                        on(&Event::FileDone { path: m.files[i].path.as_str().to_owned() });
+                    }
                 }
-                Some((_, Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(e),
                 None => return Err(Error::new(ErrorKind::Internal, "fetch workers stopped early")),
             },
             _ = tick.tick() => {
@@ -385,6 +410,9 @@ async fn fetch_one(
         }
     }
     drop(workers);
+    batcher
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "the batcher failed").source(e))?;
     if shown != total {
         on(&Event::Progress {
             bytes_done: total,
@@ -392,9 +420,14 @@ async fn fetch_one(
         });
     }
     // Directory entries are made durable once per directory, before the delivery receipt.
-    let dirs: std::collections::BTreeSet<&PathBuf> = ctx.parents.iter().collect();
-    for d in dirs {
-        fsync_dir(d)?;
+    {
+        let dirs: BTreeSet<PathBuf> = ctx.parents.iter().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+            batch::sync_dirs(&dirs)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "syncing directories").source(e))??;
     }
 
     // 7. The signed delivery receipt, logged by the relay and kept here.
@@ -450,6 +483,47 @@ async fn fetch_one(
         output: output.clone(),
         receipt: rpath,
     })
+}
+
+/// One request stream's loop: takes the next file until none is left (step 6 of [`fetch_one`]).
+/// A small file's opening is handed to a blocking thread once a core is free (`cpu`), and the
+/// stream moves on to the next download.
+async fn worker(
+    c: &Arc<Ctx>,
+    ready: &tokio::sync::mpsc::Sender<batch::Ready>,
+    done: &tokio::sync::mpsc::UnboundedSender<Result<Vec<usize>>>,
+    cpu: &Arc<tokio::sync::Semaphore>,
+) -> Result<()> {
+    let mut bufs = Buffers::new();
+    let stopped = || Error::new(ErrorKind::Internal, "the batcher stopped");
+    loop {
+        let n = c.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&i) = c.todo.get(n) else {
+            return Ok(());
+        };
+        if c.files[i].ciphertext_size > RESUMABLE {
+            let r = download::fetch_large(c, i, &mut bufs).await?;
+            ready.send(r).await.map_err(|_| stopped())?;
+            continue;
+        }
+        let ct = download::download_small(c, i).await?;
+        let permit = cpu.clone().acquire_owned().await.map_err(|_| stopped())?;
+        let (c, ready, done) = (c.clone(), ready.clone(), done.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = download::open_small(&c, i, &ct);
+            drop(ct);
+            drop(permit);
+            match r {
+                // A closed batcher has reported why (or the fetch stopped): the partial goes.
+                Ok(r) => {
+                    let _ = ready.blocking_send(r);
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                }
+            }
+        });
+    }
 }
 
 /// A destination that exists and may not be overwritten (exit 8).
