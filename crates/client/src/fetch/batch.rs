@@ -2,8 +2,8 @@
 //! SHA-256 match the seal waits, closed, in its 0600 partial file; the batch it joins is made
 //! durable together, then each file is renamed to its final name. Nothing appears under a final
 //! name before its bytes are durable, and no file waits for an fsync (and a disk cache flush) of
-//! its own: a batch of many files is made durable with one `syncfs` per file system (Linux), a
-//! batch of a few files (or any batch elsewhere) with parallel fsyncs of just its files.
+//! its own: a batch of several files is made durable with one `syncfs` per file system (Linux),
+//! a lone file (or any batch elsewhere) with fsyncs of just its files, several at once.
 //!
 //! Batches form by themselves (group commit): the batcher takes every file that is ready when it
 //! starts a batch, at most [`MAX_BATCH`]; files verified while it syncs go into the next one. So
@@ -21,10 +21,10 @@ use crate::error::{Error, ErrorKind, Result, io};
 /// Files published by one batch at most (and verified files waiting for a batch at most).
 pub(super) const MAX_BATCH: usize = 1024;
 /// Batches of at least this many files are made durable with one `syncfs` per file system
-/// (Linux); smaller ones file by file, so that a few files do not wait for everything else that
-/// is dirty on the file system (a large file arriving, other programs' writes).
+/// (Linux); a lone file with its own fsync, so that it does not wait for everything else that is
+/// dirty on the file system (a large file arriving, other programs' writes).
 #[cfg(target_os = "linux")]
-const SYNCFS_FROM: usize = 32;
+const SYNCFS_FROM: usize = 2;
 
 /// A verified file waiting for its batch: file `i` of the transfer, in its closed partial file.
 #[derive(Debug)]

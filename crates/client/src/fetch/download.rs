@@ -204,9 +204,13 @@ fn new_partial(c: &Ctx, i: usize, id: &[u8; 16], resumable: bool) -> Result<Part
     create_partial(&c.parents[i], &partial_name(c.t, i, id), resumable)
 }
 
-/// Downloads small file `i` (at most [`RESUMABLE`] bytes of ciphertext) whole into memory.
+/// Files with at most this much ciphertext are downloaded whole into memory and opened on the
+/// blocking threads; larger ones are opened as they arrive.
+pub(super) const IN_MEMORY: u64 = 256 << 10;
+
+/// Downloads small file `i` (at most [`IN_MEMORY`] bytes of ciphertext) whole into memory.
 pub(super) async fn download_small(c: &Ctx, i: usize) -> Result<Vec<u8>> {
-    let mut ct = Vec::with_capacity(c.files[i].ciphertext_size.min(RESUMABLE) as usize);
+    let mut ct = Vec::with_capacity(c.files[i].ciphertext_size.min(IN_MEMORY) as usize);
     request(c, i, 0, 0, |b| {
         ct.extend_from_slice(b);
         Ok(())
@@ -215,11 +219,21 @@ pub(super) async fn download_small(c: &Ctx, i: usize) -> Result<Vec<u8>> {
     Ok(ct)
 }
 
-/// Opens small file `i` from its whole ciphertext `ct`, on a blocking thread (the key unwrap
-/// is the CPU-bound part of a small file): header MAC and file key, every chunk, size and
-/// SHA-256 against the seal; then writes the plaintext to a new partial file beside the
-/// destination (0600, registered for removal on interrupt) and closes it, ready for a batch.
-pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Ready> {
+/// A small file opened and verified in memory, not yet written.
+#[derive(Debug)]
+pub(super) struct Opened {
+    i: usize,
+    /// The header id (names the partial file).
+    id: [u8; 16],
+    plain: Vec<u8>,
+    /// Ciphertext bytes authenticated.
+    credit: u64,
+}
+
+/// Opens small file `i` from its whole ciphertext `ct` (the CPU-bound part of a small file, on
+/// a blocking thread): header MAC and file key unwrap, every chunk, size and SHA-256 against
+/// the seal.
+pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Opened> {
     let f = &c.files[i];
     let t = c.t;
     let layout = Layout::new(f.size, f.ciphertext_size)
@@ -230,29 +244,39 @@ pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Ready> {
     let id = op
         .open_head(&c.age)
         .map_err(|e| open_error(t, f, &c.parents[i], e))?;
-    let mut plain = Vec::with_capacity(f.size.min(RESUMABLE) as usize);
+    let mut plain = Vec::with_capacity(f.size.min(IN_MEMORY) as usize);
     let done = op
         .push_payload(&ct[n..], &mut plain)
         .map_err(|e| open_error(t, f, &c.parents[i], e))?;
     op.finish(&f.sha256)
         .map_err(|e| open_error(t, f, &c.parents[i], e))?;
-    let mut pf = new_partial(c, i, &id, false)?;
-    let path = pf.path.clone();
-    pf.file()
-        .and_then(|w| w.write_all(&plain))
-        .map_err(|e| io("writing", &path, e))?;
-    pf.close();
-    c.bytes_done
-        .fetch_add(layout.head + done, Ordering::Relaxed);
-    Ok(Ready { i, pf })
+    Ok(Opened {
+        i,
+        id,
+        plain,
+        credit: layout.head + done,
+    })
 }
 
-/// Fetches large file `i` in one pass (`docs/cli.md` "Receiving"): every RANGE goes through
-/// the [`Opener`] (header MAC, then each chunk authenticated before its plaintext is written
-/// and hashed) into a partial file beside the destination, resuming from an earlier run's
-/// partial; at the end size and SHA-256 must be the sealed ones, and the closed partial is
-/// ready for a batch.
-pub(super) async fn fetch_large(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<Ready> {
+/// Writes an opened small file to a new partial file beside its destination (0600, registered
+/// for removal on interrupt) and closes it, ready for a batch.
+pub(super) fn write_small(c: &Ctx, o: Opened) -> Result<Ready> {
+    let mut pf = new_partial(c, o.i, &o.id, false)?;
+    let path = pf.path.clone();
+    pf.file()
+        .and_then(|w| w.write_all(&o.plain))
+        .map_err(|e| io("writing", &path, e))?;
+    pf.close();
+    c.bytes_done.fetch_add(o.credit, Ordering::Relaxed);
+    Ok(Ready { i: o.i, pf })
+}
+
+/// Fetches file `i` (more than [`IN_MEMORY`] bytes of ciphertext) in one pass (`docs/cli.md`
+/// "Receiving"): every RANGE goes through the [`Opener`] (header MAC, then each chunk
+/// authenticated before its plaintext is written and hashed) into a partial file beside the
+/// destination, resuming from an earlier run's partial if the file is resumable; at the end
+/// size and SHA-256 must be the sealed ones, and the closed partial is ready for a batch.
+pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Result<Ready> {
     let f = &c.files[i];
     let t = c.t;
     let layout = Layout::new(f.size, f.ciphertext_size)

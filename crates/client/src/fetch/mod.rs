@@ -40,7 +40,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result, io, net, refused};
 use crate::events::Event;
 use crate::home::{Home, write_file};
-use disk::{RESUMABLE, STATE_DIR, safe_parent, sha256_file, sweep_partials, write_state};
+use disk::{STATE_DIR, safe_parent, sha256_file, sweep_partials, write_state};
 use download::{Ctx, small_object};
 use opener::Buffers;
 
@@ -49,6 +49,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Files fetched at once, one request stream each: the relay accepts 16 concurrent streams
 /// (`Limits::max_concurrent_bidi_streams`), so small files never wait for a round trip each.
 const WORKERS: usize = 16;
+/// Small files opened or being written on the blocking threads at once: each holds its
+/// ciphertext and plaintext in memory (at most 256 KiB each, `download::IN_MEMORY`).
+const IN_FLIGHT: usize = 16;
 
 /// What to fetch, from where, into where.
 #[derive(Clone, Debug, Default)]
@@ -367,11 +370,13 @@ async fn fetch_one(
     let cpu = Arc::new(tokio::sync::Semaphore::new(
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     ));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..WORKERS.min(ctx.todo.len()) {
-        let (c, ready, done, cpu) = (ctx.clone(), ready_tx.clone(), done_tx.clone(), cpu.clone());
+        let (c, ready, done) = (ctx.clone(), ready_tx.clone(), done_tx.clone());
+        let (cpu, in_flight) = (cpu.clone(), in_flight.clone());
         workers.spawn(async move {
-            if let Err(e) = worker(&c, &ready, &done, &cpu).await {
+            if let Err(e) = worker(&c, &ready, &done, &cpu, &in_flight).await {
                 let _ = done.send(Err(e));
             }
         });
@@ -486,13 +491,15 @@ async fn fetch_one(
 }
 
 /// One request stream's loop: takes the next file until none is left (step 6 of [`fetch_one`]).
-/// A small file's opening is handed to a blocking thread once a core is free (`cpu`), and the
-/// stream moves on to the next download.
+/// A small file is opened on a blocking thread once a core is free (`cpu`) and written there,
+/// at most [`IN_FLIGHT`] of them at once (`in_flight`), while the stream moves on to the next
+/// download.
 async fn worker(
     c: &Arc<Ctx>,
     ready: &tokio::sync::mpsc::Sender<batch::Ready>,
     done: &tokio::sync::mpsc::UnboundedSender<Result<Vec<usize>>>,
     cpu: &Arc<tokio::sync::Semaphore>,
+    in_flight: &Arc<tokio::sync::Semaphore>,
 ) -> Result<()> {
     let mut bufs = Buffers::new();
     let stopped = || Error::new(ErrorKind::Internal, "the batcher stopped");
@@ -501,18 +508,26 @@ async fn worker(
         let Some(&i) = c.todo.get(n) else {
             return Ok(());
         };
-        if c.files[i].ciphertext_size > RESUMABLE {
-            let r = download::fetch_large(c, i, &mut bufs).await?;
+        if c.files[i].ciphertext_size > download::IN_MEMORY {
+            let r = download::fetch_streamed(c, i, &mut bufs).await?;
             ready.send(r).await.map_err(|_| stopped())?;
             continue;
         }
         let ct = download::download_small(c, i).await?;
-        let permit = cpu.clone().acquire_owned().await.map_err(|_| stopped())?;
+        let slot = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| stopped())?;
+        let core = cpu.clone().acquire_owned().await.map_err(|_| stopped())?;
         let (c, ready, done) = (c.clone(), ready.clone(), done.clone());
         tokio::task::spawn_blocking(move || {
-            let r = download::open_small(&c, i, &ct);
+            let opened = download::open_small(&c, i, &ct);
             drop(ct);
-            drop(permit);
+            // The core is free for the next file while this one is written.
+            drop(core);
+            let r = opened.and_then(|o| download::write_small(&c, o));
+            drop(slot);
             match r {
                 // A closed batcher has reported why (or the fetch stopped): the partial goes.
                 Ok(r) => {
