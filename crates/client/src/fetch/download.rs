@@ -238,23 +238,28 @@ pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Opened> {
     let t = c.t;
     let layout = Layout::new(f.size, f.ciphertext_size)
         .ok_or_else(|| integrity(t, f, "has sizes in the manifest that no age file has"))?;
-    let mut bufs = Buffers::new();
-    let mut op = Opener::new(layout, &mut bufs);
-    let n = op.push_head(ct);
-    let id = op
-        .open_head(&c.age)
-        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
-    let mut plain = Vec::with_capacity(f.size.min(IN_MEMORY) as usize);
-    let done = op
-        .push_payload(&ct[n..], &mut plain)
-        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
-    op.finish(&f.sha256)
-        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
-    Ok(Opened {
-        i,
-        id,
-        plain,
-        credit: layout.head + done,
+    thread_local! {
+        /// Each blocking thread's buffers, reused for every small file it opens.
+        static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::new());
+    }
+    BUFFERS.with_borrow_mut(|bufs| {
+        let mut op = Opener::new(layout, bufs);
+        let n = op.push_head(ct);
+        let id = op
+            .open_head(&c.age)
+            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+        let mut plain = Vec::with_capacity(f.size.min(IN_MEMORY) as usize);
+        let done = op
+            .push_payload(&ct[n..], &mut plain)
+            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+        op.finish(&f.sha256)
+            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+        Ok(Opened {
+            i,
+            id,
+            plain,
+            credit: layout.head + done,
+        })
     })
 }
 
