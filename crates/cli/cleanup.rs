@@ -1,13 +1,13 @@
 //! Interrupt handling: on SIGINT or SIGTERM, remove every temporary output file this process
-//! registered and exit with code 130, so an interruption never leaves partial output behind.
+//! registered (the client library's registry, `rogatory_client::cleanup`: `fetch` partials that
+//! would not be resumed, `encrypt`/`decrypt` outputs) and exit with code 130, so an interruption
+//! never leaves partial output behind.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::Exit;
+pub(crate) use rogatory_client::cleanup::{register, unregister_with};
 
-static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+use crate::error::Exit;
 
 /// Set by the signal handler in serve mode: the relay shuts down cleanly and exits 0.
 pub(crate) static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -27,28 +27,9 @@ pub(crate) fn install_signal_handler() {
             SHUTDOWN.store(true, Ordering::SeqCst);
             return;
         }
-        let pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-        for p in pending.iter() {
-            let _ = std::fs::remove_file(p);
-        }
+        // Held until the process exits: nothing is published after the removal.
+        let _removed = rogatory_client::cleanup::remove_registered();
         eprintln!("rogatory: error: interrupted");
         std::process::exit(i32::from(crate::error::code(Exit::Interrupted)));
     });
-}
-
-/// Registers a temporary file for removal on interrupt.
-pub(crate) fn register(path: &Path) {
-    PENDING
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(path.to_owned());
-}
-
-/// Runs `f` (which publishes or removes `path`) with the registry locked, then forgets `path`,
-/// so an interrupt can never remove a file that was just published.
-pub(crate) fn unregister_with<T>(path: &Path, f: impl FnOnce() -> T) -> T {
-    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    let out = f();
-    pending.retain(|p| p != path);
-    out
 }

@@ -86,6 +86,7 @@ impl Events {
                 bytes_total,
             } => self.progress(*bytes_done, *bytes_total),
             Event::FileDone { path } => self.file_done(path),
+            Event::Fetched(done) => self.fetched(done),
             Event::Failed { failed } => self.failed(failed),
             _ => {}
         }
@@ -122,6 +123,45 @@ impl Events {
             println!("receipt {}", receipt.display());
             eprintln!(
                 "rogatory: {files} files, {total} bytes; sent {sent}, already at the relay {skipped}"
+            );
+        }
+    }
+
+    /// A fetched transfer: its delivery receipt and summary.
+    pub(crate) fn fetched(&self, d: &rogatory_client::fetch::Fetched) {
+        self.receipt(&d.receipt);
+        if self.json {
+            self.line(json!({"type": "summary", "transfer_id": d.transfer_id.to_string(), "files": d.files,
+                "bytes_total": d.bytes_total, "plaintext_bytes": d.plaintext_bytes,
+                "bytes_downloaded": d.bytes_downloaded,
+                "bytes_resumed": d.bytes_resumed,
+                "output": d.output.display().to_string(),
+                "receipt": d.receipt.display().to_string(), "failed": []}));
+        } else if !self.quiet {
+            println!(
+                "fetched {}: {} files from {} into {}",
+                d.transfer_id,
+                d.files,
+                d.sender,
+                d.output.display()
+            );
+            println!("receipt {}", d.receipt.display());
+        }
+    }
+
+    /// One line of `inbox`: tab-separated, or an `inbox` JSON object.
+    pub(crate) fn inbox_entry(&self, e: &rogatory_client::inbox::InboxEntry) {
+        let state = rogatory_relay::relay::state_name(e.state);
+        if self.json {
+            self.line(json!({
+                "type": "inbox", "transfer_id": e.transfer.to_string(), "sender": e.sender.as_str(), "files": e.files,
+                "ciphertext_bytes": e.ciphertext_bytes, "received": e.received.to_string(),
+                "state": state,
+            }));
+        } else {
+            println!(
+                "{}\t{}\t{} files\t{} bytes\t{}\t{}",
+                e.transfer, e.sender, e.files, e.ciphertext_bytes, e.received, state
             );
         }
     }

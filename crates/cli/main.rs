@@ -16,7 +16,6 @@ mod events;
 mod fetch;
 mod home;
 mod keygen;
-mod opener;
 mod output;
 mod relay_cmd;
 mod send;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rogatory_custody::{AgencyIdentity, TransferId};
+use rogatory_custody::AgencyIdentity;
 use rogatory_relay::serve::serve_session;
 use rogatory_relay::{DiskStorage, Policy, Relay, RelayConfig, system_clock};
-use rogatory_transport::frame::{Frame, StatusRequest};
 use rogatory_transport::net::{Node, ServeConfig};
 use rogatory_transport::{ErrorCode, Limits};
 
@@ -208,70 +207,26 @@ pub(crate) fn scrub(home: &Home) -> Result<()> {
     }
 }
 
+/// `status`: the client library's (`rogatory_client::status`), printed as lines.
 pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
-    let t: TransferId = a.transfer.parse().map_err(|_| {
-        CliError::new(
-            Exit::Usage,
-            format!("{:?} is not a transfer id", a.transfer),
-        )
-    })?;
-    let store = home.trust_store()?;
-    let peer_trust = home.peer_trust(&store)?;
-    let tls = home.tls()?;
-    let rt = crate::runtime()?;
-    let frame = rt.block_on(async {
-        let addr = rogatory_transport::net::resolve(&a.relay)
-            .await
-            .map_err(|e| net(&format!("relay {}", a.relay), e))?;
-        let node = Node::client(addr.is_ipv6(), tls, peer_trust, Limits::default())
-            .map_err(|e| net("starting QUIC", e))?;
-        let s = node
-            .connect(addr, None)
-            .await
-            .map_err(|e| net(&format!("connecting to {}", a.relay), e))?;
-        let (mut w, mut r) = s.open().await.map_err(|e| net("status", e))?;
-        w.send(&Frame::StatusRequest(StatusRequest { transfer: t }))
-            .await
-            .map_err(|e| net("status", e))?;
-        w.finish();
-        let f = r.expect().await.map_err(|e| net("status", e))?;
-        let f = rogatory_transport::net::owned(f)
-            .ok_or_else(|| CliError::new(Exit::Refused, "unexpected answer"))?;
-        // The key-exchange group this live connection negotiated (docs/protocol.md §2).
-        let kx = s
-            .key_exchange_group()
-            .map(rogatory_transport::kx::group_name);
-        s.close(ErrorCode::NO_ERROR, "done");
-        Ok::<_, CliError>((f, kx))
-    })?;
-    let (frame, kx) = frame;
-    match frame {
-        Frame::Status(st) => {
-            println!(
-                "transfer {}\nstate {}",
-                st.transfer,
-                rogatory_relay::relay::state_name(st.state)
-            );
-            println!("tls-key-exchange {}", kx.as_deref().unwrap_or("unknown"));
-            for r in &st.receipts {
-                println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
-            }
-            Ok(())
-        }
-        Frame::Error(e) => {
-            let exit = match e.code.class() {
-                rogatory_transport::ErrorClass::Retryable => Exit::Transport,
-                rogatory_transport::ErrorClass::Integrity => Exit::Integrity,
-                _ => Exit::Refused,
-            };
-            Err(CliError::new(
-                exit,
-                format!("status: {}: {}", e.code, e.message),
-            ))
-        }
-        _ => Err(CliError::new(
-            Exit::Refused,
-            "unexpected answer to STATUS_REQUEST",
-        )),
+    let st = rogatory_client::status::status(
+        home,
+        &rogatory_client::status::StatusRequest {
+            relay: a.relay.clone(),
+            transfer: a.transfer.clone(),
+        },
+    )?;
+    println!(
+        "transfer {}\nstate {}",
+        st.transfer,
+        rogatory_relay::relay::state_name(st.state)
+    );
+    println!(
+        "tls-key-exchange {}",
+        st.tls_key_exchange.as_deref().unwrap_or("unknown")
+    );
+    for r in &st.receipts {
+        println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
     }
+    Ok(())
 }

@@ -110,3 +110,15 @@ pub fn net(what: &str, e: rogatory_transport::net::NetError) -> Error {
 pub fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Storage, format!("{what} {}", path.display())).source(e)
 }
+
+/// A relay's ERROR answer to a request as the user sees it: the code's class gives the kind
+/// (`protocol.md` §7).
+pub fn refused(what: &str, code: rogatory_transport::ErrorCode, message: &str) -> Error {
+    use rogatory_transport::ErrorClass;
+    let kind = match code.class() {
+        ErrorClass::Retryable => ErrorKind::Transport,
+        ErrorClass::Integrity => ErrorKind::Integrity,
+        _ => ErrorKind::Refused,
+    };
+    Error::new(kind, format!("{what}: {code}: {message}"))
+}

@@ -1,4 +1,4 @@
-//! What the client reports while it works. The binary prints these as human lines, a progress
+//! What the client reports while it works (`send`, `fetch`). The binary prints these as human lines, a progress
 //! bar, or JSON Lines (`docs/cli.md` "JSON events"); an embedding program receives them through
 //! its callback.
 
@@ -38,11 +38,14 @@ pub enum Event {
         /// Bytes in all.
         bytes_total: u64,
     },
-    /// A file is done.
+    /// A file is done: durable at the relay for a send; verified and durable under its final
+    /// name for a fetch.
     FileDone {
         /// Its path in the manifest.
         path: String,
     },
+    /// A fetched transfer is complete: every file in place, the delivery receipt saved.
+    Fetched(crate::fetch::Fetched),
     /// Sources that cannot be sent (nothing was sent).
     Failed {
         /// `(path, why)` for each.

@@ -1,21 +1,39 @@
 //! # rogatory-client
 //!
-//! The sender's and the recipient's side of Rogatory as a Rust API: [`send`](send::send)
-//! evidence through a relay (streamed, resumable, receipted), and the agency home it works from
-//! ([`Home`]: identity, TLS key, trusted cards). The `rogatory` binary is a thin shell over it;
-//! a program can embed it and receive progress as [`Event`]s through a callback.
+//! The sender's and the recipient's side of Rogatory as a Rust API, blocking calls that each run
+//! their own connection to a relay:
+//!
+//! - [`send`](send::send) evidence through a relay (streamed, resumable, receipted);
+//! - [`status`](status::status) of a transfer at the relay;
+//! - [`inbox`](inbox::inbox): what awaits this agency;
+//! - [`fetch`](fetch::fetch) transfers into a directory (verified, resumable, receipted);
+//!
+//! and the agency home they work from ([`Home`]: identity, TLS key, trusted cards). Each takes a
+//! request struct and returns a summary; `send` and `fetch` report progress as [`Event`]s through
+//! a callback as they go. Failures are one [`Error`] whose [`ErrorKind`] the `rogatory` binary
+//! maps to its exit codes.
+//!
+//! The `rogatory` binary is a thin shell over this crate: it parses arguments, prints the events
+//! (`crates/cli/events.rs`) and installs the SIGINT/SIGTERM handler that removes the temporary
+//! files registered in [`cleanup`] (`crates/cli/cleanup.rs`). The library itself never prints,
+//! never exits and never installs a signal handler.
 //!
 //! What it is not: the relay (`rogatory-relay`), or the formats and protocol themselves
 //! (`rogatory-custody`, `rogatory-transport`, `rogatory-envelope`).
 //!
-//! Where to start: [`send::send`] with a [`send::SendRequest`]; `examples/send.rs`.
+//! Where to start: [`send::send`] with a [`send::SendRequest`], [`fetch::fetch`] with a
+//! [`fetch::FetchRequest`]; `examples/send.rs`, `examples/fetch.rs`.
 
 #![forbid(unsafe_code)]
 
+pub mod cleanup;
 pub mod error;
 mod events;
+pub mod fetch;
 pub mod home;
+pub mod inbox;
 pub mod send;
+pub mod status;
 
 pub use error::{Error, ErrorKind, Result};
 pub use events::Event;

@@ -290,6 +290,10 @@ const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciph
 const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
      retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x''";
 
+/// [`ROW_COLUMNS`] with empty blobs for the seal, manifest and offer.
+const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
+     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, x'', x'', x''";
+
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;
     let mut id = [0u8; 16];
@@ -1226,12 +1230,13 @@ impl<S: Storage> Relay<S> {
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.
     pub fn file_extent(&self, row: i64, i: u32) -> Result<Option<(u64, u64)>, ProtocolError> {
         lock(&self.db)
-            .query_row(
-                "SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2",
-                params![row, i64::from(i)],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
-            .optional()
+            .prepare_cached("SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2")
+            .and_then(|mut q| {
+                q.query_row(params![row, i64::from(i)], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+                .optional()
+            })
             .map_err(db_err)
     }
 

@@ -83,6 +83,36 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     let _ = logged;
     let log_len = r.relay.log_len();
     assert_eq!(log_len, 1, "exactly one log entry: the custody receipt");
+    // A file's FETCH reads the row without its documents (seal, manifest, offer: megabytes for
+    // many files), everything else as `transfer` has it.
+    let full = r.relay.transfer(&t.id).expect("db").expect("row");
+    let light = r
+        .relay
+        .transfer_without_documents(&t.id)
+        .expect("db")
+        .expect("row");
+    assert!(!full.seal.is_empty() && !full.manifest.is_empty() && !full.offer.is_empty());
+    assert!(light.seal.is_empty() && light.manifest.is_empty() && light.offer.is_empty());
+    assert_eq!(
+        (
+            light.row,
+            light.transfer,
+            &light.recipients,
+            light.state,
+            light.files
+        ),
+        (
+            full.row,
+            full.transfer,
+            &full.recipients,
+            full.state,
+            full.files
+        )
+    );
+    assert_eq!(
+        (light.ciphertext_bytes, &light.custody_receipt),
+        (full.ciphertext_bytes, &full.custody_receipt)
+    );
 
     // 52(a): the same offer again returns the same receipt, sends nothing, logs nothing.
     let again = send(&sa, &t, None).await.expect("again");

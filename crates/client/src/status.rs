@@ -1,0 +1,89 @@
+//! A transfer's state at the relay (`docs/cli.md` "Sending", `protocol.md` §6.3
+//! STATUS_REQUEST → STATUS), for its sender or a recipient.
+
+use rogatory_custody::TransferId;
+use rogatory_transport::ErrorCode;
+use rogatory_transport::frame::{self, Frame};
+
+pub use rogatory_transport::frame::{Receipt, ReceiptKind, TransferState};
+
+use crate::error::{Error, ErrorKind, Result, net, refused};
+use crate::home::Home;
+
+/// Which transfer, at which relay.
+#[derive(Clone, Debug, Default)]
+pub struct StatusRequest {
+    /// The relay, `HOST:PORT`.
+    pub relay: String,
+    /// The transfer id.
+    pub transfer: String,
+}
+
+/// What the relay says about a transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferStatus {
+    /// The transfer.
+    pub transfer: TransferId,
+    /// Its state.
+    pub state: TransferState,
+    /// Durable piece count per file.
+    pub durable: Vec<u64>,
+    /// Receipts issued so far (custody, delivery, purge, rejection).
+    pub receipts: Vec<Receipt>,
+    /// The TLS key-exchange group the connection negotiated (`protocol.md` §2).
+    pub tls_key_exchange: Option<String>,
+}
+
+/// Asks the relay for a transfer's state and receipts.
+///
+/// ```no_run
+/// use rogatory_client::{Home, status::{StatusRequest, status}};
+///
+/// let home = Home::resolve(None)?;
+/// let st = status(&home, &StatusRequest {
+///     relay: "127.0.0.1:4433".into(),
+///     transfer: "0123456789abcdef0123456789abcdef".into(),
+/// })?;
+/// println!("{:?}, {} receipts", st.state, st.receipts.len());
+/// # Ok::<(), rogatory_client::Error>(())
+/// ```
+pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
+    let t: TransferId = req.transfer.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Usage,
+            format!("{:?} is not a transfer id", req.transfer),
+        )
+    })?;
+    let rt = crate::runtime()?;
+    let (frame, tls_key_exchange) = rt.block_on(async {
+        let (_node, s) = crate::connect(home, &req.relay).await?;
+        let (mut w, mut r) = s.open().await.map_err(|e| net("status", e))?;
+        w.send(&Frame::StatusRequest(frame::StatusRequest { transfer: t }))
+            .await
+            .map_err(|e| net("status", e))?;
+        w.finish();
+        let f = r.expect().await.map_err(|e| net("status", e))?;
+        let f = rogatory_transport::net::owned(f)
+            .ok_or_else(|| Error::new(ErrorKind::Refused, "unexpected answer"))?;
+        // The key-exchange group this live connection negotiated (docs/protocol.md §2).
+        let kx = s
+            .key_exchange_group()
+            .map(rogatory_transport::kx::group_name);
+        s.close(ErrorCode::NO_ERROR, "done");
+        Ok::<_, Error>((f, kx))
+    })?;
+    match frame {
+        Frame::Status(st) => Ok(TransferStatus {
+            transfer: st.transfer,
+            state: st.state,
+            durable: st.durable,
+            receipts: st.receipts,
+            tls_key_exchange,
+        }),
+        Frame::Error(e) => Err(refused("status", e.code, &e.message)),
+        _ => Err(Error::new(
+            ErrorKind::Refused,
+            "unexpected answer to STATUS_REQUEST",
+        )),
+    }
+}
