@@ -290,10 +290,6 @@ const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciph
 const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
      retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x''";
 
-/// [`ROW_COLUMNS`] with empty blobs for the seal, manifest and offer.
-const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
-     retain_until, custody_receipt, delivery_receipt, delivered_at, purge_receipt, x'', x'', x''";
-
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;
     let mut id = [0u8; 16];
