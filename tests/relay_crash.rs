@@ -104,45 +104,48 @@ impl Env {
         s
     }
 
-    /// `fetch --json TRANSFER -o out` as B.
-    fn fetch(&self, transfer: &str) -> Sender {
-        let relay = format!("127.0.0.1:{}", self.port);
+    /// `rogatory --json ARGS` in the test directory, its JSON lines read on a thread.
+    fn spawn_json(&self, args: &[&str]) -> Sender {
         let child = Command::new(bin())
-            .args([
-                "--home", "B", "--json", "fetch", "--relay", &relay, transfer, "-o", "out",
-            ])
+            .arg("--json")
+            .args(args)
             .current_dir(self.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("fetch");
+            .expect("rogatory");
         Sender::watch(child)
+    }
+
+    /// `fetch --json TRANSFER -o out` as B.
+    fn fetch(&self, transfer: &str) -> Sender {
+        let relay = format!("127.0.0.1:{}", self.port);
+        self.spawn_json(&[
+            "--home", "B", "fetch", "--relay", &relay, transfer, "-o", "out",
+        ])
     }
 
     fn send(&self, folder: &str) -> Sender {
         let relay = format!("127.0.0.1:{}", self.port);
-        let child = Command::new(bin())
-            .args([
-                "--home", "A", "--json", "send", "--relay", &relay, "--to", "agency-b", "--case",
-                "C-42",
-            ])
-            .args([
-                "--legal-basis",
-                "MLAT art. 18",
-                "--purpose",
-                "investigation",
-                "--retain-until",
-                "2030-01-01",
-                folder,
-            ])
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("send");
-        Sender::watch(child)
+        self.spawn_json(&[
+            "--home",
+            "A",
+            "send",
+            "--relay",
+            &relay,
+            "--to",
+            "agency-b",
+            "--case",
+            "C-42",
+            "--legal-basis",
+            "MLAT art. 18",
+            "--purpose",
+            "investigation",
+            "--retain-until",
+            "2030-01-01",
+            folder,
+        ])
     }
 
     /// Polls the relay's index until `target` bytes are durable, the sender ends, or a minute.

@@ -189,21 +189,7 @@ async fn upload_receipt_fetch_deliver_and_idempotence() {
     }
 
     // The recipient's delivery receipt is verified, logged, and visible to the sender.
-    let custody_statement = bundle.statement_note.clone();
-    let d = rogatory_custody::Statement::DeliveryReceipt {
-        head: rogatory_custody::Head {
-            transfer: t.id,
-            issuer: w.b.identity.id().clone(),
-            time: now(),
-        },
-        sender: w.a.identity.id().clone(),
-        manifest_sha256: t.manifest.digest(),
-        seal_sha256: rogatory_relay::relay::text_digest(t.seal.as_bytes()),
-        custody_receipt_sha256: rogatory_relay::relay::text_digest(custody_statement.as_bytes()),
-        files: t.ciphertexts.len() as u64,
-        plaintext_bytes: t.plaintexts.iter().map(|p| p.len() as u64).sum(),
-    };
-    let note = d.sign(w.b.identity.signer()).expect("sign");
+    let note = delivery_note(&w, &w.b, &t, &out.receipt.text);
     match request(
         &sb,
         Frame::Deliver(Deliver {
