@@ -107,7 +107,10 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
         .iter()
         .map(|v| v["type"].as_str().expect("type"))
         .collect();
-    assert_eq!(kinds.first(), Some(&"start"));
+    // The relay first (its WELCOME publishes the policy checked before any work), then the
+    // transfer.
+    assert_eq!(kinds.first(), Some(&"connected"));
+    assert_eq!(kinds.get(1), Some(&"start"));
     assert!(
         kinds.contains(&"progress") && kinds.contains(&"file_done") && kinds.contains(&"receipt")
     );
@@ -298,11 +301,18 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     // An agency the relay does not trust cannot even connect (exit 6).
     let o = run(d, &["--home", "Z", "inbox", "--relay", &r.1]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
-    // A transfer missing a field the policy requires (legal basis) is refused (exit 6).
+    // A transfer missing a field the policy requires (legal basis) is refused before any work,
+    // from the policy the relay published in WELCOME (exit 2): no send state is left.
     std::fs::write(d.join("other.txt"), b"y").expect("w");
+    let outbox_before = listing(&d.join("A/outbox"));
     let o = send(d, "A", &r.1, &[], &["other.txt"]);
-    assert_eq!(code(&o), 6, "{}", stderr(&o));
-    assert!(stderr(&o).contains("legal_basis"), "{}", stderr(&o));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("legal_basis") && stderr(&o).contains("--legal-basis"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(listing(&d.join("A/outbox")), outbox_before);
 
     // test-plan.md 58: a symbolic link in the output directory, named like an incoming file or
     // standing for a parent directory, is never followed (exit 8, nothing written outside).
@@ -406,8 +416,8 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
             "verify",
         ],
     ));
-    // Each refusal left an audit entry: agency-z's certificate refused in the TLS handshake,
-    // agency-c's fetch, and the policy refusal.
+    // Each refusal at the relay left an audit entry: agency-z's certificate refused in the TLS
+    // handshake, and agency-c's fetch.
     let log =
         rogatory_relay::logfile::read_records(&d.join("B-relay/relay/audit.log")).expect("log");
     let rejections = log
@@ -416,8 +426,8 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         .filter(|r| String::from_utf8_lossy(&r.entry).contains("rejection"))
         .count();
     assert_eq!(
-        rejections, 3,
-        "agency-z's TLS refusal, agency-c's fetch, the policy refusal"
+        rejections, 2,
+        "agency-z's TLS refusal and agency-c's fetch (the missing field was refused by the sender)"
     );
     drop(r);
     let p = d.join("B-relay/relay/audit.log");

@@ -311,16 +311,27 @@ fn relay_holds_the_sources(env: &Env) {
     )
     .expect("db");
     let mut q = db
-        .prepare("SELECT row, manifest FROM transfers WHERE state = 'complete'")
+        .prepare("SELECT row, manifest, contents FROM transfers WHERE state = 'complete'")
         .expect("query");
-    let rows: Vec<(i64, Vec<u8>)> = q
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .expect("rows")
         .map(|r| r.expect("row"))
         .collect();
     assert!(!rows.is_empty(), "a complete transfer");
-    for (row, manifest) in rows {
+    for (row, manifest, contents) in rows {
         let m = rogatory_custody::Manifest::parse(&manifest).expect("manifest");
+        // The sender can open the contents too (`custody.md` §5.4): the names are in there.
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(
+            &mut rogatory_envelope::Decryptor::new(&contents[..])
+                .expect("header")
+                .decrypt(&ids)
+                .expect("file key"),
+            &mut json,
+        )
+        .expect("contents");
+        let m = m.open_contents(&json).expect("contents join");
         let pack =
             std::fs::read(env.path().join(format!("B/relay/inbox/{row}.pack"))).expect("pack");
         let mut at = 0usize;

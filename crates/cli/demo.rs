@@ -163,13 +163,13 @@ fn stanza_types(manifest: &Path, packs: &Path) -> Result<Vec<String>> {
     let bytes = fs::read(&pack).map_err(|e| crate::error::io("reading", &pack, e))?;
     let mut out = Vec::new();
     let mut at = 0usize;
-    for f in &m.files {
+    for (i, f) in m.files.iter().enumerate() {
         let end = at + f.ciphertext_size as usize;
         let file = bytes
             .get(at..end)
             .ok_or_else(|| CliError::new(Exit::Integrity, "demo: the pack is short"))?;
         let d = rogatory_envelope::Decryptor::new(BufReader::new(file))
-            .map_err(|e| CliError::new(Exit::Integrity, format!("demo: {}", f.path)).source(e))?;
+            .map_err(|e| CliError::new(Exit::Integrity, format!("demo: file {i}")).source(e))?;
         out.extend(d.header().stanzas().iter().map(|s| s.tag.clone()));
         at = end;
     }

@@ -149,20 +149,31 @@ impl Events {
         }
     }
 
-    /// One line of `inbox`: tab-separated, or an `inbox` JSON object.
-    pub(crate) fn inbox_entry(&self, e: &rogatory_client::inbox::InboxEntry) {
+    /// One transfer of `inbox`: a tab-separated line and the legal metadata indented below
+    /// it, or an `inbox` JSON object with a `legal` object.
+    pub(crate) fn inbox_entry(&self, item: &rogatory_client::inbox::InboxItem) {
+        let e = &item.entry;
         let state = rogatory_relay::relay::state_name(e.state);
         if self.json {
             self.line(json!({
                 "type": "inbox", "transfer_id": e.transfer.to_string(), "sender": e.sender.as_str(), "files": e.files,
                 "ciphertext_bytes": e.ciphertext_bytes, "received": e.received.to_string(),
-                "state": state,
+                "state": state, "legal": item.legal, "legal_problem": item.problem,
             }));
         } else {
             println!(
                 "{}\t{}\t{} files\t{} bytes\t{}\t{}",
                 e.transfer, e.sender, e.files, e.ciphertext_bytes, e.received, state
             );
+            match (&item.legal, &item.problem) {
+                (Some(l), _) => {
+                    for (name, value) in legal_lines(l) {
+                        println!("  {name}: {value}");
+                    }
+                }
+                (None, Some(p)) => println!("  legal metadata not shown: {p}"),
+                (None, None) => {}
+            }
         }
     }
 
@@ -194,4 +205,41 @@ impl Events {
             self.line(json!({"type": "error", "exit_code": exit, "message": message}));
         }
     }
+}
+
+/// The legal metadata as `(label, value)` lines for people, in manifest order; notes last, one
+/// line each.
+pub(crate) fn legal_lines(l: &rogatory_custody::Legal) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut text = |label, v: &Option<rogatory_custody::LegalText>| {
+        if let Some(t) = v {
+            out.push((label, t.as_str().to_owned()));
+        }
+    };
+    text("case", &l.case_reference);
+    text("legal basis", &l.legal_basis);
+    text("requesting authority", &l.requesting_authority);
+    text("executing authority", &l.executing_authority);
+    text("purpose", &l.purpose);
+    text("classification", &l.classification);
+    if let Some(d) = &l.retain_until {
+        out.push(("retain until", d.to_string()));
+    }
+    if let Some(o) = &l.onward_transfer {
+        out.push((
+            "onward transfer",
+            match o {
+                rogatory_custody::OnwardTransfer::Forbidden => "forbidden".to_owned(),
+                rogatory_custody::OnwardTransfer::WithConsent => {
+                    "only with the sender's consent".to_owned()
+                }
+            },
+        ));
+    }
+    if let Some(n) = &l.notes {
+        for line in n.as_str().lines() {
+            out.push(("notes", line.to_owned()));
+        }
+    }
+    out
 }

@@ -57,12 +57,20 @@ fn lock_data_dir(home: &Home) -> Result<std::fs::File> {
     let dir = home.path("relay");
     std::fs::create_dir_all(&dir).map_err(|e| crate::error::io("creating", &dir, e))?;
     let p = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| crate::error::io("opening", &p, e))?;
+    // Private like everything in the data directory (`relay.md` §2), whatever the umask.
+    let f = {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| crate::error::io("opening", &p, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| crate::error::io("protecting", &p, e))?;
+        f
+    };
     match fs4::FileExt::try_lock(&f) {
         Ok(()) => Ok(f),
         _ => Err(CliError::new(
@@ -101,7 +109,8 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
     rt.block_on(async {
         let node = Arc::new(
             Node::server(listen, tls, peer_trust, Limits::default())
-                .map_err(|e| net("listening", e))?,
+                .map_err(|e| net("listening", e))?
+                .with_policy(relay.policy().published()),
         );
         let addr = node
             .local_addr()

@@ -1,5 +1,5 @@
-//! Fuzz target: manifests, offers and piece-root frontiers: whatever parses re-encodes byte for
-//! byte.
+//! Fuzz target: manifests, contents, offers and piece-root frontiers: whatever parses re-encodes
+//! byte for byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
             rogatory_custody::TransferOffer::parse(&m.offer().to_json()).ok(),
             Some(m.offer())
         );
+    }
+    if let Ok(c) = rogatory_custody::Contents::parse(data) {
+        assert_eq!(c.to_json(), data);
     }
     if let Ok(o) = rogatory_custody::TransferOffer::parse(data) {
         assert_eq!(o.to_json(), data);

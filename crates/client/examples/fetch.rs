@@ -31,9 +31,15 @@ fn main() -> Result<(), Error> {
             relay: relay.clone(),
         },
     )?;
-    for e in &waiting {
+    for i in &waiting {
+        let e = &i.entry;
+        let case = i
+            .legal
+            .as_ref()
+            .and_then(|l| l.case_reference.as_ref())
+            .map_or("?", |c| c.as_str());
         println!(
-            "waiting: {} from {}, {} files, {} bytes, {:?}",
+            "waiting: {} from {}, case {case}, {} files, {} bytes, {:?}",
             e.transfer, e.sender, e.files, e.ciphertext_bytes, e.state
         );
     }
@@ -45,7 +51,10 @@ fn main() -> Result<(), Error> {
     // Fetch every one of them, one connection, events as JSON lines.
     let req = FetchRequest {
         relay: relay.clone(),
-        transfers: waiting.iter().map(|e| e.transfer.to_string()).collect(),
+        transfers: waiting
+            .iter()
+            .map(|i| i.entry.transfer.to_string())
+            .collect(),
         output: output.into(),
         ..Default::default()
     };

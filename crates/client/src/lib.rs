@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cleanup;
+pub mod contents;
 pub mod error;
 mod events;
 pub mod fetch;

@@ -56,7 +56,8 @@ pub use log::{
     ReceiptBundle, Record, check_not_rolled_back, decode_records, verify_records,
 };
 pub use manifest::{
-    FileEntry, Legal, LegalText, MAX_FILES, MAX_MANIFEST_LEN, Manifest, OfferedFile,
+    Contents, ContentsFile, ContentsRef, FileEntry, Inventory, LEGAL_FIELDS, Legal, LegalText,
+    MAX_CONTENTS_CIPHERTEXT_LEN, MAX_FILES, MAX_MANIFEST_LEN, Manifest, ManifestFile, OfferedFile,
     OnwardTransfer, PieceLayout, PieceTable, RelativePath, SealedManifest, TransferOffer,
     open_sealed_manifest, piece_layout,
 };

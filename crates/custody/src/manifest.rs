@@ -17,6 +17,8 @@ use crate::verified::Verified;
 pub const MAX_MANIFEST_LEN: usize = 32 * 1024 * 1024;
 /// `custody.md` §10: files per manifest.
 pub const MAX_FILES: usize = 1_000_000;
+/// `custody.md` §10: size of the encrypted contents (the contents' limit plus age's overhead).
+pub const MAX_CONTENTS_CIPHERTEXT_LEN: u64 = MAX_MANIFEST_LEN as u64 + (1 << 20);
 const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
 const MAX_LEGAL: usize = 4096;
@@ -101,6 +103,18 @@ pub enum OnwardTransfer {
     WithConsent,
 }
 
+/// The legal-metadata fields a relay's policy can ask for, by their JSON names (`custody.md` §5.4).
+pub const LEGAL_FIELDS: &[&str] = &[
+    "case_reference",
+    "legal_basis",
+    "requesting_authority",
+    "executing_authority",
+    "purpose",
+    "classification",
+    "retain_until",
+    "onward_transfer",
+];
+
 /// The legal metadata of a transfer (`custody.md` §5). Which fields are required is policy.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,15 +133,80 @@ pub struct Legal {
     pub classification: Option<LegalText>,
     /// Date until which the evidence may be retained.
     pub retain_until: Option<CalendarDate>,
-    /// Onward transfer rule.
-    pub onward_transfer: OnwardTransfer,
+    /// Onward transfer rule (always set in the contents, §5.4).
+    pub onward_transfer: Option<OnwardTransfer>,
     /// Free notes (LF allowed).
     pub notes: Option<LegalText>,
 }
 
-/// One file of a transfer.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Legal {
+    /// Whether the field named `field` ([`LEGAL_FIELDS`], or `notes`) is set; `None` for an
+    /// unknown name.
+    pub fn has(&self, field: &str) -> Option<bool> {
+        Some(match field {
+            "case_reference" => self.case_reference.is_some(),
+            "legal_basis" => self.legal_basis.is_some(),
+            "requesting_authority" => self.requesting_authority.is_some(),
+            "executing_authority" => self.executing_authority.is_some(),
+            "purpose" => self.purpose.is_some(),
+            "classification" => self.classification.is_some(),
+            "retain_until" => self.retain_until.is_some(),
+            "onward_transfer" => self.onward_transfer.is_some(),
+            "notes" => self.notes.is_some(),
+            _ => return None,
+        })
+    }
+
+    /// The names of the fields that are set, in [`LEGAL_FIELDS`] order (then `notes`).
+    pub fn present(&self) -> Vec<&'static str> {
+        LEGAL_FIELDS
+            .iter()
+            .chain(&["notes"])
+            .copied()
+            .filter(|f| self.has(f) == Some(true))
+            .collect()
+    }
+
+    /// What the relay sees (§5.4): the fields named in `required`, and `retain_until` (the
+    /// relay enforces retention); every other field, and always `notes`, left out.
+    pub fn public(&self, required: &[String]) -> Legal {
+        let keep = |f: &str| required.iter().any(|r| r == f);
+        let text = |f: &str, v: &Option<LegalText>| if keep(f) { v.clone() } else { None };
+        Legal {
+            case_reference: text("case_reference", &self.case_reference),
+            legal_basis: text("legal_basis", &self.legal_basis),
+            requesting_authority: text("requesting_authority", &self.requesting_authority),
+            executing_authority: text("executing_authority", &self.executing_authority),
+            purpose: text("purpose", &self.purpose),
+            classification: text("classification", &self.classification),
+            retain_until: self.retain_until,
+            onward_transfer: self.onward_transfer.filter(|_| keep("onward_transfer")),
+            notes: None,
+        }
+    }
+
+    /// Whether `self` (a manifest's public legal metadata) is a part of `full` (the
+    /// contents'): every field it sets is set to the same value there, and `retain_until` is
+    /// the same (§5.4).
+    pub fn is_public_part_of(&self, full: &Legal) -> bool {
+        fn part<T: PartialEq>(public: &Option<T>, full: &Option<T>) -> bool {
+            public.is_none() || public == full
+        }
+        part(&self.case_reference, &full.case_reference)
+            && part(&self.legal_basis, &full.legal_basis)
+            && part(&self.requesting_authority, &full.requesting_authority)
+            && part(&self.executing_authority, &full.executing_authority)
+            && part(&self.purpose, &full.purpose)
+            && part(&self.classification, &full.classification)
+            && part(&self.onward_transfer, &full.onward_transfer)
+            && self.notes.is_none()
+            && self.retain_until == full.retain_until
+    }
+}
+
+/// One file of a transfer as a recipient knows it: the manifest's sizes and piece root joined
+/// with the contents' path and plaintext digest (§5.4).
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct FileEntry {
     /// Where the recipient creates it, relative to its output directory.
     pub path: RelativePath,
@@ -141,7 +220,33 @@ pub struct FileEntry {
     pub piece_root: Sha256Digest,
 }
 
-/// The manifest of a transfer.
+/// One file of a manifest: what the relay checks and stores (§5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// Plaintext size.
+    pub size: u64,
+    /// Size of the age file.
+    pub ciphertext_size: u64,
+    /// Merkle root over the ciphertext pieces (§5.2).
+    pub piece_root: Sha256Digest,
+}
+
+/// Where the manifest's contents are and what they hash to (§5.4).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentsRef {
+    /// Size of the age-encrypted contents.
+    pub ciphertext_size: u64,
+    /// SHA-256 of the age-encrypted contents: what the relay holds.
+    pub ciphertext_sha256: Sha256Digest,
+    /// SHA-256 of the contents' canonical JSON (salted): what a recipient decrypted.
+    pub sha256: Sha256Digest,
+}
+
+/// The manifest of a transfer (§5): what the sender seals and the relay sees. Names, plaintext
+/// digests, notes and the legal fields the relay's policy does not ask for are in its
+/// [`Contents`], encrypted to the recipients.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -154,14 +259,42 @@ pub struct Manifest {
     pub recipients: Vec<AgencyId>,
     /// When the sender created the manifest.
     pub created_at: Timestamp,
-    /// Legal metadata.
+    /// The legal metadata the relay sees.
     pub legal: Legal,
-    /// Files, sorted by path.
-    pub files: Vec<FileEntry>,
+    /// The encrypted contents.
+    pub contents: ContentsRef,
+    /// Files, in the contents' order (sorted by path).
+    pub files: Vec<ManifestFile>,
 }
 
-crate::ids::format_tag!(Format, "rogatory-manifest/v1");
-crate::ids::format_tag!(OfferFormat, "rogatory-offer/v1");
+/// One file of the contents.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentsFile {
+    /// Where the recipient creates it, relative to its output directory.
+    pub path: RelativePath,
+    /// Plaintext SHA-256.
+    pub sha256: Sha256Digest,
+}
+
+/// The contents of a transfer (§5.4): for the recipients only, age-encrypted to them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contents {
+    format: ContentsFormat,
+    /// The transfer id.
+    pub transfer_id: TransferId,
+    /// 32 random bytes, so that the manifest's digest of the contents reveals nothing.
+    pub salt: Sha256Digest,
+    /// All the legal metadata.
+    pub legal: Legal,
+    /// Files, sorted by path, in the manifest's order.
+    pub files: Vec<ContentsFile>,
+}
+
+crate::ids::format_tag!(Format, "rogatory-manifest/v2");
+crate::ids::format_tag!(ContentsFormat, "rogatory-contents/v1");
+crate::ids::format_tag!(OfferFormat, "rogatory-offer/v2");
 
 /// The sizes of one file of an offer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -222,6 +355,12 @@ impl TransferOffer {
     fn validate(&self) -> Result<(), ParseError> {
         const KIND: &str = "offer";
         check_recipients_and_legal(KIND, &self.recipients, &self.legal)?;
+        if self.legal.notes.is_some() {
+            return Err(ParseError::syntax(
+                KIND,
+                "notes belong in the encrypted contents",
+            ));
+        }
         if self.files.len() > MAX_FILES {
             return Err(ParseError::TooLarge(KIND));
         }
@@ -334,8 +473,27 @@ impl<'de> Deserialize<'de> for LegalText {
 
 crate::ids::serde_as_text!(RelativePath);
 
-impl Manifest {
-    /// Builds a manifest; sorts recipients and files and checks every rule of §5.
+/// A transfer as its recipients know it (§5.4): the manifest joined with its contents. The
+/// sender builds one from its files and splits it; a recipient gets one from
+/// [`Manifest::open_contents`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Inventory {
+    /// The transfer id.
+    pub transfer_id: TransferId,
+    /// The sending agency.
+    pub sender: AgencyId,
+    /// Recipient agencies, sorted and unique.
+    pub recipients: Vec<AgencyId>,
+    /// When the sender created the transfer.
+    pub created_at: Timestamp,
+    /// All the legal metadata.
+    pub legal: Legal,
+    /// Files, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+impl Inventory {
+    /// Builds an inventory; sorts recipients and files and checks every rule of §5.
     pub fn new(
         transfer_id: TransferId,
         sender: AgencyId,
@@ -346,34 +504,182 @@ impl Manifest {
     ) -> Result<Self, ParseError> {
         recipients.sort();
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        let m = Self {
-            format: Format,
+        const KIND: &str = "manifest";
+        check_recipients_and_legal(KIND, &recipients, &legal)?;
+        check_contents_legal(KIND, &legal)?;
+        check_paths(KIND, files.iter().map(|f| &f.path))?;
+        for f in &files {
+            if piece_layout(f.size, f.ciphertext_size).is_none() {
+                return Err(ParseError::syntax(
+                    KIND,
+                    format!("ciphertext size does not fit plaintext size for {}", f.path),
+                ));
+            }
+        }
+        Ok(Self {
             transfer_id,
             sender,
             recipients,
             created_at,
             legal,
             files,
+        })
+    }
+
+    /// The contents (§5.4), with a fresh random salt.
+    pub fn contents(&self) -> Contents {
+        use rand::RngCore as _;
+        let mut salt = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        self.contents_with_salt(Sha256Digest(salt))
+    }
+
+    /// The contents with a given salt (tests and golden files).
+    pub fn contents_with_salt(&self, salt: Sha256Digest) -> Contents {
+        Contents {
+            format: ContentsFormat,
+            transfer_id: self.transfer_id,
+            salt,
+            legal: self.legal.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|f| ContentsFile {
+                    path: f.path.clone(),
+                    sha256: f.sha256,
+                })
+                .collect(),
+        }
+    }
+
+    /// The manifest: `public_legal` is what the relay sees ([`Legal::public`]), `contents` the
+    /// document from [`Self::contents`] and `contents_ciphertext` its age encryption.
+    pub fn manifest(
+        &self,
+        public_legal: Legal,
+        contents: &Contents,
+        contents_ciphertext: &[u8],
+    ) -> Result<Manifest, ParseError> {
+        let m = Manifest {
+            format: Format,
+            transfer_id: self.transfer_id,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            created_at: self.created_at,
+            legal: public_legal,
+            contents: ContentsRef {
+                ciphertext_size: contents_ciphertext.len() as u64,
+                ciphertext_sha256: Sha256Digest::of(contents_ciphertext),
+                sha256: contents.digest(),
+            },
+            files: self
+                .files
+                .iter()
+                .map(|f| ManifestFile {
+                    size: f.size,
+                    ciphertext_size: f.ciphertext_size,
+                    piece_root: f.piece_root,
+                })
+                .collect(),
         };
         m.validate()?;
+        if !m.legal.is_public_part_of(&self.legal) || contents.transfer_id != self.transfer_id {
+            return Err(ParseError::syntax(
+                "manifest",
+                "the public legal metadata is not a part of the contents'",
+            ));
+        }
         Ok(m)
     }
 
+    /// Total ciphertext bytes.
+    pub fn ciphertext_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.ciphertext_size).sum()
+    }
+
+    /// Total plaintext bytes.
+    pub fn plaintext_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+fn check_paths<'a>(
+    kind: &'static str,
+    mut paths: impl Iterator<Item = &'a RelativePath>,
+) -> Result<(), ParseError> {
+    let Some(mut prev) = paths.next() else {
+        return Ok(());
+    };
+    for p in paths {
+        if prev >= p {
+            return Err(ParseError::syntax(
+                kind,
+                "files must be sorted by path and unique",
+            ));
+        }
+        prev = p;
+    }
+    Ok(())
+}
+
+/// The contents carry every rule a recipient relies on: the onward-transfer rule is set.
+fn check_contents_legal(kind: &'static str, legal: &Legal) -> Result<(), ParseError> {
+    if legal.onward_transfer.is_none() {
+        return Err(ParseError::syntax(
+            kind,
+            "the onward-transfer rule is missing",
+        ));
+    }
+    Ok(())
+}
+
+impl Contents {
     fn validate(&self) -> Result<(), ParseError> {
-        const KIND: &str = "manifest";
-        let err = |w: &str| Err(ParseError::syntax(KIND, w));
-        check_recipients_and_legal(KIND, &self.recipients, &self.legal)?;
+        const KIND: &str = "contents";
         if self.files.len() > MAX_FILES {
             return Err(ParseError::TooLarge(KIND));
         }
-        if self.files.windows(2).any(|w| w[0].path >= w[1].path) {
-            return err("files must be sorted by path and unique");
+        check_contents_legal(KIND, &self.legal)?;
+        check_paths(KIND, self.files.iter().map(|f| &f.path))
+    }
+
+    /// The canonical JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_canonical_json(self)
+    }
+
+    /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        parse_canonical_json("contents", bytes, Self::validate)
+    }
+
+    /// SHA-256 of the canonical JSON.
+    pub fn digest(&self) -> Sha256Digest {
+        Sha256Digest::of(&self.to_json())
+    }
+}
+
+impl Manifest {
+    fn validate(&self) -> Result<(), ParseError> {
+        const KIND: &str = "manifest";
+        check_recipients_and_legal(KIND, &self.recipients, &self.legal)?;
+        if self.legal.notes.is_some() {
+            return Err(ParseError::syntax(
+                KIND,
+                "notes belong in the encrypted contents",
+            ));
         }
-        for f in &self.files {
+        if self.files.len() > MAX_FILES {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        if self.contents.ciphertext_size > MAX_CONTENTS_CIPHERTEXT_LEN {
+            return Err(ParseError::TooLarge(KIND));
+        }
+        for (i, f) in self.files.iter().enumerate() {
             if piece_layout(f.size, f.ciphertext_size).is_none() {
                 return Err(ParseError::syntax(
                     KIND,
-                    format!("ciphertext size does not fit plaintext size for {}", f.path),
+                    format!("ciphertext size does not fit plaintext size for file {i}"),
                 ));
             }
         }
@@ -395,7 +701,7 @@ impl Manifest {
         Sha256Digest::of(&self.to_json())
     }
 
-    /// Total ciphertext bytes.
+    /// Total ciphertext bytes of the files.
     pub fn ciphertext_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.ciphertext_size).sum()
     }
@@ -403,6 +709,57 @@ impl Manifest {
     /// Total plaintext bytes.
     pub fn plaintext_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Whether `ciphertext` is the encrypted contents this manifest names (size and SHA-256).
+    pub fn holds_contents_ciphertext(&self, ciphertext: &[u8]) -> bool {
+        ciphertext.len() as u64 == self.contents.ciphertext_size
+            && Sha256Digest::of(ciphertext).ct_eq(&self.contents.ciphertext_sha256)
+    }
+
+    /// Joins the manifest with its decrypted contents (§5.4): the contents' digest is the one
+    /// the manifest names, same transfer, same number of files, and the manifest's legal
+    /// metadata is a part of the contents'.
+    pub fn open_contents(&self, contents_json: &[u8]) -> Result<Inventory, ParseError> {
+        const KIND: &str = "contents";
+        if !Sha256Digest::of(contents_json).ct_eq(&self.contents.sha256) {
+            return Err(ParseError::syntax(
+                KIND,
+                "the contents do not match the sealed manifest's digest",
+            ));
+        }
+        let c = Contents::parse(contents_json)?;
+        if c.transfer_id != self.transfer_id || c.files.len() != self.files.len() {
+            return Err(ParseError::syntax(
+                KIND,
+                "the contents belong to another transfer",
+            ));
+        }
+        if !self.legal.is_public_part_of(&c.legal) {
+            return Err(ParseError::syntax(
+                KIND,
+                "the manifest's legal metadata differs from the contents'",
+            ));
+        }
+        Ok(Inventory {
+            transfer_id: self.transfer_id,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            created_at: self.created_at,
+            legal: c.legal,
+            files: self
+                .files
+                .iter()
+                .zip(c.files)
+                .map(|(m, c)| FileEntry {
+                    path: c.path,
+                    size: m.size,
+                    sha256: c.sha256,
+                    ciphertext_size: m.ciphertext_size,
+                    piece_root: m.piece_root,
+                })
+                .collect(),
+        })
     }
 
     /// The offer this manifest fulfils (`custody.md` §5.3).

@@ -72,6 +72,13 @@ fn golden_vectors() {
     let sealed = open_sealed_manifest(&json, w.seal.as_bytes(), &w.sender.signer().verifier())
         .expect("seal verifies");
     assert_eq!(sealed.manifest, w.manifest);
+    let contents = w.contents.to_json();
+    check("contents.json", &contents);
+    assert_eq!(
+        w.manifest.open_contents(&contents).expect("joins"),
+        w.inventory
+    );
+    assert!(w.manifest.holds_contents_ciphertext(&w.contents_ciphertext));
 
     for (name, st, signer) in [
         (

@@ -5,8 +5,8 @@ mod fixture;
 
 use proptest::prelude::*;
 use rogatory_custody::{
-    FileEntry, Head, Legal, LegalText, Manifest, OnwardTransfer, Sha256Digest, Statement,
-    Timestamp, TransferId,
+    Contents, FileEntry, Head, Inventory, LEGAL_FIELDS, Legal, LegalText, Manifest, OnwardTransfer,
+    Sha256Digest, Statement, Timestamp, TransferId,
 };
 
 fn agency() -> impl Strategy<Value = rogatory_custody::AgencyId> {
@@ -40,11 +40,11 @@ fn legal() -> impl Strategy<Value = Legal> {
                         + time::Duration::days(i64::from(d)),
                 )
             }),
-            onward_transfer: if onward {
+            onward_transfer: Some(if onward {
                 OnwardTransfer::WithConsent
             } else {
                 OnwardTransfer::Forbidden
-            },
+            }),
             notes: notes.map(|s| LegalText::new(&format!("{s}\nline 2"), true).expect("text")),
         })
 }
@@ -68,7 +68,9 @@ fn files() -> impl Strategy<Value = Vec<FileEntry>> {
     })
 }
 
-fn manifest() -> impl Strategy<Value = Manifest> {
+/// An inventory split into its manifest (with a random part of the legal fields public) and
+/// contents.
+fn split() -> impl Strategy<Value = (Inventory, Manifest, Contents)> {
     (
         any::<[u8; 16]>(),
         agency(),
@@ -76,9 +78,12 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         0i64..4_000_000_000,
         legal(),
         files(),
+        proptest::collection::vec(any::<bool>(), LEGAL_FIELDS.len()),
+        any::<[u8; 32]>(),
+        proptest::collection::vec(any::<u8>(), 40..200),
     )
-        .prop_map(|(t, s, r, time, legal, files)| {
-            Manifest::new(
+        .prop_map(|(t, s, r, time, legal, files, public, salt, ct)| {
+            let inventory = Inventory::new(
                 TransferId::from_bytes(t),
                 s,
                 r.into_iter().collect(),
@@ -86,8 +91,23 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 legal,
                 files,
             )
-            .expect("valid manifest")
+            .expect("valid inventory");
+            let required: Vec<String> = LEGAL_FIELDS
+                .iter()
+                .zip(public)
+                .filter(|(_, p)| *p)
+                .map(|(f, _)| (*f).to_owned())
+                .collect();
+            let contents = inventory.contents_with_salt(Sha256Digest(salt));
+            let manifest = inventory
+                .manifest(inventory.legal.public(&required), &contents, &ct)
+                .expect("valid manifest");
+            (inventory, manifest, contents)
         })
+}
+
+fn manifest() -> impl Strategy<Value = Manifest> {
+    split().prop_map(|(_, m, _)| m)
 }
 
 fn statement() -> impl Strategy<Value = Statement> {
@@ -186,6 +206,25 @@ proptest! {
         let back = Manifest::parse(&json).expect("parses");
         prop_assert_eq!(&back, &m);
         prop_assert_eq!(back.to_json(), json);
+    }
+
+    /// §5.4: the contents round-trip, and joining them with the manifest gives back the
+    /// inventory they were split from; the manifest never carries notes or names.
+    #[test]
+    fn contents_join_back((inventory, m, c) in split()) {
+        let json = c.to_json();
+        prop_assert_eq!(&Contents::parse(&json).expect("parses"), &c);
+        prop_assert_eq!(&m.open_contents(&json).expect("joins"), &inventory);
+        prop_assert!(m.legal.notes.is_none());
+        let public = String::from_utf8(m.to_json()).expect("utf-8");
+        for f in &inventory.files {
+            let quoted = format!("\"{}\"", f.path);
+            prop_assert!(!public.contains(&quoted));
+        }
+        // Contents that are not the sealed ones never join.
+        let mut other = c.clone();
+        other.salt = Sha256Digest([0xee; 32]);
+        prop_assert!(m.open_contents(&other.to_json()).is_err());
     }
 
     #[test]

@@ -2,22 +2,14 @@
 //! agency in its trust store sending to the relay's own agency, and requires
 //! `case_reference`, `legal_basis`, `purpose` and `retain_until`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use rogatory_custody::{AgencyId, Legal};
+use rogatory_custody::{AgencyId, LEGAL_FIELDS, Legal};
+use rogatory_transport::frame::PublishedPolicy;
 use serde::Deserialize;
 
-/// A legal-metadata field a policy can require.
-pub const FIELDS: &[&str] = &[
-    "case_reference",
-    "legal_basis",
-    "requesting_authority",
-    "executing_authority",
-    "purpose",
-    "classification",
-    "retain_until",
-];
+/// The legal-metadata fields a policy can require (`custody.md` §5.4).
+pub const FIELDS: &[&str] = LEGAL_FIELDS;
 
 /// What one agency may do.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -96,6 +88,9 @@ pub enum Refusal {
     NotAllowed(String),
     /// A required field is missing.
     MissingField(&'static str),
+    /// The offer carries fields the policy does not ask for: they belong in the encrypted
+    /// contents (`custody.md` §5.4).
+    Unrequested(Vec<&'static str>),
     /// Too large.
     TooLarge(u64),
     /// Over quota.
@@ -163,23 +158,32 @@ impl Policy {
         Ok(())
     }
 
-    /// Checks the required legal fields.
+    /// What WELCOME publishes (`protocol.md` §6.0): a sender checks its metadata against it
+    /// before any work, and puts only these fields in the clear.
+    pub fn published(&self) -> PublishedPolicy {
+        PublishedPolicy {
+            require: self.require.clone(),
+            max_transfer_bytes: self.max_transfer_bytes,
+            max_manifest_age_days: self.max_manifest_age_days,
+        }
+    }
+
+    /// Checks the offer's legal fields: every required one present, and no other one but
+    /// `retain_until` (the relay learns only what its policy needs, `custody.md` §5.4).
     pub fn check_legal(&self, legal: &Legal) -> Result<(), Refusal> {
-        let present: BTreeMap<&str, bool> = [
-            ("case_reference", legal.case_reference.is_some()),
-            ("legal_basis", legal.legal_basis.is_some()),
-            ("requesting_authority", legal.requesting_authority.is_some()),
-            ("executing_authority", legal.executing_authority.is_some()),
-            ("purpose", legal.purpose.is_some()),
-            ("classification", legal.classification.is_some()),
-            ("retain_until", legal.retain_until.is_some()),
-        ]
-        .into_iter()
-        .collect();
+        let required = |f: &str| self.require.iter().any(|r| r == f);
         for f in FIELDS {
-            if self.require.iter().any(|r| r == f) && !present[f] {
+            if required(f) && legal.has(f) != Some(true) {
                 return Err(Refusal::MissingField(f));
             }
+        }
+        let extra: Vec<&'static str> = legal
+            .present()
+            .into_iter()
+            .filter(|f| !required(f) && *f != "retain_until")
+            .collect();
+        if !extra.is_empty() {
+            return Err(Refusal::Unrequested(extra));
         }
         Ok(())
     }

@@ -208,6 +208,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     recipients TEXT NOT NULL,
     offer BLOB NOT NULL,
     manifest BLOB,
+    contents BLOB,
     seal BLOB,
     manifest_sha256 BLOB,
     ciphertext_bytes INTEGER NOT NULL,
@@ -372,6 +373,13 @@ impl<S: Storage> Relay<S> {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.execute_batch(SCHEMA)?;
+        // An index made before the manifest's contents were split off (`custody.md` §5.4).
+        let has_contents: bool = db
+            .prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'contents'")?
+            .exists([])?;
+        if !has_contents {
+            db.execute_batch("ALTER TABLE transfers ADD COLUMN contents BLOB")?;
+        }
         let log = AuditLog::open(
             FileLogStore::open(&d.join("audit.log"))?,
             cfg.identity.log_signer(),
@@ -570,6 +578,19 @@ impl<S: Storage> Relay<S> {
         .map_err(db_err)
     }
 
+    /// The encrypted contents of a sealed transfer (`custody.md` §5.4).
+    pub fn contents(&self, row: i64) -> Result<Option<Vec<u8>>, ProtocolError> {
+        lock(&self.db)
+            .query_row(
+                "SELECT contents FROM transfers WHERE row = ?1",
+                params![row],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db_err)
+    }
+
     /// The delivery receipts of a transfer (`relay.md` §6): one per recipient that has fetched
     /// it, as `(recipient, receipt bundle)`, in the order they arrived.
     pub fn deliveries(&self, row: i64) -> Result<Vec<(AgencyId, String)>, ProtocolError> {
@@ -672,6 +693,9 @@ impl<S: Storage> Relay<S> {
                     "this transfer id belongs to another agency",
                 ));
             }
+            if existing.state == TransferState::Purged {
+                return Err(perr(ErrorCode::NOT_FOUND, "this transfer was purged"));
+            }
             if existing.offer != offer.offer.as_bytes() {
                 return Err(perr(
                     ErrorCode::CONFLICT,
@@ -704,6 +728,13 @@ impl<S: Storage> Relay<S> {
         let policy_err = |r: Refusal| match r {
             Refusal::NotAllowed(m) => perr(ErrorCode::POLICY, m),
             Refusal::MissingField(f) => perr(ErrorCode::POLICY, format!("the policy requires {f}")),
+            Refusal::Unrequested(f) => perr(
+                ErrorCode::POLICY,
+                format!(
+                    "the offer shows {} in the clear; this relay's policy does not ask for it (send it encrypted to the recipients)",
+                    f.join(", ")
+                ),
+            ),
             Refusal::TooLarge(n) => perr(
                 ErrorCode::TOO_LARGE,
                 format!("{n} bytes exceed the relay's maximum"),
@@ -1137,6 +1168,14 @@ impl<S: Storage> Relay<S> {
             ));
         }
         drop(a);
+        // The encrypted contents must be the ones the sealed manifest names (`custody.md` §5.4):
+        // the custody receipt covers them like the files.
+        if !m.holds_contents_ciphertext(&seal.contents) {
+            return Err(perr(
+                ErrorCode::BAD_SEAL,
+                "the encrypted contents do not match the sealed manifest",
+            ));
+        }
         // The manifest, seal and completion time are committed before anything is signed, so a
         // retry signs the same text and finds it in the log instead of appending it twice.
         let manifest_sha = Sha256Digest::of(seal.manifest.as_bytes());
@@ -1146,12 +1185,13 @@ impl<S: Storage> Relay<S> {
         };
         lock(&self.db)
             .execute(
-                "UPDATE transfers SET manifest = ?1, seal = ?2, manifest_sha256 = ?3, completed_at = ?4 WHERE row = ?5",
+                "UPDATE transfers SET manifest = ?1, seal = ?2, manifest_sha256 = ?3, completed_at = ?4, contents = ?5 WHERE row = ?6",
                 params![
                     seal.manifest.as_bytes(),
                     seal.seal.as_bytes(),
                     &manifest_sha.0[..],
                     completed,
+                    &seal.contents[..],
                     row.row
                 ],
             )
@@ -1436,12 +1476,23 @@ impl<S: Storage> Relay<S> {
             self.storage
                 .sync_dir(&self.data_dir.join("inbox"))
                 .map_err(storage_err)?;
-            lock(&self.db)
-                .execute(
-                    "UPDATE transfers SET state = 'purged', purge_receipt = ?1 WHERE row = ?2",
-                    params![bundle, r.row],
-                )
+            // The transfer's metadata go with its data (`relay.md` §7): what remains is what its
+            // receipts and audit entries need — ids, sender, recipients, counts, the manifest's
+            // digest, the seal and the receipts.
+            let mut db = lock(&self.db);
+            let tx = db.transaction().map_err(db_err)?;
+            tx.execute(
+                "UPDATE transfers SET state = 'purged', purge_receipt = ?1, manifest = NULL, \
+                 contents = NULL, offer = x'' WHERE row = ?2",
+                params![bundle, r.row],
+            )
+            .map_err(db_err)?;
+            tx.execute("DELETE FROM files WHERE row = ?1", params![r.row])
                 .map_err(db_err)?;
+            tx.execute("DELETE FROM served WHERE row = ?1", params![r.row])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            drop(db);
             tracing::info!(transfer = %r.transfer, "purged");
         }
         Ok(due)

@@ -253,7 +253,9 @@ async fn fetch<S: Storage + 'static>(
         ));
     }
     let bytes_of = |v: &[u8]| v.to_vec();
-    if r.manifest.is_empty() && matches!(f.object, Object::Seal | Object::Manifest) {
+    if r.manifest.is_empty()
+        && matches!(f.object, Object::Seal | Object::Manifest | Object::Contents)
+    {
         return Err(ProtocolError::new(
             ErrorCode::NOT_FOUND,
             "the transfer is not sealed yet",
@@ -267,6 +269,13 @@ async fn fetch<S: Storage + 'static>(
         }
         Object::Manifest => {
             let b = bytes_of(&r.manifest);
+            let n = b.len() as u64;
+            (Some(b), 0, n)
+        }
+        Object::Contents => {
+            let b = relay.contents(r.row)?.ok_or_else(|| {
+                ProtocolError::new(ErrorCode::NOT_FOUND, "the transfer has no contents")
+            })?;
             let n = b.len() as u64;
             (Some(b), 0, n)
         }

@@ -66,6 +66,7 @@ fn drive<S: Storage>(
             transfer: t.id,
             seal: t.seal.clone(),
             manifest: t.manifest_json.clone(),
+            contents: t.contents.clone(),
         },
     );
     if r.is_err() {

@@ -279,6 +279,16 @@ async fn refusals_are_specific_logged_and_store_nothing() {
             .expect_err("refused"),
         ErrorCode::POLICY,
     );
+    // custody.md §5.4: an offer that shows a legal field the policy does not ask for (here the
+    // classification) is refused: the relay learns only what its policy needs.
+    let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
+    t.manifest.legal.classification =
+        Some(rogatory_custody::LegalText::new("RESTRICTED", false).expect("text"));
+    t.manifest_json = String::from_utf8(t.manifest.to_json()).expect("utf8");
+    t.seal = t.manifest.seal(w.a.identity.signer(), now()).expect("seal");
+    let e = send(&sa, &t, None).await.expect_err("refused");
+    assert!(format!("{e}").contains("classification"), "{e}");
+    check(e, ErrorCode::POLICY);
     // Nothing was stored for a refused offer.
     assert_eq!(
         std::fs::read_dir(dir.path().join("spool"))
@@ -296,6 +306,16 @@ async fn refusals_are_specific_logged_and_store_nothing() {
     );
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     assert_eq!(row.state, TransferState::Receiving);
+    assert!(row.custody_receipt.is_none() && row.manifest.is_empty());
+    // Encrypted contents that are not the ones the seal names: refused at SEAL, never receipted.
+    let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
+    let last = t.contents.len() - 1;
+    t.contents[last] ^= 1;
+    check(
+        send(&sa, &t, None).await.expect_err("refused"),
+        ErrorCode::BAD_SEAL,
+    );
+    let row = r.relay.transfer(&t.id).expect("db").expect("row");
     assert!(row.custody_receipt.is_none() && row.manifest.is_empty());
     // A manifest that does not fulfil the offer (another case reference, correctly sealed).
     let mut t = transfer(&w.a, &[&w.b], &files, legal(), now());
@@ -402,7 +422,7 @@ async fn a_tampered_piece_is_an_integrity_error_and_never_receipted() {
     let sa = connect(&w, &w.a, r.addr).await;
     // Piece 12 of the big file (index 1 in manifest order: a/empty, a/small, b/big, c/exact).
     let big = t
-        .manifest
+        .inventory
         .files
         .iter()
         .position(|f| f.path.as_str() == "b/big.bin")
@@ -573,7 +593,7 @@ async fn scrub_finds_at_rest_corruption_exactly() {
     let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
     let mut b = std::fs::read(&pack).expect("pack");
     let big = t
-        .manifest
+        .inventory
         .files
         .iter()
         .position(|f| f.path.as_str() == "b/big.bin")
@@ -656,6 +676,18 @@ async fn retention_purges_with_a_signed_receipt_and_gc_removes_only_stale_partia
         r.relay.purge(true).expect("again").is_empty(),
         "purge is idempotent"
     );
+    // The metadata went with the data: no manifest, contents, offer or piece table is left, only
+    // what the receipts need; the custody receipt still verifies, and a re-offer is NOT_FOUND.
+    assert!(row.manifest.is_empty() && row.offer.is_empty());
+    assert_eq!(r.relay.contents(row.row).expect("db"), None);
+    assert!(r.relay.durable(row.row).expect("db").is_empty());
+    ReceiptBundle::parse(row.custody_receipt.as_deref().expect("custody"))
+        .expect("bundle")
+        .verify(&w.b.identity.signer().verifier())
+        .expect("custody receipt still verifies");
+    let sa = connect(&w, &w.a, r.addr).await;
+    let e = send(&sa, &short, None).await.expect_err("purged");
+    assert_eq!(code(&e), ErrorCode::NOT_FOUND, "{e}");
 
     // 37: only the stale partial goes; complete data stays; GC again does nothing.
     assert_eq!(r.relay.gc_partials().expect("gc"), vec![partial.id]);

@@ -59,8 +59,8 @@ struct Source {
 }
 
 impl PieceSource for Source {
-    fn seal(&mut self) -> io::Result<(String, String)> {
-        Ok((String::new(), String::new()))
+    fn seal(&mut self) -> io::Result<(String, String, Vec<u8>)> {
+        Ok((String::new(), String::new(), Vec::new()))
     }
     fn piece(&mut self, _: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let r = self

@@ -26,8 +26,8 @@ pub const MAX_HEADER: usize = 9;
 /// Frame size limits (`protocol.md` §8). Defaults are the protocol's; a node may lower them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
-    /// OFFER and SEAL payloads: the offer, or the sealed manifest (custody.md §10: ≤ 32 MiB) and
-    /// its signatures.
+    /// OFFER payloads: the offer (custody.md §10: ≤ 32 MiB). SEAL may carry twice this: the
+    /// manifest and the encrypted contents.
     pub max_offer: u64,
     /// Any other control payload (INBOX, STATUS, receipts, …).
     pub max_control: u64,
@@ -89,7 +89,8 @@ impl FrameType {
     /// The payload limit for this type.
     pub fn limit(self, limits: &FrameLimits) -> u64 {
         match self {
-            FrameType::Offer | FrameType::Seal => limits.max_offer,
+            FrameType::Offer => limits.max_offer,
+            FrameType::Seal => limits.max_offer.saturating_mul(2),
             // file + piece varints (≤ 4 + 8) and the piece.
             FrameType::Piece => MAX_PIECE + 12,
             FrameType::Range => MAX_RANGE + 8,
@@ -123,6 +124,21 @@ pub struct Welcome {
     pub software: String,
     /// How many data streams the client may use for one transfer.
     pub max_data_streams: u32,
+    /// What the relay's policy asks of an offer, so a sender can check before any work.
+    pub policy: PublishedPolicy,
+}
+
+/// The part of a relay's policy it publishes in WELCOME (`protocol.md` §6.0, `relay.md` §4):
+/// the legal-metadata fields an offer must carry — and the only ones it may carry, the rest
+/// travel encrypted to the recipients (`custody.md` §5.4) — and the largest transfer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPolicy {
+    /// Required legal fields, by their manifest names (`custody.md` §5.4 `LEGAL_FIELDS`).
+    pub require: Vec<String>,
+    /// Largest transfer, ciphertext bytes (0: no limit announced).
+    pub max_transfer_bytes: u64,
+    /// Oldest acceptable manifest, days.
+    pub max_manifest_age_days: u32,
 }
 
 /// OFFER (client → relay, upload stream): a transfer announced before its data, as its offer
@@ -145,6 +161,8 @@ pub struct Seal {
     pub seal: String,
     /// The manifest JSON the seal commits to.
     pub manifest: String,
+    /// The age-encrypted contents the manifest names (`custody.md` §5.4).
+    pub contents: Vec<u8>,
 }
 
 /// ACCEPT (relay → client): the offer is accepted; `durable[i]` pieces of file `i` are already
@@ -260,10 +278,12 @@ pub struct Inbox {
 /// What a FETCH asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
-    /// The seal (signed note), as OFFER carried it.
+    /// The seal (signed note), as SEAL carried it.
     Seal,
-    /// The manifest JSON, as OFFER carried it.
+    /// The manifest JSON, as SEAL carried it.
     Manifest,
+    /// The age-encrypted contents, as SEAL carried them (`custody.md` §5.4).
+    Contents,
     /// The ciphertext of a file.
     File(u32),
     /// The custody receipt bundle.
@@ -626,6 +646,11 @@ mod tests {
                 agency: agency("relay-b"),
                 software: "x".into(),
                 max_data_streams: 8,
+                policy: PublishedPolicy {
+                    require: vec!["case_reference".into()],
+                    max_transfer_bytes: 1 << 40,
+                    max_manifest_age_days: 30,
+                },
             }),
             Frame::Offer(Offer {
                 transfer: t,
@@ -681,6 +706,7 @@ mod tests {
                 transfer: t,
                 seal: "seal\n".into(),
                 manifest: "{}".into(),
+                contents: b"age".to_vec(),
             }),
             Frame::Error(ErrorFrame {
                 code: ErrorCode::POLICY,

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use crate::config::{Limits, client_config, server_config};
 use crate::error::{ErrorClass, ErrorCode, FrameError, ProtocolError};
 use crate::frame::{
-    self, Attach, ErrorFrame, Frame, FrameLimits, HeaderRead, Hello, MAX_HEADER, Offer, Receipt,
-    Seal, VERSIONS, Welcome,
+    self, Attach, ErrorFrame, Frame, FrameLimits, HeaderRead, Hello, MAX_HEADER, Offer,
+    PublishedPolicy, Receipt, Seal, VERSIONS, Welcome,
 };
 use crate::tls::{PeerIdentity, PeerTrust, TlsConfigError, TlsIdentity};
 use crate::upload::{
@@ -276,6 +276,8 @@ pub struct Session {
     pub version: u32,
     /// Data streams per transfer (from WELCOME).
     pub max_data_streams: u32,
+    /// The relay's published policy (from WELCOME).
+    pub policy: PublishedPolicy,
     /// Limits of this node.
     pub limits: Limits,
 }
@@ -348,6 +350,7 @@ pub struct Node {
     identity: TlsIdentity,
     trust: PeerTrust,
     active: Arc<tokio::sync::Semaphore>,
+    policy: PublishedPolicy,
 }
 
 impl Node {
@@ -392,7 +395,14 @@ impl Node {
             identity,
             trust,
             active,
+            policy: PublishedPolicy::default(),
         })
+    }
+
+    /// A relay publishes this policy in every WELCOME (`protocol.md` §6.0).
+    pub fn with_policy(mut self, policy: PublishedPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The bound address.
@@ -467,6 +477,7 @@ impl Node {
                 peer,
                 version: welcome.version,
                 max_data_streams: welcome.max_data_streams.max(1),
+                policy: welcome.policy,
                 limits: self.limits.clone(),
             })
         };
@@ -571,6 +582,7 @@ impl Node {
             agency: self.agency.clone(),
             software: software(),
             max_data_streams: self.limits.max_data_streams,
+            policy: self.policy.clone(),
         };
         w.send(&Frame::Welcome(welcome)).await?;
         w.finish();
@@ -579,6 +591,7 @@ impl Node {
             peer,
             version,
             max_data_streams: self.limits.max_data_streams,
+            policy: self.policy.clone(),
             limits: self.limits.clone(),
         })
     }
@@ -612,8 +625,9 @@ pub trait PieceSource: Send {
         let _ = (file, pieces);
         Ok(())
     }
-    /// Every piece is durable: the sealed manifest, as `(seal note, manifest JSON)`.
-    fn seal(&mut self) -> io::Result<(String, String)>;
+    /// Every piece is durable: the sealed manifest, as `(seal note, manifest JSON, encrypted
+    /// contents)` (`custody.md` §5.4).
+    fn seal(&mut self) -> io::Result<(String, String, Vec<u8>)>;
 }
 
 /// The outcome of a completed upload.
@@ -764,12 +778,13 @@ pub async fn upload(
                     }
                 }
                 Transmit::Seal => {
-                    let (seal, manifest) = source.seal().map_err(NetError::Source)?;
+                    let (seal, manifest, contents) = source.seal().map_err(NetError::Source)?;
                     control
                         .send(&Frame::Seal(Seal {
                             transfer: offer.transfer,
                             seal,
                             manifest,
+                            contents,
                         }))
                         .await?;
                 }

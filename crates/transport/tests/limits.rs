@@ -35,11 +35,17 @@ fn defaults_are_the_documented_ones() {
             max_control: 1 << 20
         }
     );
-    // Every frame type has a finite limit, and the OFFER limit covers the largest manifest.
+    // Every frame type has a finite limit, the OFFER limit covers the largest offer, and the
+    // SEAL limit the largest manifest with the largest encrypted contents.
     for t in FrameType::ALL {
-        assert!(t.limit(&l.frames) <= 33 << 20, "{t:?}");
+        assert!(t.limit(&l.frames) <= 66 << 20, "{t:?}");
     }
     assert!(FrameType::Offer.limit(&l.frames) > rogatory_custody::MAX_MANIFEST_LEN as u64);
+    assert!(
+        FrameType::Seal.limit(&l.frames)
+            > rogatory_custody::MAX_MANIFEST_LEN as u64
+                + rogatory_custody::MAX_CONTENTS_CIPHERTEXT_LEN
+    );
     assert_eq!("bbr".parse::<Congestion>(), Ok(Congestion::Bbr));
     assert!("reno2".parse::<Congestion>().is_err());
 }

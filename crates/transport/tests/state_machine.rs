@@ -91,13 +91,14 @@ fn simulate(
                     streams.entry((file, generation)).or_default();
                 }
                 Transmit::Seal => {
-                    let (seal, manifest) = src.seal().expect("seal");
+                    let (seal, manifest, contents) = src.seal().expect("seal");
                     to_relay.push_back((
                         now + net.latency,
                         encode(&Frame::Seal(Seal {
                             transfer,
                             seal,
                             manifest,
+                            contents,
                         })),
                     ));
                 }
@@ -382,6 +383,7 @@ fn intake_refuses_misplaced_and_malformed_data() {
         transfer,
         seal: "s".into(),
         manifest: "m".into(),
+        contents: Vec::new(),
     };
     assert_eq!(
         i.handle_seal(&seal(t)).expect_err("early").code,

@@ -97,7 +97,7 @@ async fn download(
 }
 
 /// A whole small object (seal, manifest, custody receipt) in memory.
-pub(super) async fn small_object(s: &Session, t: TransferId, object: Object) -> Result<Vec<u8>> {
+pub(crate) async fn small_object(s: &Session, t: TransferId, object: Object) -> Result<Vec<u8>> {
     let mut v = Vec::new();
     download(s, t, object, 0, &mut v).await?;
     Ok(v)

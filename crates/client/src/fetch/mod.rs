@@ -17,7 +17,7 @@
 
 mod batch;
 mod disk;
-mod download;
+pub(crate) mod download;
 mod opener;
 
 use std::collections::BTreeSet;
@@ -232,8 +232,7 @@ async fn fetch_one(
         )
         .source(e)
     })?;
-    let m = &sealed.manifest;
-    if !m.recipients.contains(k.identity.id()) {
+    if !sealed.manifest.recipients.contains(k.identity.id()) {
         return Err(Error::new(
             ErrorKind::Refused,
             format!("{t}: this agency is not a recipient"),
@@ -266,6 +265,13 @@ async fn fetch_one(
             ));
         }
     }
+
+    // The contents (`custody.md` §5.4): names, plaintext digests and all the legal metadata,
+    // encrypted to the recipients and bound to the seal.
+    let contents_age = small_object(s, t, Object::Contents).await?;
+    let (inventory, _contents_json) =
+        crate::contents::open(t, &sealed.manifest, &contents_age, k.age)?;
+    let m = &inventory;
 
     // 2. Nothing may be overwritten unless `force`: check every destination first. A file an
     //    interrupted earlier fetch of this transfer into this directory already published (the

@@ -128,7 +128,41 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
             false,
         )?,
         retain_until: retain,
-        onward_transfer: onward,
+        onward_transfer: Some(onward),
         notes: text(&None, meta.notes, "notes", true)?,
     })
+}
+
+/// Checks the legal metadata against what the relay's policy requires, before any work
+/// (`protocol.md` §6.0: WELCOME publishes it).
+pub(crate) fn check_required(legal: &Legal, require: &[String]) -> Result<()> {
+    let missing: Vec<&str> = require
+        .iter()
+        .map(String::as_str)
+        .filter(|f| legal.has(f) == Some(false))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let how: Vec<String> = missing.iter().map(|f| how_to_set(f)).collect();
+    Err(Error::new(
+        ErrorKind::Usage,
+        format!(
+            "the relay's policy requires {}; nothing was sent",
+            missing.join(", ")
+        ),
+    )
+    .hint(format!("set {}", how.join(", "))))
+}
+
+/// The flag (or `--meta` key) that sets a legal field.
+fn how_to_set(field: &str) -> String {
+    match field {
+        "case_reference" => "--case".into(),
+        "legal_basis" => "--legal-basis".into(),
+        "purpose" => "--purpose".into(),
+        "retain_until" => "--retain-until".into(),
+        "classification" => "--classification".into(),
+        other => format!("{other} in the --meta file"),
+    }
 }

@@ -21,12 +21,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rogatory_custody::{
-    AgencyId, OfferedFile, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
+    AgencyId, Legal, OfferedFile, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
     TransferOffer,
 };
 use rogatory_envelope::{AnyRecipient, Encryptor, FileKey, PayloadNonce};
 
-use rogatory_transport::frame::Offer;
+use rogatory_transport::frame::{Offer, PublishedPolicy};
 use rogatory_transport::net::{NetError, upload};
 use rogatory_transport::upload::{UploadConfig, UploadEvent};
 use sha2::{Digest, Sha256};
@@ -37,7 +37,7 @@ pub use sources::Failure;
 use crate::error::{Error, ErrorKind, Result, io, net};
 use crate::events::Event;
 use crate::home::{Home, parse_agency, write_file};
-use state::{Saved, StateDir};
+use state::{Saved, SealedDocs, StateDir};
 use stream::{SourceError, Streamer};
 
 /// What to send, and where.
@@ -164,6 +164,8 @@ fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
 struct Prepared {
     state: StateDir,
     offer: TransferOffer,
+    /// All the legal metadata; the offer has the relay's part.
+    legal: Legal,
     sources: Vec<sources::Source>,
     fresh_keys: Vec<Option<FileKey>>,
 }
@@ -174,10 +176,22 @@ fn marker_of(state: &StateDir) -> PathBuf {
     state.dir.with_extension("sent")
 }
 
+/// A new send checked locally, waiting for the relay's policy before any work.
+struct Checked {
+    state: StateDir,
+    identity: rogatory_custody::AgencyIdentity,
+    recipients: Vec<AgencyId>,
+    age_recipients: Vec<AnyRecipient>,
+    legal: Legal,
+    sources: Vec<sources::Source>,
+}
+
 /// What a send finds before it starts.
 enum Found {
     /// Work to do.
     Send(Box<Prepared>),
+    /// A new transfer, checked locally; it is created once the relay's policy is known.
+    New(Box<Checked>),
     /// The same files were sent and receipted already.
     Already(SendOutcome),
 }
@@ -205,6 +219,8 @@ fn already_sent(home: &Home, transfer: TransferId) -> Option<SendOutcome> {
 }
 
 /// Sets up a new send, or finds the interrupted (or completed) one of the same sources.
+/// Everything that needs no relay is checked here, before connecting: the recipients, the
+/// legal metadata and every source.
 fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found> {
     let identity = home.identity()?;
     let store = home.trust_store()?;
@@ -271,7 +287,30 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
             });
             return resumed(state, saved, offer);
         }
-    } else if state.dir.exists() {
+    }
+    Ok(Found::New(Box::new(Checked {
+        state,
+        identity,
+        recipients,
+        age_recipients,
+        legal,
+        sources,
+    })))
+}
+
+/// Creates a new transfer once the relay's policy is known (`protocol.md` §6.0): its required
+/// legal fields are checked before any work, and they are the only ones the offer shows.
+fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
+    let Checked {
+        state,
+        identity,
+        recipients,
+        age_recipients,
+        legal,
+        sources,
+    } = c;
+    legal::check_required(&legal, &policy.require)?;
+    if state.dir.exists() {
         // An earlier run died before its state was complete: nothing was offered from it.
         std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
     }
@@ -291,12 +330,14 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
             ciphertext_size,
         })
         .collect();
+    // The relay sees only the legal fields its policy asks for (and retention); the rest
+    // travels in the encrypted contents (`custody.md` §5.4).
     let offer = TransferOffer::new(
         transfer,
         identity.id().clone(),
         recipients,
         now,
-        legal,
+        legal.public(&policy.require),
         files,
     )
     .map_err(|e| Error::new(ErrorKind::Usage, "the transfer is not valid").source(e))?;
@@ -304,26 +345,33 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         .map_err(|_| Error::new(ErrorKind::Internal, "offer is not UTF-8"))?;
     state.create(
         &Saved {
-            version: 1,
+            version: state::STATE_VERSION,
             offer: json,
+            legal: String::from_utf8(serde_json::to_vec(&legal).unwrap_or_default())
+                .unwrap_or_default(),
             sources: sources.clone(),
         },
         &heads,
     )?;
-    Ok(Found::Send(Box::new(Prepared {
+    Ok(Prepared {
         state,
         offer,
+        legal,
         sources,
         fresh_keys,
-    })))
+    })
 }
 
 /// An interrupted send found again: its sources must be unchanged.
 fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
     sources::check_unchanged(&saved.sources)?;
+    let legal: Legal = serde_json::from_str(&saved.legal).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "the saved legal metadata is damaged").source(e)
+    })?;
     Ok(Found::Send(Box::new(Prepared {
         state,
         offer,
+        legal,
         fresh_keys: vec![None; saved.sources.len()],
         sources: saved.sources,
     })))
@@ -415,13 +463,41 @@ fn upload_error(e: NetError) -> Error {
 /// # Ok::<(), rogatory_client::Error>(())
 /// ```
 pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Result<SendOutcome> {
+    // Local checks first; then the relay's WELCOME says which legal fields its policy requires,
+    // which are checked before any work and are the only ones it sees (`protocol.md` §6.0).
     let found = match &req.resume {
         Some(id) => find_interrupted(home, id)?,
         None => prepare(home, req, on)?,
     };
-    let p = match found {
-        Found::Send(p) => p,
+    let found = match found {
         Found::Already(done) => return Ok(done),
+        Found::Send(p) => Ok(p),
+        Found::New(c) => Err(c),
+    };
+    let rt = crate::runtime()?;
+    let relay = req.relay.clone();
+    let (node, session) = rt.block_on(crate::connect(home, &relay))?;
+    let close = |node: &rogatory_transport::net::Node,
+                 session: &rogatory_transport::net::Session| {
+        session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+        rt.block_on(node.shutdown(rogatory_transport::ErrorCode::NO_ERROR));
+    };
+    on(&Event::Connected {
+        relay_agency: session.peer.agency.to_string(),
+        tls_key_exchange: session
+            .key_exchange_group()
+            .map(rogatory_transport::kx::group_name),
+    });
+    // The session stays up while the transfer is created: the runtime's workers keep it alive.
+    let p = match found {
+        Ok(p) => p,
+        Err(c) => match create(*c, &session.policy) {
+            Ok(p) => Box::new(p),
+            Err(e) => {
+                close(&node, &session);
+                return Err(e);
+            }
+        },
     };
     let marker = marker_of(&p.state);
     let digest = sources_digest(&p.sources);
@@ -453,25 +529,29 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         .iter()
         .map(|s| s.rel.as_str().to_owned())
         .collect();
+    // The contents are encrypted like the files: to the recipients and the sender.
+    let mut cards = Vec::with_capacity(p.offer.recipients.len());
+    for r in &p.offer.recipients {
+        cards.push(store.get(r).ok_or_else(|| {
+            Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
+                .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
+        })?);
+    }
+    let contents_to = rogatory_custody::age_recipients_for(&identity, &cards);
     let mut streamer = Streamer::new(
         p.state,
         p.offer,
         p.sources,
         age_identities,
-        identity.signer().clone(),
+        stream::Sealing {
+            signer: identity.signer().clone(),
+            legal: p.legal,
+            contents_to,
+        },
         p.fresh_keys,
     )
     .map_err(|e| Error::new(ErrorKind::Storage, "opening the send state").source(e))?;
-    let rt = crate::runtime()?;
-    let relay = req.relay.clone();
     let result = rt.block_on(async {
-        let (node, session) = crate::connect(home, &relay).await?;
-        on(&Event::Connected {
-            relay_agency: session.peer.agency.to_string(),
-            tls_key_exchange: session
-                .key_exchange_group()
-                .map(rogatory_transport::kx::group_name),
-        });
         let mut last = Instant::now() - Duration::from_secs(1);
         let out = upload(
             &session,
@@ -506,7 +586,12 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     });
     let (outcome, relay_agency) = result?;
     let state = streamer.into_state();
-    let Some((manifest_json, seal)) = state.sealed() else {
+    let Some(SealedDocs {
+        manifest: manifest_json,
+        seal,
+        ..
+    }) = state.sealed()
+    else {
         return Err(Error::new(
             ErrorKind::Internal,
             "receipted without a saved seal",

@@ -11,11 +11,13 @@
 //!                            plaintext SHA-256 state and the piece-root frontier at that count
 //!                            (replaced atomically; no fsync: an older copy only costs re-reading)
 //! outbox/<key>/done.bin      per finished file: plaintext SHA-256 and piece root (appended)
-//! outbox/<key>/manifest.json, seal.note   the sealed manifest, once every piece is durable
+//! outbox/<key>/manifest.json, contents.json, contents.age, seal.note
+//!                            the sealed manifest and its contents, plain and encrypted
+//!                            (`custody.md` §5.4), once every piece is durable
 //! ```
 //!
-//! After the custody receipt the folder is removed; the manifest, seal and receipt are kept
-//! under `sent/<transfer>/` and `receipts/`.
+//! After the custody receipt the folder is removed; the manifest, contents and seal are kept
+//! under `sent/<transfer>/`, the receipt under `receipts/`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -34,7 +36,23 @@ use crate::home::write_file;
 pub(crate) struct Saved {
     pub(crate) version: u32,
     pub(crate) offer: String,
+    /// All the legal metadata as JSON (the offer carries only what the relay's policy asks for;
+    /// the rest goes into the encrypted contents, `custody.md` §5.4).
+    pub(crate) legal: String,
     pub(crate) sources: Vec<Source>,
+}
+
+/// The sealed documents of a send (`custody.md` §5.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SealedDocs {
+    /// The manifest JSON.
+    pub(crate) manifest: String,
+    /// The contents JSON (names, plaintext digests, all the legal metadata).
+    pub(crate) contents: Vec<u8>,
+    /// The contents, age-encrypted to the recipients and the sender.
+    pub(crate) contents_age: Vec<u8>,
+    /// The seal note.
+    pub(crate) seal: String,
 }
 
 /// One unfinished file in `progress.bin`.
@@ -61,7 +79,7 @@ pub(crate) struct Done {
 }
 
 const DONE_RECORD: usize = 4 + 32 + 32 + 4;
-const STATE_VERSION: u32 = 1;
+pub(crate) const STATE_VERSION: u32 = 2;
 
 /// The state folder of one send.
 #[derive(Debug)]
@@ -194,28 +212,37 @@ impl StateDir {
     }
 
     /// The sealed manifest, if this send got that far.
-    pub(crate) fn sealed(&self) -> Option<(String, String)> {
-        let m = fs::read_to_string(self.path("manifest.json")).ok()?;
-        let s = fs::read_to_string(self.path("seal.note")).ok()?;
-        Some((m, s))
+    pub(crate) fn sealed(&self) -> Option<SealedDocs> {
+        Some(SealedDocs {
+            manifest: fs::read_to_string(self.path("manifest.json")).ok()?,
+            contents: fs::read(self.path("contents.json")).ok()?,
+            contents_age: fs::read(self.path("contents.age")).ok()?,
+            seal: fs::read_to_string(self.path("seal.note")).ok()?,
+        })
     }
 
-    pub(crate) fn save_sealed(&self, manifest: &str, seal: &str) -> Result<()> {
-        write_file(
-            &self.path("manifest.json"),
-            manifest.as_bytes(),
-            0o600,
-            true,
-        )?;
-        // The seal last: its presence means both are complete.
-        write_file(&self.path("seal.note"), seal.as_bytes(), 0o600, true)
+    pub(crate) fn save_sealed(&self, d: &SealedDocs) -> Result<()> {
+        for (name, bytes) in [
+            ("manifest.json", d.manifest.as_bytes()),
+            ("contents.json", &d.contents[..]),
+            ("contents.age", &d.contents_age[..]),
+        ] {
+            write_file(&self.path(name), bytes, 0o600, true)?;
+        }
+        // The seal last: its presence means the others are complete.
+        write_file(&self.path("seal.note"), d.seal.as_bytes(), 0o600, true)
     }
 
-    /// The transfer is receipted: keep the manifest and seal under `sent/<transfer>/`, drop
-    /// everything else.
+    /// The transfer is receipted: keep the manifest, contents and seal under
+    /// `sent/<transfer>/`, drop everything else.
     pub(crate) fn finish(self, sent: &Path) -> Result<()> {
         fs::create_dir_all(sent).map_err(|e| io("creating", sent, e))?;
-        for name in ["manifest.json", "seal.note"] {
+        for name in [
+            "manifest.json",
+            "contents.json",
+            "contents.age",
+            "seal.note",
+        ] {
             let from = self.path(name);
             let to = sent.join(name);
             fs::rename(&from, &to).map_err(|e| io("moving", &from, e))?;

@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use rogatory_custody::merkle::{Frontier, leaf_hash};
 use rogatory_custody::{
-    FileEntry, Manifest, NoteSigner, PieceLayout, Sha256Digest, Timestamp, TransferOffer,
+    FileEntry, Inventory, Legal, Manifest, NoteSigner, PieceLayout, Sha256Digest, Timestamp,
+    TransferOffer,
 };
-use rogatory_envelope::{AnyIdentity, CHUNK_SIZE, Decryptor, FileKey, PayloadKey, PayloadNonce};
+use rogatory_envelope::{
+    AnyIdentity, AnyRecipient, CHUNK_SIZE, Decryptor, Encryptor, FileKey, PayloadKey, PayloadNonce,
+};
 use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
 use super::sources::{Source, changed};
-use super::state::{Done, Partial, StateDir};
+use super::state::{Done, Partial, SealedDocs, StateDir};
 
 type PlainHash = sha2_resumable::Sha256;
 
@@ -95,6 +98,17 @@ struct FileState {
     phase: Phase,
 }
 
+/// What sealing needs (`custody.md` §5.4).
+#[derive(Debug)]
+pub(crate) struct Sealing {
+    /// The sender's signing key.
+    pub(crate) signer: NoteSigner,
+    /// All the legal metadata (the offer has the relay's part).
+    pub(crate) legal: Legal,
+    /// Who can open the contents: the recipients and the sender.
+    pub(crate) contents_to: Vec<AnyRecipient>,
+}
+
 /// The sender's [`PieceSource`].
 #[derive(Debug)]
 pub(crate) struct Streamer {
@@ -105,6 +119,10 @@ pub(crate) struct Streamer {
     heads: File,
     identities: Vec<AnyIdentity>,
     signer: NoteSigner,
+    /// All the legal metadata (the offer has the relay's part).
+    legal: Legal,
+    /// Who can open the contents: the recipients and the sender.
+    contents_to: Vec<AnyRecipient>,
     /// File keys of this run's fresh headers (none on a resume: unwrapped from the heads).
     fresh_keys: Vec<Option<FileKey>>,
     /// Files that finished since `done.bin` was last appended to.
@@ -129,9 +147,14 @@ impl Streamer {
         offer: TransferOffer,
         sources: Vec<Source>,
         identities: Vec<AnyIdentity>,
-        signer: NoteSigner,
+        sealing: Sealing,
         fresh_keys: Vec<Option<FileKey>>,
     ) -> io::Result<Self> {
+        let Sealing {
+            signer,
+            legal,
+            contents_to,
+        } = sealing;
         let heads = state.heads().map_err(io::Error::other)?;
         let mut head_at = 0;
         let files = offer
@@ -160,6 +183,8 @@ impl Streamer {
             heads,
             identities,
             signer,
+            legal,
+            contents_to,
             fresh_keys,
             finished: Vec::new(),
             progress_dirty: false,
@@ -450,7 +475,7 @@ impl PieceSource for Streamer {
         self.save_progress(false)
     }
 
-    fn seal(&mut self) -> io::Result<(String, String)> {
+    fn seal(&mut self) -> io::Result<(String, String, Vec<u8>)> {
         self.save_progress(true)?;
         if !self.all_done() {
             return Err(state_err("sealing before every file is durable"));
@@ -473,33 +498,60 @@ impl PieceSource for Streamer {
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let manifest = Manifest::new(
+        let inventory = Inventory::new(
             transfer,
             self.offer.sender.clone(),
             self.offer.recipients.clone(),
             self.offer.created_at,
-            self.offer.legal.clone(),
+            self.legal.clone(),
             entries,
         )
         .map_err(|e| state_err(format!("manifest: {e}")))?;
+        // A seal made by an earlier run is sent again, never re-signed, if it seals exactly
+        // this data (its contents were salted and encrypted once, `custody.md` §5.4).
+        if let Some(d) = self.state.sealed()
+            && let Ok(m) = Manifest::parse(d.manifest.as_bytes())
+            && m.offer() == self.offer
+            && m.holds_contents_ciphertext(&d.contents_age)
+            && m.open_contents(&d.contents).is_ok_and(|i| i == inventory)
+        {
+            return Ok((d.seal, d.manifest, d.contents_age));
+        }
+        let contents = inventory.contents();
+        let contents_json = contents.to_json();
+        let contents_age = encrypt_contents(&self.contents_to, &contents_json)?;
+        let manifest = inventory
+            .manifest(self.offer.legal.clone(), &contents, &contents_age)
+            .map_err(|e| state_err(format!("manifest: {e}")))?;
         if manifest.offer() != self.offer {
             return Err(state_err("the manifest does not match the offer"));
         }
         let json = String::from_utf8(manifest.to_json())
             .map_err(|_| state_err("manifest is not UTF-8"))?;
-        // A seal made by an earlier run for the same manifest is sent again, never re-signed.
-        if let Some((m, s)) = self.state.sealed()
-            && m == json
-        {
-            return Ok((s, m));
-        }
         let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
         let seal = manifest
             .seal(&self.signer, now)
             .map_err(|e| state_err(format!("sealing: {e}")))?;
-        self.state
-            .save_sealed(&json, &seal)
-            .map_err(io::Error::other)?;
-        Ok((seal, json))
+        let docs = SealedDocs {
+            manifest: json,
+            contents: contents_json,
+            contents_age,
+            seal,
+        };
+        self.state.save_sealed(&docs).map_err(io::Error::other)?;
+        Ok((docs.seal, docs.manifest, docs.contents_age))
     }
+}
+
+/// The contents, age-encrypted (`custody.md` §5.4).
+fn encrypt_contents(to: &[AnyRecipient], json: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let enc = Encryptor::new(to).map_err(|e| state_err(format!("encrypting the contents: {e}")))?;
+    let mut out = Vec::with_capacity(json.len() + 1024);
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| state_err(format!("encrypting the contents: {e}")))?;
+    w.write_all(json)?;
+    w.finish()?;
+    Ok(out)
 }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, FileEntry, Legal, LegalText, Manifest, OnwardTransfer, PieceLayout,
-    PieceTable, Sha256Digest, Timestamp, TransferId, TrustStore, piece_layout,
+    AgencyId, AgencyIdentity, FileEntry, Inventory, Legal, LegalText, Manifest, OnwardTransfer,
+    PieceLayout, PieceTable, Sha256Digest, Timestamp, TransferId, TrustStore, piece_layout,
 };
 use rogatory_envelope::Encryptor;
 use rogatory_relay::serve::serve_session;
@@ -99,8 +99,11 @@ impl World {
 #[derive(Clone)]
 pub struct Transfer {
     pub id: TransferId,
+    pub inventory: Inventory,
     pub manifest: Manifest,
     pub manifest_json: String,
+    /// The age-encrypted contents (`custody.md` §5.4).
+    pub contents: Vec<u8>,
     pub seal: String,
     pub plaintexts: Vec<Vec<u8>>,
     pub ciphertexts: Vec<Vec<u8>>,
@@ -117,7 +120,7 @@ pub fn legal() -> Legal {
         purpose: Some(LegalText::new("criminal investigation", false).expect("text")),
         classification: None,
         retain_until: Some("2030-12-31".parse().expect("date")),
-        onward_transfer: OnwardTransfer::Forbidden,
+        onward_transfer: Some(OnwardTransfer::Forbidden),
         notes: None,
     }
 }
@@ -164,7 +167,7 @@ pub fn transfer(
         pts.push(pt.clone());
     }
     let recipients: Vec<AgencyId> = recipients.iter().map(|r| r.identity.id().clone()).collect();
-    let manifest = Manifest::new(
+    let inventory = Inventory::new(
         id,
         sender.identity.id().clone(),
         recipients,
@@ -172,9 +175,26 @@ pub fn transfer(
         legal,
         entries,
     )
-    .expect("manifest");
-    // The manifest sorts files by path; keep our vectors in its order.
-    let order: Vec<usize> = manifest
+    .expect("inventory");
+    let contents = inventory.contents();
+    let contents_ct = {
+        let mut all = rcpts.clone();
+        all.push(sender.identity.age_recipient());
+        let enc = Encryptor::new(&all).expect("encryptor");
+        let mut ct = Vec::new();
+        let mut w = enc.wrap_output(&mut ct).expect("wrap");
+        w.write_all(&contents.to_json()).expect("write");
+        w.finish().expect("finish");
+        ct
+    };
+    let public = inventory
+        .legal
+        .public(&rogatory_relay::policy::Policy::default().require);
+    let manifest = inventory
+        .manifest(public, &contents, &contents_ct)
+        .expect("manifest");
+    // The inventory sorts files by path; keep our vectors in its order.
+    let order: Vec<usize> = inventory
         .files
         .iter()
         .map(|f| {
@@ -191,6 +211,8 @@ pub fn transfer(
         id,
         manifest_json: String::from_utf8(manifest.to_json()).expect("utf8"),
         manifest,
+        inventory,
+        contents: contents_ct,
         seal,
         plaintexts: order.iter().map(|&i| pts[i].clone()).collect(),
         ciphertexts: order.iter().map(|&i| cts[i].clone()).collect(),
@@ -219,8 +241,12 @@ pub struct Source {
 }
 
 impl PieceSource for Source {
-    fn seal(&mut self) -> std::io::Result<(String, String)> {
-        Ok((self.t.seal.clone(), self.t.manifest_json.clone()))
+    fn seal(&mut self) -> std::io::Result<(String, String, Vec<u8>)> {
+        Ok((
+            self.t.seal.clone(),
+            self.t.manifest_json.clone(),
+            self.t.contents.clone(),
+        ))
     }
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
         let r = self.t.layouts[file as usize].range(piece).expect("range");
@@ -285,7 +311,8 @@ pub fn start<S: Storage + 'static>(w: &World, relay: Relay<S>) -> Running<S> {
             w.peer_trust(),
             Limits::default(),
         )
-        .expect("node"),
+        .expect("node")
+        .with_policy(relay.policy().published()),
     );
     let addr = node.local_addr().expect("addr");
     let (n, r) = (node.clone(), relay.clone());

@@ -71,9 +71,9 @@ impl Files {
 }
 
 impl PieceSource for Files {
-    fn seal(&mut self) -> io::Result<(String, String)> {
+    fn seal(&mut self) -> io::Result<(String, String, Vec<u8>)> {
         // The test "manifest" is the list of piece roots; the test relay checks it.
-        Ok(("test seal\n".into(), self.roots_text()))
+        Ok(("test seal\n".into(), self.roots_text(), Vec::new()))
     }
     fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let r = self.layouts[file as usize].range(piece).expect("range");
