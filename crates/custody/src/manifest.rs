@@ -40,8 +40,25 @@ impl RelativePath {
     }
 }
 
+/// Bidirectional controls and invisible characters (`custody.md` §5.1): they make two different
+/// names or values look the same, or text read in another order than it is stored. Zero-width
+/// (non-)joiners stay allowed: scripts such as Persian and Devanagari need them.
+pub fn is_bidi_or_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' // soft hyphen
+        | '\u{061c}' // Arabic letter mark
+        | '\u{180e}' // Mongolian vowel separator
+        | '\u{200b}' // zero-width space
+        | '\u{200e}' | '\u{200f}' // left-to-right and right-to-left marks
+        | '\u{202a}'..='\u{202e}' // embeddings and overrides
+        | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+        | '\u{2066}'..='\u{2069}' // isolates
+        | '\u{feff}' // byte order mark, zero-width no-break space
+    )
+}
+
 fn forbidden_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\\' | ':' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || matches!(c, '\\' | ':') || is_bidi_or_invisible(c)
 }
 
 impl std::str::FromStr for RelativePath {
@@ -68,18 +85,20 @@ impl std::fmt::Display for RelativePath {
     }
 }
 
-/// A legal metadata string: at most 4 096 bytes, no control characters (LF allowed in notes).
+/// A legal metadata string: at most 4 096 bytes, no control, bidirectional or invisible
+/// characters (LF allowed in notes).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct LegalText(String);
 
 impl LegalText {
-    /// Validates a legal field; `multiline` allows LF.
+    /// Validates a legal field; `multiline` allows LF. Control, bidirectional and invisible
+    /// characters are refused ([`is_bidi_or_invisible`]).
     pub fn new(s: &str, multiline: bool) -> Result<Self, FieldError> {
         let ok = !s.trim().is_empty()
             && s.len() <= MAX_LEGAL
             && !s
                 .chars()
-                .any(|c| c.is_control() && !(multiline && c == '\n'));
+                .any(|c| (c.is_control() && !(multiline && c == '\n')) || is_bidi_or_invisible(c));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -961,6 +980,12 @@ mod tests {
             "x\ny",
             "x\u{1b}[31m",
             "evil\u{202e}txt.exe",
+            "exhibit\u{200b}1.txt",
+            "exhibit\u{200e}1.txt",
+            "exhibit\u{200f}1.txt",
+            "exhibit\u{061c}1.txt",
+            "\u{feff}exhibit1.txt",
+            "a/b\u{2066}c",
         ] {
             assert!(bad.parse::<RelativePath>().is_err(), "{bad:?}");
         }
@@ -974,6 +999,33 @@ mod tests {
         ] {
             assert!(good.parse::<RelativePath>().is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn legal_text_refuses_controls_bidi_and_invisible_characters() {
+        for bad in [
+            "",
+            "  ",
+            "a\u{202e}b",
+            "XX\u{200b}42",
+            "\u{feff}case",
+            "x\u{1b}[31m",
+            "a\rb",
+        ] {
+            assert!(LegalText::new(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(LegalText::new("line 1\nline 2", false).is_err());
+        assert!(LegalText::new("line 1\nline 2", true).is_ok());
+        assert!(LegalText::new(&"x".repeat(4097), false).is_err());
+        assert!(
+            LegalText::new(
+                "Budapest Convention, art. 31 (\u{5e1}\u{5e2}\u{5d9}\u{5e3})",
+                false
+            )
+            .is_ok()
+        );
+        // Zero-width joiners are part of some scripts.
+        assert!(LegalText::new("\u{645}\u{200c}\u{6cc}", false).is_ok());
     }
 
     #[test]

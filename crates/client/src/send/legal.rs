@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use rogatory_custody::{Legal, LegalText, OnwardTransfer};
+use rogatory_custody::{Legal, LegalText, OnwardTransfer, is_bidi_or_invisible};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -64,12 +64,8 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
      -> Result<Option<LegalText>> {
         match flag.clone().or(file) {
             None => Ok(None),
-            Some(s) => LegalText::new(&s, multi).map(Some).map_err(|e| {
-                Error::new(
-                    ErrorKind::Usage,
-                    format!("{name}: {s:?} is not acceptable legal text"),
-                )
-                .source(e)
+            Some(s) => LegalText::new(&s, multi).map(Some).map_err(|_| {
+                Error::new(ErrorKind::Usage, format!("{name}: {}", why_not(&s, multi)))
             }),
         }
     };
@@ -164,5 +160,30 @@ fn how_to_set(field: &str) -> String {
         "retain_until" => "--retain-until".into(),
         "classification" => "--classification".into(),
         other => format!("{other} in the --meta file"),
+    }
+}
+
+/// Why a legal value is refused, in plain words, quoting at most its first 40 characters
+/// (`custody.md` §5: at most 4 096 bytes, no control, bidirectional or invisible characters).
+fn why_not(s: &str, multiline: bool) -> String {
+    let shown: String = s.chars().take(40).collect();
+    let more = if s.chars().count() > 40 { "…" } else { "" };
+    let quoted = format!("{shown:?}{more}");
+    if s.trim().is_empty() {
+        "is empty".to_owned()
+    } else if s.len() > 4096 {
+        format!(
+            "{quoted} is {} bytes long; at most 4096 are allowed",
+            s.len()
+        )
+    } else if let Some(c) = s.chars().find(|&c| is_bidi_or_invisible(c)) {
+        format!(
+            "{quoted} holds the invisible or bidirectional character U+{:04X}, which can make it read differently from what is stored",
+            c as u32
+        )
+    } else if s.contains('\n') && !multiline {
+        format!("{quoted} spans several lines; only notes may")
+    } else {
+        format!("{quoted} holds a control character")
     }
 }
