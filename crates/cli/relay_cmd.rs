@@ -12,7 +12,7 @@ use rogatory_transport::net::{Node, ServeConfig};
 use rogatory_transport::{ErrorCode, Limits};
 
 use crate::args::{RelayServeArgs, StatusArgs};
-use crate::error::{CliError, Exit, Result, net};
+use crate::error::{CliError, Exit, Result};
 use crate::home::{Home, read_secret};
 
 /// The relay's identity: only the signing key is parsed; an age identity line, if the home
@@ -109,7 +109,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
     rt.block_on(async {
         let node = Arc::new(
             Node::server(listen, tls, peer_trust, Limits::default())
-                .map_err(|e| net("listening", e))?
+                .map_err(|e| listen_error(&listen, e))?
                 .with_policy(relay.policy().published()),
         );
         let addr = node
@@ -238,4 +238,25 @@ pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
         println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
     }
     Ok(())
+}
+
+/// Why the relay cannot listen: a local failure, never "refused by the peer". A busy port is a
+/// local resource (exit 7); an address this machine does not have is a usage error (exit 2).
+fn listen_error(addr: &SocketAddr, e: rogatory_transport::net::NetError) -> CliError {
+    use std::io::ErrorKind as K;
+    match &e {
+        rogatory_transport::net::NetError::Io(io) if io.kind() == K::AddrInUse => CliError::new(
+            Exit::Storage,
+            format!("cannot listen on {addr}: the port is in use"),
+        )
+        .hint("stop the other program, or pass another --listen port"),
+        rogatory_transport::net::NetError::Io(io) if io.kind() == K::AddrNotAvailable => {
+            CliError::new(
+                Exit::Usage,
+                format!("cannot listen on {addr}: this machine has no such address"),
+            )
+            .hint("pass one of this machine's addresses, or 0.0.0.0, to --listen")
+        }
+        _ => CliError::new(Exit::Storage, format!("cannot listen on {addr}")).source(e),
+    }
 }

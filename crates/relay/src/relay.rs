@@ -372,6 +372,17 @@ impl<S: Storage> Relay<S> {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
+        // A damaged index must stop the relay here (`relay.md` §2), not answer every request
+        // with an error later: SQLite checks every page and index (O(size), once per start).
+        let check = db
+            .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            .unwrap_or_else(|e| e.to_string());
+        if check != "ok" {
+            return Err(RelayError::Other(format!(
+                "{} is damaged ({check}); restore it from a backup",
+                db_path.display()
+            )));
+        }
         db.execute_batch(SCHEMA)?;
         // An index made before the manifest's contents were split off (`custody.md` §5.4).
         let has_contents: bool = db
