@@ -99,7 +99,7 @@ fn statement() -> impl Strategy<Value = Statement> {
         any::<[u8; 32]>(),
         any::<u64>(),
         text(),
-        0usize..6,
+        0usize..7,
     )
         .prop_map(|(t, issuer, other, time, d, n, txt, kind)| {
             let head = Head {
@@ -149,6 +149,13 @@ fn statement() -> impl Strategy<Value = Statement> {
                     peer: rogatory_custody::Peer::Agency(other),
                     peer_cert_sha256: d,
                     code: "quota".parse().expect("t"),
+                    reason: txt,
+                },
+                5 => Statement::DamageReport {
+                    head,
+                    sender: other,
+                    manifest_sha256: d,
+                    files: n,
                     reason: txt,
                 },
                 _ => Statement::Fetch {
