@@ -1,4 +1,4 @@
-//! Damage is visible and repairable, with the real binary on 127.0.0.1 (issue 11, `relay.md` §8,
+//! Damage is visible and repairable, with the real binary on 127.0.0.1 (issue 11, `relay.md` §10,
 //! test-plan.md 39a): ciphertext deleted, cut or flipped at the relay, or the relay's piece table
 //! edited in SQLite, is found by `relay scrub` (exit 3), shown as `damaged` by `status`, refused
 //! to `fetch` with exit 3 (not the retryable 5), and repaired by the sender's next `send` of the
@@ -65,10 +65,7 @@ fn send(d: &Path, addr: &str) -> serde_json::Value {
 }
 
 fn status(d: &Path, addr: &str, t: &str) -> String {
-    let o = ok(run(
-        d,
-        &["--home", "A", "status", "--relay", addr, t],
-    ));
+    let o = ok(run(d, &["--home", "A", "status", "--relay", addr, t]));
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("state ").map(str::to_owned))
@@ -202,7 +199,8 @@ fn lost_or_damaged_ciphertext_is_found_shown_refused_and_repaired() {
     let total = first["bytes_total"].as_u64().expect("total");
     // Intact: the same command again sends nothing.
     assert_eq!(send(d, &relay.1)["bytes_sent"], 0);
-    let receipt = std::fs::read(d.join(format!("A/receipts/{t}.custody-receipt"))).expect("receipt");
+    let receipt =
+        std::fs::read(d.join(format!("A/receipts/{t}.custody-receipt"))).expect("receipt");
 
     // (a) The pack deleted: everything is re-sent.
     let relay = round(

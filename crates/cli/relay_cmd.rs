@@ -188,7 +188,7 @@ pub(crate) fn gc(home: &Home) -> Result<()> {
     Ok(())
 }
 
-/// `relay scrub` (`relay.md` §8): marks what it finds (damaged transfers, their files set back
+/// `relay scrub` (`relay.md` §10): marks what it finds (damaged transfers, their files set back
 /// for the sender to re-send, one damage-report each) when it can take the data directory's
 /// lock; next to a running relay it only reports.
 pub(crate) fn scrub(home: &Home) -> Result<()> {

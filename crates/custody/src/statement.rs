@@ -133,7 +133,7 @@ pub enum Statement {
         /// Human-readable reason.
         reason: Text,
     },
-    /// The relay found ciphertext of a receipted transfer lost or damaged (`relay.md` §8); the
+    /// The relay found ciphertext of a receipted transfer lost or damaged (`relay.md` §10); the
     /// transfer is not fetchable until the sender re-sends what is missing.
     DamageReport {
         /// Common lines.

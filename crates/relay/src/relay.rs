@@ -693,7 +693,7 @@ impl<S: Storage> Relay<S> {
                 }
             }
             let durable = self.durable(existing.row)?;
-            // A damaged transfer is repaired like a resume (`relay.md` §8): the sender re-sends
+            // A damaged transfer is repaired like a resume (`relay.md` §10): the sender re-sends
             // what the reduced durable prefixes lack, then the same seal.
             if matches!(
                 existing.state,
@@ -1221,7 +1221,7 @@ impl<S: Storage> Relay<S> {
         Ok(bundle)
     }
 
-    /// SEAL of a damaged transfer (`relay.md` §8): the seal it was receipted with, every piece
+    /// SEAL of a damaged transfer (`relay.md` §10): the seal it was receipted with, every piece
     /// durable again and every file's root equal to its sealed piece root. It becomes fetchable
     /// again under its original custody receipt, which is returned; nothing new is signed.
     fn repaired(&self, row: &TransferRow, seal: &Seal) -> Result<String, ProtocolError> {
@@ -1266,7 +1266,9 @@ impl<S: Storage> Relay<S> {
             return Err(self.integrity(
                 t,
                 &row.sender,
-                format!("file {first}: the re-sent ciphertext does not match its sealed piece root"),
+                format!(
+                    "file {first}: the re-sent ciphertext does not match its sealed piece root"
+                ),
             ));
         }
         self.storage
@@ -1296,14 +1298,18 @@ impl<S: Storage> Relay<S> {
         tx.commit().map_err(db_err)
     }
 
-    /// Marks files of a receipted transfer damaged (`relay.md` §8): one signed `damage-report`
+    /// Marks files of a receipted transfer damaged (`relay.md` §10): one signed `damage-report`
     /// naming them is logged, then, in one transaction, the transfer becomes `damaged` and those
     /// files' durable prefixes are set back to nothing, so that the relay's ACCEPT asks the
     /// sender for them again. The sealed manifest binds only each file's piece root, so no
     /// piece of a file that fails it can be vouched for: the file is re-sent whole. (Logged
     /// before the index is updated: a crash in between logs the same damage again rather than
     /// not at all.) A transfer being repaired right now is left alone.
-    fn mark_damaged(&self, row: &TransferRow, files: &[(u32, String)]) -> Result<(), ProtocolError> {
+    fn mark_damaged(
+        &self,
+        row: &TransferRow,
+        files: &[(u32, String)],
+    ) -> Result<(), ProtocolError> {
         if files.is_empty() || lock(&self.active).contains_key(&row.transfer) {
             return Ok(());
         }
@@ -1346,13 +1352,20 @@ impl<S: Storage> Relay<S> {
     /// damaged (once) and the recipient gets [`damaged_error`].
     pub fn damaged_on_read(&self, t: &TransferId, i: u32, why: &str) -> ProtocolError {
         match self.transfer(t) {
-            Ok(Some(row)) if matches!(row.state, TransferState::Complete | TransferState::Delivered) => {
+            Ok(Some(row))
+                if matches!(
+                    row.state,
+                    TransferState::Complete | TransferState::Delivered
+                ) =>
+            {
                 if let Err(e) = self.mark_damaged(&row, &[(i, why.to_owned())]) {
                     tracing::error!(transfer = %t, error = %e, "could not mark a damaged transfer");
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(transfer = %t, error = %e, "could not mark a damaged transfer"),
+            Err(e) => {
+                tracing::error!(transfer = %t, error = %e, "could not mark a damaged transfer")
+            }
         }
         damaged_error()
     }
@@ -1652,7 +1665,7 @@ impl<S: Storage> Relay<S> {
         Ok(out)
     }
 
-    /// Re-verifies every stored piece of every transfer (test-plan.md 39, `relay.md` §8) and
+    /// Re-verifies every stored piece of every transfer (test-plan.md 39, `relay.md` §10) and
     /// marks what fails: a receipted transfer with lost or damaged ciphertext becomes `damaged`
     /// (one `damage-report` per damage found), and a file of a transfer still being received
     /// that no longer matches its committed frontier is set back to nothing held. Returns
@@ -1841,9 +1854,7 @@ impl<S: Storage> Relay<S> {
                                         .to_owned(),
                                 )
                             } else if held != count {
-                                Some(format!(
-                                    "the index records {held} of {count} pieces held"
-                                ))
+                                Some(format!("the index records {held} of {count} pieces held"))
                             } else if stored.as_deref() != Some(&f.to_bytes()[..]) {
                                 Some(
                                     "the index's piece frontier does not match the stored pieces"

@@ -166,7 +166,7 @@ fn inbox<S: Storage>(
         .into_iter()
         .map(|r| {
             // `delivered` as this recipient sees it: it has delivered its own receipt; a damaged
-            // transfer is `damaged` for everyone (`relay.md` §8).
+            // transfer is `damaged` for everyone (`relay.md` §10).
             let state = if r.state == TransferState::Damaged {
                 TransferState::Damaged
             } else if relay
@@ -326,7 +326,7 @@ async fn fetch<S: Storage + 'static>(
         match &source {
             Some(b) => buf[..n].copy_from_slice(&b[off as usize..off as usize + n]),
             None => {
-                // Ciphertext gone or cut short at rest is damage (`relay.md` §8): marked, and
+                // Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked, and
                 // the recipient told plainly instead of "retry" for ever. Other read errors may
                 // pass; `relay scrub` decides about them.
                 let file = match f.object {

@@ -35,7 +35,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Bytes available to the relay on the file system holding `path`.
     fn available_space(&self, path: &Path) -> io::Result<u64>;
     /// Drops any cached handle of `path`, so that the next operation opens the file by name
-    /// again (it may have been removed or replaced behind the relay's back: `relay.md` §8).
+    /// again (it may have been removed or replaced behind the relay's back: `relay.md` §10).
     fn reopen(&self, _path: &Path) {}
 }
 

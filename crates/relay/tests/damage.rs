@@ -1,4 +1,4 @@
-//! Damage is visible and repairable (`relay.md` §8, test-plan.md 39a): ciphertext lost at rest
+//! Damage is visible and repairable (`relay.md` §10, test-plan.md 39a): ciphertext lost at rest
 //! (a deleted or cut pack, flipped bytes) or an edited piece table is found by scrub — against
 //! the sealed piece roots, never the stored table — or by a read while serving FETCH; the
 //! transfer becomes `damaged` (status, inbox, one `damage-report` in the audit log), FETCH gets
@@ -10,15 +10,16 @@ mod support;
 use rogatory_custody::TransferId;
 use rogatory_relay::{DiskStorage, Policy};
 use rogatory_transport::ErrorCode;
-use rogatory_transport::frame::{
-    Fetch, Frame, InboxRequest, Object, StatusRequest, TransferState,
-};
+use rogatory_transport::frame::{Fetch, Frame, InboxRequest, Object, StatusRequest, TransferState};
 use rogatory_transport::net::Session;
 use support::*;
 
 fn relay_in(w: &World, dir: &std::path::Path) -> Running<DiskStorage> {
     let (_c, clock) = clock_at(now().unix());
-    start(w, open_relay(w, dir, Policy::default(), DiskStorage::new(), clock))
+    start(
+        w,
+        open_relay(w, dir, Policy::default(), DiskStorage::new(), clock),
+    )
 }
 
 async fn request(s: &Session, f: Frame<'_>) -> Frame<'static> {
@@ -249,7 +250,9 @@ async fn a_short_read_while_serving_marks_the_transfer_damaged() {
     assert_eq!(status(&sb, t.id).await.0, TransferState::Damaged);
     assert_eq!(damage_reports(dir.path()), 1);
     // Another FETCH: refused, not logged again.
-    let e = fetch_all(&sb, t.id, Object::File(0)).await.expect_err("damaged");
+    let e = fetch_all(&sb, t.id, Object::File(0))
+        .await
+        .expect_err("damaged");
     assert_eq!(e, ErrorCode::DAMAGED);
     assert_eq!(damage_reports(dir.path()), 1);
     let repair = send(&sa, &t, None).await.expect("repair");

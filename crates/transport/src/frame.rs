@@ -231,7 +231,7 @@ pub enum TransferState {
     Rejected,
     /// Receipted, but the relay found ciphertext lost or damaged (`relay scrub`, or a read while
     /// serving); not fetchable until the sender's next send re-uploads what is missing
-    /// (`relay.md` §8).
+    /// (`relay.md` §10).
     Damaged,
 }
 

@@ -11,7 +11,7 @@
 //! sends only what the relay does not durably hold, re-encrypting it byte for byte under the
 //! saved headers. A changed source is refused (exit 8), never mixed into the transfer.
 //!
-//! Repair (`relay.md` §8): the same command run again after the custody receipt asks the relay
+//! Repair (`relay.md` §10): the same command run again after the custody receipt asks the relay
 //! for the transfer's state; if the relay reports it `damaged` (ciphertext lost at rest), the
 //! state kept under `sent/<transfer>/` is put back under `outbox/<key>/` and the resume above
 //! re-sends exactly what the relay's ACCEPT says it lacks, then the same seal, and gets the
@@ -339,7 +339,7 @@ fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found>
 }
 
 /// A receipted transfer found again: if the relay reports its ciphertext lost or damaged
-/// (`relay.md` §8), the state kept under `sent/<transfer>/` goes back under `outbox/<key>/` and
+/// (`relay.md` §10), the state kept under `sent/<transfer>/` goes back under `outbox/<key>/` and
 /// the send resumes from it, re-sending what the relay lacks. A relay that cannot be asked
 /// leaves the transfer as it was (receipted), with a note.
 fn repair_if_damaged(
@@ -359,7 +359,9 @@ fn repair_if_damaged(
         Ok(st) => st,
         Err(e) => {
             on(&Event::Info {
-                message: format!("could not ask the relay whether it still holds transfer {t}: {e}"),
+                message: format!(
+                    "could not ask the relay whether it still holds transfer {t}: {e}"
+                ),
             });
             return Ok(None);
         }
@@ -379,16 +381,20 @@ fn repair_if_damaged(
         .hint("send the files again with --restart, as a new transfer"));
     }
     let saved = kept.load()?;
-    let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
-        Error::new(ErrorKind::Integrity, "the kept offer is damaged").source(e)
-    })?;
+    let offer = TransferOffer::parse(saved.offer.as_bytes())
+        .map_err(|e| Error::new(ErrorKind::Integrity, "the kept offer is damaged").source(e))?;
     if offer.transfer_id != t {
         return Err(Error::new(
             ErrorKind::Integrity,
             format!("{}: the kept state is of another transfer", sent.display()),
         ));
     }
-    let key = outbox_key(&offer.sender, &offer.recipients, &offer.legal, &saved.sources);
+    let key = outbox_key(
+        &offer.sender,
+        &offer.recipients,
+        &offer.legal,
+        &saved.sources,
+    );
     let state = StateDir::new(home.path(&format!("outbox/{key}")));
     if state.exists() {
         let other = state.load()?;
@@ -425,12 +431,7 @@ fn failures(n: usize, total: usize) -> Error {
 
 /// The interrupted send of transfer `id` under `outbox/` (`send --resume`), or its outcome if it
 /// completed.
-fn find_interrupted(
-    home: &Home,
-    id: &str,
-    relay: &str,
-    on: &dyn Fn(&Event),
-) -> Result<Found> {
+fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> Result<Found> {
     let t: TransferId = id
         .parse()
         .map_err(|_| Error::new(ErrorKind::Usage, format!("{id:?} is not a transfer id")))?;

@@ -18,7 +18,7 @@
 //! under `sent/<transfer>/` and `receipts/`, and so are `state.bin`, `heads.bin` and `done.bin`:
 //! a few hundred bytes per file, and no evidence (the headers open only with a recipient's or
 //! this sender's key, like the relay's copy). They let a later `send` re-encrypt, byte for byte,
-//! the pieces a relay reports lost or damaged (`relay.md` §8) and put the folder back for that.
+//! the pieces a relay reports lost or damaged (`relay.md` §10) and put the folder back for that.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -219,7 +219,13 @@ impl StateDir {
     pub(crate) fn restore(&self, sent: &Path) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         crate::home::make_private(&self.dir)?;
-        for name in ["heads.bin", "done.bin", "manifest.json", "seal.note", "state.bin"] {
+        for name in [
+            "heads.bin",
+            "done.bin",
+            "manifest.json",
+            "seal.note",
+            "state.bin",
+        ] {
             let from = sent.join(name);
             let bytes = match fs::read(&from) {
                 Ok(b) => b,
