@@ -166,7 +166,11 @@ fn round(
         "{name}: a damaged transfer is not retryable: {}",
         stderr(&o)
     );
-    assert!(stderr(&o).contains("DAMAGED"), "{name}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("DAMAGED") && stderr(&o).contains("same send again"),
+        "{name}: {}",
+        stderr(&o)
+    );
 
     let summary = send(d, &relay.1);
     assert_eq!(summary["transfer_id"], t);
