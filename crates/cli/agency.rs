@@ -82,8 +82,23 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn card(home: &Home) -> Result<()> {
-    println!("{}", home.card()?.to_json());
+/// Prints this agency's signed card, `card.note`: what a partner passes to `trust add` (after
+/// checking the fingerprint with this agency over another channel). `--json`: one `card` event
+/// with the card's body and its fingerprint.
+pub(crate) fn card(home: &Home, events: &crate::events::Events) -> Result<()> {
+    let card = home.card()?;
+    if events.json {
+        let body: serde_json::Value = serde_json::from_slice(card.to_json().as_bytes())
+            .map_err(|e| CliError::new(Exit::Internal, "the card's JSON").source(e))?;
+        events.line(serde_json::json!({
+            "type": "card", "card": body, "fingerprint": card.fingerprint().to_string(),
+        }));
+        return Ok(());
+    }
+    let p = home.path("card.note");
+    let note = std::fs::read(&p).map_err(|e| crate::error::io("reading", &p, e))?;
+    std::io::Write::write_all(&mut std::io::stdout(), &note)
+        .map_err(|e| crate::error::io("writing the card to", Path::new("stdout"), e))?;
     Ok(())
 }
 

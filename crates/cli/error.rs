@@ -2,7 +2,7 @@
 
 use std::error::Error as StdError;
 
-pub(crate) use rogatory_client::error::{io, net};
+pub(crate) use rogatory_client::error::io;
 /// The library's error kinds are the CLI's exit classes; [`code`] gives the number.
 pub(crate) use rogatory_client::{Error as CliError, ErrorKind as Exit};
 

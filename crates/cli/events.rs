@@ -16,7 +16,7 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    fn line(&self, v: serde_json::Value) {
+    pub(crate) fn line(&self, v: serde_json::Value) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{v}");
         let _ = out.flush();

@@ -64,7 +64,7 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Decrypt(a) => crypt::decrypt(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Agency(AgencyCommand::Init(a)) => agency::init(&home()?, &a),
-        Command::Agency(AgencyCommand::Card) => agency::card(&home()?),
+        Command::Agency(AgencyCommand::Card) => agency::card(&home()?, events),
         Command::Agency(AgencyCommand::Fingerprint { card }) => {
             agency::fingerprint(&home()?, card.as_deref())
         }

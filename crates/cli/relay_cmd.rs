@@ -197,11 +197,21 @@ pub(crate) fn gc(home: &Home) -> Result<()> {
     Ok(())
 }
 
+/// `relay scrub` (`relay.md` §10): marks what it finds (damaged transfers, their files set back
+/// for the sender to re-send, one damage-report each) when it can take the data directory's
+/// lock; next to a running relay it only reports.
 pub(crate) fn scrub(home: &Home) -> Result<()> {
+    let lock = lock_data_dir(home).ok();
     let relay = open_relay(home, None)?;
-    let found = relay
-        .scrub()
-        .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
+    let found = if lock.is_some() {
+        relay.scrub()
+    } else {
+        eprintln!(
+            "rogatory: the relay is running: faults are reported, not marked damaged (stop it and scrub again to mark them)"
+        );
+        relay.scrub_dry_run()
+    }
+    .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
     for (t, f, why) in &found {
         println!("{t}\tfile {f}\t{why}");
     }

@@ -67,6 +67,10 @@ fn describe(st: &Statement) -> String {
         Statement::Fetch { peer, files, .. } => {
             format!("fetch: {peer} fetched {files} files from {}", h.issuer)
         }
+        Statement::DamageReport { files, reason, .. } => format!(
+            "damage report: {} found {files} files of the transfer lost or damaged: {reason}",
+            h.issuer
+        ),
         other => format!("{} by {}", other.kind(), h.issuer),
     };
     format!("{what}; transfer {}, at {}", h.transfer, h.time)

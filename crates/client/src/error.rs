@@ -120,5 +120,12 @@ pub fn refused(what: &str, code: rogatory_transport::ErrorCode, message: &str) -
         ErrorClass::Integrity => ErrorKind::Integrity,
         _ => ErrorKind::Refused,
     };
-    Error::new(kind, format!("{what}: {code}: {message}"))
+    let err = Error::new(kind, format!("{what}: {code}: {message}"));
+    if code == rogatory_transport::ErrorCode::DAMAGED {
+        // `relay.md` §10: the sender's next send re-uploads what the relay lost.
+        return err.hint(
+            "the sender repairs it by running the same send again; then fetch again (retrying now will not help)",
+        );
+    }
+    err
 }

@@ -8,7 +8,7 @@
 //! card.note         this agency's signed card (public)
 //! trust/<id>.card   cards of trusted agencies
 //! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
-//! sent/<transfer>/  completed sends: manifest and seal
+//! sent/<transfer>/  completed sends: manifest and seal; state, heads and digests for a repair
 //! receipts/         custody receipts of completed sends
 //! relay/            the relay's data directory (`relay serve`)
 //! ```

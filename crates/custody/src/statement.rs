@@ -133,6 +133,20 @@ pub enum Statement {
         /// Human-readable reason.
         reason: Text,
     },
+    /// The relay found ciphertext of a receipted transfer lost or damaged (`relay.md` §10); the
+    /// transfer is not fetchable until the sender re-sends what is missing.
+    DamageReport {
+        /// Common lines.
+        head: Head,
+        /// The sending agency.
+        sender: AgencyId,
+        /// SHA-256 of the canonical manifest.
+        manifest_sha256: Sha256Digest,
+        /// Number of files found damaged.
+        files: u64,
+        /// What was found (e.g. `file 0: piece 3 is missing`).
+        reason: Text,
+    },
     /// A recipient fetched ciphertext.
     Fetch {
         /// Common lines.
@@ -156,6 +170,7 @@ impl Statement {
             Self::PurgeReceipt { .. } => "purge-receipt",
             Self::Rejection { .. } => "rejection",
             Self::Fetch { .. } => "fetch",
+            Self::DamageReport { .. } => "damage-report",
         }
     }
 
@@ -167,7 +182,8 @@ impl Statement {
             | Self::DeliveryReceipt { head, .. }
             | Self::PurgeReceipt { head, .. }
             | Self::Rejection { head, .. }
-            | Self::Fetch { head, .. } => head,
+            | Self::Fetch { head, .. }
+            | Self::DamageReport { head, .. } => head,
         }
     }
 
@@ -274,6 +290,18 @@ impl Statement {
                 line("files", files);
                 line("ciphertext-bytes", ciphertext_bytes);
             }
+            Self::DamageReport {
+                sender,
+                manifest_sha256,
+                files,
+                reason,
+                ..
+            } => {
+                line("sender", sender);
+                line("manifest-sha256", manifest_sha256);
+                line("files", files);
+                line("reason", reason);
+            }
         }
         s
     }
@@ -342,6 +370,13 @@ impl Statement {
                 peer: f.get("peer")?,
                 files: f.number("files")?,
                 ciphertext_bytes: f.number("ciphertext-bytes")?,
+            },
+            "damage-report" => Self::DamageReport {
+                head,
+                sender: f.get("sender")?,
+                manifest_sha256: f.get("manifest-sha256")?,
+                files: f.number("files")?,
+                reason: f.get("reason")?,
             },
             other => {
                 return Err(ParseError::syntax(KIND, format!("unknown type {other:?}")));

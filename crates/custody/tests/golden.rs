@@ -89,6 +89,7 @@ fn golden_vectors() {
         ("purge-receipt.note", w.purge_receipt(), w.relay.signer()),
         ("rejection.note", w.rejection(), w.relay.signer()),
         ("fetch.note", w.fetch(), w.relay.signer()),
+        ("damage-report.note", w.damage_report(), w.relay.signer()),
     ] {
         let note = st.sign(signer).expect("sign");
         check(name, note.as_bytes());

@@ -186,6 +186,7 @@ pub fn state_name(s: TransferState) -> &'static str {
         TransferState::Delivered => "delivered",
         TransferState::Purged => "purged",
         TransferState::Rejected => "rejected",
+        TransferState::Damaged => "damaged",
     }
 }
 
@@ -196,6 +197,7 @@ pub fn parse_state(s: &str) -> TransferState {
         "delivered" => TransferState::Delivered,
         "purged" => TransferState::Purged,
         "rejected" => TransferState::Rejected,
+        "damaged" => TransferState::Damaged,
         _ => TransferState::Receiving,
     }
 }
@@ -714,7 +716,10 @@ impl<S: Storage> Relay<S> {
                 ));
             }
             match existing.state {
-                TransferState::Receiving | TransferState::Complete | TransferState::Delivered => {}
+                TransferState::Receiving
+                | TransferState::Complete
+                | TransferState::Delivered
+                | TransferState::Damaged => {}
                 TransferState::Purged => {
                     return Err(perr(ErrorCode::NOT_FOUND, "this transfer was purged"));
                 }
@@ -723,7 +728,12 @@ impl<S: Storage> Relay<S> {
                 }
             }
             let durable = self.durable(existing.row)?;
-            if existing.state == TransferState::Receiving {
+            // A damaged transfer is repaired like a resume (`relay.md` §10): the sender re-sends
+            // what the reduced durable prefixes lack, then the same seal.
+            if matches!(
+                existing.state,
+                TransferState::Receiving | TransferState::Damaged
+            ) {
                 self.activate(&existing, &layouts, &durable)?;
             }
             let db = lock(&self.db);
@@ -878,6 +888,15 @@ impl<S: Storage> Relay<S> {
             return Ok(());
         }
         let frontiers = self.stored_frontiers(row.row, durable)?;
+        // A damaged transfer's pack stays in the inbox and is repaired in place; it may have
+        // been removed or replaced behind the relay's back, so no cached handle is trusted.
+        let spool = if row.state == TransferState::Damaged {
+            let inbox = self.inbox(row.row);
+            self.storage.reopen(&inbox);
+            inbox
+        } else {
+            self.spool(row.row)
+        };
         let mut base = 0;
         let files = layouts
             .iter()
@@ -891,7 +910,7 @@ impl<S: Storage> Relay<S> {
             row.transfer,
             Arc::new(Mutex::new(Active {
                 row: row.row,
-                spool: self.spool(row.row),
+                spool,
                 files,
                 frontiers,
                 received: durable.to_vec(),
@@ -1066,9 +1085,11 @@ impl<S: Storage> Relay<S> {
         self.storage.sync(spool).map_err(storage_err)?;
         crate::failpoint::hit("sync.after_fsync");
         if !named {
-            self.storage
-                .sync_dir(&self.data_dir.join("spool"))
-                .map_err(storage_err)?;
+            // The spool, or the inbox for a damaged transfer being repaired.
+            let dir = spool
+                .parent()
+                .map_or_else(|| self.data_dir.join("spool"), Path::to_path_buf);
+            self.storage.sync_dir(&dir).map_err(storage_err)?;
         }
         {
             let mut db = lock(&self.db);
@@ -1119,6 +1140,9 @@ impl<S: Storage> Relay<S> {
         let row = self
             .transfer(&t)?
             .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
+        if row.state == TransferState::Damaged {
+            return self.repaired(&row, seal);
+        }
         if let Some(b) = &row.custody_receipt {
             if row.manifest == seal.manifest.as_bytes() && row.seal == seal.seal.as_bytes() {
                 return Ok(b.clone());
@@ -1246,6 +1270,155 @@ impl<S: Storage> Relay<S> {
         lock(&self.active).remove(&t);
         tracing::info!(transfer = %t, log_index = index, "custody receipt issued");
         Ok(bundle)
+    }
+
+    /// SEAL of a damaged transfer (`relay.md` §10): the seal it was receipted with, every piece
+    /// durable again and every file's root equal to its sealed piece root. It becomes fetchable
+    /// again under its original custody receipt, which is returned; nothing new is signed.
+    fn repaired(&self, row: &TransferRow, seal: &Seal) -> Result<String, ProtocolError> {
+        let t = row.transfer;
+        let bundle = row
+            .custody_receipt
+            .clone()
+            .ok_or_else(|| perr(ErrorCode::INTERNAL, "a damaged transfer has no receipt"))?;
+        if row.manifest != seal.manifest.as_bytes() || row.seal != seal.seal.as_bytes() {
+            return Err(perr(
+                ErrorCode::CONFLICT,
+                "this transfer was receipted with another seal",
+            ));
+        }
+        let m = Manifest::parse(&row.manifest)
+            .map_err(|e| perr(ErrorCode::INTERNAL, format!("stored manifest: {e}")))?;
+        let active = self.get_active(&t)?;
+        let a = lock(&active);
+        if a.durable
+            .iter()
+            .zip(&a.files)
+            .any(|(&d, f)| d != f.layout.count())
+        {
+            return Err(perr(
+                ErrorCode::PROTOCOL_VIOLATION,
+                "SEAL before every piece is durable",
+            ));
+        }
+        let bad: Vec<u32> = m
+            .files
+            .iter()
+            .zip(&a.frontiers)
+            .enumerate()
+            .filter(|(_, (f, fr))| !bool::from(subtle_eq(&fr.root(), &f.piece_root.0)))
+            .map(|(i, _)| i as u32)
+            .collect();
+        drop(a);
+        lock(&self.active).remove(&t);
+        if let Some(&first) = bad.first() {
+            // Still damaged: those files are to be re-sent whole again.
+            self.reset_files(row.row, &bad)?;
+            return Err(self.integrity(
+                t,
+                &row.sender,
+                format!(
+                    "file {first}: the re-sent ciphertext does not match its sealed piece root"
+                ),
+            ));
+        }
+        self.storage
+            .sync_dir(&self.data_dir.join("inbox"))
+            .map_err(storage_err)?;
+        lock(&self.db)
+            .execute(
+                "UPDATE transfers SET state = CASE WHEN delivered_at IS NULL THEN 'complete' ELSE 'delivered' END WHERE row = ?1 AND state = 'damaged'",
+                params![row.row],
+            )
+            .map_err(db_err)?;
+        tracing::info!(transfer = %t, "damaged transfer repaired by its sender");
+        Ok(bundle)
+    }
+
+    /// Sets files' durable prefixes back to nothing: the sender re-sends them whole.
+    fn reset_files(&self, row: i64, files: &[u32]) -> Result<(), ProtocolError> {
+        let mut db = lock(&self.db);
+        let tx = db.transaction().map_err(db_err)?;
+        for &i in files {
+            tx.execute(
+                "UPDATE files SET durable = 0, frontier = NULL WHERE row = ?1 AND idx = ?2",
+                params![row, i64::from(i)],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Marks files of a receipted transfer damaged (`relay.md` §10): one signed `damage-report`
+    /// naming them is logged, then, in one transaction, the transfer becomes `damaged` and those
+    /// files' durable prefixes are set back to nothing, so that the relay's ACCEPT asks the
+    /// sender for them again. The sealed manifest binds only each file's piece root, so no
+    /// piece of a file that fails it can be vouched for: the file is re-sent whole. (Logged
+    /// before the index is updated: a crash in between logs the same damage again rather than
+    /// not at all.) A transfer being repaired right now is left alone.
+    fn mark_damaged(
+        &self,
+        row: &TransferRow,
+        files: &[(u32, String)],
+    ) -> Result<(), ProtocolError> {
+        if files.is_empty() || lock(&self.active).contains_key(&row.transfer) {
+            return Ok(());
+        }
+        let reason = files
+            .iter()
+            .map(|(i, why)| format!("file {i}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let st = Statement::DamageReport {
+            head: Head {
+                transfer: row.transfer,
+                issuer: self.agency.clone(),
+                time: self.now(),
+            },
+            sender: row.sender.clone(),
+            manifest_sha256: Sha256Digest::of(&row.manifest),
+            files: files.len() as u64,
+            reason: text(&reason),
+        };
+        self.log_statement(&st)?;
+        tracing::warn!(transfer = %row.transfer, files = files.len(), "ciphertext lost or damaged: {reason}");
+        let mut db = lock(&self.db);
+        let tx = db.transaction().map_err(db_err)?;
+        tx.execute(
+            "UPDATE transfers SET state = 'damaged' WHERE row = ?1 AND state IN ('complete', 'delivered', 'damaged')",
+            params![row.row],
+        )
+        .map_err(db_err)?;
+        for (i, _) in files {
+            tx.execute(
+                "UPDATE files SET durable = 0, frontier = NULL WHERE row = ?1 AND idx = ?2",
+                params![row.row, i64::from(*i)],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Serving FETCH found file `i` of `t` missing or short in the pack: the transfer is marked
+    /// damaged (once) and the recipient gets [`damaged_error`].
+    pub fn damaged_on_read(&self, t: &TransferId, i: u32, why: &str) -> ProtocolError {
+        match self.transfer(t) {
+            Ok(Some(row))
+                if matches!(
+                    row.state,
+                    TransferState::Complete | TransferState::Delivered
+                ) =>
+            {
+                if let Err(e) = self.mark_damaged(&row, &[(i, why.to_owned())]) {
+                    tracing::error!(transfer = %t, error = %e, "could not mark a damaged transfer");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(transfer = %t, error = %e, "could not mark a damaged transfer")
+            }
+        }
+        damaged_error()
     }
 
     fn reject(&self, row: &TransferRow) {
@@ -1434,7 +1607,10 @@ impl<S: Storage> Relay<S> {
         let today = now.date();
         let mut out = Vec::new();
         for r in self.transfers()? {
-            if !matches!(r.state, TransferState::Complete | TransferState::Delivered) {
+            if !matches!(
+                r.state,
+                TransferState::Complete | TransferState::Delivered | TransferState::Damaged
+            ) {
                 continue;
             }
             // Retention comes from the sealed manifest, which the sender signed, never from a
@@ -1551,9 +1727,64 @@ impl<S: Storage> Relay<S> {
         Ok(out)
     }
 
-    /// Re-verifies every stored piece of every transfer against its table and every complete
-    /// file against its digest (test-plan.md 39). Returns `(transfer, file, problem)` for each fault.
+    /// Re-verifies every stored piece of every transfer (test-plan.md 39, `relay.md` §10) and
+    /// marks what fails: a receipted transfer with lost or damaged ciphertext becomes `damaged`
+    /// (one `damage-report` per damage found), and a file of a transfer still being received
+    /// that no longer matches its committed frontier is set back to nothing held. Returns
+    /// `(transfer, file, problem)` for each fault, those of transfers already damaged included.
     pub fn scrub(&self) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
+        self.scrub_inner(true)
+    }
+
+    /// [`Relay::scrub`] without marking anything: for a store another process is serving.
+    pub fn scrub_dry_run(&self) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
+        self.scrub_inner(false)
+    }
+
+    /// Reads `count` pieces of a file from the pack into a frontier; a missing, short or
+    /// unreadable piece is a problem.
+    fn read_pieces(
+        &self,
+        path: &Path,
+        base: u64,
+        layout: &PieceLayout,
+        count: u64,
+        buf: &mut [u8],
+    ) -> Result<Frontier, String> {
+        let mut frontier = Frontier::new();
+        for p in 0..count {
+            let Some(range) = layout.range(p) else { break };
+            let len = (range.end - range.start) as usize;
+            let Some(buf) = buf.get_mut(..len) else {
+                return Err(format!("piece {p} is longer than a piece can be"));
+            };
+            match self.storage.read_at(path, base + range.start, buf) {
+                Ok(n) if n == len => frontier.push(leaf_hash(buf)),
+                Ok(_) => return Err(format!("piece {p} is missing (the pack is too short)")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err("the pack file is missing".to_owned());
+                }
+                Err(e) => return Err(format!("piece {p} cannot be read: {e}")),
+            }
+        }
+        Ok(frontier)
+    }
+
+    /// The committed frontier blobs of a transfer's files, as stored (unchecked).
+    fn frontier_rows(&self, row: i64) -> Result<Vec<Option<Vec<u8>>>, ProtocolError> {
+        let db = lock(&self.db);
+        let mut q = db
+            .prepare("SELECT frontier FROM files WHERE row = ?1 ORDER BY idx")
+            .map_err(db_err)?;
+        let v = q
+            .query_map(params![row], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(v)
+    }
+
+    fn scrub_inner(&self, mark: bool) -> Result<Vec<(TransferId, u32, String)>, ProtocolError> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65_552];
         for r in self.transfers()? {
@@ -1568,6 +1799,10 @@ impl<S: Storage> Relay<S> {
                 }
             };
             let durable = self.durable(r.row)?;
+            let receipted = matches!(
+                r.state,
+                TransferState::Complete | TransferState::Delivered | TransferState::Damaged
+            );
             // What each file's pieces must hash to: the sealed piece roots once sealed, else the
             // frontiers committed with the durable prefixes.
             let expected: Vec<Sha256Digest> = if r.manifest.is_empty() {
@@ -1613,39 +1848,98 @@ impl<S: Storage> Relay<S> {
                 }
             };
             let path = self.pack_path(&r);
+            // The pack may have been removed or replaced since a handle to it was cached.
+            self.storage.reopen(&path);
+            let frontiers = if receipted {
+                self.frontier_rows(r.row)?
+            } else {
+                Vec::new()
+            };
+            // Faults found now in data the relay vouched for (marked and reported once).
+            let mut new = Vec::new();
             let mut base = 0u64;
             for (i, layout) in offer.layouts().iter().enumerate() {
-                let mut frontier = Frontier::new();
-                let mut problem = None;
-                for p in 0..durable.get(i).copied().unwrap_or(0) {
-                    let Some(range) = layout.range(p) else { break };
-                    let len = (range.end - range.start) as usize;
-                    match self
-                        .storage
-                        .read_at(&path, base + range.start, &mut buf[..len])
-                    {
-                        Ok(n) if n == len => frontier.push(leaf_hash(&buf[..len])),
-                        Ok(_) => {
-                            problem = Some(format!("piece {p} is missing (the pack is too short)"));
-                            break;
-                        }
-                        Err(e) => {
-                            problem = Some(format!("piece {p} cannot be read: {e}"));
-                            break;
+                let held = durable.get(i).copied().unwrap_or(0);
+                let count = layout.count();
+                let problem = if !receipted {
+                    // Still being received: the durable prefix against its committed frontier
+                    // (or the sealed root, once sealed).
+                    match self.read_pieces(&path, base, layout, held, &mut buf) {
+                        Err(p) => Some(p),
+                        Ok(f) => expected
+                            .get(i)
+                            .is_none_or(|want| !bool::from(subtle_eq(&f.root(), &want.0)))
+                            .then(|| {
+                                "the stored pieces do not match the file's piece root".to_owned()
+                            }),
+                    }
+                } else if r.state == TransferState::Damaged && held < count {
+                    // Known damage awaiting the sender's re-send: what was re-sent so far must
+                    // match the frontier committed with it.
+                    let stored = frontiers
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|b| Frontier::from_bytes(&b));
+                    let resent = self.read_pieces(&path, base, layout, held, &mut buf);
+                    let intact = match (&stored, &resent) {
+                        (Some(s), Ok(f)) => s.len() == held && s.root() == f.root(),
+                        (None, Ok(_)) => held == 0,
+                        _ => false,
+                    };
+                    if !intact && mark && !lock(&self.active).contains_key(&r.transfer) {
+                        self.reset_files(r.row, &[i as u32])?;
+                    }
+                    out.push((
+                        r.transfer,
+                        i as u32,
+                        format!(
+                            "damaged: {held} of {count} pieces held again, awaiting the sender's re-send"
+                        ),
+                    ));
+                    base += layout.ciphertext_size;
+                    continue;
+                } else {
+                    // Receipted: every piece the sealed manifest names, read from the pack and
+                    // hashed against the sealed piece root, whatever the index says; then the
+                    // index must agree.
+                    match self.read_pieces(&path, base, layout, count, &mut buf) {
+                        Err(p) => Some(p),
+                        Ok(f) => {
+                            let stored = frontiers.get(i).cloned().flatten();
+                            if expected
+                                .get(i)
+                                .is_none_or(|want| !bool::from(subtle_eq(&f.root(), &want.0)))
+                            {
+                                Some(
+                                    "the stored pieces do not match the file's sealed piece root"
+                                        .to_owned(),
+                                )
+                            } else if held != count {
+                                Some(format!("the index records {held} of {count} pieces held"))
+                            } else if stored.as_deref() != Some(&f.to_bytes()[..]) {
+                                Some(
+                                    "the index's piece frontier does not match the stored pieces"
+                                        .to_owned(),
+                                )
+                            } else {
+                                None
+                            }
                         }
                     }
-                }
-                let root_ok = expected
-                    .get(i)
-                    .is_some_and(|want| bool::from(subtle_eq(&frontier.root(), &want.0)));
-                if problem.is_none() && !root_ok {
-                    problem =
-                        Some("the stored pieces do not match the file's piece root".to_owned());
-                }
+                };
                 if let Some(p) = problem {
+                    if receipted {
+                        new.push((i as u32, p.clone()));
+                    } else if mark && !lock(&self.active).contains_key(&r.transfer) {
+                        self.reset_files(r.row, &[i as u32])?;
+                    }
                     out.push((r.transfer, i as u32, p));
                 }
                 base += layout.ciphertext_size;
+            }
+            if mark && !new.is_empty() {
+                self.mark_damaged(&r, &new)?;
             }
         }
         Ok(out)
@@ -1672,6 +1966,15 @@ fn text(s: &str) -> Text {
     let t = t.trim_start();
     let t = if t.is_empty() { "-" } else { t };
     t.parse().expect("sanitised text is valid statement text")
+}
+
+/// The answer to a FETCH of a damaged transfer's ciphertext (`protocol.md` §7: integrity
+/// class, exit 3, not retryable).
+pub fn damaged_error() -> ProtocolError {
+    perr(
+        ErrorCode::DAMAGED,
+        "the relay's copy of this transfer is lost or damaged; it can be fetched again once the sender re-sends it",
+    )
 }
 
 fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {

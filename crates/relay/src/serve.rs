@@ -15,7 +15,7 @@ use rogatory_transport::net::{
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
 
-use crate::relay::Relay;
+use crate::relay::{Relay, damaged_error};
 use crate::storage::Storage;
 
 /// Most entries in one INBOX answer.
@@ -148,7 +148,12 @@ fn inbox<S: Storage>(
         .transfers()?
         .into_iter()
         .filter(|r| r.recipients.contains(&peer.agency))
-        .filter(|r| matches!(r.state, TransferState::Complete | TransferState::Delivered))
+        .filter(|r| {
+            matches!(
+                r.state,
+                TransferState::Complete | TransferState::Delivered | TransferState::Damaged
+            )
+        })
         .collect();
     if let Some(a) = after
         && let Some(pos) = rows.iter().position(|r| r.transfer == a)
@@ -160,8 +165,11 @@ fn inbox<S: Storage>(
     let entries = rows
         .into_iter()
         .map(|r| {
-            // `delivered` as this recipient sees it: it has delivered its own receipt.
-            let state = if relay
+            // `delivered` as this recipient sees it: it has delivered its own receipt; a damaged
+            // transfer is `damaged` for everyone (`relay.md` §10).
+            let state = if r.state == TransferState::Damaged {
+                TransferState::Damaged
+            } else if relay
                 .deliveries(r.row)?
                 .iter()
                 .any(|(a, _)| *a == peer.agency)
@@ -287,6 +295,9 @@ async fn fetch<S: Storage + 'static>(
             (Some(b.into_bytes()), 0, n)
         }
         Object::File(i) => {
+            if r.state == TransferState::Damaged {
+                return Err(damaged_error());
+            }
             if !matches!(r.state, TransferState::Complete | TransferState::Delivered) {
                 return Err(ProtocolError::new(
                     ErrorCode::NOT_FOUND,
@@ -324,11 +335,35 @@ async fn fetch<S: Storage + 'static>(
         match &source {
             Some(b) => buf[..n].copy_from_slice(&b[off as usize..off as usize + n]),
             None => {
-                let got = relay.read_pack(&r, base + off, &mut buf[..n])?;
+                // Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked, and
+                // the recipient told plainly instead of "retry" for ever. Other read errors may
+                // pass; `relay scrub` decides about them.
+                let file = match f.object {
+                    Object::File(i) => i,
+                    _ => 0,
+                };
+                let got = match relay.read_pack(&r, base + off, &mut buf[..n]) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        let missing = relay
+                            .storage()
+                            .len(&relay.pack_path(&r))
+                            .is_ok_and(|l| l.is_none());
+                        if missing {
+                            return Err(relay.damaged_on_read(
+                                &r.transfer,
+                                file,
+                                "the pack file is missing",
+                            ));
+                        }
+                        return Err(e);
+                    }
+                };
                 if got != n {
-                    return Err(ProtocolError::new(
-                        ErrorCode::STORAGE_UNAVAILABLE,
-                        "stored ciphertext is shorter than recorded",
+                    return Err(relay.damaged_on_read(
+                        &r.transfer,
+                        file,
+                        "stored ciphertext is shorter than recorded (the pack is too short)",
                     ));
                 }
             }

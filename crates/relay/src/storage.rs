@@ -34,6 +34,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn len(&self, path: &Path) -> io::Result<Option<u64>>;
     /// Bytes available to the relay on the file system holding `path`.
     fn available_space(&self, path: &Path) -> io::Result<u64>;
+    /// Drops any cached handle of `path`, so that the next operation opens the file by name
+    /// again (it may have been removed or replaced behind the relay's back: `relay.md` §10).
+    fn reopen(&self, _path: &Path) {}
 }
 
 /// The real file system. Keeps recently used files open (positional I/O), at most `MAX_OPEN`.
@@ -115,6 +118,9 @@ impl Storage for DiskStorage {
     fn available_space(&self, path: &Path) -> io::Result<u64> {
         fs4::available_space(path)
     }
+    fn reopen(&self, path: &Path) {
+        self.forget(path);
+    }
 }
 
 /// Fails operations of an inner storage: the `fail_at`-th operation (0-based) and, when
@@ -191,6 +197,9 @@ impl<S: Storage> Storage for Faulty<S> {
     }
     fn available_space(&self, p: &Path) -> io::Result<u64> {
         self.inner.available_space(p)
+    }
+    fn reopen(&self, p: &Path) {
+        self.inner.reopen(p)
     }
 }
 
@@ -452,5 +461,8 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn available_space(&self, p: &Path) -> io::Result<u64> {
         (**self).available_space(p)
+    }
+    fn reopen(&self, p: &Path) {
+        (**self).reopen(p)
     }
 }

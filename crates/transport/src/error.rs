@@ -74,6 +74,7 @@ codes! {
     CONFLICT = 0x27, "The transfer id is in use with a different manifest, or a piece conflicts with stored data.";
     INTEGRITY = 0x30, "A piece does not match its table entry or the table does not match `piece_root`.";
     BAD_SEAL = 0x31, "The sealed manifest does not verify or is malformed.";
+    DAMAGED = 0x32, "The relay's copy of the transfer is lost or damaged; it is fetchable again once the sender re-sends it.";
 }
 
 impl ErrorCode {

@@ -247,6 +247,10 @@ pub enum TransferState {
     Purged,
     /// Rejected (integrity or policy).
     Rejected,
+    /// Receipted, but the relay found ciphertext lost or damaged (`relay scrub`, or a read while
+    /// serving); not fetchable until the sender's next send re-uploads what is missing
+    /// (`relay.md` §10).
+    Damaged,
 }
 
 /// One line of an inbox.

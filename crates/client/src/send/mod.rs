@@ -10,6 +10,12 @@
 //! finds it, checks that no source changed (size, modification and change time, inode), and
 //! sends only what the relay does not durably hold, re-encrypting it byte for byte under the
 //! saved headers. A changed source is refused (exit 8), never mixed into the transfer.
+//!
+//! Repair (`relay.md` §10): the same command run again after the custody receipt asks the relay
+//! for the transfer's state; if the relay reports it `damaged` (ciphertext lost at rest), the
+//! state kept under `sent/<transfer>/` is put back under `outbox/<key>/` and the resume above
+//! re-sends exactly what the relay's ACCEPT says it lacks, then the same seal, and gets the
+//! original custody receipt back.
 
 mod legal;
 mod sources;
@@ -267,6 +273,9 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         && let Ok(t) = t.parse::<TransferId>()
         && let Some(done) = already_sent(home, t)
     {
+        if let Some(found) = repair_if_damaged(home, &req.relay, t, on)? {
+            return Ok(found);
+        }
         on(&Event::Info {
             message: format!(
                 "these files were already sent as transfer {t} and receipted; --restart sends them again as a new transfer"
@@ -377,6 +386,89 @@ fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found>
     })))
 }
 
+/// A receipted transfer found again: if the relay reports its ciphertext lost or damaged
+/// (`relay.md` §10), the state kept under `sent/<transfer>/` goes back under `outbox/<key>/` and
+/// the send resumes from it, re-sending what the relay lacks. A relay that cannot be asked
+/// leaves the transfer as it was (receipted), with a note.
+fn repair_if_damaged(
+    home: &Home,
+    relay: &str,
+    t: TransferId,
+    on: &dyn Fn(&Event),
+) -> Result<Option<Found>> {
+    use crate::status::{StatusRequest, TransferState, status};
+    let st = match status(
+        home,
+        &StatusRequest {
+            relay: relay.to_owned(),
+            transfer: t.to_string(),
+        },
+    ) {
+        Ok(st) => st,
+        Err(e) => {
+            on(&Event::Info {
+                message: format!(
+                    "could not ask the relay whether it still holds transfer {t}: {e}"
+                ),
+            });
+            return Ok(None);
+        }
+    };
+    if st.state != TransferState::Damaged {
+        return Ok(None);
+    }
+    let sent = sent_dir(home, &t);
+    let kept = StateDir::new(sent.clone());
+    if !kept.exists() || !kept.path("heads.bin").exists() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "the relay reports transfer {t} damaged, and this home kept no headers to re-send it from"
+            ),
+        )
+        .hint("send the files again with --restart, as a new transfer"));
+    }
+    let saved = kept.load()?;
+    let offer = TransferOffer::parse(saved.offer.as_bytes())
+        .map_err(|e| Error::new(ErrorKind::Integrity, "the kept offer is damaged").source(e))?;
+    if offer.transfer_id != t {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!("{}: the kept state is of another transfer", sent.display()),
+        ));
+    }
+    // The folder a re-run of the same command finds: named by all the legal metadata (the
+    // offer has only the relay's part).
+    let legal: Legal = serde_json::from_str(&saved.legal).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "the kept legal metadata is damaged").source(e)
+    })?;
+    let key = outbox_key(&offer.sender, &offer.recipients, &legal, &saved.sources);
+    let state = StateDir::new(home.path(&format!("outbox/{key}")));
+    if state.exists() {
+        let other = state.load()?;
+        if TransferOffer::parse(other.offer.as_bytes()).map(|o| o.transfer_id) != Ok(t) {
+            return Err(Error::new(
+                ErrorKind::Safety,
+                format!(
+                    "{}: another send of these files is interrupted; finish it first",
+                    state.dir.display()
+                ),
+            ));
+        }
+    } else {
+        if state.dir.exists() {
+            std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
+        }
+        state.restore(&sent)?;
+    }
+    on(&Event::Info {
+        message: format!(
+            "the relay reports transfer {t} damaged (ciphertext lost at rest); re-sending what it lacks"
+        ),
+    });
+    resumed(state, saved, offer).map(Some)
+}
+
 fn failures(n: usize, total: usize) -> Error {
     Error::new(
         ErrorKind::Usage,
@@ -387,11 +479,14 @@ fn failures(n: usize, total: usize) -> Error {
 
 /// The interrupted send of transfer `id` under `outbox/` (`send --resume`), or its outcome if it
 /// completed.
-fn find_interrupted(home: &Home, id: &str) -> Result<Found> {
+fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> Result<Found> {
     let t: TransferId = id
         .parse()
         .map_err(|_| Error::new(ErrorKind::Usage, format!("{id:?} is not a transfer id")))?;
     if let Some(done) = already_sent(home, t) {
+        if let Some(found) = repair_if_damaged(home, relay, t, on)? {
+            return Ok(found);
+        }
         return Ok(Found::Already(done));
     }
     let outbox = home.path("outbox");
@@ -466,7 +561,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     // Local checks first; then the relay's WELCOME says which legal fields its policy requires,
     // which are checked before any work and are the only ones it sees (`protocol.md` §6.0).
     let found = match &req.resume {
-        Some(id) => find_interrupted(home, id)?,
+        Some(id) => find_interrupted(home, id, &req.relay, on)?,
         None => prepare(home, req, on)?,
     };
     let found = match found {

@@ -16,8 +16,12 @@
 //!                            (`custody.md` §5.4), once every piece is durable
 //! ```
 //!
-//! After the custody receipt the folder is removed; the manifest, contents and seal are kept
-//! under `sent/<transfer>/`, the receipt under `receipts/`.
+//! After the custody receipt the folder is removed; the manifest, contents, seal and receipt are
+//! kept under `sent/<transfer>/` and `receipts/`, and so are `state.bin`, `heads.bin` and
+//! `done.bin`: a few hundred bytes per file, and no evidence (the headers open only with a
+//! recipient's or this sender's key, like the relay's copy). They let a later `send` re-encrypt,
+//! byte for byte, the pieces a relay reports lost or damaged (`relay.md` §10) and put the folder
+//! back for that.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -233,8 +237,36 @@ impl StateDir {
         write_file(&self.path("seal.note"), d.seal.as_bytes(), 0o600, true)
     }
 
+    /// Puts a receipted transfer's kept state (`sent/<transfer>/`, see [`StateDir::finish`])
+    /// back here, so that the ordinary resume re-sends what a relay lost; `state.bin` last.
+    pub(crate) fn restore(&self, sent: &Path) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
+        crate::home::make_private(&self.dir)?;
+        for name in [
+            "heads.bin",
+            "done.bin",
+            "manifest.json",
+            "contents.json",
+            "contents.age",
+            "seal.note",
+            "state.bin",
+        ] {
+            let from = sent.join(name);
+            let bytes = match fs::read(&from) {
+                Ok(b) => b,
+                Err(e) if name == "done.bin" && e.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(io("reading", &from, e)),
+            };
+            write_file(&self.path(name), &bytes, 0o600, true)?;
+        }
+        Ok(())
+    }
+
     /// The transfer is receipted: keep the manifest, contents and seal under
-    /// `sent/<transfer>/`, drop everything else.
+    /// `sent/<transfer>/`, with what re-sends lost pieces (the state, the heads and the finished
+    /// files' digests), drop everything else.
     pub(crate) fn finish(self, sent: &Path) -> Result<()> {
         fs::create_dir_all(sent).map_err(|e| io("creating", sent, e))?;
         for name in [
@@ -242,10 +274,18 @@ impl StateDir {
             "contents.json",
             "contents.age",
             "seal.note",
+            "heads.bin",
+            "state.bin",
         ] {
             let from = self.path(name);
             let to = sent.join(name);
             fs::rename(&from, &to).map_err(|e| io("moving", &from, e))?;
+        }
+        // done.bin only saves re-reading the sources on a repair: best effort, made durable
+        // like the rest.
+        let done = self.path("done.bin");
+        if File::open(&done).and_then(|f| f.sync_all()).is_ok() {
+            let _ = fs::rename(&done, sent.join("done.bin"));
         }
         if let Some(parent) = sent.parent() {
             File::open(sent)
