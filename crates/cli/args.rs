@@ -46,12 +46,17 @@ pub(crate) enum Command {
     Inbox(InboxArgs),
     /// Download, verify and decrypt transfers into a directory; send the delivery receipt.
     Fetch(FetchArgs),
-    /// Verify receipts, signed statements, checkpoints and cards offline; print what each proves.
+    /// Verify receipts, signed statements, checkpoints and cards offline, or fetched output
+    /// folders (every transfer's files, seal and receipts); print what each proves.
     Verify {
-        /// Files to verify.
+        /// Files, fetched output directories or transfer folders to verify.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Remove what is past its retention date (the sealed manifest's retain_until): this
+    /// home's completed sends (sent/), or with DIR the transfers fetched into DIR; keep what
+    /// the receipts need and record each purge in the home's purged.log.
+    Purge(PurgeArgs),
     /// Check, show or export the relay's audit log.
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -354,4 +359,18 @@ pub(crate) struct Period {
     /// Only entries before the end of this date (YYYY-MM-DD, UTC).
     #[arg(long, value_name = "DATE")]
     pub(crate) until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// Show what would be purged; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Judge retention as of this date (YYYY-MM-DD) instead of today (for rehearsals and tests).
+    #[arg(long, value_name = "DATE", hide = true)]
+    pub(crate) as_of: Option<String>,
+    /// A fetched output directory (recipient side), or one transfer folder in it; without it,
+    /// this home's sent/ (sender side).
+    #[arg(value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
 }

@@ -32,6 +32,8 @@ mod events;
 pub mod fetch;
 pub mod home;
 pub mod inbox;
+pub mod package;
+pub mod purge;
 pub mod send;
 pub mod status;
 
