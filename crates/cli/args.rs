@@ -53,9 +53,10 @@ pub(crate) enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Remove what is past its retention date (the sealed manifest's retain_until): this
-    /// home's completed sends (sent/), or with DIR the transfers fetched into DIR; keep what
-    /// the receipts need and record each purge in the home's purged.log.
+    /// Remove completed sends, or with DIR fetched transfers, past their retention date.
+    ///
+    /// Retention is the sealed manifest's retain_until. What the receipts need stays (seal,
+    /// receipts, manifest digest); each purge is recorded in the home's purged.log.
     Purge(PurgeArgs),
     /// Check, show or export the relay's audit log.
     Audit(AuditArgs),
@@ -298,13 +299,15 @@ pub(crate) struct FetchArgs {
     /// The relay, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) relay: String,
-    /// Fetch everything in this agency's inbox.
+    /// Fetch every transfer in this agency's inbox that it has not yet received (delivered).
     #[arg(long, conflicts_with = "transfers")]
     pub(crate) all: bool,
-    /// Output directory (created if missing); files are created inside it only.
+    /// Output directory (created if missing): each transfer goes into its own folder inside it,
+    /// <sender>_<case>_<id>, with its evidence package in <folder>/.rogatory/.
     #[arg(short, long, value_name = "DIR")]
     pub(crate) output: PathBuf,
-    /// Overwrite existing files.
+    /// Fetch a transfer fetched before into its earlier folder, overwriting its files (never
+    /// another transfer's); without it, a new folder (<folder>-2, …).
     #[arg(long)]
     pub(crate) force: bool,
     /// Transfer ids.

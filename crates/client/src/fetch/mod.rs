@@ -61,11 +61,14 @@ pub struct FetchRequest {
     pub relay: String,
     /// Transfer ids to fetch, in this order.
     pub transfers: Vec<String>,
-    /// Fetch everything in this agency's inbox (instead of `transfers`).
+    /// Fetch everything in this agency's inbox that this agency has not delivered yet (instead
+    /// of `transfers`).
     pub all: bool,
-    /// Output directory (created if missing); files are created inside it only.
+    /// Output directory (created if missing): each transfer goes into its own folder inside
+    /// it (`package.rs`); files are created inside that folder only.
     pub output: PathBuf,
-    /// Overwrite existing files.
+    /// Fetch a transfer fetched before into its earlier folder, overwriting its files; never
+    /// a file of another transfer. Without it, a transfer fetched again goes into a new folder.
     pub force: bool,
 }
 
