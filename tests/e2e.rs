@@ -192,7 +192,10 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
             "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
         ],
     ));
-    assert_eq!(tree(&transfer_dir(&d.join("out")).join("case 42")), tree(&case));
+    assert_eq!(
+        tree(&transfer_dir(&d.join("out")).join("case 42")),
+        tree(&case)
+    );
     // Every receipt verifies against the trust store; the relay's log verifies, and stops
     // verifying after one byte of it changes.
     let mut args = vec!["--home", "A", "verify"];
@@ -333,8 +336,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     };
     let f = interrupted("trap1");
     std::fs::create_dir_all(f.join("case-7")).expect("mkdir");
-    std::os::unix::fs::symlink(outside.join("x"), f.join("case-7/\u{fc}ber.txt"))
-        .expect("symlink");
+    std::os::unix::fs::symlink(outside.join("x"), f.join("case-7/\u{fc}ber.txt")).expect("symlink");
     let o = run(
         d,
         &[
@@ -372,7 +374,9 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     // transfer's folder, which an interrupted fetch names in its state file.
     std::fs::create_dir_all(interrupted("out").join("case-7")).expect("mkdir");
     std::fs::write(
-        d.join("out").join(&folder).join("case-7/.rogatory-partial-Xy12ab"),
+        d.join("out")
+            .join(&folder)
+            .join("case-7/.rogatory-partial-Xy12ab"),
         b"stale",
     )
     .expect("w");
@@ -516,7 +520,10 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
         ],
     ));
     let fetch_secs = t0.elapsed().as_secs_f64();
-    assert_eq!(tree(&transfer_dir(&d.join("out")).join("bulk")), tree(&bulk));
+    assert_eq!(
+        tree(&transfer_dir(&d.join("out")).join("bulk")),
+        tree(&bulk)
+    );
     eprintln!(
         "bulk 5000 files (debug build): send {:.0} files/s, fetch {:.0} files/s",
         5000.0 / send_secs,

@@ -78,7 +78,9 @@ fn send(d: &Path, home: &str, relay: &str, to: &[&str], extra: &[&str], paths: &
 fn fetch_all(d: &Path, home: &str, relay: &str, out: &str) -> Vec<serde_json::Value> {
     json_lines(&ok(run(
         d,
-        &["--home", home, "--json", "fetch", "--relay", relay, "--all", "-o", out],
+        &[
+            "--home", home, "--json", "fetch", "--relay", relay, "--all", "-o", out,
+        ],
     )))
 }
 
@@ -126,7 +128,13 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
             folder.file_name().expect("name").to_string_lossy(),
             format!("agency-a_XX-2026-0042_{}", &t[..8])
         );
-        assert_eq!(summary["output"], folder.display().to_string().replace(&format!("{}/", d.display()), ""));
+        assert_eq!(
+            summary["output"],
+            folder
+                .display()
+                .to_string()
+                .replace(&format!("{}/", d.display()), "")
+        );
         assert_eq!(
             std::fs::read(folder.join("case-42/exhibit1.txt")).expect("f"),
             b"exhibit one\n"
@@ -166,7 +174,13 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
         }
         let o = ok(run(
             d,
-            &["--home", home, "--json", "verify", &folder.display().to_string()],
+            &[
+                "--home",
+                home,
+                "--json",
+                "verify",
+                &folder.display().to_string(),
+            ],
         ));
         let v = &json_lines(&o)[0];
         assert_eq!(v["type"], "verified");
@@ -223,11 +237,17 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
     ));
     let dirs = transfer_dirs(&out);
     assert_eq!(dirs.len(), 2, "{dirs:?}");
-    assert!(dirs[1].to_string_lossy().ends_with(&format!("{}-2", &t[..8])));
+    assert!(
+        dirs[1]
+            .to_string_lossy()
+            .ends_with(&format!("{}-2", &t[..8]))
+    );
     std::fs::write(folder.join("case-42/exhibit1.txt"), b"changed").expect("w");
     ok(run(
         d,
-        &["--home", "B", "fetch", "--relay", &r.1, &t, "-o", "outB", "--force"],
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &t, "-o", "outB", "--force",
+        ],
     ));
     assert_eq!(transfer_dirs(&out).len(), 2);
     assert_eq!(
@@ -259,8 +279,14 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
         .map(|(_, p)| p.file_name().expect("n").to_string_lossy().into_owned())
         .collect();
     assert!(names.contains(&format!("{t}.custody-receipt")), "{names:?}");
-    assert!(names.contains(&format!("{t}.delivery-agency-b.receipt")), "{names:?}");
-    assert!(names.contains(&format!("{t}.delivery-agency-c.receipt")), "{names:?}");
+    assert!(
+        names.contains(&format!("{t}.delivery-agency-b.receipt")),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&format!("{t}.delivery-agency-c.receipt")),
+        "{names:?}"
+    );
     for (_, p) in &saved {
         let o = ok(run(d, &["--home", "A", "verify", &p.display().to_string()]));
         assert!(stdout(&o).contains(": ok: "), "{}", stdout(&o));
@@ -298,14 +324,25 @@ fn two_senders_same_named_files_never_mix() {
     assert_eq!(dirs.len(), 2, "{dirs:?}");
     let a = d.join(format!("out/agency-a_XX-2026-0042_{}", &ta[..8]));
     let dd = d.join(format!("out/agency-d_XX-2026-0042_{}", &td[..8]));
-    assert_eq!(std::fs::read(a.join("case-42/exhibit1.txt")).expect("a"), b"from A");
-    assert_eq!(std::fs::read(dd.join("case-42/exhibit1.txt")).expect("d"), b"from D");
+    assert_eq!(
+        std::fs::read(a.join("case-42/exhibit1.txt")).expect("a"),
+        b"from A"
+    );
+    assert_eq!(
+        std::fs::read(dd.join("case-42/exhibit1.txt")).expect("d"),
+        b"from D"
+    );
     // --force re-fetches A's transfer into A's folder only.
     ok(run(
         d,
-        &["--home", "B", "fetch", "--relay", &r.1, &ta, "-o", "out", "--force"],
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &ta, "-o", "out", "--force",
+        ],
     ));
-    assert_eq!(std::fs::read(dd.join("case-42/exhibit1.txt")).expect("d"), b"from D");
+    assert_eq!(
+        std::fs::read(dd.join("case-42/exhibit1.txt")).expect("d"),
+        b"from D"
+    );
     assert_eq!(transfer_dirs(&d.join("out")).len(), 2);
     let o = ok(run(d, &["--home", "B", "--json", "verify", "out"]));
     let ev = json_lines(&o);
@@ -327,22 +364,50 @@ fn purge_at_both_ends_after_retention() {
     // Within retention: nothing to purge (retain_until is the last day kept).
     let o = ok(run(
         d,
-        &["--home", "B", "--json", "purge", "out", "--as-of", "2030-12-31"],
+        &[
+            "--home",
+            "B",
+            "--json",
+            "purge",
+            "out",
+            "--as-of",
+            "2030-12-31",
+        ],
     ));
-    assert_eq!(json_lines(&o), [serde_json::json!({"type": "summary", "purged": 0, "dry_run": false})]);
+    assert_eq!(
+        json_lines(&o),
+        [serde_json::json!({"type": "summary", "purged": 0, "dry_run": false})]
+    );
 
     // Recipient: a dry run changes nothing; the purge removes the files and the manifest,
     // keeps seal, receipts and record, and logs it.
     let o = ok(run(
         d,
-        &["--home", "B", "--json", "purge", "out", "--dry-run", "--as-of", "2031-01-01"],
+        &[
+            "--home",
+            "B",
+            "--json",
+            "purge",
+            "out",
+            "--dry-run",
+            "--as-of",
+            "2031-01-01",
+        ],
     ));
     assert_eq!(json_lines(&o)[0]["dry_run"], true);
     assert!(folder.join("case-42/exhibit1.txt").exists());
     assert!(!d.join("B/purged.log").exists());
     let o = ok(run(
         d,
-        &["--home", "B", "--json", "purge", "out", "--as-of", "2031-01-01"],
+        &[
+            "--home",
+            "B",
+            "--json",
+            "purge",
+            "out",
+            "--as-of",
+            "2031-01-01",
+        ],
     ));
     let ev = json_lines(&o);
     assert_eq!(ev[0]["type"], "purged");
@@ -351,7 +416,12 @@ fn purge_at_both_ends_after_retention() {
     assert_eq!(listing(&folder), [".rogatory"]);
     assert_eq!(
         listing(&folder.join(".rogatory")),
-        ["custody.receipt", "delivery.receipt", "package.json", "seal.note"]
+        [
+            "custody.receipt",
+            "delivery.receipt",
+            "package.json",
+            "seal.note"
+        ]
     );
     let log = std::fs::read_to_string(d.join("B/purged.log")).expect("log");
     assert_eq!(log.lines().count(), 1);
@@ -363,7 +433,15 @@ fn purge_at_both_ends_after_retention() {
     assert!(stdout(&o).contains("purged"), "{}", stdout(&o));
     let o = ok(run(
         d,
-        &["--home", "B", "--json", "purge", "out", "--as-of", "2031-01-01"],
+        &[
+            "--home",
+            "B",
+            "--json",
+            "purge",
+            "out",
+            "--as-of",
+            "2031-01-01",
+        ],
     ));
     assert_eq!(json_lines(&o)[0]["purged"], 0);
 
@@ -374,7 +452,11 @@ fn purge_at_both_ends_after_retention() {
         d,
         &["--home", "A", "purge", "--dry-run", "--as-of", "2031-01-01"],
     ));
-    assert!(stdout(&o).contains(&format!("would purge {t}")), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("would purge {t}")),
+        "{}",
+        stdout(&o)
+    );
     assert!(sent.join("manifest.json").exists());
     let o = ok(run(
         d,
@@ -390,6 +472,9 @@ fn purge_at_both_ends_after_retention() {
     let log = std::fs::read_to_string(d.join("A/purged.log")).expect("log");
     assert!(log.contains("\"side\":\"sent\""), "{log}");
     let receipt = d.join("A/receipts").join(format!("{t}.custody-receipt"));
-    ok(run(d, &["--home", "A", "verify", &receipt.display().to_string()]));
+    ok(run(
+        d,
+        &["--home", "A", "verify", &receipt.display().to_string()],
+    ));
     drop(r);
 }

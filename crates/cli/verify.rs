@@ -75,35 +75,19 @@ fn describe(st: &Statement) -> String {
 /// What one file proves, or why it proves nothing.
 fn verify_one(text: &str, store: &TrustStore) -> std::result::Result<String, String> {
     let cards: Vec<&AgencyCard> = store.cards().collect();
-    if let Ok(b) = ReceiptBundle::parse(text) {
+    if ReceiptBundle::parse(text).is_ok() {
         // custody.md §9: the statement's signer (the relay's agency for custody and purge
         // receipts, the recipient for a delivery receipt) and the log's owner (the relay's
         // agency, named by the checkpoint's origin) are both trusted agencies, possibly two.
-        let Some(signer) = cards
-            .iter()
-            .find(|c| Statement::open(b.statement_note.as_bytes(), &c.verifier_key).is_ok())
-        else {
-            return Err("a receipt whose statement no trusted agency signed".into());
-        };
-        let origin = b.checkpoint_note.lines().next().unwrap_or_default();
-        let Some(owner) = cards.iter().find(|c| origin == format!("{}/audit", c.id)) else {
-            return Err(format!(
-                "a receipt proven in the log {origin:?}, which is no trusted agency's"
-            ));
-        };
-        return match b.verify_logged_by(&signer.verifier_key, &owner.verifier_key) {
-            Ok(l) => Ok(format!(
+        return rogatory_client::package::verify_receipt(text, store).map(|v| {
+            format!(
                 "{}; entry {} of {}/audit (checkpoint of {} entries)",
-                describe(&l.statement),
-                l.index,
-                owner.id,
-                l.checkpoint.size
-            )),
-            Err(e) => Err(format!(
-                "a receipt signed by {} whose proof in {}/audit fails: {e}",
-                signer.id, owner.id
-            )),
-        };
+                describe(&v.logged.statement),
+                v.logged.index,
+                v.log_owner,
+                v.logged.checkpoint.size
+            )
+        });
     }
     for c in &cards {
         if let Ok(st) = Statement::open(text.as_bytes(), &c.verifier_key) {
@@ -180,7 +164,11 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
             Exit::Integrity,
             format!(
                 "{} did not verify: {}",
-                if failed.len() == 1 { "1 item".to_owned() } else { format!("{} items", failed.len()) },
+                if failed.len() == 1 {
+                    "1 item".to_owned()
+                } else {
+                    format!("{} items", failed.len())
+                },
                 failed.join(", ")
             ),
         ))
@@ -250,14 +238,35 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
                 }
             }
             if legal.is_some() {
-                println!("  case reference:       {}", shown(text(|l| l.case_reference.as_ref())));
-                println!("  legal basis:          {}", shown(text(|l| l.legal_basis.as_ref())));
-                println!("  requesting authority: {}", shown(text(|l| l.requesting_authority.as_ref())));
-                println!("  executing authority:  {}", shown(text(|l| l.executing_authority.as_ref())));
-                println!("  purpose:              {}", shown(text(|l| l.purpose.as_ref())));
+                println!(
+                    "  case reference:       {}",
+                    shown(text(|l| l.case_reference.as_ref()))
+                );
+                println!(
+                    "  legal basis:          {}",
+                    shown(text(|l| l.legal_basis.as_ref()))
+                );
+                println!(
+                    "  requesting authority: {}",
+                    shown(text(|l| l.requesting_authority.as_ref()))
+                );
+                println!(
+                    "  executing authority:  {}",
+                    shown(text(|l| l.executing_authority.as_ref()))
+                );
+                println!(
+                    "  purpose:              {}",
+                    shown(text(|l| l.purpose.as_ref()))
+                );
                 println!("  retain until:         {}", shown(retain.clone()));
-                println!("  classification:       {}", shown(text(|l| l.classification.as_ref())));
-                println!("  onward transfer:      {}", shown(onward.map(str::to_owned)));
+                println!(
+                    "  classification:       {}",
+                    shown(text(|l| l.classification.as_ref()))
+                );
+                println!(
+                    "  onward transfer:      {}",
+                    shown(onward.map(str::to_owned))
+                );
             }
         }
         if !ok {

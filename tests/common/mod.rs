@@ -179,6 +179,11 @@ pub fn transfer_dirs(out: &Path) -> Vec<PathBuf> {
 #[track_caller]
 pub fn transfer_dir(out: &Path) -> PathBuf {
     let v = transfer_dirs(out);
-    assert_eq!(v.len(), 1, "one transfer folder in {}: {v:?}", out.display());
+    assert_eq!(
+        v.len(),
+        1,
+        "one transfer folder in {}: {v:?}",
+        out.display()
+    );
     v.into_iter().next().expect("one")
 }

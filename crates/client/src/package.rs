@@ -121,8 +121,9 @@ impl Record {
     /// Writes `folder/.rogatory/package.json` (atomically).
     pub fn write(&self, folder: &Path) -> Result<()> {
         let p = folder.join(PACKAGE_DIR).join(RECORD);
-        let mut b = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::new(ErrorKind::Internal, "encoding the package record").source(e))?;
+        let mut b = serde_json::to_vec_pretty(self).map_err(|e| {
+            Error::new(ErrorKind::Internal, "encoding the package record").source(e)
+        })?;
         b.push(b'\n');
         write_file(&p, &b, 0o644, true)
     }
@@ -222,7 +223,10 @@ pub struct VerifiedReceipt {
 }
 
 /// Verifies a receipt bundle's text against the trust store; the error is a plain sentence.
-pub fn verify_receipt(text: &str, store: &TrustStore) -> std::result::Result<VerifiedReceipt, String> {
+pub fn verify_receipt(
+    text: &str,
+    store: &TrustStore,
+) -> std::result::Result<VerifiedReceipt, String> {
     let cards: Vec<&AgencyCard> = store.cards().collect();
     let b = ReceiptBundle::parse(text).map_err(|_| "not a receipt bundle".to_owned())?;
     let Some(signer) = cards
@@ -233,7 +237,10 @@ pub fn verify_receipt(text: &str, store: &TrustStore) -> std::result::Result<Ver
     };
     let origin = b.checkpoint_note.lines().next().unwrap_or_default();
     let Some(owner) = cards.iter().find(|c| origin == format!("{}/audit", c.id)) else {
-        return Err("a receipt proven in a log that is no trusted agency's".into());
+        return Err(format!(
+            "a receipt proven in the log {}, which is no trusted agency's",
+            origin.escape_debug()
+        ));
     };
     match b.verify_logged_by(&signer.verifier_key, &owner.verifier_key) {
         Ok(l) => Ok(VerifiedReceipt {
@@ -331,7 +338,8 @@ fn verify_folder(folder: &Path, store: &TrustStore) -> TransferReport {
         (Some(m), _) => match open_manifest(m, &pkg.seal, store) {
             Ok(man) => (Some(man), Sha256Digest::of(m)),
             Err(e) => {
-                r.problems.push(format!("{}: {}", name("seal.note"), e.message()));
+                r.problems
+                    .push(format!("{}: {}", name("seal.note"), e.message()));
                 return r;
             }
         },
@@ -346,7 +354,8 @@ fn verify_folder(folder: &Path, store: &TrustStore) -> TransferReport {
             }
         }
         _ => {
-            r.problems.push(format!("{} is missing", name("manifest.json")));
+            r.problems
+                .push(format!("{} is missing", name("manifest.json")));
             return r;
         }
     };
@@ -379,14 +388,17 @@ fn verify_folder(folder: &Path, store: &TrustStore) -> TransferReport {
                 ));
             }
         }
-        Err(why) => r.problems.push(format!("{}: {why}", name("custody.receipt"))),
+        Err(why) => r
+            .problems
+            .push(format!("{}: {why}", name("custody.receipt"))),
     }
 
     // The delivery receipt: by a recipient, in the same relay's log, naming the same documents.
     match &pkg.delivery_receipt {
-        None => r
-            .problems
-            .push(format!("{} is missing (fetch not completed)", name("delivery.receipt"))),
+        None => r.problems.push(format!(
+            "{} is missing (fetch not completed)",
+            name("delivery.receipt")
+        )),
         Some(d) => match verify_receipt(&String::from_utf8_lossy(d), store) {
             Ok(v) => {
                 let ok = r.relay.as_deref() == Some(v.log_owner.as_str())
@@ -433,15 +445,13 @@ fn verify_folder(folder: &Path, store: &TrustStore) -> TransferReport {
                             r.files += 1;
                             r.bytes += f.size;
                         }
-                        Ok(_) => r.problems.push(format!(
-                            "{shown}: SHA-256 differs from the manifest's"
-                        )),
+                        Ok(_) => r
+                            .problems
+                            .push(format!("{shown}: SHA-256 differs from the manifest's")),
                         Err(e) => r.problems.push(format!("{shown}: unreadable: {e}")),
                     }
                 }
-                Ok(_) => r
-                    .problems
-                    .push(format!("{shown}: not a regular file")),
+                Ok(_) => r.problems.push(format!("{shown}: not a regular file")),
                 Err(_) => r.problems.push(format!("{shown}: missing")),
             }
         }

@@ -125,7 +125,12 @@ fn purge_sent(home: &Home, today: CalendarDate, dry_run: bool) -> Result<Vec<Pur
     Ok(out)
 }
 
-fn purge_fetched(home: &Home, out_dir: &Path, today: CalendarDate, dry_run: bool) -> Result<Vec<Purged>> {
+fn purge_fetched(
+    home: &Home,
+    out_dir: &Path,
+    today: CalendarDate,
+    dry_run: bool,
+) -> Result<Vec<Purged>> {
     let store = home.trust_store()?;
     let folders: Vec<PathBuf> = if package::is_transfer_folder(out_dir) {
         vec![out_dir.to_owned()]

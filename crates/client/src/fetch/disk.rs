@@ -315,15 +315,13 @@ pub(super) fn write_state(output: &Path, state: &Path, folder: &str) -> Result<(
     if fs::symlink_metadata(state).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir_all(state).map_err(|e| io("removing", state, e))?;
     }
-    if fs::symlink_metadata(state).is_ok_and(|m| m.is_file()) {
+    let want = format!("{folder}\n");
+    if fs::symlink_metadata(state).is_ok_and(|m| m.is_file())
+        && fs::read_to_string(state).is_ok_and(|t| t == want)
+    {
         return Ok(());
     }
-    write_file(
-        state,
-        format!("{folder}\n").as_bytes(),
-        0o600,
-        true,
-    )?;
+    write_file(state, want.as_bytes(), 0o600, true)?;
     for d in [&dir, &output.to_path_buf()] {
         fsync_dir(d)?;
     }

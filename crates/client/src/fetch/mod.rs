@@ -290,7 +290,10 @@ async fn fetch_one(
         if f.path.components().next() == Some(package::PACKAGE_DIR) {
             return Err(Error::new(
                 ErrorKind::Safety,
-                format!("{t}: the manifest names a file inside the package folder {}", package::PACKAGE_DIR),
+                format!(
+                    "{t}: the manifest names a file inside the package folder {}",
+                    package::PACKAGE_DIR
+                ),
             ));
         }
     }
@@ -590,21 +593,15 @@ async fn worker(
 /// fetch of it is resumed there: the folder the state file names; else the first of `base`,
 /// `base-2`, `base-3`, … that does not exist, or (with `force`) that holds an earlier fetch of
 /// this same transfer. A folder of another transfer, or one without a package, is never used.
-fn choose_folder(
-    out: &Path,
-    state: &Path,
-    m: &Manifest,
-    force: bool,
-) -> Result<(String, bool)> {
+fn choose_folder(out: &Path, state: &Path, m: &Manifest, force: bool) -> Result<(String, bool)> {
     let t = m.transfer_id;
     let ours = |name: &str| {
         package::Record::read(&out.join(name)).is_ok_and(|r| r.transfer == t.to_string())
     };
     if let Ok(text) = fs::read_to_string(state) {
         let name = text.trim();
-        let simple = !name.is_empty()
-            && !name.starts_with('.')
-            && !name.contains(['/', '\\', '\0']);
+        let simple =
+            !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
         if simple && ours(name) {
             return Ok((name.to_owned(), true));
         }
