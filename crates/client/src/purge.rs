@@ -131,6 +131,13 @@ fn purge_fetched(
     today: CalendarDate,
     dry_run: bool,
 ) -> Result<Vec<Purged>> {
+    if !out_dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("{} is not a directory", out_dir.display()),
+        )
+        .hint("name the output directory of `rogatory fetch -o`, or a transfer folder in it"));
+    }
     let store = home.trust_store()?;
     let folders: Vec<PathBuf> = if package::is_transfer_folder(out_dir) {
         vec![out_dir.to_owned()]
