@@ -361,6 +361,59 @@ fn purge_at_both_ends_after_retention() {
     fetch_all(d, "B", &r.1, "out");
     let folder = transfer_dir(&d.join("out"));
 
+    // The relay purges once every recipient delivered (policy); the sender's status then saves
+    // the purge receipt with the others, and verify accepts it.
+    drop(r);
+    std::fs::write(d.join("policy.toml"), "retain_after_delivery_days = 0\n").expect("policy");
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B-relay",
+            "relay",
+            "purge",
+            "--policy",
+            "policy.toml",
+        ],
+    ));
+    let r = start_relay(d, "B-relay");
+    let o = ok(run(
+        d,
+        &["--home", "A", "--json", "status", "--relay", &r.1, &t],
+    ));
+    let ev = json_lines(&o);
+    assert_eq!(ev[0]["state"], "purged", "{ev:?}");
+    let saved: Vec<(&str, &str)> = ev
+        .iter()
+        .filter(|v| v["type"] == "receipt")
+        .map(|v| {
+            (
+                v["kind"].as_str().expect("k"),
+                v["path"].as_str().expect("p"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        saved.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        ["custody", "delivery", "purge"]
+    );
+    let purge_receipt = d.join("A/receipts").join(format!("{t}.purge-receipt"));
+    assert_eq!(d.join(saved[2].1), purge_receipt);
+    let o = ok(run(
+        d,
+        &[
+            "--home",
+            "A",
+            "verify",
+            &purge_receipt.display().to_string(),
+        ],
+    ));
+    assert!(
+        stdout(&o).contains("purge receipt: agency-b deleted"),
+        "{}",
+        stdout(&o)
+    );
+
     // Within retention: nothing to purge (retain_until is the last day kept).
     let o = ok(run(
         d,
