@@ -212,6 +212,17 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
     bad[100_000] ^= 1;
     std::fs::write(&f, &bad).expect("w");
     verify_fails_naming(d, "B", &out, &f);
+    let o = run(d, &["--home", "B", "--json", "verify", "outB"]);
+    assert_eq!(code(&o), 3);
+    let ev = json_lines(&o);
+    assert_eq!(ev[0]["type"], "error", "{ev:?}");
+    assert!(
+        ev[0]["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("photo.bin") && p.contains("SHA-256")),
+        "{ev:?}"
+    );
+    assert_eq!(ev.last().expect("last")["exit_code"], 3);
     std::fs::remove_file(&f).expect("rm");
     verify_fails_naming(d, "B", &out, &f);
     std::fs::write(&f, &good).expect("w");
