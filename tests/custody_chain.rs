@@ -1,4 +1,4 @@
-//! The chain of custody end to end with three agencies (issue 11, test-plan.md 71): A sends one
+//! The chain of custody end to end with three agencies (issue 11, test-plan.md 79): A sends one
 //! folder to B and C through B's relay, with notes in `--meta`. B and C fetch it byte-exact, and
 //! the relay learns only what its policy needs: no file name and no notes text anywhere under
 //! its home (SQLite included), its files private to its user.

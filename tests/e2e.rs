@@ -195,7 +195,10 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
             "--home", "B", "--json", "fetch", "--relay", &r.1, &transfer, "-o", "out",
         ],
     ));
-    assert_eq!(tree(&d.join("out/case 42")), tree(&case));
+    assert_eq!(
+        tree(&transfer_dir(&d.join("out")).join("case 42")),
+        tree(&case)
+    );
     // Every receipt verifies against the trust store; the relay's log verifies, and stops
     // verifying after one byte of it changes.
     let mut args = vec!["--home", "A", "verify"];
@@ -233,12 +236,13 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
         ],
     );
     assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let out2 = transfer_dir(&d.join("out2")).join("case 42");
     assert!(
-        !d.join("out2/case 42/big.bin").exists(),
+        !out2.join("big.bin").exists(),
         "the corrupted file never appears"
     );
     assert!(
-        partials(&d.join("out2/case 42")).is_empty(),
+        partials(&out2).is_empty(),
         "nothing of a file that failed to authenticate is kept"
     );
     drop(r);
@@ -316,11 +320,33 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
 
     // test-plan.md 58: a symbolic link in the output directory, named like an incoming file or
     // standing for a parent directory, is never followed (exit 8, nothing written outside).
+    // The traps sit in the transfer's own folder (named by the state file of an "interrupted"
+    // fetch, with the package it had written); a transfer folder name that is a link is never
+    // used.
     let outside = d.join("outside");
     std::fs::create_dir_all(&outside).expect("mkdir");
-    std::fs::create_dir_all(d.join("trap1/case-7")).expect("mkdir");
-    std::os::unix::fs::symlink(outside.join("x"), d.join("trap1/case-7/\u{fc}ber.txt"))
-        .expect("symlink");
+    let folder = format!("agency-a_XX-2026-0042_{}", &transfer[..8]);
+    let interrupted = |out: &str| {
+        let f = d.join(out).join(&folder);
+        std::fs::create_dir_all(f.join(".rogatory")).expect("mkdir");
+        std::fs::write(
+            f.join(".rogatory/package.json"),
+            serde_json::json!({"transfer": transfer, "sender": "agency-a", "recipient": "agency-b",
+                "manifest_sha256": "", "retain_until": null, "fetched_at": null, "purged_at": null})
+            .to_string(),
+        )
+        .expect("w");
+        std::fs::create_dir_all(d.join(out).join(".rogatory-fetch")).expect("mkdir");
+        std::fs::write(
+            d.join(out).join(".rogatory-fetch").join(&transfer),
+            format!("{folder}\n"),
+        )
+        .expect("w");
+        f
+    };
+    let f = interrupted("trap1");
+    std::fs::create_dir_all(f.join("case-7")).expect("mkdir");
+    std::os::unix::fs::symlink(outside.join("x"), f.join("case-7/\u{fc}ber.txt")).expect("symlink");
     let o = run(
         d,
         &[
@@ -328,8 +354,8 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         ],
     );
     assert_eq!(code(&o), 8, "{}", stderr(&o));
-    std::fs::create_dir_all(d.join("trap2")).expect("mkdir");
-    std::os::unix::fs::symlink(&outside, d.join("trap2/case-7")).expect("symlink");
+    let f = interrupted("trap2");
+    std::os::unix::fs::symlink(&outside, f.join("case-7")).expect("symlink");
     let o = run(
         d,
         &[
@@ -337,6 +363,15 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         ],
     );
     assert_eq!(code(&o), 8, "{}", stderr(&o));
+    std::fs::create_dir_all(d.join("trap3")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, d.join("trap3").join(&folder)).expect("symlink");
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "trap3",
+        ],
+    ));
+    assert!(d.join("trap3").join(format!("{folder}-2/case-7")).is_dir());
     assert!(
         std::fs::read_dir(&outside)
             .expect("outside")
@@ -345,9 +380,16 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         "nothing written outside"
     );
 
-    // A temporary file left by a killed earlier fetch is swept (test-plan.md 29).
-    std::fs::create_dir_all(d.join("out/case-7")).expect("mkdir");
-    std::fs::write(d.join("out/case-7/.rogatory-partial-Xy12ab"), b"stale").expect("w");
+    // A temporary file left by a killed earlier fetch is swept (test-plan.md 29): in the
+    // transfer's folder, which an interrupted fetch names in its state file.
+    std::fs::create_dir_all(interrupted("out").join("case-7")).expect("mkdir");
+    std::fs::write(
+        d.join("out")
+            .join(&folder)
+            .join("case-7/.rogatory-partial-Xy12ab"),
+        b"stale",
+    )
+    .expect("w");
 
     // The recipient lists and fetches: byte-exact, then the delivery receipt is visible.
     let o = ok(run(d, &["--home", "B", "inbox", "--relay", &r.1]));
@@ -359,7 +401,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         ],
     ));
     assert_eq!(
-        tree(&d.join("out/case-7")),
+        tree(&d.join("out").join(&folder).join("case-7")),
         tree(&case),
         "byte-exact, and no stale partial left"
     );
@@ -367,21 +409,24 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         !d.join("out/.rogatory-fetch").exists(),
         "no work files left"
     );
-    // Fetching again would overwrite: refused (exit 8), nothing changed.
-    let o = run(
+    // Fetching the same transfer again goes into a new folder, never over the first.
+    ok(run(
         d,
         &[
             "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
         ],
+    ));
+    assert_eq!(
+        tree(&d.join("out").join(format!("{folder}-2")).join("case-7")),
+        tree(&case)
     );
-    assert_eq!(code(&o), 8, "{}", stderr(&o));
     let o = ok(run(
         d,
         &["--home", "A", "status", "--relay", &r.1, &transfer],
     ));
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(
-        s.contains("state delivered") && s.contains("Delivery"),
+        s.contains("state delivered") && s.contains("receipt delivery by agency-b"),
         "{s}"
     );
     // Every receipt verifies offline against the trust store; the relay's log verifies, and
@@ -394,13 +439,17 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
                 .map(|e| e.expect("e").path().display().to_string())
         })
         .collect();
-    assert_eq!(receipts.len(), 3, "custody (A and B) and delivery (B)");
+    assert_eq!(
+        receipts.len(),
+        4,
+        "custody (A and B), delivery (B, and at A from status)"
+    );
     let mut args = vec!["--home", "A", "verify"];
     args.extend(receipts.iter().map(String::as_str));
     let o = ok(run(d, &args));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).matches(": ok: ").count(),
-        3
+        4
     );
     ok(run(d, &["--home", "B-relay", "audit", "verify"]));
     ok(run(
@@ -481,7 +530,10 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
         ],
     ));
     let fetch_secs = t0.elapsed().as_secs_f64();
-    assert_eq!(tree(&d.join("out/bulk")), tree(&bulk));
+    assert_eq!(
+        tree(&transfer_dir(&d.join("out")).join("bulk")),
+        tree(&bulk)
+    );
     eprintln!(
         "bulk 5000 files (debug build): send {:.0} files/s, fetch {:.0} files/s",
         5000.0 / send_secs,
@@ -585,7 +637,10 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("fetch");
-    let out_dir = d.join("out/case");
+    let out_dir = d
+        .join("out")
+        .join(format!("agency-a_XX-2026-0042_{}", &transfer[..8]))
+        .join("case");
     let t0 = std::time::Instant::now();
     let held = loop {
         if let Some((_, n)) = partials(&out_dir).into_iter().find(|(_, n)| *n >= 8 << 20) {
@@ -706,5 +761,8 @@ fn fetch_progress_grows_while_a_large_file_downloads() {
         between >= 3,
         "progress while the file downloads: {before_done:?}"
     );
-    assert_eq!(std::fs::read(d.join("out/case/big.bin")).expect("big"), big);
+    assert_eq!(
+        std::fs::read(transfer_dir(&d.join("out")).join("case/big.bin")).expect("big"),
+        big
+    );
 }

@@ -439,7 +439,7 @@ fn fetched_bytes(dir: &Path) -> (u64, u64) {
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
-                if e.file_name() != ".rogatory-fetch" {
+                if e.file_name() != ".rogatory-fetch" && e.file_name() != ".rogatory" {
                     stack.push(e.path());
                 }
             } else if e
@@ -456,10 +456,13 @@ fn fetched_bytes(dir: &Path) -> (u64, u64) {
     (finals, partials)
 }
 
-/// Every file under its final name in `out/case-42` is byte-exact: a final name never holds
-/// unverified or partial content, whatever the kill interrupted.
+/// Every file under its final name in `out/<transfer folder>/case-42` is byte-exact: a final
+/// name never holds unverified or partial content, whatever the kill interrupted.
 fn finals_are_exact(env: &Env) {
-    let out = env.path().join("out/case-42");
+    let Some(folder) = transfer_dirs(&env.path().join("out")).pop() else {
+        return;
+    };
+    let out = folder.join("case-42");
     for rel in ["evidence.bin", "sub/notes.txt", "empty"] {
         let p = out.join(rel);
         if p.exists() {

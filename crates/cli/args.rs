@@ -46,12 +46,18 @@ pub(crate) enum Command {
     Inbox(InboxArgs),
     /// Download, verify and decrypt transfers into a directory; send the delivery receipt.
     Fetch(FetchArgs),
-    /// Verify receipts, signed statements, checkpoints and cards offline; print what each proves.
+    /// Verify receipts, signed statements, checkpoints and cards offline, or fetched output
+    /// folders (every transfer's files, seal and receipts); print what each proves.
     Verify {
-        /// Files to verify.
+        /// Files, fetched output directories or transfer folders to verify.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Remove completed sends, or with DIR fetched transfers, past their retention date.
+    ///
+    /// Retention is the sealed manifest's retain_until. What the receipts need stays (seal,
+    /// receipts, manifest digest); each purge is recorded in the home's purged.log.
+    Purge(PurgeArgs),
     /// Check, show or export the relay's audit log.
     Audit(AuditArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -293,13 +299,15 @@ pub(crate) struct FetchArgs {
     /// The relay, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) relay: String,
-    /// Fetch everything in this agency's inbox.
+    /// Fetch every transfer in this agency's inbox that it has not yet received (delivered).
     #[arg(long, conflicts_with = "transfers")]
     pub(crate) all: bool,
-    /// Output directory (created if missing); files are created inside it only.
+    /// Output directory (created if missing): each transfer goes into its own folder inside it,
+    /// <sender>_<case>_<id>, with its evidence package in <folder>/.rogatory/.
     #[arg(short, long, value_name = "DIR")]
     pub(crate) output: PathBuf,
-    /// Overwrite existing files.
+    /// Fetch a transfer fetched before into its earlier folder, overwriting its files (never
+    /// another transfer's); without it, a new folder (<folder>-2, …).
     #[arg(long)]
     pub(crate) force: bool,
     /// Transfer ids.
@@ -354,4 +362,18 @@ pub(crate) struct Period {
     /// Only entries before the end of this date (YYYY-MM-DD, UTC).
     #[arg(long, value_name = "DATE")]
     pub(crate) until: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// Show what would be purged; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Judge retention as of this date (YYYY-MM-DD) instead of today (for rehearsals and tests).
+    #[arg(long, value_name = "DATE", hide = true)]
+    pub(crate) as_of: Option<String>,
+    /// A fetched output directory (recipient side), or one transfer folder in it; without it,
+    /// this home's sent/ (sender side).
+    #[arg(value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
 }

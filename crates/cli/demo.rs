@@ -360,8 +360,14 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             "--home", "B", "fetch", "--relay", &addr, &transfer, "-o", "received",
         ],
     )?;
+    // Each transfer lands in its own folder, <sender>_<case>_<short id> (docs/cli.md "Fetched
+    // output").
+    let folder = format!(
+        "received/demo-police-a_XX-2026-0042_{}",
+        transfer.get(..8).unwrap_or(&transfer)
+    );
     for (name, digest) in &originals {
-        let got = fs::read(d.path(&format!("received/case-XX-2026-0042/{name}")))
+        let got = fs::read(d.path(&format!("{folder}/case-XX-2026-0042/{name}")))
             .map_err(|e| crate::error::io("reading", &d.path("received"), e))?;
         if Sha256Digest::of(&got) != *digest {
             return Err(CliError::new(
@@ -371,8 +377,13 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         }
     }
     println!(
-        "fetched             {} files into received/, every SHA-256 equal to the original",
+        "fetched             {} files into {folder}/, every SHA-256 equal to the original",
         originals.len()
+    );
+    // The evidence package beside them proves it offline: seal, files, both receipts.
+    d.run("verify (B)", &["--home", "B", "verify", "received"])?;
+    println!(
+        "verified            {folder}: the seal, every file and the custody and delivery receipts"
     );
     let status = d.run(
         "status",

@@ -35,10 +35,18 @@ pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
         output: a.output.clone(),
         force: a.force,
     };
-    fetch_transfers(home, &req, &|e| match e {
+    let done = fetch_transfers(home, &req, &|e| match e {
         // `fetch` does not report its connection (docs/cli.md "JSON events").
         Event::Connected { .. } => {}
         e => events.event(e),
     })?;
+    // `--all` with nothing left to deliver: one summary saying so (the line came as an event).
+    if done.transfers.is_empty() && events.json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "summary", "transfer_id": null, "files": 0, "bytes_total": 0,
+                "fetched": 0, "message": "nothing to fetch", "failed": []})
+        );
+    }
     Ok(())
 }

@@ -82,10 +82,11 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Relay(RelayCommand::Gc) => relay_cmd::gc(&home()?),
         Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?),
         Command::Send(a) => send::run(&home()?, &a, events),
-        Command::Status(a) => relay_cmd::status(&home()?, &a),
+        Command::Status(a) => relay_cmd::status(&home()?, &a, events),
         Command::Inbox(a) => fetch::inbox(&home()?, &a, events),
         Command::Fetch(a) => fetch::fetch(&home()?, &a, events),
         Command::Verify { files } => verify::verify(&home()?, &files, events),
+        Command::Purge(a) => verify::purge(&home()?, &a, events),
         Command::Audit(a) => verify::audit(&home()?, &a, events),
         Command::Completions { shell } => {
             let mut cmd = <args::Cli as clap::CommandFactory>::command();

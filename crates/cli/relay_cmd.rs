@@ -13,6 +13,7 @@ use rogatory_transport::{ErrorCode, Limits};
 
 use crate::args::{RelayServeArgs, StatusArgs};
 use crate::error::{CliError, Exit, Result};
+use crate::events::Events;
 use crate::home::{Home, read_secret};
 
 /// The relay's identity: only the signing key is parsed; an age identity line, if the home
@@ -227,7 +228,7 @@ pub(crate) fn scrub(home: &Home) -> Result<()> {
 }
 
 /// `status`: the client library's (`rogatory_client::status`), printed as lines.
-pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
+pub(crate) fn status(home: &Home, a: &StatusArgs, events: &Events) -> Result<()> {
     let st = rogatory_client::status::status(
         home,
         &rogatory_client::status::StatusRequest {
@@ -235,17 +236,33 @@ pub(crate) fn status(home: &Home, a: &StatusArgs) -> Result<()> {
             transfer: a.transfer.clone(),
         },
     )?;
-    println!(
-        "transfer {}\nstate {}",
-        st.transfer,
-        rogatory_relay::relay::state_name(st.state)
-    );
-    println!(
-        "tls-key-exchange {}",
-        st.tls_key_exchange.as_deref().unwrap_or("unknown")
-    );
-    for r in &st.receipts {
-        println!("receipt {:?} ({} bytes)", r.kind, r.text.len());
+    let state = rogatory_relay::relay::state_name(st.state);
+    if events.json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "status", "transfer_id": st.transfer.to_string(), "state": state,
+                "tls_key_exchange": st.tls_key_exchange, "receipts": st.receipts.len()})
+        );
+    } else {
+        println!("transfer {}\nstate {state}", st.transfer);
+        println!(
+            "tls-key-exchange {}",
+            st.tls_key_exchange.as_deref().unwrap_or("unknown")
+        );
+    }
+    // Every receipt the relay holds is verified and kept under receipts/ (docs/cli.md
+    // "Sending").
+    for r in rogatory_client::status::save_receipts(home, &st)? {
+        if events.json {
+            println!(
+                "{}",
+                serde_json::json!({"type": "receipt", "kind": r.kind, "agency": r.agency,
+                    "path": r.path.display().to_string()})
+            );
+        } else {
+            let by = r.agency.map(|a| format!(" by {a}")).unwrap_or_default();
+            println!("receipt {}{by} {}", r.kind, r.path.display());
+        }
     }
     Ok(())
 }

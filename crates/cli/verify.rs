@@ -79,35 +79,19 @@ fn describe(st: &Statement) -> String {
 /// What one file proves, or why it proves nothing.
 fn verify_one(text: &str, store: &TrustStore) -> std::result::Result<String, String> {
     let cards: Vec<&AgencyCard> = store.cards().collect();
-    if let Ok(b) = ReceiptBundle::parse(text) {
+    if ReceiptBundle::parse(text).is_ok() {
         // custody.md §9: the statement's signer (the relay's agency for custody and purge
         // receipts, the recipient for a delivery receipt) and the log's owner (the relay's
         // agency, named by the checkpoint's origin) are both trusted agencies, possibly two.
-        let Some(signer) = cards
-            .iter()
-            .find(|c| Statement::open(b.statement_note.as_bytes(), &c.verifier_key).is_ok())
-        else {
-            return Err("a receipt whose statement no trusted agency signed".into());
-        };
-        let origin = b.checkpoint_note.lines().next().unwrap_or_default();
-        let Some(owner) = cards.iter().find(|c| origin == format!("{}/audit", c.id)) else {
-            return Err(format!(
-                "a receipt proven in the log {origin:?}, which is no trusted agency's"
-            ));
-        };
-        return match b.verify_logged_by(&signer.verifier_key, &owner.verifier_key) {
-            Ok(l) => Ok(format!(
+        return rogatory_client::package::verify_receipt(text, store).map(|v| {
+            format!(
                 "{}; entry {} of {}/audit (checkpoint of {} entries)",
-                describe(&l.statement),
-                l.index,
-                owner.id,
-                l.checkpoint.size
-            )),
-            Err(e) => Err(format!(
-                "a receipt signed by {} whose proof in {}/audit fails: {e}",
-                signer.id, owner.id
-            )),
-        };
+                describe(&v.logged.statement),
+                v.logged.index,
+                v.log_owner,
+                v.logged.checkpoint.size
+            )
+        });
     }
     for c in &cards {
         if let Ok(st) = Statement::open(text.as_bytes(), &c.verifier_key) {
@@ -146,6 +130,10 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
     let store = home.trust_store()?;
     let mut failed = Vec::new();
     for f in files {
+        if f.is_dir() {
+            failed.extend(verify_fetched(f, &store, events)?);
+            continue;
+        }
         let text = std::fs::read_to_string(f).map_err(|e| {
             CliError::new(Exit::Usage, format!("cannot read {}", f.display())).source(e)
         })?;
@@ -179,13 +167,178 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
         Err(CliError::new(
             Exit::Integrity,
             format!(
-                "{} of {} files did not verify: {}",
-                failed.len(),
-                files.len(),
+                "{} did not verify: {}",
+                if failed.len() == 1 {
+                    "1 item".to_owned()
+                } else {
+                    format!("{} items", failed.len())
+                },
                 failed.join(", ")
             ),
         ))
     }
+}
+
+/// `verify DIR`: every transfer folder of a fetched output directory (or the one named),
+/// checked by `rogatory_client::package::verify`; returns what failed, each naming its file.
+fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec<String>> {
+    let reports = rogatory_client::package::verify(dir, store)?;
+    let mut failed = Vec::new();
+    for r in reports {
+        let folder = r.folder.display().to_string();
+        let legal = r.legal.as_ref();
+        let text = |f: fn(&rogatory_custody::Legal) -> Option<&rogatory_custody::LegalText>| {
+            legal.and_then(f).map(|t| t.as_str().to_owned())
+        };
+        let onward = legal
+            .and_then(|l| l.onward_transfer)
+            .map(|o| match o {
+                rogatory_custody::OnwardTransfer::Forbidden => "forbidden",
+                rogatory_custody::OnwardTransfer::WithConsent => "with the sender's consent",
+            });
+        let retain = legal.and_then(|l| l.retain_until).map(|d| d.to_string());
+        let ok = r.problems.is_empty();
+        if events.json {
+            println!(
+                "{}",
+                json!({"type": if ok { "verified" } else { "error" }, "path": folder,
+                    "transfer_id": r.transfer, "sender": r.sender, "recipients": r.recipients,
+                    "relay": r.relay, "delivered_by": r.delivered_by,
+                    "files": r.files, "bytes": r.bytes, "purged_at": r.purged_at,
+                    "legal": {
+                        "case_reference": text(|l| l.case_reference.as_ref()),
+                        "legal_basis": text(|l| l.legal_basis.as_ref()),
+                        "requesting_authority": text(|l| l.requesting_authority.as_ref()),
+                        "executing_authority": text(|l| l.executing_authority.as_ref()),
+                        "purpose": text(|l| l.purpose.as_ref()),
+                        "retain_until": retain,
+                        "classification": text(|l| l.classification.as_ref()),
+                        "onward_transfer": onward,
+                        "notes": text(|l| l.notes.as_ref()),
+                    },
+                    "problems": r.problems})
+            );
+        } else {
+            let shown = |v: Option<String>| {
+                crate::error::escape_controls(v.as_deref().unwrap_or("(not given)"))
+            };
+            let t = r.transfer.clone().unwrap_or_else(|| "?".into());
+            if ok {
+                match &r.purged_at {
+                    Some(at) => println!(
+                        "{folder}: ok: transfer {t} from {}, purged at the end of retention on {at}; its receipts verify",
+                        shown(r.sender.clone())
+                    ),
+                    None => println!(
+                        "{folder}: ok: transfer {t} from {}: {} files ({} bytes) match the sealed manifest; custody receipt of {} and delivery receipt of {} verify",
+                        shown(r.sender.clone()),
+                        r.files,
+                        r.bytes,
+                        shown(r.relay.clone()),
+                        shown(r.delivered_by.clone())
+                    ),
+                }
+            } else {
+                println!("{folder}: FAILED: transfer {t}");
+                for p in &r.problems {
+                    println!("  {}", crate::error::escape_controls(p));
+                }
+            }
+            if legal.is_some() {
+                println!(
+                    "  case reference:       {}",
+                    shown(text(|l| l.case_reference.as_ref()))
+                );
+                println!(
+                    "  legal basis:          {}",
+                    shown(text(|l| l.legal_basis.as_ref()))
+                );
+                println!(
+                    "  requesting authority: {}",
+                    shown(text(|l| l.requesting_authority.as_ref()))
+                );
+                println!(
+                    "  executing authority:  {}",
+                    shown(text(|l| l.executing_authority.as_ref()))
+                );
+                println!(
+                    "  purpose:              {}",
+                    shown(text(|l| l.purpose.as_ref()))
+                );
+                println!("  retain until:         {}", shown(retain.clone()));
+                println!(
+                    "  classification:       {}",
+                    shown(text(|l| l.classification.as_ref()))
+                );
+                println!(
+                    "  onward transfer:      {}",
+                    shown(onward.map(str::to_owned))
+                );
+                if let Some(n) = text(|l| l.notes.as_ref()) {
+                    for line in n.lines() {
+                        println!("  notes:                {}", crate::error::escape_controls(line));
+                    }
+                }
+            }
+        }
+        if !ok {
+            failed.extend(r.problems);
+        }
+    }
+    Ok(failed)
+}
+
+/// `rogatory purge [--dry-run] [DIR]` (`rogatory_client::purge`).
+pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) -> Result<()> {
+    let today = a
+        .as_of
+        .as_deref()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                CliError::new(Exit::Usage, format!("--as-of {s:?}: expected YYYY-MM-DD"))
+            })
+        })
+        .transpose()?;
+    let done = rogatory_client::purge::purge(
+        home,
+        &rogatory_client::purge::PurgeRequest {
+            output: a.output.clone(),
+            dry_run: a.dry_run,
+            today,
+        },
+    )?;
+    for p in &done {
+        if events.json {
+            println!(
+                "{}",
+                json!({"type": "purged", "side": p.side, "transfer_id": p.transfer,
+                    "path": p.path.display().to_string(), "retain_until": p.retain_until,
+                    "files_removed": p.files_removed, "dry_run": p.dry_run})
+            );
+        } else {
+            println!(
+                "{} {} {} (retained until {}){}",
+                if p.dry_run { "would purge" } else { "purged" },
+                p.transfer,
+                p.path.display(),
+                p.retain_until,
+                if p.side == "fetched" {
+                    format!(", {} files", p.files_removed)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if events.json {
+        println!(
+            "{}",
+            json!({"type": "summary", "purged": done.len(), "dry_run": a.dry_run})
+        );
+    } else if done.is_empty() {
+        events.emit_line("nothing is past its retention");
+    }
+    Ok(())
 }
 
 pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {

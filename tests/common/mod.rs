@@ -159,3 +159,31 @@ pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
     let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
     RelayProcess(child, addr)
 }
+
+/// The transfer folders `fetch -o out` made (`docs/cli.md` "Fetched output"), sorted: every
+/// subdirectory holding a `.rogatory/` package.
+pub fn transfer_dirs(out: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(".rogatory").is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The one transfer folder in `out`.
+#[track_caller]
+pub fn transfer_dir(out: &Path) -> PathBuf {
+    let v = transfer_dirs(out);
+    assert_eq!(
+        v.len(),
+        1,
+        "one transfer folder in {}: {v:?}",
+        out.display()
+    );
+    v.into_iter().next().expect("one")
+}

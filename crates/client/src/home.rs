@@ -8,8 +8,10 @@
 //! card.note         this agency's signed card (public)
 //! trust/<id>.card   cards of trusted agencies
 //! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
-//! sent/<transfer>/  completed sends: manifest and seal; state, heads and digests for a repair
-//! receipts/         custody receipts of completed sends
+//! sent/<transfer>/  completed sends: manifest, contents and seal; state, heads and digests for
+//!                   a repair (after `purge`: seal and purged.json)
+//! receipts/         receipts: custody, each recipient's delivery receipt, purge
+//! purged.log        every `purge` at this end (JSON lines)
 //! relay/            the relay's data directory (`relay serve`)
 //! ```
 

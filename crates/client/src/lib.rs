@@ -7,6 +7,9 @@
 //! - [`status`](status::status) of a transfer at the relay;
 //! - [`inbox`](inbox::inbox): what awaits this agency;
 //! - [`fetch`](fetch::fetch) transfers into a directory (verified, resumable, receipted);
+//! - [`package`]: the evidence package kept with each fetched transfer, and its offline
+//!   verification ([`package::verify`]);
+//! - [`purge`](purge::purge) what is past its retention, at the sender or the recipient;
 //!
 //! and the agency home they work from ([`Home`]: identity, TLS key, trusted cards). Each takes a
 //! request struct and returns a summary; `send` and `fetch` report progress as [`Event`]s through
@@ -33,6 +36,8 @@ mod events;
 pub mod fetch;
 pub mod home;
 pub mod inbox;
+pub mod package;
+pub mod purge;
 pub mod send;
 pub mod status;
 

@@ -87,3 +87,75 @@ pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
         )),
     }
 }
+
+/// A receipt [`save_receipts`] kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedReceipt {
+    /// `custody`, `delivery`, `purge` or `rejection`.
+    pub kind: &'static str,
+    /// For a delivery receipt, the recipient agency that signed it.
+    pub agency: Option<String>,
+    /// Where it was saved.
+    pub path: std::path::PathBuf,
+}
+
+/// Saves every receipt of a [`status`] answer under the home's `receipts/` (`docs/cli.md`
+/// "State directory"): `<transfer>.custody-receipt`, `<transfer>.delivery-<agency>.receipt`
+/// (one per recipient), `<transfer>.purge-receipt`, `<transfer>.rejection-receipt`. Each is
+/// verified against the trust store first (`custody.md` §9, as `rogatory verify` does): one
+/// that does not verify, or is about another transfer, is not saved and fails the call (exit 3)
+/// after the good ones are saved.
+pub fn save_receipts(home: &Home, st: &TransferStatus) -> Result<Vec<SavedReceipt>> {
+    let store = home.trust_store()?;
+    let t = st.transfer;
+    let mut saved = Vec::new();
+    let mut bad = Vec::new();
+    for r in &st.receipts {
+        let kind = match r.kind {
+            ReceiptKind::Custody => "custody",
+            ReceiptKind::Delivery => "delivery",
+            ReceiptKind::Purge => "purge",
+            ReceiptKind::Rejection => "rejection",
+        };
+        let (name, agency) = match crate::package::verify_receipt(&r.text, &store) {
+            Ok(v) if v.logged.statement.head().transfer == t => match r.kind {
+                ReceiptKind::Delivery
+                    if matches!(
+                        v.logged.statement,
+                        rogatory_custody::Statement::DeliveryReceipt { .. }
+                    ) =>
+                {
+                    (
+                        format!("receipts/{t}.delivery-{}.receipt", v.signer),
+                        Some(v.signer.to_string()),
+                    )
+                }
+                ReceiptKind::Delivery => {
+                    bad.push(kind);
+                    continue;
+                }
+                _ => (format!("receipts/{t}.{kind}-receipt"), None),
+            },
+            // A rejection need not be a logged bundle: it is kept only if it is one.
+            _ if r.kind == ReceiptKind::Rejection => continue,
+            _ => {
+                bad.push(kind);
+                continue;
+            }
+        };
+        let path = home.path(&name);
+        crate::home::write_file(&path, r.text.as_bytes(), 0o644, true)?;
+        saved.push(SavedReceipt { kind, agency, path });
+    }
+    if bad.is_empty() {
+        Ok(saved)
+    } else {
+        Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{t}: the relay's {} receipt does not verify against the trust store; not saved",
+                bad.join(", ")
+            ),
+        ))
+    }
+}

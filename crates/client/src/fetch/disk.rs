@@ -297,8 +297,9 @@ pub(super) fn sweep_partials(
 }
 
 /// Creates the per-transfer state file (and its directory) and makes it durable, so that a
-/// crash after the first file was published still lets a re-run recognise its own files.
-pub(super) fn write_state(output: &Path, state: &Path, t: TransferId) -> Result<()> {
+/// crash after the first file was published still lets a re-run recognise its own files. It
+/// names the transfer folder the fetch is using.
+pub(super) fn write_state(output: &Path, state: &Path, folder: &str) -> Result<()> {
     let dir = output.join(STATE_DIR);
     match fs::symlink_metadata(&dir) {
         Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
@@ -314,15 +315,13 @@ pub(super) fn write_state(output: &Path, state: &Path, t: TransferId) -> Result<
     if fs::symlink_metadata(state).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir_all(state).map_err(|e| io("removing", state, e))?;
     }
-    if fs::symlink_metadata(state).is_ok_and(|m| m.is_file()) {
+    let want = format!("{folder}\n");
+    if fs::symlink_metadata(state).is_ok_and(|m| m.is_file())
+        && fs::read_to_string(state).is_ok_and(|t| t == want)
+    {
         return Ok(());
     }
-    write_file(
-        state,
-        format!("fetch of {t} under way\n").as_bytes(),
-        0o600,
-        true,
-    )?;
+    write_file(state, want.as_bytes(), 0o600, true)?;
     for d in [&dir, &output.to_path_buf()] {
         fsync_dir(d)?;
     }

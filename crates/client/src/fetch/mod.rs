@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, Head, Manifest, ReceiptBundle, Sha256Digest, Statement, Timestamp,
-    TransferId, TrustStore, note_text_digest, open_sealed_manifest,
+    AgencyId, AgencyIdentity, Head, Inventory, Manifest, ReceiptBundle, Sha256Digest, Statement,
+    Timestamp, TransferId, TrustStore, note_text_digest, open_sealed_manifest,
 };
 use rogatory_envelope::AnyIdentity;
 use rogatory_transport::ErrorCode;
@@ -40,6 +40,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result, io, net, refused};
 use crate::events::Event;
 use crate::home::{Home, write_file};
+use crate::package;
 use disk::{STATE_DIR, safe_parent, sha256_file, sweep_partials, write_state};
 use download::{Ctx, small_object};
 use opener::Buffers;
@@ -60,11 +61,14 @@ pub struct FetchRequest {
     pub relay: String,
     /// Transfer ids to fetch, in this order.
     pub transfers: Vec<String>,
-    /// Fetch everything in this agency's inbox (instead of `transfers`).
+    /// Fetch everything in this agency's inbox that this agency has not delivered yet (instead
+    /// of `transfers`).
     pub all: bool,
-    /// Output directory (created if missing); files are created inside it only.
+    /// Output directory (created if missing): each transfer goes into its own folder inside
+    /// it (`package.rs`); files are created inside that folder only.
     pub output: PathBuf,
-    /// Overwrite existing files.
+    /// Fetch a transfer fetched before into its earlier folder, overwriting its files; never
+    /// a file of another transfer. Without it, a transfer fetched again goes into a new folder.
     pub force: bool,
 }
 
@@ -86,7 +90,8 @@ pub struct Fetched {
     pub bytes_downloaded: u64,
     /// Ciphertext bytes not downloaded again: held by partial files or already published.
     pub bytes_resumed: u64,
-    /// The output directory.
+    /// The transfer's folder inside the output directory: its files and, in `.rogatory/`, its
+    /// evidence package (`package.rs`).
     pub output: PathBuf,
     /// Where the delivery receipt (as the relay logged it) was saved.
     pub receipt: PathBuf,
@@ -170,15 +175,23 @@ pub fn fetch(
                 )
             })?
             .clone();
-        let list = if req.all {
+        // `--all`: what this agency has not delivered yet (`delivered` in an inbox entry is
+        // this recipient's own state).
+        let list: Vec<TransferId> = if req.all {
             crate::inbox::entries(&s)
                 .await?
                 .into_iter()
+                .filter(|e| e.state != crate::inbox::TransferState::Delivered)
                 .map(|e| e.transfer)
                 .collect()
         } else {
             wanted
         };
+        if list.is_empty() {
+            on(&Event::Info {
+                message: "nothing to fetch: every transfer in the inbox is delivered".into(),
+            });
+        }
         let keys = Keys {
             home,
             store: &store,
@@ -269,16 +282,48 @@ async fn fetch_one(
     // The contents (`custody.md` §5.4): names, plaintext digests and all the legal metadata,
     // encrypted to the recipients and bound to the seal.
     let contents_age = small_object(s, t, Object::Contents).await?;
-    let (inventory, _contents_json) =
+    let (inventory, contents_json) =
         crate::contents::open(t, &sealed.manifest, &contents_age, k.age)?;
     let m = &inventory;
 
-    // 2. Nothing may be overwritten unless `force`: check every destination first. A file an
-    //    interrupted earlier fetch of this transfer into this directory already published (the
-    //    state file says one was under way) is kept if it still matches the seal (checked below).
-    let output = &req.output;
-    let state = output.join(STATE_DIR).join(t.to_string());
-    let resuming = fs::symlink_metadata(&state).is_ok();
+    // 2. The transfer's own folder inside the output directory (`package.rs`): the one an
+    //    interrupted fetch of it was using (its state file names it), else a new one, else with
+    //    `force` the folder of an earlier fetch of the same transfer. Never another transfer's.
+    //    Nothing in it may be overwritten unless `force`: check every destination first. A
+    //    file an interrupted earlier fetch already published is kept if it still matches the
+    //    seal (checked below).
+    for f in &m.files {
+        if f.path.components().next() == Some(package::PACKAGE_DIR) {
+            return Err(Error::new(
+                ErrorKind::Safety,
+                format!(
+                    "{t}: the manifest names a file inside the package folder {}",
+                    package::PACKAGE_DIR
+                ),
+            ));
+        }
+    }
+    let state = req.output.join(STATE_DIR).join(t.to_string());
+    let (folder_name, resuming) = choose_folder(&req.output, &state, m, req.force)?;
+    let output = &req.output.join(&folder_name);
+    fs::create_dir_all(output).map_err(|e| io("creating", output, e))?;
+    let mut pkg = package::Package {
+        manifest: Some(manifest_json.clone()),
+        contents: Some(contents_json),
+        seal: seal.clone(),
+        custody_receipt: custody.as_bytes().to_vec(),
+        delivery_receipt: None,
+    };
+    let mut record = package::Record {
+        transfer: t.to_string(),
+        sender: m.sender.to_string(),
+        recipient: k.identity.id().to_string(),
+        manifest_sha256: Sha256Digest::of(&manifest_json).to_string(),
+        retain_until: m.legal.retain_until.map(|d| d.to_string()),
+        fetched_at: None,
+        purged_at: None,
+    };
+    package::write(output, &pkg, &record)?;
     let mut published_before = Vec::new();
     for (i, f) in m.files.iter().enumerate() {
         let dest = output.join(f.path.as_str());
@@ -314,7 +359,7 @@ async fn fetch_one(
 
     // 5. The per-transfer state: while it exists, a fetch of this transfer into this
     //    directory is under way. Durable before the first file is published.
-    write_state(output, &state, t)?;
+    write_state(&req.output, &state, &folder_name)?;
     let total: u64 = m.files.iter().map(|f| f.ciphertext_size).sum();
     on(&Event::Start {
         transfer_id: t,
@@ -480,9 +525,13 @@ async fn fetch_one(
     write_file(&rpath, delivered.as_bytes(), 0o644, true)?;
     let cpath = k.home.path(&format!("receipts/{t}.custody-receipt"));
     write_file(&cpath, custody.as_bytes(), 0o644, true)?;
+    // The package is complete with this recipient's delivery receipt.
+    pkg.delivery_receipt = Some(delivered.as_bytes().to_vec());
+    record.fetched_at = Some(package::now().to_string());
+    package::write(output, &pkg, &record)?;
     // Completed fetch state goes: nothing of it grows.
     let _ = fs::remove_file(&state);
-    let _ = fs::remove_dir(output.join(STATE_DIR));
+    let _ = fs::remove_dir(req.output.join(STATE_DIR));
     Ok(Fetched {
         transfer_id: t,
         sender: m.sender.clone(),
@@ -545,6 +594,47 @@ async fn worker(
             }
         });
     }
+}
+
+/// The folder (a name inside `out`) a transfer is fetched into, and whether an interrupted
+/// fetch of it is resumed there: the folder the state file names; else the first of `base`,
+/// `base-2`, `base-3`, … that does not exist, or (with `force`) that holds an earlier fetch of
+/// this same transfer. A folder of another transfer, or one without a package, is never used.
+fn choose_folder(out: &Path, state: &Path, m: &Inventory, force: bool) -> Result<(String, bool)> {
+    let t = m.transfer_id;
+    let ours = |name: &str| {
+        package::Record::read(&out.join(name)).is_ok_and(|r| r.transfer == t.to_string())
+    };
+    if let Ok(text) = fs::read_to_string(state) {
+        let name = text.trim();
+        let simple =
+            !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+        if simple && ours(name) {
+            return Ok((name.to_owned(), true));
+        }
+    }
+    let base = package::folder_name(
+        &m.sender,
+        m.legal.case_reference.as_ref().map(|c| c.as_str()),
+        &t,
+    );
+    for n in 1..10_000u32 {
+        let name = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        match fs::symlink_metadata(out.join(&name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((name, false)),
+            Err(e) => return Err(io("checking", &out.join(&name), e)),
+            Ok(md) if force && md.is_dir() && ours(&name) => return Ok((name, false)),
+            Ok(_) => {}
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Safety,
+        format!("{}: no free folder name for {t}", out.display()),
+    ))
 }
 
 /// A destination that exists and may not be overwritten (exit 8).
