@@ -317,6 +317,42 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
         stdout(&o)
     );
     drop(r);
+
+    // Least knowledge (custody.md §5.4): no file name and no notes anywhere under the relay's
+    // home, SQLite (with its WAL) included; the relay's data private to its user.
+    let mut stack = vec![d.join("B-relay")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("dir") {
+            let p = e.expect("entry").path();
+            let md = std::fs::symlink_metadata(&p).expect("md");
+            if md.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).expect("read");
+            for secret in [
+                "exhibit1.txt",
+                "photo.bin",
+                "seized 2026-03-01",
+                "Public Prosecutor, Lyon",
+            ] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds {secret:?}",
+                    p.display()
+                );
+            }
+            if p.starts_with(d.join("B-relay/relay")) {
+                use std::os::unix::fs::PermissionsExt as _;
+                assert_eq!(
+                    md.permissions().mode() & 0o077,
+                    0,
+                    "{} is readable by others",
+                    p.display()
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -190,12 +190,10 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
         let text = |f: fn(&rogatory_custody::Legal) -> Option<&rogatory_custody::LegalText>| {
             legal.and_then(f).map(|t| t.as_str().to_owned())
         };
-        let onward = legal
-            .and_then(|l| l.onward_transfer)
-            .map(|o| match o {
-                rogatory_custody::OnwardTransfer::Forbidden => "forbidden",
-                rogatory_custody::OnwardTransfer::WithConsent => "with the sender's consent",
-            });
+        let onward = legal.and_then(|l| l.onward_transfer).map(|o| match o {
+            rogatory_custody::OnwardTransfer::Forbidden => "forbidden",
+            rogatory_custody::OnwardTransfer::WithConsent => "with the sender's consent",
+        });
         let retain = legal.and_then(|l| l.retain_until).map(|d| d.to_string());
         let ok = r.problems.is_empty();
         if events.json {
@@ -276,7 +274,10 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
                 );
                 if let Some(n) = text(|l| l.notes.as_ref()) {
                     for line in n.lines() {
-                        println!("  notes:                {}", crate::error::escape_controls(line));
+                        println!(
+                            "  notes:                {}",
+                            crate::error::escape_controls(line)
+                        );
                     }
                 }
             }

@@ -112,7 +112,13 @@ fn purge_sent(home: &Home, today: CalendarDate, dry_run: bool) -> Result<Vec<Pur
             write_file(&dir.join("purged.json"), &b, 0o644, true)?;
             // Everything that names or describes the files goes (`custody.md` §5.4: the
             // contents; the send state kept for a repair); the seal and the receipts stay.
-            for name in ["contents.json", "contents.age", "state.bin", "heads.bin", "done.bin"] {
+            for name in [
+                "contents.json",
+                "contents.age",
+                "state.bin",
+                "heads.bin",
+                "done.bin",
+            ] {
                 let p = dir.join(name);
                 match fs::remove_file(&p) {
                     Ok(()) => {}
