@@ -171,6 +171,26 @@ fn round(
         "{name}: {}",
         stderr(&o)
     );
+    // `fetch --all` fetches whatever else awaits and names the damaged transfer (exit 3).
+    let o = run(
+        d,
+        &[
+            "--home",
+            "B",
+            "fetch",
+            "--relay",
+            &relay.1,
+            "--all",
+            "-o",
+            &format!("all-{name}"),
+        ],
+    );
+    assert_eq!(code(&o), 3, "{name}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("damaged at the relay") && stderr(&o).contains(t),
+        "{name}: {}",
+        stderr(&o)
+    );
 
     let summary = send(d, &relay.1);
     assert_eq!(summary["transfer_id"], t);

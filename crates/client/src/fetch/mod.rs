@@ -177,17 +177,23 @@ pub fn fetch(
             .clone();
         // `--all`: what this agency has not delivered yet (`delivered` in an inbox entry is
         // this recipient's own state).
+        // A damaged transfer (`relay.md` §10) cannot be fetched until its sender repairs it:
+        // `--all` fetches the others first, then says which are waiting for a repair.
+        let mut damaged = Vec::new();
         let list: Vec<TransferId> = if req.all {
-            crate::inbox::entries(&s)
-                .await?
-                .into_iter()
-                .filter(|e| e.state != crate::inbox::TransferState::Delivered)
-                .map(|e| e.transfer)
-                .collect()
+            let mut list = Vec::new();
+            for e in crate::inbox::entries(&s).await? {
+                match e.state {
+                    crate::inbox::TransferState::Delivered => {}
+                    crate::inbox::TransferState::Damaged => damaged.push(e.transfer),
+                    _ => list.push(e.transfer),
+                }
+            }
+            list
         } else {
             wanted
         };
-        if list.is_empty() {
+        if list.is_empty() && damaged.is_empty() {
             on(&Event::Info {
                 message: "nothing to fetch: every transfer in the inbox is delivered".into(),
             });
@@ -206,6 +212,18 @@ pub fn fetch(
             out.transfers.push(done);
         }
         s.close(ErrorCode::NO_ERROR, "done");
+        if !damaged.is_empty() {
+            let ids: Vec<String> = damaged.iter().map(ToString::to_string).collect();
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{} of the inbox's transfers are damaged at the relay and were not fetched: {}",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            )
+            .hint("the sender repairs a damaged transfer by running the same send again; fetch it then"));
+        }
         Ok(out)
     })
 }
