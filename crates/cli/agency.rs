@@ -73,11 +73,11 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs) -> Result<()> {
         false,
     )?;
     write_file(&home.path("card.note"), note.as_bytes(), 0o644, false)?;
-    println!("agency {id} created in {}", home.root.display());
-    println!("card: {}", home.path("card.note").display());
-    println!("fingerprint: {}", card.fingerprint());
+    outln!("agency {id} created in {}", home.root.display());
+    outln!("card: {}", home.path("card.note").display());
+    outln!("fingerprint: {}", card.fingerprint());
     if a.relay_only {
-        println!("relay-only: this home holds no age identity and cannot decrypt evidence");
+        outln!("relay-only: this home holds no age identity and cannot decrypt evidence");
     }
     Ok(())
 }
@@ -97,9 +97,15 @@ pub(crate) fn card(home: &Home, events: &crate::events::Events) -> Result<()> {
     }
     let p = home.path("card.note");
     let note = std::fs::read(&p).map_err(|e| crate::error::io("reading", &p, e))?;
-    std::io::Write::write_all(&mut std::io::stdout(), &note)
-        .map_err(|e| crate::error::io("writing the card to", Path::new("stdout"), e))?;
-    Ok(())
+    match std::io::Write::write_all(&mut std::io::stdout(), &note) {
+        // A reader that went away (`| head`) ends the output quietly.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::error::io(
+            "writing the card to",
+            Path::new("stdout"),
+            e,
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn fingerprint(home: &Home, card: Option<&Path>) -> Result<()> {
@@ -107,7 +113,7 @@ pub(crate) fn fingerprint(home: &Home, card: Option<&Path>) -> Result<()> {
         Some(p) => read_card(p)?,
         None => home.card()?,
     };
-    println!("{}", c.fingerprint());
+    outln!("{}", c.fingerprint());
     Ok(())
 }
 
@@ -136,9 +142,11 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
                     )),
                 );
             }
-            eprintln!(
+            errln!(
                 "agency {} ({}, {}) has fingerprint\n  {fp}",
-                card.id, card.name, card.jurisdiction
+                card.id,
+                card.name,
+                card.jurisdiction
             );
             eprint!("Did you confirm it with the agency over a separate channel? Type yes: ");
             let _ = std::io::stderr().flush();
@@ -152,7 +160,7 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
     let dest = home.path(&format!("trust/{}.card", card.id));
     let note = std::fs::read(&a.card).map_err(|e| crate::error::io("reading", &a.card, e))?;
     write_file(&dest, &note, 0o644, true)?;
-    println!("trusted {} ({fp})", card.id);
+    outln!("trusted {} ({fp})", card.id);
     Ok(())
 }
 
@@ -163,7 +171,7 @@ pub(crate) fn trust_list(home: &Home) -> Result<()> {
         if Some(&c.id) == own.as_ref() {
             continue;
         }
-        println!(
+        outln!(
             "{}\t{}\t{}\t{}",
             c.id,
             c.jurisdiction,
@@ -179,7 +187,7 @@ pub(crate) fn trust_remove(home: &Home, id: &str) -> Result<()> {
     let p = home.path(&format!("trust/{id}.card"));
     match std::fs::remove_file(&p) {
         Ok(()) => {
-            println!("removed {id}");
+            outln!("removed {id}");
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -228,9 +236,9 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool) -> Result<()> {
         )?;
     }
     write_file(&home.path("card.note"), note.as_bytes(), 0o644, true)?;
-    println!("card re-issued: {}", home.path("card.note").display());
-    println!("fingerprint (unchanged): {}", card.fingerprint());
-    println!(
+    outln!("card re-issued: {}", home.path("card.note").display());
+    outln!("fingerprint (unchanged): {}", card.fingerprint());
+    outln!(
         "post-quantum age recipient: {}",
         if card.age_recipient_pq.is_some() {
             "yes"
@@ -281,7 +289,7 @@ pub(crate) fn export_relay(home: &Home, dir: &Path) -> Result<()> {
             }
         }
     }
-    println!(
+    outln!(
         "relay home for {} written to {} (no age identity)",
         identity.id(),
         dir.display()

@@ -29,7 +29,7 @@ pub(crate) fn install_signal_handler() {
         }
         // Held until the process exits: nothing is published after the removal.
         let _removed = rogatory_client::cleanup::remove_registered();
-        eprintln!("rogatory: error: interrupted");
+        errln!("rogatory: error: interrupted");
         std::process::exit(i32::from(crate::error::code(Exit::Interrupted)));
     });
 }

@@ -190,7 +190,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         exe,
         dir: tmp.path().to_owned(),
     };
-    println!("demo directory {}", d.dir.display());
+    outln!("demo directory {}", d.dir.display());
 
     // 1. Two agencies, each trusting the other's card by its fingerprint.
     d.run(
@@ -255,8 +255,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             &fa,
         ],
     )?;
-    println!("agencies            demo-police-a (DE) {fa}");
-    println!("                    demo-prosecutor-b (FR) {fb}");
+    outln!("agencies            demo-police-a (DE) {fa}");
+    outln!("                    demo-prosecutor-b (FR) {fb}");
 
     // 2. B's relay on 127.0.0.1, from a home that holds no age identity.
     d.run(
@@ -290,7 +290,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .map(str::to_owned);
     let addr =
         addr.ok_or_else(|| CliError::new(Exit::Internal, "demo: the relay did not start"))?;
-    println!(
+    outln!(
         "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, --require-pq-tls)\n                    run from B-relay/, a home without the age key"
     );
 
@@ -327,9 +327,10 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    println!(
+    outln!(
         "sent                {} files, {} bytes of age ciphertext, transfer {transfer}",
-        summary["files"], summary["bytes_total"]
+        summary["files"],
+        summary["bytes_total"]
     );
     let types = stanza_types(
         &d.path(&format!("A/sent/{transfer}/manifest.json")),
@@ -341,7 +342,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             format!("demo: the stored files are not all hybrid post-quantum: {types:?}"),
         ));
     }
-    println!(
+    outln!(
         "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, A and B)",
         types.len()
     );
@@ -376,20 +377,20 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             ));
         }
     }
-    println!(
+    outln!(
         "fetched             {} files into {folder}/, every SHA-256 equal to the original",
         originals.len()
     );
     // The evidence package beside them proves it offline: seal, files, both receipts.
     d.run("verify (B)", &["--home", "B", "verify", "received"])?;
-    println!(
+    outln!(
         "verified            {folder}: the seal, every file and the custody and delivery receipts"
     );
     let status = d.run(
         "status",
         &["--home", "A", "status", "--relay", &addr, &transfer],
     )?;
-    println!(
+    outln!(
         "status (sender)     {}",
         status
             .lines()
@@ -410,7 +411,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             format!("demo: the connection negotiated {kx}, not X25519MLKEM768"),
         ));
     }
-    println!("key exchange        {kx}, read from the live QUIC/TLS connection");
+    outln!("key exchange        {kx}, read from the live QUIC/TLS connection");
 
     // 5. Both receipts verify against agency B's card and prove inclusion in its audit log.
     let b_card = card(&d, "B")?;
@@ -419,7 +420,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         ("B", format!("B/receipts/{transfer}.delivery-receipt")),
     ] {
         let (kind, index) = verify_receipt(&d.path(&file), &b_card)?;
-        println!(
+        outln!(
             "{:<20}signature ok, entry {index} of B's audit log, held by {who}: {file}",
             kind
         );
@@ -453,15 +454,15 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .unwrap_or("")
         .replace('\t', " ")
         .to_owned();
-    println!("tampered store      relay scrub: exit 3, {finding}");
-    println!(
+    outln!("tampered store      relay scrub: exit 3, {finding}");
+    outln!(
         "plaintext at relay  none: the relay holds only age ciphertext and never loads an age key"
     );
-    println!("done in {:.1} s", start.elapsed().as_secs_f64());
+    outln!("done in {:.1} s", start.elapsed().as_secs_f64());
 
     if a.keep {
         let kept = tmp.keep();
-        println!("kept {}", kept.display());
+        outln!("kept {}", kept.display());
     } else {
         tmp.close().map_err(|e| {
             CliError::new(Exit::Storage, "demo: cannot remove the demo directory").source(e)

@@ -36,9 +36,9 @@ pub(crate) fn report(e: &CliError) {
         }
         cause = c.source();
     }
-    eprintln!("{}", escape_controls(&line));
+    errln!("{}", escape_controls(&line));
     if let Some(h) = e.hint_text() {
-        eprintln!("rogatory: hint: {}", escape_controls(h));
+        errln!("rogatory: hint: {}", escape_controls(h));
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a command tells its user: human lines (stdout for results, stderr for progress) or,
 //! with `--json`, one JSON object per line on stdout (`docs/cli.md` "JSON events").
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use rogatory_custody::TransferId;
@@ -17,15 +17,13 @@ pub(crate) struct Events {
 
 impl Events {
     pub(crate) fn line(&self, v: serde_json::Value) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
-        let _ = out.flush();
+        outln!("{v}");
     }
 
     /// An informational line (human mode only, stderr).
     pub(crate) fn emit_line(&self, s: &str) {
         if !self.json && !self.quiet {
-            eprintln!("rogatory: {s}");
+            errln!("rogatory: {s}");
         }
     }
 
@@ -33,7 +31,7 @@ impl Events {
         if self.json {
             self.line(json!({"type": "start", "transfer_id": t.to_string(), "files": files, "bytes_total": bytes_total}));
         } else if !self.quiet {
-            eprintln!("rogatory: transfer {t}: {files} files, {bytes_total} bytes of ciphertext");
+            errln!("rogatory: transfer {t}: {files} files, {bytes_total} bytes of ciphertext");
             if std::io::stderr().is_terminal() {
                 let bar = indicatif::ProgressBar::new(bytes_total);
                 if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -119,9 +117,9 @@ impl Events {
                 "bytes_sent": sent, "bytes_skipped": skipped, "receipt": receipt.display().to_string(), "failed": []
             }));
         } else if !self.quiet {
-            println!("transfer {t}");
-            println!("receipt {}", receipt.display());
-            eprintln!(
+            outln!("transfer {t}");
+            outln!("receipt {}", receipt.display());
+            errln!(
                 "rogatory: {files} files, {total} bytes; sent {sent}, already at the relay {skipped}"
             );
         }
@@ -138,14 +136,14 @@ impl Events {
                 "output": d.output.display().to_string(),
                 "receipt": d.receipt.display().to_string(), "failed": []}));
         } else if !self.quiet {
-            println!(
+            outln!(
                 "fetched {}: {} files from {} into {}",
                 d.transfer_id,
                 d.files,
                 d.sender,
                 d.output.display()
             );
-            println!("receipt {}", d.receipt.display());
+            outln!("receipt {}", d.receipt.display());
         }
     }
 
@@ -161,17 +159,22 @@ impl Events {
                 "state": state, "legal": item.legal, "legal_problem": item.problem,
             }));
         } else {
-            println!(
+            outln!(
                 "{}\t{}\t{} files\t{} bytes\t{}\t{}",
-                e.transfer, e.sender, e.files, e.ciphertext_bytes, e.received, state
+                e.transfer,
+                e.sender,
+                e.files,
+                e.ciphertext_bytes,
+                e.received,
+                state
             );
             match (&item.legal, &item.problem) {
                 (Some(l), _) => {
                     for (name, value) in legal_lines(l) {
-                        println!("  {name}: {value}");
+                        outln!("  {name}: {value}");
                     }
                 }
-                (None, Some(p)) => println!("  legal metadata not shown: {p}"),
+                (None, Some(p)) => outln!("  legal metadata not shown: {p}"),
                 (None, None) => {}
             }
         }
@@ -191,7 +194,7 @@ impl Events {
             );
         } else {
             for (p, e) in failed {
-                eprintln!(
+                errln!(
                     "rogatory: cannot send {}: {}",
                     crate::error::escape_controls(p),
                     crate::error::escape_controls(e)

@@ -42,7 +42,7 @@ pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
     })?;
     // `--all` with nothing left to deliver: one summary saying so (the line came as an event).
     if done.transfers.is_empty() && events.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"type": "summary", "transfer_id": null, "files": 0, "bytes_total": 0,
                 "fetched": 0, "message": "nothing to fetch", "failed": []})

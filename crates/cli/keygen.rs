@@ -59,6 +59,6 @@ pub(crate) fn run(a: &KeygenArgs) -> Result<()> {
                 .map_err(|e| storage_error(std::path::Path::new("<stdout>"), e))?;
         }
     }
-    eprintln!("Public key: {}", identity.to_public());
+    errln!("Public key: {}", identity.to_public());
     Ok(())
 }

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod print;
 mod agency;
 mod args;
 mod cleanup;

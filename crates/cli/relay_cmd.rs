@@ -116,7 +116,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
         let addr = node
             .local_addr()
             .map_err(|e| CliError::new(Exit::Storage, "socket").source(e))?;
-        println!("relay {} listening on {addr}", relay.agency());
+        outln!("relay {} listening on {addr}", relay.agency());
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let (n, r) = (node.clone(), relay.clone());
         let server = tokio::spawn(async move {
@@ -165,7 +165,7 @@ pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>
         .purge(dry_run)
         .map_err(|e| CliError::new(Exit::Storage, format!("purge: {e}")))?;
     for (r, why) in &done {
-        println!(
+        outln!(
             "{}{}\t{}\t{} bytes\t{why}",
             if dry_run { "would purge " } else { "purged " },
             r.transfer,
@@ -174,7 +174,7 @@ pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>
         );
     }
     if done.is_empty() {
-        eprintln!(
+        errln!(
             "rogatory: nothing {}",
             if dry_run {
                 "would be purged"
@@ -193,7 +193,7 @@ pub(crate) fn gc(home: &Home) -> Result<()> {
         .gc_partials()
         .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?
     {
-        println!("removed partial {t}");
+        outln!("removed partial {t}");
     }
     Ok(())
 }
@@ -207,17 +207,17 @@ pub(crate) fn scrub(home: &Home) -> Result<()> {
     let found = if lock.is_some() {
         relay.scrub()
     } else {
-        eprintln!(
+        errln!(
             "rogatory: the relay is running: faults are reported, not marked damaged (stop it and scrub again to mark them)"
         );
         relay.scrub_dry_run()
     }
     .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
     for (t, f, why) in &found {
-        println!("{t}\tfile {f}\t{why}");
+        outln!("{t}\tfile {f}\t{why}");
     }
     if found.is_empty() {
-        println!("scrub: every stored piece verifies");
+        outln!("scrub: every stored piece verifies");
         Ok(())
     } else {
         Err(CliError::new(
@@ -238,14 +238,14 @@ pub(crate) fn status(home: &Home, a: &StatusArgs, events: &Events) -> Result<()>
     )?;
     let state = rogatory_relay::relay::state_name(st.state);
     if events.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"type": "status", "transfer_id": st.transfer.to_string(), "state": state,
                 "tls_key_exchange": st.tls_key_exchange, "receipts": st.receipts.len()})
         );
     } else {
-        println!("transfer {}\nstate {state}", st.transfer);
-        println!(
+        outln!("transfer {}\nstate {state}", st.transfer);
+        outln!(
             "tls-key-exchange {}",
             st.tls_key_exchange.as_deref().unwrap_or("unknown")
         );
@@ -254,14 +254,14 @@ pub(crate) fn status(home: &Home, a: &StatusArgs, events: &Events) -> Result<()>
     // "Sending").
     for r in rogatory_client::status::save_receipts(home, &st)? {
         if events.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"type": "receipt", "kind": r.kind, "agency": r.agency,
                     "path": r.path.display().to_string()})
             );
         } else {
             let by = r.agency.map(|a| format!(" by {a}")).unwrap_or_default();
-            println!("receipt {}{by} {}", r.kind, r.path.display());
+            outln!("receipt {}{by} {}", r.kind, r.path.display());
         }
     }
     Ok(())

@@ -140,22 +140,22 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
         match verify_one(&text, &store) {
             Ok(what) => {
                 if events.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"type": "verified", "path": f.display().to_string(), "proves": what})
                     );
                 } else {
-                    println!("{}: ok: {what}", f.display());
+                    outln!("{}: ok: {what}", f.display());
                 }
             }
             Err(why) => {
                 if events.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"type": "error", "path": f.display().to_string(), "message": why})
                     );
                 } else {
-                    println!("{}: FAILED: {why}", f.display());
+                    outln!("{}: FAILED: {why}", f.display());
                 }
                 failed.push(f.display().to_string());
             }
@@ -197,7 +197,7 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
         let retain = legal.and_then(|l| l.retain_until).map(|d| d.to_string());
         let ok = r.problems.is_empty();
         if events.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"type": if ok { "verified" } else { "error" }, "path": folder,
                     "transfer_id": r.transfer, "sender": r.sender, "recipients": r.recipients,
@@ -223,11 +223,11 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
             let t = r.transfer.clone().unwrap_or_else(|| "?".into());
             if ok {
                 match &r.purged_at {
-                    Some(at) => println!(
+                    Some(at) => outln!(
                         "{folder}: ok: transfer {t} from {}, purged at the end of retention on {at}; its receipts verify",
                         shown(r.sender.clone())
                     ),
-                    None => println!(
+                    None => outln!(
                         "{folder}: ok: transfer {t} from {}: {} files ({} bytes) match the sealed manifest; custody receipt of {} and delivery receipt of {} verify",
                         shown(r.sender.clone()),
                         r.files,
@@ -237,44 +237,44 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
                     ),
                 }
             } else {
-                println!("{folder}: FAILED: transfer {t}");
+                outln!("{folder}: FAILED: transfer {t}");
                 for p in &r.problems {
-                    println!("  {}", crate::error::escape_controls(p));
+                    outln!("  {}", crate::error::escape_controls(p));
                 }
             }
             if legal.is_some() {
-                println!(
+                outln!(
                     "  case reference:       {}",
                     shown(text(|l| l.case_reference.as_ref()))
                 );
-                println!(
+                outln!(
                     "  legal basis:          {}",
                     shown(text(|l| l.legal_basis.as_ref()))
                 );
-                println!(
+                outln!(
                     "  requesting authority: {}",
                     shown(text(|l| l.requesting_authority.as_ref()))
                 );
-                println!(
+                outln!(
                     "  executing authority:  {}",
                     shown(text(|l| l.executing_authority.as_ref()))
                 );
-                println!(
+                outln!(
                     "  purpose:              {}",
                     shown(text(|l| l.purpose.as_ref()))
                 );
-                println!("  retain until:         {}", shown(retain.clone()));
-                println!(
+                outln!("  retain until:         {}", shown(retain.clone()));
+                outln!(
                     "  classification:       {}",
                     shown(text(|l| l.classification.as_ref()))
                 );
-                println!(
+                outln!(
                     "  onward transfer:      {}",
                     shown(onward.map(str::to_owned))
                 );
                 if let Some(n) = text(|l| l.notes.as_ref()) {
                     for line in n.lines() {
-                        println!(
+                        outln!(
                             "  notes:                {}",
                             crate::error::escape_controls(line)
                         );
@@ -310,14 +310,14 @@ pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) ->
     )?;
     for p in &done {
         if events.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"type": "purged", "side": p.side, "transfer_id": p.transfer,
                     "path": p.path.display().to_string(), "retain_until": p.retain_until,
                     "files_removed": p.files_removed, "dry_run": p.dry_run})
             );
         } else {
-            println!(
+            outln!(
                 "{} {} {} (retained until {}){}",
                 if p.dry_run { "would purge" } else { "purged" },
                 p.transfer,
@@ -332,7 +332,7 @@ pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) ->
         }
     }
     if events.json {
-        println!(
+        outln!(
             "{}",
             json!({"type": "summary", "purged": done.len(), "dry_run": a.dry_run})
         );
@@ -396,7 +396,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     ),
                 ));
             }
-            println!(
+            outln!(
                 "{}: ok: {size} entries, every checkpoint signed by {} and consistent",
                 log_path.display(),
                 card.id
@@ -468,7 +468,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     }
                     write_export(output, s.as_bytes())?;
                     if !events.quiet {
-                        eprintln!(
+                        errln!(
                             "rogatory: exported {} entries and the latest checkpoint to {}",
                             out.len(),
                             output.display()
@@ -477,7 +477,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                 }
                 _ => {
                     for (i, st, _) in &out {
-                        println!("{i}\t{}", describe(st));
+                        outln!("{i}\t{}", describe(st));
                     }
                 }
             }
