@@ -123,21 +123,26 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
     match &a.fingerprint {
         Some(typed) => {
             if !fingerprint_matches(typed, &fp) {
+                // The card's own fingerprint is never shown here: pasting it would skip the
+                // out-of-band check the fingerprint exists for.
                 return Err(CliError::new(
                     Exit::Integrity,
                     format!(
-                        "the card of {} has fingerprint {fp}, not the one given",
+                        "the card of {} does not have the fingerprint given; it is not trusted",
                         card.id
                     ),
                 )
-                .hint("compare the fingerprint with the agency over a separate channel"));
+                .hint(format!(
+                    "ask {} to read you its fingerprint (`rogatory agency fingerprint`) over a separate channel, such as a phone call",
+                    card.id
+                )));
             }
         }
         None => {
             if !std::io::stdin().is_terminal() {
                 return Err(
                     CliError::new(Exit::Usage, "no --fingerprint given").hint(format!(
-                        "verify the fingerprint with {} out of band, then pass --fingerprint {fp}",
+                        "ask {} for its fingerprint over a separate channel (it runs `rogatory agency fingerprint`), then pass it with --fingerprint",
                         card.id
                     )),
                 );

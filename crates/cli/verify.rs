@@ -63,7 +63,10 @@ fn describe(st: &Statement) -> String {
         }
         Statement::Rejection {
             peer, code, reason, ..
-        } => format!("rejection by {}: {peer:?} {code}: {reason}", h.issuer),
+        } => format!(
+            "rejection by {}: {peer} refused, {code}: {reason}",
+            h.issuer
+        ),
         Statement::Fetch { peer, files, .. } => {
             format!("fetch: {peer} fetched {files} files from {}", h.issuer)
         }
