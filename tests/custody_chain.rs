@@ -106,32 +106,67 @@ fn the_relay_learns_no_name_and_no_note_and_both_recipients_get_every_byte() {
     .expect("meta");
 
     let r = start_relay(d, "B-relay");
-    let sent = ok(run(
-        d,
-        &[
-            "--home",
-            "A",
-            "--json",
-            "send",
-            "--relay",
-            &r.1,
-            "--to",
-            "agency-b",
-            "--to",
-            "agency-c",
-            "--case",
-            "XX-2026-0042",
-            "--legal-basis",
-            "MLAT art. 18",
-            "--purpose",
-            "criminal investigation",
-            "--retain-until",
-            "2030-12-31",
-            "--meta",
-            "meta.toml",
-            "case-42",
-        ],
-    ));
+    let args = [
+        "--home",
+        "A",
+        "--json",
+        "send",
+        "--relay",
+        &r.1,
+        "--to",
+        "agency-b",
+        "--to",
+        "agency-c",
+        "--case",
+        "XX-2026-0042",
+        "--legal-basis",
+        "MLAT art. 18",
+        "--purpose",
+        "criminal investigation",
+        "--retain-until",
+        "2030-12-31",
+        "--meta",
+        "meta.toml",
+        "case-42",
+    ];
+    // --dry-run first: what would go, and who would see what; nothing is sent or kept.
+    let human: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--json")
+        .chain(["--dry-run"])
+        .collect();
+    let o = ok(run(d, &human));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (relay_part, recipients_part) = text
+        .split_once("only the recipients see")
+        .expect("both parts");
+    assert!(
+        relay_part.contains("XX-2026-0042") && relay_part.contains("MLAT art. 18"),
+        "{text}"
+    );
+    assert!(
+        !relay_part.contains(NOTES) && !relay_part.contains("RESTRICTED"),
+        "{text}"
+    );
+    assert!(
+        recipients_part.contains(NOTES) && recipients_part.contains("RESTRICTED"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{}.pdf", SECRET_NAMES[2])), "{text}");
+    let dry: Vec<&str> = args.iter().copied().chain(["--dry-run"]).collect();
+    let o = ok(run(d, &dry));
+    let plan: serde_json::Value = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "plan")
+        .expect("plan event");
+    assert_eq!(plan["files"].as_array().expect("files").len(), 3);
+    assert_eq!(plan["relay_sees"]["notes"], serde_json::Value::Null);
+    assert_eq!(plan["legal"]["notes"], NOTES);
+    assert!(!d.join("A/outbox").exists() || listing(&d.join("A/outbox")).is_empty());
+    assert!(files_under(&d.join("B-relay/relay/spool")).is_empty());
+    let sent = ok(run(d, &args));
     let transfer = String::from_utf8_lossy(&sent.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -273,6 +273,10 @@ pub(crate) struct SendArgs {
     /// discarded; the relay collects its partial upload).
     #[arg(long)]
     pub(crate) restart: bool,
+    /// Show what would be sent (each file and size, the legal metadata, what the relay would see
+    /// and what only the recipients) and stop: nothing is encrypted or sent.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Files and directories (recursive).
     #[arg(required_unless_present = "resume", value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,

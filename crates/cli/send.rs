@@ -1,7 +1,7 @@
 //! `rogatory send`: the client library's streamed, resumable send (`rogatory_client::send`),
 //! with its events shown as a progress bar, lines or JSON.
 
-use rogatory_client::send::{LegalInput, SendRequest, send};
+use rogatory_client::send::{LegalInput, Plan, SendRequest, plan, send};
 
 use crate::args::SendArgs;
 use crate::error::Result;
@@ -24,6 +24,11 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
         resume: a.resume.clone(),
         restart: a.restart,
     };
+    if a.dry_run {
+        let p = plan(home, &req, &|e| events.event(e))?;
+        show_plan(&p, events);
+        return Ok(());
+    }
     let done = send(home, &req, &|e| events.event(e))?;
     events.receipt(&done.receipt);
     events.summary(
@@ -35,4 +40,45 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
         &done.receipt,
     );
     Ok(())
+}
+
+/// `send --dry-run`: the files, the legal metadata, and who sees what (`custody.md` §5.4).
+fn show_plan(p: &Plan, events: &Events) {
+    if events.json {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("type".into(), "plan".into());
+        }
+        events.line(v);
+        return;
+    }
+    if let Some(e) = &p.existing {
+        outln!("{e}");
+    }
+    outln!(
+        "would send {} files ({} bytes) to {}; nothing was encrypted or sent",
+        p.files.len(),
+        p.bytes,
+        p.recipients.join(", ")
+    );
+    for (path, size) in &p.files {
+        outln!("  {}\t{size} bytes", crate::error::escape_controls(path));
+    }
+    outln!("the relay sees: the sender, the recipients, the number of files and their sizes, and");
+    let public = crate::events::legal_lines(&p.relay_sees);
+    if public.is_empty() {
+        outln!("  no legal metadata");
+    }
+    for (name, value) in &public {
+        outln!("  {name}: {}", crate::error::escape_controls(value));
+    }
+    outln!("only the recipients see: the file names and their digests, and");
+    let all = crate::events::legal_lines(&p.legal);
+    let private: Vec<_> = all.iter().filter(|l| !public.contains(l)).collect();
+    if private.is_empty() {
+        outln!("  no other legal metadata");
+    }
+    for (name, value) in private {
+        outln!("  {name}: {}", crate::error::escape_controls(value));
+    }
 }

@@ -187,3 +187,18 @@ fn why_not(s: &str, multiline: bool) -> String {
         format!("{quoted} holds a control character")
     }
 }
+
+/// No legal metadata at all.
+pub(crate) fn empty() -> Legal {
+    Legal {
+        case_reference: None,
+        legal_basis: None,
+        requesting_authority: None,
+        executing_authority: None,
+        purpose: None,
+        classification: None,
+        retain_until: None,
+        onward_transfer: None,
+        notes: None,
+    }
+}

@@ -539,6 +539,107 @@ fn upload_error(e: NetError) -> Error {
     net("upload", e)
 }
 
+/// What a send would do (`send --dry-run`): every file and its size, the legal metadata, and
+/// which of it the relay would see (its published policy, `protocol.md` §6.0) and which only the
+/// recipients (`custody.md` §5.4). Nothing is encrypted, offered or written.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    /// The recipients.
+    pub recipients: Vec<String>,
+    /// `(relative path, plaintext size)` of every file, as the recipients will see them.
+    pub files: Vec<(String, u64)>,
+    /// Plaintext bytes in all.
+    pub bytes: u64,
+    /// All the legal metadata (what the recipients see).
+    pub legal: Legal,
+    /// The part the relay sees in the clear (with the sizes, sender and recipients).
+    pub relay_sees: Legal,
+    /// The legal fields the relay's policy requires.
+    pub relay_requires: Vec<String>,
+    /// A send of these files that already exists: receipted, or interrupted and resumable.
+    pub existing: Option<String>,
+}
+
+/// Checks a send as [`send`] would, then describes it instead of doing it (`send --dry-run`).
+pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Result<Plan> {
+    let found = match &req.resume {
+        Some(id) => find_interrupted(home, id, &req.relay, on)?,
+        None => prepare(home, req, on)?,
+    };
+    let rt = crate::runtime()?;
+    let policy = rt.block_on(async {
+        let (node, s) = crate::connect(home, &req.relay).await?;
+        on(&Event::Connected {
+            relay_agency: s.peer.agency.to_string(),
+            tls_key_exchange: s
+                .key_exchange_group()
+                .map(rogatory_transport::kx::group_name),
+        });
+        let p = s.policy.clone();
+        s.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+        node.shutdown(rogatory_transport::ErrorCode::NO_ERROR).await;
+        Ok::<_, Error>(p)
+    })?;
+    let of_sources = |sources: &[sources::Source]| -> Vec<(String, u64)> {
+        sources
+            .iter()
+            .map(|s| (s.rel.as_str().to_owned(), s.fp.size))
+            .collect()
+    };
+    let (recipients, files, legal, relay_sees, existing) = match found {
+        Found::New(c) => {
+            legal::check_required(&c.legal, &policy.require)?;
+            let relay_sees = c.legal.public(&policy.require);
+            (
+                c.recipients,
+                of_sources(&c.sources),
+                c.legal,
+                relay_sees,
+                None,
+            )
+        }
+        Found::Send(p) => (
+            p.offer.recipients.clone(),
+            of_sources(&p.sources),
+            p.legal.clone(),
+            p.offer.legal.clone(),
+            Some(format!(
+                "transfer {} is interrupted; running the command resumes it",
+                p.offer.transfer_id
+            )),
+        ),
+        Found::Already(done) => {
+            let m = std::fs::read(sent_dir(home, &done.transfer).join("manifest.json"))
+                .ok()
+                .and_then(|m| rogatory_custody::Manifest::parse(&m).ok());
+            return Ok(Plan {
+                recipients: m
+                    .as_ref()
+                    .map(|m| m.recipients.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                files: Vec::new(),
+                bytes: 0,
+                legal: legal::legal(&req.legal)?,
+                relay_sees: m.map(|m| m.legal).unwrap_or_else(legal::empty),
+                relay_requires: policy.require,
+                existing: Some(format!(
+                    "these files were already sent as transfer {} and receipted",
+                    done.transfer
+                )),
+            });
+        }
+    };
+    Ok(Plan {
+        recipients: recipients.iter().map(ToString::to_string).collect(),
+        bytes: files.iter().map(|(_, n)| n).sum(),
+        files,
+        legal,
+        relay_sees,
+        relay_requires: policy.require,
+        existing,
+    })
+}
+
 /// Sends files to recipients through a relay and returns once the custody receipt is verified
 /// and saved. `on` sees progress as it happens.
 ///
