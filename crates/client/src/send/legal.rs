@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The legal metadata as the user gave it (flags win over the `meta` file's fields).
+/// The legal metadata as the user gave it: flags and the `meta` file's fields (a field given
+/// in both with two values is refused).
 #[derive(Clone, Debug, Default)]
 pub struct LegalInput {
     /// Case reference.
@@ -62,6 +63,15 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
                 name: &str,
                 multi: bool|
      -> Result<Option<LegalText>> {
+        if let (Some(f), Some(m)) = (flag, &file)
+            && f != m
+        {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("{name} and the --meta file give two different values"),
+            )
+            .hint("give each legal field once: on the command line or in the --meta file"));
+        }
         match flag.clone().or(file) {
             None => Ok(None),
             Some(s) => LegalText::new(&s, multi).map(Some).map_err(|_| {
@@ -69,6 +79,15 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
             }),
         }
     };
+    if let (Some(f), Some(m)) = (&a.retain_until, &meta.retain_until)
+        && f != m
+    {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "--retain-until and the --meta file give two different values",
+        )
+        .hint("give each legal field once: on the command line or in the --meta file"));
+    }
     let retain = match a.retain_until.clone().or(meta.retain_until) {
         None => None,
         Some(d) => {
@@ -200,5 +219,64 @@ pub(crate) fn empty() -> Legal {
         retain_until: None,
         onward_transfer: None,
         notes: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("meta.toml");
+        fs::write(&p, text).expect("write");
+        (dir, p)
+    }
+
+    #[test]
+    fn a_flag_and_the_meta_file_never_disagree_silently() {
+        let (_d, p) = meta("case_reference = \"XX-1\"\nretain_until = \"2099-01-01\"\n");
+        let base = LegalInput {
+            meta: Some(p),
+            ..Default::default()
+        };
+        // The same value twice is fine; two values are refused, naming the flag.
+        let same = LegalInput {
+            case: Some("XX-1".into()),
+            ..base.clone()
+        };
+        assert_eq!(
+            legal(&same)
+                .expect("same")
+                .case_reference
+                .map(|c| c.as_str().to_owned()),
+            Some("XX-1".to_owned())
+        );
+        let other = LegalInput {
+            case: Some("XX-2".into()),
+            ..base.clone()
+        };
+        let e = legal(&other).expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Usage);
+        assert!(e.to_string().contains("--case"), "{e}");
+        let date = LegalInput {
+            retain_until: Some("2098-01-01".into()),
+            ..base
+        };
+        assert!(legal(&date).is_err());
+    }
+
+    #[test]
+    fn required_fields_are_named_with_the_flag_that_sets_them() {
+        let l = legal(&LegalInput {
+            case: Some("XX-1".into()),
+            ..Default::default()
+        })
+        .expect("legal");
+        let e = check_required(&l, &["case_reference".into(), "legal_basis".into()])
+            .expect_err("missing");
+        assert!(e.to_string().contains("legal_basis"), "{e}");
+        assert!(e.hint_text().is_some_and(|h| h.contains("--legal-basis")));
+        check_required(&l, &["case_reference".into()]).expect("present");
     }
 }
