@@ -31,10 +31,7 @@ fn closed_stdout(d: &Path, args: &[&str]) -> (i32, String) {
 fn a_closed_stdout_ends_output_quietly_and_the_work_is_done() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     std::fs::create_dir_all(d.join("case")).expect("mkdir");
     for i in 0..50 {
         std::fs::write(d.join(format!("case/f{i}.txt")), format!("file {i}\n")).expect("w");

@@ -212,10 +212,7 @@ fn round(
 fn lost_or_damaged_ciphertext_is_found_shown_refused_and_repaired() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     let sources = make_case(d);
     let relay = start_relay(d, "B");
     let first = send(d, &relay.1);

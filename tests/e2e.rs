@@ -38,13 +38,6 @@ fn send(
     run(dir, &args)
 }
 
-fn json_lines(o: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
-        .collect()
-}
-
 fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
@@ -69,10 +62,7 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     // The relay runs from a home of agency-b without its age identity.
     ok(run(
         d,
@@ -492,10 +482,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
 fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     let bulk = d.join("bulk");
     for i in 0..5000u32 {
         let dir = bulk.join(format!("d{:02}", i % 50));
@@ -608,10 +595,7 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
     use std::io::Read as _;
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     let r = relay(d, "B", None);
     let case = d.join("case");
     std::fs::create_dir_all(&case).expect("mkdir");
@@ -721,10 +705,7 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
 fn fetch_progress_grows_while_a_large_file_downloads() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    agency(d, "A", "agency-a", false);
-    agency(d, "B", "agency-b", false);
-    trust(d, "A", "B");
-    trust(d, "B", "A");
+    two_full_agencies(d);
     let r = relay(d, "B", None);
     std::fs::create_dir_all(d.join("case")).expect("mkdir");
     let big: Vec<u8> = (0..192u32 << 20)

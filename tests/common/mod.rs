@@ -121,6 +121,15 @@ pub fn trust(dir: &Path, home: &str, other: &str) {
     ));
 }
 
+/// Two agencies in `dir`, `A` (agency-a) and `B` (agency-b), both with age identities, each
+/// trusting the other's card by its fingerprint.
+pub fn two_full_agencies(dir: &Path) {
+    agency(dir, "A", "agency-a", false);
+    agency(dir, "B", "agency-b", false);
+    trust(dir, "A", "B");
+    trust(dir, "B", "A");
+}
+
 /// Two agencies in `dir`: `A` (agency-a, full identity) and `B` (agency-b, relay-only), each
 /// trusting the other's card by its fingerprint.
 pub fn two_agencies(dir: &Path) {
@@ -186,4 +195,12 @@ pub fn transfer_dir(out: &Path) -> PathBuf {
         out.display()
     );
     v.into_iter().next().expect("one")
+}
+
+/// Every stdout line of `o` parsed as JSON (`--json`: nothing else may be printed there).
+pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect()
 }
