@@ -545,6 +545,8 @@ fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
         b"x",
     )
     .expect("w");
+    // A name with an invisible character looks like another at the recipient: unsafe.
+    std::fs::write(case.join("good\u{200b}.txt"), b"x").expect("w");
     let o = send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     let lines = json_lines(&o);
@@ -563,7 +565,8 @@ fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
         .iter()
         .map(|f| f["path"].as_str().expect("path").to_owned())
         .collect();
-    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(failed.iter().any(|p| p.contains('\u{200b}')), "{failed:?}");
     assert!(
         failed.iter().any(|p| p.ends_with("link")) && failed.iter().any(|p| p.ends_with("dirlink"))
     );

@@ -78,16 +78,34 @@ fn collect_one(p: &Path, out: &mut Vec<Source>, failed: &mut Vec<Failure>) -> Re
     let meta = fs::symlink_metadata(p)
         .map_err(|e| Error::new(ErrorKind::Usage, format!("{}", p.display())).source(e))?;
     let abs = std::path::absolute(p).map_err(|e| io("resolving", p, e))?;
-    let name = abs
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Error::new(
+    // `..` (or `dir/..`) has no name of its own: its folder's real name is the one sent.
+    let named = if abs.file_name().is_none() {
+        fs::canonicalize(&abs).map_err(|e| io("resolving", p, e))?
+    } else {
+        abs.clone()
+    };
+    let name = match named.file_name() {
+        None => {
+            return Err(Error::new(
                 ErrorKind::Usage,
-                format!("{}: needs a UTF-8 file name", p.display()),
+                format!("{}: the root directory cannot be sent", p.display()),
             )
-        })?
-        .to_owned();
+            .hint("name the folder to send"));
+        }
+        Some(n) => n
+            .to_str()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!(
+                        "{}: the name {:?} is not UTF-8, which a manifest path must be",
+                        p.display(),
+                        n
+                    ),
+                )
+            })?
+            .to_owned(),
+    };
     walk(&abs, &name, &meta, out, failed)
 }
 
@@ -142,6 +160,9 @@ fn walk(
         )
         .source(e)
     })?;
+    // Checked now, with every other source, not when its turn to be read comes: an unreadable
+    // file is listed beside an unreadable folder before anything is sent.
+    fs::File::open(p).map_err(|e| io("reading", p, e))?;
     out.push(Source {
         path: p.to_owned(),
         rel,
