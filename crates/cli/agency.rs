@@ -12,7 +12,7 @@ use crate::error::{CliError, Exit, Result};
 use crate::home::{Home, parse_agency, read_card, write_file};
 
 /// Creates the agency's identity, TLS key and self-signed certificate, and its signed card.
-pub(crate) fn init(home: &Home, a: &AgencyInitArgs) -> Result<()> {
+pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &crate::events::Events) -> Result<()> {
     let id = parse_agency(&a.id)?;
     if a.jurisdiction.len() != 2 || !a.jurisdiction.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(CliError::new(
@@ -73,6 +73,15 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs) -> Result<()> {
         false,
     )?;
     write_file(&home.path("card.note"), note.as_bytes(), 0o644, false)?;
+    if events.json {
+        events.line(
+            serde_json::json!({"type": "agency_created", "agency": id.as_str(),
+            "home": home.root.display().to_string(),
+            "card": home.path("card.note").display().to_string(),
+            "fingerprint": card.fingerprint().to_string(), "relay_only": a.relay_only}),
+        );
+        return Ok(());
+    }
     outln!("agency {id} created in {}", home.root.display());
     outln!("card: {}", home.path("card.note").display());
     outln!("fingerprint: {}", card.fingerprint());
@@ -108,16 +117,31 @@ pub(crate) fn card(home: &Home, events: &crate::events::Events) -> Result<()> {
     }
 }
 
-pub(crate) fn fingerprint(home: &Home, card: Option<&Path>) -> Result<()> {
+pub(crate) fn fingerprint(
+    home: &Home,
+    card: Option<&Path>,
+    events: &crate::events::Events,
+) -> Result<()> {
     let c = match card {
         Some(p) => read_card(p)?,
         None => home.card()?,
     };
-    outln!("{}", c.fingerprint());
+    if events.json {
+        events.line(
+            serde_json::json!({"type": "fingerprint", "agency": c.id.as_str(),
+            "fingerprint": c.fingerprint().to_string()}),
+        );
+    } else {
+        outln!("{}", c.fingerprint());
+    }
     Ok(())
 }
 
-pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
+pub(crate) fn trust_add(
+    home: &Home,
+    a: &TrustAddArgs,
+    events: &crate::events::Events,
+) -> Result<()> {
     let card = read_card(&a.card)?;
     let fp = card.fingerprint();
     match &a.fingerprint {
@@ -165,15 +189,32 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs) -> Result<()> {
     let dest = home.path(&format!("trust/{}.card", card.id));
     let note = std::fs::read(&a.card).map_err(|e| crate::error::io("reading", &a.card, e))?;
     write_file(&dest, &note, 0o644, true)?;
-    outln!("trusted {} ({fp})", card.id);
+    if events.json {
+        events.line(
+            serde_json::json!({"type": "trusted", "agency": card.id.as_str(),
+            "name": card.name, "jurisdiction": card.jurisdiction,
+            "fingerprint": fp.to_string(), "post_quantum": card.age_recipient_pq.is_some()}),
+        );
+    } else {
+        outln!("trusted {} ({fp})", card.id);
+    }
     Ok(())
 }
 
-pub(crate) fn trust_list(home: &Home) -> Result<()> {
+pub(crate) fn trust_list(home: &Home, events: &crate::events::Events) -> Result<()> {
     let store = home.trust_store()?;
     let own = home.card().ok().map(|c| c.id.clone());
     for c in store.cards() {
         if Some(&c.id) == own.as_ref() {
+            continue;
+        }
+        if events.json {
+            events.line(
+                serde_json::json!({"type": "trusted", "agency": c.id.as_str(),
+                "name": c.name, "jurisdiction": c.jurisdiction,
+                "fingerprint": c.fingerprint().to_string(),
+                "post_quantum": c.age_recipient_pq.is_some()}),
+            );
             continue;
         }
         outln!(
@@ -187,12 +228,16 @@ pub(crate) fn trust_list(home: &Home) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn trust_remove(home: &Home, id: &str) -> Result<()> {
+pub(crate) fn trust_remove(home: &Home, id: &str, events: &crate::events::Events) -> Result<()> {
     let id = parse_agency(id)?;
     let p = home.path(&format!("trust/{id}.card"));
     match std::fs::remove_file(&p) {
         Ok(()) => {
-            outln!("removed {id}");
+            if events.json {
+                events.line(serde_json::json!({"type": "untrusted", "agency": id.as_str()}));
+            } else {
+                outln!("removed {id}");
+            }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -65,24 +65,24 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Encrypt(a) => crypt::encrypt(&a),
         Command::Decrypt(a) => crypt::decrypt(&a),
         Command::Demo(a) => demo::run(&a),
-        Command::Agency(AgencyCommand::Init(a)) => agency::init(&home()?, &a),
+        Command::Agency(AgencyCommand::Init(a)) => agency::init(&home()?, &a, events),
         Command::Agency(AgencyCommand::Card) => agency::card(&home()?, events),
         Command::Agency(AgencyCommand::Fingerprint { card }) => {
-            agency::fingerprint(&home()?, card.as_deref())
+            agency::fingerprint(&home()?, card.as_deref(), events)
         }
         Command::Agency(AgencyCommand::ExportRelay { dir }) => agency::export_relay(&home()?, &dir),
         Command::Agency(AgencyCommand::ReissueCard { add_pq }) => {
             agency::reissue_card(&home()?, add_pq)
         }
-        Command::Trust(TrustCommand::Add(a)) => agency::trust_add(&home()?, &a),
-        Command::Trust(TrustCommand::List) => agency::trust_list(&home()?),
-        Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id),
+        Command::Trust(TrustCommand::Add(a)) => agency::trust_add(&home()?, &a, events),
+        Command::Trust(TrustCommand::List) => agency::trust_list(&home()?, events),
+        Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id, events),
         Command::Relay(RelayCommand::Serve(a)) => relay_cmd::serve(&home()?, &a),
         Command::Relay(RelayCommand::Purge { dry_run, policy }) => {
-            relay_cmd::purge(&home()?, dry_run, policy.as_deref())
+            relay_cmd::purge(&home()?, dry_run, policy.as_deref(), events)
         }
-        Command::Relay(RelayCommand::Gc) => relay_cmd::gc(&home()?),
-        Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?),
+        Command::Relay(RelayCommand::Gc) => relay_cmd::gc(&home()?, events),
+        Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?, events),
         Command::Send(a) => send::run(&home()?, &a, events),
         Command::Status(a) => relay_cmd::status(&home()?, &a, events),
         Command::Inbox(a) => fetch::inbox(&home()?, &a, events),

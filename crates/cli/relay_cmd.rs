@@ -154,7 +154,12 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
     })
 }
 
-pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>) -> Result<()> {
+pub(crate) fn purge(
+    home: &Home,
+    dry_run: bool,
+    policy: Option<&std::path::Path>,
+    events: &Events,
+) -> Result<()> {
     let _lock = if dry_run {
         None
     } else {
@@ -165,6 +170,14 @@ pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>
         .purge(dry_run)
         .map_err(|e| CliError::new(Exit::Storage, format!("purge: {e}")))?;
     for (r, why) in &done {
+        if events.json {
+            events.line(
+                serde_json::json!({"type": "relay_purged", "dry_run": dry_run,
+                "transfer_id": r.transfer.to_string(), "sender": r.sender.as_str(),
+                "ciphertext_bytes": r.ciphertext_bytes, "reason": why}),
+            );
+            continue;
+        }
         outln!(
             "{}{}\t{}\t{} bytes\t{why}",
             if dry_run { "would purge " } else { "purged " },
@@ -173,7 +186,7 @@ pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>
             r.ciphertext_bytes
         );
     }
-    if done.is_empty() {
+    if done.is_empty() && !events.json {
         errln!(
             "rogatory: nothing {}",
             if dry_run {
@@ -186,14 +199,18 @@ pub(crate) fn purge(home: &Home, dry_run: bool, policy: Option<&std::path::Path>
     Ok(())
 }
 
-pub(crate) fn gc(home: &Home) -> Result<()> {
+pub(crate) fn gc(home: &Home, events: &Events) -> Result<()> {
     let _lock = lock_data_dir(home)?;
     let relay = open_relay(home, None)?;
     for t in relay
         .gc_partials()
         .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?
     {
-        outln!("removed partial {t}");
+        if events.json {
+            events.line(serde_json::json!({"type": "relay_gc", "transfer_id": t.to_string()}));
+        } else {
+            outln!("removed partial {t}");
+        }
     }
     Ok(())
 }
@@ -201,7 +218,7 @@ pub(crate) fn gc(home: &Home) -> Result<()> {
 /// `relay scrub` (`relay.md` §10): marks what it finds (damaged transfers, their files set back
 /// for the sender to re-send, one damage-report each) when it can take the data directory's
 /// lock; next to a running relay it only reports.
-pub(crate) fn scrub(home: &Home) -> Result<()> {
+pub(crate) fn scrub(home: &Home, events: &Events) -> Result<()> {
     let lock = lock_data_dir(home).ok();
     let relay = open_relay(home, None)?;
     let found = if lock.is_some() {
@@ -214,10 +231,21 @@ pub(crate) fn scrub(home: &Home) -> Result<()> {
     }
     .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
     for (t, f, why) in &found {
-        outln!("{t}\tfile {f}\t{why}");
+        if events.json {
+            events.line(
+                serde_json::json!({"type": "scrub_fault", "transfer_id": t.to_string(),
+                "file": f, "problem": why}),
+            );
+        } else {
+            outln!("{t}\tfile {f}\t{why}");
+        }
     }
     if found.is_empty() {
-        outln!("scrub: every stored piece verifies");
+        if events.json {
+            events.line(serde_json::json!({"type": "scrub_ok"}));
+        } else {
+            outln!("scrub: every stored piece verifies");
+        }
         Ok(())
     } else {
         Err(CliError::new(

@@ -399,11 +399,18 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     ),
                 ));
             }
-            outln!(
-                "{}: ok: {size} entries, every checkpoint signed by {} and consistent",
-                log_path.display(),
-                card.id
-            );
+            if events.json {
+                events.line(
+                    json!({"type": "audit_verified", "log": log_path.display().to_string(),
+                    "agency": card.id.as_str(), "entries": size}),
+                );
+            } else {
+                outln!(
+                    "{}: ok: {size} entries, every checkpoint signed by {} and consistent",
+                    log_path.display(),
+                    card.id
+                );
+            }
             Ok(())
         }
         AuditCommand::Show { transfer, period }
@@ -470,7 +477,10 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                         s.push('\n');
                     }
                     write_export(output, s.as_bytes())?;
-                    if !events.quiet {
+                    if events.json {
+                        events.line(json!({"type": "audit_exported", "entries": out.len(),
+                            "output": output.display().to_string()}));
+                    } else if !events.quiet {
                         errln!(
                             "rogatory: exported {} entries and the latest checkpoint to {}",
                             out.len(),
@@ -479,8 +489,18 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     }
                 }
                 _ => {
-                    for (i, st, _) in &out {
-                        outln!("{i}\t{}", describe(st));
+                    for (i, st, text) in &out {
+                        if events.json {
+                            events.line(
+                                json!({"type": "audit_entry", "index": i, "kind": st.kind(),
+                                "transfer_id": st.head().transfer.to_string(),
+                                "issuer": st.head().issuer.as_str(),
+                                "time": st.head().time.to_string(), "description": describe(st),
+                                "entry": text}),
+                            );
+                        } else {
+                            outln!("{i}\t{}", describe(st));
+                        }
                     }
                 }
             }
