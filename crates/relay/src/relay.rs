@@ -149,6 +149,16 @@ impl<S: Storage> std::fmt::Debug for Relay<S> {
     }
 }
 
+impl Active {
+    /// Whether every piece of every file is durable (what SEAL requires).
+    fn all_durable(&self) -> bool {
+        self.durable
+            .iter()
+            .zip(&self.files)
+            .all(|(&d, f)| d == f.layout.count())
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1176,11 +1186,7 @@ impl<S: Storage> Relay<S> {
         }
         let active = self.get_active(&t)?;
         let a = lock(&active);
-        if a.durable
-            .iter()
-            .zip(&a.files)
-            .any(|(&d, f)| d != f.layout.count())
-        {
+        if !a.all_durable() {
             return Err(perr(
                 ErrorCode::PROTOCOL_VIOLATION,
                 "SEAL before every piece is durable",
@@ -1291,11 +1297,7 @@ impl<S: Storage> Relay<S> {
             .map_err(|e| perr(ErrorCode::INTERNAL, format!("stored manifest: {e}")))?;
         let active = self.get_active(&t)?;
         let a = lock(&active);
-        if a.durable
-            .iter()
-            .zip(&a.files)
-            .any(|(&d, f)| d != f.layout.count())
-        {
+        if !a.all_durable() {
             return Err(perr(
                 ErrorCode::PROTOCOL_VIOLATION,
                 "SEAL before every piece is durable",
