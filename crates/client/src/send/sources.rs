@@ -53,7 +53,9 @@ pub(crate) fn collect(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Result<Ve
     let mut out = Vec::new();
     for p in paths {
         if let Err(e) = collect_one(p, &mut out, failed) {
-            failed.push((p.display().to_string(), e.to_string()));
+            let path = p.display().to_string();
+            let why = why(&e, &path);
+            failed.push((path, why));
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -74,9 +76,34 @@ pub(crate) fn collect(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Result<Ve
     Ok(out)
 }
 
+/// Why a source cannot be sent, for the list of failures: the error and its causes, without
+/// the path the list already shows.
+pub(crate) fn why(e: &Error, path: &str) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    match text.strip_prefix(path).and_then(|t| t.strip_prefix(": ")) {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    }
+}
+
 fn collect_one(p: &Path, out: &mut Vec<Source>, failed: &mut Vec<Failure>) -> Result<()> {
-    let meta = fs::symlink_metadata(p)
-        .map_err(|e| Error::new(ErrorKind::Usage, format!("{}", p.display())).source(e))?;
+    let meta = fs::symlink_metadata(p).map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => e.to_string(),
+        };
+        Error::new(ErrorKind::Usage, format!("{}: {what}", p.display()))
+    })?;
     let abs = std::path::absolute(p).map_err(|e| io("resolving", p, e))?;
     // `..` (or `dir/..`) has no name of its own: its folder's real name is the one sent.
     let named = if abs.file_name().is_none() {
@@ -142,7 +169,9 @@ fn walk(
                 walk(&e.path(), &format!("{rel}/{name}"), &m, out, failed)
             })();
             if let Err(err) = r {
-                failed.push((e.path().display().to_string(), err.to_string()));
+                let path = e.path().display().to_string();
+                let why = why(&err, &path);
+                failed.push((path, why));
             }
         }
         return Ok(());
