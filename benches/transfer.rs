@@ -752,8 +752,8 @@ impl Bench {
         let cpu1 = proc_cpu(relay_pid, false, self.clk_tck);
         let send_sample = Sample::of(&m, cpu1.zip(cpu0).map(|(a, b)| a - b));
         let events = json_events(&m.lines);
-        if !events.iter().any(|(_, v)| v["type"] == "summary") {
-            return Err("send printed no JSON summary".into());
+        if !events.iter().any(|(_, v)| v["type"] == "sent") {
+            return Err("send printed no JSON sent event".into());
         }
         let send_first_progress = first_progress(&events);
         let home_growth_during = m.samples.first().map(|samples| {

@@ -60,7 +60,7 @@ fn send(d: &Path, addr: &str) -> serde_json::Value {
         .last()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
         .expect("summary");
-    assert_eq!(last["type"], "summary");
+    assert_eq!(last["type"], "sent");
     last
 }
 

@@ -112,7 +112,7 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     assert_eq!(connected["relay_agency"], "agency-b");
     assert_eq!(connected["tls_key_exchange"], "X25519MLKEM768");
     let summary = ev.last().expect("summary");
-    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["type"], "sent");
     assert_eq!(summary["files"], 4);
     assert_eq!(
         summary["bytes_sent"].as_u64(),
@@ -557,8 +557,8 @@ fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
     );
     let summary = lines
         .iter()
-        .find(|v| v["type"] == "summary")
-        .expect("summary");
+        .find(|v| v["type"] == "unsendable")
+        .expect("unsendable");
     let failed: Vec<String> = summary["failed"]
         .as_array()
         .expect("failed")
@@ -678,7 +678,7 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
     ));
     let ev = json_lines(&o);
     let summary = ev.last().expect("summary");
-    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["type"], "fetched");
     let total = summary["bytes_total"].as_u64().expect("total");
     let downloaded = summary["bytes_downloaded"].as_u64().expect("downloaded");
     let resumed = summary["bytes_resumed"].as_u64().expect("resumed");

@@ -113,7 +113,7 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
 
     for (home, out) in [("B", "outB"), ("C", "outC")] {
         let ev = fetch_all(d, home, &r.1, out);
-        let summary = ev.iter().find(|v| v["type"] == "summary").expect("summary");
+        let summary = ev.iter().find(|v| v["type"] == "fetched").expect("fetched");
         assert_eq!(summary["transfer_id"], t.as_str());
         // Layout: OUT/<sender>_<case>_<short id>/ with the files and the package.
         let folder = transfer_dir(&d.join(out));
@@ -177,7 +177,7 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
             ],
         ));
         let v = &json_lines(&o)[0];
-        assert_eq!(v["type"], "verified");
+        assert_eq!(v["type"], "package_verified");
         assert_eq!(v["transfer_id"], t.as_str());
         assert_eq!(v["files"], 2);
         assert_eq!(v["legal"]["legal_basis"], "MLAT art. 18");
@@ -187,8 +187,7 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
         // A second `fetch --all` fetches nothing, exit 0.
         let ev = fetch_all(d, home, &r.1, out);
         assert_eq!(ev.len(), 1, "{ev:?}");
-        assert_eq!(ev[0]["type"], "summary");
-        assert_eq!(ev[0]["fetched"], 0);
+        assert_eq!(ev[0]["type"], "nothing_to_fetch");
         let o = ok(run(
             d,
             &["--home", home, "fetch", "--relay", &r.1, "--all", "-o", out],
@@ -209,7 +208,7 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
     let o = run(d, &["--home", "B", "--json", "verify", "outB"]);
     assert_eq!(code(&o), 3);
     let ev = json_lines(&o);
-    assert_eq!(ev[0]["type"], "error", "{ev:?}");
+    assert_eq!(ev[0]["type"], "package_failed", "{ev:?}");
     assert!(
         ev[0]["problems"][0]
             .as_str()
@@ -360,7 +359,7 @@ fn two_senders_same_named_files_never_mix() {
     let ta = send(d, "A", &r.1, &["agency-b"], &[], &["a/case-42"]);
     let td = send(d, "D", &r.1, &["agency-b"], &[], &["dd/case-42"]);
     let ev = fetch_all(d, "B", &r.1, "out");
-    assert_eq!(ev.iter().filter(|v| v["type"] == "summary").count(), 2);
+    assert_eq!(ev.iter().filter(|v| v["type"] == "fetched").count(), 2);
     let dirs = transfer_dirs(&d.join("out"));
     assert_eq!(dirs.len(), 2, "{dirs:?}");
     let a = d.join(format!("out/agency-a_XX-2026-0042_{}", &ta[..8]));
@@ -388,7 +387,7 @@ fn two_senders_same_named_files_never_mix() {
     let o = ok(run(d, &["--home", "B", "--json", "verify", "out"]));
     let ev = json_lines(&o);
     assert_eq!(ev.len(), 2);
-    assert!(ev.iter().all(|v| v["type"] == "verified"), "{ev:?}");
+    assert!(ev.iter().all(|v| v["type"] == "package_verified"), "{ev:?}");
 }
 
 #[test]
@@ -470,7 +469,7 @@ fn purge_at_both_ends_after_retention() {
     ));
     assert_eq!(
         json_lines(&o),
-        [serde_json::json!({"type": "summary", "purged": 0, "dry_run": false})]
+        [serde_json::json!({"type": "purge_done", "purged": 0, "dry_run": false})]
     );
 
     // Recipient: a dry run changes nothing; the purge removes the files and the manifest,

@@ -91,7 +91,7 @@ impl Env {
                 Ok(v) if v["type"] == "progress" => {
                     s.acked = s.acked.max(v["bytes_done"].as_u64().unwrap_or(0))
                 }
-                Ok(v) if v["type"] == "summary" => {
+                Ok(v) if v["type"] == "sent" || v["type"] == "fetched" => {
                     s.summary = Some(v);
                     break;
                 }
@@ -244,7 +244,8 @@ impl Sender {
                         .acked
                         .max(v["bytes_done"].as_u64().expect("bytes_done"))
                 }
-                Some("summary") => self.summary = Some(v),
+                // The last line of a send or of a fetch.
+                Some("sent" | "fetched") => self.summary = Some(v),
                 _ => {}
             }
         }

@@ -7,12 +7,15 @@ use rogatory_custody::{AgencyIdentity, fingerprint_matches};
 use rogatory_envelope::HybridIdentity;
 use rogatory_transport::certs::{Validity, self_signed};
 
+use rogatory_client::json::Event as Json;
+
 use crate::args::{AgencyInitArgs, TrustAddArgs};
 use crate::error::{CliError, Exit, Result};
+use crate::events::Events;
 use crate::home::{Home, parse_agency, read_card, write_file};
 
 /// Creates the agency's identity, TLS key and self-signed certificate, and its signed card.
-pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &crate::events::Events) -> Result<()> {
+pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &Events) -> Result<()> {
     let id = parse_agency(&a.id)?;
     if a.jurisdiction.len() != 2 || !a.jurisdiction.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(CliError::new(
@@ -74,12 +77,13 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &crate::events::Even
     )?;
     write_file(&home.path("card.note"), note.as_bytes(), 0o644, false)?;
     if events.json {
-        events.line(
-            serde_json::json!({"type": "agency_created", "agency": id.as_str(),
-            "home": home.root.display().to_string(),
-            "card": home.path("card.note").display().to_string(),
-            "fingerprint": card.fingerprint().to_string(), "relay_only": a.relay_only}),
-        );
+        events.emit(Json::AgencyCreated {
+            agency: id.to_string(),
+            home: home.root.display().to_string(),
+            card: home.path("card.note").display().to_string(),
+            fingerprint: card.fingerprint().to_string(),
+            relay_only: a.relay_only,
+        });
         return Ok(());
     }
     outln!("agency {id} created in {}", home.root.display());
@@ -94,14 +98,15 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &crate::events::Even
 /// Prints this agency's signed card, `card.note`: what a partner passes to `trust add` (after
 /// checking the fingerprint with this agency over another channel). `--json`: one `card` event
 /// with the card's body and its fingerprint.
-pub(crate) fn card(home: &Home, events: &crate::events::Events) -> Result<()> {
+pub(crate) fn card(home: &Home, events: &Events) -> Result<()> {
     let card = home.card()?;
     if events.json {
         let body: serde_json::Value = serde_json::from_slice(card.to_json().as_bytes())
             .map_err(|e| CliError::new(Exit::Internal, "the card's JSON").source(e))?;
-        events.line(serde_json::json!({
-            "type": "card", "card": body, "fingerprint": card.fingerprint().to_string(),
-        }));
+        events.emit(Json::Card {
+            card: body,
+            fingerprint: card.fingerprint().to_string(),
+        });
         return Ok(());
     }
     let p = home.path("card.note");
@@ -117,31 +122,23 @@ pub(crate) fn card(home: &Home, events: &crate::events::Events) -> Result<()> {
     }
 }
 
-pub(crate) fn fingerprint(
-    home: &Home,
-    card: Option<&Path>,
-    events: &crate::events::Events,
-) -> Result<()> {
+pub(crate) fn fingerprint(home: &Home, card: Option<&Path>, events: &Events) -> Result<()> {
     let c = match card {
         Some(p) => read_card(p)?,
         None => home.card()?,
     };
     if events.json {
-        events.line(
-            serde_json::json!({"type": "fingerprint", "agency": c.id.as_str(),
-            "fingerprint": c.fingerprint().to_string()}),
-        );
+        events.emit(Json::Fingerprint {
+            agency: c.id.to_string(),
+            fingerprint: c.fingerprint().to_string(),
+        });
     } else {
         outln!("{}", c.fingerprint());
     }
     Ok(())
 }
 
-pub(crate) fn trust_add(
-    home: &Home,
-    a: &TrustAddArgs,
-    events: &crate::events::Events,
-) -> Result<()> {
+pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Result<()> {
     let card = read_card(&a.card)?;
     let fp = card.fingerprint();
     match &a.fingerprint {
@@ -190,18 +187,14 @@ pub(crate) fn trust_add(
     let note = std::fs::read(&a.card).map_err(|e| crate::error::io("reading", &a.card, e))?;
     write_file(&dest, &note, 0o644, true)?;
     if events.json {
-        events.line(
-            serde_json::json!({"type": "trusted", "agency": card.id.as_str(),
-            "name": card.name, "jurisdiction": card.jurisdiction,
-            "fingerprint": fp.to_string(), "post_quantum": card.age_recipient_pq.is_some()}),
-        );
+        events.emit(trusted(&card));
     } else {
         outln!("trusted {} ({fp})", card.id);
     }
     Ok(())
 }
 
-pub(crate) fn trust_list(home: &Home, events: &crate::events::Events) -> Result<()> {
+pub(crate) fn trust_list(home: &Home, events: &Events) -> Result<()> {
     let store = home.trust_store()?;
     let own = home.card().ok().map(|c| c.id.clone());
     for c in store.cards() {
@@ -209,12 +202,7 @@ pub(crate) fn trust_list(home: &Home, events: &crate::events::Events) -> Result<
             continue;
         }
         if events.json {
-            events.line(
-                serde_json::json!({"type": "trusted", "agency": c.id.as_str(),
-                "name": c.name, "jurisdiction": c.jurisdiction,
-                "fingerprint": c.fingerprint().to_string(),
-                "post_quantum": c.age_recipient_pq.is_some()}),
-            );
+            events.emit(trusted(c));
             continue;
         }
         outln!(
@@ -228,13 +216,15 @@ pub(crate) fn trust_list(home: &Home, events: &crate::events::Events) -> Result<
     Ok(())
 }
 
-pub(crate) fn trust_remove(home: &Home, id: &str, events: &crate::events::Events) -> Result<()> {
+pub(crate) fn trust_remove(home: &Home, id: &str, events: &Events) -> Result<()> {
     let id = parse_agency(id)?;
     let p = home.path(&format!("trust/{id}.card"));
     match std::fs::remove_file(&p) {
         Ok(()) => {
             if events.json {
-                events.line(serde_json::json!({"type": "untrusted", "agency": id.as_str()}));
+                events.emit(Json::Untrusted {
+                    agency: id.to_string(),
+                });
             } else {
                 outln!("removed {id}");
             }
@@ -249,7 +239,7 @@ pub(crate) fn trust_remove(home: &Home, id: &str, events: &crate::events::Events
 
 /// Re-signs this agency's card from its identity, after adding a hybrid post-quantum age key
 /// with `add_pq` (`docs/custody.md` §8.2). The signing key, hence the fingerprint, is unchanged.
-pub(crate) fn reissue_card(home: &Home, add_pq: bool) -> Result<()> {
+pub(crate) fn reissue_card(home: &Home, add_pq: bool, events: &Events) -> Result<()> {
     let identity = home.identity()?;
     if identity.age_identity().is_none() {
         return Err(
@@ -286,6 +276,15 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool) -> Result<()> {
         )?;
     }
     write_file(&home.path("card.note"), note.as_bytes(), 0o644, true)?;
+    if events.json {
+        events.emit(Json::CardReissued {
+            agency: card.id.to_string(),
+            card: home.path("card.note").display().to_string(),
+            fingerprint: card.fingerprint().to_string(),
+            post_quantum: card.age_recipient_pq.is_some(),
+        });
+        return Ok(());
+    }
     outln!("card re-issued: {}", home.path("card.note").display());
     outln!("fingerprint (unchanged): {}", card.fingerprint());
     outln!(
@@ -300,7 +299,7 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool) -> Result<()> {
 }
 
 /// Writes a relay home for this agency without its age identity (`docs/cli.md`).
-pub(crate) fn export_relay(home: &Home, dir: &Path) -> Result<()> {
+pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<()> {
     if dir.exists() {
         return Err(CliError::new(
             Exit::Safety,
@@ -339,10 +338,28 @@ pub(crate) fn export_relay(home: &Home, dir: &Path) -> Result<()> {
             }
         }
     }
+    if events.json {
+        events.emit(Json::RelayHomeExported {
+            agency: identity.id().to_string(),
+            home: dir.display().to_string(),
+        });
+        return Ok(());
+    }
     outln!(
         "relay home for {} written to {} (no age identity)",
         identity.id(),
         dir.display()
     );
     Ok(())
+}
+
+/// The `trusted` event of a card (`trust add`, `trust list`).
+fn trusted(c: &rogatory_custody::AgencyCard) -> Json {
+    Json::Trusted {
+        agency: c.id.to_string(),
+        name: c.name.clone(),
+        jurisdiction: c.jurisdiction.clone(),
+        fingerprint: c.fingerprint().to_string(),
+        post_quantum: c.age_recipient_pq.is_some(),
+    }
 }

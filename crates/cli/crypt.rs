@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::args::{DecryptArgs, EncryptArgs};
 use crate::error::{CliError, Exit, Result};
+use crate::events::{Events, Json};
 use crate::output::{Sink, Target, is_stdio, storage_error};
 
 /// Read and write in whole STREAM chunks.
@@ -117,9 +118,25 @@ fn load_identities(files: &[PathBuf]) -> Result<Vec<AnyIdentity>> {
     Ok(out)
 }
 
-pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
-    let recipients = load_recipients(a)?;
+/// `--json` needs `-o FILE`: stdout carries the data (`docs/cli.md` "JSON events").
+pub(crate) fn json_needs_output(
+    events: &Events,
+    output: &Option<PathBuf>,
+    command: &str,
+) -> Result<()> {
+    if events.json && is_stdio(output) {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!("{command} --json needs -o FILE: its stdout is the data"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn encrypt(a: &EncryptArgs, events: &Events) -> Result<()> {
     let io = &a.io;
+    json_needs_output(events, &io.output, "encrypt")?;
+    let recipients = load_recipients(a)?;
     let target = Target::resolve(&io.output, &io.input, io.force, !a.armor)?;
     let mut input = open_input(&io.input)?;
     let enc = Encryptor::new(&recipients).map_err(|e| match e {
@@ -135,16 +152,26 @@ pub(crate) fn encrypt(a: &EncryptArgs) -> Result<()> {
         let mut w = enc
             .wrap_output(ArmoredWriter::new(sink))
             .map_err(|e| encrypt_io(e, &where_))?;
-        pump(&mut input, &mut w, &io.input)?;
-        w.finish()
+        let n = pump(&mut input, &mut w, &io.input)?;
+        let sink = w
+            .finish()
             .and_then(ArmoredWriter::finish)
-            .map_err(write_err)?
+            .map_err(write_err)?;
+        (sink, n)
     } else {
         let mut w = enc.wrap_output(sink).map_err(|e| encrypt_io(e, &where_))?;
-        pump(&mut input, &mut w, &io.input)?;
-        w.finish().map_err(write_err)?
+        let n = pump(&mut input, &mut w, &io.input)?;
+        (w.finish().map_err(write_err)?, n)
     };
-    sink.commit()
+    let (sink, plaintext_bytes) = sink;
+    sink.commit()?;
+    if events.json {
+        events.emit(Json::Encrypted {
+            output: where_,
+            plaintext_bytes,
+        });
+    }
+    Ok(())
 }
 
 fn encrypt_io(e: EncryptError, where_: &str) -> CliError {
@@ -154,12 +181,14 @@ fn encrypt_io(e: EncryptError, where_: &str) -> CliError {
     }
 }
 
-/// Copies plaintext from `input` into the encrypting writer in whole chunks.
-fn pump<W: Write>(input: &mut dyn Read, w: &mut W, name: &Option<PathBuf>) -> Result<()> {
+/// Copies plaintext from `input` into the encrypting writer in whole chunks; returns the bytes
+/// copied.
+fn pump<W: Write>(input: &mut dyn Read, w: &mut W, name: &Option<PathBuf>) -> Result<u64> {
     let mut buf = vec![0u8; IO_BUF];
+    let mut total = 0u64;
     loop {
         let n = match input.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -172,6 +201,7 @@ fn pump<W: Write>(input: &mut dyn Read, w: &mut W, name: &Option<PathBuf>) -> Re
         };
         w.write_all(&buf[..n])
             .map_err(|e| CliError::new(Exit::Storage, "cannot write output").source(e))?;
+        total += n as u64;
     }
 }
 
@@ -195,8 +225,9 @@ fn decrypt_error(e: DecryptError, input: &str) -> CliError {
     }
 }
 
-pub(crate) fn decrypt(a: &DecryptArgs) -> Result<()> {
+pub(crate) fn decrypt(a: &DecryptArgs, events: &Events) -> Result<()> {
     let io = &a.io;
+    json_needs_output(events, &io.output, "decrypt")?;
     let target = Target::resolve(&io.output, &io.input, io.force, true)?;
     let identities = load_identities(&a.identities)?;
     let name = input_name(&io.input);
@@ -205,16 +236,26 @@ pub(crate) fn decrypt(a: &DecryptArgs) -> Result<()> {
         .and_then(|d| d.decrypt(&identities))
         .map_err(|e| decrypt_error(e, &name))?;
     let mut sink = target.open()?;
-    copy_plaintext(&mut reader, &mut sink, &name)?;
-    sink.commit()
+    let output = sink.describe();
+    let plaintext_bytes = copy_plaintext(&mut reader, &mut sink, &name)?;
+    sink.commit()?;
+    if events.json {
+        events.emit(Json::Decrypted {
+            output,
+            plaintext_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Streams authenticated plaintext into the sink; any failure drops (removes) a file sink.
-fn copy_plaintext<R: Read>(reader: &mut R, sink: &mut Sink, name: &str) -> Result<()> {
+/// Returns the bytes written.
+fn copy_plaintext<R: Read>(reader: &mut R, sink: &mut Sink, name: &str) -> Result<u64> {
     let mut buf = vec![0u8; IO_BUF];
+    let mut total = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -234,5 +275,6 @@ fn copy_plaintext<R: Read>(reader: &mut R, sink: &mut Sink, name: &str) -> Resul
         };
         sink.write_all(&buf[..n])
             .map_err(|e| storage_error(Path::new(&sink.describe()), e))?;
+        total += n as u64;
     }
 }

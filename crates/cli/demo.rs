@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
+/// A human line of the demonstration; with `--json` only the final `demo` event is printed.
+macro_rules! say {
+    ($events:expr, $($t:tt)*) => {
+        if !$events.json {
+            outln!($($t)*);
+        }
+    };
+}
+
 use rogatory_custody::{AgencyCard, ReceiptBundle, Sha256Digest, Statement};
 
 use crate::args::DemoArgs;
@@ -176,7 +185,7 @@ fn stanza_types(manifest: &Path, packs: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-pub(crate) fn run(a: &DemoArgs) -> Result<()> {
+pub(crate) fn run(a: &DemoArgs, events: &crate::events::Events) -> Result<()> {
     let start = Instant::now();
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(Exit::Internal, "demo: cannot find this program").source(e))?;
@@ -190,7 +199,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         exe,
         dir: tmp.path().to_owned(),
     };
-    outln!("demo directory {}", d.dir.display());
+    say!(events, "demo directory {}", d.dir.display());
 
     // 1. Two agencies, each trusting the other's card by its fingerprint.
     d.run(
@@ -255,8 +264,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             &fa,
         ],
     )?;
-    outln!("agencies            demo-police-a (DE) {fa}");
-    outln!("                    demo-prosecutor-b (FR) {fb}");
+    say!(events, "agencies            demo-police-a (DE) {fa}");
+    say!(events, "                    demo-prosecutor-b (FR) {fb}");
 
     // 2. B's relay on 127.0.0.1, from a home that holds no age identity.
     d.run(
@@ -290,7 +299,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .map(str::to_owned);
     let addr =
         addr.ok_or_else(|| CliError::new(Exit::Internal, "demo: the relay did not start"))?;
-    outln!(
+    say!(
+        events,
         "relay               demo-prosecutor-b on {addr} (QUIC, mutual TLS 1.3, --require-pq-tls)\n                    run from B-relay/, a home without the age key"
     );
 
@@ -321,13 +331,14 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let summary: serde_json::Value = sent
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["type"] == "summary")
-        .ok_or_else(|| CliError::new(Exit::Internal, "demo: send printed no summary"))?;
+        .find(|v| v["type"] == "sent")
+        .ok_or_else(|| CliError::new(Exit::Internal, "demo: send printed no sent event"))?;
     let transfer = summary["transfer_id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    outln!(
+    say!(
+        events,
         "sent                {} files, {} bytes of age ciphertext, transfer {transfer}",
         summary["files"],
         summary["bytes_total"]
@@ -342,7 +353,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             format!("demo: the stored files are not all hybrid post-quantum: {types:?}"),
         ));
     }
-    outln!(
+    say!(
+        events,
         "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, A and B)",
         types.len()
     );
@@ -377,20 +389,23 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             ));
         }
     }
-    outln!(
+    say!(
+        events,
         "fetched             {} files into {folder}/, every SHA-256 equal to the original",
         originals.len()
     );
     // The evidence package beside them proves it offline: seal, files, both receipts.
     d.run("verify (B)", &["--home", "B", "verify", "received"])?;
-    outln!(
+    say!(
+        events,
         "verified            {folder}: the seal, every file and the custody and delivery receipts"
     );
     let status = d.run(
         "status",
         &["--home", "A", "status", "--relay", &addr, &transfer],
     )?;
-    outln!(
+    say!(
+        events,
         "status (sender)     {}",
         status
             .lines()
@@ -411,7 +426,10 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             format!("demo: the connection negotiated {kx}, not X25519MLKEM768"),
         ));
     }
-    outln!("key exchange        {kx}, read from the live QUIC/TLS connection");
+    say!(
+        events,
+        "key exchange        {kx}, read from the live QUIC/TLS connection"
+    );
 
     // 5. Both receipts verify against agency B's card and prove inclusion in its audit log.
     let b_card = card(&d, "B")?;
@@ -420,7 +438,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         ("B", format!("B/receipts/{transfer}.delivery-receipt")),
     ] {
         let (kind, index) = verify_receipt(&d.path(&file), &b_card)?;
-        outln!(
+        say!(
+            events,
             "{:<20}signature ok, entry {index} of B's audit log, held by {who}: {file}",
             kind
         );
@@ -454,19 +473,31 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .unwrap_or("")
         .replace('\t', " ")
         .to_owned();
-    outln!("tampered store      relay scrub: exit 3, {finding}");
-    outln!(
+    say!(events, "tampered store      relay scrub: exit 3, {finding}");
+    say!(
+        events,
         "plaintext at relay  none: the relay holds only age ciphertext and never loads an age key"
     );
-    outln!("done in {:.1} s", start.elapsed().as_secs_f64());
+    say!(events, "done in {:.1} s", start.elapsed().as_secs_f64());
 
+    let directory = d.dir.display().to_string();
+    let receipt = format!("{directory}/A/receipts/{transfer}.custody-receipt");
     if a.keep {
         let kept = tmp.keep();
-        outln!("kept {}", kept.display());
+        say!(events, "kept {}", kept.display());
     } else {
         tmp.close().map_err(|e| {
             CliError::new(Exit::Storage, "demo: cannot remove the demo directory").source(e)
         })?;
+    }
+    if events.json {
+        events.emit(crate::events::Json::Demo {
+            directory,
+            kept: a.keep,
+            transfer_id: transfer,
+            receipt,
+            tls_key_exchange: Some(kx),
+        });
     }
     Ok(())
 }

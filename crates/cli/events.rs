@@ -4,8 +4,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
+pub(crate) use rogatory_client::json::Event as Json;
+use rogatory_client::json::Unsendable;
 use rogatory_custody::TransferId;
-use serde_json::json;
 
 #[derive(Debug, Default)]
 pub(crate) struct Events {
@@ -16,8 +17,9 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    pub(crate) fn line(&self, v: serde_json::Value) {
-        outln!("{v}");
+    /// One `--json` line (`docs/cli.md` "JSON events").
+    pub(crate) fn emit(&self, e: Json) {
+        outln!("{}", e.to_line());
     }
 
     /// An informational line (human mode only, stderr).
@@ -29,7 +31,11 @@ impl Events {
 
     pub(crate) fn start(&self, t: &TransferId, files: usize, bytes_total: u64) {
         if self.json {
-            self.line(json!({"type": "start", "transfer_id": t.to_string(), "files": files, "bytes_total": bytes_total}));
+            self.emit(Json::Start {
+                transfer_id: t.to_string(),
+                files: files as u64,
+                bytes_total,
+            });
         } else if !self.quiet {
             errln!("rogatory: transfer {t}: {files} files, {bytes_total} bytes of ciphertext");
             if std::io::stderr().is_terminal() {
@@ -46,7 +52,10 @@ impl Events {
 
     pub(crate) fn progress(&self, done: u64, total: u64) {
         if self.json {
-            self.line(json!({"type": "progress", "bytes_done": done, "bytes_total": total}));
+            self.emit(Json::Progress {
+                bytes_done: done,
+                bytes_total: total,
+            });
         } else if let Some(bar) = self.bar.get() {
             bar.set_length(total);
             bar.set_position(done);
@@ -66,7 +75,10 @@ impl Events {
                 tls_key_exchange,
             } => {
                 if self.json {
-                    self.line(json!({"type": "connected", "relay_agency": relay_agency, "tls_key_exchange": tls_key_exchange}));
+                    self.emit(Json::Connected {
+                        relay_agency: relay_agency.clone(),
+                        tls_key_exchange: tls_key_exchange.clone(),
+                    });
                 } else {
                     self.emit_line(&format!(
                         "connected to {relay_agency} (TLS 1.3, key exchange {})",
@@ -84,7 +96,7 @@ impl Events {
                 bytes_total,
             } => self.progress(*bytes_done, *bytes_total),
             Event::FileDone { path } => self.file_done(path),
-            Event::Fetched(done) => self.fetched(done),
+            Event::Fetched(done) => self.fetched(done, None),
             Event::Failed { failed } => self.failed(failed),
             _ => {}
         }
@@ -92,13 +104,21 @@ impl Events {
 
     pub(crate) fn file_done(&self, path: &str) {
         if self.json {
-            self.line(json!({"type": "file_done", "path": path}));
+            self.emit(Json::FileDone {
+                path: path.to_owned(),
+            });
         }
     }
 
-    pub(crate) fn receipt(&self, path: &Path) {
+    /// A receipt saved: `kind` is `custody`, `delivery` or `purge`; `agency` the recipient of a
+    /// delivery receipt.
+    pub(crate) fn receipt(&self, kind: &str, agency: Option<String>, path: &Path) {
         if self.json {
-            self.line(json!({"type": "receipt", "path": path.display().to_string()}));
+            self.emit(Json::Receipt {
+                kind: kind.to_owned(),
+                agency,
+                path: path.display().to_string(),
+            });
         }
     }
 
@@ -112,10 +132,14 @@ impl Events {
         receipt: &Path,
     ) {
         if self.json {
-            self.line(json!({
-                "type": "summary", "transfer_id": t.to_string(), "files": files, "bytes_total": total,
-                "bytes_sent": sent, "bytes_skipped": skipped, "receipt": receipt.display().to_string(), "failed": []
-            }));
+            self.emit(Json::Sent {
+                transfer_id: t.to_string(),
+                files: files as u64,
+                bytes_total: total,
+                bytes_sent: sent,
+                bytes_skipped: skipped,
+                receipt: receipt.display().to_string(),
+            });
         } else if !self.quiet {
             outln!("transfer {t}");
             outln!("receipt {}", receipt.display());
@@ -125,16 +149,21 @@ impl Events {
         }
     }
 
-    /// A fetched transfer: its delivery receipt and summary.
-    pub(crate) fn fetched(&self, d: &rogatory_client::fetch::Fetched) {
-        self.receipt(&d.receipt);
+    /// A fetched transfer: its delivery receipt (signed by `me`) and summary.
+    pub(crate) fn fetched(&self, d: &rogatory_client::fetch::Fetched, me: Option<String>) {
+        self.receipt("delivery", me, &d.receipt);
         if self.json {
-            self.line(json!({"type": "summary", "transfer_id": d.transfer_id.to_string(), "files": d.files,
-                "bytes_total": d.bytes_total, "plaintext_bytes": d.plaintext_bytes,
-                "bytes_downloaded": d.bytes_downloaded,
-                "bytes_resumed": d.bytes_resumed,
-                "output": d.output.display().to_string(),
-                "receipt": d.receipt.display().to_string(), "failed": []}));
+            self.emit(Json::Fetched {
+                transfer_id: d.transfer_id.to_string(),
+                sender: d.sender.to_string(),
+                files: d.files as u64,
+                bytes_total: d.bytes_total,
+                plaintext_bytes: d.plaintext_bytes,
+                bytes_downloaded: d.bytes_downloaded,
+                bytes_resumed: d.bytes_resumed,
+                output: d.output.display().to_string(),
+                receipt: d.receipt.display().to_string(),
+            });
         } else if !self.quiet {
             outln!(
                 "fetched {}: {} files from {} into {}",
@@ -153,11 +182,19 @@ impl Events {
         let e = &item.entry;
         let state = rogatory_relay::relay::state_name(e.state);
         if self.json {
-            self.line(json!({
-                "type": "inbox", "transfer_id": e.transfer.to_string(), "sender": e.sender.as_str(), "files": e.files,
-                "ciphertext_bytes": e.ciphertext_bytes, "received": e.received.to_string(),
-                "state": state, "legal": item.legal, "legal_problem": item.problem,
-            }));
+            self.emit(Json::Inbox {
+                transfer_id: e.transfer.to_string(),
+                sender: e.sender.to_string(),
+                files: e.files,
+                ciphertext_bytes: e.ciphertext_bytes,
+                received: e.received.to_string(),
+                state: state.to_owned(),
+                legal: item
+                    .legal
+                    .as_ref()
+                    .and_then(|l| serde_json::to_value(l).ok()),
+                legal_problem: item.problem.clone(),
+            });
         } else {
             outln!(
                 "{}\t{}\t{} files\t{} bytes\t{}\t{}",
@@ -180,18 +217,19 @@ impl Events {
         }
     }
 
-    /// Every source that could not be sent: a `summary` with `failed` in JSON mode, one stderr
-    /// line each otherwise.
+    /// Every source that could not be sent: an `unsendable` event in JSON mode, one stderr line
+    /// each otherwise.
     pub(crate) fn failed(&self, failed: &[(String, String)]) {
         if self.json {
-            let list: Vec<_> = failed
-                .iter()
-                .map(|(p, e)| json!({"path": p, "error": e}))
-                .collect();
-            self.line(
-                json!({"type": "summary", "transfer_id": null, "files": 0, "bytes_total": 0,
-                "bytes_sent": 0, "bytes_skipped": 0, "failed": list}),
-            );
+            self.emit(Json::Unsendable {
+                failed: failed
+                    .iter()
+                    .map(|(p, e)| Unsendable {
+                        path: p.clone(),
+                        error: e.clone(),
+                    })
+                    .collect(),
+            });
         } else {
             for (p, e) in failed {
                 errln!(
@@ -205,7 +243,10 @@ impl Events {
 
     pub(crate) fn error(&self, exit: i32, message: &str) {
         if self.json {
-            self.line(json!({"type": "error", "exit_code": exit, "message": message}));
+            self.emit(Json::Error {
+                exit_code: exit,
+                message: message.to_owned(),
+            });
         }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) fn inbox(home: &Home, a: &InboxArgs, events: &Events) -> Result<()> {
         events.inbox_entry(e);
     }
     if entries.is_empty() {
+        if events.json {
+            events.emit(rogatory_client::json::Event::InboxEmpty {});
+        }
         events.emit_line("nothing awaits this agency");
     }
     Ok(())
@@ -35,18 +38,17 @@ pub(crate) fn fetch(home: &Home, a: &FetchArgs, events: &Events) -> Result<()> {
         output: a.output.clone(),
         force: a.force,
     };
+    // The delivery receipts are this agency's.
+    let me = home.card().ok().map(|c| c.id.to_string());
     let done = fetch_transfers(home, &req, &|e| match e {
         // `fetch` does not report its connection (docs/cli.md "JSON events").
         Event::Connected { .. } => {}
+        Event::Fetched(d) => events.fetched(d, me.clone()),
         e => events.event(e),
     })?;
-    // `--all` with nothing left to deliver: one summary saying so (the line came as an event).
+    // `--all` with nothing left to deliver (the human line came as an event).
     if done.transfers.is_empty() && events.json {
-        outln!(
-            "{}",
-            serde_json::json!({"type": "summary", "transfer_id": null, "files": 0, "bytes_total": 0,
-                "fetched": 0, "message": "nothing to fetch", "failed": []})
-        );
+        events.emit(rogatory_client::json::Event::NothingToFetch {});
     }
     Ok(())
 }

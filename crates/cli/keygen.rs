@@ -11,9 +11,11 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::args::KeygenArgs;
 use crate::error::{CliError, Exit, Result};
+use crate::events::{Events, Json};
 use crate::output::{fsync_dir, storage_error};
 
-pub(crate) fn run(a: &KeygenArgs) -> Result<()> {
+pub(crate) fn run(a: &KeygenArgs, events: &Events) -> Result<()> {
+    crate::crypt::json_needs_output(events, &a.output, "keygen")?;
     let identity = if a.pq {
         AnyIdentity::from(HybridIdentity::generate())
     } else {
@@ -59,6 +61,18 @@ pub(crate) fn run(a: &KeygenArgs) -> Result<()> {
                 .map_err(|e| storage_error(std::path::Path::new("<stdout>"), e))?;
         }
     }
-    errln!("Public key: {}", identity.to_public());
+    if events.json {
+        events.emit(Json::KeyCreated {
+            path: a
+                .output
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            public_key: identity.to_public().to_string(),
+            post_quantum: a.pq,
+        });
+    } else {
+        errln!("Public key: {}", identity.to_public());
+    }
     Ok(())
 }

@@ -61,23 +61,25 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
     use args::{AgencyCommand, Command, RelayCommand, TrustCommand};
     let home = || home::Home::resolve(cli.global.home.as_deref());
     match cli.command {
-        Command::Keygen(a) => keygen::run(&a),
-        Command::Encrypt(a) => crypt::encrypt(&a),
-        Command::Decrypt(a) => crypt::decrypt(&a),
-        Command::Demo(a) => demo::run(&a),
+        Command::Keygen(a) => keygen::run(&a, events),
+        Command::Encrypt(a) => crypt::encrypt(&a, events),
+        Command::Decrypt(a) => crypt::decrypt(&a, events),
+        Command::Demo(a) => demo::run(&a, events),
         Command::Agency(AgencyCommand::Init(a)) => agency::init(&home()?, &a, events),
         Command::Agency(AgencyCommand::Card) => agency::card(&home()?, events),
         Command::Agency(AgencyCommand::Fingerprint { card }) => {
             agency::fingerprint(&home()?, card.as_deref(), events)
         }
-        Command::Agency(AgencyCommand::ExportRelay { dir }) => agency::export_relay(&home()?, &dir),
+        Command::Agency(AgencyCommand::ExportRelay { dir }) => {
+            agency::export_relay(&home()?, &dir, events)
+        }
         Command::Agency(AgencyCommand::ReissueCard { add_pq }) => {
-            agency::reissue_card(&home()?, add_pq)
+            agency::reissue_card(&home()?, add_pq, events)
         }
         Command::Trust(TrustCommand::Add(a)) => agency::trust_add(&home()?, &a, events),
         Command::Trust(TrustCommand::List) => agency::trust_list(&home()?, events),
         Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id, events),
-        Command::Relay(RelayCommand::Serve(a)) => relay_cmd::serve(&home()?, &a),
+        Command::Relay(RelayCommand::Serve(a)) => relay_cmd::serve(&home()?, &a, events),
         Command::Relay(RelayCommand::Purge { dry_run, policy }) => {
             relay_cmd::purge(&home()?, dry_run, policy.as_deref(), events)
         }
@@ -90,6 +92,10 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Verify { files } => verify::verify(&home()?, &files, events),
         Command::Purge(a) => verify::purge(&home()?, &a, events),
         Command::Audit(a) => verify::audit(&home()?, &a, events),
+        Command::Completions { .. } | Command::Man if events.json => Err(error::CliError::new(
+            error::Exit::Usage,
+            "completions and man print documents, not events: run them without --json",
+        )),
         Command::Completions { shell } => {
             let mut cmd = <args::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "rogatory", &mut std::io::stdout());

@@ -13,7 +13,7 @@ use rogatory_transport::{ErrorCode, Limits};
 
 use crate::args::{RelayServeArgs, StatusArgs};
 use crate::error::{CliError, Exit, Result};
-use crate::events::Events;
+use crate::events::{Events, Json};
 use crate::home::{Home, read_secret};
 
 /// The relay's identity: only the signing key is parsed; an age identity line, if the home
@@ -82,7 +82,7 @@ fn lock_data_dir(home: &Home) -> Result<std::fs::File> {
     }
 }
 
-pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
+pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -116,7 +116,14 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
         let addr = node
             .local_addr()
             .map_err(|e| CliError::new(Exit::Storage, "socket").source(e))?;
-        outln!("relay {} listening on {addr}", relay.agency());
+        if events.json {
+            events.emit(Json::Listening {
+                agency: relay.agency().to_string(),
+                address: addr.to_string(),
+            });
+        } else {
+            outln!("relay {} listening on {addr}", relay.agency());
+        }
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let (n, r) = (node.clone(), relay.clone());
         let server = tokio::spawn(async move {
@@ -171,11 +178,13 @@ pub(crate) fn purge(
         .map_err(|e| CliError::new(Exit::Storage, format!("purge: {e}")))?;
     for (r, why) in &done {
         if events.json {
-            events.line(
-                serde_json::json!({"type": "relay_purged", "dry_run": dry_run,
-                "transfer_id": r.transfer.to_string(), "sender": r.sender.as_str(),
-                "ciphertext_bytes": r.ciphertext_bytes, "reason": why}),
-            );
+            events.emit(Json::RelayPurged {
+                dry_run,
+                transfer_id: r.transfer.to_string(),
+                sender: r.sender.to_string(),
+                ciphertext_bytes: r.ciphertext_bytes,
+                reason: why.to_string(),
+            });
             continue;
         }
         outln!(
@@ -202,12 +211,17 @@ pub(crate) fn purge(
 pub(crate) fn gc(home: &Home, events: &Events) -> Result<()> {
     let _lock = lock_data_dir(home)?;
     let relay = open_relay(home, None)?;
-    for t in relay
+    let removed = relay
         .gc_partials()
-        .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?
-    {
+        .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?;
+    if removed.is_empty() {
+        events.emit_line("gc: no partial upload to remove");
+    }
+    for t in removed {
         if events.json {
-            events.line(serde_json::json!({"type": "relay_gc", "transfer_id": t.to_string()}));
+            events.emit(Json::RelayGc {
+                transfer_id: t.to_string(),
+            });
         } else {
             outln!("removed partial {t}");
         }
@@ -232,17 +246,18 @@ pub(crate) fn scrub(home: &Home, events: &Events) -> Result<()> {
     .map_err(|e| CliError::new(Exit::Storage, format!("scrub: {e}")))?;
     for (t, f, why) in &found {
         if events.json {
-            events.line(
-                serde_json::json!({"type": "scrub_fault", "transfer_id": t.to_string(),
-                "file": f, "problem": why}),
-            );
+            events.emit(Json::ScrubFault {
+                transfer_id: t.to_string(),
+                file: u64::from(*f),
+                problem: why.clone(),
+            });
         } else {
             outln!("{t}\tfile {f}\t{why}");
         }
     }
     if found.is_empty() {
         if events.json {
-            events.line(serde_json::json!({"type": "scrub_ok"}));
+            events.emit(Json::ScrubOk {});
         } else {
             outln!("scrub: every stored piece verifies");
         }
@@ -266,11 +281,12 @@ pub(crate) fn status(home: &Home, a: &StatusArgs, events: &Events) -> Result<()>
     )?;
     let state = rogatory_relay::relay::state_name(st.state);
     if events.json {
-        outln!(
-            "{}",
-            serde_json::json!({"type": "status", "transfer_id": st.transfer.to_string(), "state": state,
-                "tls_key_exchange": st.tls_key_exchange, "receipts": st.receipts.len()})
-        );
+        events.emit(Json::Status {
+            transfer_id: st.transfer.to_string(),
+            state: state.to_owned(),
+            tls_key_exchange: st.tls_key_exchange.clone(),
+            receipts: st.receipts.len() as u64,
+        });
     } else {
         outln!("transfer {}\nstate {state}", st.transfer);
         outln!(
@@ -282,11 +298,7 @@ pub(crate) fn status(home: &Home, a: &StatusArgs, events: &Events) -> Result<()>
     // "Sending").
     for r in rogatory_client::status::save_receipts(home, &st)? {
         if events.json {
-            outln!(
-                "{}",
-                serde_json::json!({"type": "receipt", "kind": r.kind, "agency": r.agency,
-                    "path": r.path.display().to_string()})
-            );
+            events.receipt(r.kind, r.agency.clone(), &r.path);
         } else {
             let by = r.agency.map(|a| format!(" by {a}")).unwrap_or_default();
             outln!("receipt {}{by} {}", r.kind, r.path.display());

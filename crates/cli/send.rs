@@ -30,7 +30,7 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
         return Ok(());
     }
     let done = send(home, &req, &|e| events.event(e))?;
-    events.receipt(&done.receipt);
+    events.receipt("custody", None, &done.receipt);
     events.summary(
         &done.transfer,
         done.files,
@@ -45,11 +45,16 @@ pub(crate) fn run(home: &Home, a: &SendArgs, events: &Events) -> Result<()> {
 /// `send --dry-run`: the files, the legal metadata, and who sees what (`custody.md` §5.4).
 fn show_plan(p: &Plan, events: &Events) {
     if events.json {
-        let mut v = serde_json::to_value(p).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.insert("type".into(), "plan".into());
-        }
-        events.line(v);
+        let legal = |l| serde_json::to_value(l).unwrap_or_default();
+        events.emit(rogatory_client::json::Event::Plan {
+            recipients: p.recipients.clone(),
+            files: p.files.clone(),
+            bytes: p.bytes,
+            legal: legal(&p.legal),
+            relay_sees: legal(&p.relay_sees),
+            relay_requires: p.relay_requires.clone(),
+            existing: p.existing.clone(),
+        });
         return;
     }
     if let Some(e) = &p.existing {

@@ -10,8 +10,9 @@ use serde_json::json;
 
 use crate::args::{AuditArgs, AuditCommand};
 use crate::error::{CliError, Exit, Result, io};
-use crate::events::Events;
+use crate::events::{Events, Json};
 use crate::home::Home;
+use rogatory_client::json::{Package, PackageLegal};
 
 fn describe(st: &Statement) -> String {
     let h = st.head();
@@ -143,20 +144,20 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
         match verify_one(&text, &store) {
             Ok(what) => {
                 if events.json {
-                    outln!(
-                        "{}",
-                        json!({"type": "verified", "path": f.display().to_string(), "proves": what})
-                    );
+                    events.emit(Json::Verified {
+                        path: f.display().to_string(),
+                        proves: what,
+                    });
                 } else {
                     outln!("{}: ok: {what}", f.display());
                 }
             }
             Err(why) => {
                 if events.json {
-                    outln!(
-                        "{}",
-                        json!({"type": "error", "path": f.display().to_string(), "message": why})
-                    );
+                    events.emit(Json::VerifyFailed {
+                        path: f.display().to_string(),
+                        problem: why,
+                    });
                 } else {
                     outln!("{}: FAILED: {why}", f.display());
                 }
@@ -200,25 +201,34 @@ fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec
         let retain = legal.and_then(|l| l.retain_until).map(|d| d.to_string());
         let ok = r.problems.is_empty();
         if events.json {
-            outln!(
-                "{}",
-                json!({"type": if ok { "verified" } else { "error" }, "path": folder,
-                    "transfer_id": r.transfer, "sender": r.sender, "recipients": r.recipients,
-                    "relay": r.relay, "delivered_by": r.delivered_by,
-                    "files": r.files, "bytes": r.bytes, "purged_at": r.purged_at,
-                    "legal": {
-                        "case_reference": text(|l| l.case_reference.as_ref()),
-                        "legal_basis": text(|l| l.legal_basis.as_ref()),
-                        "requesting_authority": text(|l| l.requesting_authority.as_ref()),
-                        "executing_authority": text(|l| l.executing_authority.as_ref()),
-                        "purpose": text(|l| l.purpose.as_ref()),
-                        "retain_until": retain,
-                        "classification": text(|l| l.classification.as_ref()),
-                        "onward_transfer": onward,
-                        "notes": text(|l| l.notes.as_ref()),
-                    },
-                    "problems": r.problems})
-            );
+            let p = Package {
+                path: folder.clone(),
+                transfer_id: r.transfer.clone(),
+                sender: r.sender.clone(),
+                recipients: r.recipients.clone(),
+                relay: r.relay.clone(),
+                delivered_by: r.delivered_by.clone(),
+                files: r.files as u64,
+                bytes: r.bytes,
+                purged_at: r.purged_at.clone(),
+                legal: PackageLegal {
+                    case_reference: text(|l| l.case_reference.as_ref()),
+                    legal_basis: text(|l| l.legal_basis.as_ref()),
+                    requesting_authority: text(|l| l.requesting_authority.as_ref()),
+                    executing_authority: text(|l| l.executing_authority.as_ref()),
+                    purpose: text(|l| l.purpose.as_ref()),
+                    retain_until: retain.clone(),
+                    classification: text(|l| l.classification.as_ref()),
+                    onward_transfer: onward.map(str::to_owned),
+                    notes: text(|l| l.notes.as_ref()),
+                },
+                problems: r.problems.clone(),
+            };
+            events.emit(if ok {
+                Json::PackageVerified(p)
+            } else {
+                Json::PackageFailed(p)
+            });
         } else {
             let shown = |v: Option<String>| {
                 crate::error::escape_controls(v.as_deref().unwrap_or("(not given)"))
@@ -313,12 +323,14 @@ pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) ->
     )?;
     for p in &done {
         if events.json {
-            outln!(
-                "{}",
-                json!({"type": "purged", "side": p.side, "transfer_id": p.transfer,
-                    "path": p.path.display().to_string(), "retain_until": p.retain_until,
-                    "files_removed": p.files_removed, "dry_run": p.dry_run})
-            );
+            events.emit(Json::Purged {
+                side: p.side.to_owned(),
+                transfer_id: p.transfer.clone(),
+                path: p.path.display().to_string(),
+                retain_until: p.retain_until.clone(),
+                files_removed: p.files_removed as u64,
+                dry_run: p.dry_run,
+            });
         } else {
             outln!(
                 "{} {} {} (retained until {}){}",
@@ -335,10 +347,10 @@ pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) ->
         }
     }
     if events.json {
-        outln!(
-            "{}",
-            json!({"type": "summary", "purged": done.len(), "dry_run": a.dry_run})
-        );
+        events.emit(Json::PurgeDone {
+            purged: done.len() as u64,
+            dry_run: a.dry_run,
+        });
     } else if done.is_empty() {
         events.emit_line("nothing is past its retention");
     }
@@ -400,10 +412,11 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                 ));
             }
             if events.json {
-                events.line(
-                    json!({"type": "audit_verified", "log": log_path.display().to_string(),
-                    "agency": card.id.as_str(), "entries": size}),
-                );
+                events.emit(Json::AuditVerified {
+                    log: log_path.display().to_string(),
+                    agency: card.id.to_string(),
+                    entries: size,
+                });
             } else {
                 outln!(
                     "{}: ok: {size} entries, every checkpoint signed by {} and consistent",
@@ -478,8 +491,10 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     }
                     write_export(output, s.as_bytes())?;
                     if events.json {
-                        events.line(json!({"type": "audit_exported", "entries": out.len(),
-                            "output": output.display().to_string()}));
+                        events.emit(Json::AuditExported {
+                            entries: out.len() as u64,
+                            output: output.display().to_string(),
+                        });
                     } else if !events.quiet {
                         errln!(
                             "rogatory: exported {} entries and the latest checkpoint to {}",
@@ -491,13 +506,15 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                 _ => {
                     for (i, st, text) in &out {
                         if events.json {
-                            events.line(
-                                json!({"type": "audit_entry", "index": i, "kind": st.kind(),
-                                "transfer_id": st.head().transfer.to_string(),
-                                "issuer": st.head().issuer.as_str(),
-                                "time": st.head().time.to_string(), "description": describe(st),
-                                "entry": text}),
-                            );
+                            events.emit(Json::AuditEntry {
+                                index: *i as u64,
+                                kind: st.kind().to_owned(),
+                                transfer_id: st.head().transfer.to_string(),
+                                issuer: st.head().issuer.to_string(),
+                                time: st.head().time.to_string(),
+                                description: describe(st),
+                                entry: text.clone(),
+                            });
                         } else {
                             outln!("{i}\t{}", describe(st));
                         }

@@ -36,6 +36,7 @@ mod events;
 pub mod fetch;
 pub mod home;
 pub mod inbox;
+pub mod json;
 pub mod package;
 pub mod purge;
 pub mod send;
