@@ -294,6 +294,19 @@ pub enum Object {
     CustodyReceipt,
 }
 
+impl std::fmt::Display for Object {
+    /// The object in words, for messages ("fetching file 3 of …").
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Object::Seal => f.write_str("the seal"),
+            Object::Manifest => f.write_str("the manifest"),
+            Object::Contents => f.write_str("the contents"),
+            Object::File(i) => write!(f, "file {i}"),
+            Object::CustodyReceipt => f.write_str("the custody receipt"),
+        }
+    }
+}
+
 /// FETCH (recipient → relay): bytes `offset..offset + len` of an object (`len == 0`: to the end).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fetch {

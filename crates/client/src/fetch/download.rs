@@ -48,7 +48,7 @@ async fn download(
     offset: u64,
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
-    let what = format!("fetching {object:?} of {t}");
+    let what = format!("fetching {object} of transfer {t}");
     let (mut w, mut r) = s.open().await.map_err(|e| net(&what, e))?;
     w.send(&Frame::Fetch(Fetch {
         transfer: t,
