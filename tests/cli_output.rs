@@ -11,9 +11,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -135,6 +134,8 @@ impl Session {
         // depends on the machine. They are checked here (growing, ending at the total) and
         // summed up in one line.
         let mut progress: Vec<(u64, u64)> = Vec::new();
+        // Files are fetched in parallel: a run of `file_done` lines is shown sorted.
+        let mut files_done: Vec<&str> = Vec::new();
         for l in shown.iter().take(keep) {
             if l.contains(r#""type":"progress""#) {
                 let v: serde_json::Value = serde_json::from_str(l).expect("progress");
@@ -144,7 +145,21 @@ impl Session {
                 ));
                 continue;
             }
+            if l.contains(r#""type":"file_done""#) {
+                files_done.push(l);
+                continue;
+            }
+            files_done.sort_unstable();
+            for f in files_done.drain(..) {
+                stdout_text.push_str(f);
+                stdout_text.push('\n');
+            }
             stdout_text.push_str(l);
+            stdout_text.push('\n');
+        }
+        files_done.sort_unstable();
+        for f in files_done {
+            stdout_text.push_str(f);
             stdout_text.push('\n');
         }
         if let Some(&(done, total)) = progress.last() {
@@ -295,33 +310,15 @@ fn duration(s: &str) -> String {
 
 /// Starts `relay serve` from `home` in the session's mode and records its first line.
 fn start_relay(s: &mut Session, home: &str) -> RelayProcess {
+    let (relay, line) = start_relay_printing(s.d(), home, s.json);
+    s.vary(&relay.1, "<relay>");
     let mut args = vec!["--home", home];
     if s.json {
         args.push("--json");
     }
     args.extend(["relay", "serve", "--listen", "127.0.0.1:0"]);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .current_dir(s.d())
-        .env("ROGATORY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("relay");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = if s.json {
-        let v: serde_json::Value = serde_json::from_str(&line).expect("a listening event");
-        v["address"].as_str().expect("address").to_owned()
-    } else {
-        line.trim().rsplit(' ').next().expect("addr").to_owned()
-    };
-    s.vary(&addr, "<relay>");
     s.record("relay serve", &args, 0, line.as_bytes(), b"", usize::MAX);
-    RelayProcess(child, addr)
+    relay
 }
 
 /// The whole session: every subcommand once (or more), in an order that makes each meaningful.
@@ -505,36 +502,11 @@ fn session(json: bool) -> Session {
     s
 }
 
-fn check(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("ROGATORY_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing snapshot {}", path.display()));
-    if actual != want {
-        let first = actual
-            .lines()
-            .zip(want.lines())
-            .position(|(a, w)| a != w)
-            .unwrap_or(actual.lines().count().min(want.lines().count()));
-        panic!(
-            "snapshot {name} changed at line {}:\n  now: {:?}\n  was: {:?}\n(ROGATORY_UPDATE_SNAPSHOTS=1 to accept)",
-            first + 1,
-            actual.lines().nth(first),
-            want.lines().nth(first)
-        );
-    }
-}
-
 #[test]
 fn every_subcommand_for_people() {
     let mut s = session(false);
     assert_eq!(s.covered, subcommands(), "subcommands run for people");
-    check("output-human", &s.snapshot());
+    check_snapshot("output-human", &s.snapshot());
 }
 
 #[test]
@@ -552,5 +524,5 @@ fn every_subcommand_with_json() {
             "a `{t}` line and docs/cli.md \"JSON events\" disagree"
         );
     }
-    check("output-json", &s.snapshot());
+    check_snapshot("output-json", &s.snapshot());
 }

@@ -8,22 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-fn check(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("ROGATORY_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing snapshot {}", path.display()));
-    assert_eq!(
-        actual, want,
-        "snapshot {name} changed (ROGATORY_UPDATE_SNAPSHOTS=1 to accept)"
-    );
-}
-
 /// `code`, stdout and stderr of a run, with the temporary directory replaced by `<tmp>`.
 fn show(dir: &Path, args: &[&str]) -> String {
     let o = run(dir, args);
@@ -75,7 +59,7 @@ fn help_texts() {
         ("help-trust-add", vec!["trust", "add", "--help"]),
         ("help-audit", vec!["audit", "--help"]),
     ] {
-        check(name, &show(dir.path(), &args));
+        check_snapshot(name, &show(dir.path(), &args));
     }
 }
 
@@ -201,5 +185,5 @@ fn main_error_messages() {
         out.push_str(&show(d, &args));
         out.push('\n');
     }
-    check("errors", &out);
+    check_snapshot("errors", &out);
 }

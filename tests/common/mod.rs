@@ -151,9 +151,20 @@ impl Drop for RelayProcess {
 
 /// Starts `relay serve` from `home` and waits until it listens.
 pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
+    start_relay_printing(dir, home, false).0
+}
+
+/// Starts `relay serve` from `home` (with `--json` if `json`) and waits until it listens; returns
+/// it and the line it printed (`relay … listening on ADDR`, or the `listening` event).
+pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess, String) {
     use std::io::BufRead;
+    let mut args = vec!["--home", home];
+    if json {
+        args.push("--json");
+    }
+    args.extend(["relay", "serve", "--listen", "127.0.0.1:0"]);
     let mut child = Command::new(bin())
-        .args(["--home", home, "relay", "serve", "--listen", "127.0.0.1:0"])
+        .args(&args)
         .current_dir(dir)
         .env("ROGATORY_LOG", "warn")
         .stdin(Stdio::null())
@@ -165,8 +176,41 @@ pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("listening line");
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
-    RelayProcess(child, addr)
+    let addr = if json {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a listening event");
+        v["address"].as_str().expect("address").to_owned()
+    } else {
+        line.trim().rsplit(' ').next().expect("addr").to_owned()
+    };
+    (RelayProcess(child, addr), line)
+}
+
+/// Compares `actual` with `tests/snapshots/NAME.txt`, or writes it there when
+/// `ROGATORY_UPDATE_SNAPSHOTS` is set; a difference names its first line.
+#[track_caller]
+pub fn check_snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("ROGATORY_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing snapshot {}", path.display()));
+    if actual != want {
+        let first = actual
+            .lines()
+            .zip(want.lines())
+            .position(|(a, w)| a != w)
+            .unwrap_or(actual.lines().count().min(want.lines().count()));
+        panic!(
+            "snapshot {name} changed at line {}:\n  now: {:?}\n  was: {:?}\n(ROGATORY_UPDATE_SNAPSHOTS=1 to accept, then review the diff)",
+            first + 1,
+            actual.lines().nth(first),
+            want.lines().nth(first)
+        );
+    }
 }
 
 /// The transfer folders `fetch -o out` made (`docs/cli.md` "Fetched output"), sorted: every
