@@ -1,4 +1,4 @@
-//! Fuzz target: key revocations (`custody.md` §4.9): opening a note never panics, and a
+//! Fuzz target: key revocations (`custody.md` §8.3): opening a note never panics, and a
 //! statement that parses as a revocation re-encodes byte for byte.
 #![no_main]
 

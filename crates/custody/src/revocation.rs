@@ -1,4 +1,4 @@
-//! Key revocations (`custody.md` §4.9, §8.4): a signed `key-revocation` statement names an
+//! Key revocations (`custody.md` §8.3): a signed `key-revocation` statement names an
 //! agency's key by kind and SHA-256; a set of verified revocations answers "is this TLS key
 //! revoked" and "was this signature made after its key was revoked".
 
@@ -62,7 +62,7 @@ pub fn signing_key_sha256(key: &NoteVerifier) -> Sha256Digest {
     Sha256Digest::of(key.to_string().as_bytes())
 }
 
-/// A key revocation (`custody.md` §4.9): the fields of a `key-revocation` statement.
+/// A key revocation (`custody.md` §8.3): the fields of a `key-revocation` statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revocation {
     /// Who signs: the agency itself, or the agency that trusts it (a local revocation).
@@ -126,13 +126,13 @@ impl Revocation {
         self.statement().sign(signer)
     }
 
-    /// The file name a home stores it under (`custody.md` §8.4): one file per revoked key,
+    /// The file name a home stores it under (`custody.md` §8.3): one file per revoked key,
     /// `<agency>.<kind>.<key-sha256>.note`.
     pub fn file_name(&self) -> String {
         format!("{}.{}.{}.note", self.agency, self.kind, self.key_sha256)
     }
 
-    /// Verifies a revocation note (`custody.md` §8.4). It must be signed by its issuer's key as
+    /// Verifies a revocation note (`custody.md` §8.3). It must be signed by its issuer's key as
     /// `trust` holds it, and the issuer must be the agency whose key it revokes (signed with its
     /// current signing key, which may be the revoked one) or `home`, the agency that trusts it
     /// (a local revocation, whose card `trust` also holds).
@@ -210,7 +210,7 @@ impl Revocations {
             .map(|(_, d)| d)
     }
 
-    /// `custody.md` §8.4: a statement signed by `key` at `time` is refused when `key` was
+    /// `custody.md` §8.3: a statement signed by `key` at `time` is refused when `key` was
     /// revoked at or before `time`. Returns that revocation.
     pub fn signing_revoked_at(&self, key: &NoteVerifier, time: Timestamp) -> Option<&Revocation> {
         self.get(KeyKind::Signing, &signing_key_sha256(key))
@@ -272,7 +272,11 @@ mod tests {
         assert!(Revocation::open(note.as_bytes(), &store, &home).is_err());
         // A note signed by another key than the issuer's is refused.
         let forged = own.statement().encode();
-        let by_c = c.signer().with_name("agency-a").expect("name").sign(&forged);
+        let by_c = c
+            .signer()
+            .with_name("agency-a")
+            .expect("name")
+            .sign(&forged);
         assert!(Revocation::open(by_c.expect("sign").as_bytes(), &store, &home).is_err());
         // Another statement type is refused.
         let fetch = Statement::Fetch {

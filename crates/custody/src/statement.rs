@@ -148,7 +148,7 @@ pub enum Statement {
         /// What was found (e.g. `file 0: piece 3 is missing`).
         reason: Text,
     },
-    /// A key of `agency` is revoked from `head.time` on (`custody.md` §4.9). `head.transfer` is
+    /// A key of `agency` is revoked from `head.time` on (`custody.md` §8.3). `head.transfer` is
     /// [`TransferId::NONE`]. Issued by the agency itself or, as a local revocation, by the
     /// agency that trusts it.
     KeyRevocation {
@@ -158,7 +158,7 @@ pub enum Statement {
         agency: AgencyId,
         /// Which of its keys.
         key_kind: KeyKind,
-        /// SHA-256 that names the key (`custody.md` §4.9: the TLS SPKI pin, the signed-note
+        /// SHA-256 that names the key (`custody.md` §8.3: the TLS SPKI pin, the signed-note
         /// verifier key string, or the age recipient string).
         key_sha256: Sha256Digest,
         /// Why (e.g. `laptop stolen`).
