@@ -134,7 +134,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs) -> Result<()> {
             ticks += 1;
             // `relay.md` §11: every 200 ms, a change to the trust store, revocations, CA
             // bundle, CRL or policy file is loaded without a restart.
-            if ticks % 2 == 0 && watch.changed() {
+            if ticks.is_multiple_of(2) && watch.changed() {
                 reload(home, a, &relay, &node, &mut watch);
             }
             if housekeeping.elapsed() >= Duration::from_secs(3600) {
