@@ -76,6 +76,14 @@ fn a_revoked_tls_key_is_refused_in_a_new_self_signed_certificate_without_a_resta
         .expect("dir")
         .count();
     assert_eq!(revoked, 1);
+    // A relay home exported from B carries the revocation.
+    ok(run(d, &["--home", "B", "agency", "export-relay", "B-relay"]));
+    assert_eq!(
+        std::fs::read_dir(d.join("B-relay/trust/revoked"))
+            .expect("exported dir")
+            .count(),
+        1
+    );
 
     // Without a restart: a new self-signed certificate with the revoked key is refused (exit 6).
     new_self_signed_cert(d);
