@@ -77,7 +77,10 @@ fn a_revoked_tls_key_is_refused_in_a_new_self_signed_certificate_without_a_resta
         .count();
     assert_eq!(revoked, 1);
     // A relay home exported from B carries the revocation.
-    ok(run(d, &["--home", "B", "agency", "export-relay", "B-relay"]));
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
     assert_eq!(
         std::fs::read_dir(d.join("B-relay/trust/revoked"))
             .expect("exported dir")
