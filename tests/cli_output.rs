@@ -205,6 +205,14 @@ impl Session {
             self.vary(&id, "<transfer>");
             self.vary(&format!("_{}", &id[..8]), "_<short-id>");
         }
+        // Digests inside file names (`trust/revoked/<agency>.tls.<sha256>.note`).
+        let digests: Vec<String> = words_of(&self.out)
+            .filter(|w| w.len() == 64 && is_hex(w))
+            .map(str::to_owned)
+            .collect();
+        for d in digests {
+            self.vary(&d, "<sha256>");
+        }
         let mut s = self.out.replace(&self.d().display().to_string(), "<tmp>");
         for (v, p) in &self.vary {
             s = s.replace(v.as_str(), p);
@@ -491,6 +499,28 @@ fn session(json: bool) -> Session {
         "trust remove",
         Some("A"),
         &["trust", "remove", "agency-b"],
+        0,
+    );
+    // A revokes its TLS key; B imports the revocation.
+    s.run(
+        "agency revoke",
+        Some("A"),
+        &[
+            "agency",
+            "revoke",
+            "--key",
+            "tls",
+            "--reason",
+            "laptop stolen",
+            "-o",
+            "a-tls.revocation",
+        ],
+        0,
+    );
+    s.run(
+        "trust revoke",
+        Some("B"),
+        &["trust", "revoke", "a-tls.revocation"],
         0,
     );
 

@@ -3,13 +3,15 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use rogatory_custody::{AgencyIdentity, fingerprint_matches};
+use rogatory_custody::{
+    AgencyIdentity, KeyKind, Revocation, fingerprint_matches, signing_key_sha256,
+};
 use rogatory_envelope::HybridIdentity;
 use rogatory_transport::certs::{Validity, self_signed};
 
 use rogatory_client::json::Event as Json;
 
-use crate::args::{AgencyInitArgs, TrustAddArgs};
+use crate::args::{AgencyInitArgs, AgencyRevokeArgs, RevokeKey, TrustAddArgs, TrustRevokeArgs};
 use crate::error::{CliError, Exit, Result};
 use crate::events::Events;
 use crate::home::{Home, parse_agency, read_card, write_file};
@@ -331,10 +333,12 @@ pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<(
     for f in ["tls/cert.pem", "tls/ca.pem", "tls/crl.pem", "card.note"] {
         copy(f, 0o644)?;
     }
-    if let Ok(rd) = std::fs::read_dir(home.path("trust")) {
-        for e in rd.flatten() {
-            if let Some(name) = e.file_name().to_str() {
-                copy(&format!("trust/{name}"), 0o644)?;
+    for sub in ["trust", "trust/revoked"] {
+        if let Ok(rd) = std::fs::read_dir(home.path(sub)) {
+            for e in rd.flatten().filter(|e| e.path().is_file()) {
+                if let Some(name) = e.file_name().to_str() {
+                    copy(&format!("{sub}/{name}"), 0o644)?;
+                }
             }
         }
     }
@@ -362,4 +366,188 @@ fn trusted(c: &rogatory_custody::AgencyCard) -> Json {
         fingerprint: c.fingerprint().to_string(),
         post_quantum: c.age_recipient_pq.is_some(),
     }
+}
+
+/// The revocations of `agency`'s `key` as the card names them: the TLS pins, or the signing key.
+fn revocations_of(
+    issuer: &rogatory_custody::AgencyId,
+    card: &rogatory_custody::AgencyCard,
+    key: RevokeKey,
+    reason: &str,
+) -> Result<Vec<Revocation>> {
+    let reason: rogatory_custody::Text = reason.parse().map_err(|_| {
+        CliError::new(
+            Exit::Usage,
+            format!("--reason {reason:?}: one line of text without leading or trailing spaces"),
+        )
+    })?;
+    let time = rogatory_custody::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let keys = match key {
+        RevokeKey::Tls => card
+            .tls_spki_sha256
+            .iter()
+            .map(|k| (KeyKind::Tls, *k))
+            .collect(),
+        RevokeKey::Signing => vec![(KeyKind::Signing, signing_key_sha256(&card.verifier_key))],
+    };
+    if keys.is_empty() {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!("the card of {} pins no TLS key", card.id),
+        ));
+    }
+    Ok(keys
+        .into_iter()
+        .map(|(kind, key_sha256)| Revocation {
+            issuer: issuer.clone(),
+            time,
+            agency: card.id.clone(),
+            kind,
+            key_sha256,
+            reason: reason.clone(),
+        })
+        .collect())
+}
+
+/// Stores a verified revocation under `trust/revoked/` (public, 0644) and reports it.
+fn store_revocation(home: &Home, r: &Revocation, note: &[u8], events: &Events) -> Result<()> {
+    let dest = home.path(&format!("trust/revoked/{}", r.file_name()));
+    write_file(&dest, note, 0o644, true)?;
+    if events.json {
+        events.emit(Json::KeyRevoked {
+            agency: r.agency.to_string(),
+            key: r.kind.as_str().to_owned(),
+            key_sha256: r.key_sha256.to_string(),
+            issuer: r.issuer.to_string(),
+            time: r.time.to_string(),
+            reason: r.reason.as_str().to_owned(),
+            path: dest.display().to_string(),
+        });
+    } else {
+        outln!(
+            "revoked {} key {} of {} from {} ({})",
+            r.kind,
+            r.key_sha256,
+            r.agency,
+            r.time,
+            dest.display()
+        );
+    }
+    Ok(())
+}
+
+/// `agency revoke --key tls|signing`: signs a revocation of this agency's own key with its
+/// signing key, stores it in this home and writes it to `-o FILE` or standard output.
+pub(crate) fn revoke(home: &Home, a: &AgencyRevokeArgs, events: &Events) -> Result<()> {
+    let identity = home.identity()?;
+    let card = home.card()?;
+    let mut notes = String::new();
+    for r in revocations_of(identity.id(), &card, a.key, &a.reason)? {
+        let note = r
+            .sign(identity.signer())
+            .map_err(|e| CliError::new(Exit::Internal, "signing the revocation").source(e))?;
+        store_revocation(home, &r, note.as_bytes(), events)?;
+        notes.push_str(&note);
+    }
+    match &a.output {
+        Some(p) => write_file(p, notes.as_bytes(), 0o644, false)?,
+        None if events.json => {}
+        None => {
+            if let Err(e) = std::io::stdout().write_all(notes.as_bytes())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(crate::error::io(
+                    "writing the revocation to",
+                    Path::new("stdout"),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `trust revoke FILE` imports a partner's revocation (verified against the card of the agency
+/// it names); `trust revoke AGENCY --key tls|signing` signs a local revocation with this
+/// agency's key. Either is stored under `trust/revoked/`, where a running relay picks it up.
+pub(crate) fn trust_revoke(home: &Home, a: &TrustRevokeArgs, events: &Events) -> Result<()> {
+    let store = home.trust_store()?;
+    let own = home.card()?.id.clone();
+    let Some(key) = a.key else {
+        if a.reason.is_some() {
+            return Err(CliError::new(Exit::Usage, "--reason needs --key")
+                .hint("a revocation file carries its own reason"));
+        }
+        let p = Path::new(&a.target);
+        let b = std::fs::read(p).map_err(|e| {
+            CliError::new(
+                Exit::Usage,
+                format!("cannot read revocation {}", p.display()),
+            )
+            .source(e)
+        })?;
+        // A file may hold several revocations (one per TLS pin): one note each.
+        let mut n = 0;
+        for note in split_notes(&b) {
+            let r = Revocation::open(note, &store, &own).map_err(|e| {
+                CliError::new(
+                    Exit::Integrity,
+                    format!("{}: not a valid key revocation", p.display()),
+                )
+                .source(e)
+                .hint("it must be signed by the agency it names, whose card is trusted here")
+            })?;
+            store_revocation(home, &r, note, events)?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(CliError::new(
+                Exit::Integrity,
+                format!("{}: holds no key revocation", p.display()),
+            ));
+        }
+        return Ok(());
+    };
+    let agency = parse_agency(&a.target)?;
+    let card = store
+        .get(&agency)
+        .ok_or_else(|| CliError::new(Exit::Usage, format!("{agency} is not trusted")))?;
+    let identity = home.identity()?;
+    let reason = a.reason.as_deref().unwrap_or("key revoked");
+    for r in revocations_of(identity.id(), card, key, reason)? {
+        let note = r
+            .sign(identity.signer())
+            .map_err(|e| CliError::new(Exit::Internal, "signing the revocation").source(e))?;
+        store_revocation(home, &r, note.as_bytes(), events)?;
+    }
+    Ok(())
+}
+
+/// The signed notes of a file, each ending after its signature block (a blank line, then
+/// signature lines up to the next statement's first line).
+fn split_notes(b: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_sigs = false;
+    let mut i = 0;
+    while i < b.len() {
+        let end = b[i..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |p| i + p + 1);
+        let line = &b[i..end];
+        if in_sigs && !line.starts_with("\u{2014} ".as_bytes()) {
+            out.push(&b[start..i]);
+            start = i;
+            in_sigs = false;
+        }
+        if line == b"\n" {
+            in_sigs = true;
+        }
+        i = end;
+    }
+    if start < b.len() {
+        out.push(&b[start..]);
+    }
+    out
 }

@@ -160,6 +160,9 @@ pub(crate) enum AgencyCommand {
         #[arg(long)]
         add_pq: bool,
     },
+    /// Revoke one of this agency's own keys (docs/custody.md §8.3): writes a signed
+    /// key-revocation for partners (`trust revoke FILE`) and stores it in this home.
+    Revoke(AgencyRevokeArgs),
     /// Create a home for this agency's relay that holds no age identity: the signing key, TLS
     /// key and certificate, card and trusted cards only.
     ExportRelay {
@@ -196,6 +199,45 @@ pub(crate) enum TrustCommand {
         /// The agency id.
         id: String,
     },
+    /// Import a partner's key revocation (FILE), or revoke a partner's key locally (AGENCY
+    /// --key tls|signing) (docs/custody.md §8.3).
+    Revoke(TrustRevokeArgs),
+}
+
+/// Which key a revocation names.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum RevokeKey {
+    /// The TLS key (the card's pin).
+    Tls,
+    /// The signing key (statements signed by it from now on are refused).
+    Signing,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgencyRevokeArgs {
+    /// The key to revoke.
+    #[arg(long, value_enum)]
+    pub(crate) key: RevokeKey,
+    /// Why (one line).
+    #[arg(long, default_value = "key revoked")]
+    pub(crate) reason: String,
+    /// Also write the revocation to FILE (default: standard output).
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrustRevokeArgs {
+    /// A revocation file from a partner, or, with --key, the agency whose key this agency
+    /// revokes locally.
+    #[arg(value_name = "FILE|AGENCY")]
+    pub(crate) target: String,
+    /// Revoke this key of AGENCY locally (a revocation signed by this agency).
+    #[arg(long, value_enum)]
+    pub(crate) key: Option<RevokeKey>,
+    /// Why (one line; with --key; default "key revoked").
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
 }
 
 #[derive(Debug, Args)]

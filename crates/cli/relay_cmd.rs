@@ -93,11 +93,8 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         .try_init();
     let _lock = lock_data_dir(home)?;
     let relay = Arc::new(open_relay(home, a.policy.as_deref())?);
-    let store = home.trust_store()?;
-    let mut peer_trust = home.peer_trust(&store)?;
-    let r = relay.clone();
-    peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
-    peer_trust.require_post_quantum(a.require_pq_tls);
+    let mut watch = Watch::new(home, a.policy.as_deref());
+    let (peer_trust, ..) = load_trust(home, a, &relay, &mut watch)?;
     let tls = home.tls()?;
     let listen: SocketAddr = a.listen.parse().map_err(|_| {
         CliError::new(
@@ -135,10 +132,17 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         });
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut housekeeping = tokio::time::Instant::now();
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
             if crate::cleanup::SHUTDOWN.load(Ordering::SeqCst) {
                 break;
+            }
+            ticks += 1;
+            // `relay.md` §11: every 200 ms, a change to the trust store, revocations, CA
+            // bundle, CRL or policy file is loaded without a restart.
+            if ticks.is_multiple_of(2) && watch.changed() {
+                reload(home, a, &relay, &node, &mut watch);
             }
             if housekeeping.elapsed() >= Duration::from_secs(3600) {
                 housekeeping = tokio::time::Instant::now();
@@ -159,6 +163,138 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         server.abort();
         Ok::<_, CliError>(())
     })
+}
+
+/// What the running relay watches (`relay.md` §11): every file of `trust/` and
+/// `trust/revoked/`, this agency's card, the CA bundle and CRL, and the policy file, by
+/// contents.
+struct Watch {
+    paths: Vec<std::path::PathBuf>,
+    dirs: Vec<std::path::PathBuf>,
+    seen: Vec<(std::path::PathBuf, Option<Vec<u8>>)>,
+}
+
+impl Watch {
+    fn new(home: &Home, policy: Option<&std::path::Path>) -> Self {
+        let mut paths: Vec<_> = ["card.note", "tls/ca.pem", "tls/crl.pem"]
+            .iter()
+            .map(|p| home.path(p))
+            .collect();
+        paths.extend(policy.map(|p| p.to_owned()));
+        Watch {
+            paths,
+            dirs: vec![home.path("trust"), home.path("trust/revoked")],
+            seen: Vec::new(),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(std::path::PathBuf, Option<Vec<u8>>)> {
+        let mut files = self.paths.clone();
+        for d in &self.dirs {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                files.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_file() && !is_temporary(p)),
+                );
+            }
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let b = std::fs::read(&p).ok();
+                (p, b)
+            })
+            .collect()
+    }
+
+    /// Whether anything changed since the last [`Watch::mark`].
+    fn changed(&self) -> bool {
+        self.snapshot() != self.seen
+    }
+
+    fn mark(&mut self, snapshot: Vec<(std::path::PathBuf, Option<Vec<u8>>)>) {
+        self.seen = snapshot;
+    }
+}
+
+/// A file being written by `write_file` (`.<name>.tmp-<pid>`) is not read until renamed.
+fn is_temporary(p: &std::path::Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// Reads the trust store, revocations and policy of `home` (nothing is changed if any is bad)
+/// and the peer trust built from them, with the relay's refusal log and post-quantum setting.
+fn load_trust(
+    home: &Home,
+    a: &RelayServeArgs,
+    relay: &Arc<Relay<DiskStorage>>,
+    watch: &mut Watch,
+) -> Result<(
+    rogatory_transport::PeerTrust,
+    rogatory_custody::TrustStore,
+    rogatory_custody::Revocations,
+    Policy,
+)> {
+    // Marked first: a bad file is looked at again only once something changes.
+    watch.mark(watch.snapshot());
+    let store = home.trust_store()?;
+    let revocations = home.revocations(&store)?;
+    let policy = match a.policy.as_deref() {
+        Some(p) => Policy::load(p).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?,
+        None => Policy::default(),
+    };
+    let mut peer_trust = home.peer_trust(&store)?;
+    let r = relay.clone();
+    peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
+    peer_trust.require_post_quantum(a.require_pq_tls);
+    relay.reload(store.clone(), revocations.clone(), policy.clone());
+    Ok((peer_trust, store, revocations, policy))
+}
+
+/// `relay.md` §11: loads the changed configuration; if any part of it is bad, logs one error
+/// line and keeps serving with the previous one. Then closes the connections of agencies no
+/// longer trusted.
+fn reload(
+    home: &Home,
+    a: &RelayServeArgs,
+    relay: &Arc<Relay<DiskStorage>>,
+    node: &Node,
+    watch: &mut Watch,
+) {
+    let old = (relay.trust(), relay.revocations(), relay.policy());
+    let loaded = load_trust(home, a, relay, watch).and_then(|(peer_trust, store, revs, policy)| {
+        let published = policy.published();
+        match node.reload(peer_trust) {
+            Ok(closed) => Ok((store, revs, published, closed)),
+            Err(e) => Err(CliError::new(Exit::Usage, "the new TLS trust is unusable").source(e)),
+        }
+    });
+    match loaded {
+        Ok((store, revs, published, closed)) => {
+            node.set_policy(published);
+            tracing::info!(
+                agencies = store.cards().count(),
+                revoked_keys = revs.iter().count(),
+                closed = closed.len(),
+                "reloaded trust, revocations and policy"
+            );
+        }
+        Err(e) => {
+            // Back to what was served; the bad files are looked at again when they change.
+            relay.reload((*old.0).clone(), (*old.1).clone(), (*old.2).clone());
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = format!("{why}: {s}");
+                src = s.source();
+            }
+            tracing::error!("reload failed, the previous trust and policy stay in force: {why}");
+        }
+    }
 }
 
 pub(crate) fn purge(

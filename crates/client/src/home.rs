@@ -7,6 +7,7 @@
 //! tls/ca.pem        optional CA bundle; tls/crl.pem optional CRL
 //! card.note         this agency's signed card (public)
 //! trust/<id>.card   cards of trusted agencies
+//! trust/revoked/    signed key revocations, one file per key (`custody.md` §8.3)
 //! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
 //! sent/<transfer>/  completed sends: manifest, contents and seal; state, heads and digests for
 //!                   a repair (after `purge`: seal and purged.json)
@@ -19,7 +20,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rogatory_custody::{AgencyCard, AgencyId, AgencyIdentity, TrustStore};
+use rogatory_custody::{AgencyCard, AgencyId, AgencyIdentity, Revocation, Revocations, TrustStore};
 use rogatory_transport::{PeerTrust, TlsIdentity};
 
 use crate::error::{Error as CliError, ErrorKind as Exit, Result, io};
@@ -105,10 +106,68 @@ impl Home {
         Ok(t)
     }
 
+    /// The key revocations under `trust/revoked/` (`custody.md` §8.3), each verified against
+    /// `store`: by the card of the agency it names, or by this agency's own card for a local
+    /// revocation. A file that does not verify, or whose name is not
+    /// `<agency>.<kind>.<key-sha256>.note` for its contents, is an error (exit 3). A
+    /// revocation of an agency that is no longer trusted is skipped (its card is gone, and the
+    /// agency with it).
+    pub fn revocations(&self, store: &TrustStore) -> Result<Revocations> {
+        let mut set = Revocations::new();
+        let dir = self.path("trust/revoked");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(set),
+            Err(e) => return Err(io("reading", &dir, e)),
+        };
+        let home = self.card()?.id.clone();
+        let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "note"))
+        {
+            let b = fs::read(&p).map_err(|e| io("reading", &p, e))?;
+            let unverified = rogatory_custody::Note::parse(&b)
+                .ok()
+                .and_then(|n| rogatory_custody::Statement::parse(n.unverified_text()).ok())
+                .and_then(|s| Revocation::from_statement(&s));
+            if let Some(r) = &unverified
+                && store.get(&r.agency).is_none()
+            {
+                continue;
+            }
+            let r = Revocation::open(&b, store, &home).map_err(|e| {
+                CliError::new(
+                    Exit::Integrity,
+                    format!("{}: not a valid key revocation", p.display()),
+                )
+                .source(e)
+                .hint("remove the file, or import the revocation again with `rogatory trust revoke FILE`")
+            })?;
+            if p.file_name().and_then(|n| n.to_str()) != Some(r.file_name().as_str()) {
+                return Err(CliError::new(
+                    Exit::Integrity,
+                    format!(
+                        "{}: holds the revocation {}, stored under another name",
+                        p.display(),
+                        r.file_name()
+                    ),
+                )
+                .hint("import it with `rogatory trust revoke FILE`, which names it"));
+            }
+            set.insert(r);
+        }
+        Ok(set)
+    }
+
     /// Peer trust for TLS: every trusted agency with its card's SPKI pins, plus the optional CA
-    /// bundle and CRL.
+    /// bundle and CRL, and every revoked TLS key (`custody.md` §8.3).
     pub fn peer_trust(&self, store: &TrustStore) -> Result<PeerTrust> {
         let mut t = PeerTrust::new();
+        for spki in self.revocations(store)?.tls_spki() {
+            t.revoke_spki(*spki);
+        }
         let ca = self.path("tls/ca.pem");
         if ca.exists() {
             let b = fs::read(&ca).map_err(|e| io("reading", &ca, e))?;

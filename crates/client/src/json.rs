@@ -112,6 +112,23 @@ pub enum Event {
         /// The agency id.
         agency: String,
     },
+    /// `agency revoke`, `trust revoke`: one per revocation stored (`custody.md` §8.3).
+    KeyRevoked {
+        /// Whose key.
+        agency: String,
+        /// `tls` or `signing`.
+        key: String,
+        /// The revoked key's SHA-256 (the card's TLS pin, or of the signing key).
+        key_sha256: String,
+        /// Who signed the revocation: the agency itself, or this home's agency (local).
+        issuer: String,
+        /// From when the key is revoked.
+        time: String,
+        /// Why.
+        reason: String,
+        /// The stored revocation.
+        path: String,
+    },
     /// `relay serve`: the relay accepts connections.
     Listening {
         /// The relay's agency.
@@ -489,6 +506,15 @@ impl Event {
                 post_quantum: false,
             },
             Event::Untrusted { agency: s() },
+            Event::KeyRevoked {
+                agency: s(),
+                key: s(),
+                key_sha256: s(),
+                issuer: s(),
+                time: s(),
+                reason: s(),
+                path: s(),
+            },
             Event::Listening {
                 agency: s(),
                 address: s(),
@@ -673,7 +699,7 @@ mod tests {
     /// Every variant has a sample: adding one without a sample fails to compile here.
     #[test]
     fn samples_cover_every_variant() {
-        let mut seen = [false; 39];
+        let mut seen = [false; 40];
         for e in Event::samples() {
             let i = match e {
                 Event::KeyCreated { .. } => 0,
@@ -715,6 +741,7 @@ mod tests {
                 Event::AuditEntry { .. } => 36,
                 Event::AuditExported { .. } => 37,
                 Event::Error { .. } => 38,
+                Event::KeyRevoked { .. } => 39,
             };
             assert!(!seen[i], "two samples of variant {i}");
             seen[i] = true;

@@ -40,6 +40,7 @@ mod log;
 mod manifest;
 pub mod merkle;
 mod note;
+mod revocation;
 mod statement;
 mod text;
 mod verified;
@@ -65,6 +66,7 @@ pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,
     ed25519_verify_strict, note_text_digest, open_note,
 };
+pub use revocation::{KeyKind, Revocation, Revocations, signing_key_sha256};
 pub use statement::{Head, Peer, Statement};
 pub use text::Text;
 pub use verified::Verified;

@@ -1,11 +1,12 @@
-//! Signed statements: seal, custody / delivery / purge receipts, rejection and fetch notices
-//! (`custody.md` §4).
+//! Signed statements: seal, custody / delivery / purge receipts, rejection and fetch notices,
+//! damage reports and key revocations (`custody.md` §4).
 
 use std::fmt::Write as _;
 
 use crate::error::{FieldError, ParseError};
 use crate::ids::{AgencyId, Sha256Digest, Timestamp, TransferId};
 use crate::note::{Note, NoteSigner, NoteVerifier};
+use crate::revocation::KeyKind;
 use crate::text::{Fields, Text};
 use crate::verified::Verified;
 
@@ -147,6 +148,22 @@ pub enum Statement {
         /// What was found (e.g. `file 0: piece 3 is missing`).
         reason: Text,
     },
+    /// A key of `agency` is revoked from `head.time` on (`custody.md` §8.3). `head.transfer` is
+    /// [`TransferId::NONE`]. Issued by the agency itself or, as a local revocation, by the
+    /// agency that trusts it.
+    KeyRevocation {
+        /// Common lines.
+        head: Head,
+        /// The agency whose key is revoked.
+        agency: AgencyId,
+        /// Which of its keys.
+        key_kind: KeyKind,
+        /// SHA-256 that names the key (`custody.md` §8.3: the TLS SPKI pin, the signed-note
+        /// verifier key string, or the age recipient string).
+        key_sha256: Sha256Digest,
+        /// Why (e.g. `laptop stolen`).
+        reason: Text,
+    },
     /// A recipient fetched ciphertext.
     Fetch {
         /// Common lines.
@@ -171,6 +188,7 @@ impl Statement {
             Self::Rejection { .. } => "rejection",
             Self::Fetch { .. } => "fetch",
             Self::DamageReport { .. } => "damage-report",
+            Self::KeyRevocation { .. } => "key-revocation",
         }
     }
 
@@ -183,7 +201,8 @@ impl Statement {
             | Self::PurgeReceipt { head, .. }
             | Self::Rejection { head, .. }
             | Self::Fetch { head, .. }
-            | Self::DamageReport { head, .. } => head,
+            | Self::DamageReport { head, .. }
+            | Self::KeyRevocation { head, .. } => head,
         }
     }
 
@@ -302,6 +321,18 @@ impl Statement {
                 line("files", files);
                 line("reason", reason);
             }
+            Self::KeyRevocation {
+                agency,
+                key_kind,
+                key_sha256,
+                reason,
+                ..
+            } => {
+                line("agency", agency);
+                line("key-kind", key_kind);
+                line("key-sha256", key_sha256);
+                line("reason", reason);
+            }
         }
         s
     }
@@ -378,6 +409,21 @@ impl Statement {
                 files: f.number("files")?,
                 reason: f.get("reason")?,
             },
+            "key-revocation" => {
+                if head.transfer != TransferId::NONE {
+                    return Err(ParseError::syntax(
+                        KIND,
+                        "a key revocation names no transfer (transfer must be all zeros)",
+                    ));
+                }
+                Self::KeyRevocation {
+                    head,
+                    agency: f.get("agency")?,
+                    key_kind: f.get("key-kind")?,
+                    key_sha256: f.get("key-sha256")?,
+                    reason: f.get("reason")?,
+                }
+            }
             other => {
                 return Err(ParseError::syntax(KIND, format!("unknown type {other:?}")));
             }

@@ -90,6 +90,7 @@ fn golden_vectors() {
         ("rejection.note", w.rejection(), w.relay.signer()),
         ("fetch.note", w.fetch(), w.relay.signer()),
         ("damage-report.note", w.damage_report(), w.relay.signer()),
+        ("key-revocation.note", w.key_revocation(), w.sender.signer()),
     ] {
         let note = st.sign(signer).expect("sign");
         check(name, note.as_bytes());

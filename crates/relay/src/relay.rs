@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rogatory_custody::merkle::{Frontier, leaf_hash};
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout,
+    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, Revocations,
     Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
     open_sealed_manifest,
 };
@@ -130,8 +130,10 @@ pub struct Relay<S: Storage> {
     data_dir: PathBuf,
     db: Mutex<Connection>,
     log: Mutex<AuditLog<FileLogStore>>,
-    trust: TrustStore,
-    policy: Policy,
+    /// Replaced whole by [`Relay::reload`] (`relay.md` §11).
+    trust: std::sync::RwLock<Arc<TrustStore>>,
+    policy: std::sync::RwLock<Arc<Policy>>,
+    revocations: std::sync::RwLock<Arc<Revocations>>,
     clock: Clock,
     active: Mutex<HashMap<TransferId, Arc<Mutex<Active>>>>,
     /// TLS refusals logged in the current minute (a flood is summarised, not logged entry by entry).
@@ -157,6 +159,14 @@ impl Active {
             .zip(&self.files)
             .all(|(&d, f)| d == f.layout.count())
     }
+}
+
+fn read_arc<T>(l: &std::sync::RwLock<Arc<T>>) -> Arc<T> {
+    l.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write_arc<T>(l: &std::sync::RwLock<Arc<T>>, v: T) {
+    *l.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -414,8 +424,9 @@ impl<S: Storage> Relay<S> {
             data_dir: d.clone(),
             db: Mutex::new(db),
             log: Mutex::new(log),
-            trust: cfg.trust,
-            policy: cfg.policy,
+            trust: std::sync::RwLock::new(Arc::new(cfg.trust)),
+            policy: std::sync::RwLock::new(Arc::new(cfg.policy)),
+            revocations: std::sync::RwLock::new(Arc::new(Revocations::new())),
             clock: cfg.clock,
             active: Mutex::default(),
             tls_rejections: Mutex::default(),
@@ -438,9 +449,52 @@ impl<S: Storage> Relay<S> {
         &self.data_dir
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy (as of now: a reload replaces it).
+    pub fn policy(&self) -> Arc<Policy> {
+        read_arc(&self.policy)
+    }
+
+    /// The trust store (as of now: a reload replaces it).
+    pub fn trust(&self) -> Arc<TrustStore> {
+        read_arc(&self.trust)
+    }
+
+    /// The key revocations (as of now: a reload replaces them).
+    pub fn revocations(&self) -> Arc<Revocations> {
+        read_arc(&self.revocations)
+    }
+
+    /// Replaces the trust store, key revocations (none after [`Relay::open`]; a seal or
+    /// delivery receipt signed by a revoked key at or after its revocation is refused,
+    /// `custody.md` §8.3) and policy at once (`relay.md` §11): requests
+    /// after this call see the new ones; a request already running finishes with the old.
+    pub fn reload(&self, trust: TrustStore, revocations: Revocations, policy: Policy) {
+        write_arc(&self.trust, trust);
+        write_arc(&self.revocations, revocations);
+        write_arc(&self.policy, policy);
+    }
+
+    /// `custody.md` §8.3: a statement signed by a signing key revoked at or before the
+    /// statement's time is refused (`BAD_SEAL`).
+    fn check_not_revoked(
+        &self,
+        key: &rogatory_custody::NoteVerifier,
+        st: &Statement,
+        what: &str,
+    ) -> Result<(), ProtocolError> {
+        match self.revocations().signing_revoked_at(key, st.head().time) {
+            Some(r) => Err(perr(
+                ErrorCode::BAD_SEAL,
+                format!(
+                    "{what}: signed at {} by a key of {} revoked at {} ({})",
+                    st.head().time,
+                    r.agency,
+                    r.time,
+                    r.reason
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Entries in the audit log.
@@ -693,7 +747,7 @@ impl<S: Storage> Relay<S> {
                 format!("{} may not upload a transfer of {}", peer.agency, o.sender),
             ));
         }
-        if self.trust.get(&peer.agency).is_none() {
+        if self.trust().get(&peer.agency).is_none() {
             return Err(perr(
                 ErrorCode::UNKNOWN_AGENCY,
                 format!("{} has no card in the relay's trust store", peer.agency),
@@ -777,17 +831,17 @@ impl<S: Storage> Relay<S> {
             ),
         };
         for r in &o.recipients {
-            if self.trust.get(r).is_none() && r != &self.agency {
+            if self.trust().get(r).is_none() && r != &self.agency {
                 return Err(perr(
                     ErrorCode::POLICY,
                     format!("recipient {r} is not a trusted agency"),
                 ));
             }
         }
-        self.policy
+        self.policy()
             .check_route(&o.sender, &o.recipients, &self.agency)
             .map_err(policy_err)?;
-        self.policy.check_legal(&o.legal).map_err(policy_err)?;
+        self.policy().check_legal(&o.legal).map_err(policy_err)?;
         // Retention that has already ended would have the transfer purged before any recipient
         // could fetch it (issue 11).
         if let Some(d) = &o.legal.retain_until
@@ -800,14 +854,14 @@ impl<S: Storage> Relay<S> {
         }
         let now = self.now().unix();
         let age = now - o.created_at.unix();
-        if age > i64::from(self.policy.max_manifest_age_days) * 86_400 || age < -86_400 {
+        if age > i64::from(self.policy().max_manifest_age_days) * 86_400 || age < -86_400 {
             return Err(policy_err(Refusal::Stale));
         }
         let total = o.ciphertext_bytes();
-        if total > self.policy.max_transfer_bytes {
+        if total > self.policy().max_transfer_bytes {
             return Err(policy_err(Refusal::TooLarge(total)));
         }
-        if let Some(q) = self.policy.rule(&o.sender).and_then(|r| r.quota_bytes) {
+        if let Some(q) = self.policy().rule(&o.sender).and_then(|r| r.quota_bytes) {
             let used: i64 = lock(&self.db)
                 .query_row(
                     "SELECT COALESCE(SUM(ciphertext_bytes), 0) FROM transfers WHERE sender = ?1 AND state NOT IN ('purged', 'rejected')",
@@ -823,7 +877,7 @@ impl<S: Storage> Relay<S> {
             .storage
             .available_space(&self.data_dir.join("spool"))
             .map_err(storage_err)?;
-        if free < total.saturating_add(self.policy.reserve_bytes) {
+        if free < total.saturating_add(self.policy().reserve_bytes) {
             return Err(perr(
                 ErrorCode::INSUFFICIENT_SPACE,
                 "the relay is below its free-space reserve",
@@ -1165,7 +1219,8 @@ impl<S: Storage> Relay<S> {
         if row.state != TransferState::Receiving {
             return Err(perr(ErrorCode::NOT_FOUND, "transfer is not being received"));
         }
-        let card = self.trust.get(&row.sender).ok_or_else(|| {
+        let trust = self.trust();
+        let card = trust.get(&row.sender).ok_or_else(|| {
             perr(
                 ErrorCode::UNKNOWN_AGENCY,
                 format!("{} has no card in the relay's trust store", row.sender),
@@ -1177,6 +1232,7 @@ impl<S: Storage> Relay<S> {
             &card.verifier_key,
         )
         .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
+        self.check_not_revoked(&card.verifier_key, &sealed.seal, "seal")?;
         let m: &Manifest = &sealed.manifest;
         if m.transfer_id != t || m.sender != row.sender || m.offer().to_json() != row.offer {
             return Err(perr(
@@ -1527,12 +1583,13 @@ impl<S: Storage> Relay<S> {
             .custody_receipt
             .clone()
             .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "transfer not complete"))?;
-        let card = self
-            .trust
+        let trust = self.trust();
+        let card = trust
             .get(&peer.agency)
             .ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, "no card for the recipient"))?;
         let st = Statement::open(note.as_bytes(), &card.verifier_key)
             .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("delivery receipt: {e}")))?;
+        self.check_not_revoked(&card.verifier_key, &st, "delivery receipt")?;
         let ok = match &*st {
             Statement::DeliveryReceipt {
                 head,
@@ -1624,7 +1681,7 @@ impl<S: Storage> Relay<S> {
                     false
                 }
             };
-            let by_delivery = match (self.policy.retain_after_delivery_days, r.delivered_at) {
+            let by_delivery = match (self.policy().retain_after_delivery_days, r.delivered_at) {
                 (Some(days), Some(at)) => now.unix() >= at + i64::from(days) * 86_400,
                 _ => false,
             };
@@ -1690,7 +1747,7 @@ impl<S: Storage> Relay<S> {
     /// Removes partial uploads untouched for longer than the policy's TTL (test-plan.md 37): only
     /// transfers still receiving; complete or receipted data is never touched. Idempotent.
     pub fn gc_partials(&self) -> Result<Vec<TransferId>, ProtocolError> {
-        let cutoff = self.now().unix() - i64::from(self.policy.partial_ttl_hours) * 3600;
+        let cutoff = self.now().unix() - i64::from(self.policy().partial_ttl_hours) * 3600;
         let stale: Vec<TransferRow> = self
             .transfers()?
             .into_iter()

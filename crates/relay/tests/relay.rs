@@ -860,3 +860,39 @@ async fn every_recipient_has_its_own_delivery_receipt() {
         Ok(_) => panic!("a past retain_until was accepted"),
     }
 }
+
+/// `custody.md` §8.3: after a reload with a revocation of A's signing key, a seal A signed at or
+/// after the revocation is `BAD_SEAL` and never receipted; one sealed before it still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_by_a_revoked_signing_key_is_refused_from_the_revocation_on() {
+    use rogatory_custody::{KeyKind, Revocation, Revocations, Timestamp, signing_key_sha256};
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path(), Policy::default());
+    let files = vec![("x.bin", vec![1u8; 1000])];
+    let cut = Timestamp::from_unix(now().unix() - 3600).expect("time");
+    let rev = Revocation {
+        issuer: id("agency-a"),
+        time: cut,
+        agency: id("agency-a"),
+        kind: KeyKind::Signing,
+        key_sha256: signing_key_sha256(&w.a.identity.signer().verifier()),
+        reason: "signing key stolen".parse().expect("text"),
+    };
+    let note = rev.sign(w.a.identity.signer()).expect("sign");
+    let mut revs = Revocations::new();
+    revs.insert(Revocation::open(note.as_bytes(), &w.cards(), &id("agency-b")).expect("opens"));
+    r.relay.reload(w.cards(), revs, Policy::default());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let after = transfer(&w.a, &[&w.b], &files, legal(), now());
+    let e = send(&sa, &after, None).await.expect_err("refused");
+    assert_eq!(code(&e), ErrorCode::BAD_SEAL, "{e:?}");
+    assert!(format!("{e}").contains("revoked"), "{e}");
+    let row = r.relay.transfer(&after.id).expect("db").expect("row");
+    assert!(row.custody_receipt.is_none());
+    let before = Timestamp::from_unix(cut.unix() - 60).expect("time");
+    let t = transfer(&w.a, &[&w.b], &files, legal(), before);
+    send(&sa, &t, None)
+        .await
+        .expect("sealed before the revocation");
+}

@@ -72,6 +72,7 @@ codes! {
     INSUFFICIENT_SPACE = 0x25, "The relay is below its free-space reserve.";
     NOT_FOUND = 0x26, "No such transfer or object.";
     CONFLICT = 0x27, "The transfer id is in use with a different manifest, or a piece conflicts with stored data.";
+    NO_LONGER_TRUSTED = 0x28, "The relay reloaded its trust and the agency of this connection is no longer trusted (card removed or TLS key revoked); the connection is closed.";
     INTEGRITY = 0x30, "A piece does not match its table entry or the table does not match `piece_root`.";
     BAD_SEAL = 0x31, "The sealed manifest does not verify or is malformed.";
     DAMAGED = 0x32, "The relay's copy of the transfer is lost or damaged; it is fetchable again once the sender re-sends it.";

@@ -348,9 +348,34 @@ pub struct Node {
     limits: Limits,
     agency: AgencyId,
     identity: TlsIdentity,
-    trust: PeerTrust,
+    /// Replaced by [`Node::reload`] (`relay.md` §11).
+    trust: std::sync::RwLock<PeerTrust>,
     active: Arc<tokio::sync::Semaphore>,
-    policy: PublishedPolicy,
+    /// Replaced by [`Node::set_policy`].
+    policy: std::sync::RwLock<PublishedPolicy>,
+    server: bool,
+    /// The connections [`Node::serve`] holds, by QUIC stable id (re-checked on a reload).
+    sessions: Mutex<HashMap<usize, quinn::Connection>>,
+}
+
+fn read<T: Clone>(l: &std::sync::RwLock<T>) -> T {
+    l.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(l: &std::sync::RwLock<T>, v: T) {
+    *l.write().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+/// Removes a connection from [`Node::serve`]'s table when its task ends.
+struct Registered<'a>(&'a Mutex<HashMap<usize, quinn::Connection>>, usize);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 impl Node {
@@ -362,7 +387,10 @@ impl Node {
         limits: Limits,
     ) -> Result<Self, NetError> {
         let cfg = server_config(&identity, trust.clone(), &limits)?;
-        Self::with_endpoint(quinn::Endpoint::server(cfg, addr)?, identity, trust, limits)
+        let mut n =
+            Self::with_endpoint(quinn::Endpoint::server(cfg, addr)?, identity, trust, limits)?;
+        n.server = true;
+        Ok(n)
     }
 
     /// A client bound to an ephemeral port of the given family.
@@ -393,16 +421,74 @@ impl Node {
             limits,
             agency,
             identity,
-            trust,
+            trust: std::sync::RwLock::new(trust),
             active,
-            policy: PublishedPolicy::default(),
+            policy: std::sync::RwLock::new(PublishedPolicy::default()),
+            server: false,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
     /// A relay publishes this policy in every WELCOME (`protocol.md` §6.0).
-    pub fn with_policy(mut self, policy: PublishedPolicy) -> Self {
-        self.policy = policy;
+    pub fn with_policy(self, policy: PublishedPolicy) -> Self {
+        self.set_policy(policy);
         self
+    }
+
+    /// Publishes `policy` in the WELCOME of every later connection (a reloaded policy).
+    pub fn set_policy(&self, policy: PublishedPolicy) {
+        write(&self.policy, policy);
+    }
+
+    /// Replaces who is trusted (`relay.md` §11): later handshakes are checked against `trust`,
+    /// and every connection [`Node::serve`] holds whose certificate `trust` would now refuse
+    /// (agency removed, TLS key revoked, pin changed, CRL) is closed with `NO_LONGER_TRUSTED`
+    /// (`protocol.md` §7). Returns the agencies of the connections closed. If `trust` cannot
+    /// make a TLS configuration, nothing changes.
+    pub fn reload(&self, trust: PeerTrust) -> Result<Vec<AgencyId>, NetError> {
+        let check = crate::tls::ClientVerifier::new(
+            trust.without_hook(),
+            &crate::tls::provider_for(trust.requires_post_quantum()),
+        )?;
+        if self.server {
+            let cfg = server_config(&self.identity, trust.clone(), &self.limits)?;
+            self.endpoint.set_server_config(Some(cfg));
+        }
+        write(&self.trust, trust);
+        let conns: Vec<quinn::Connection> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut closed = Vec::new();
+        for conn in conns {
+            let Some(chain) = conn.peer_identity().and_then(|a| {
+                a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            let Some((first, rest)) = chain.split_first() else {
+                continue;
+            };
+            let now = rustls::pki_types::UnixTime::now();
+            if let Err(e) = rustls::server::danger::ClientCertVerifier::verify_client_cert(
+                &check, first, rest, now,
+            ) {
+                let who = PeerIdentity::from_chain(&chain).map(|p| p.agency);
+                let name = who
+                    .as_ref()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                let reason = format!("{name} is no longer trusted: {e}");
+                tracing::warn!(peer = %name, error = %e, "closing connection: no longer trusted");
+                conn.close(ErrorCode::NO_LONGER_TRUSTED.to_varint(), reason.as_bytes());
+                closed.extend(who);
+            }
+        }
+        Ok(closed)
     }
 
     /// The bound address.
@@ -429,7 +515,7 @@ impl Node {
     ) -> Result<Session, NetError> {
         let cfg = client_config(
             &self.identity,
-            self.trust.clone(),
+            read(&self.trust),
             expect.clone(),
             &self.limits,
         )?;
@@ -440,7 +526,7 @@ impl Node {
         let fut = async {
             let conn = self.endpoint.connect_with(cfg, addr, &name)?.await?;
             let peer = peer_of(&conn)?;
-            check_key_exchange(&self.trust, &conn)?;
+            check_key_exchange(&read(&self.trust), &conn)?;
             let (s, r) = conn.open_bi().await?;
             let mut w = FrameWriter::new(s);
             let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
@@ -524,6 +610,12 @@ impl Node {
                     Ok(Ok(s)) => {
                         let kx = s.key_exchange_group().map(crate::kx::group_name);
                         tracing::info!(peer = %s.peer.agency, kx = kx.as_deref().unwrap_or("unknown"), "session established");
+                        let id = s.conn.stable_id();
+                        me.sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id, s.conn.clone());
+                        let _registered = Registered(&me.sessions, id);
                         serve(s).await
                     }
                     Ok(Err(e)) => tracing::info!(error = %e, "connection refused"),
@@ -536,7 +628,7 @@ impl Node {
     async fn handshake(&self, incoming: quinn::Incoming) -> Result<Session, NetError> {
         let conn = incoming.accept()?.await?;
         let peer = peer_of(&conn)?;
-        check_key_exchange(&self.trust, &conn)?;
+        check_key_exchange(&read(&self.trust), &conn)?;
         let (s, r) = conn.accept_bi().await?;
         let mut w = FrameWriter::new(s);
         let mut r = FrameReader::new(r, conn.clone(), self.limits.frames);
@@ -582,7 +674,7 @@ impl Node {
             agency: self.agency.clone(),
             software: software(),
             max_data_streams: self.limits.max_data_streams,
-            policy: self.policy.clone(),
+            policy: read(&self.policy),
         };
         w.send(&Frame::Welcome(welcome)).await?;
         w.finish();
@@ -591,7 +683,7 @@ impl Node {
             peer,
             version,
             max_data_streams: self.limits.max_data_streams,
-            policy: self.policy.clone(),
+            policy: read(&self.policy),
             limits: self.limits.clone(),
         })
     }

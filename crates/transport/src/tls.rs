@@ -4,6 +4,8 @@
 //! A certificate names its agency with one DNS subject-alternative name `<agency id>.rogatory.invalid`
 //! (the reserved `.invalid` TLD never resolves; it is a name, not an address). A peer is accepted
 //! when all of these hold:
+//! 0. its certificate's key (SPKI) is not revoked by a signed key revocation (`custody.md` §8.3),
+//!    whether the certificate is CA-issued or self-signed;
 //! 1. its certificate names exactly one agency, and that agency is known (trust store);
 //! 2. if the agency's card pins SPKI hashes, the certificate's SPKI is one of them;
 //! 3. the certificate chains to the CA bundle, is within its validity period, and is not revoked
@@ -13,7 +15,7 @@
 //!
 //! The authenticated peer identity is that agency id ([`PeerIdentity`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -186,6 +188,7 @@ pub struct PeerTrust {
     roots: Option<Arc<RootCertStore>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     agencies: BTreeMap<AgencyId, Vec<Sha256Digest>>,
+    revoked: BTreeSet<Sha256Digest>,
     on_reject: Option<RejectHook>,
     require_post_quantum: bool,
 }
@@ -244,6 +247,21 @@ impl PeerTrust {
     pub fn add_agency(&mut self, agency: AgencyId, pins: Vec<Sha256Digest>) -> &mut Self {
         self.agencies.insert(agency, pins);
         self
+    }
+
+    /// Refuses every certificate whose SPKI hashes to `spki_sha256` (a revoked TLS key,
+    /// `custody.md` §8.3), even one a CA issued or a card pins.
+    pub fn revoke_spki(&mut self, spki_sha256: Sha256Digest) -> &mut Self {
+        self.revoked.insert(spki_sha256);
+        self
+    }
+
+    /// The same trust without the refusal hook (re-checking open connections after a reload
+    /// must not log them as refused handshakes).
+    pub(crate) fn without_hook(&self) -> Self {
+        let mut t = self.clone();
+        t.on_reject = None;
+        t
     }
 
     /// Calls `hook` for every client certificate the relay refuses (the relay logs them).
@@ -312,6 +330,10 @@ impl PeerTrust {
             .agency
             .clone()
             .ok_or_else(|| reject(PeerRejection::NoAgencyName))?;
+        // Rule 0: a revoked key is refused before anything else, CA-issued or not.
+        if self.revoked.iter().any(|r| r.ct_eq(&cert.spki)) {
+            return Err(reject(PeerRejection::Revoked(agency)));
+        }
         let Some(pins) = self.agencies.get(&agency) else {
             // Not an agency we know: `access_denied` on the wire; the id goes to the log only.
             tracing::info!(%agency, "{}", PeerRejection::UnknownAgency(agency.clone()));
@@ -343,6 +365,9 @@ pub enum PeerRejection {
     /// The certificate's key is not the one the agency's card pins.
     #[error("certificate key of {0} does not match its card's pin")]
     PinMismatch(AgencyId),
+    /// The certificate's key is revoked (`custody.md` §8.3).
+    #[error("the TLS key of {0} is revoked")]
+    Revoked(AgencyId),
 }
 
 fn reject(r: PeerRejection) -> rustls::Error {
