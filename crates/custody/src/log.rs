@@ -530,3 +530,61 @@ impl ReceiptBundle {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AgencyIdentity;
+
+    fn signer() -> NoteSigner {
+        AgencyIdentity::from_seeds("xx-a".parse().expect("id"), &[1; 32], [2; 32]).log_signer()
+    }
+
+    fn log_of(entries: &[&str]) -> (MemoryLogStore, Checkpoint) {
+        let mut log = AuditLog::open(MemoryLogStore::default(), signer()).expect("open");
+        for e in entries {
+            log.append(e.as_bytes()).expect("append");
+        }
+        let note = log.checkpoint_note().expect("cp");
+        let cp = Checkpoint::open(note.as_bytes(), &signer().verifier())
+            .expect("checkpoint")
+            .into_inner();
+        (log.store().clone(), cp)
+    }
+
+    #[test]
+    fn open_extending_refuses_to_cut_an_acknowledged_record() {
+        let (store, held) = log_of(&["a", "b", "c"]);
+        // The last record garbled: it looks like a torn tail, but `held` covers it.
+        let mut bad = store.clone();
+        let n = bad.bytes.len();
+        bad.bytes[n - 3] ^= 1;
+        let e = AuditLog::open_extending(bad.clone(), signer(), Some(&held)).expect_err("refused");
+        assert!(matches!(
+            e,
+            LogError::NotExtending {
+                log_size: 2,
+                held_size: 3,
+                ..
+            }
+        ));
+        // Without a held checkpoint it is cut as before.
+        let log = AuditLog::open(bad, signer()).expect("open");
+        assert_eq!(log.len(), 2);
+        // Garbage after the last held record is an unacknowledged tail: cut and kept aside.
+        let mut torn = store.clone();
+        torn.bytes.extend_from_slice(&[0xff; 5]);
+        let log = AuditLog::open_extending(torn, signer(), Some(&held)).expect("open");
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.store().quarantined, vec![0xff; 5]);
+        // Another history of the same size does not extend `held`.
+        let (other, _) = log_of(&["x", "y", "z"]);
+        assert!(matches!(
+            AuditLog::open_extending(other, signer(), Some(&held)),
+            Err(LogError::NotExtending { log_size: 3, .. })
+        ));
+        // A longer log that extends it opens.
+        let (longer, _) = log_of(&["a", "b", "c", "d"]);
+        assert!(AuditLog::open_extending(longer, signer(), Some(&held)).is_ok());
+    }
+}

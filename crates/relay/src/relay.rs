@@ -2155,3 +2155,103 @@ fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
     use subtle::ConstantTimeEq;
     a.ct_eq(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> AgencyIdentity {
+        AgencyIdentity::from_seeds("agency-b".parse().expect("id"), &[7; 32], [8; 32])
+    }
+
+    fn index(d: &Path) -> Connection {
+        let db = Connection::open(d.join("relay.db")).expect("db");
+        db.execute_batch(SCHEMA).expect("schema");
+        db
+    }
+
+    /// Opens the log as `Relay::open` does and appends `entries`, keeping each checkpoint in
+    /// the index when `record`.
+    fn append(d: &Path, entries: &[&str], record: bool) {
+        let db = index(d);
+        let (mut log, _, _) = open_log(&db, d, &identity()).expect("open");
+        for e in entries {
+            log.append(e.as_bytes()).expect("append");
+            if record {
+                store_checkpoint(&db, log.len(), log.checkpoint_note().expect("cp"))
+                    .expect("store");
+            }
+        }
+    }
+
+    fn refused(d: &Path) -> String {
+        match open_log(&index(d), d, &identity()) {
+            Err(RelayError::Integrity(m)) => m,
+            other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
+        }
+    }
+
+    #[test]
+    fn a_fresh_relay_starts_and_keeps_every_new_checkpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let db = index(d);
+        let (log, recorded, cut) = open_log(&db, d, &identity()).expect("open");
+        assert_eq!((log.len(), recorded, cut), (0, 0, None));
+        assert_eq!(stored_checkpoint(&db).expect("read"), None);
+        drop((log, db));
+        append(d, &["one", "two"], true);
+        let db = index(d);
+        let (size, note) = stored_checkpoint(&db).expect("read").expect("kept");
+        assert_eq!(size, 2);
+        let (log, recorded, _) = open_log(&db, d, &identity()).expect("reopen");
+        assert_eq!((log.len(), recorded), (2, 2));
+        assert_eq!(log.checkpoint_note(), Some(note.as_str()));
+        // A smaller checkpoint never replaces a larger one.
+        store_checkpoint(&db, 1, "older").expect("store");
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 2);
+    }
+
+    #[test]
+    fn a_log_ahead_of_the_index_is_fine_and_recorded_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        append(d, &["one"], true);
+        // A crash between the log append and the index update.
+        append(d, &["two", "three"], false);
+        let db = index(d);
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 1);
+        let (log, recorded, _) = open_log(&db, d, &identity()).expect("open");
+        assert_eq!((log.len(), recorded), (3, 3));
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 3);
+    }
+
+    #[test]
+    fn a_missing_shorter_or_different_log_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        append(d, &["one", "two"], true);
+        let log = d.join("audit.log");
+        let good = std::fs::read(&log).expect("read");
+        std::fs::remove_file(&log).expect("rm");
+        let m = refused(d);
+        assert!(m.contains("is missing (0 entries)"), "{m}");
+        assert!(m.contains("checkpoint for 2 entries"), "{m}");
+        assert!(!log.exists());
+        // Shorter: only the first record.
+        let one = rogatory_custody::decode_records(&good)
+            .expect("decode")
+            .records[0]
+            .encode();
+        std::fs::write(&log, &one).expect("write");
+        assert!(refused(d).contains("is shorter (1 entries)"));
+        // Different: another history of the same size, signed with the same key.
+        std::fs::remove_file(&log).expect("rm");
+        let other = tempfile::tempdir().expect("tmp");
+        append(other.path(), &["uno", "dos"], true);
+        std::fs::copy(other.path().join("audit.log"), &log).expect("copy");
+        let m = refused(d);
+        assert!(m.contains("holds a different history (2 entries)"), "{m}");
+        assert!(!d.join("audit.quarantine").exists());
+    }
+}
