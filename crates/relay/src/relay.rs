@@ -406,15 +406,14 @@ fn private_file(path: &Path) -> Result<(), RelayError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))
 }
 
+/// The opened log, the checkpoint size the index holds, and the torn tail cut `(offset, bytes)`.
+type OpenedLog = (AuditLog<FileLogStore>, u64, Option<(u64, u64)>);
+
 /// Opens the audit log against the checkpoint the index keeps (`relay.md` §5.1) and has the
 /// index keep the log's newest checkpoint. Returns the log, the size the index now holds and
 /// the torn tail cut off, if any. A log that is missing, shorter or different is refused with
 /// [`RelayError::Integrity`] and left as it is.
-fn open_log(
-    db: &Connection,
-    d: &Path,
-    identity: &AgencyIdentity,
-) -> Result<(AuditLog<FileLogStore>, u64, Option<(u64, u64)>), RelayError> {
+fn open_log(db: &Connection, d: &Path, identity: &AgencyIdentity) -> Result<OpenedLog, RelayError> {
     let path = d.join("audit.log");
     let signer = identity.log_signer();
     let held = match stored_checkpoint(db)? {
