@@ -59,6 +59,9 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &Events) -> Result<(
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    // The home and its directories are private whatever the umask (`cli.md` "Home").
+    crate::home::create_private_dir(&home.root)?;
+    crate::home::make_private(&home.root)?;
     write_file(
         &home.path("tls/key.pem"),
         tls.key_pem.as_bytes(),

@@ -50,13 +50,37 @@ fn open_relay(home: &Home, policy: Option<&std::path::Path>) -> Result<Relay<Dis
         policy,
         clock: system_clock(),
     };
-    Relay::open(cfg, DiskStorage::new())
-        .map_err(|e| CliError::new(Exit::Storage, "opening the relay's store").source(e))
+    let relay = Relay::open(cfg, DiskStorage::new()).map_err(|e| {
+        if e.is_integrity() {
+            // `relay.md` §5.1: a log that does not extend what the relay handed out.
+            let what = match &e {
+                rogatory_relay::RelayError::Log(_) => {
+                    format!("{}: {e}", home.path("relay").join("audit.log").display())
+                }
+                _ => e.to_string(),
+            };
+            CliError::new(Exit::Integrity, what).hint(
+                "restore the relay's audit.log from a backup; do not delete relay.db, which keeps the checkpoint the log must extend",
+            )
+        } else {
+            CliError::new(Exit::Storage, "opening the relay's store").source(e)
+        }
+    })?;
+    if let Some((offset, bytes)) = relay.torn_tail_cut() {
+        let log = home.path("relay").join("audit.log");
+        errln!(
+            "rogatory: warning: {}: cut a torn, never acknowledged tail of {bytes} bytes at offset {offset}; the bytes are kept in {}",
+            log.display(),
+            log.with_extension("quarantine").display()
+        );
+    }
+    Ok(relay)
 }
 
 fn lock_data_dir(home: &Home) -> Result<std::fs::File> {
     let dir = home.path("relay");
-    std::fs::create_dir_all(&dir).map_err(|e| crate::error::io("creating", &dir, e))?;
+    // Private whatever the umask (`relay.md` §2); `Relay::open` makes an older one private.
+    crate::home::create_private_dir(&dir)?;
     let p = dir.join("lock");
     // Private like everything in the data directory (`relay.md` §2), whatever the umask.
     let f = {

@@ -85,7 +85,10 @@ impl Home {
         })
     }
 
-    /// Trusted agencies' cards (and this agency's own card).
+    /// Trusted agencies' cards (and this agency's own card): the one checked loader every
+    /// command and the relay use (`custody.md` §8.4). Each `trust/*.card` must be named after
+    /// its card's id, and a card for this agency's own id must carry its own key; anything else
+    /// is refused here, at load, naming the file (exit 3).
     pub fn trust_store(&self) -> Result<TrustStore> {
         let mut t = TrustStore::new();
         let own = self.path("card.note");
@@ -93,15 +96,32 @@ impl Home {
             t.insert_verified(read_card(&own)?);
         }
         let dir = self.path("trust");
-        if let Ok(rd) = fs::read_dir(&dir) {
-            let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            paths.sort();
-            for p in paths
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "card"))
-            {
-                t.insert_verified(read_card(&p)?);
-            }
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(t),
+            Err(e) => return Err(io("reading", &dir, e)),
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| io("reading", &dir, e))?;
+        paths.sort();
+        for p in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "card"))
+        {
+            let card = read_card(&p)?;
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            t.insert_from_file(stem, card).map_err(|e| {
+                CliError::new(
+                    Exit::Integrity,
+                    format!("{}: {e}; the trust store is refused", p.display()),
+                )
+                .hint(format!(
+                    "remove {} (cards are trusted only with `rogatory trust add`, which names the file after the agency)",
+                    p.display()
+                ))
+            })?;
         }
         Ok(t)
     }
@@ -243,14 +263,41 @@ pub fn make_private(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a new file atomically (temp, fsync, rename, fsync dir) with `mode`; never replaces
-/// an existing file unless `replace`.
+/// Creates `dir` and any missing parent, each created one private to its owner (0700) whatever
+/// the umask (`cli.md` "Home"); directories that exist are left as they are.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| !a.exists())
+        .collect();
+    missing.reverse();
+    for d in missing {
+        let mut b = fs::DirBuilder::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        match b.create(d) {
+            Ok(()) => make_private(d)?,
+            // Created meanwhile by another process: its mode is its creator's business.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(io("creating", d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new file atomically (temp, fsync, rename, fsync dir) with `mode` (set explicitly,
+/// whatever the umask); never replaces an existing file unless `replace`. Missing directories
+/// are created private (0700).
 pub fn write_file(p: &Path, data: &[u8], mode: u32, replace: bool) -> Result<()> {
     let dir = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    create_private_dir(dir)?;
     if !replace && p.exists() {
         return Err(CliError::new(
             Exit::Safety,
@@ -271,6 +318,14 @@ pub fn write_file(p: &Path, data: &[u8], mode: u32, replace: bool) -> Result<()>
     }
     let _ = mode;
     let mut f = o.open(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    #[cfg(unix)]
+    let r = {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .and_then(|_| f.write_all(data))
+            .and_then(|_| f.sync_all())
+    };
+    #[cfg(not(unix))]
     let r = f.write_all(data).and_then(|_| f.sync_all());
     if let Err(e) = r {
         let _ = fs::remove_file(&tmp);

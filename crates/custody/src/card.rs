@@ -312,6 +312,12 @@ pub enum TrustError {
     /// A card with another key is already trusted for this agency.
     #[error("a different key is already trusted for {0}; remove it first")]
     Conflict(AgencyId),
+    /// A trust-store file whose name is not `<its card's id>.card` (`custody.md` §8.4).
+    #[error("holds the card of {id}, but a trusted card must be stored as {id}.card")]
+    FileName {
+        /// The id the card carries.
+        id: AgencyId,
+    },
 }
 
 /// The set of trusted agencies: at most one card per agency id.
@@ -354,6 +360,31 @@ impl TrustStore {
     /// Adds a card already trusted by other means (loading the store from disk).
     pub fn insert_verified(&mut self, card: Verified<AgencyCard>) {
         self.cards.insert(card.id.clone(), card);
+    }
+
+    /// Adds a card loaded from the trust-store file `<file_stem>.card` (`custody.md` §8.4): the
+    /// name must be the card's id, and a card already loaded for that id (the agency's own
+    /// card) must carry the same key. Nothing is replaced: the first card for an id stays.
+    pub fn insert_from_file(
+        &mut self,
+        file_stem: &str,
+        card: Verified<AgencyCard>,
+    ) -> Result<(), TrustError> {
+        if file_stem != card.id.as_str() {
+            return Err(TrustError::FileName {
+                id: card.id.clone(),
+            });
+        }
+        match self.cards.get(&card.id) {
+            Some(old) if old.verifier_key != card.verifier_key => {
+                Err(TrustError::Conflict(card.id.clone()))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.cards.insert(card.id.clone(), card);
+                Ok(())
+            }
+        }
     }
 
     /// Removes an agency.

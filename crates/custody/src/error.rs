@@ -138,6 +138,19 @@ pub enum LogError {
     /// The log is shorter than, or forked from, a checkpoint held elsewhere.
     #[error("audit log rolled back or forked: {0}")]
     RolledBack(String),
+    /// The log does not extend a checkpoint its owner keeps outside it (`custody.md` §7.4): it
+    /// is shorter, or its tree at that size has another root.
+    #[error(
+        "the audit log holds {log_size} entries and does not extend the signed checkpoint for {held_size} entries kept outside it ({why})"
+    )]
+    NotExtending {
+        /// Entries in the log (intact records).
+        log_size: u64,
+        /// Size of the checkpoint kept outside the log.
+        held_size: u64,
+        /// Why: shorter, or a different tree.
+        why: String,
+    },
     /// The log would sign a checkpoint inconsistent with one it signed before.
     #[error("refusing to sign an inconsistent checkpoint")]
     Inconsistent,

@@ -54,7 +54,7 @@ pub use identity::AgencyIdentity;
 pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
 pub use log::{
     AuditLog, DecodedRecords, LogStore, LoggedStatement, MAX_RECORD_LEN, MemoryLogStore,
-    ReceiptBundle, Record, check_not_rolled_back, decode_records, verify_records,
+    ReceiptBundle, Record, check_extends, check_not_rolled_back, decode_records, verify_records,
 };
 pub use manifest::{
     Contents, ContentsFile, ContentsRef, FileEntry, Inventory, LEGAL_FIELDS, Legal, LegalText,

@@ -237,6 +237,22 @@ pub fn check_not_rolled_back(tree: &Tree, held: &Checkpoint) -> Result<(), LogEr
         .map_err(|e| LogError::RolledBack(format!("checkpoint for {} entries: {e}", held.size)))
 }
 
+/// Checks that the log's tree extends `held`, a checkpoint its owner kept outside the log
+/// (`custody.md` §7.1): at least `held.size` entries, and a consistency proof from `held` to the
+/// tree verifies.
+pub fn check_extends(tree: &Tree, held: &Checkpoint) -> Result<(), LogError> {
+    let err = |why: String| LogError::NotExtending {
+        log_size: tree.len(),
+        held_size: held.size,
+        why,
+    };
+    if held.size > tree.len() {
+        return Err(err("the log is shorter".into()));
+    }
+    check_not_rolled_back(tree, held)
+        .map_err(|_| err(format!("its first {} entries differ", held.size)))
+}
+
 /// An agency's audit log over a [`LogStore`].
 #[derive(Debug)]
 pub struct AuditLog<S: LogStore> {
@@ -250,12 +266,28 @@ pub struct AuditLog<S: LogStore> {
 impl<S: LogStore> AuditLog<S> {
     /// Opens the log: cuts a torn tail, verifies every record against its checkpoint with the
     /// log key, and refuses to open a log that does not verify.
-    pub fn open(mut store: S, log_signer: NoteSigner) -> Result<Self, LogError> {
+    pub fn open(store: S, log_signer: NoteSigner) -> Result<Self, LogError> {
+        Self::open_extending(store, log_signer, None)
+    }
+
+    /// Opens the log as [`AuditLog::open`] does, but refuses one that does not extend `held`,
+    /// the newest checkpoint its owner keeps outside the log (`custody.md` §7.1): the intact
+    /// records must number at least `held.size` and their tree at that size must have
+    /// `held.root`. Nothing is cut off unless the log extends `held`: a torn record that
+    /// `held` covers was acknowledged, so it is corruption, not a crash tail.
+    pub fn open_extending(
+        mut store: S,
+        log_signer: NoteSigner,
+        held: Option<&Checkpoint>,
+    ) -> Result<Self, LogError> {
         let decoded = store.load()?;
+        let (tree, last) = verify_records(&decoded.records, &log_signer.verifier())?;
+        if let Some(h) = held {
+            check_extends(&tree, h)?;
+        }
         if decoded.torn_tail {
             store.truncate(decoded.valid_len)?;
         }
-        let (tree, last) = verify_records(&decoded.records, &log_signer.verifier())?;
         let last_note = decoded
             .records
             .iter()
@@ -496,5 +528,63 @@ impl ReceiptBundle {
             index,
             checkpoint,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AgencyIdentity;
+
+    fn signer() -> NoteSigner {
+        AgencyIdentity::from_seeds("xx-a".parse().expect("id"), &[1; 32], [2; 32]).log_signer()
+    }
+
+    fn log_of(entries: &[&str]) -> (MemoryLogStore, Checkpoint) {
+        let mut log = AuditLog::open(MemoryLogStore::default(), signer()).expect("open");
+        for e in entries {
+            log.append(e.as_bytes()).expect("append");
+        }
+        let note = log.checkpoint_note().expect("cp");
+        let cp = Checkpoint::open(note.as_bytes(), &signer().verifier())
+            .expect("checkpoint")
+            .into_inner();
+        (log.store().clone(), cp)
+    }
+
+    #[test]
+    fn open_extending_refuses_to_cut_an_acknowledged_record() {
+        let (store, held) = log_of(&["a", "b", "c"]);
+        // The last record garbled: it looks like a torn tail, but `held` covers it.
+        let mut bad = store.clone();
+        let n = bad.bytes.len();
+        bad.bytes[n - 3] ^= 1;
+        let e = AuditLog::open_extending(bad.clone(), signer(), Some(&held)).expect_err("refused");
+        assert!(matches!(
+            e,
+            LogError::NotExtending {
+                log_size: 2,
+                held_size: 3,
+                ..
+            }
+        ));
+        // Without a held checkpoint it is cut as before.
+        let log = AuditLog::open(bad, signer()).expect("open");
+        assert_eq!(log.len(), 2);
+        // Garbage after the last held record is an unacknowledged tail: cut and kept aside.
+        let mut torn = store.clone();
+        torn.bytes.extend_from_slice(&[0xff; 5]);
+        let log = AuditLog::open_extending(torn, signer(), Some(&held)).expect("open");
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.store().quarantined, vec![0xff; 5]);
+        // Another history of the same size does not extend `held`.
+        let (other, _) = log_of(&["x", "y", "z"]);
+        assert!(matches!(
+            AuditLog::open_extending(other, signer(), Some(&held)),
+            Err(LogError::NotExtending { log_size: 3, .. })
+        ));
+        // A longer log that extends it opens.
+        let (longer, _) = log_of(&["a", "b", "c", "d"]);
+        assert!(AuditLog::open_extending(longer, signer(), Some(&held)).is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! The audit log on disk (`custody.md` §7): one append-only file of framed records, fsynced on
-//! every append; a torn tail is cut off on open and kept in `audit.quarantine`.
+//! every append; a torn tail is cut off on open and kept in `audit.quarantine` (only a tail the
+//! index's checkpoint does not cover: `relay.md` §5.1).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +18,8 @@ pub struct FileLogStore {
     quarantine: PathBuf,
     by_hash: HashMap<[u8; 32], u64>,
     len: u64,
+    /// The torn tail cut off by [`LogStore::truncate`]: `(offset, bytes)`.
+    cut: Option<(u64, u64)>,
 }
 
 fn io(e: std::io::Error) -> LogError {
@@ -49,12 +52,23 @@ impl FileLogStore {
             quarantine: path.with_extension("quarantine"),
             by_hash: HashMap::new(),
             len: 0,
+            cut: None,
         })
     }
 
     /// The index of the entry whose text hashes to `h`, if present.
     pub fn find(&self, h: &Sha256Digest) -> Option<u64> {
         self.by_hash.get(&h.0).copied()
+    }
+
+    /// The torn tail cut off when the log was opened, `(offset, bytes)`, if any.
+    pub fn cut(&self) -> Option<(u64, u64)> {
+        self.cut
+    }
+
+    /// Where cut-off bytes are kept.
+    pub fn quarantine_path(&self) -> &Path {
+        &self.quarantine
     }
 
     fn note(&mut self, r: &Record) {
@@ -105,11 +119,15 @@ impl LogStore for FileLogStore {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(io)?;
         if valid_len < bytes.len() {
-            let mut q = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.quarantine)
-                .map_err(io)?;
+            let mut q = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.quarantine)
+                    .map_err(io)?
+            };
             q.write_all(&bytes[valid_len..])
                 .and_then(|_| q.sync_all())
                 .map_err(io)?;
@@ -120,6 +138,7 @@ impl LogStore for FileLogStore {
             f.set_len(valid_len as u64)
                 .and_then(|_| f.sync_all())
                 .map_err(io)?;
+            self.cut = Some((valid_len as u64, (bytes.len() - valid_len) as u64));
         }
         Ok(())
     }

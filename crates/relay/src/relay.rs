@@ -6,6 +6,7 @@
 //! spool/<row>.pack  ciphertext of a transfer being received: file i at offset base(i)
 //! inbox/<row>.pack  the same file once every piece is durable and verified
 //! audit.log         the audit log (custody.md §7); audit.quarantine for a cut-off torn tail
+//!                   (the newest checkpoint handed out is also kept in relay.db: relay.md §5.1)
 //! ```
 //!
 //! Durability order (`relay.md` §3): piece hashed into its file's piece-root frontier and
@@ -54,9 +55,25 @@ pub enum RelayError {
         /// The error.
         source: std::io::Error,
     },
+    /// The audit log does not extend the checkpoint the index keeps (`relay.md` §5.1), or it
+    /// fails verification: the relay refuses to sign a different history.
+    #[error("{0}")]
+    Integrity(String),
     /// Other.
     #[error("{0}")]
     Other(String),
+}
+
+impl RelayError {
+    /// Whether this is an integrity failure of the relay's own state (exit 3 at the CLI).
+    pub fn is_integrity(&self) -> bool {
+        use rogatory_custody::LogError as L;
+        match self {
+            RelayError::Integrity(_) => true,
+            RelayError::Log(e) => !matches!(e, L::Storage(_)),
+            _ => false,
+        }
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RelayError {
@@ -129,7 +146,10 @@ pub struct Relay<S: Storage> {
     storage: S,
     data_dir: PathBuf,
     db: Mutex<Connection>,
-    log: Mutex<AuditLog<FileLogStore>>,
+    /// Guarded with the log: the size of the checkpoint the index holds (`relay.md` §5.1).
+    log: Mutex<(AuditLog<FileLogStore>, u64)>,
+    /// What opening the log cut off as a torn tail: `(offset, bytes)`.
+    torn_cut: Option<(u64, u64)>,
     /// Replaced whole by [`Relay::reload`] (`relay.md` §11).
     trust: std::sync::RwLock<Arc<TrustStore>>,
     policy: std::sync::RwLock<Arc<Policy>>,
@@ -267,7 +287,34 @@ CREATE TABLE IF NOT EXISTS served (
     idx INTEGER NOT NULL,
     PRIMARY KEY (row, agency, idx)
 );
+CREATE TABLE IF NOT EXISTS log_checkpoint (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    size INTEGER NOT NULL,
+    note TEXT NOT NULL
+);
 ";
+
+/// The checkpoint note the index keeps (`relay.md` §5.1), if any.
+fn stored_checkpoint(db: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
+    db.query_row(
+        "SELECT size, note FROM log_checkpoint WHERE one = 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+    )
+    .optional()
+}
+
+/// Keeps `note` (a checkpoint of `size` entries) in the index unless it already holds a larger
+/// one (`relay.md` §5.1). One autocommit transaction: durable (`synchronous=FULL`) on return.
+fn store_checkpoint(db: &Connection, size: u64, note: &str) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO log_checkpoint (one, size, note) VALUES (1, ?1, ?2)
+         ON CONFLICT (one) DO UPDATE SET size = excluded.size, note = excluded.note
+         WHERE excluded.size > log_checkpoint.size",
+        params![size as i64, note],
+    )
+    .map(|_| ())
+}
 
 /// A stored transfer, as the index has it.
 #[derive(Clone, Debug)]
@@ -369,6 +416,89 @@ fn private_file(path: &Path) -> Result<(), RelayError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))
 }
 
+/// The opened log, the checkpoint size the index holds, and the torn tail cut `(offset, bytes)`.
+type OpenedLog = (AuditLog<FileLogStore>, u64, Option<(u64, u64)>);
+
+/// Opens the audit log against the checkpoint the index keeps (`relay.md` §5.1) and has the
+/// index keep the log's newest checkpoint. Returns the log, the size the index now holds and
+/// the torn tail cut off, if any. A log that is missing, shorter or different is refused with
+/// [`RelayError::Integrity`] and left as it is.
+fn open_log(db: &Connection, d: &Path, identity: &AgencyIdentity) -> Result<OpenedLog, RelayError> {
+    let path = d.join("audit.log");
+    let signer = identity.log_signer();
+    let held = match stored_checkpoint(db)? {
+        None => None,
+        Some((size, note)) => {
+            let cp = rogatory_custody::Checkpoint::open(note.as_bytes(), &signer.verifier())
+                .map_err(|e| {
+                    RelayError::Integrity(format!(
+                        "{}: the checkpoint the index keeps does not verify with this relay's log key ({e}); the relay refuses to sign a different history",
+                        d.join("relay.db").display()
+                    ))
+                })?
+                .into_inner();
+            if cp.size != size {
+                return Err(RelayError::Integrity(format!(
+                    "{}: the index keeps a checkpoint for {} entries under size {size}",
+                    d.join("relay.db").display(),
+                    cp.size
+                )));
+            }
+            Some(cp)
+        }
+    };
+    let refuse = |log_size: u64, held_size: u64, why: &str| {
+        RelayError::Integrity(format!(
+            "{}: the audit log {why} ({log_size} entries) but this relay has handed out a signed checkpoint for {held_size} entries; it refuses to sign a different history",
+            path.display()
+        ))
+    };
+    if let Some(h) = &held
+        && !path.exists()
+    {
+        return Err(refuse(0, h.size, "is missing"));
+    }
+    let log = AuditLog::open_extending(FileLogStore::open(&path)?, signer, held.as_ref()).map_err(
+        |e| match e {
+            rogatory_custody::LogError::NotExtending {
+                log_size,
+                held_size,
+                why,
+            } => {
+                tracing::error!(%why, "the audit log does not extend the kept checkpoint");
+                refuse(
+                    log_size,
+                    held_size,
+                    if log_size < held_size {
+                        "is shorter"
+                    } else {
+                        "holds a different history"
+                    },
+                )
+            }
+            other => RelayError::Log(other),
+        },
+    )?;
+    let torn_cut = log.store().cut();
+    if let Some((offset, bytes)) = torn_cut {
+        tracing::warn!(
+            log = %path.display(),
+            offset,
+            bytes,
+            quarantine = %log.store().quarantine_path().display(),
+            "cut a torn, never acknowledged tail off the audit log"
+        );
+    }
+    let mut recorded = held.as_ref().map_or(0, |h| h.size);
+    if let Some(note) = log.checkpoint_note()
+        && log.len() > recorded
+    {
+        store_checkpoint(db, log.len(), note)?;
+        recorded = log.len();
+    }
+    Ok((log, recorded, torn_cut))
+}
+
 impl<S: Storage> Relay<S> {
     /// Opens (or creates) a relay's state in `cfg.data_dir`, with ciphertext in `storage`.
     pub fn open(cfg: RelayConfig, storage: S) -> Result<Self, RelayError> {
@@ -413,17 +543,15 @@ impl<S: Storage> Relay<S> {
         if !has_contents {
             db.execute_batch("ALTER TABLE transfers ADD COLUMN contents BLOB")?;
         }
-        let log = AuditLog::open(
-            FileLogStore::open(&d.join("audit.log"))?,
-            cfg.identity.log_signer(),
-        )?;
+        let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity)?;
         Ok(Relay {
             agency: cfg.identity.id().clone(),
             signer: cfg.identity.signer().clone(),
             storage,
             data_dir: d.clone(),
             db: Mutex::new(db),
-            log: Mutex::new(log),
+            log: Mutex::new((log, recorded)),
+            torn_cut,
             trust: std::sync::RwLock::new(Arc::new(cfg.trust)),
             policy: std::sync::RwLock::new(Arc::new(cfg.policy)),
             revocations: std::sync::RwLock::new(Arc::new(Revocations::new())),
@@ -499,12 +627,49 @@ impl<S: Storage> Relay<S> {
 
     /// Entries in the audit log.
     pub fn log_len(&self) -> u64 {
-        lock(&self.log).len()
+        lock(&self.log).0.len()
     }
 
-    /// The latest signed checkpoint of the audit log.
+    /// The latest signed checkpoint of the audit log, once the index keeps it (`relay.md` §5.1:
+    /// no checkpoint leaves the relay before); `None` if the log is empty or the index cannot
+    /// keep it now.
     pub fn checkpoint(&self) -> Option<String> {
-        lock(&self.log).checkpoint_note().map(str::to_owned)
+        let mut log = lock(&self.log);
+        if let Err(e) = self.record_checkpoint(&mut log) {
+            tracing::error!(error = %e.message, "could not keep the checkpoint in the index");
+            return None;
+        }
+        log.0.checkpoint_note().map(str::to_owned)
+    }
+
+    /// The checkpoint the index keeps (`relay.md` §5.1): `(size, signed note)`, the newest one
+    /// that may have left the relay.
+    pub fn stored_checkpoint(&self) -> Result<Option<(u64, String)>, RelayError> {
+        Ok(stored_checkpoint(&lock(&self.db))?)
+    }
+
+    /// What opening the audit log cut off as a never-acknowledged torn tail: `(offset, bytes)`,
+    /// the bytes being kept in `audit.quarantine` (`relay.md` §5.1).
+    pub fn torn_tail_cut(&self) -> Option<(u64, u64)> {
+        self.torn_cut
+    }
+
+    /// Makes the index keep the log's newest checkpoint before it may leave the relay (a
+    /// receipt bundle, a checkpoint): `relay.md` §5.1. Called with the log locked.
+    fn record_checkpoint(
+        &self,
+        log: &mut MutexGuard<'_, (AuditLog<FileLogStore>, u64)>,
+    ) -> Result<(), ProtocolError> {
+        let size = log.0.len();
+        if size <= log.1 {
+            return Ok(());
+        }
+        let Some(note) = log.0.checkpoint_note() else {
+            return Ok(());
+        };
+        store_checkpoint(&lock(&self.db), size, note).map_err(db_err)?;
+        log.1 = size;
+        Ok(())
     }
 
     fn spool(&self, row: i64) -> PathBuf {
@@ -546,22 +711,28 @@ impl<S: Storage> Relay<S> {
         Ok((note, i))
     }
 
+    /// Appends an entry (durable in the log), then has the index keep the new checkpoint
+    /// (`relay.md` §5.1): the log is never behind the index, at most ahead of it.
     fn append_entry(&self, entry: &[u8]) -> Result<u64, ProtocolError> {
         let mut log = lock(&self.log);
-        if let Some(i) = log.store().find(&Sha256Digest::of(entry)) {
-            return Ok(i);
-        }
-        log.append(entry).map_err(|e| {
-            tracing::error!(error = %e, "audit log append failed");
-            perr(
-                ErrorCode::STORAGE_UNAVAILABLE,
-                "the relay's audit log is unavailable",
-            )
-        })
+        let i = match log.0.store().find(&Sha256Digest::of(entry)) {
+            Some(i) => i,
+            None => log.0.append(entry).map_err(|e| {
+                tracing::error!(error = %e, "audit log append failed");
+                perr(
+                    ErrorCode::STORAGE_UNAVAILABLE,
+                    "the relay's audit log is unavailable",
+                )
+            })?,
+        };
+        self.record_checkpoint(&mut log)?;
+        Ok(i)
     }
 
     fn bundle(&self, note: &str, index: u64) -> Result<String, ProtocolError> {
-        lock(&self.log)
+        let mut log = lock(&self.log);
+        self.record_checkpoint(&mut log)?;
+        log.0
             .bundle(note, index)
             .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
     }
@@ -2039,4 +2210,104 @@ pub fn damaged_error() -> ProtocolError {
 fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
     use subtle::ConstantTimeEq;
     a.ct_eq(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> AgencyIdentity {
+        AgencyIdentity::from_seeds("agency-b".parse().expect("id"), &[7; 32], [8; 32])
+    }
+
+    fn index(d: &Path) -> Connection {
+        let db = Connection::open(d.join("relay.db")).expect("db");
+        db.execute_batch(SCHEMA).expect("schema");
+        db
+    }
+
+    /// Opens the log as `Relay::open` does and appends `entries`, keeping each checkpoint in
+    /// the index when `record`.
+    fn append(d: &Path, entries: &[&str], record: bool) {
+        let db = index(d);
+        let (mut log, _, _) = open_log(&db, d, &identity()).expect("open");
+        for e in entries {
+            log.append(e.as_bytes()).expect("append");
+            if record {
+                store_checkpoint(&db, log.len(), log.checkpoint_note().expect("cp"))
+                    .expect("store");
+            }
+        }
+    }
+
+    fn refused(d: &Path) -> String {
+        match open_log(&index(d), d, &identity()) {
+            Err(RelayError::Integrity(m)) => m,
+            other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
+        }
+    }
+
+    #[test]
+    fn a_fresh_relay_starts_and_keeps_every_new_checkpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let db = index(d);
+        let (log, recorded, cut) = open_log(&db, d, &identity()).expect("open");
+        assert_eq!((log.len(), recorded, cut), (0, 0, None));
+        assert_eq!(stored_checkpoint(&db).expect("read"), None);
+        drop((log, db));
+        append(d, &["one", "two"], true);
+        let db = index(d);
+        let (size, note) = stored_checkpoint(&db).expect("read").expect("kept");
+        assert_eq!(size, 2);
+        let (log, recorded, _) = open_log(&db, d, &identity()).expect("reopen");
+        assert_eq!((log.len(), recorded), (2, 2));
+        assert_eq!(log.checkpoint_note(), Some(note.as_str()));
+        // A smaller checkpoint never replaces a larger one.
+        store_checkpoint(&db, 1, "older").expect("store");
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 2);
+    }
+
+    #[test]
+    fn a_log_ahead_of_the_index_is_fine_and_recorded_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        append(d, &["one"], true);
+        // A crash between the log append and the index update.
+        append(d, &["two", "three"], false);
+        let db = index(d);
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 1);
+        let (log, recorded, _) = open_log(&db, d, &identity()).expect("open");
+        assert_eq!((log.len(), recorded), (3, 3));
+        assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 3);
+    }
+
+    #[test]
+    fn a_missing_shorter_or_different_log_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        append(d, &["one", "two"], true);
+        let log = d.join("audit.log");
+        let good = std::fs::read(&log).expect("read");
+        std::fs::remove_file(&log).expect("rm");
+        let m = refused(d);
+        assert!(m.contains("is missing (0 entries)"), "{m}");
+        assert!(m.contains("checkpoint for 2 entries"), "{m}");
+        assert!(!log.exists());
+        // Shorter: only the first record.
+        let one = rogatory_custody::decode_records(&good)
+            .expect("decode")
+            .records[0]
+            .encode();
+        std::fs::write(&log, &one).expect("write");
+        assert!(refused(d).contains("is shorter (1 entries)"));
+        // Different: another history of the same size, signed with the same key.
+        std::fs::remove_file(&log).expect("rm");
+        let other = tempfile::tempdir().expect("tmp");
+        append(other.path(), &["uno", "dos"], true);
+        std::fs::copy(other.path().join("audit.log"), &log).expect("copy");
+        let m = refused(d);
+        assert!(m.contains("holds a different history (2 entries)"), "{m}");
+        assert!(!d.join("audit.quarantine").exists());
+    }
 }

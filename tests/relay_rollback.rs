@@ -1,0 +1,161 @@
+//! A relay never rolls back by itself (`relay.md` §5.1, issue 13): the index keeps the newest
+//! checkpoint the relay handed out, and `relay serve` refuses (exit 3) an audit log that is
+//! missing, shorter or different; only a never-acknowledged torn tail is cut, loudly.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// `relay serve` from `B` that must refuse to start: killed (and the test failed) if it is
+/// still running after 20 s.
+fn serve_refused(d: &Path) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relay serve started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Starts `relay serve` from `B`, waits until it listens, stops it; returns its stderr.
+fn serve_started(d: &Path) -> String {
+    let mut child = Command::new(bin())
+        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("ROGATORY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("output");
+    assert!(line.contains("listening"), "{line} {}", stderr(&o));
+    stderr(&o)
+}
+
+/// A relay `B` that issued a custody receipt for a send from `A`, then stopped.
+fn relay_with_receipts(d: &Path) {
+    two_agencies(d);
+    std::fs::write(d.join("evidence.txt"), b"evidence\n").expect("write");
+    let relay = start_relay(d, "B");
+    let o = run(
+        d,
+        &[
+            "--home",
+            "A",
+            "send",
+            "--relay",
+            &relay.1,
+            "--to",
+            "agency-b",
+            "--case",
+            "XX-2026-0013",
+            "--legal-basis",
+            "MLAT art. 18",
+            "--purpose",
+            "investigation",
+            "--retain-until",
+            "2030-12-31",
+            "evidence.txt",
+        ],
+    );
+    assert_eq!(code(&o), 0, "send: {}", stderr(&o));
+    drop(relay);
+    assert!(
+        d.join("B/relay/audit.log").metadata().expect("log").len() > 0,
+        "the relay logged the custody receipt"
+    );
+}
+
+#[test]
+fn a_deleted_audit_log_stops_the_relay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    relay_with_receipts(d);
+    // A healthy restart: the log extends the checkpoint the index keeps.
+    serve_started(d);
+    let log = d.join("B/relay/audit.log");
+    std::fs::remove_file(&log).expect("rm");
+    let o = serve_refused(d);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("audit.log: the audit log is missing (0 entries)"),
+        "{err}"
+    );
+    assert!(err.contains("refuses to sign a different history"), "{err}");
+    assert!(err.contains("rogatory: hint: restore"), "{err}");
+    assert!(!log.exists(), "no fresh log is started");
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_acknowledged_record_stops_the_relay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    relay_with_receipts(d);
+    let log = d.join("B/relay/audit.log");
+    let mut bytes = std::fs::read(&log).expect("read");
+    let n = bytes.len();
+    // Inside the last record's checkpoint note, before its 8-byte tag.
+    bytes[n - 12] ^= 0x01;
+    std::fs::write(&log, &bytes).expect("write");
+    let o = serve_refused(d);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("audit.log: the audit log is shorter"), "{err}");
+    assert!(err.contains("refuses to sign a different history"), "{err}");
+    assert_eq!(std::fs::read(&log).expect("read"), bytes, "nothing cut");
+    assert!(
+        !d.join("B/relay/audit.quarantine").exists(),
+        "nothing moved to quarantine"
+    );
+}
+
+#[test]
+fn a_torn_unacknowledged_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    relay_with_receipts(d);
+    let log = d.join("B/relay/audit.log");
+    let good = std::fs::read(&log).expect("read");
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(&[0xff; 13]);
+    std::fs::write(&log, &bytes).expect("write");
+    let err = serve_started(d);
+    assert!(
+        err.contains(&format!(
+            "cut a torn, never acknowledged tail of 13 bytes at offset {}",
+            good.len()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("audit.quarantine"), "{err}");
+    assert_eq!(std::fs::read(&log).expect("read"), good);
+    assert_eq!(
+        std::fs::read(d.join("B/relay/audit.quarantine")).expect("quarantine"),
+        vec![0xff; 13]
+    );
+    // And the next start has nothing to cut.
+    let err = serve_started(d);
+    assert!(!err.contains("torn"), "{err}");
+}
