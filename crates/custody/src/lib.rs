@@ -37,6 +37,7 @@ mod error;
 mod identity;
 mod ids;
 mod log;
+mod consistency;
 mod manifest;
 pub mod merkle;
 mod note;
@@ -48,6 +49,7 @@ pub use card::{
     AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
 };
 pub use checkpoint::Checkpoint;
+pub use consistency::{ConsistencyError, check_against_seen, check_consistency};
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
 pub use identity::AgencyIdentity;
 pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
