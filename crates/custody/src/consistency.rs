@@ -73,12 +73,17 @@ pub fn check_consistency(
     if held.size == 0 {
         return Ok(());
     }
-    verify_consistency(held.size, presented.size, proof, &held.root, &presented.root).map_err(
-        |_| ConsistencyError::Forked {
-            held: sizes.0,
-            presented: sizes.1,
-        },
+    verify_consistency(
+        held.size,
+        presented.size,
+        proof,
+        &held.root,
+        &presented.root,
     )
+    .map_err(|_| ConsistencyError::Forked {
+        held: sizes.0,
+        presented: sizes.1,
+    })
 }
 
 /// `custody.md` §7.1: checks a checkpoint against others of the same log verified before,
@@ -90,8 +95,10 @@ pub fn check_against_seen<'a>(
 ) -> Result<Option<&'a Checkpoint>, ConsistencyError> {
     for h in seen {
         if h.origin == presented.origin && h.size == presented.size {
-            return if bool::from(subtle::ConstantTimeEq::ct_eq(&h.root[..], &presented.root[..]))
-            {
+            return if bool::from(subtle::ConstantTimeEq::ct_eq(
+                &h.root[..],
+                &presented.root[..],
+            )) {
                 Ok(Some(h))
             } else {
                 Err(ConsistencyError::Forked {

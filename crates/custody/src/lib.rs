@@ -33,11 +33,11 @@
 
 mod card;
 mod checkpoint;
+mod consistency;
 mod error;
 mod identity;
 mod ids;
 mod log;
-mod consistency;
 mod manifest;
 pub mod merkle;
 mod note;

@@ -453,6 +453,20 @@ impl<S: Storage> Relay<S> {
         lock(&self.log).checkpoint_note().map(str::to_owned)
     }
 
+    /// `protocol.md` §6.6: the latest signed checkpoint note and, read under the same lock, the
+    /// consistency proof from `held` entries to it (empty when `held` is 0, equal to or larger
+    /// than the log: the client then compares, or reports the rollback).
+    pub fn checkpoint_with_proof(&self, held: u64) -> (Option<String>, Vec<[u8; 32]>) {
+        let log = lock(&self.log);
+        let size = log.len();
+        let proof = if held == 0 || held >= size {
+            Vec::new()
+        } else {
+            log.tree().consistency_proof(held, size).unwrap_or_default()
+        };
+        (log.checkpoint_note().map(str::to_owned), proof)
+    }
+
     fn spool(&self, row: i64) -> PathBuf {
         self.data_dir.join("spool").join(format!("{row}.pack"))
     }
