@@ -163,7 +163,7 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
     let mut failed = Vec::new();
     for f in files {
         if f.is_dir() {
-            failed.extend(verify_fetched(f, &store, events)?);
+            failed.extend(verify_fetched(home, f, &store, events)?);
             continue;
         }
         let text = std::fs::read_to_string(f).map_err(|e| {
@@ -213,10 +213,31 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
 
 /// `verify DIR`: every transfer folder of a fetched output directory (or the one named),
 /// checked by `rogatory_client::package::verify`; returns what failed, each naming its file.
-fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec<String>> {
+fn verify_fetched(
+    home: &Home,
+    dir: &Path,
+    store: &TrustStore,
+    events: &Events,
+) -> Result<Vec<String>> {
     let reports = rogatory_client::package::verify(dir, store)?;
     let mut failed = Vec::new();
-    for r in reports {
+    for mut r in reports {
+        // `custody.md` §7.1: the package's receipts against the checkpoints this home verified
+        // from their relay; a fork is one more problem (exit 3).
+        for name in ["custody.receipt", "delivery.receipt"] {
+            let p = r
+                .folder
+                .join(rogatory_client::package::PACKAGE_DIR)
+                .join(name);
+            if let Ok(text) = std::fs::read_to_string(&p)
+                && let Err(e) = rogatory_client::checkpoints::check_receipt(home, store, &text)
+            {
+                r.problems.push(format!(
+                    "{}/{name}: {e}",
+                    rogatory_client::package::PACKAGE_DIR
+                ));
+            }
+        }
         let folder = r.folder.display().to_string();
         let legal = r.legal.as_ref();
         let text = |f: fn(&rogatory_custody::Legal) -> Option<&rogatory_custody::LegalText>| {

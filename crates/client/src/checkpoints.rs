@@ -104,7 +104,15 @@ fn seen(home: &Home, relay: &AgencyId, key: &NoteVerifier) -> Result<Vec<Checkpo
     Ok(out)
 }
 
-fn keep(home: &Home, relay: &AgencyId, cp: &Checkpoint, note: &str) -> Result<()> {
+/// Keeps a verified checkpoint: by size, and as the newest unless another process of this home
+/// meanwhile kept a larger one (never replaced by a smaller one).
+fn keep(
+    home: &Home,
+    relay: &AgencyId,
+    key: &NoteVerifier,
+    cp: &Checkpoint,
+    note: &str,
+) -> Result<()> {
     let dir = seen_dir(home, relay);
     write_file(
         &dir.join(format!("{}.checkpoint", cp.size)),
@@ -112,6 +120,9 @@ fn keep(home: &Home, relay: &AgencyId, cp: &Checkpoint, note: &str) -> Result<()
         0o600,
         true,
     )?;
+    if newest(home, relay, key)?.is_some_and(|(held, _)| held.size >= cp.size) {
+        return Ok(());
+    }
     write_file(&newest_path(home, relay), note.as_bytes(), 0o600, true)
 }
 
@@ -222,7 +233,25 @@ pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
         ));
     }
     if held_size != cp.size || held.is_none() {
-        keep(home, &relay, &cp, &answer.checkpoint)?;
+        keep(home, &relay, &key, &cp, &answer.checkpoint)?;
+    }
+    Ok(())
+}
+
+/// [`check_held`] for a receipt bundle's text, as received from a relay: a bundle that
+/// verifies against the trust store and whose checkpoint forks from one this home verified is
+/// refused (exit 3, evidence saved). Anything else passes here (it is verified where it is used).
+pub fn check_receipt(home: &Home, store: &TrustStore, text: &str) -> Result<()> {
+    if let Ok(v) = crate::package::verify_receipt(text, store)
+        && let Ok(b) = rogatory_custody::ReceiptBundle::parse(text)
+    {
+        check_held(
+            home,
+            store,
+            &v.log_owner,
+            &v.logged.checkpoint,
+            &b.checkpoint_note,
+        )?;
     }
     Ok(())
 }

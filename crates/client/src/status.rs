@@ -145,17 +145,7 @@ pub fn save_receipts(home: &Home, st: &TransferStatus) -> Result<Vec<SavedReceip
         };
         // `custody.md` §7.1: a receipt whose checkpoint forks from one this home verified is
         // evidence, not a receipt.
-        if let Ok(v) = crate::package::verify_receipt(&r.text, &store)
-            && let Ok(b) = rogatory_custody::ReceiptBundle::parse(&r.text)
-        {
-            crate::checkpoints::check_held(
-                home,
-                &store,
-                &v.log_owner,
-                &v.logged.checkpoint,
-                &b.checkpoint_note,
-            )?;
-        }
+        crate::checkpoints::check_receipt(home, &store, &r.text)?;
         let path = home.path(&name);
         crate::home::write_file(&path, r.text.as_bytes(), 0o644, true)?;
         saved.push(SavedReceipt { kind, agency, path });

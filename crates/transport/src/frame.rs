@@ -811,6 +811,26 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_with_too_long_a_proof_is_refused() {
+        let f = |n: usize| {
+            Frame::Checkpoint(LogCheckpoint {
+                checkpoint: "c".into(),
+                proof: vec![[1; 32]; n],
+            })
+            .to_vec()
+        };
+        let limits = FrameLimits::default();
+        assert!(matches!(
+            decode(&f(MAX_CHECKPOINT_PROOF), &limits),
+            Ok(Decoded::Frame(Frame::Checkpoint(_), _))
+        ));
+        assert!(matches!(
+            decode(&f(MAX_CHECKPOINT_PROOF + 1), &limits),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
     fn garbage_is_a_protocol_error() {
         let limits = FrameLimits::default();
         assert_eq!(
