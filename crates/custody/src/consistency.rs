@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn a_rollback_names_both_sizes() {
         let t = tree(0..12);
-        let e = check_consistency(Some(&cp(&t, 12)), &cp(&t, 11), &[]).unwrap_err();
+        let e = check_consistency(Some(&cp(&t, 12)), &cp(&t, 11), &[]).expect_err("rolled back");
         assert_eq!(
             e,
             ConsistencyError::RolledBack {
@@ -156,7 +156,8 @@ mod tests {
     fn a_fork_with_equal_sizes_is_refused() {
         let honest = tree(0..12);
         let forged = tree(1..13);
-        let e = check_consistency(Some(&cp(&honest, 12)), &cp(&forged, 12), &[]).unwrap_err();
+        let e =
+            check_consistency(Some(&cp(&honest, 12)), &cp(&forged, 12), &[]).expect_err("forked");
         assert_eq!(
             e,
             ConsistencyError::Forked {
@@ -178,7 +179,8 @@ mod tests {
         let honest = tree(0..12);
         let forged = tree(1..20);
         let proof = forged.consistency_proof(12, 19).expect("proof");
-        let e = check_consistency(Some(&cp(&honest, 12)), &cp(&forged, 19), &proof).unwrap_err();
+        let e = check_consistency(Some(&cp(&honest, 12)), &cp(&forged, 19), &proof)
+            .expect_err("forked");
         assert_eq!(e.sizes(), Some((12, 19)));
         // The honest proof does not help either.
         let honest_more = tree(0..19);
