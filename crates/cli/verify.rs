@@ -80,22 +80,51 @@ fn describe(st: &Statement) -> String {
     format!("{what}; transfer {}, at {}", h.transfer, h.time)
 }
 
+/// `custody.md` §7.2: a receipt's checkpoint against those this home verified from its log.
+/// Same size, other root: the failure (exit 3; evidence saved). Otherwise what was compared.
+fn held_note(
+    home: &Home,
+    store: &TrustStore,
+    text: &str,
+    v: &rogatory_client::package::VerifiedReceipt,
+) -> std::result::Result<String, String> {
+    use rogatory_client::checkpoints::{HeldCheck, check_held};
+    let note = ReceiptBundle::parse(text)
+        .map(|b| b.checkpoint_note)
+        .unwrap_or_default();
+    match check_held(home, store, &v.log_owner, &v.logged.checkpoint, &note) {
+        Ok(HeldCheck::Matches) => Ok(", the same as this home verified".into()),
+        Ok(HeldCheck::NotCompared { newest: None }) => Ok(format!(
+            ", not compared: this home holds no checkpoint of {}/audit",
+            v.log_owner
+        )),
+        Ok(HeldCheck::NotCompared { newest: Some(n) }) => Ok(format!(
+            ", not compared: this home verified none of that size from {}/audit (newest: {n} entries)",
+            v.log_owner
+        )),
+        Err(e) => Err(match e.hint_text() {
+            Some(h) => format!("{e} ({h})"),
+            None => e.to_string(),
+        }),
+    }
+}
+
 /// What one file proves, or why it proves nothing.
-fn verify_one(text: &str, store: &TrustStore) -> std::result::Result<String, String> {
+fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Result<String, String> {
     let cards: Vec<&AgencyCard> = store.cards().collect();
     if ReceiptBundle::parse(text).is_ok() {
         // custody.md §9: the statement's signer (the relay's agency for custody and purge
         // receipts, the recipient for a delivery receipt) and the log's owner (the relay's
         // agency, named by the checkpoint's origin) are both trusted agencies, possibly two.
-        return rogatory_client::package::verify_receipt(text, store).map(|v| {
-            format!(
-                "{}; entry {} of {}/audit (checkpoint of {} entries)",
-                describe(&v.logged.statement),
-                v.logged.index,
-                v.log_owner,
-                v.logged.checkpoint.size
-            )
-        });
+        let v = rogatory_client::package::verify_receipt(text, store)?;
+        let held = held_note(home, store, text, &v)?;
+        return Ok(format!(
+            "{}; entry {} of {}/audit (checkpoint of {} entries{held})",
+            describe(&v.logged.statement),
+            v.logged.index,
+            v.log_owner,
+            v.logged.checkpoint.size
+        ));
     }
     for c in &cards {
         if let Ok(st) = Statement::open(text.as_bytes(), &c.verifier_key) {
@@ -135,13 +164,13 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
     let mut failed = Vec::new();
     for f in files {
         if f.is_dir() {
-            failed.extend(verify_fetched(f, &store, events)?);
+            failed.extend(verify_fetched(home, f, &store, events)?);
             continue;
         }
         let text = std::fs::read_to_string(f).map_err(|e| {
             CliError::new(Exit::Usage, format!("cannot read {}", f.display())).source(e)
         })?;
-        match verify_one(&text, &store) {
+        match verify_one(home, &text, &store) {
             Ok(what) => {
                 if events.json {
                     events.emit(Json::Verified {
@@ -185,10 +214,31 @@ pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events)
 
 /// `verify DIR`: every transfer folder of a fetched output directory (or the one named),
 /// checked by `rogatory_client::package::verify`; returns what failed, each naming its file.
-fn verify_fetched(dir: &Path, store: &TrustStore, events: &Events) -> Result<Vec<String>> {
+fn verify_fetched(
+    home: &Home,
+    dir: &Path,
+    store: &TrustStore,
+    events: &Events,
+) -> Result<Vec<String>> {
     let reports = rogatory_client::package::verify(dir, store)?;
     let mut failed = Vec::new();
-    for r in reports {
+    for mut r in reports {
+        // `custody.md` §7.2: the package's receipts against the checkpoints this home verified
+        // from their relay; a fork is one more problem (exit 3).
+        for name in ["custody.receipt", "delivery.receipt"] {
+            let p = r
+                .folder
+                .join(rogatory_client::package::PACKAGE_DIR)
+                .join(name);
+            if let Ok(text) = std::fs::read_to_string(&p)
+                && let Err(e) = rogatory_client::checkpoints::check_receipt(home, store, &text)
+            {
+                r.problems.push(format!(
+                    "{}/{name}: {e}",
+                    rogatory_client::package::PACKAGE_DIR
+                ));
+            }
+        }
         let folder = r.folder.display().to_string();
         let legal = r.legal.as_ref();
         let text = |f: fn(&rogatory_custody::Legal) -> Option<&rogatory_custody::LegalText>| {

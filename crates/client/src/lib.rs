@@ -29,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod checkpoints;
 pub mod cleanup;
 pub mod contents;
 pub mod error;
@@ -46,8 +47,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use events::Event;
 pub use home::Home;
 
-/// Connects to a relay as this home's agency (mutual TLS against the home's trust store) and
-/// completes HELLO/WELCOME. Keep the [`Node`](rogatory_transport::net::Node) alive as long as
+/// Connects to a relay as this home's agency (mutual TLS against the home's trust store),
+/// completes HELLO/WELCOME, and checks the relay's log against the checkpoints this home holds
+/// ([`checkpoints::check_relay`], `custody.md` §7.2) before anything else is asked. Keep the [`Node`](rogatory_transport::net::Node) alive as long as
 /// the session.
 pub async fn connect(
     home: &Home,
@@ -73,6 +75,10 @@ pub async fn connect(
         .connect(addr, None)
         .await
         .map_err(|e| error::net(&format!("connecting to {relay}"), e))?;
+    if let Err(e) = checkpoints::check_relay(home, &s).await {
+        s.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+        return Err(e);
+    }
     Ok((node, s))
 }
 

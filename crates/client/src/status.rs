@@ -143,6 +143,9 @@ pub fn save_receipts(home: &Home, st: &TransferStatus) -> Result<Vec<SavedReceip
                 continue;
             }
         };
+        // `custody.md` §7.2: a receipt whose checkpoint forks from one this home verified is
+        // evidence, not a receipt.
+        crate::checkpoints::check_receipt(home, &store, &r.text)?;
         let path = home.path(&name);
         crate::home::write_file(&path, r.text.as_bytes(), 0o644, true)?;
         saved.push(SavedReceipt { kind, agency, path });

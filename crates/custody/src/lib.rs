@@ -33,6 +33,7 @@
 
 mod card;
 mod checkpoint;
+mod consistency;
 mod error;
 mod identity;
 mod ids;
@@ -49,6 +50,7 @@ pub use card::{
     AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
 };
 pub use checkpoint::Checkpoint;
+pub use consistency::{ConsistencyError, check_against_seen, check_consistency};
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
 pub use identity::AgencyIdentity;
 pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};

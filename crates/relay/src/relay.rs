@@ -672,6 +672,28 @@ impl<S: Storage> Relay<S> {
         Ok(())
     }
 
+    /// `protocol.md` §6.6: the latest signed checkpoint note and, read under the same lock, the
+    /// consistency proof from `held` entries to it (empty when `held` is 0, equal to or larger
+    /// than the log: the client then compares, or reports the rollback). The index keeps the
+    /// checkpoint before it leaves (`relay.md` §5.1).
+    pub fn checkpoint_with_proof(
+        &self,
+        held: u64,
+    ) -> Result<(Option<String>, Vec<[u8; 32]>), ProtocolError> {
+        let mut log = lock(&self.log);
+        self.record_checkpoint(&mut log)?;
+        let size = log.0.len();
+        let proof = if held == 0 || held >= size {
+            Vec::new()
+        } else {
+            log.0
+                .tree()
+                .consistency_proof(held, size)
+                .unwrap_or_default()
+        };
+        Ok((log.0.checkpoint_note().map(str::to_owned), proof))
+    }
+
     fn spool(&self, row: i64) -> PathBuf {
         self.data_dir.join("spool").join(format!("{row}.pack"))
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use rogatory_custody::{PieceLayout, Timestamp, TransferId};
 use rogatory_transport::frame::{
-    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, Object, Offer, Receipt, ReceiptKind, Seal,
-    Status, TransferState,
+    ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, LogCheckpoint, Object, Offer, Receipt,
+    ReceiptKind, Seal, Status, TransferState,
 };
 use rogatory_transport::net::{
     FrameReader, FrameWriter, IntakeHandler, ServeConfig, Session, serve_connection,
@@ -83,6 +83,17 @@ async fn request<S: Storage + 'static>(
     let result = match first {
         Frame::InboxRequest(q) => inbox(&relay, &peer, q.after).map(|f| vec![f]),
         Frame::StatusRequest(q) => status(&relay, &peer, q.transfer).map(|f| vec![f]),
+        Frame::CheckpointRequest(q) => {
+            // `protocol.md` §6.6: the log's latest checkpoint and a proof from the client's.
+            relay
+                .checkpoint_with_proof(q.held_size)
+                .map(|(note, proof)| {
+                    vec![Frame::Checkpoint(LogCheckpoint {
+                        checkpoint: note.unwrap_or_default(),
+                        proof,
+                    })]
+                })
+        }
         Frame::Deliver(d) => {
             let r2 = relay.clone();
             let p2 = peer.clone();

@@ -1,6 +1,6 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
-//! partial GC (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52).
+//! partial GC, log checkpoints (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81).
 
 mod support;
 
@@ -895,4 +895,62 @@ async fn a_seal_by_a_revoked_signing_key_is_refused_from_the_revocation_on() {
     send(&sa, &t, None)
         .await
         .expect("sealed before the revocation");
+}
+
+/// `protocol.md` §6.6 (test-plan.md 89): CHECKPOINT_REQUEST answers the latest signed checkpoint
+/// and a consistency proof from the held size that verifies; none from 0, the same size or a
+/// larger one; an empty log answers an empty checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_request_answers_the_latest_checkpoint_and_a_proof() {
+    use rogatory_custody::{Checkpoint, check_consistency};
+    use rogatory_transport::frame::CheckpointRequest;
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path(), Policy::default());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let ask = |held: u64| {
+        let sa = sa.clone();
+        async move {
+            match request(
+                &sa,
+                Frame::CheckpointRequest(CheckpointRequest { held_size: held }),
+            )
+            .await
+            {
+                Frame::Checkpoint(c) => c,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let empty = ask(0).await;
+    assert!(empty.checkpoint.is_empty() && empty.proof.is_empty());
+    let key =
+        w.b.identity
+            .signer()
+            .verifier()
+            .with_name("agency-b/audit")
+            .expect("log key");
+    let mut held: Vec<Checkpoint> = Vec::new();
+    for seed in 1..=3 {
+        let t = transfer(&w.a, &[&w.b], &exhibits(seed), legal(), now());
+        send(&sa, &t, None).await.expect("upload");
+        let c = ask(0).await;
+        assert!(c.proof.is_empty());
+        let cp = Checkpoint::open(c.checkpoint.as_bytes(), &key)
+            .expect("signed by the relay's log key")
+            .into_inner();
+        assert_eq!(cp.size, r.relay.log_len());
+        held.push(cp);
+    }
+    let latest = held.last().expect("three").clone();
+    for h in &held {
+        let c = ask(h.size).await;
+        check_consistency(Some(h), &latest, &c.proof).expect("consistent");
+        assert_eq!(c.proof.is_empty(), h.size == latest.size);
+    }
+    let c = ask(latest.size + 5).await;
+    assert!(c.proof.is_empty());
+    let mut ahead = latest.clone();
+    ahead.size += 5;
+    assert!(check_consistency(Some(&ahead), &latest, &c.proof).is_err());
 }

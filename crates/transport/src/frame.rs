@@ -23,6 +23,12 @@ pub const MAX_RANGE: u64 = 1 << 20;
 /// The longest frame header: type byte and an 8-byte varint.
 pub const MAX_HEADER: usize = 9;
 
+/// Most consistency-proof hashes a CHECKPOINT carries (`protocol.md` §6.6): a proof between
+/// two trees of fewer than 2^64 entries has at most 2·64 hashes, ours at most 64.
+pub const MAX_CHECKPOINT_PROOF: usize = 64;
+/// Largest CHECKPOINT payload (`protocol.md` §8): a signed note (≤ 64 KiB) and the proof.
+pub const MAX_CHECKPOINT_FRAME: u64 = 64 * 1024 + 4096;
+
 /// Frame size limits (`protocol.md` §8). Defaults are the protocol's; a node may lower them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
@@ -82,6 +88,8 @@ frame_types! {
     Status = 0x10;
     Deliver = 0x11;
     Seal = 0x12;
+    CheckpointRequest = 0x13;
+    Checkpoint = 0x14;
     Error = 0x1f;
 }
 
@@ -96,7 +104,8 @@ impl FrameType {
             FrameType::Range => MAX_RANGE + 8,
             FrameType::Hello | FrameType::Welcome | FrameType::Attach | FrameType::Durable => 4096,
             FrameType::InboxRequest | FrameType::Fetch | FrameType::StatusRequest => 4096,
-            FrameType::Error => 4096,
+            FrameType::Error | FrameType::CheckpointRequest => 4096,
+            FrameType::Checkpoint => MAX_CHECKPOINT_FRAME,
             _ => limits.max_control,
         }
     }
@@ -365,6 +374,25 @@ pub struct Deliver {
     pub receipt: String,
 }
 
+/// CHECKPOINT_REQUEST (client → relay, `protocol.md` §6.6): the size of the relay's checkpoint
+/// the client holds (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRequest {
+    /// Size of the held checkpoint.
+    pub held_size: u64,
+}
+
+/// CHECKPOINT (relay → client, `protocol.md` §6.6): the relay's latest signed checkpoint note
+/// (`custody.md` §7) and the RFC 9162 consistency proof from the requested size to it (empty if
+/// the requested size is 0, equal to, or larger than the checkpoint's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCheckpoint {
+    /// The signed checkpoint note (empty while the log has no checkpoint).
+    pub checkpoint: String,
+    /// The consistency proof, at most [`MAX_CHECKPOINT_PROOF`] hashes.
+    pub proof: Vec<[u8; 32]>,
+}
+
 /// ERROR (either way): the request on this stream failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -395,6 +423,8 @@ pub enum Frame<'a> {
     Status(Status),
     Deliver(Deliver),
     Seal(Seal),
+    CheckpointRequest(CheckpointRequest),
+    Checkpoint(LogCheckpoint),
     Error(ErrorFrame),
 }
 
@@ -536,6 +566,19 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
         FrameType::Status => ctl(ty, p, Frame::Status),
         FrameType::Deliver => ctl(ty, p, Frame::Deliver),
         FrameType::Seal => ctl(ty, p, Frame::Seal),
+        FrameType::CheckpointRequest => ctl(ty, p, Frame::CheckpointRequest),
+        FrameType::Checkpoint => {
+            let f = ctl(ty, p, Frame::Checkpoint)?;
+            if let Frame::Checkpoint(c) = &f
+                && c.proof.len() > MAX_CHECKPOINT_PROOF
+            {
+                return Err(FrameError::Malformed {
+                    ty: ty.name(),
+                    reason: format!("{} proof hashes", c.proof.len()),
+                });
+            }
+            Ok(f)
+        }
         FrameType::Error => ctl(ty, p, Frame::Error),
     }
 }
@@ -572,6 +615,8 @@ impl Frame<'_> {
             Frame::Status(_) => FrameType::Status,
             Frame::Deliver(_) => FrameType::Deliver,
             Frame::Seal(_) => FrameType::Seal,
+            Frame::CheckpointRequest(_) => FrameType::CheckpointRequest,
+            Frame::Checkpoint(_) => FrameType::Checkpoint,
             Frame::Error(_) => FrameType::Error,
         }
     }
@@ -611,6 +656,8 @@ impl Frame<'_> {
             Frame::Status(v) => ctl(ty, v, out),
             Frame::Deliver(v) => ctl(ty, v, out),
             Frame::Seal(v) => ctl(ty, v, out),
+            Frame::CheckpointRequest(v) => ctl(ty, v, out),
+            Frame::Checkpoint(v) => ctl(ty, v, out),
             Frame::Error(v) => ctl(ty, v, out),
         }
     }
@@ -725,6 +772,11 @@ mod tests {
                 manifest: "{}".into(),
                 contents: b"age".to_vec(),
             }),
+            Frame::CheckpointRequest(CheckpointRequest { held_size: 12 }),
+            Frame::Checkpoint(LogCheckpoint {
+                checkpoint: "agency-b/audit\n12\nroot\n\n— sig\n".into(),
+                proof: vec![[3; 32], [4; 32]],
+            }),
             Frame::Error(ErrorFrame {
                 code: ErrorCode::POLICY,
                 message: "no".into(),
@@ -769,6 +821,26 @@ mod tests {
         varint::put(&mut b, 100 << 20);
         let e = parse_header(&b, &limits).expect_err("too large");
         assert_eq!(e.code(), ErrorCode::FRAME_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_checkpoint_with_too_long_a_proof_is_refused() {
+        let f = |n: usize| {
+            Frame::Checkpoint(LogCheckpoint {
+                checkpoint: "c".into(),
+                proof: vec![[1; 32]; n],
+            })
+            .to_vec()
+        };
+        let limits = FrameLimits::default();
+        assert!(matches!(
+            decode(&f(MAX_CHECKPOINT_PROOF), &limits),
+            Ok(Decoded::Frame(Frame::Checkpoint(_), _))
+        ));
+        assert!(matches!(
+            decode(&f(MAX_CHECKPOINT_PROOF + 1), &limits),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 
     #[test]

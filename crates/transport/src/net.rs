@@ -938,6 +938,8 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
         Frame::Status(v) => Frame::Status(v),
         Frame::Deliver(v) => Frame::Deliver(v),
         Frame::Seal(v) => Frame::Seal(v),
+        Frame::CheckpointRequest(v) => Frame::CheckpointRequest(v),
+        Frame::Checkpoint(v) => Frame::Checkpoint(v),
         Frame::Error(v) => Frame::Error(v),
         Frame::Piece(_) | Frame::Range(_) => return None,
     })

@@ -539,6 +539,10 @@ async fn fetch_one(
             ));
         }
     };
+    // `custody.md` §7.2: both receipts' checkpoints against those this home verified.
+    let store = k.home.trust_store()?;
+    crate::checkpoints::check_receipt(k.home, &store, &custody)?;
+    crate::checkpoints::check_receipt(k.home, &store, &delivered)?;
     let rpath = k.home.path(&format!("receipts/{t}.delivery-receipt"));
     write_file(&rpath, delivered.as_bytes(), 0o644, true)?;
     let cpath = k.home.path(&format!("receipts/{t}.custody-receipt"));

@@ -827,6 +827,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             "the custody receipt does not describe this transfer",
         ));
     }
+    // `custody.md` §7.2: its checkpoint against those this home verified from the relay.
+    crate::checkpoints::check_receipt(home, &home.trust_store()?, &outcome.receipt.text)?;
     let rpath = home.path(&format!("receipts/{transfer}.custody-receipt"));
     write_file(&rpath, outcome.receipt.text.as_bytes(), 0o644, true)?;
     state.finish(&sent_dir(home, &transfer))?;

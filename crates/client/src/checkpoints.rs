@@ -1,0 +1,297 @@
+//! The relay checkpoints this home has verified, and the consistency check every client
+//! operation makes on contact (`custody.md` §7.2, `protocol.md` §6.6, `docs/cli.md` "State
+//! directory"):
+//!
+//! ```text
+//! checkpoints/<relay>.checkpoint                  the newest checkpoint of <relay>/audit verified
+//! checkpoints/<relay>.seen/<size>.checkpoint      every one verified, for equal-size comparisons
+//! checkpoints/<relay>.fork-<UTC>/held.checkpoint  evidence of an inconsistent log: what this
+//! checkpoints/<relay>.fork-<UTC>/presented.checkpoint   home held, and what the relay presented
+//! ```
+//!
+//! Every file is a signed checkpoint note, written atomically with mode 0600.
+
+use std::path::PathBuf;
+
+use rogatory_custody::{
+    AgencyId, Checkpoint, ConsistencyError, NoteVerifier, Timestamp, TrustStore,
+    check_against_seen, check_consistency,
+};
+use rogatory_transport::frame::{self, Frame};
+use rogatory_transport::net::Session;
+
+use crate::error::{Error, ErrorKind, Result, net, refused};
+use crate::home::{Home, write_file};
+
+/// What [`check_held`] could say about a receipt's checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldCheck {
+    /// This home verified a checkpoint of the same size from that relay, with the same root.
+    Matches,
+    /// No checkpoint of that size is held: nothing can be proven offline. `newest` is the size
+    /// of the newest one held, if any.
+    NotCompared {
+        /// Size of the newest checkpoint held from that relay.
+        newest: Option<u64>,
+    },
+}
+
+fn newest_path(home: &Home, relay: &AgencyId) -> PathBuf {
+    home.path(&format!("checkpoints/{relay}.checkpoint"))
+}
+
+fn seen_dir(home: &Home, relay: &AgencyId) -> PathBuf {
+    home.path(&format!("checkpoints/{relay}.seen"))
+}
+
+/// The log key of `relay`'s audit log, from its trusted card.
+fn log_key(store: &TrustStore, relay: &AgencyId) -> Result<NoteVerifier> {
+    let card = store.get(relay).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Refused,
+            format!("relay agency {relay} has no trusted card"),
+        )
+        .hint("add its card with `rogatory trust add` after checking its fingerprint")
+    })?;
+    card.verifier_key
+        .with_name(&format!("{relay}/audit"))
+        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("no log key for {relay}")))
+}
+
+fn open_held(p: &std::path::Path, key: &NoteVerifier) -> Result<(Checkpoint, String)> {
+    let text = std::fs::read_to_string(p).map_err(|e| crate::error::io("reading", p, e))?;
+    let cp = Checkpoint::open(text.as_bytes(), key).map_err(|e| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{}: a held checkpoint that does not verify with the relay's card",
+                p.display()
+            ),
+        )
+        .source(e)
+        .hint("the file was changed, or the relay's card was replaced; keep it as evidence")
+    })?;
+    Ok((cp.into_inner(), text))
+}
+
+/// The newest checkpoint of `relay`'s log this home verified, and its note.
+fn newest(
+    home: &Home,
+    relay: &AgencyId,
+    key: &NoteVerifier,
+) -> Result<Option<(Checkpoint, String)>> {
+    let p = newest_path(home, relay);
+    if !p.exists() {
+        return Ok(None);
+    }
+    open_held(&p, key).map(Some)
+}
+
+/// Every checkpoint of `relay`'s log this home verified (the newest included).
+fn seen(home: &Home, relay: &AgencyId, key: &NoteVerifier) -> Result<Vec<Checkpoint>> {
+    let mut out = Vec::new();
+    if let Some((cp, _)) = newest(home, relay, key)? {
+        out.push(cp);
+    }
+    if let Ok(rd) = std::fs::read_dir(seen_dir(home, relay)) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "checkpoint") {
+                out.push(open_held(&p, key)?.0);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps a verified checkpoint: by size, and as the newest unless another process of this home
+/// meanwhile kept a larger one (never replaced by a smaller one).
+fn keep(
+    home: &Home,
+    relay: &AgencyId,
+    key: &NoteVerifier,
+    cp: &Checkpoint,
+    note: &str,
+) -> Result<()> {
+    let dir = seen_dir(home, relay);
+    write_file(
+        &dir.join(format!("{}.checkpoint", cp.size)),
+        note.as_bytes(),
+        0o600,
+        true,
+    )?;
+    if newest(home, relay, key)?.is_some_and(|(held, _)| held.size >= cp.size) {
+        return Ok(());
+    }
+    write_file(&newest_path(home, relay), note.as_bytes(), 0o600, true)
+}
+
+/// Saves both notes as evidence and returns the exit-3 error naming the relay and both sizes.
+fn inconsistent(
+    home: &Home,
+    relay: &AgencyId,
+    held: Option<(&Checkpoint, &str)>,
+    presented: &str,
+    presented_size: u64,
+    e: Option<&ConsistencyError>,
+) -> Error {
+    let stamp = Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+        .to_string()
+        .replace([':', '-'], "");
+    let dir = home.path(&format!("checkpoints/{relay}.fork-{stamp}"));
+    let mut saved = write_file(
+        &dir.join("presented.checkpoint"),
+        presented.as_bytes(),
+        0o600,
+        true,
+    );
+    if let Some((_, note)) = held {
+        saved = saved
+            .and_then(|_| write_file(&dir.join("held.checkpoint"), note.as_bytes(), 0o600, true));
+    }
+    let (held_size, root) = match held {
+        Some((h, _)) => (
+            h.size,
+            h.encode().lines().nth(2).unwrap_or_default().to_owned(),
+        ),
+        None => (0, String::new()),
+    };
+    let how = match e {
+        Some(ConsistencyError::RolledBack { .. }) => " (rolled back)",
+        Some(ConsistencyError::Forked { .. }) => " (forked)",
+        _ => "",
+    };
+    let err = Error::new(
+        ErrorKind::Integrity,
+        format!(
+            "relay {relay} presented a log inconsistent with the one this home saw{how}: held {held_size} entries (root {root}), relay shows {presented_size} entries"
+        ),
+    );
+    match saved {
+        Ok(()) => err.hint(format!(
+            "do not trust this relay's receipts; evidence (held and presented checkpoints) saved in {}",
+            dir.display()
+        )),
+        Err(w) => err.hint(format!("do not trust this relay's receipts; saving the evidence failed: {w}")),
+    }
+}
+
+/// `protocol.md` §6.6, `custody.md` §7.2: asks the relay of `s` for its latest checkpoint and a
+/// consistency proof from the newest one this home holds, verifies the checkpoint with the
+/// relay's card and the proof, and keeps it. A log that does not extend the held checkpoint
+/// (rolled back, forked) is refused (exit 3) with both checkpoints saved as evidence and the
+/// held one kept. Called once per connection, after WELCOME and before anything else.
+pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
+    let relay = s.peer.agency.clone();
+    let store = home.trust_store()?;
+    let key = log_key(&store, &relay)?;
+    let held = newest(home, &relay, &key)?;
+    let held_size = held.as_ref().map_or(0, |(c, _)| c.size);
+    let what = "checkpoint request";
+    let (mut w, mut r) = s.open().await.map_err(|e| net(what, e))?;
+    w.send(&Frame::CheckpointRequest(frame::CheckpointRequest {
+        held_size,
+    }))
+    .await
+    .map_err(|e| net(what, e))?;
+    w.finish();
+    let answer = match r.expect().await.map_err(|e| net(what, e))? {
+        Frame::Checkpoint(c) => c,
+        Frame::Error(e) => return Err(refused(what, e.code, &e.message)),
+        other => {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("{what}: unexpected answer {}", other.ty().name()),
+            ));
+        }
+    };
+    let held_ref = held.as_ref().map(|(c, n)| (c, n.as_str()));
+    if answer.checkpoint.is_empty() {
+        // An empty log: consistent only with holding nothing.
+        return match held_ref {
+            None => Ok(()),
+            Some(_) => Err(inconsistent(home, &relay, held_ref, "", 0, None)),
+        };
+    }
+    let cp = Checkpoint::open(answer.checkpoint.as_bytes(), &key)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("relay {relay} presented a checkpoint that does not verify with its card"),
+            )
+            .source(e)
+        })?
+        .into_inner();
+    if let Err(e) = check_consistency(held.as_ref().map(|(c, _)| c), &cp, &answer.proof) {
+        return Err(inconsistent(
+            home,
+            &relay,
+            held_ref,
+            &answer.checkpoint,
+            cp.size,
+            Some(&e),
+        ));
+    }
+    if held_size != cp.size || held.is_none() {
+        keep(home, &relay, &key, &cp, &answer.checkpoint)?;
+    }
+    Ok(())
+}
+
+/// [`check_held`] for a receipt bundle's text, as received from a relay: a bundle that
+/// verifies against the trust store and whose checkpoint forks from one this home verified is
+/// refused (exit 3, evidence saved). Anything else passes here (it is verified where it is used).
+pub fn check_receipt(home: &Home, store: &TrustStore, text: &str) -> Result<()> {
+    if let Ok(v) = crate::package::verify_receipt(text, store)
+        && let Ok(b) = rogatory_custody::ReceiptBundle::parse(text)
+    {
+        check_held(
+            home,
+            store,
+            &v.log_owner,
+            &v.logged.checkpoint,
+            &b.checkpoint_note,
+        )?;
+    }
+    Ok(())
+}
+
+/// `custody.md` §7.2: compares a receipt's checkpoint of `relay`'s log with the checkpoints
+/// this home verified from it: one of the same size with another root is a fork (exit 3, the
+/// evidence saved); without one of the same size nothing is proven offline
+/// ([`HeldCheck::NotCompared`]).
+pub fn check_held(
+    home: &Home,
+    store: &TrustStore,
+    relay: &AgencyId,
+    cp: &Checkpoint,
+    note: &str,
+) -> Result<HeldCheck> {
+    let key = log_key(store, relay)?;
+    let seen = seen(home, relay, &key)?;
+    match check_against_seen(seen.iter(), cp) {
+        Ok(Some(_)) => Ok(HeldCheck::Matches),
+        Ok(None) => Ok(HeldCheck::NotCompared {
+            newest: seen.iter().map(|c| c.size).max(),
+        }),
+        Err(e) => {
+            let held = seen
+                .iter()
+                .find(|c| c.size == cp.size)
+                .cloned()
+                .unwrap_or_else(|| cp.clone());
+            let p = seen_dir(home, relay).join(format!("{}.checkpoint", held.size));
+            let held_note = std::fs::read_to_string(&p)
+                .or_else(|_| std::fs::read_to_string(newest_path(home, relay)))
+                .unwrap_or_default();
+            Err(inconsistent(
+                home,
+                relay,
+                Some((&held, &held_note)),
+                note,
+                cp.size,
+                Some(&e),
+            ))
+        }
+    }
+}
