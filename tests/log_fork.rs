@@ -107,6 +107,10 @@ fn a_forged_relay_log_is_refused_on_the_next_contact() {
     let relay = start_relay(d, "B");
     let first = send(d, &relay.1, "one.txt");
     assert_eq!(code(&first), 0, "{}", stderr(&first));
+    // The first contact found the log empty; the first receipt's checkpoint is the first held.
+    let first_held = std::fs::read_to_string(d.join("A/checkpoints/agency-b.checkpoint"))
+        .expect("the first receipt's checkpoint is held");
+    assert_eq!(checkpoint_size(&first_held), 1);
     let second = send(d, &relay.1, "two.txt");
     assert_eq!(code(&second), 0, "{}", stderr(&second));
     let t2 = json_lines(&second).pop().expect("summary")["transfer_id"]

@@ -241,17 +241,22 @@ pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
 /// [`check_held`] for a receipt bundle's text, as received from a relay: a bundle that
 /// verifies against the trust store and whose checkpoint forks from one this home verified is
 /// refused (exit 3, evidence saved). Anything else passes here (it is verified where it is used).
+///
+/// A home that holds no checkpoint of that log yet (its first contact found the log empty)
+/// keeps the receipt's verified checkpoint as its first one, as the first contact would have:
+/// from then on the relay must prove every later log extends it (`custody.md` §7.2).
 pub fn check_receipt(home: &Home, store: &TrustStore, text: &str) -> Result<()> {
     if let Ok(v) = crate::package::verify_receipt(text, store)
         && let Ok(b) = rogatory_custody::ReceiptBundle::parse(text)
     {
-        check_held(
-            home,
-            store,
-            &v.log_owner,
-            &v.logged.checkpoint,
-            &b.checkpoint_note,
-        )?;
+        let relay = &v.log_owner;
+        let cp = &v.logged.checkpoint;
+        if let HeldCheck::NotCompared { newest: None } =
+            check_held(home, store, relay, cp, &b.checkpoint_note)?
+        {
+            let key = log_key(store, relay)?;
+            keep(home, relay, &key, cp, &b.checkpoint_note)?;
+        }
     }
     Ok(())
 }
