@@ -17,28 +17,7 @@ use rogatory_custody::{
 
 fn send(dir: &Path, addr: &str, file: &str) -> std::process::Output {
     std::fs::write(dir.join(file), format!("evidence {file}\n")).expect("write");
-    run(
-        dir,
-        &[
-            "--home",
-            "A",
-            "--json",
-            "send",
-            "--relay",
-            addr,
-            "--to",
-            "agency-b",
-            "--case",
-            "XX-2026-0042",
-            "--purpose",
-            "investigation",
-            "--retain-until",
-            "2030-12-31",
-            "--legal-basis",
-            "MLAT",
-            file,
-        ],
-    )
+    send_with_legal(dir, "A", true, addr, "agency-b", &[file])
 }
 
 /// The attack: drops entry 0 of `B/relay/audit.log` and rewrites the rest, batch by batch, with

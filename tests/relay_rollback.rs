@@ -10,28 +10,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// `relay serve` from `B` that must refuse to start: killed (and the test failed) if it is
-/// still running after 20 s.
-fn serve_refused(d: &Path) -> std::process::Output {
-    let mut child = Command::new(bin())
-        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("relay serve started instead of refusing");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
-}
-
 /// Starts `relay serve` from `B`, waits until it listens, stops it; returns its stderr.
 fn serve_started(d: &Path) -> String {
     let mut child = Command::new(bin())
@@ -58,27 +36,7 @@ fn relay_with_receipts(d: &Path) {
     two_agencies(d);
     std::fs::write(d.join("evidence.txt"), b"evidence\n").expect("write");
     let relay = start_relay(d, "B");
-    let o = run(
-        d,
-        &[
-            "--home",
-            "A",
-            "send",
-            "--relay",
-            &relay.1,
-            "--to",
-            "agency-b",
-            "--case",
-            "XX-2026-0013",
-            "--legal-basis",
-            "MLAT art. 18",
-            "--purpose",
-            "investigation",
-            "--retain-until",
-            "2030-12-31",
-            "evidence.txt",
-        ],
-    );
+    let o = send_with_legal(d, "A", false, &relay.1, "agency-b", &["evidence.txt"]);
     assert_eq!(code(&o), 0, "send: {}", stderr(&o));
     drop(relay);
     assert!(
@@ -96,7 +54,7 @@ fn a_deleted_audit_log_stops_the_relay() {
     serve_started(d);
     let log = d.join("B/relay/audit.log");
     std::fs::remove_file(&log).expect("rm");
-    let o = serve_refused(d);
+    let o = serve_refused(d, "B", "127.0.0.1:0");
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -119,7 +77,7 @@ fn a_flipped_byte_in_the_last_acknowledged_record_stops_the_relay() {
     // Inside the last record's checkpoint note, before its 8-byte tag.
     bytes[n - 12] ^= 0x01;
     std::fs::write(&log, &bytes).expect("write");
-    let o = serve_refused(d);
+    let o = serve_refused(d, "B", "127.0.0.1:0");
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("audit.log: the audit log is shorter"), "{err}");

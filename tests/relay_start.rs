@@ -6,26 +6,8 @@ mod common;
 
 use common::*;
 
-/// `relay serve` that must refuse to start: killed (and the test failed) if it is still running
-/// after 20 s.
 fn serve(d: &std::path::Path, listen: &str) -> std::process::Output {
-    let mut child = std::process::Command::new(bin())
-        .args(["--home", "B", "relay", "serve", "--listen", listen])
-        .current_dir(d)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("relay serve --listen {listen} started instead of refusing");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    serve_refused(d, "B", listen)
 }
 
 #[test]

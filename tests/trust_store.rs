@@ -12,27 +12,7 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn send(d: &Path) -> std::process::Output {
-    run(
-        d,
-        &[
-            "--home",
-            "A",
-            "send",
-            "--relay",
-            "127.0.0.1:9",
-            "--to",
-            "agency-b",
-            "--case",
-            "XX-2026-0013",
-            "--legal-basis",
-            "MLAT art. 18",
-            "--purpose",
-            "investigation",
-            "--retain-until",
-            "2030-12-31",
-            "evidence.txt",
-        ],
-    )
+    send_with_legal(d, "A", false, "127.0.0.1:9", "agency-b", &["evidence.txt"])
 }
 
 #[test]

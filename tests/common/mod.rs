@@ -248,3 +248,56 @@ pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
         .collect()
 }
+
+/// `relay serve --listen LISTEN` from `home` that must refuse to start: killed (and the test
+/// failed) if it is still running after 20 s.
+pub fn serve_refused(dir: &Path, home: &str, listen: &str) -> Output {
+    let mut child = Command::new(bin())
+        .args(["--home", home, "relay", "serve", "--listen", listen])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relay serve --listen {listen} started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The legal flags of a send that every default relay policy accepts.
+pub const LEGAL: [&str; 8] = [
+    "--case",
+    "XX-2026-0042",
+    "--legal-basis",
+    "MLAT art. 18",
+    "--purpose",
+    "investigation",
+    "--retain-until",
+    "2030-12-31",
+];
+
+/// `rogatory --home HOME [--json] send --relay RELAY --to TO` with [`LEGAL`] and `paths`.
+pub fn send_with_legal(
+    dir: &Path,
+    home: &str,
+    json: bool,
+    relay: &str,
+    to: &str,
+    paths: &[&str],
+) -> Output {
+    let mut args = vec!["--home", home];
+    if json {
+        args.push("--json");
+    }
+    args.extend(["send", "--relay", relay, "--to", to]);
+    args.extend(LEGAL);
+    args.extend_from_slice(paths);
+    run(dir, &args)
+}
