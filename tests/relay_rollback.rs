@@ -117,3 +117,40 @@ fn a_torn_unacknowledged_tail_is_cut_and_reported() {
     let err = serve_started(d);
     assert!(!err.contains("torn"), "{err}");
 }
+
+/// `audit verify` next to a relay checks the log against the checkpoint the relay's index keeps
+/// (`relay.md` §5.1): a log cut back to a shorter one that verifies on its own is caught.
+#[test]
+fn audit_verify_checks_the_log_against_the_kept_checkpoint() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    relay_with_receipts(d);
+    std::fs::write(d.join("more.txt"), b"more evidence\n").expect("write");
+    let relay = start_relay(d, "B");
+    let o = send_with_legal(d, "A", false, &relay.1, "agency-b", &["more.txt"]);
+    assert_eq!(code(&o), 0, "send: {}", stderr(&o));
+    drop(relay);
+    let o = run(d, &["--home", "B", "audit", "verify"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("2 entries") && out.contains("extends the checkpoint for 2 entries"),
+        "{out}"
+    );
+    // Cut the log back to its first record: it verifies on its own, one entry.
+    let log = d.join("B/relay/audit.log");
+    let bytes = std::fs::read(&log).expect("read");
+    let body = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    std::fs::write(&log, &bytes[..4 + body + 8]).expect("write");
+    let o = run(d, &["--home", "B", "--json", "audit", "verify"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "the audit log (1 entries) does not extend the checkpoint for 2 entries its relay handed out"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = serve_refused(d, "B", "127.0.0.1:0");
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+}

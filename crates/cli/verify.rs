@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use rogatory_custody::{
-    AgencyCard, Checkpoint, ReceiptBundle, Statement, TransferId, TrustStore, verify_records,
+    AgencyCard, Checkpoint, ReceiptBundle, Statement, TransferId, TrustStore,
+    check_not_rolled_back, verify_records,
 };
 use serde_json::json;
 
@@ -461,15 +462,64 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                     ),
                 ));
             }
+            // relay.md §5.1: the log must extend the checkpoint its relay's index keeps (the
+            // newest one that may have left the relay).
+            let data_dir = log_path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let kept = rogatory_relay::relay::kept_checkpoint(data_dir).map_err(|e| {
+                CliError::new(
+                    Exit::Storage,
+                    format!("{}: cannot read the relay's index", data_dir.display()),
+                )
+                .source(e)
+            })?;
+            let kept_size = match kept {
+                None => None,
+                Some((n, note)) => {
+                    let cp = Checkpoint::open(note.as_bytes(), &log_key)
+                        .map_err(|e| {
+                            CliError::new(
+                                Exit::Integrity,
+                                format!(
+                                    "{}/relay.db: the checkpoint it keeps does not verify with {}'s key",
+                                    data_dir.display(),
+                                    card.id
+                                ),
+                            )
+                            .source(e)
+                        })?
+                        .into_inner();
+                    check_not_rolled_back(&tree, &cp).map_err(|e| {
+                        CliError::new(
+                            Exit::Integrity,
+                            format!(
+                                "{}: the audit log ({size} entries) does not extend the checkpoint for {n} entries its relay handed out (kept in relay.db)",
+                                log_path.display()
+                            ),
+                        )
+                        .source(e)
+                        .hint("restore the audit log from a backup; the relay refuses to start with it")
+                    })?;
+                    Some(n)
+                }
+            };
             if events.json {
                 events.emit(Json::AuditVerified {
                     log: log_path.display().to_string(),
                     agency: card.id.to_string(),
                     entries: size,
+                    kept_checkpoint: kept_size,
                 });
             } else {
+                let kept = kept_size
+                    .map(|n| {
+                        format!("; it extends the checkpoint for {n} entries the relay handed out")
+                    })
+                    .unwrap_or_default();
                 outln!(
-                    "{}: ok: {size} entries, every checkpoint signed by {} and consistent",
+                    "{}: ok: {size} entries, every checkpoint signed by {} and consistent{kept}",
                     log_path.display(),
                     card.id
                 );

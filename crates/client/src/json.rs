@@ -342,6 +342,9 @@ pub enum Event {
         agency: String,
         /// Entries, all under a signed checkpoint.
         entries: u64,
+        /// Size of the checkpoint the relay's index keeps, which the log extends (`null`
+        /// without an index next to the log).
+        kept_checkpoint: Option<u64>,
     },
     /// `audit show`, one per entry.
     AuditEntry {
@@ -625,6 +628,7 @@ impl Event {
                 log: s(),
                 agency: s(),
                 entries: 0,
+                kept_checkpoint: None,
             },
             Event::AuditEntry {
                 index: 0,

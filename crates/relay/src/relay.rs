@@ -304,6 +304,26 @@ fn stored_checkpoint(db: &Connection) -> rusqlite::Result<Option<(u64, String)>>
     .optional()
 }
 
+/// The checkpoint the index of the relay whose data directory is `data_dir` keeps
+/// (`relay.md` §5.1), read without opening the relay: `(size, signed note)`, `None` if there is
+/// no index or it keeps none. For `audit verify` next to a running or stopped relay.
+pub fn kept_checkpoint(data_dir: &Path) -> Result<Option<(u64, String)>, RelayError> {
+    let p = data_dir.join("relay.db");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let db = Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = db.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'log_checkpoint'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    Ok(stored_checkpoint(&db)?)
+}
+
 /// Keeps `note` (a checkpoint of `size` entries) in the index unless it already holds a larger
 /// one (`relay.md` §5.1). One autocommit transaction: durable (`synchronous=FULL`) on return.
 fn store_checkpoint(db: &Connection, size: u64, note: &str) -> rusqlite::Result<()> {
