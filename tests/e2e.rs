@@ -297,8 +297,16 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     // A transfer missing a field the policy requires (legal basis) is refused before any work,
     // from the policy the relay published in WELCOME (exit 2): no send state is left.
+    // The home does not grow (only the relay's log checkpoint, `checkpoints/`, which every
+    // contact keeps, may change: custody.md §7.2).
     std::fs::write(d.join("other.txt"), b"y").expect("w");
-    let outbox_before = listing(&d.join("A/outbox"));
+    let home_files = || -> Vec<(String, Vec<u8>)> {
+        tree(&d.join("A"))
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with("checkpoints"))
+            .collect()
+    };
+    let home_before = home_files();
     let o = send(d, "A", &r.1, &[], &["other.txt"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(
@@ -306,7 +314,36 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(listing(&d.join("A/outbox")), outbox_before);
+    assert_eq!(home_files(), home_before);
+    // A retention date in the past is refused before anything, even a connection.
+    let o = run(
+        d,
+        &[
+            "--home",
+            "A",
+            "send",
+            "--relay",
+            "127.0.0.1:9",
+            "--to",
+            "agency-b",
+            "--case",
+            "XX-2026-0042",
+            "--legal-basis",
+            "MLAT",
+            "--purpose",
+            "investigation",
+            "--retain-until",
+            "2020-01-01",
+            "other.txt",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--retain-until 2020-01-01: that date has passed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(home_files(), home_before);
 
     // test-plan.md 58: a symbolic link in the output directory, named like an incoming file or
     // standing for a parent directory, is never followed (exit 8, nothing written outside).
