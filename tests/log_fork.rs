@@ -96,6 +96,22 @@ fn a_forged_relay_log_is_refused_on_the_next_contact() {
         .as_str()
         .expect("id")
         .to_owned();
+    // The send kept the checkpoint covering its receipt: verify compares it, offline.
+    let o = run(
+        d,
+        &[
+            "--home",
+            "A",
+            "verify",
+            &format!("A/receipts/{t2}.custody-receipt"),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("the same as this home verified"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // An honest relay: status is fine, and keeps the newest checkpoint it verified.
     let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t2]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -775,9 +775,17 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             },
         )
         .await;
+        // `custody.md` §7.2: the relay's log now holds the custody receipt: one more exchange
+        // keeps the checkpoint that covers it (proved to extend the one held), so that the
+        // receipt is compared with a checkpoint this home verified, here and by `verify` later.
+        let checked = match &out {
+            Ok(_) => crate::checkpoints::check_relay(home, &session).await,
+            Err(_) => Ok(()),
+        };
         session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
         node.shutdown(rogatory_transport::ErrorCode::NO_ERROR).await;
         let out = out.map_err(upload_error)?;
+        checked?;
         Ok::<_, Error>((out, session.peer.agency.clone()))
     });
     let (outcome, relay_agency) = result?;
