@@ -413,9 +413,23 @@ fn revocations_of(
 }
 
 /// Stores a verified revocation under `trust/revoked/` (public, 0644) and reports it.
+/// Of two revocations of one key the earlier counts (`custody.md` §8.3): one already stored
+/// from an earlier time is kept, and reported, instead of the new one.
 fn store_revocation(home: &Home, r: &Revocation, note: &[u8], events: &Events) -> Result<()> {
     let dest = home.path(&format!("trust/revoked/{}", r.file_name()));
-    write_file(&dest, note, 0o644, true)?;
+    let stored = std::fs::read(&dest).ok().and_then(|b| {
+        let store = home.trust_store().ok()?;
+        let own = home.card().ok()?.id.clone();
+        let old = Revocation::open(&b, &store, &own).ok()?.into_inner();
+        (old.time <= r.time).then_some(old)
+    });
+    let r = match &stored {
+        Some(old) => old,
+        None => {
+            write_file(&dest, note, 0o644, true)?;
+            r
+        }
+    };
     if events.json {
         events.emit(Json::KeyRevoked {
             agency: r.agency.to_string(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::card::TrustStore;
+use crate::card::{AgencyCard, TrustStore};
 use crate::error::{FieldError, ParseError};
 use crate::ids::{AgencyId, Sha256Digest, Timestamp, TransferId};
 use crate::note::{Note, NoteSigner, NoteVerifier};
@@ -164,7 +164,37 @@ impl Revocation {
         let verified = Statement::open(note, &card.verifier_key)?;
         let r = Self::from_statement(&verified)
             .ok_or_else(|| ParseError::syntax(KIND, "not a key-revocation"))?;
+        // The key must be one the revoked agency's card names: nobody revokes another
+        // agency's key (a thief of one agency's signing key could otherwise lock out any other).
+        let owner = trust.get(&r.agency).ok_or_else(|| {
+            ParseError::syntax(KIND, format!("the agency {} is not trusted", r.agency))
+        })?;
+        if !owner_holds(owner, r.kind, &r.key_sha256) {
+            return Err(ParseError::syntax(
+                KIND,
+                format!(
+                    "the {} key {} is not one the card of {} names",
+                    r.kind, r.key_sha256, r.agency
+                ),
+            ));
+        }
         Ok(verified.map(|_| r))
+    }
+}
+
+/// Whether `card` names the key `kind`/`key_sha256` (`custody.md` §8.3: the TLS pins, the
+/// signing key, the age recipients).
+fn owner_holds(card: &AgencyCard, kind: KeyKind, key_sha256: &Sha256Digest) -> bool {
+    match kind {
+        KeyKind::Tls => card.tls_spki_sha256.contains(key_sha256),
+        KeyKind::Signing => signing_key_sha256(&card.verifier_key) == *key_sha256,
+        KeyKind::Age => {
+            Sha256Digest::of(card.age_recipient.to_string().as_bytes()) == *key_sha256
+                || card
+                    .age_recipient_pq
+                    .as_ref()
+                    .is_some_and(|r| Sha256Digest::of(r.to_string().as_bytes()) == *key_sha256)
+        }
     }
 }
 
@@ -233,19 +263,30 @@ mod tests {
         let c = AgencyIdentity::generate("agency-c".parse().expect("id"));
         let mut store = TrustStore::new();
         for x in [&a, &b, &c] {
-            let (_, note) = x.card("X", "XX", vec![]).expect("card");
+            let (_, note) = x.card("X", "XX", vec![pin(x)]).expect("card");
             store.insert_verified(crate::AgencyCard::open(note.as_bytes()).expect("card"));
         }
         (a, b, c, store)
     }
 
+    /// A stand-in TLS pin for `x`'s card.
+    fn pin(x: &AgencyIdentity) -> Sha256Digest {
+        Sha256Digest::of(x.id().as_str().as_bytes())
+    }
+
+    /// `issuer` revokes `agency`'s key of `kind`, as its card names it.
     fn rev(issuer: &AgencyIdentity, agency: &AgencyIdentity, kind: KeyKind) -> Revocation {
+        let key_sha256 = match kind {
+            KeyKind::Tls => pin(agency),
+            KeyKind::Signing => signing_key_sha256(&agency.signer().verifier()),
+            KeyKind::Age => Sha256Digest::of(b"age"),
+        };
         Revocation {
             issuer: issuer.id().clone(),
             time: t("2026-12-01T03:00:00Z"),
             agency: agency.id().clone(),
             kind,
-            key_sha256: Sha256Digest::of(b"key"),
+            key_sha256,
             reason: "key stolen".parse().expect("text"),
         }
     }
@@ -266,6 +307,18 @@ mod tests {
             *Revocation::open(note.as_bytes(), &store, &home).expect("local"),
             local
         );
+        // Nobody revokes another agency's key by naming it as its own: A's "own" revocation of
+        // B's TLS pin, or of B's signing key, is refused.
+        for kind in [KeyKind::Tls, KeyKind::Signing] {
+            let mut stolen = rev(&a, &a, kind);
+            stolen.key_sha256 = rev(&b, &b, kind).key_sha256;
+            let note = stolen.sign(a.signer()).expect("sign");
+            let e = Revocation::open(note.as_bytes(), &store, &home).expect_err("not A's key");
+            assert!(
+                e.to_string().contains("not one the card of agency-a names"),
+                "{e}"
+            );
+        }
         // A third agency may not revoke A's key here.
         let third = rev(&c, &a, KeyKind::Tls);
         let note = third.sign(c.signer()).expect("sign");

@@ -20,6 +20,8 @@ pub struct FileLogStore {
     len: u64,
     /// The torn tail cut off by [`LogStore::truncate`]: `(offset, bytes)`.
     cut: Option<(u64, u64)>,
+    /// Why a failed append could not be undone: every later append is refused.
+    poisoned: Option<String>,
 }
 
 fn io(e: std::io::Error) -> LogError {
@@ -53,6 +55,7 @@ impl FileLogStore {
             by_hash: HashMap::new(),
             len: 0,
             cut: None,
+            poisoned: None,
         })
     }
 
@@ -105,8 +108,21 @@ impl LogStore for FileLogStore {
             eprintln!("rogatory: failpoint log.mid_append reached; aborting");
             std::process::abort();
         }
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_data().map_err(io)?;
+        if let Some(e) = self.poisoned.as_ref() {
+            return Err(LogError::Storage(format!(
+                "the audit log could not be restored after a failed append ({e}); restart the relay"
+            )));
+        }
+        let before = f.metadata().map_err(io)?.len();
+        let written = f.write_all(&bytes).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            // Nothing of a failed append may stay: the next append would follow orphan bytes
+            // (a signed checkpoint of a tree never handed out) and the log would no longer open.
+            if let Err(cut) = f.set_len(before).and_then(|()| f.sync_data()) {
+                self.poisoned = Some(cut.to_string());
+            }
+            return Err(io(e));
+        }
         for r in records {
             self.note(r);
         }

@@ -951,6 +951,9 @@ impl<S: Storage> Relay<S> {
         peer: &PeerIdentity,
         offer: &Offer,
     ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+        // One configuration for the whole request, even if a reload swaps it meanwhile
+        // (`relay.md` §11).
+        let (trust, policy) = (self.trust(), self.policy());
         let o = TransferOffer::parse(offer.offer.as_bytes())
             .map_err(|e| perr(ErrorCode::PROTOCOL_VIOLATION, format!("offer: {e}")))?;
         // The transfer must be the authenticated agency's own.
@@ -960,7 +963,7 @@ impl<S: Storage> Relay<S> {
                 format!("{} may not upload a transfer of {}", peer.agency, o.sender),
             ));
         }
-        if self.trust().get(&peer.agency).is_none() {
+        if trust.get(&peer.agency).is_none() {
             return Err(perr(
                 ErrorCode::UNKNOWN_AGENCY,
                 format!("{} has no card in the relay's trust store", peer.agency),
@@ -1044,17 +1047,17 @@ impl<S: Storage> Relay<S> {
             ),
         };
         for r in &o.recipients {
-            if self.trust().get(r).is_none() && r != &self.agency {
+            if trust.get(r).is_none() && r != &self.agency {
                 return Err(perr(
                     ErrorCode::POLICY,
                     format!("recipient {r} is not a trusted agency"),
                 ));
             }
         }
-        self.policy()
+        policy
             .check_route(&o.sender, &o.recipients, &self.agency)
             .map_err(policy_err)?;
-        self.policy().check_legal(&o.legal).map_err(policy_err)?;
+        policy.check_legal(&o.legal).map_err(policy_err)?;
         // Retention that has already ended would have the transfer purged before any recipient
         // could fetch it (issue 11).
         if let Some(d) = &o.legal.retain_until
@@ -1067,14 +1070,14 @@ impl<S: Storage> Relay<S> {
         }
         let now = self.now().unix();
         let age = now - o.created_at.unix();
-        if age > i64::from(self.policy().max_manifest_age_days) * 86_400 || age < -86_400 {
+        if age > i64::from(policy.max_manifest_age_days) * 86_400 || age < -86_400 {
             return Err(policy_err(Refusal::Stale));
         }
         let total = o.ciphertext_bytes();
-        if total > self.policy().max_transfer_bytes {
+        if total > policy.max_transfer_bytes {
             return Err(policy_err(Refusal::TooLarge(total)));
         }
-        if let Some(q) = self.policy().rule(&o.sender).and_then(|r| r.quota_bytes) {
+        if let Some(q) = policy.rule(&o.sender).and_then(|r| r.quota_bytes) {
             let used: i64 = lock(&self.db)
                 .query_row(
                     "SELECT COALESCE(SUM(ciphertext_bytes), 0) FROM transfers WHERE sender = ?1 AND state NOT IN ('purged', 'rejected')",
@@ -1090,7 +1093,7 @@ impl<S: Storage> Relay<S> {
             .storage
             .available_space(&self.data_dir.join("spool"))
             .map_err(storage_err)?;
-        if free < total.saturating_add(self.policy().reserve_bytes) {
+        if free < total.saturating_add(policy.reserve_bytes) {
             return Err(perr(
                 ErrorCode::INSUFFICIENT_SPACE,
                 "the relay is below its free-space reserve",

@@ -85,14 +85,18 @@ async fn request<S: Storage + 'static>(
         Frame::StatusRequest(q) => status(&relay, &peer, q.transfer).map(|f| vec![f]),
         Frame::CheckpointRequest(q) => {
             // `protocol.md` §6.6: the log's latest checkpoint and a proof from the client's.
-            relay
-                .checkpoint_with_proof(q.held_size)
-                .map(|(note, proof)| {
+            // It waits for the log's lock (held through fsynced appends) and may commit the
+            // checkpoint to the index: off the async workers.
+            let r2 = relay.clone();
+            match tokio::task::spawn_blocking(move || r2.checkpoint_with_proof(q.held_size)).await {
+                Ok(answer) => answer.map(|(note, proof)| {
                     vec![Frame::Checkpoint(LogCheckpoint {
                         checkpoint: note.unwrap_or_default(),
                         proof,
                     })]
-                })
+                }),
+                Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
+            }
         }
         Frame::Deliver(d) => {
             let r2 = relay.clone();

@@ -356,6 +356,9 @@ pub struct Node {
     server: bool,
     /// The connections [`Node::serve`] holds, by QUIC stable id (re-checked on a reload).
     sessions: Mutex<HashMap<usize, quinn::Connection>>,
+    /// Reloads so far, counted under the `sessions` lock: a connection whose handshake spanned a
+    /// reload is re-checked before it is registered.
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 fn read<T: Clone>(l: &std::sync::RwLock<T>) -> T {
@@ -364,6 +367,31 @@ fn read<T: Clone>(l: &std::sync::RwLock<T>) -> T {
 
 fn write<T>(l: &std::sync::RwLock<T>, v: T) {
     *l.write().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+/// Closes `conn` with `NO_LONGER_TRUSTED` if `check` now refuses its certificate chain
+/// (`relay.md` §11); returns `Some(its agency, if known)` when it did.
+fn close_if_untrusted(
+    check: &crate::tls::ClientVerifier,
+    conn: &quinn::Connection,
+) -> Option<Option<AgencyId>> {
+    let chain = conn.peer_identity().and_then(|a| {
+        a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    })?;
+    let (first, rest) = chain.split_first()?;
+    let now = rustls::pki_types::UnixTime::now();
+    let e = rustls::server::danger::ClientCertVerifier::verify_client_cert(check, first, rest, now)
+        .err()?;
+    let who = PeerIdentity::from_chain(&chain).map(|p| p.agency);
+    let name = who
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let reason = format!("{name} is no longer trusted: {e}");
+    tracing::warn!(peer = %name, error = %e, "closing connection: no longer trusted");
+    conn.close(ErrorCode::NO_LONGER_TRUSTED.to_varint(), reason.as_bytes());
+    Some(who)
 }
 
 /// Removes a connection from [`Node::serve`]'s table when its task ends.
@@ -426,6 +454,7 @@ impl Node {
             policy: std::sync::RwLock::new(PublishedPolicy::default()),
             server: false,
             sessions: Mutex::new(HashMap::new()),
+            reloads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -454,37 +483,18 @@ impl Node {
             let cfg = server_config(&self.identity, trust.clone(), &self.limits)?;
             self.endpoint.set_server_config(Some(cfg));
         }
-        write(&self.trust, trust);
-        let conns: Vec<quinn::Connection> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        // The new trust and the snapshot of connections under one lock: a connection registered
+        // after it was checked under the new trust (see `serve`).
+        let conns: Vec<quinn::Connection> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            write(&self.trust, trust);
+            self.reloads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            sessions.values().cloned().collect()
+        };
         let mut closed = Vec::new();
         for conn in conns {
-            let Some(chain) = conn.peer_identity().and_then(|a| {
-                a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            }) else {
-                continue;
-            };
-            let Some((first, rest)) = chain.split_first() else {
-                continue;
-            };
-            let now = rustls::pki_types::UnixTime::now();
-            if let Err(e) = rustls::server::danger::ClientCertVerifier::verify_client_cert(
-                &check, first, rest, now,
-            ) {
-                let who = PeerIdentity::from_chain(&chain).map(|p| p.agency);
-                let name = who
-                    .as_ref()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "unknown".into());
-                let reason = format!("{name} is no longer trusted: {e}");
-                tracing::warn!(peer = %name, error = %e, "closing connection: no longer trusted");
-                conn.close(ErrorCode::NO_LONGER_TRUSTED.to_varint(), reason.as_bytes());
+            if let Some(who) = close_if_untrusted(&check, &conn) {
                 closed.extend(who);
             }
         }
@@ -604,17 +614,38 @@ impl Node {
             let serve = serve.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let reloads = me.reloads.load(std::sync::atomic::Ordering::SeqCst);
                 match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming))
                     .await
                 {
                     Ok(Ok(s)) => {
                         let kx = s.key_exchange_group().map(crate::kx::group_name);
-                        tracing::info!(peer = %s.peer.agency, kx = kx.as_deref().unwrap_or("unknown"), "session established");
                         let id = s.conn.stable_id();
-                        me.sessions
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id, s.conn.clone());
+                        {
+                            let mut sessions =
+                                me.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                            // A reload during the handshake: checked under the trust it set,
+                            // which `reload` cannot have seen this connection for.
+                            if me.reloads.load(std::sync::atomic::Ordering::SeqCst) != reloads {
+                                let trust = read(&me.trust);
+                                let refused = crate::tls::ClientVerifier::new(
+                                    trust.without_hook(),
+                                    &crate::tls::provider_for(trust.requires_post_quantum()),
+                                )
+                                .map_or(true, |check| {
+                                    close_if_untrusted(&check, &s.conn).is_some()
+                                });
+                                if refused {
+                                    s.conn.close(
+                                        ErrorCode::NO_LONGER_TRUSTED.to_varint(),
+                                        b"no longer trusted",
+                                    );
+                                    return;
+                                }
+                            }
+                            sessions.insert(id, s.conn.clone());
+                        }
+                        tracing::info!(peer = %s.peer.agency, kx = kx.as_deref().unwrap_or("unknown"), "session established");
                         let _registered = Registered(&me.sessions, id);
                         serve(s).await
                     }
