@@ -176,17 +176,14 @@ fn inconsistent(
     }
 }
 
-/// `protocol.md` §6.6, `custody.md` §7.2: asks the relay of `s` for its latest checkpoint and a
-/// consistency proof from the newest one this home holds, verifies the checkpoint with the
-/// relay's card and the proof, and keeps it. A log that does not extend the held checkpoint
-/// (rolled back, forked) is refused (exit 3) with both checkpoints saved as evidence and the
-/// held one kept. Called once per connection, after WELCOME and before anything else.
-pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
-    let relay = s.peer.agency.clone();
-    let store = home.trust_store()?;
-    let key = log_key(&store, &relay)?;
-    let held = newest(home, &relay, &key)?;
-    let held_size = held.as_ref().map_or(0, |(c, _)| c.size);
+/// One CHECKPOINT exchange (`protocol.md` §6.6): the relay's latest checkpoint, verified with
+/// its card (`None` for an empty log), its note, and the consistency proof from `held_size`.
+async fn exchange(
+    s: &Session,
+    key: &NoteVerifier,
+    held_size: u64,
+) -> Result<Option<(Checkpoint, String, Vec<[u8; 32]>)>> {
+    let relay = &s.peer.agency;
     let what = "checkpoint request";
     let (mut w, mut r) = s.open().await.map_err(|e| net(what, e))?;
     w.send(&Frame::CheckpointRequest(frame::CheckpointRequest {
@@ -205,15 +202,10 @@ pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
             ));
         }
     };
-    let held_ref = held.as_ref().map(|(c, n)| (c, n.as_str()));
     if answer.checkpoint.is_empty() {
-        // An empty log: consistent only with holding nothing.
-        return match held_ref {
-            None => Ok(()),
-            Some(_) => Err(inconsistent(home, &relay, held_ref, "", 0, None)),
-        };
+        return Ok(None);
     }
-    let cp = Checkpoint::open(answer.checkpoint.as_bytes(), &key)
+    let cp = Checkpoint::open(answer.checkpoint.as_bytes(), key)
         .map_err(|e| {
             Error::new(
                 ErrorKind::Integrity,
@@ -222,18 +214,92 @@ pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
             .source(e)
         })?
         .into_inner();
-    if let Err(e) = check_consistency(held.as_ref().map(|(c, _)| c), &cp, &answer.proof) {
+    Ok(Some((cp, answer.checkpoint, answer.proof)))
+}
+
+/// `protocol.md` §6.6, `custody.md` §7.2: asks the relay of `s` for its latest checkpoint and a
+/// consistency proof from the newest one this home holds, verifies the checkpoint with the
+/// relay's card and the proof, and keeps it. A log that does not extend the held checkpoint
+/// (rolled back, forked) is refused (exit 3) with both checkpoints saved as evidence and the
+/// held one kept. Called once per connection, after WELCOME and before anything else.
+pub async fn check_relay(home: &Home, s: &Session) -> Result<()> {
+    check_relay_latest(home, s).await.map(|_| ())
+}
+
+/// [`check_relay`], returning the relay's latest checkpoint it verified (`None`: empty log).
+async fn check_relay_latest(home: &Home, s: &Session) -> Result<Option<Checkpoint>> {
+    let relay = s.peer.agency.clone();
+    let store = home.trust_store()?;
+    let key = log_key(&store, &relay)?;
+    let held = newest(home, &relay, &key)?;
+    let held_size = held.as_ref().map_or(0, |(c, _)| c.size);
+    let held_ref = held.as_ref().map(|(c, n)| (c, n.as_str()));
+    let Some((cp, note, proof)) = exchange(s, &key, held_size).await? else {
+        // An empty log: consistent only with holding nothing.
+        return match held_ref {
+            None => Ok(None),
+            Some(_) => Err(inconsistent(home, &relay, held_ref, "", 0, None)),
+        };
+    };
+    if let Err(e) = check_consistency(held.as_ref().map(|(c, _)| c), &cp, &proof) {
         return Err(inconsistent(
             home,
             &relay,
             held_ref,
-            &answer.checkpoint,
+            &note,
             cp.size,
             Some(&e),
         ));
     }
     if held_size != cp.size || held.is_none() {
-        keep(home, &relay, &key, &cp, &answer.checkpoint)?;
+        keep(home, &relay, &key, &cp, &note)?;
+    }
+    Ok(Some(cp))
+}
+
+/// `custody.md` §7.2: proves a receipt the relay of `s` just handed out consistent with what
+/// this home holds, online: the relay's latest checkpoint must extend the receipt's (a proof
+/// from its size), and extend the newest one held ([`check_relay`]); both answers must be the
+/// same checkpoint. Then the receipt's checkpoint is kept, so that `verify` compares the
+/// receipt offline. A receipt on a forked tree is refused (exit 3, evidence saved). If the log
+/// grew between the two answers nothing is kept (the receipt stays "not compared").
+pub async fn confirm_receipt(home: &Home, s: &Session, text: &str) -> Result<()> {
+    let store = home.trust_store()?;
+    let relay = s.peer.agency.clone();
+    let (Ok(v), Ok(b)) = (
+        crate::package::verify_receipt(text, &store),
+        rogatory_custody::ReceiptBundle::parse(text),
+    ) else {
+        return Ok(());
+    };
+    if v.log_owner != relay {
+        return Ok(());
+    }
+    let key = log_key(&store, &relay)?;
+    let receipt_cp = &v.logged.checkpoint;
+    let Some((latest, note, proof)) = exchange(s, &key, receipt_cp.size).await? else {
+        return Err(inconsistent(
+            home,
+            &relay,
+            Some((receipt_cp, &b.checkpoint_note)),
+            "",
+            0,
+            None,
+        ));
+    };
+    if let Err(e) = check_consistency(Some(receipt_cp), &latest, &proof) {
+        return Err(inconsistent(
+            home,
+            &relay,
+            Some((receipt_cp, &b.checkpoint_note)),
+            &note,
+            latest.size,
+            Some(&e),
+        ));
+    }
+    let held_latest = check_relay_latest(home, s).await?;
+    if held_latest.is_some_and(|h| h.size == latest.size && h.root == latest.root) {
+        keep(home, &relay, &key, receipt_cp, &b.checkpoint_note)?;
     }
     Ok(())
 }

@@ -539,10 +539,10 @@ async fn fetch_one(
             ));
         }
     };
-    // `custody.md` §7.2: the relay's log now holds the delivery receipt: one more exchange
-    // keeps the checkpoint that covers it (proved to extend the one held), so that the receipt
-    // is compared with a checkpoint this home verified, here and by `verify` later.
-    crate::checkpoints::check_relay(k.home, s).await?;
+    // `custody.md` §7.2: both receipts proven consistent with what this home holds, online,
+    // and their checkpoints kept, so that `verify` compares them offline later.
+    crate::checkpoints::confirm_receipt(k.home, s, &custody).await?;
+    crate::checkpoints::confirm_receipt(k.home, s, &delivered).await?;
     // Both receipts' checkpoints against those this home verified.
     let store = k.home.trust_store()?;
     crate::checkpoints::check_receipt(k.home, &store, &custody)?;

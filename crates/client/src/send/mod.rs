@@ -775,11 +775,10 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             },
         )
         .await;
-        // `custody.md` §7.2: the relay's log now holds the custody receipt: one more exchange
-        // keeps the checkpoint that covers it (proved to extend the one held), so that the
-        // receipt is compared with a checkpoint this home verified, here and by `verify` later.
+        // `custody.md` §7.2: the custody receipt proven consistent with what this home holds,
+        // online, and its checkpoint kept, so that `verify` compares it offline later.
         let checked = match &out {
-            Ok(_) => crate::checkpoints::check_relay(home, &session).await,
+            Ok(o) => crate::checkpoints::confirm_receipt(home, &session, &o.receipt.text).await,
             Err(_) => Ok(()),
         };
         session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
