@@ -4,32 +4,9 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::*;
-
-/// Starts `relay serve` from `B`, waits until it listens, stops it; returns its stderr.
-fn serve_started(d: &Path) -> String {
-    let mut child = Command::new(bin())
-        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .env("ROGATORY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let _ = child.kill();
-    let o = child.wait_with_output().expect("output");
-    assert!(line.contains("listening"), "{line} {}", stderr(&o));
-    stderr(&o)
-}
 
 /// A relay `B` that issued a custody receipt for a send from `A`, then stopped.
 fn relay_with_receipts(d: &Path) {
@@ -51,7 +28,7 @@ fn a_deleted_audit_log_stops_the_relay() {
     let d = dir.path();
     relay_with_receipts(d);
     // A healthy restart: the log extends the checkpoint the index keeps.
-    serve_started(d);
+    serve_started(d, "B");
     let log = d.join("B/relay/audit.log");
     std::fs::remove_file(&log).expect("rm");
     let o = serve_refused(d, "B", "127.0.0.1:0");
@@ -99,7 +76,7 @@ fn a_torn_unacknowledged_tail_is_cut_and_reported() {
     let mut bytes = good.clone();
     bytes.extend_from_slice(&[0xff; 13]);
     std::fs::write(&log, &bytes).expect("write");
-    let err = serve_started(d);
+    let err = serve_started(d, "B");
     assert!(
         err.contains(&format!(
             "cut a torn, never acknowledged tail of 13 bytes at offset {}",
@@ -114,7 +91,7 @@ fn a_torn_unacknowledged_tail_is_cut_and_reported() {
         vec![0xff; 13]
     );
     // And the next start has nothing to cut.
-    let err = serve_started(d);
+    let err = serve_started(d, "B");
     assert!(!err.contains("torn"), "{err}");
 }
 

@@ -157,6 +157,27 @@ pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
 /// Starts `relay serve` from `home` (with `--json` if `json`) and waits until it listens; returns
 /// it and the line it printed (`relay … listening on ADDR`, or the `listening` event).
 pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess, String) {
+    let (child, line) = spawn_relay(dir, home, json, Stdio::null());
+    let addr = if json {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a listening event");
+        v["address"].as_str().expect("address").to_owned()
+    } else {
+        line.trim().rsplit(' ').next().expect("addr").to_owned()
+    };
+    (RelayProcess(child, addr), line)
+}
+
+/// Starts `relay serve` from `home`, waits until it listens, stops it; returns its stderr.
+pub fn serve_started(dir: &Path, home: &str) -> String {
+    let (mut child, line) = spawn_relay(dir, home, false, Stdio::piped());
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("output");
+    assert!(line.contains("listening"), "{line} {}", stderr(&o));
+    stderr(&o)
+}
+
+/// `relay serve --listen 127.0.0.1:0` from `home`, and its first stdout line.
+fn spawn_relay(dir: &Path, home: &str, json: bool, err: Stdio) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut args = vec!["--home", home];
     if json {
@@ -169,20 +190,14 @@ pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess
         .env("ROGATORY_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .expect("relay");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("listening line");
-    let addr = if json {
-        let v: serde_json::Value = serde_json::from_str(&line).expect("a listening event");
-        v["address"].as_str().expect("address").to_owned()
-    } else {
-        line.trim().rsplit(' ').next().expect("addr").to_owned()
-    };
-    (RelayProcess(child, addr), line)
+    (child, line)
 }
 
 /// Compares `actual` with `tests/snapshots/NAME.txt`, or writes it there when

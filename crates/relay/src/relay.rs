@@ -654,12 +654,13 @@ impl<S: Storage> Relay<S> {
     /// no checkpoint leaves the relay before); `None` if the log is empty or the index cannot
     /// keep it now.
     pub fn checkpoint(&self) -> Option<String> {
-        let mut log = lock(&self.log);
-        if let Err(e) = self.record_checkpoint(&mut log) {
-            tracing::error!(error = %e.message, "could not keep the checkpoint in the index");
-            return None;
+        match self.checkpoint_with_proof(0) {
+            Ok((note, _)) => note,
+            Err(e) => {
+                tracing::error!(error = %e.message, "could not keep the checkpoint in the index");
+                None
+            }
         }
-        log.0.checkpoint_note().map(str::to_owned)
     }
 
     /// The checkpoint the index keeps (`relay.md` §5.1): `(size, signed note)`, the newest one
