@@ -195,3 +195,56 @@ fn a_local_revocation_closes_the_open_connection_of_the_revoked_key() {
     let o = run(d, &["--home", "A", "inbox", "--relay", &relay.1]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
 }
+
+/// `docs/test-plan.md` 110: SIGHUP makes a running relay reload (it used to terminate it):
+/// after a SIGHUP the relay logs the reload and keeps serving; SIGTERM then stops it cleanly
+/// (exit 0).
+#[test]
+fn sighup_reloads_a_running_relay_and_sigterm_stops_it_cleanly() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_agencies(d);
+    let mut child = Command::new(bin())
+        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("ROGATORY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relay");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-HUP");
+    // Still serving after the SIGHUP: A can talk to it.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP stopped the relay"
+    );
+    let o = run(d, &["--home", "A", "inbox", "--relay", &addr]);
+    ok(o);
+    signal("-TERM");
+    let o = child.wait_with_output().expect("output");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "SIGTERM exit: {err}");
+    assert!(err.contains("SIGHUP: reloading"), "{err}");
+    assert!(
+        err.contains("reloaded trust, revocations and policy"),
+        "{err}"
+    );
+    assert!(err.contains("shutting down"), "{err}");
+}
