@@ -248,3 +248,58 @@ fn sighup_reloads_a_running_relay_and_sigterm_stops_it_cleanly() {
     );
     assert!(err.contains("shutting down"), "{err}");
 }
+
+/// `docs/test-plan.md` 111: a revoked age key is never encrypted to (`custody.md` §8.3): B revokes
+/// its age keys and A imports the revocation; A's `send` to B is refused with exit 3 naming B,
+/// before any relay is contacted, leaving `outbox/` empty; B itself, whose own key is always a
+/// recipient, is refused too.
+#[test]
+fn a_revoked_age_key_is_never_encrypted_to() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_agencies(d);
+    std::fs::write(d.join("evidence.bin"), b"evidence").expect("w");
+    // A relay that cannot be reached: the refusal must come before any connection.
+    let nowhere = "127.0.0.1:9";
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "revoke",
+            "--key",
+            "age",
+            "-o",
+            "b-age.revocation",
+        ],
+    ));
+    ok(run(
+        d,
+        &["--home", "A", "trust", "revoke", "b-age.revocation"],
+    ));
+    let o = send_with_legal(d, "A", false, nowhere, "agency-b", &["evidence.bin"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the age key of recipient agency-b was revoked"),
+        "{err}"
+    );
+    let outbox = d.join("A/outbox");
+    assert!(
+        !outbox.exists() || std::fs::read_dir(&outbox).expect("outbox").next().is_none(),
+        "a refused send left state in outbox/"
+    );
+    // The same with --json: one error event, exit 3.
+    let o = send_with_legal(d, "A", true, nowhere, "agency-b", &["evidence.bin"]);
+    assert_eq!(code(&o), 3);
+    let last = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        last.contains("\"type\":\"error\"") && last.contains("revoked"),
+        "{last}"
+    );
+    // B itself refuses to send to anyone with its own revoked age key (it is always a recipient).
+    let o = send_with_legal(d, "B", false, nowhere, "agency-a", &["evidence.bin"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("the age key of this agency was revoked"));
+}
