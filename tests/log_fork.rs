@@ -286,3 +286,45 @@ fn a_forged_log_grown_back_is_a_fork() {
         held
     );
 }
+
+/// test-plan.md 112: the receipts `status` collects are proven consistent online before they are
+/// saved, so `verify` compares them offline: A sends two transfers and B fetches both (each
+/// delivery receipt is logged by B's relay); A's `status` of the first saves its delivery receipt,
+/// whose checkpoint A never saw, and `verify` of it says the checkpoint is the same as one A's
+/// home verified.
+#[test]
+fn receipts_collected_by_status_are_compared_offline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_full_agencies(d);
+    let relay = start_relay(d, "B");
+    let o = send(d, &relay.1, "one.txt");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let o = send(d, &relay.1, "two.txt");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t2 = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // B fetches both (each delivery receipt is logged by its own relay); A's home never saw the
+    // checkpoint of the first delivery receipt, the log has grown past it since.
+    for (t, out) in [(&t, "out1"), (&t2, "out2")] {
+        ok(run(
+            d,
+            &["--home", "B", "fetch", "--relay", &relay.1, t, "-o", out],
+        ));
+    }
+    ok(run(d, &["--home", "A", "status", "--relay", &relay.1, &t]));
+    let receipt = d.join(format!("A/receipts/{t}.delivery-agency-b.receipt"));
+    let o = run(
+        d,
+        &["--home", "A", "verify", receipt.to_str().expect("utf-8")],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("the same as this home verified"), "{out}");
+}

@@ -65,6 +65,13 @@ pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
         let f = r.expect().await.map_err(|e| net("status", e))?;
         let f = rogatory_transport::net::owned(f)
             .ok_or_else(|| Error::new(ErrorKind::Refused, "unexpected answer"))?;
+        // `custody.md` §7.2: every receipt of the answer is proven consistent online with what
+        // this home holds (its checkpoint kept, so `verify` compares it offline later).
+        if let Frame::Status(st) = &f {
+            for r in &st.receipts {
+                crate::checkpoints::confirm_receipt(home, &s, &r.text).await?;
+            }
+        }
         // The key-exchange group this live connection negotiated (docs/protocol.md §2).
         let kx = s
             .key_exchange_group()
