@@ -89,20 +89,28 @@ fn newest(
 }
 
 /// Every checkpoint of `relay`'s log this home verified (the newest included).
-fn seen(home: &Home, relay: &AgencyId, key: &NoteVerifier) -> Result<Vec<Checkpoint>> {
-    let mut out = Vec::new();
+fn seen(home: &Home, relay: &AgencyId, key: &NoteVerifier, size: u64) -> Result<Seen> {
+    let mut out = Seen::default();
     if let Some((cp, _)) = newest(home, relay, key)? {
-        out.push(cp);
-    }
-    if let Ok(rd) = std::fs::read_dir(seen_dir(home, relay)) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "checkpoint") {
-                out.push(open_held(&p, key)?.0);
-            }
+        out.newest = Some(cp.size);
+        if cp.size == size {
+            out.same_size.push(cp);
         }
     }
+    // Only a checkpoint of the same size can be compared offline (`custody.md` §7.2), so only
+    // that one file is read: the cost does not grow with the number of checkpoints held.
+    let p = seen_dir(home, relay).join(format!("{size}.checkpoint"));
+    if p.exists() {
+        out.same_size.push(open_held(&p, key)?.0);
+    }
     Ok(out)
+}
+
+/// What [`seen`] found: the held checkpoints of one size, and the newest size held.
+#[derive(Default)]
+struct Seen {
+    same_size: Vec<Checkpoint>,
+    newest: Option<u64>,
 }
 
 /// Keeps a verified checkpoint: by size, and as the newest unless another process of this home
@@ -371,14 +379,15 @@ pub fn check_held(
     note: &str,
 ) -> Result<HeldCheck> {
     let key = log_key(store, relay)?;
-    let seen = seen(home, relay, &key)?;
-    match check_against_seen(seen.iter(), cp) {
+    let seen = seen(home, relay, &key, cp.size)?;
+    match check_against_seen(seen.same_size.iter(), cp) {
         Ok(Some(_)) => Ok(HeldCheck::Matches),
         Ok(None) => Ok(HeldCheck::NotCompared {
-            newest: seen.iter().map(|c| c.size).max(),
+            newest: seen.newest,
         }),
         Err(e) => {
             let held = seen
+                .same_size
                 .iter()
                 .find(|c| c.size == cp.size)
                 .cloned()
