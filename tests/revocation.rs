@@ -201,25 +201,11 @@ fn a_local_revocation_closes_the_open_connection_of_the_revoked_key() {
 /// (exit 0).
 #[test]
 fn sighup_reloads_a_running_relay_and_sigterm_stops_it_cleanly() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     two_agencies(d);
-    let mut child = Command::new(bin())
-        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .env("ROGATORY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("relay");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let (mut child, addr) = spawn_relay_logging(d, "B");
     let pid = child.id().to_string();
     let signal = |sig: &str| {
         let st = Command::new("kill")

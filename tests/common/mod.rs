@@ -176,8 +176,26 @@ pub fn serve_started(dir: &Path, home: &str) -> String {
     stderr(&o)
 }
 
+/// `relay serve --listen 127.0.0.1:0` from `home`, logging at `info` to a piped stderr, and
+/// the address it listens on.
+pub fn spawn_relay_logging(dir: &Path, home: &str) -> (std::process::Child, String) {
+    let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), "info");
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    (child, addr)
+}
+
 /// `relay serve --listen 127.0.0.1:0` from `home`, and its first stdout line.
 fn spawn_relay(dir: &Path, home: &str, json: bool, err: Stdio) -> (std::process::Child, String) {
+    spawn_relay_at(dir, home, json, err, "warn")
+}
+
+fn spawn_relay_at(
+    dir: &Path,
+    home: &str,
+    json: bool,
+    err: Stdio,
+    log: &str,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut args = vec!["--home", home];
     if json {
@@ -187,7 +205,7 @@ fn spawn_relay(dir: &Path, home: &str, json: bool, err: Stdio) -> (std::process:
     let mut child = Command::new(bin())
         .args(&args)
         .current_dir(dir)
-        .env("ROGATORY_LOG", "warn")
+        .env("ROGATORY_LOG", log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(err)
