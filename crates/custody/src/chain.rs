@@ -100,9 +100,13 @@ impl CardChain {
         }
         let mut cards = vec![AgencyCard::open(first)?];
         for n in rest {
-            let next = check_successor(cards.last().map(|c| &**c).ok_or_else(|| {
-                ParseError::syntax(KIND, "no card")
-            })?, n)?;
+            let next = check_successor(
+                cards
+                    .last()
+                    .map(|c| &**c)
+                    .ok_or_else(|| ParseError::syntax(KIND, "no card"))?,
+                n,
+            )?;
             cards.push(next);
         }
         Ok(Self { cards })
@@ -341,7 +345,10 @@ mod tests {
         // The successor without the previous key's signature.
         let own_only = &n1[..n1.rfind("\u{2014} ").expect("sig")];
         let e = CardChain::parse(format!("{n0}{own_only}").as_bytes()).expect_err("unsigned");
-        assert!(e.to_string().contains("not signed by its previous key"), "{e}");
+        assert!(
+            e.to_string().contains("not signed by its previous key"),
+            "{e}"
+        );
         // A previous signature by another key (same name, so a different key id is ignored
         // and no trusted signature is left).
         let other = AgencyIdentity::from_seeds(id(), &[9; 32], [9; 32]);
