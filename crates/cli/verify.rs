@@ -138,16 +138,23 @@ fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Resul
             return Ok(format!("checkpoint of {}: {} entries", cp.origin, cp.size));
         }
     }
-    if let Ok(card) = AgencyCard::open(text.as_bytes()) {
+    // A card, or a card chain (`custody.md` §8.5): its newest card.
+    if let Ok(chain) = rogatory_custody::CardChain::parse(text.as_bytes()) {
+        let card = chain.newest();
         let trusted = store
             .get(&card.id)
             .is_some_and(|t| t.verifier_key.to_string() == card.verifier_key.to_string());
         return Ok(format!(
-            "agency card of {} ({}, {}), fingerprint {}{}",
+            "agency card of {} ({}, {}), fingerprint {}{}{}",
             card.id,
             card.name,
             card.jurisdiction,
             card.fingerprint(),
+            if chain.len() > 1 {
+                format!(", newest of a chain of {} cards", chain.len())
+            } else {
+                String::new()
+            },
             if trusted {
                 ", trusted"
             } else {
