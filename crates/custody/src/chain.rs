@@ -300,6 +300,7 @@ mod tests {
         .expect("sign")
     }
 
+    /// test-plan.md 105.
     #[test]
     fn a_chain_verifies_old_and_new_statements_within_their_intervals() {
         let (old, n0, new, n1) = rotated();
@@ -339,6 +340,7 @@ mod tests {
         assert_eq!(CardChain::parse(n0.as_bytes()).expect("one").len(), 1);
     }
 
+    /// test-plan.md 101.
     #[test]
     fn broken_links_are_refused() {
         let (old, n0, new, n1) = rotated();
@@ -390,5 +392,46 @@ mod tests {
             .expect("signs");
         assert!(CardChain::parse(format!("{n0}{note}").as_bytes()).is_err());
         assert!(CardChain::parse(b"").is_err());
+    }
+
+    /// test-plan.md 105.
+    #[test]
+    fn a_trust_store_holds_chains_and_revocations_name_retired_keys() {
+        use crate::card::TrustStore;
+        use crate::revocation::{KeyKind, Revocation, signing_key_sha256};
+        let (old, n0, new, n1) = rotated();
+        let chain = CardChain::parse(format!("{n0}{n1}").as_bytes()).expect("chain");
+        let mut store = TrustStore::new();
+        // The file name must be the id; the newest card is the current one.
+        assert!(store.insert_chain_from_file("zz", chain.clone()).is_err());
+        store
+            .insert_chain_from_file("de-bka", chain.clone())
+            .expect("stored");
+        let id = id();
+        assert_eq!(
+            store.get(&id).map(|c| &c.verifier_key),
+            Some(&new.signer().verifier())
+        );
+        assert_eq!(store.chain(&id).map(CardChain::len), Some(2));
+        // A chain whose newest key differs from the one already loaded is a conflict.
+        let (_, other) = AgencyIdentity::from_seeds(id.clone(), &[8; 32], [8; 32])
+            .issue_card("BKA", "DE", vec![], None, None)
+            .expect("card");
+        let other = CardChain::parse(other.as_bytes()).expect("one");
+        assert!(store.insert_chain_from_file("de-bka", other).is_err());
+        // The agency revokes its retired key, signed with its new key: a key of its chain.
+        let r = Revocation {
+            issuer: id.clone(),
+            time: t("2026-07-01T00:00:00Z"),
+            agency: id.clone(),
+            kind: KeyKind::Signing,
+            key_sha256: signing_key_sha256(&old.signer().verifier()),
+            reason: "retired laptop lost".parse().expect("text"),
+        };
+        let note = r.sign(new.signer()).expect("sign");
+        assert!(Revocation::open(note.as_bytes(), &store, &id).is_ok());
+        // Signed with the retired key after it was superseded: refused.
+        let late = r.sign(old.signer()).expect("sign");
+        assert!(Revocation::open(late.as_bytes(), &store, &id).is_err());
     }
 }

@@ -2291,7 +2291,7 @@ mod tests {
     /// the index when `record`.
     fn append(d: &Path, entries: &[&str], record: bool) {
         let db = index(d);
-        let (mut log, _, _) = open_log(&db, d, &identity()).expect("open");
+        let (mut log, _, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         for e in entries {
             log.append(e.as_bytes()).expect("append");
             if record {
@@ -2302,7 +2302,7 @@ mod tests {
     }
 
     fn refused(d: &Path) -> String {
-        match open_log(&index(d), d, &identity()) {
+        match open_log(&index(d), d, &identity(), &TrustStore::new()) {
             Err(RelayError::Integrity(m)) => m,
             other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
         }
@@ -2313,7 +2313,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path();
         let db = index(d);
-        let (log, recorded, cut) = open_log(&db, d, &identity()).expect("open");
+        let (log, recorded, cut) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         assert_eq!((log.len(), recorded, cut), (0, 0, None));
         assert_eq!(stored_checkpoint(&db).expect("read"), None);
         drop((log, db));
@@ -2321,7 +2321,7 @@ mod tests {
         let db = index(d);
         let (size, note) = stored_checkpoint(&db).expect("read").expect("kept");
         assert_eq!(size, 2);
-        let (log, recorded, _) = open_log(&db, d, &identity()).expect("reopen");
+        let (log, recorded, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("reopen");
         assert_eq!((log.len(), recorded), (2, 2));
         assert_eq!(log.checkpoint_note(), Some(note.as_str()));
         // A smaller checkpoint never replaces a larger one.
@@ -2338,7 +2338,7 @@ mod tests {
         append(d, &["two", "three"], false);
         let db = index(d);
         assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 1);
-        let (log, recorded, _) = open_log(&db, d, &identity()).expect("open");
+        let (log, recorded, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         assert_eq!((log.len(), recorded), (3, 3));
         assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 3);
     }
