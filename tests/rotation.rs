@@ -237,3 +237,71 @@ fn b_rotates_mid_life_and_everything_keeps_verifying() {
         "newer checkpoints are signed by the new log key"
     );
 }
+
+/// Copies `files` (relative paths) from home `from` into `to`.
+fn copy_files(d: &Path, from: &str, to: &str, files: &[&str]) {
+    for f in files {
+        let dest = d.join(to).join(f);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(d.join(from).join(f), &dest).expect("copy");
+    }
+}
+
+/// test-plan.md 106: an interrupted rotation. A stage without its completion marker is
+/// discarded and the rotation runs; a complete stage half installed (the home refused, exit 3)
+/// is completed by the next `agency rotate`, which reports it instead of rotating again.
+#[test]
+fn an_interrupted_rotation_is_completed_or_discarded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    agency(d, "C", "agency-c", false);
+    // An incomplete stage: discarded.
+    std::fs::create_dir_all(d.join("C/rotate.new")).expect("mkdir");
+    std::fs::write(d.join("C/rotate.new/card.note"), "garbage").expect("w");
+    let before = fingerprint(d, "C");
+    ok(run(d, &["--home", "C", "agency", "rotate"]));
+    assert!(!d.join("C/rotate.new").exists());
+    let after = fingerprint(d, "C");
+    assert_ne!(before, after);
+
+    // A rotation made in a copy, staged in C and half installed: the TLS files and the identity
+    // are in place, the chain and the card are not.
+    let files = [
+        "identity.txt",
+        "card.note",
+        "card-chain.note",
+        "tls/key.pem",
+        "tls/cert.pem",
+    ];
+    copy_files(d, "C", "C2", &files);
+    ok(run(d, &["--home", "C2", "agency", "rotate"]));
+    copy_files(d, "C2", "C/rotate.new", &files[1..3]);
+    copy_files(
+        d,
+        "C2",
+        "C",
+        &["identity.txt", "tls/key.pem", "tls/cert.pem"],
+    );
+    std::fs::write(d.join("C/rotate.new/complete"), b"").expect("marker");
+    // Another half-installed state: the chain installed, the card not: refused (exit 3).
+    std::fs::copy(
+        d.join("C/rotate.new/card-chain.note"),
+        d.join("C/card-chain.note"),
+    )
+    .expect("copy");
+    let o = run(d, &["--home", "C", "trust", "list"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let o = ok(run(d, &["--home", "C", "--json", "agency", "rotate"]));
+    assert!(
+        stderr(&o).contains("completed an interrupted"),
+        "{}",
+        stderr(&o)
+    );
+    let ev = json_lines(&o);
+    assert_eq!(ev[0]["type"], "card_rotated");
+    assert_eq!(ev[0]["previous_fingerprint"], after.as_str());
+    assert_eq!(ev[0]["fingerprint"], fingerprint(d, "C2").as_str());
+    assert_eq!(fingerprint(d, "C"), fingerprint(d, "C2"));
+    assert!(!d.join("C/rotate.new").exists());
+    ok(run(d, &["--home", "C", "trust", "list"]));
+}

@@ -631,6 +631,23 @@ fn now_ts() -> Timestamp {
 /// `retired/` (0600) so transfers already encrypted to them still open; `card-chain.note`
 /// holds every card this agency issued, oldest first, for partners and the relay home.
 pub(crate) fn rotate(home: &Home, events: &Events) -> Result<()> {
+    if install_staged(home)? {
+        // An interrupted rotation, now installed: report it instead of rotating again.
+        errln!("rogatory: completed an interrupted `agency rotate`");
+        let chain = home.card_chain()?;
+        let mut cards = chain.cards().rev();
+        let (Some(card), Some(prev)) = (cards.next(), cards.next()) else {
+            return Err(CliError::new(
+                Exit::Internal,
+                "no previous card after a rotation",
+            ));
+        };
+        let retired = home.path(&format!(
+            "retired/{}.identity.txt",
+            retired_stem(card.valid_from)
+        ));
+        return report_rotation(home, events, card, prev, &retired);
+    }
     let old = home.identity()?;
     if old.age_identity().is_none() {
         return Err(
@@ -687,40 +704,85 @@ pub(crate) fn rotate(home: &Home, events: &Events) -> Result<()> {
     let stamp = valid_from.to_string();
     let retired = home.path(&format!(
         "retired/{}.identity.txt",
-        stamp.replace([':', '-'], "")
+        retired_stem(Some(valid_from))
     ));
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    // The retired secrets first: from here on no key is lost, whatever happens next. Each file
-    // is replaced atomically; the card last, so an interrupted rotation leaves a home whose
-    // `card-chain.note` does not end with `card.note`, which is refused (exit 3).
+    // `custody.md` §8.5, `cli.md` "Rotating keys": the retired secrets first, so no key is
+    // ever lost; then every new file is staged under `rotate.new/`, marked complete, and
+    // installed by renames (`card.note` last). An interrupted installation is completed by the
+    // next `agency rotate`; an incomplete stage is discarded (nothing of it was installed).
     write_file(
         &retired,
         old.retired_secret_text(&stamp).as_bytes(),
         0o600,
         false,
     )?;
-    write_file(&chain_path, &chain_bytes, 0o644, true)?;
-    write_file(
-        &home.path("tls/key.pem"),
-        tls.key_pem.as_bytes(),
-        0o600,
-        true,
-    )?;
-    write_file(
-        &home.path("tls/cert.pem"),
-        tls.cert_pem.as_bytes(),
-        0o644,
-        true,
-    )?;
-    write_file(
-        &home.path("identity.txt"),
-        new.to_secret_text(&now).as_bytes(),
-        0o600,
-        true,
-    )?;
-    write_file(&home.path("card.note"), note.as_bytes(), 0o644, true)?;
+    let stage = home.path(STAGE);
+    let secret = new.to_secret_text(&now);
+    let staged: [(&str, &[u8], u32); 5] = [
+        ("tls/key.pem", tls.key_pem.as_bytes(), 0o600),
+        ("tls/cert.pem", tls.cert_pem.as_bytes(), 0o644),
+        ("identity.txt", secret.as_bytes(), 0o600),
+        ("card-chain.note", &chain_bytes, 0o644),
+        ("card.note", note.as_bytes(), 0o644),
+    ];
+    for (f, data, mode) in staged {
+        write_file(&stage.join(f), data, mode, true)?;
+    }
+    write_file(&stage.join(STAGE_COMPLETE), b"", 0o600, true)?;
+    install_staged(home)?;
+    report_rotation(home, events, &card, &prev, &retired)
+}
+
+/// The staging directory of `agency rotate` and its completion marker.
+const STAGE: &str = "rotate.new";
+const STAGE_COMPLETE: &str = "complete";
+/// The files `agency rotate` replaces, in the order it installs them (`card.note` last).
+const ROTATED: [&str; 5] = [
+    "tls/key.pem",
+    "tls/cert.pem",
+    "identity.txt",
+    "card-chain.note",
+    "card.note",
+];
+
+/// Installs a staged rotation by renames; returns whether there was one. A stage without its
+/// completion marker was never installed and is removed.
+fn install_staged(home: &Home) -> Result<bool> {
+    let stage = home.path(STAGE);
+    if !stage.exists() {
+        return Ok(false);
+    }
+    let complete = stage.join(STAGE_COMPLETE).exists();
+    if complete {
+        for f in ROTATED {
+            let (from, to) = (stage.join(f), home.path(f));
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(|e| crate::error::io("renaming", &to, e))?;
+                if let Some(dir) = to.parent() {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| crate::error::io("syncing", dir, e))?;
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&stage).map_err(|e| crate::error::io("removing", &stage, e))?;
+    Ok(complete)
+}
+
+/// Reports a rotation: the new card, the previous one, the retired secrets.
+fn report_rotation(
+    home: &Home,
+    events: &Events,
+    card: &rogatory_custody::AgencyCard,
+    prev: &rogatory_custody::AgencyCard,
+    retired: &Path,
+) -> Result<()> {
+    let stamp = card.valid_from.map(|t| t.to_string()).unwrap_or_default();
+    let chain_path = home.path("card-chain.note");
     if events.json {
         events.emit(Json::CardRotated {
             agency: card.id.to_string(),
@@ -744,4 +806,11 @@ pub(crate) fn rotate(home: &Home, events: &Events) -> Result<()> {
     outln!("retired age secrets: {}", retired.display());
     outln!("run `agency export-relay` again for this agency's relay");
     Ok(())
+}
+
+/// The name of a retired identity file: the new card's `valid_from` as `YYYYMMDDTHHMMSSZ`.
+fn retired_stem(valid_from: Option<Timestamp>) -> String {
+    valid_from
+        .map(|t| t.to_string().replace([':', '-'], ""))
+        .unwrap_or_default()
 }

@@ -8,6 +8,7 @@
 //! card.note         this agency's signed card (public), its newest
 //! card-chain.note   every card it issued, oldest first, once it rotated its keys (`custody.md` §8.5)
 //! retired/<UTC>.identity.txt  age secrets of a retired identity (secret, 0600; `agency rotate`)
+//! rotate.new/       a rotation being installed (`agency rotate` completes or discards it)
 //! trust/<id>.card   cards of trusted agencies: one card, or its card chain (`custody.md` §8.5)
 //! trust/revoked/    signed key revocations, one file per key (`custody.md` §8.3)
 //! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
@@ -234,7 +235,9 @@ impl Home {
                     self.path("card.note").display()
                 ),
             )
-            .hint("restore both files from a backup made after the last `agency rotate`"));
+            .hint(
+                "if `agency rotate` was interrupted, run it again to complete it; otherwise restore both files from a backup",
+            ));
         }
         Ok(chain)
     }
