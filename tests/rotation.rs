@@ -1,4 +1,4 @@
-//! Key rotation with card chains (issue 13; `custody.md` §8.5, test-plan.md 100 to 104): B
+//! Key rotation with card chains (issue 13; `custody.md` §8.5, test-plan.md 100 to 104, 106, 107): B
 //! rotates its signing, age and TLS keys mid-life; A follows the card chain without a
 //! fingerprint; A's receipts from before verify; transfers work both ways afterwards, and a
 //! transfer sent to B before the rotation still opens; B's relay log verifies across the
@@ -304,4 +304,39 @@ fn an_interrupted_rotation_is_completed_or_discarded() {
     assert_eq!(fingerprint(d, "C"), fingerprint(d, "C2"));
     assert!(!d.join("C/rotate.new").exists());
     ok(run(d, &["--home", "C", "trust", "list"]));
+}
+
+/// test-plan.md 107: a chain is not followed from a signing key this home revoked; with the
+/// fingerprint of the newest card it is trusted as before.
+#[test]
+fn a_revoked_key_hands_no_trust_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    agency(d, "P", "agency-p", false);
+    agency(d, "Q", "agency-q", false);
+    trust(d, "P", "Q");
+    ok(run(d, &["--home", "Q", "agency", "rotate"]));
+    ok(run(
+        d,
+        &[
+            "--home", "P", "trust", "revoke", "agency-q", "--key", "signing",
+        ],
+    ));
+    let o = run(d, &["--home", "P", "trust", "add", "Q/card-chain.note"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let fp = fingerprint(d, "Q");
+    ok(run(
+        d,
+        &[
+            "--home",
+            "P",
+            "trust",
+            "add",
+            "Q/card-chain.note",
+            "--fingerprint",
+            &fp,
+        ],
+    ));
+    let o = ok(run(d, &["--home", "P", "--json", "trust", "list"]));
+    assert_eq!(json_lines(&o)[0]["fingerprint"], fp.as_str());
 }

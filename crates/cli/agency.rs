@@ -242,12 +242,13 @@ fn linked_chain(home: &Home, dest: &Path, new: &[u8]) -> Option<(Vec<u8>, String
     if after >= new_notes.len() {
         return None;
     }
-    // A revoked trusted key cannot hand trust on to a successor (`custody.md` §8.5).
-    if let Ok(store) = home.trust_store()
-        && let Ok(revoked) = home.revocations(&store)
-        && revoked
-            .get(KeyKind::Signing, &signing_key_sha256(head))
-            .is_some()
+    // A revoked trusted key cannot hand trust on to a successor (`custody.md` §8.5); nor can
+    // one whose revocations cannot be read.
+    let store = home.trust_store().ok()?;
+    let revoked = home.revocations(&store).ok()?;
+    if revoked
+        .get(KeyKind::Signing, &signing_key_sha256(head))
+        .is_some()
     {
         return None;
     }
