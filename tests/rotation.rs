@@ -1,9 +1,9 @@
-//! Key rotation with card chains (issue 13; `custody.md` §8.5, test-plan.md 100 to 104, 106, 107): B
-//! rotates its signing, age and TLS keys mid-life; A follows the card chain without a
+//! Key rotation with card chains (issue 13; `custody.md` §8.5; test-plan.md 100 to 104, 106,
+//! 107): B rotates its signing, age and TLS keys mid-life; A follows the card chain without a
 //! fingerprint; A's receipts from before verify; transfers work both ways afterwards, and a
 //! transfer sent to B before the rotation still opens; B's relay log verifies across the
 //! rotation; a chain with a broken link, or a card that does not link, is not trusted without
-//! the fingerprint.
+//! the fingerprint; an interrupted rotation is completed; a revoked key hands no trust on.
 
 mod common;
 
