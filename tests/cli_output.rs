@@ -495,6 +495,21 @@ fn session(json: bool) -> Session {
         &["audit", "export", "-o", "audit.jsonl"],
         0,
     );
+    // B rotates its keys; A follows the card chain without a fingerprint (custody.md §8.5).
+    s.run("agency rotate", Some("B"), &["agency", "rotate"], 0);
+    for e in std::fs::read_dir(d.join("B/retired"))
+        .expect("retired")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        s.vary(&name, "<retired>.identity.txt");
+    }
+    s.run(
+        "trust add",
+        Some("A"),
+        &["trust", "add", "B/card-chain.note"],
+        0,
+    );
     s.run(
         "trust remove",
         Some("A"),

@@ -4,7 +4,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use rogatory_custody::{
-    AgencyIdentity, KeyKind, Revocation, fingerprint_matches, signing_key_sha256,
+    AgencyIdentity, CardChain, KeyKind, Revocation, Timestamp, fingerprint_matches,
+    signing_key_sha256, split_notes,
 };
 use rogatory_envelope::HybridIdentity;
 use rogatory_transport::certs::{Validity, self_signed};
@@ -14,7 +15,7 @@ use rogatory_client::json::Event as Json;
 use crate::args::{AgencyInitArgs, AgencyRevokeArgs, RevokeKey, TrustAddArgs, TrustRevokeArgs};
 use crate::error::{CliError, Exit, Result};
 use crate::events::Events;
-use crate::home::{Home, parse_agency, read_card, write_file};
+use crate::home::{Home, parse_agency, read_chain, write_file};
 
 /// Creates the agency's identity, TLS key and self-signed certificate, and its signed card.
 pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &Events) -> Result<()> {
@@ -53,8 +54,9 @@ pub(crate) fn init(home: &Home, a: &AgencyInitArgs, events: &Events) -> Result<(
     let pin = tls_id
         .spki_sha256()
         .map_err(|e| CliError::new(Exit::Internal, "TLS key").source(e))?;
+    // Every card issued says from when it is valid (`custody.md` §8, §8.5).
     let (card, note) = identity
-        .card(&a.name, &a.jurisdiction, vec![pin])
+        .issue_card(&a.name, &a.jurisdiction, vec![pin], Some(now_ts()), None)
         .map_err(|e| CliError::new(Exit::Usage, "making the card").source(e))?;
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -128,8 +130,9 @@ pub(crate) fn card(home: &Home, events: &Events) -> Result<()> {
 }
 
 pub(crate) fn fingerprint(home: &Home, card: Option<&Path>, events: &Events) -> Result<()> {
+    // A card-chain file names its newest card (`custody.md` §8.5).
     let c = match card {
-        Some(p) => read_card(p)?,
+        Some(p) => read_chain(p)?.newest().clone(),
         None => home.card()?,
     };
     if events.json {
@@ -143,11 +146,25 @@ pub(crate) fn fingerprint(home: &Home, card: Option<&Path>, events: &Events) -> 
     Ok(())
 }
 
+/// `trust add FILE`: FILE holds one card or a card chain (`custody.md` §8.5). A chain whose
+/// cards link to the card already trusted for that agency (its newest key appears in the chain,
+/// or the chain's first card succeeds it) is accepted without a fingerprint, unless that key is
+/// revoked here; anything else needs the fingerprint of the newest card, as before.
 pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Result<()> {
-    let card = read_card(&a.card)?;
+    let note = std::fs::read(&a.card).map_err(|e| {
+        CliError::new(
+            Exit::Usage,
+            format!("cannot read card {}", a.card.display()),
+        )
+        .source(e)
+    })?;
+    let chain = read_chain(&a.card)?;
+    let card = chain.newest().clone();
     let fp = card.fingerprint();
-    match &a.fingerprint {
-        Some(typed) => {
+    let dest = home.path(&format!("trust/{}.card", card.id));
+    let linked = linked_chain(home, &dest, &note);
+    match (&a.fingerprint, &linked) {
+        (Some(typed), _) => {
             if !fingerprint_matches(typed, &fp) {
                 // The card's own fingerprint is never shown here: pasting it would skip the
                 // out-of-band check the fingerprint exists for.
@@ -164,7 +181,8 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Resul
                 )));
             }
         }
-        None => {
+        (None, Some(_)) => {}
+        (None, None) => {
             if !std::io::stdin().is_terminal() {
                 return Err(
                     CliError::new(Exit::Usage, "no --fingerprint given").hint(format!(
@@ -188,15 +206,56 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Resul
             }
         }
     }
-    let dest = home.path(&format!("trust/{}.card", card.id));
-    let note = std::fs::read(&a.card).map_err(|e| crate::error::io("reading", &a.card, e))?;
-    write_file(&dest, &note, 0o644, true)?;
+    let stored = match &linked {
+        Some((bytes, _)) => bytes.as_slice(),
+        None => note.as_slice(),
+    };
+    write_file(&dest, stored, 0o644, true)?;
     if events.json {
         events.emit(trusted(&card));
+    } else if let Some((_, previous)) = &linked {
+        outln!(
+            "trusted {} ({fp}): its card chain links to the card trusted before ({previous})",
+            card.id
+        );
     } else {
         outln!("trusted {} ({fp})", card.id);
     }
     Ok(())
+}
+
+/// The chain to store when the cards in `new` extend the chain trusted in `dest`
+/// (`custody.md` §8.5): the trusted chain followed by the cards of `new` after its newest key.
+/// `None` when nothing links (no card trusted, a chain that does not verify, nothing new), or
+/// when the trusted newest signing key is revoked in this home. Returns the bytes and the
+/// fingerprint of the card trusted before.
+fn linked_chain(home: &Home, dest: &Path, new: &[u8]) -> Option<(Vec<u8>, String)> {
+    let old_bytes = std::fs::read(dest).ok()?;
+    let old = CardChain::parse(&old_bytes).ok()?;
+    let head = &old.newest().verifier_key;
+    let new_notes = split_notes(new);
+    let new_chain = CardChain::from_notes(&new_notes).ok()?;
+    let after = new_chain
+        .cards()
+        .position(|c| &c.verifier_key == head)
+        .map_or(0, |k| k + 1);
+    if after >= new_notes.len() {
+        return None;
+    }
+    // A revoked trusted key cannot hand trust on to a successor (`custody.md` §8.5); nor can
+    // one whose revocations cannot be read.
+    let store = home.trust_store().ok()?;
+    let revoked = home.revocations(&store).ok()?;
+    if revoked
+        .get(KeyKind::Signing, &signing_key_sha256(head))
+        .is_some()
+    {
+        return None;
+    }
+    let mut notes = split_notes(&old_bytes);
+    notes.extend_from_slice(&new_notes[after..]);
+    CardChain::from_notes(&notes).ok()?;
+    Some((notes.concat(), old.newest().fingerprint().to_string()))
 }
 
 pub(crate) fn trust_list(home: &Home, events: &Events) -> Result<()> {
@@ -266,8 +325,23 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool, events: &Events) -> Result
         identity
     };
     let old = home.card()?;
+    if old.previous_key.is_some() {
+        // `custody.md` §8.5: a rotated card is signed by the previous key too, which this home
+        // no longer holds; a re-issued card without that signature would break the chain.
+        return Err(CliError::new(
+            Exit::Safety,
+            "this card was issued by `agency rotate` and is signed by the previous key too",
+        )
+        .hint("run `agency rotate` to issue a new card (it has a post-quantum age key)"));
+    }
     let (card, note) = identity
-        .card(&old.name, &old.jurisdiction, old.tls_spki_sha256.clone())
+        .issue_card(
+            &old.name,
+            &old.jurisdiction,
+            old.tls_spki_sha256.clone(),
+            Some(now_ts()),
+            None,
+        )
         .map_err(|e| CliError::new(Exit::Usage, "making the card").source(e))?;
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -333,7 +407,15 @@ pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<(
         false,
     )?;
     copy("tls/key.pem", 0o600)?;
-    for f in ["tls/cert.pem", "tls/ca.pem", "tls/crl.pem", "card.note"] {
+    // The card chain too (`custody.md` §8.5): the relay verifies its log's older checkpoints
+    // with the retired log keys.
+    for f in [
+        "tls/cert.pem",
+        "tls/ca.pem",
+        "tls/crl.pem",
+        "card.note",
+        "card-chain.note",
+    ] {
         copy(f, 0o644)?;
     }
     for sub in ["trust", "trust/revoked"] {
@@ -550,31 +632,196 @@ pub(crate) fn trust_revoke(home: &Home, a: &TrustRevokeArgs, events: &Events) ->
     Ok(())
 }
 
-/// The signed notes of a file, each ending after its signature block (a blank line, then
-/// signature lines up to the next statement's first line).
-fn split_notes(b: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut in_sigs = false;
-    let mut i = 0;
-    while i < b.len() {
-        let end = b[i..]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map_or(b.len(), |p| i + p + 1);
-        let line = &b[i..end];
-        if in_sigs && !line.starts_with("\u{2014} ".as_bytes()) {
-            out.push(&b[start..i]);
-            start = i;
-            in_sigs = false;
-        }
-        if line == b"\n" {
-            in_sigs = true;
-        }
-        i = end;
+/// Now, as a card's `valid_from` (`custody.md` §8).
+fn now_ts() -> Timestamp {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}
+
+/// `agency rotate` (`custody.md` §8.5): new signing, age (X25519 and hybrid) and TLS keys, and a
+/// new card naming the previous key and signed by both. The retired age secrets are kept under
+/// `retired/` (0600) so transfers already encrypted to them still open; `card-chain.note`
+/// holds every card this agency issued, oldest first, for partners and the relay home.
+pub(crate) fn rotate(home: &Home, events: &Events) -> Result<()> {
+    if install_staged(home)? {
+        // An interrupted rotation, now installed: report it instead of rotating again.
+        errln!("rogatory: completed an interrupted `agency rotate`");
+        let chain = home.card_chain()?;
+        let mut cards = chain.cards().rev();
+        let (Some(card), Some(prev)) = (cards.next(), cards.next()) else {
+            return Err(CliError::new(
+                Exit::Internal,
+                "no previous card after a rotation",
+            ));
+        };
+        let retired = home.path(&format!(
+            "retired/{}.identity.txt",
+            retired_stem(card.valid_from)
+        ));
+        return report_rotation(home, events, card, prev, &retired);
     }
-    if start < b.len() {
-        out.push(&b[start..]);
+    let old = home.identity()?;
+    if old.age_identity().is_none() {
+        return Err(
+            CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)").hint(
+                "rotate the keys in the agency's own home, then run `agency export-relay` again",
+            ),
+        );
     }
-    out
+    let chain = home.card_chain()?;
+    let prev = chain.newest().clone();
+    if prev.verifier_key != old.signer().verifier() {
+        return Err(CliError::new(
+            Exit::Integrity,
+            format!(
+                "{} is not signed by this home's identity",
+                home.path("card.note").display()
+            ),
+        ));
+    }
+    // The next whole second: what the previous key signed during this second (times have
+    // second precision) stays before the new card's `valid_from` (`custody.md` §8.5).
+    let valid_from = Timestamp::from_unix(now_ts().unix().saturating_add(1))
+        .map_err(|e| CliError::new(Exit::Internal, "the time").source(e))?;
+    let new = AgencyIdentity::generate(old.id().clone());
+    let tls = self_signed(new.id(), Validity::days_from_now(825))
+        .map_err(|e| CliError::new(Exit::Internal, "generating the TLS certificate").source(e))?;
+    let pin =
+        rogatory_transport::TlsIdentity::from_pem(tls.cert_pem.as_bytes(), tls.key_pem.as_bytes())
+            .and_then(|t| t.spki_sha256())
+            .map_err(|e| {
+                CliError::new(Exit::Internal, "loading the new TLS certificate").source(e)
+            })?;
+    let (card, note) = new
+        .issue_card(
+            &prev.name,
+            &prev.jurisdiction,
+            vec![pin],
+            Some(valid_from),
+            Some(old.signer()),
+        )
+        .map_err(|e| CliError::new(Exit::Internal, "making the card").source(e))?;
+    let chain_path = home.path("card-chain.note");
+    let mut chain_bytes = match std::fs::read(&chain_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let p = home.path("card.note");
+            std::fs::read(&p).map_err(|e| crate::error::io("reading", &p, e))?
+        }
+        Err(e) => return Err(crate::error::io("reading", &chain_path, e)),
+    };
+    chain_bytes.extend_from_slice(note.as_bytes());
+    CardChain::parse(&chain_bytes)
+        .map_err(|e| CliError::new(Exit::Internal, "the new card chain").source(e))?;
+    let stamp = valid_from.to_string();
+    let retired = home.path(&format!(
+        "retired/{}.identity.txt",
+        retired_stem(Some(valid_from))
+    ));
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    // `custody.md` §8.5, `cli.md` "Rotating keys": the retired secrets first, so no key is
+    // ever lost; then every new file is staged under `rotate.new/`, marked complete, and
+    // installed by renames (`card.note` last). An interrupted installation is completed by the
+    // next `agency rotate`; an incomplete stage is discarded (nothing of it was installed).
+    write_file(
+        &retired,
+        old.retired_secret_text(&stamp).as_bytes(),
+        0o600,
+        false,
+    )?;
+    let stage = home.path(STAGE);
+    let secret = new.to_secret_text(&now);
+    let staged: [(&str, &[u8], u32); 5] = [
+        ("tls/key.pem", tls.key_pem.as_bytes(), 0o600),
+        ("tls/cert.pem", tls.cert_pem.as_bytes(), 0o644),
+        ("identity.txt", secret.as_bytes(), 0o600),
+        ("card-chain.note", &chain_bytes, 0o644),
+        ("card.note", note.as_bytes(), 0o644),
+    ];
+    for (f, data, mode) in staged {
+        write_file(&stage.join(f), data, mode, true)?;
+    }
+    write_file(&stage.join(STAGE_COMPLETE), b"", 0o600, true)?;
+    install_staged(home)?;
+    report_rotation(home, events, &card, &prev, &retired)
+}
+
+/// The staging directory of `agency rotate` and its completion marker.
+const STAGE: &str = "rotate.new";
+const STAGE_COMPLETE: &str = "complete";
+/// The files `agency rotate` replaces, in the order it installs them (`card.note` last).
+const ROTATED: [&str; 5] = [
+    "tls/key.pem",
+    "tls/cert.pem",
+    "identity.txt",
+    "card-chain.note",
+    "card.note",
+];
+
+/// Installs a staged rotation by renames; returns whether there was one. A stage without its
+/// completion marker was never installed and is removed.
+fn install_staged(home: &Home) -> Result<bool> {
+    let stage = home.path(STAGE);
+    if !stage.exists() {
+        return Ok(false);
+    }
+    let complete = stage.join(STAGE_COMPLETE).exists();
+    if complete {
+        for f in ROTATED {
+            let (from, to) = (stage.join(f), home.path(f));
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(|e| crate::error::io("renaming", &to, e))?;
+                if let Some(dir) = to.parent() {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| crate::error::io("syncing", dir, e))?;
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&stage).map_err(|e| crate::error::io("removing", &stage, e))?;
+    Ok(complete)
+}
+
+/// Reports a rotation: the new card, the previous one, the retired secrets.
+fn report_rotation(
+    home: &Home,
+    events: &Events,
+    card: &rogatory_custody::AgencyCard,
+    prev: &rogatory_custody::AgencyCard,
+    retired: &Path,
+) -> Result<()> {
+    let stamp = card.valid_from.map(|t| t.to_string()).unwrap_or_default();
+    let chain_path = home.path("card-chain.note");
+    if events.json {
+        events.emit(Json::CardRotated {
+            agency: card.id.to_string(),
+            card: home.path("card.note").display().to_string(),
+            card_chain: chain_path.display().to_string(),
+            fingerprint: card.fingerprint().to_string(),
+            previous_fingerprint: prev.fingerprint().to_string(),
+            valid_from: stamp,
+            retired: retired.display().to_string(),
+        });
+        return Ok(());
+    }
+    outln!("keys of {} rotated, new card valid from {stamp}", card.id);
+    outln!("fingerprint: {}", card.fingerprint());
+    outln!("previous fingerprint: {}", prev.fingerprint());
+    outln!("card: {}", home.path("card.note").display());
+    outln!(
+        "card chain for partners (`rogatory trust add`): {}",
+        chain_path.display()
+    );
+    outln!("retired age secrets: {}", retired.display());
+    outln!("run `agency export-relay` again for this agency's relay");
+    Ok(())
+}
+
+/// The name of a retired identity file: the new card's `valid_from` as `YYYYMMDDTHHMMSSZ`.
+fn retired_stem(valid_from: Option<Timestamp>) -> String {
+    valid_from
+        .map(|t| t.to_string().replace([':', '-'], ""))
+        .unwrap_or_default()
 }

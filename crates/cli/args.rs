@@ -160,6 +160,10 @@ pub(crate) enum AgencyCommand {
         #[arg(long)]
         add_pq: bool,
     },
+    /// Rotate this agency's keys (docs/custody.md §8.5): new signing, age and TLS keys and a
+    /// new card signed by the new key and the previous one; card-chain.note holds every card
+    /// for partners (`trust add`), retired age secrets are kept under retired/.
+    Rotate,
     /// Revoke one of this agency's own keys (docs/custody.md §8.3): writes a signed
     /// key-revocation for partners (`trust revoke FILE`) and stores it in this home.
     Revoke(AgencyRevokeArgs),
@@ -244,9 +248,10 @@ pub(crate) struct TrustRevokeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TrustAddArgs {
-    /// The card file (a signed note).
+    /// The card file (a signed note), or a card-chain file (docs/custody.md §8.5).
     pub(crate) card: PathBuf,
-    /// The fingerprint confirmed with the agency over a separate channel.
+    /// The fingerprint confirmed with the agency over a separate channel (not needed for a
+    /// card chain that links to the card already trusted for that agency).
     #[arg(long)]
     pub(crate) fingerprint: Option<String>,
 }

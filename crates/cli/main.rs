@@ -81,6 +81,7 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Trust(TrustCommand::Remove { id }) => agency::trust_remove(&home()?, &id, events),
         Command::Trust(TrustCommand::Revoke(a)) => agency::trust_revoke(&home()?, &a, events),
         Command::Agency(AgencyCommand::Revoke(a)) => agency::revoke(&home()?, &a, events),
+        Command::Agency(AgencyCommand::Rotate) => agency::rotate(&home()?, events),
         Command::Relay(RelayCommand::Serve(a)) => relay_cmd::serve(&home()?, &a, events),
         Command::Relay(RelayCommand::Purge { dry_run, policy }) => {
             relay_cmd::purge(&home()?, dry_run, policy.as_deref(), events)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rogatory_custody::{
     AgencyCard, Checkpoint, ReceiptBundle, Statement, TransferId, TrustStore,
-    check_not_rolled_back, verify_records,
+    check_not_rolled_back, verify_records_any,
 };
 use serde_json::json;
 
@@ -112,7 +112,6 @@ fn held_note(
 
 /// What one file proves, or why it proves nothing.
 fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Result<String, String> {
-    let cards: Vec<&AgencyCard> = store.cards().collect();
     if ReceiptBundle::parse(text).is_ok() {
         // custody.md §9: the statement's signer (the relay's agency for custody and purge
         // receipts, the recipient for a delivery receipt) and the log's owner (the relay's
@@ -127,29 +126,35 @@ fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Resul
             v.logged.checkpoint.size
         ));
     }
-    for c in &cards {
-        if let Ok(st) = Statement::open(text.as_bytes(), &c.verifier_key) {
+    // Any key of each trusted agency's card chain (`custody.md` §8.5).
+    for c in store.chains() {
+        if let Ok((st, _)) = c.open_statement(text.as_bytes()) {
             return Ok(format!(
                 "{} (signed statement, not proven in a log)",
                 describe(&st)
             ));
         }
-        if let Some(log_key) = c.verifier_key.with_name(&format!("{}/audit", c.id))
-            && let Ok(cp) = Checkpoint::open(text.as_bytes(), &log_key)
-        {
+        if let Ok(cp) = c.open_checkpoint(text.as_bytes()) {
             return Ok(format!("checkpoint of {}: {} entries", cp.origin, cp.size));
         }
     }
-    if let Ok(card) = AgencyCard::open(text.as_bytes()) {
+    // A card, or a card chain (`custody.md` §8.5): its newest card.
+    if let Ok(chain) = rogatory_custody::CardChain::parse(text.as_bytes()) {
+        let card = chain.newest();
         let trusted = store
             .get(&card.id)
             .is_some_and(|t| t.verifier_key.to_string() == card.verifier_key.to_string());
         return Ok(format!(
-            "agency card of {} ({}, {}), fingerprint {}{}",
+            "agency card of {} ({}, {}), fingerprint {}{}{}",
             card.id,
             card.name,
             card.jurisdiction,
             card.fingerprint(),
+            if chain.len() > 1 {
+                format!(", newest of a chain of {} cards", chain.len())
+            } else {
+                String::new()
+            },
             if trusted {
                 ", trusted"
             } else {
@@ -413,19 +418,19 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
         .log
         .clone()
         .unwrap_or_else(|| home.path("relay/audit.log"));
-    let card = match &a.agency {
-        None => AgencyCard::clone(&*home.card()?),
+    // The log keys of the owner's whole card chain (`custody.md` §8.5): checkpoints signed
+    // before a key rotation keep verifying.
+    let chain = match &a.agency {
+        None => home.card_chain()?,
         Some(id) => {
             let id = crate::home::parse_agency(id)?;
-            home.trust_store()?.get(&id).cloned().ok_or_else(|| {
+            home.trust_store()?.chain(&id).cloned().ok_or_else(|| {
                 CliError::new(Exit::Usage, format!("{id} is not a trusted agency"))
             })?
         }
     };
-    let log_key = card
-        .verifier_key
-        .with_name(&format!("{}/audit", card.id))
-        .ok_or_else(|| CliError::new(Exit::Internal, "log key name"))?;
+    let card = AgencyCard::clone(chain.newest());
+    let log_key = chain.log_verifiers();
     let decoded = rogatory_relay::logfile::read_records(&log_path).map_err(|e| {
         CliError::new(
             Exit::Integrity,
@@ -435,7 +440,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
     })?;
     match &a.command {
         AuditCommand::Verify => {
-            let (tree, last) = verify_records(&decoded.records, &log_key).map_err(|e| {
+            let (tree, last) = verify_records_any(&decoded.records, &log_key).map_err(|e| {
                 CliError::new(
                     Exit::Integrity,
                     format!("{}: the audit log does not verify", log_path.display()),
@@ -478,7 +483,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
             let kept_size = match kept {
                 None => None,
                 Some((n, note)) => {
-                    let cp = Checkpoint::open(note.as_bytes(), &log_key)
+                    let cp = Checkpoint::open_any(note.as_bytes(), &log_key)
                         .map_err(|e| {
                             CliError::new(
                                 Exit::Integrity,
@@ -551,7 +556,7 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
                 })?),
                 None => None,
             };
-            verify_records(&decoded.records, &log_key).map_err(|e| {
+            verify_records_any(&decoded.records, &log_key).map_err(|e| {
                 CliError::new(
                     Exit::Integrity,
                     format!("{}: the audit log does not verify", log_path.display()),

@@ -45,23 +45,22 @@ fn seen_dir(home: &Home, relay: &AgencyId) -> PathBuf {
     home.path(&format!("checkpoints/{relay}.seen"))
 }
 
-/// The log key of `relay`'s audit log, from its trusted card.
-fn log_key(store: &TrustStore, relay: &AgencyId) -> Result<NoteVerifier> {
-    let card = store.get(relay).ok_or_else(|| {
+/// The log keys of `relay`'s audit log, from its trusted card chain (`custody.md` §8.5: a
+/// checkpoint signed before the relay's agency rotated its key keeps verifying).
+fn log_key(store: &TrustStore, relay: &AgencyId) -> Result<Vec<NoteVerifier>> {
+    let chain = store.chain(relay).ok_or_else(|| {
         Error::new(
             ErrorKind::Refused,
             format!("relay agency {relay} has no trusted card"),
         )
         .hint("add its card with `rogatory trust add` after checking its fingerprint")
     })?;
-    card.verifier_key
-        .with_name(&format!("{relay}/audit"))
-        .ok_or_else(|| Error::new(ErrorKind::Internal, format!("no log key for {relay}")))
+    Ok(chain.log_verifiers())
 }
 
-fn open_held(p: &std::path::Path, key: &NoteVerifier) -> Result<(Checkpoint, String)> {
+fn open_held(p: &std::path::Path, key: &[NoteVerifier]) -> Result<(Checkpoint, String)> {
     let text = std::fs::read_to_string(p).map_err(|e| crate::error::io("reading", p, e))?;
-    let cp = Checkpoint::open(text.as_bytes(), key).map_err(|e| {
+    let cp = Checkpoint::open_any(text.as_bytes(), key).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
             format!(
@@ -79,7 +78,7 @@ fn open_held(p: &std::path::Path, key: &NoteVerifier) -> Result<(Checkpoint, Str
 fn newest(
     home: &Home,
     relay: &AgencyId,
-    key: &NoteVerifier,
+    key: &[NoteVerifier],
 ) -> Result<Option<(Checkpoint, String)>> {
     let p = newest_path(home, relay);
     if !p.exists() {
@@ -89,7 +88,7 @@ fn newest(
 }
 
 /// Every checkpoint of `relay`'s log this home verified (the newest included).
-fn seen(home: &Home, relay: &AgencyId, key: &NoteVerifier, size: u64) -> Result<Seen> {
+fn seen(home: &Home, relay: &AgencyId, key: &[NoteVerifier], size: u64) -> Result<Seen> {
     let mut out = Seen::default();
     if let Some((cp, _)) = newest(home, relay, key)? {
         out.newest = Some(cp.size);
@@ -118,7 +117,7 @@ struct Seen {
 fn keep(
     home: &Home,
     relay: &AgencyId,
-    key: &NoteVerifier,
+    key: &[NoteVerifier],
     cp: &Checkpoint,
     note: &str,
 ) -> Result<()> {
@@ -212,7 +211,7 @@ fn inconsistent(
 /// its card (`None` for an empty log), its note, and the consistency proof from `held_size`.
 async fn exchange(
     s: &Session,
-    key: &NoteVerifier,
+    key: &[NoteVerifier],
     held_size: u64,
 ) -> Result<Option<(Checkpoint, String, Vec<[u8; 32]>)>> {
     let relay = &s.peer.agency;
@@ -237,7 +236,7 @@ async fn exchange(
     if answer.checkpoint.is_empty() {
         return Ok(None);
     }
-    let cp = Checkpoint::open(answer.checkpoint.as_bytes(), key)
+    let cp = Checkpoint::open_any(answer.checkpoint.as_bytes(), key)
         .map_err(|e| {
             Error::new(
                 ErrorKind::Integrity,

@@ -5,8 +5,11 @@
 //! tls/key.pem       TLS private key (secret, 0600)
 //! tls/cert.pem      TLS certificate (self-signed, names <id>.rogatory.invalid; pinned by the card)
 //! tls/ca.pem        optional CA bundle; tls/crl.pem optional CRL
-//! card.note         this agency's signed card (public)
-//! trust/<id>.card   cards of trusted agencies
+//! card.note         this agency's signed card (public), its newest
+//! card-chain.note   every card it issued, oldest first, once it rotated its keys (`custody.md` §8.5)
+//! retired/<UTC>.identity.txt  age secrets of a retired identity (secret, 0600; `agency rotate`)
+//! rotate.new/       a rotation being installed (`agency rotate` completes or discards it)
+//! trust/<id>.card   cards of trusted agencies: one card, or its card chain (`custody.md` §8.5)
 //! trust/revoked/    signed key revocations, one file per key (`custody.md` §8.3)
 //! outbox/<key>/     sends in progress: offer, headers, resume points (no data; `send` module)
 //! sent/<transfer>/  completed sends: manifest, contents and seal; state, heads and digests for
@@ -20,7 +23,10 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rogatory_custody::{AgencyCard, AgencyId, AgencyIdentity, Revocation, Revocations, TrustStore};
+use rogatory_custody::{
+    AgencyCard, AgencyId, AgencyIdentity, CardChain, Revocation, Revocations, TrustStore,
+};
+use rogatory_envelope::AnyIdentity;
 use rogatory_transport::{PeerTrust, TlsIdentity};
 
 use crate::error::{Error as CliError, ErrorKind as Exit, Result, io};
@@ -91,9 +97,8 @@ impl Home {
     /// is refused here, at load, naming the file (exit 3).
     pub fn trust_store(&self) -> Result<TrustStore> {
         let mut t = TrustStore::new();
-        let own = self.path("card.note");
-        if own.exists() {
-            t.insert_verified(read_card(&own)?);
+        if self.path("card.note").exists() {
+            t.insert_chain(self.card_chain()?);
         }
         let dir = self.path("trust");
         let rd = match fs::read_dir(&dir) {
@@ -110,9 +115,9 @@ impl Home {
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "card"))
         {
-            let card = read_card(&p)?;
+            let chain = read_chain(&p)?;
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            t.insert_from_file(stem, card).map_err(|e| {
+            t.insert_chain_from_file(stem, chain).map_err(|e| {
                 CliError::new(
                     Exit::Integrity,
                     format!("{}: {e}; the trust store is refused", p.display()),
@@ -211,6 +216,65 @@ impl Home {
     pub fn card(&self) -> Result<rogatory_custody::Verified<AgencyCard>> {
         read_card(&self.path("card.note"))
     }
+
+    /// This agency's card chain (`custody.md` §8.5): `card-chain.note` if it rotated its keys
+    /// (its newest card must be `card.note`), else `card.note` alone.
+    pub fn card_chain(&self) -> Result<CardChain> {
+        let card = self.card()?;
+        let p = self.path("card-chain.note");
+        if !p.exists() {
+            return Ok(CardChain::single(card));
+        }
+        let chain = read_chain(&p)?;
+        if **chain.newest() != *card {
+            return Err(CliError::new(
+                Exit::Integrity,
+                format!(
+                    "{}: its newest card is not {}",
+                    p.display(),
+                    self.path("card.note").display()
+                ),
+            )
+            .hint(
+                "if `agency rotate` was interrupted, run it again to complete it; otherwise restore both files from a backup",
+            ));
+        }
+        Ok(chain)
+    }
+
+    /// Every age identity this agency decrypts with: its identity's, then those of every
+    /// retired identity under `retired/` (`custody.md` §8.5), newest first, so that transfers
+    /// encrypted to its recipients before a rotation still open.
+    pub fn age_identities(&self) -> Result<Vec<AnyIdentity>> {
+        let mut out = self.identity()?.age_identities();
+        let dir = self.path("retired");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("reading", &dir, e)),
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| io("reading", &dir, e))?;
+        paths.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".identity.txt") && !n.starts_with('.'))
+        });
+        paths.sort();
+        for p in paths.into_iter().rev() {
+            let text = zeroize::Zeroizing::new(read_secret(&p)?);
+            out.extend(rogatory_envelope::parse_identities(&text).map_err(|e| {
+                CliError::new(
+                    Exit::NoKey,
+                    format!("{}: not an age identity file", p.display()),
+                )
+                .source(e)
+            })?);
+        }
+        Ok(out)
+    }
 }
 
 fn no_key(p: &Path, e: std::io::Error) -> CliError {
@@ -247,6 +311,20 @@ pub fn read_card(p: &Path) -> Result<rogatory_custody::Verified<AgencyCard>> {
         CliError::new(
             Exit::Integrity,
             format!("{}: not a valid agency card", p.display()),
+        )
+        .source(e)
+    })
+}
+
+/// Reads a card file or card-chain file (`custody.md` §8.5) and checks every link.
+pub fn read_chain(p: &Path) -> Result<CardChain> {
+    let b = fs::read(p).map_err(|e| {
+        CliError::new(Exit::Usage, format!("cannot read card {}", p.display())).source(e)
+    })?;
+    CardChain::parse(&b).map_err(|e| {
+        CliError::new(
+            Exit::Integrity,
+            format!("{}: not a valid agency card or card chain", p.display()),
         )
         .source(e)
     })

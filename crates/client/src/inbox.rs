@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rogatory_custody::{Legal, Manifest, TrustStore, open_sealed_manifest};
+use rogatory_custody::{Legal, Manifest, TrustStore};
 use rogatory_envelope::AnyIdentity;
 use rogatory_transport::ErrorCode;
 use rogatory_transport::frame::{self, Frame, Object};
@@ -55,7 +55,8 @@ pub struct InboxRequest {
 /// ```
 pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
     let store = Arc::new(home.trust_store()?);
-    let identities: Arc<Vec<AnyIdentity>> = Arc::new(home.identity()?.age_identities());
+    // Retired identities too (`custody.md` §8.5).
+    let identities: Arc<Vec<AnyIdentity>> = Arc::new(home.age_identities()?);
     let rt = crate::runtime()?;
     rt.block_on(async {
         let (_node, s) = crate::connect(home, &req.relay).await?;
@@ -118,15 +119,18 @@ async fn legal_of(
     let manifest_json = small_object(s, t, Object::Manifest).await?;
     let claimed = Manifest::parse(&manifest_json)
         .map_err(|e| Error::new(ErrorKind::Integrity, format!("{t}: bad manifest")).source(e))?;
-    let card = store.get(&claimed.sender).ok_or_else(|| {
+    let card = store.chain(&claimed.sender).ok_or_else(|| {
         Error::new(
             ErrorKind::Integrity,
             format!("sender {} is not trusted", claimed.sender),
         )
     })?;
-    let sealed = open_sealed_manifest(&manifest_json, &seal, &card.verifier_key).map_err(|e| {
-        Error::new(ErrorKind::Integrity, "the sender's seal does not verify").source(e)
-    })?;
+    // Any key of the sender's card chain (`custody.md` §8.5).
+    let (sealed, _) = card
+        .open_sealed_manifest(&manifest_json, &seal)
+        .map_err(|e| {
+            Error::new(ErrorKind::Integrity, "the sender's seal does not verify").source(e)
+        })?;
     let contents = small_object(s, t, Object::Contents).await?;
     let (inventory, _) = crate::contents::open(t, &sealed.manifest, &contents, identities)?;
     Ok(inventory.legal)

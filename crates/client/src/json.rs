@@ -87,6 +87,24 @@ pub enum Event {
         /// Whether the card now names a post-quantum age recipient.
         post_quantum: bool,
     },
+    /// `agency rotate`: new signing, age and TLS keys and a new card, signed by the new key and
+    /// the previous one (`custody.md` §8.5).
+    CardRotated {
+        /// The agency id.
+        agency: String,
+        /// The new `card.note`.
+        card: String,
+        /// `card-chain.note`: every card this agency issued, what partners pass to `trust add`.
+        card_chain: String,
+        /// The new card's fingerprint.
+        fingerprint: String,
+        /// The previous card's fingerprint.
+        previous_fingerprint: String,
+        /// From when the new card is valid (and the previous key retired).
+        valid_from: String,
+        /// The file that keeps the retired age secrets (0600).
+        retired: String,
+    },
     /// `agency export-relay DIR`: a relay home without the age identity.
     RelayHomeExported {
         /// The agency id.
@@ -497,6 +515,15 @@ impl Event {
                 fingerprint: s(),
                 post_quantum: false,
             },
+            Event::CardRotated {
+                agency: s(),
+                card: s(),
+                card_chain: s(),
+                fingerprint: s(),
+                previous_fingerprint: s(),
+                valid_from: s(),
+                retired: s(),
+            },
             Event::RelayHomeExported {
                 agency: s(),
                 home: s(),
@@ -703,7 +730,7 @@ mod tests {
     /// Every variant has a sample: adding one without a sample fails to compile here.
     #[test]
     fn samples_cover_every_variant() {
-        let mut seen = [false; 40];
+        let mut seen = [false; 41];
         for e in Event::samples() {
             let i = match e {
                 Event::KeyCreated { .. } => 0,
@@ -746,6 +773,7 @@ mod tests {
                 Event::AuditExported { .. } => 37,
                 Event::Error { .. } => 38,
                 Event::KeyRevoked { .. } => 39,
+                Event::CardRotated { .. } => 40,
             };
             assert!(!seen[i], "two samples of variant {i}");
             seen[i] = true;

@@ -13,9 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rogatory_custody::{
-    AgencyCard, AgencyId, CalendarDate, Inventory, Legal, LoggedStatement, Manifest, ReceiptBundle,
+    AgencyId, CalendarDate, CardChain, Inventory, Legal, LoggedStatement, Manifest, ReceiptBundle,
     Sha256Digest, Statement, Timestamp, TransferId, TrustStore, note_text_digest,
-    open_sealed_manifest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -197,7 +196,7 @@ pub fn sanitise(s: &str) -> String {
 pub fn open_manifest(manifest: &[u8], seal: &[u8], store: &TrustStore) -> Result<Manifest> {
     let claimed = Manifest::parse(manifest)
         .map_err(|e| Error::new(ErrorKind::Integrity, "manifest.json is malformed").source(e))?;
-    let card = store.get(&claimed.sender).ok_or_else(|| {
+    let card = store.chain(&claimed.sender).ok_or_else(|| {
         Error::new(
             ErrorKind::Integrity,
             format!(
@@ -206,7 +205,8 @@ pub fn open_manifest(manifest: &[u8], seal: &[u8], store: &TrustStore) -> Result
             ),
         )
     })?;
-    let sealed = open_sealed_manifest(manifest, seal, &card.verifier_key).map_err(|e| {
+    // Any key of the sender's card chain (`custody.md` §8.5).
+    let (sealed, _) = card.open_sealed_manifest(manifest, seal).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
             "seal.note: the sender's seal does not verify against manifest.json",
@@ -253,30 +253,36 @@ pub fn verify_receipt(
     text: &str,
     store: &TrustStore,
 ) -> std::result::Result<VerifiedReceipt, String> {
-    let cards: Vec<&AgencyCard> = store.cards().collect();
+    // Every trusted agency's card chain (`custody.md` §8.5): receipts signed and logged before
+    // a key rotation keep verifying.
+    let chains: Vec<&CardChain> = store.chains().collect();
     let b = ReceiptBundle::parse(text).map_err(|_| "not a receipt bundle".to_owned())?;
-    let Some(signer) = cards
+    let Some(signer) = chains
         .iter()
-        .find(|c| Statement::open(b.statement_note.as_bytes(), &c.verifier_key).is_ok())
+        .find(|c| c.open_statement(b.statement_note.as_bytes()).is_ok())
     else {
         return Err("a receipt whose statement no trusted agency signed".into());
     };
     let origin = b.checkpoint_note.lines().next().unwrap_or_default();
-    let Some(owner) = cards.iter().find(|c| origin == format!("{}/audit", c.id)) else {
+    let Some(owner) = chains
+        .iter()
+        .find(|c| origin == format!("{}/audit", c.id()))
+    else {
         return Err(format!(
             "a receipt proven in the log {}, which is no trusted agency's",
             origin.escape_debug()
         ));
     };
-    match b.verify_logged_by(&signer.verifier_key, &owner.verifier_key) {
-        Ok(l) => Ok(VerifiedReceipt {
+    match b.verify_chains(signer, owner) {
+        Ok((l, _)) => Ok(VerifiedReceipt {
             logged: l.into_inner(),
-            signer: signer.id.clone(),
-            log_owner: owner.id.clone(),
+            signer: signer.id().clone(),
+            log_owner: owner.id().clone(),
         }),
         Err(e) => Err(format!(
             "a receipt signed by {} whose proof in {}/audit fails: {e}",
-            signer.id, owner.id
+            signer.id(),
+            owner.id()
         )),
     }
 }

@@ -8,9 +8,10 @@ use rogatory_envelope::{AnyRecipient, HybridRecipient, Recipient};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
+use crate::chain::CardChain;
 use crate::error::{FieldError, ParseError};
 use crate::identity::AgencyIdentity;
-use crate::ids::{AgencyId, Sha256Digest};
+use crate::ids::{AgencyId, Sha256Digest, Timestamp};
 use crate::note::{Note, NoteSigner, NoteVerifier};
 use crate::verified::Verified;
 
@@ -39,6 +40,14 @@ pub struct AgencyCard {
     pub age_recipient_pq: Option<HybridRecipient>,
     /// SHA-256 pins of the agency's TLS certificate SubjectPublicKeyInfo, sorted.
     pub tls_spki_sha256: Vec<Sha256Digest>,
+    /// From when this card is valid (`custody.md` §8, §8.5): set on every card issued since key
+    /// rotation; absent from older cards, which keep their exact form and signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<Timestamp>,
+    /// The verifier key of the card this one succeeds (`custody.md` §8.5), on a card issued by
+    /// `agency rotate`: the note then carries a second signature, by that key.
+    #[serde(with = "opt_text", default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<NoteVerifier>,
 }
 
 crate::ids::format_tag!(CardFormat, "rogatory-card/v1");
@@ -104,6 +113,8 @@ impl AgencyCard {
             age_recipient,
             age_recipient_pq: None,
             tls_spki_sha256,
+            valid_from: None,
+            previous_key: None,
         };
         c.validate()?;
         Ok(c)
@@ -115,6 +126,19 @@ impl AgencyCard {
         self
     }
 
+    /// The same card, valid from `t` (`custody.md` §8.5).
+    pub fn with_valid_from(mut self, t: Option<Timestamp>) -> Self {
+        self.valid_from = t;
+        self
+    }
+
+    /// The same card, naming `key` as its predecessor's verifier key (`custody.md` §8.5).
+    pub fn with_previous_key(mut self, key: Option<NoteVerifier>) -> Result<Self, ParseError> {
+        self.previous_key = key;
+        self.validate()?;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<(), ParseError> {
         const KIND: &str = "card";
         if self.verifier_key.name() != self.id.as_str() {
@@ -122,6 +146,20 @@ impl AgencyCard {
                 KIND,
                 "verifier key name is not the agency id",
             ));
+        }
+        if let Some(prev) = &self.previous_key {
+            if prev.name() != self.id.as_str() {
+                return Err(ParseError::syntax(
+                    KIND,
+                    "previous key name is not the agency id",
+                ));
+            }
+            if prev == &self.verifier_key {
+                return Err(ParseError::syntax(
+                    KIND,
+                    "previous key is the card's own key",
+                ));
+            }
         }
         if self.name.trim().is_empty()
             || self.name.len() > 256
@@ -152,6 +190,22 @@ impl AgencyCard {
             return Err(ParseError::syntax("card", "signer is not the card's key"));
         }
         Ok(signer.sign(&format!("{}\n", self.to_json()))?)
+    }
+
+    /// The card file of a card issued by key rotation (`custody.md` §8.5): signed by its own key
+    /// (`signer`) and by `previous`, the key its `previous_key` names.
+    pub fn sign_successor(
+        &self,
+        signer: &NoteSigner,
+        previous: &NoteSigner,
+    ) -> Result<String, ParseError> {
+        if self.previous_key.as_ref() != Some(&previous.verifier()) {
+            return Err(ParseError::syntax(
+                "card",
+                "the previous signer is not the card's previous key",
+            ));
+        }
+        Ok(previous.cosign(&self.sign(signer)?)?)
     }
 
     /// Parses a card file and checks its self-signature. This proves only that the card was
@@ -320,10 +374,11 @@ pub enum TrustError {
     },
 }
 
-/// The set of trusted agencies: at most one card per agency id.
+/// The set of trusted agencies: at most one card chain per agency id (`custody.md` §8, §8.5);
+/// the newest card of each is its current card.
 #[derive(Clone, Debug, Default)]
 pub struct TrustStore {
-    cards: BTreeMap<AgencyId, Verified<AgencyCard>>,
+    cards: BTreeMap<AgencyId, CardChain>,
 }
 
 impl TrustStore {
@@ -347,67 +402,89 @@ impl TrustStore {
                 actual: actual.to_string(),
             });
         }
-        if let Some(old) = self.cards.get(&card.id)
+        if let Some(old) = self.get(&card.id)
             && old.verifier_key != card.verifier_key
         {
             return Err(TrustError::Conflict(card.id.clone()));
         }
         let id = card.id.clone();
-        self.cards.insert(id.clone(), card);
-        Ok(&self.cards[&id])
+        self.cards.insert(id.clone(), CardChain::single(card));
+        Ok(self.cards[&id].newest())
     }
 
     /// Adds a card already trusted by other means (loading the store from disk).
     pub fn insert_verified(&mut self, card: Verified<AgencyCard>) {
-        self.cards.insert(card.id.clone(), card);
+        self.insert_chain(CardChain::single(card));
     }
 
-    /// Adds a card loaded from the trust-store file `<file_stem>.card` (`custody.md` §8.4): the
-    /// name must be the card's id, and a card already loaded for that id (the agency's own
-    /// card) must carry the same key. Nothing is replaced: the first card for an id stays.
+    /// Adds a card chain already trusted by other means (this agency's own, `custody.md` §8.5).
+    pub fn insert_chain(&mut self, chain: CardChain) {
+        self.cards.insert(chain.id().clone(), chain);
+    }
+
+    /// Adds a card loaded from the trust-store file `<file_stem>.card` (`custody.md` §8.4).
     pub fn insert_from_file(
         &mut self,
         file_stem: &str,
         card: Verified<AgencyCard>,
     ) -> Result<(), TrustError> {
-        if file_stem != card.id.as_str() {
-            return Err(TrustError::FileName {
-                id: card.id.clone(),
-            });
+        self.insert_chain_from_file(file_stem, CardChain::single(card))
+    }
+
+    /// Adds a card chain loaded from the trust-store file `<file_stem>.card` (`custody.md`
+    /// §8.4, §8.5): the name must be the chain's id, and a chain already loaded for that id
+    /// (the agency's own) must have the same newest key. Nothing is replaced: the first chain
+    /// for an id stays.
+    pub fn insert_chain_from_file(
+        &mut self,
+        file_stem: &str,
+        chain: CardChain,
+    ) -> Result<(), TrustError> {
+        let id = chain.id().clone();
+        if file_stem != id.as_str() {
+            return Err(TrustError::FileName { id });
         }
-        match self.cards.get(&card.id) {
-            Some(old) if old.verifier_key != card.verifier_key => {
-                Err(TrustError::Conflict(card.id.clone()))
+        match self.cards.get(&id) {
+            Some(old) if old.newest().verifier_key != chain.newest().verifier_key => {
+                Err(TrustError::Conflict(id))
             }
             Some(_) => Ok(()),
             None => {
-                self.cards.insert(card.id.clone(), card);
+                self.cards.insert(id, chain);
                 Ok(())
             }
         }
     }
 
-    /// Removes an agency.
+    /// Removes an agency; returns its current card.
     pub fn remove(&mut self, id: &AgencyId) -> Option<Verified<AgencyCard>> {
-        self.cards.remove(id)
+        self.cards.remove(id).map(|c| c.newest().clone())
     }
 
-    /// The card of an agency.
+    /// The current (newest) card of an agency.
     pub fn get(&self, id: &AgencyId) -> Option<&AgencyCard> {
-        self.cards.get(id).map(|c| &**c)
+        self.cards.get(id).map(|c| &**c.newest())
     }
 
-    /// The agency whose card pins this TLS SPKI hash.
+    /// The card chain of an agency: every card it issued that this store knows, oldest first.
+    pub fn chain(&self, id: &AgencyId) -> Option<&CardChain> {
+        self.cards.get(id)
+    }
+
+    /// The agency whose current card pins this TLS SPKI hash (TLS uses the newest card only).
     pub fn by_spki(&self, spki_sha256: &Sha256Digest) -> Option<&AgencyCard> {
-        self.cards
-            .values()
-            .map(|c| &**c)
+        self.cards()
             .find(|c| c.tls_spki_sha256.iter().any(|p| p.ct_eq(spki_sha256)))
     }
 
-    /// All trusted cards, by id.
+    /// All trusted agencies' current cards, by id.
     pub fn cards(&self) -> impl Iterator<Item = &AgencyCard> {
-        self.cards.values().map(|c| &**c)
+        self.cards.values().map(|c| &**c.newest())
+    }
+
+    /// All trusted agencies' card chains, by id.
+    pub fn chains(&self) -> impl Iterator<Item = &CardChain> {
+        self.cards.values()
     }
 }
 

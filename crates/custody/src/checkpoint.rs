@@ -74,4 +74,18 @@ impl Checkpoint {
         }
         Ok(signed.map(|_| cp))
     }
+
+    /// Verifies a checkpoint note with any of `log_keys`, the log keys of one agency's card
+    /// chain (`custody.md` §8.5), which share one name: the origin.
+    pub fn open_any(note: &[u8], log_keys: &[NoteVerifier]) -> Result<Verified<Self>, ParseError> {
+        let signed = Note::parse(note)?.verify(log_keys)?;
+        let cp = Self::parse(&signed.text)?;
+        if !signed.signers.contains(&cp.origin) {
+            return Err(ParseError::syntax(
+                "checkpoint",
+                "origin is not the log key's name",
+            ));
+        }
+        Ok(signed.map(|_| cp))
+    }
 }

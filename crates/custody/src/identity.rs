@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::card::AgencyCard;
 use crate::error::{FieldError, ParseError};
-use crate::ids::{AgencyId, Sha256Digest};
+use crate::ids::{AgencyId, Sha256Digest, Timestamp};
 use crate::note::NoteSigner;
 
 /// The comment line that carries the hybrid post-quantum recipient in an identity file.
@@ -152,6 +152,57 @@ impl AgencyIdentity {
         .with_pq_recipient(self.pq_recipient.clone());
         let note = card.sign(&self.signer)?;
         Ok((card, note))
+    }
+
+    /// A card issued now (`custody.md` §8, §8.5): valid from `valid_from`, and, for a card issued
+    /// by key rotation, naming `previous`'s key as its predecessor and signed by it too.
+    pub fn issue_card(
+        &self,
+        name: &str,
+        jurisdiction: &str,
+        tls_spki_sha256: Vec<Sha256Digest>,
+        valid_from: Option<Timestamp>,
+        previous: Option<&NoteSigner>,
+    ) -> Result<(AgencyCard, String), ParseError> {
+        let card = AgencyCard::new(
+            self.signer.verifier(),
+            name,
+            jurisdiction,
+            self.recipient,
+            tls_spki_sha256,
+        )?
+        .with_pq_recipient(self.pq_recipient.clone())
+        .with_valid_from(valid_from)
+        .with_previous_key(previous.map(NoteSigner::verifier))?;
+        let note = match previous {
+            Some(p) => card.sign_successor(&self.signer, p)?,
+            None => card.sign(&self.signer)?,
+        };
+        Ok((card, note))
+    }
+
+    /// The age secrets alone, as an age identity file (`custody.md` §8.5): what a home keeps
+    /// of a retired identity after `agency rotate`, so that transfers encrypted to the old
+    /// recipients still decrypt. It holds no signing key. Empty for a relay-only identity.
+    pub fn retired_secret_text(&self, retired: &str) -> Zeroizing<String> {
+        let mut s = format!(
+            "# rogatory retired age identity: {}\n# retired: {retired}\n# age recipient: {}\n",
+            self.id, self.recipient,
+        );
+        if let Some(r) = &self.pq_recipient {
+            s.push_str(&format!("{PQ_COMMENT}{r}\n"));
+        }
+        for k in [
+            self.age.as_ref().map(|a| a.to_secret_string()),
+            self.pq.as_ref().map(|p| p.to_secret_string()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            s.push_str(k.as_str());
+            s.push('\n');
+        }
+        Zeroizing::new(s)
     }
 
     /// The identity file text (mode 0600 is the caller's job). `created` goes in a comment.

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod card;
+mod chain;
 mod checkpoint;
 mod consistency;
 mod error;
@@ -49,6 +50,7 @@ mod verified;
 pub use card::{
     AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
 };
+pub use chain::{CardChain, ChainKey, MAX_CHAIN_LEN, check_successor};
 pub use checkpoint::Checkpoint;
 pub use consistency::{ConsistencyError, check_against_seen, check_consistency};
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
@@ -57,6 +59,7 @@ pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
 pub use log::{
     AuditLog, DecodedRecords, LogStore, LoggedStatement, MAX_RECORD_LEN, MemoryLogStore,
     ReceiptBundle, Record, check_extends, check_not_rolled_back, decode_records, verify_records,
+    verify_records_any,
 };
 pub use manifest::{
     Contents, ContentsFile, ContentsRef, FileEntry, Inventory, LEGAL_FIELDS, Legal, LegalText,
@@ -66,7 +69,7 @@ pub use manifest::{
 };
 pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,
-    ed25519_verify_strict, note_text_digest, open_note,
+    ed25519_verify_strict, note_text_digest, open_note, split_notes,
 };
 pub use revocation::{KeyKind, Revocation, Revocations, signing_key_sha256};
 pub use statement::{Head, Peer, Statement};

@@ -182,6 +182,15 @@ pub fn verify_records(
     records: &[Record],
     log_key: &NoteVerifier,
 ) -> Result<(Tree, Option<Verified<Checkpoint>>), LogError> {
+    verify_records_any(records, std::slice::from_ref(log_key))
+}
+
+/// [`verify_records`] with any of `log_keys`: the log keys of the owner's card chain, so that
+/// checkpoints signed before a key rotation keep verifying (`custody.md` §8.5).
+pub fn verify_records_any(
+    records: &[Record],
+    log_keys: &[NoteVerifier],
+) -> Result<(Tree, Option<Verified<Checkpoint>>), LogError> {
     let mut tree = Tree::new();
     let mut last: Option<Verified<Checkpoint>> = None;
     let mut batch_start = 0u64;
@@ -189,11 +198,12 @@ pub fn verify_records(
         let i = i as u64;
         tree.push(leaf_hash(&r.entry));
         let Some(note) = &r.checkpoint else { continue };
-        let cp =
-            Checkpoint::open(note.as_bytes(), log_key).map_err(|e| LogError::BadCheckpoint {
+        let cp = Checkpoint::open_any(note.as_bytes(), log_keys).map_err(|e| {
+            LogError::BadCheckpoint {
                 index: i,
                 why: e.to_string(),
-            })?;
+            }
+        })?;
         if cp.size != i + 1
             || !bool::from(subtle::ConstantTimeEq::ct_eq(
                 &cp.root[..],
@@ -276,12 +286,26 @@ impl<S: LogStore> AuditLog<S> {
     /// `held.root`. Nothing is cut off unless the log extends `held`: a torn record that
     /// `held` covers was acknowledged, so it is corruption, not a crash tail.
     pub fn open_extending(
-        mut store: S,
+        store: S,
         log_signer: NoteSigner,
         held: Option<&Checkpoint>,
     ) -> Result<Self, LogError> {
+        Self::open_rotated(store, log_signer, &[], held)
+    }
+
+    /// [`AuditLog::open_extending`] for a log whose owner rotated its key (`custody.md` §8.5):
+    /// stored checkpoints may be signed by `log_signer` or by any of `retired_log_keys`; new
+    /// ones are signed by `log_signer`.
+    pub fn open_rotated(
+        mut store: S,
+        log_signer: NoteSigner,
+        retired_log_keys: &[NoteVerifier],
+        held: Option<&Checkpoint>,
+    ) -> Result<Self, LogError> {
         let decoded = store.load()?;
-        let (tree, last) = verify_records(&decoded.records, &log_signer.verifier())?;
+        let mut keys = vec![log_signer.verifier()];
+        keys.extend(retired_log_keys.iter().cloned());
+        let (tree, last) = verify_records_any(&decoded.records, &keys)?;
         if let Some(h) = held {
             check_extends(&tree, h)?;
         }
@@ -496,6 +520,39 @@ impl ReceiptBundle {
         issuer_key: &NoteVerifier,
     ) -> Result<Verified<LoggedStatement>, BundleError> {
         self.verify_logged_by(issuer_key, issuer_key)
+    }
+
+    /// Verifies the statement with any key of `signer`'s card chain and the checkpoint with any
+    /// log key of `log_owner`'s, then the inclusion proof (`custody.md` §8.5, §9). Returns the
+    /// key that signed the statement too.
+    pub fn verify_chains(
+        &self,
+        signer: &crate::chain::CardChain,
+        log_owner: &crate::chain::CardChain,
+    ) -> Result<(Verified<LoggedStatement>, NoteVerifier), BundleError> {
+        let (statement, key) = signer.open_statement(self.statement_note.as_bytes())?;
+        let origin = format!("{}/audit", log_owner.id());
+        let cp = log_owner
+            .open_checkpoint(self.checkpoint_note.as_bytes())
+            .map_err(|e| match e {
+                ParseError::Note(n) => BundleError::Note(n),
+                other => BundleError::Parse(other),
+            })?;
+        if cp.origin != origin {
+            return Err(BundleError::Origin(cp.origin.clone()));
+        }
+        let leaf = leaf_hash(statement.encode().as_bytes());
+        verify_inclusion(&leaf, self.index, cp.size, &self.proof, &cp.root)?;
+        let index = self.index;
+        let checkpoint = cp.into_inner();
+        Ok((
+            statement.map(|statement| LoggedStatement {
+                statement,
+                index,
+                checkpoint,
+            }),
+            key,
+        ))
     }
 
     /// Verifies the statement with `statement_key` and the checkpoint with the log key of

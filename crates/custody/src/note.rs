@@ -410,6 +410,36 @@ pub fn ed25519_verify_strict(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool 
         .is_some_and(|k| verify_strict(&k, msg, sig))
 }
 
+/// Splits concatenated signed notes (a card-chain file, `custody.md` §8.5): each note ends
+/// after its signature block, the signature lines that follow its blank line, up to the first
+/// line that is not one. Nothing is parsed or verified; bytes before the first note's blank
+/// line and after the last are part of the first and last note.
+pub fn split_notes(bytes: &[u8]) -> Vec<&[u8]> {
+    let sig_prefix = SIG_PREFIX.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i, mut in_sigs) = (0, 0, false);
+    while i < bytes.len() {
+        let end = bytes[i..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(bytes.len(), |p| i + p + 1);
+        let line = &bytes[i..end];
+        if in_sigs && !line.starts_with(sig_prefix) {
+            out.push(&bytes[start..i]);
+            start = i;
+            in_sigs = false;
+        }
+        if line == b"\n" {
+            in_sigs = true;
+        }
+        i = end;
+    }
+    if start < bytes.len() {
+        out.push(&bytes[start..]);
+    }
+    out
+}
+
 /// Parses and verifies a signed note in one step.
 pub fn open_note(
     bytes: &[u8],

@@ -158,18 +158,20 @@ impl Revocation {
                 ),
             ));
         }
-        let card = trust.get(&r.issuer).ok_or_else(|| {
+        let chain = trust.chain(&r.issuer).ok_or_else(|| {
             ParseError::syntax(KIND, format!("the issuer {} is not trusted", r.issuer))
         })?;
-        let verified = Statement::open(note, &card.verifier_key)?;
+        // Any key of the issuer's card chain, within its interval (`custody.md` §8.5).
+        let (verified, _) = chain.open_statement(note)?;
         let r = Self::from_statement(&verified)
             .ok_or_else(|| ParseError::syntax(KIND, "not a key-revocation"))?;
         // The key must be one the revoked agency's card names: nobody revokes another
         // agency's key (a thief of one agency's signing key could otherwise lock out any other).
-        let owner = trust.get(&r.agency).ok_or_else(|| {
+        let owner = trust.chain(&r.agency).ok_or_else(|| {
             ParseError::syntax(KIND, format!("the agency {} is not trusted", r.agency))
         })?;
-        if !owner_holds(owner, r.kind, &r.key_sha256) {
+        // A key of any card of its chain: a retired key can be revoked too (`custody.md` §8.5).
+        if !owner.cards().any(|c| owner_holds(c, r.kind, &r.key_sha256)) {
             return Err(ParseError::syntax(
                 KIND,
                 format!(

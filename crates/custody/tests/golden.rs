@@ -65,6 +65,36 @@ fn golden_vectors() {
         format!("{}\n", card.fingerprint()).as_bytes(),
     );
 
+    // A card chain (`custody.md` §8.5, §11.10): the relay's card as issued before key rotation
+    // (no `valid_from`), then its successor under a new key (seed 0x09, X25519 age secret
+    // 0x0a), valid from 2026-12-01T00:00:00Z, signed by the new key and the previous one.
+    let (_, relay_card) = w
+        .relay
+        .card(
+            "Zz Relay",
+            "ZZ",
+            vec!["9e".repeat(32).parse().expect("pin")],
+        )
+        .expect("card");
+    let rotated = AgencyIdentity::from_seeds(w.relay.id().clone(), &[0x09; 32], [0x0a; 32]);
+    let (_, successor) = rotated
+        .issue_card(
+            "Zz Relay",
+            "ZZ",
+            vec!["9d".repeat(32).parse().expect("pin")],
+            Some("2026-12-01T00:00:00Z".parse().expect("time")),
+            Some(w.relay.signer()),
+        )
+        .expect("successor");
+    let chain_file = format!("{relay_card}{successor}");
+    check("card-chain.note", chain_file.as_bytes());
+    let chain = rogatory_custody::CardChain::parse(chain_file.as_bytes()).expect("chain verifies");
+    assert_eq!(chain.len(), 2);
+    assert_eq!(
+        chain.newest().previous_key.as_ref(),
+        Some(&w.relay.signer().verifier())
+    );
+
     let json = w.manifest.to_json();
     check("manifest.json", &json);
     assert_eq!(Manifest::parse(&json).expect("parses"), w.manifest);

@@ -27,7 +27,6 @@ use rogatory_custody::merkle::{Frontier, leaf_hash};
 use rogatory_custody::{
     AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, Revocations,
     Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
-    open_sealed_manifest,
 };
 use rogatory_transport::frame::{Offer, Seal, TransferState};
 use rogatory_transport::tls::PeerIdentity;
@@ -443,13 +442,30 @@ type OpenedLog = (AuditLog<FileLogStore>, u64, Option<(u64, u64)>);
 /// index keep the log's newest checkpoint. Returns the log, the size the index now holds and
 /// the torn tail cut off, if any. A log that is missing, shorter or different is refused with
 /// [`RelayError::Integrity`] and left as it is.
-fn open_log(db: &Connection, d: &Path, identity: &AgencyIdentity) -> Result<OpenedLog, RelayError> {
+///
+/// `trust` holds this relay's agency's own card chain if it rotated its keys (`custody.md`
+/// §8.5): checkpoints signed with a retired log key keep verifying; new ones use the current.
+fn open_log(
+    db: &Connection,
+    d: &Path,
+    identity: &AgencyIdentity,
+    trust: &TrustStore,
+) -> Result<OpenedLog, RelayError> {
     let path = d.join("audit.log");
     let signer = identity.log_signer();
+    let retired: Vec<rogatory_custody::NoteVerifier> = trust
+        .chain(identity.id())
+        .map(|c| c.log_verifiers())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| *k != signer.verifier())
+        .collect();
+    let mut log_keys = vec![signer.verifier()];
+    log_keys.extend(retired.iter().cloned());
     let held = match stored_checkpoint(db)? {
         None => None,
         Some((size, note)) => {
-            let cp = rogatory_custody::Checkpoint::open(note.as_bytes(), &signer.verifier())
+            let cp = rogatory_custody::Checkpoint::open_any(note.as_bytes(), &log_keys)
                 .map_err(|e| {
                     RelayError::Integrity(format!(
                         "{}: the checkpoint the index keeps does not verify with this relay's log key ({e}); the relay refuses to sign a different history",
@@ -478,27 +494,26 @@ fn open_log(db: &Connection, d: &Path, identity: &AgencyIdentity) -> Result<Open
     {
         return Err(refuse(0, h.size, "is missing"));
     }
-    let log = AuditLog::open_extending(FileLogStore::open(&path)?, signer, held.as_ref()).map_err(
-        |e| match e {
-            rogatory_custody::LogError::NotExtending {
+    let log = AuditLog::open_rotated(FileLogStore::open(&path)?, signer, &retired, held.as_ref())
+        .map_err(|e| match e {
+        rogatory_custody::LogError::NotExtending {
+            log_size,
+            held_size,
+            why,
+        } => {
+            tracing::error!(%why, "the audit log does not extend the kept checkpoint");
+            refuse(
                 log_size,
                 held_size,
-                why,
-            } => {
-                tracing::error!(%why, "the audit log does not extend the kept checkpoint");
-                refuse(
-                    log_size,
-                    held_size,
-                    if log_size < held_size {
-                        "is shorter"
-                    } else {
-                        "holds a different history"
-                    },
-                )
-            }
-            other => RelayError::Log(other),
-        },
-    )?;
+                if log_size < held_size {
+                    "is shorter"
+                } else {
+                    "holds a different history"
+                },
+            )
+        }
+        other => RelayError::Log(other),
+    })?;
     let torn_cut = log.store().cut();
     if let Some((offset, bytes)) = torn_cut {
         tracing::warn!(
@@ -563,7 +578,7 @@ impl<S: Storage> Relay<S> {
         if !has_contents {
             db.execute_batch("ALTER TABLE transfers ADD COLUMN contents BLOB")?;
         }
-        let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity)?;
+        let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity, &cfg.trust)?;
         Ok(Relay {
             agency: cfg.identity.id().clone(),
             signer: cfg.identity.signer().clone(),
@@ -1437,19 +1452,17 @@ impl<S: Storage> Relay<S> {
             return Err(perr(ErrorCode::NOT_FOUND, "transfer is not being received"));
         }
         let trust = self.trust();
-        let card = trust.get(&row.sender).ok_or_else(|| {
+        let card = trust.chain(&row.sender).ok_or_else(|| {
             perr(
                 ErrorCode::UNKNOWN_AGENCY,
                 format!("{} has no card in the relay's trust store", row.sender),
             )
         })?;
-        let sealed = open_sealed_manifest(
-            seal.manifest.as_bytes(),
-            seal.seal.as_bytes(),
-            &card.verifier_key,
-        )
-        .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
-        self.check_not_revoked(&card.verifier_key, &sealed.seal, "seal")?;
+        // Any key of the sender's card chain, within its interval (`custody.md` §8.5).
+        let (sealed, key) = card
+            .open_sealed_manifest(seal.manifest.as_bytes(), seal.seal.as_bytes())
+            .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("sealed manifest: {e}")))?;
+        self.check_not_revoked(&key, &sealed.seal, "seal")?;
         let m: &Manifest = &sealed.manifest;
         if m.transfer_id != t || m.sender != row.sender || m.offer().to_json() != row.offer {
             return Err(perr(
@@ -1802,11 +1815,13 @@ impl<S: Storage> Relay<S> {
             .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "transfer not complete"))?;
         let trust = self.trust();
         let card = trust
-            .get(&peer.agency)
+            .chain(&peer.agency)
             .ok_or_else(|| perr(ErrorCode::UNKNOWN_AGENCY, "no card for the recipient"))?;
-        let st = Statement::open(note.as_bytes(), &card.verifier_key)
+        // Any key of the recipient's card chain, within its interval (`custody.md` §8.5).
+        let (st, key) = card
+            .open_statement(note.as_bytes())
             .map_err(|e| perr(ErrorCode::BAD_SEAL, format!("delivery receipt: {e}")))?;
-        self.check_not_revoked(&card.verifier_key, &st, "delivery receipt")?;
+        self.check_not_revoked(&key, &st, "delivery receipt")?;
         let ok = match &*st {
             Statement::DeliveryReceipt {
                 head,
@@ -2276,7 +2291,7 @@ mod tests {
     /// the index when `record`.
     fn append(d: &Path, entries: &[&str], record: bool) {
         let db = index(d);
-        let (mut log, _, _) = open_log(&db, d, &identity()).expect("open");
+        let (mut log, _, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         for e in entries {
             log.append(e.as_bytes()).expect("append");
             if record {
@@ -2287,7 +2302,7 @@ mod tests {
     }
 
     fn refused(d: &Path) -> String {
-        match open_log(&index(d), d, &identity()) {
+        match open_log(&index(d), d, &identity(), &TrustStore::new()) {
             Err(RelayError::Integrity(m)) => m,
             other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
         }
@@ -2298,7 +2313,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path();
         let db = index(d);
-        let (log, recorded, cut) = open_log(&db, d, &identity()).expect("open");
+        let (log, recorded, cut) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         assert_eq!((log.len(), recorded, cut), (0, 0, None));
         assert_eq!(stored_checkpoint(&db).expect("read"), None);
         drop((log, db));
@@ -2306,7 +2321,7 @@ mod tests {
         let db = index(d);
         let (size, note) = stored_checkpoint(&db).expect("read").expect("kept");
         assert_eq!(size, 2);
-        let (log, recorded, _) = open_log(&db, d, &identity()).expect("reopen");
+        let (log, recorded, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("reopen");
         assert_eq!((log.len(), recorded), (2, 2));
         assert_eq!(log.checkpoint_note(), Some(note.as_str()));
         // A smaller checkpoint never replaces a larger one.
@@ -2323,7 +2338,7 @@ mod tests {
         append(d, &["two", "three"], false);
         let db = index(d);
         assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 1);
-        let (log, recorded, _) = open_log(&db, d, &identity()).expect("open");
+        let (log, recorded, _) = open_log(&db, d, &identity(), &TrustStore::new()).expect("open");
         assert_eq!((log.len(), recorded), (3, 3));
         assert_eq!(stored_checkpoint(&db).expect("read").expect("kept").0, 3);
     }

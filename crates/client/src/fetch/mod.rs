@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use rogatory_custody::{
     AgencyId, AgencyIdentity, Head, Inventory, Manifest, ReceiptBundle, Sha256Digest, Statement,
-    Timestamp, TransferId, TrustStore, note_text_digest, open_sealed_manifest,
+    Timestamp, TransferId, TrustStore, note_text_digest,
 };
 use rogatory_envelope::AnyIdentity;
 use rogatory_transport::ErrorCode;
@@ -138,7 +138,8 @@ pub fn fetch(
         ));
     }
     let identity = home.identity()?;
-    let age = Some(identity.age_identities())
+    // Retired identities too (`custody.md` §8.5): a transfer sent before a key rotation.
+    let age = Some(home.age_identities()?)
         .filter(|ids| !ids.is_empty())
         .ok_or_else(|| {
             Error::new(
@@ -167,7 +168,7 @@ pub fn fetch(
                 .map(rogatory_transport::kx::group_name),
         });
         let relay_card = store
-            .get(&s.peer.agency)
+            .chain(&s.peer.agency)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Refused,
@@ -232,7 +233,7 @@ pub fn fetch(
 struct Keys<'a> {
     home: &'a Home,
     store: &'a TrustStore,
-    relay_card: &'a rogatory_custody::AgencyCard,
+    relay_card: &'a rogatory_custody::CardChain,
     identity: &'a AgencyIdentity,
     age: &'a [AnyIdentity],
 }
@@ -250,19 +251,22 @@ async fn fetch_one(
     let claimed = Manifest::parse(&manifest_json)
         .map_err(|e| Error::new(ErrorKind::Integrity, format!("{t}: bad manifest")).source(e))?;
     let sender: &AgencyId = &claimed.sender;
-    let card = k.store.get(sender).ok_or_else(|| {
+    let card = k.store.chain(sender).ok_or_else(|| {
         Error::new(
             ErrorKind::Integrity,
             format!("{t}: sender {sender} is not trusted; its seal cannot be verified"),
         )
     })?;
-    let sealed = open_sealed_manifest(&manifest_json, &seal, &card.verifier_key).map_err(|e| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("{t}: the sender's seal does not verify"),
-        )
-        .source(e)
-    })?;
+    // Any key of the sender's card chain (`custody.md` §8.5).
+    let (sealed, _) = card
+        .open_sealed_manifest(&manifest_json, &seal)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("{t}: the sender's seal does not verify"),
+            )
+            .source(e)
+        })?;
     if !sealed.manifest.recipients.contains(k.identity.id()) {
         return Err(Error::new(
             ErrorKind::Refused,
@@ -273,13 +277,15 @@ async fn fetch_one(
         .map_err(|_| Error::new(ErrorKind::Integrity, "custody receipt is not UTF-8"))?;
     let bundle = ReceiptBundle::parse(&custody)
         .map_err(|e| Error::new(ErrorKind::Integrity, "custody receipt malformed").source(e))?;
-    let logged = bundle.verify(&k.relay_card.verifier_key).map_err(|e| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("{t}: the custody receipt does not verify"),
-        )
-        .source(e)
-    })?;
+    let (logged, _) = bundle
+        .verify_chains(k.relay_card, k.relay_card)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("{t}: the custody receipt does not verify"),
+            )
+            .source(e)
+        })?;
     match &logged.statement {
         Statement::CustodyReceipt {
             head,

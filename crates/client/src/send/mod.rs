@@ -736,7 +736,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let digest = sources_digest(&p.sources);
     let identity = home.identity()?;
     let store = home.trust_store()?;
-    let age_identities = identity.age_identities();
+    // Retired identities too (`custody.md` §8.5): a send resumed after a key rotation.
+    let age_identities = home.age_identities()?;
     if age_identities.is_empty() {
         return Err(Error::new(
             ErrorKind::NoKey,
@@ -838,7 +839,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         ));
     };
     // The receipt must verify with the relay agency's card and match what we sealed.
-    let card = store.get(&relay_agency).ok_or_else(|| {
+    let card = store.chain(&relay_agency).ok_or_else(|| {
         Error::new(
             ErrorKind::Integrity,
             format!("no card for relay agency {relay_agency}"),
@@ -847,7 +848,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let bundle = ReceiptBundle::parse(&outcome.receipt.text).map_err(|e| {
         Error::new(ErrorKind::Integrity, "the custody receipt is malformed").source(e)
     })?;
-    let logged = bundle.verify(&card.verifier_key).map_err(|e| {
+    let (logged, _) = bundle.verify_chains(card, card).map_err(|e| {
         Error::new(ErrorKind::Integrity, "the custody receipt does not verify").source(e)
     })?;
     let ok = match &logged.statement {
