@@ -289,3 +289,64 @@ fn a_revoked_age_key_is_never_encrypted_to() {
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("the age key of this agency was revoked"));
 }
+
+/// `docs/test-plan.md` 113: a revoked signing key's later signatures are refused everywhere, its
+/// earlier ones keep verifying (`custody.md` §8.3). B's delivery receipt from before the
+/// revocation still passes A's `verify`; after B revokes its signing key and A imports the
+/// revocation, the custody receipt B's relay signs with that key for A's next send is refused
+/// (exit 3), and so is `status` of it.
+#[test]
+fn a_revoked_signing_key_is_refused_after_its_revocation_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_full_agencies(d);
+    let relay = start_relay(d, "B");
+    std::fs::write(d.join("one.txt"), b"one").expect("w");
+    let o = send_with_legal(d, "A", true, &relay.1, "agency-b", &["one.txt"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t1 = json_lines(&o).pop().expect("sent")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &relay.1, &t1, "-o", "out",
+        ],
+    ));
+    ok(run(d, &["--home", "A", "status", "--relay", &relay.1, &t1]));
+    // Statements carry whole seconds: the revocation comes in a later second.
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "revoke",
+            "--key",
+            "signing",
+            "-o",
+            "b-signing.revocation",
+        ],
+    ));
+    ok(run(
+        d,
+        &["--home", "A", "trust", "revoke", "b-signing.revocation"],
+    ));
+    // Earlier signatures keep verifying.
+    for r in [
+        format!("A/receipts/{t1}.custody-receipt"),
+        format!("A/receipts/{t1}.delivery-agency-b.receipt"),
+    ] {
+        let o = run(d, &["--home", "A", "verify", &r]);
+        assert_eq!(code(&o), 0, "{r}: {}", stderr(&o));
+    }
+    // Later ones do not: the custody receipt of a new send is signed by the revoked key.
+    std::fs::write(d.join("two.txt"), b"two").expect("w");
+    let o = send_with_legal(d, "A", false, &relay.1, "agency-b", &["two.txt"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("revoked at"), "{}", stderr(&o));
+    let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t1]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

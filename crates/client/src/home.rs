@@ -128,6 +128,10 @@ impl Home {
                 ))
             })?;
         }
+        // `custody.md` §8.3: statements and seals signed by a revoked signing key and dated at
+        // or after its revocation are refused by everything that verifies with this store.
+        let revocations = self.revocations(&t)?;
+        t.apply_signing_revocations(&revocations);
         Ok(t)
     }
 

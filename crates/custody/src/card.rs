@@ -486,6 +486,21 @@ impl TrustStore {
     pub fn chains(&self) -> impl Iterator<Item = &CardChain> {
         self.cards.values()
     }
+
+    /// Applies the signing-key revocations of `revocations` to the chains they concern
+    /// (`custody.md` §8.3): from then on every statement or seal this store verifies that is
+    /// signed by a revoked key and dated at or after its revocation is refused.
+    pub fn apply_signing_revocations(&mut self, revocations: &crate::Revocations) {
+        for chain in self.cards.values_mut() {
+            for key in chain.verifier_keys() {
+                if let Some(r) =
+                    revocations.get(crate::KeyKind::Signing, &crate::signing_key_sha256(&key))
+                {
+                    chain.revoke_signing_key(&key, r.time);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,12 +28,18 @@ pub struct ChainKey {
     pub valid_from: Option<Timestamp>,
     /// When its successor became valid: statements dated at or after it are refused.
     pub until: Option<Timestamp>,
+    /// When it was revoked (`custody.md` §8.3), if it was: statements dated at or after it are
+    /// refused.
+    pub revoked: Option<Timestamp>,
 }
 
 /// The verified card chain of one agency, oldest card first; never empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CardChain {
     cards: Vec<Verified<AgencyCard>>,
+    /// Signing keys of the chain revoked, and from when (`custody.md` §8.3); applied by
+    /// [`CardChain::revoke_signing_key`].
+    revoked: Vec<(NoteVerifier, Timestamp)>,
 }
 
 /// Checks that `note` is a valid successor of `pred` (`custody.md` §8.5): a valid card whose own
@@ -86,7 +92,10 @@ pub fn check_successor(pred: &AgencyCard, note: &[u8]) -> Result<Verified<Agency
 impl CardChain {
     /// A chain of one card.
     pub fn single(card: Verified<AgencyCard>) -> Self {
-        Self { cards: vec![card] }
+        Self {
+            cards: vec![card],
+            revoked: Vec::new(),
+        }
     }
 
     /// A chain from card notes, oldest first: the first is a valid card, each next one a valid
@@ -109,7 +118,10 @@ impl CardChain {
             )?;
             cards.push(next);
         }
-        Ok(Self { cards })
+        Ok(Self {
+            cards,
+            revoked: Vec::new(),
+        })
     }
 
     /// Parses a card file or card-chain file: one card note, or several concatenated, oldest
@@ -161,10 +173,25 @@ impl CardChain {
                 key: c.verifier_key.clone(),
                 valid_from: c.valid_from,
                 until,
+                revoked: self
+                    .revoked
+                    .iter()
+                    .filter(|(k, _)| k == &c.verifier_key)
+                    .map(|(_, t)| *t)
+                    .min(),
             });
             until = c.valid_from;
         }
         out
+    }
+
+    /// `custody.md` §8.3 "Signing key": from `time` on, nothing signed by `key` (a key of this
+    /// chain) verifies; what is dated before keeps verifying. Of two revocations of one key the
+    /// earlier counts. A key the chain does not hold is ignored.
+    pub fn revoke_signing_key(&mut self, key: &NoteVerifier, time: Timestamp) {
+        if self.holds_key(key) {
+            self.revoked.push((key.clone(), time));
+        }
     }
 
     /// Every signing key, newest first.
@@ -187,6 +214,7 @@ impl CardChain {
     /// older key verified a signature made too late.
     fn open_with<T>(
         &self,
+        honour_revocations: bool,
         what: &str,
         time: impl Fn(&T) -> Timestamp,
         open: impl Fn(&NoteVerifier) -> Result<Verified<T>, ParseError>,
@@ -195,6 +223,18 @@ impl CardChain {
         for k in self.keys() {
             match open(&k.key) {
                 Ok(v) => {
+                    if let Some(revoked) = k.revoked.filter(|_| honour_revocations)
+                        && time(&v) >= revoked
+                    {
+                        return Err(ParseError::syntax(
+                            "signature",
+                            format!(
+                                "{what} dated {} is signed by a key of {} revoked at {revoked}",
+                                time(&v),
+                                self.id()
+                            ),
+                        ));
+                    }
                     if let Some(until) = k.until
                         && time(&v) >= until
                     {
@@ -224,6 +264,22 @@ impl CardChain {
         note: &[u8],
     ) -> Result<(Verified<Statement>, NoteVerifier), ParseError> {
         self.open_with(
+            true,
+            "a statement",
+            |s: &Statement| s.head().time,
+            |k| Statement::open(note, k),
+        )
+    }
+
+    /// [`CardChain::open_statement`] without the signing-key revocations: for a key revocation
+    /// itself (`custody.md` §8.3), which the revoked key signs at the time it takes effect and
+    /// which only ever removes trust.
+    pub fn open_revocation_statement(
+        &self,
+        note: &[u8],
+    ) -> Result<(Verified<Statement>, NoteVerifier), ParseError> {
+        self.open_with(
+            false,
             "a statement",
             |s: &Statement| s.head().time,
             |k| Statement::open(note, k),
@@ -237,6 +293,7 @@ impl CardChain {
         seal_note: &[u8],
     ) -> Result<(Verified<SealedManifest>, NoteVerifier), ParseError> {
         self.open_with(
+            true,
             "a seal",
             |s: &SealedManifest| s.seal.head().time,
             |k| open_sealed_manifest(manifest_json, seal_note, k),
@@ -298,6 +355,43 @@ mod tests {
         }
         .sign(who.signer())
         .expect("sign")
+    }
+
+    /// test-plan.md 113: a revoked signing key verifies what is dated before its revocation
+    /// only; a key revocation itself still verifies; other keys are unaffected.
+    #[test]
+    fn a_revoked_key_verifies_only_what_is_dated_before_its_revocation() {
+        let (old, n0, new, n1) = rotated();
+        let mut chain = CardChain::parse(format!("{n0}{n1}").as_bytes()).expect("chain");
+        chain.revoke_signing_key(&new.signer().verifier(), t("2026-07-01T00:00:00Z"));
+        // A later, then an earlier revocation of one key: the earlier counts.
+        chain.revoke_signing_key(&new.signer().verifier(), t("2026-08-01T00:00:00Z"));
+        let before = fetch_at(&new, "2026-06-30T23:59:59Z");
+        assert!(chain.open_statement(before.as_bytes()).is_ok());
+        for late in ["2026-07-01T00:00:00Z", "2026-07-15T00:00:00Z"] {
+            let e = chain
+                .open_statement(fetch_at(&new, late).as_bytes())
+                .expect_err("signed after the revocation");
+            assert!(
+                e.to_string().contains("revoked at 2026-07-01T00:00:00Z"),
+                "{e}"
+            );
+            assert!(
+                chain
+                    .open_revocation_statement(fetch_at(&new, late).as_bytes())
+                    .is_ok()
+            );
+        }
+        // The retired key keeps its own interval, unaffected.
+        assert!(
+            chain
+                .open_statement(fetch_at(&old, "2026-03-01T00:00:00Z").as_bytes())
+                .is_ok()
+        );
+        // A key of another agency is ignored.
+        let other = AgencyIdentity::from_seeds(id(), &[9; 32], [9; 32]);
+        chain.revoke_signing_key(&other.signer().verifier(), t("2026-01-01T00:00:00Z"));
+        assert!(chain.open_statement(before.as_bytes()).is_ok());
     }
 
     /// test-plan.md 105.

@@ -161,8 +161,9 @@ impl Revocation {
         let chain = trust.chain(&r.issuer).ok_or_else(|| {
             ParseError::syntax(KIND, format!("the issuer {} is not trusted", r.issuer))
         })?;
-        // Any key of the issuer's card chain, within its interval (`custody.md` §8.5).
-        let (verified, _) = chain.open_statement(note)?;
+        // Any key of the issuer's card chain, within its interval (`custody.md` §8.5), whether
+        // or not it is itself revoked (a revocation only removes trust, §8.3).
+        let (verified, _) = chain.open_revocation_statement(note)?;
         let r = Self::from_statement(&verified)
             .ok_or_else(|| ParseError::syntax(KIND, "not a key-revocation"))?;
         // The key must be one the revoked agency's card names: nobody revokes another
