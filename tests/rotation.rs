@@ -144,19 +144,44 @@ fn b_rotates_mid_life_and_everything_keeps_verifying() {
     let o = ok(run(d, &["--home", "A", "--json", "trust", "list"]));
     assert_eq!(json_lines(&o)[0]["fingerprint"], new_fp.as_str());
 
-    // B's relay: a new relay home (the new keys and the chain), its data moved over, restarted.
+    // 114. B's relay: its home updated in place (the new keys and the chain, its data kept), and
+    // restarted. Without --update an existing home is refused; another agency's home too.
     drop(rb);
+    let o = run(d, &["--home", "B", "agency", "export-relay", "B-relay"]);
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
+    let o = run(
+        d,
+        &[
+            "--home",
+            "A",
+            "agency",
+            "export-relay",
+            "--update",
+            "B-relay",
+        ],
+    );
+    assert_eq!(code(&o), 8, "{}", stderr(&o));
     ok(run(
         d,
-        &["--home", "B", "agency", "export-relay", "B-relay2"],
+        &[
+            "--home",
+            "B",
+            "agency",
+            "export-relay",
+            "--update",
+            "B-relay",
+        ],
     ));
-    std::fs::rename(d.join("B-relay/relay"), d.join("B-relay2/relay")).expect("move data");
-    assert!(d.join("B-relay2/card-chain.note").exists());
+    assert_eq!(
+        std::fs::read(d.join("B-relay/card.note")).expect("card"),
+        std::fs::read(d.join("B/card.note")).expect("card")
+    );
+    assert!(d.join("B-relay/card-chain.note").exists());
     assert!(
-        !d.join("B-relay2/retired").exists(),
+        !d.join("B-relay/retired").exists(),
         "no age secret in a relay home"
     );
-    let rb = start_relay(d, "B-relay2");
+    let rb = start_relay(d, "B-relay");
 
     // 103. A's receipts from before the rotation still verify, and so do both fetched packages.
     let o = run(
@@ -213,7 +238,7 @@ fn b_rotates_mid_life_and_everything_keeps_verifying() {
     fetch_one(d, "A", &ra.1, &t5, "a-out5", "five.txt");
 
     // B's relay log verifies across the rotation, for B and for A; it needs both log keys.
-    let log = d.join("B-relay2/relay/audit.log");
+    let log = d.join("B-relay/relay/audit.log");
     let log_s = log.to_str().expect("utf8");
     ok(run(d, &["--home", "B", "audit", "verify", "--log", log_s]));
     ok(run(

@@ -378,33 +378,46 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool, events: &Events) -> Result
 }
 
 /// Writes a relay home for this agency without its age identity (`docs/cli.md`).
-pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<()> {
-    if dir.exists() {
-        return Err(CliError::new(
-            Exit::Safety,
-            format!("{} already exists", dir.display()),
-        ));
-    }
+pub(crate) fn export_relay(home: &Home, dir: &Path, update: bool, events: &Events) -> Result<()> {
     let identity = home.identity()?.relay_only();
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
     let to = Home {
         root: dir.to_owned(),
     };
+    match (dir.exists(), update) {
+        (true, false) => {
+            return Err(
+                CliError::new(Exit::Safety, format!("{} already exists", dir.display())).hint(
+                    "pass --update to bring an existing relay home of this agency up to date",
+                ),
+            );
+        }
+        (false, true) => {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{}: no relay home to update", dir.display()),
+            ));
+        }
+        // Only a home of this agency whose card this agency's chain holds (the same card, or
+        // one it rotated from): never another agency's home, nor a diverged one.
+        (true, true) => check_updatable(home, &to, identity.id())?,
+        (false, false) => {}
+    }
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     let copy = |rel: &str, mode: u32| -> Result<()> {
         let src = home.path(rel);
         if !src.exists() {
             return Ok(());
         }
         let b = std::fs::read(&src).map_err(|e| crate::error::io("reading", &src, e))?;
-        write_file(&to.path(rel), &b, mode, false)
+        write_file(&to.path(rel), &b, mode, update)
     };
     write_file(
         &to.path("identity.txt"),
         identity.to_secret_text(&now).as_bytes(),
         0o600,
-        false,
+        update,
     )?;
     copy("tls/key.pem", 0o600)?;
     // The card chain too (`custody.md` §8.5): the relay verifies its log's older checkpoints
@@ -413,8 +426,9 @@ pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<(
         "tls/cert.pem",
         "tls/ca.pem",
         "tls/crl.pem",
-        "card.note",
+        // The chain before the card, as `agency rotate` installs them.
         "card-chain.note",
+        "card.note",
     ] {
         copy(f, 0o644)?;
     }
@@ -426,6 +440,14 @@ pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<(
                 }
             }
         }
+    }
+    if update && !events.json {
+        outln!(
+            "relay home {} updated for {}; restart its relay to sign with the new keys",
+            dir.display(),
+            identity.id()
+        );
+        return Ok(());
     }
     if events.json {
         events.emit(Json::RelayHomeExported {
@@ -439,6 +461,30 @@ pub(crate) fn export_relay(home: &Home, dir: &Path, events: &Events) -> Result<(
         identity.id(),
         dir.display()
     );
+    Ok(())
+}
+
+/// `export-relay --update`: `to` must be a home of `agency` whose card is one of this home's
+/// card chain (the current card, or one this agency rotated from: `custody.md` §8.5).
+fn check_updatable(home: &Home, to: &Home, agency: &rogatory_custody::AgencyId) -> Result<()> {
+    let theirs = to.card().map_err(|e| {
+        CliError::new(
+            Exit::Safety,
+            format!("{}: not a relay home to update", to.root.display()),
+        )
+        .source(e)
+    })?;
+    let ours = home.card_chain()?;
+    if &theirs.id != agency || !ours.cards().any(|c| *c == *theirs) {
+        return Err(CliError::new(
+            Exit::Safety,
+            format!(
+                "{} is the home of {} with a card this agency's chain does not hold; it is not updated",
+                to.root.display(),
+                theirs.id
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -170,9 +170,13 @@ pub(crate) enum AgencyCommand {
     /// Create a home for this agency's relay that holds no age identity: the signing key, TLS
     /// key and certificate, card and trusted cards only.
     ExportRelay {
-        /// The new home (must not exist).
+        /// The new home (must not exist, unless --update).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Update an existing relay home of this agency after `agency rotate` or `reissue-card`:
+        /// its keys, card, chain and trusted cards are replaced; its relay/ data is kept.
+        #[arg(long)]
+        update: bool,
     },
 }
 

@@ -70,8 +70,8 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Agency(AgencyCommand::Fingerprint { card }) => {
             agency::fingerprint(&home()?, card.as_deref(), events)
         }
-        Command::Agency(AgencyCommand::ExportRelay { dir }) => {
-            agency::export_relay(&home()?, &dir, events)
+        Command::Agency(AgencyCommand::ExportRelay { dir, update }) => {
+            agency::export_relay(&home()?, &dir, update, events)
         }
         Command::Agency(AgencyCommand::ReissueCard { add_pq }) => {
             agency::reissue_card(&home()?, add_pq, events)
