@@ -438,6 +438,10 @@ fn private_file(path: &Path) -> Result<(), RelayError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))
 }
 
+/// What is submitted to a witness: the latest checkpoint `(size, note)`, if any, and the
+/// consistency proof to it (`protocol.md` §6.7).
+pub(crate) type WitnessSubmission = (Option<(u64, String)>, Vec<[u8; 32]>);
+
 /// The opened log, the checkpoint size the index holds, and the torn tail cut `(offset, bytes)`.
 type OpenedLog = (AuditLog<FileLogStore>, u64, Option<(u64, u64)>);
 
@@ -612,7 +616,7 @@ impl<S: Storage> Relay<S> {
     pub(crate) fn checkpoint_for_witness(
         &self,
         old: u64,
-    ) -> Result<(Option<(u64, String)>, Vec<[u8; 32]>), ProtocolError> {
+    ) -> Result<WitnessSubmission, ProtocolError> {
         let mut log = lock(&self.log);
         self.record_checkpoint(&mut log)?;
         let size = log.0.len();

@@ -574,3 +574,163 @@ async fn submit_one<S: Storage + 'static>(
     s.close(ErrorCode::NO_ERROR, "done");
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rogatory_custody::{AgencyIdentity, AuditLog, MemoryLogStore, Sha256Digest, TrustStore};
+
+    use crate::{DiskStorage, Policy, RelayConfig, system_clock};
+
+    fn identity(id: &str, seed: u8) -> AgencyIdentity {
+        AgencyIdentity::from_seeds(id.parse().expect("id"), &[seed; 32], [seed + 1; 32])
+    }
+
+    fn peer(id: &str) -> PeerIdentity {
+        PeerIdentity {
+            agency: id.parse().expect("id"),
+            spki_sha256: Sha256Digest::of(id.as_bytes()),
+            cert_sha256: Sha256Digest::of(id.as_bytes()),
+        }
+    }
+
+    /// The witness relay of agency-c, trusting agency-a and agency-b, witnessing agency-b.
+    fn witness(dir: &Path) -> Relay<DiskStorage> {
+        let mut trust = TrustStore::new();
+        for (id, seed) in [("agency-a", 1), ("agency-b", 3)] {
+            let (card, note) = identity(id, seed).card(id, "XX", vec![]).expect("card");
+            trust
+                .add(note.as_bytes(), &card.fingerprint().to_string())
+                .expect("trust");
+        }
+        let cfg = RelayConfig {
+            data_dir: dir.to_owned(),
+            identity: identity("agency-c", 5),
+            trust,
+            policy: Policy::default(),
+            clock: system_clock(),
+        };
+        let r = Relay::open(cfg, DiskStorage::new()).expect("relay");
+        r.witness()
+            .set_config(WitnessConfig::parse("cosign = [\"agency-b\"]\n").expect("config"));
+        r
+    }
+
+    fn log_of(entries: &[&str]) -> AuditLog<MemoryLogStore> {
+        let mut log = AuditLog::open(
+            MemoryLogStore::default(),
+            identity("agency-b", 3).log_signer(),
+        )
+        .expect("log");
+        for e in entries {
+            log.append(e.as_bytes()).expect("append");
+        }
+        log
+    }
+
+    fn add(
+        r: &Relay<DiskStorage>,
+        who: &str,
+        old_size: u64,
+        log: &AuditLog<MemoryLogStore>,
+    ) -> Result<Frame<'static>, ProtocolError> {
+        let proof = if old_size == 0 || old_size >= log.len() {
+            Vec::new()
+        } else {
+            log.tree()
+                .consistency_proof(old_size, log.len())
+                .expect("proof")
+        };
+        r.add_checkpoint(
+            &peer(who),
+            &AddCheckpoint {
+                old_size,
+                proof,
+                checkpoint: log.checkpoint_note().expect("note").to_owned(),
+            },
+        )
+    }
+
+    fn refusals(r: &Relay<DiskStorage>) -> i64 {
+        r.db_lock()
+            .query_row("SELECT count(*) FROM witness_refusals", [], |x| x.get(0))
+            .expect("count")
+    }
+
+    /// test-plan.md 93: the witness side of `protocol.md` §6.7.
+    #[test]
+    fn a_witness_cosigns_extensions_and_refuses_forks_and_rollbacks() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let r = witness(dir.path());
+        let key = Cosigner::new(&identity("agency-c", 5)).key();
+        let honest = log_of(&["e0", "e1", "e2"]);
+        // First checkpoint: trusted on first submission, cosigned with a line that verifies.
+        let Frame::Cosignature(c) = add(&r, "agency-b", 0, &honest).expect("cosigned") else {
+            panic!("expected a cosignature");
+        };
+        let note = honest.checkpoint_note().expect("note");
+        let with = add_cosignatures(note, [c.cosignature.as_str()]);
+        assert_eq!(
+            verify_cosignatures(&with, &[key]).expect("verifies").len(),
+            1
+        );
+        // A wrong old size: the size held, nothing changed.
+        let honest = log_of(&["e0", "e1", "e2", "e3"]);
+        assert_eq!(
+            add(&r, "agency-b", 0, &honest).expect("answer"),
+            Frame::WitnessSize(WitnessSize { size: 3 })
+        );
+        assert!(matches!(
+            add(&r, "agency-b", 3, &honest).expect("cosigned"),
+            Frame::Cosignature(_)
+        ));
+        // The forged log (entry 0 dropped, re-signed with B's key), same size or grown.
+        for forged in [
+            log_of(&["e1", "e2", "e3", "e4"]),
+            log_of(&["e1", "e2", "e3", "e4", "e5", "e6"]),
+        ] {
+            let e = add(&r, "agency-b", 4, &forged).expect_err("refused");
+            assert_eq!(e.code, ErrorCode::INTEGRITY);
+            assert!(
+                e.message.contains("does not extend the one of 4 entries"),
+                "{}",
+                e.message
+            );
+        }
+        // A rollback.
+        let e = add(&r, "agency-b", 4, &log_of(&["e0", "e1"])).expect_err("refused");
+        assert!(e.message.contains("(rolled back)"), "{}", e.message);
+        assert_eq!(refusals(&r), 3);
+        // Only the log's own agency, and only a witnessed log.
+        let e = add(&r, "agency-a", 4, &honest).expect_err("refused");
+        assert_eq!(e.code, ErrorCode::NOT_AUTHORISED);
+        r.witness().set_config(
+            WitnessConfig::parse("cosign = [\"agency-a\", \"agency-b\"]\n").expect("config"),
+        );
+        let e = add(&r, "agency-a", 0, &honest).expect_err("refused");
+        assert_eq!(e.code, ErrorCode::INTEGRITY);
+        // What it cosigned survives a restart.
+        drop(r);
+        let r = witness(dir.path());
+        assert_eq!(
+            add(&r, "agency-b", 0, &honest).expect("answer"),
+            Frame::WitnessSize(WitnessSize { size: 4 })
+        );
+    }
+
+    #[test]
+    fn the_configuration_parses_and_refuses_unknown_keys() {
+        let c = WitnessConfig::parse(
+            "cosign = [\"agency-b\"]\nwait_ms = 100\n[[witness]]\nid = \"agency-c\"\naddress = \"h:1\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.wait_ms, 100);
+        assert_eq!(c.witness[0].id.as_str(), "agency-c");
+        assert!(WitnessConfig::parse("cosigns = []\n").is_err());
+        assert!(WitnessConfig::parse("wait_ms = 100000\n").is_err());
+        assert_eq!(
+            WitnessConfig::parse("").expect("empty"),
+            WitnessConfig::default()
+        );
+    }
+}
