@@ -163,3 +163,80 @@ fn witnesses_cosign_an_honest_log_and_refuse_a_forged_one() {
     let o = send(d, "D", &relay.1, "five.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+/// test-plan.md 90, the recipient's side: a recipient requiring C's cosignature fetches (custody
+/// and delivery receipts both cosigned), and `verify` of the fetched folder passes; with C down
+/// its next fetch exits 3.
+#[test]
+fn a_recipient_requiring_a_cosignature_fetches() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_full_agencies(d);
+    agency(d, "C", "agency-c", true);
+    for (home, other) in [("A", "C"), ("B", "C"), ("C", "B")] {
+        trust(d, home, other);
+    }
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+    write(&d.join("C/relay/witness.toml"), "cosign = [\"agency-b\"]\n");
+    let witness = start_relay(d, "C");
+    write(
+        &d.join("B-relay/relay/witness.toml"),
+        &format!(
+            "wait_ms = 10000\n\n[[witness]]\nid = \"agency-c\"\naddress = \"{}\"\n",
+            witness.1
+        ),
+    );
+    let relay = start_relay(d, "B-relay");
+    require_c(d, "B");
+    let o = send(d, "A", &relay.1, "one.txt");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let o = run(
+        d,
+        &["--home", "B", "fetch", "--relay", &relay.1, &t, "-o", "out"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let folder = transfer_dir(&d.join("out"));
+    for name in ["custody.receipt", "delivery.receipt"] {
+        let text = std::fs::read_to_string(folder.join(".rogatory").join(name)).expect("receipt");
+        assert!(
+            text.contains("\u{2014} agency-c/witness "),
+            "{name}: {text}"
+        );
+    }
+    let o = run(d, &["--home", "B", "verify", "out"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+
+    // The witness down: the next transfer's receipts are not cosigned; the recipient refuses.
+    let gone = witness.1.clone();
+    drop(witness);
+    write(
+        &d.join("B-relay/relay/witness.toml"),
+        &format!("wait_ms = 1000\n\n[[witness]]\nid = \"agency-c\"\naddress = \"{gone}\"\n"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let o = send(d, "A", &relay.1, "two.txt");
+    assert_eq!(code(&o), 0, "the sender requires nothing: {}", stderr(&o));
+    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &relay.1, &t, "-o", "out2",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("carries 0 valid cosignatures"),
+        "{}",
+        stderr(&o)
+    );
+}
