@@ -109,7 +109,10 @@ fn witnesses_cosign_an_honest_log_and_refuse_a_forged_one() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("cosigned by agency-c"), "{out}");
-    // The CHECKPOINT answer carries the cosignature too: status keeps it.
+    // The CHECKPOINT answer carries the cosignature too: the newest checkpoint the home kept
+    // from it (`protocol.md` §6.6) has C's line.
+    let held = std::fs::read_to_string(d.join("A/checkpoints/agency-b.checkpoint")).expect("held");
+    assert!(held.contains("\u{2014} agency-c/witness "), "{held}");
     let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(refusals(d).is_empty());

@@ -91,8 +91,8 @@ impl WitnessConfig {
     /// Parses the TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Self = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
-        if c.wait_ms > 60_000 {
-            return Err("wait_ms above 60000".into());
+        if c.wait_ms > 20_000 {
+            return Err("wait_ms above 20000".into());
         }
         Ok(c)
     }
