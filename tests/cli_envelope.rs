@@ -275,7 +275,7 @@ fn usage_errors_exit_2_with_nothing_on_stdout() {
     assert_failed_cleanly(&o, 2, p(&s), BASE);
 }
 
-/// test-plan.md case 61: SIGINT or SIGTERM mid-decrypt removes the temporary file, exit 130.
+/// test-plan.md case 61: SIGINT, SIGTERM or SIGHUP (a closed terminal) mid-decrypt removes the temporary file, exit 130.
 #[test]
 fn interrupted_decrypt_leaves_nothing() {
     use std::io::Write;
@@ -283,7 +283,7 @@ fn interrupted_decrypt_leaves_nothing() {
     use std::time::{Duration, Instant};
     let s = setup();
     let ct = fs::read(p(&s).join("ct.age")).expect("ct");
-    for signal in ["-INT", "-TERM"] {
+    for signal in ["-INT", "-TERM", "-HUP"] {
         let mut child = Command::new(common::bin())
             .args(["decrypt", "-i", "key", "-o", "out", "-"])
             .current_dir(p(&s))

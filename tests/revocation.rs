@@ -195,3 +195,111 @@ fn a_local_revocation_closes_the_open_connection_of_the_revoked_key() {
     let o = run(d, &["--home", "A", "inbox", "--relay", &relay.1]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
 }
+
+/// `docs/test-plan.md` 110: SIGHUP makes a running relay reload (it used to terminate it):
+/// after a SIGHUP the relay logs the reload and keeps serving; SIGTERM then stops it cleanly
+/// (exit 0).
+#[test]
+fn sighup_reloads_a_running_relay_and_sigterm_stops_it_cleanly() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_agencies(d);
+    let mut child = Command::new(bin())
+        .args(["--home", "B", "relay", "serve", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("ROGATORY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relay");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-HUP");
+    // Still serving after the SIGHUP: A can talk to it.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP stopped the relay"
+    );
+    let o = run(d, &["--home", "A", "inbox", "--relay", &addr]);
+    ok(o);
+    signal("-TERM");
+    let o = child.wait_with_output().expect("output");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "SIGTERM exit: {err}");
+    assert!(err.contains("SIGHUP: reloading"), "{err}");
+    assert!(
+        err.contains("reloaded trust, revocations and policy"),
+        "{err}"
+    );
+    assert!(err.contains("shutting down"), "{err}");
+}
+
+/// `docs/test-plan.md` 111: a revoked age key is never encrypted to (`custody.md` §8.3): B revokes
+/// its age keys and A imports the revocation; A's `send` to B is refused with exit 3 naming B,
+/// before any relay is contacted, leaving `outbox/` empty; B itself, whose own key is always a
+/// recipient, is refused too.
+#[test]
+fn a_revoked_age_key_is_never_encrypted_to() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    two_agencies(d);
+    std::fs::write(d.join("evidence.bin"), b"evidence").expect("w");
+    // A relay that cannot be reached: the refusal must come before any connection.
+    let nowhere = "127.0.0.1:9";
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "revoke",
+            "--key",
+            "age",
+            "-o",
+            "b-age.revocation",
+        ],
+    ));
+    ok(run(
+        d,
+        &["--home", "A", "trust", "revoke", "b-age.revocation"],
+    ));
+    let o = send_with_legal(d, "A", false, nowhere, "agency-b", &["evidence.bin"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the age key of recipient agency-b was revoked"),
+        "{err}"
+    );
+    let outbox = d.join("A/outbox");
+    assert!(
+        !outbox.exists() || std::fs::read_dir(&outbox).expect("outbox").next().is_none(),
+        "a refused send left state in outbox/"
+    );
+    // The same with --json: one error event, exit 3.
+    let o = send_with_legal(d, "A", true, nowhere, "agency-b", &["evidence.bin"]);
+    assert_eq!(code(&o), 3);
+    let last = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        last.contains("\"type\":\"error\"") && last.contains("revoked"),
+        "{last}"
+    );
+    // B itself refuses to send to anyone with its own revoked age key (it is always a recipient).
+    let o = send_with_legal(d, "B", false, nowhere, "agency-a", &["evidence.bin"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("the age key of this agency was revoked"));
+}

@@ -371,7 +371,8 @@ fn trusted(c: &rogatory_custody::AgencyCard) -> Json {
     }
 }
 
-/// The revocations of `agency`'s `key` as the card names them: the TLS pins, or the signing key.
+/// The revocations of `agency`'s `key` as the card names them: the TLS pins, the signing key, or
+/// the age recipients (X25519 and post-quantum).
 fn revocations_of(
     issuer: &rogatory_custody::AgencyId,
     card: &rogatory_custody::AgencyCard,
@@ -392,6 +393,15 @@ fn revocations_of(
             .map(|k| (KeyKind::Tls, *k))
             .collect(),
         RevokeKey::Signing => vec![(KeyKind::Signing, signing_key_sha256(&card.verifier_key))],
+        RevokeKey::Age => std::iter::once(card.age_recipient.to_string())
+            .chain(card.age_recipient_pq.iter().map(ToString::to_string))
+            .map(|r| {
+                (
+                    KeyKind::Age,
+                    rogatory_custody::Sha256Digest::of(r.as_bytes()),
+                )
+            })
+            .collect(),
     };
     if keys.is_empty() {
         return Err(CliError::new(
@@ -453,7 +463,7 @@ fn store_revocation(home: &Home, r: &Revocation, note: &[u8], events: &Events) -
     Ok(())
 }
 
-/// `agency revoke --key tls|signing`: signs a revocation of this agency's own key with its
+/// `agency revoke --key tls|signing|age`: signs a revocation of this agency's own key with its
 /// signing key, stores it in this home and writes it to `-o FILE` or standard output.
 pub(crate) fn revoke(home: &Home, a: &AgencyRevokeArgs, events: &Events) -> Result<()> {
     let identity = home.identity()?;
@@ -485,7 +495,7 @@ pub(crate) fn revoke(home: &Home, a: &AgencyRevokeArgs, events: &Events) -> Resu
 }
 
 /// `trust revoke FILE` imports a partner's revocation (verified against the card of the agency
-/// it names); `trust revoke AGENCY --key tls|signing` signs a local revocation with this
+/// it names); `trust revoke AGENCY --key tls|signing|age` signs a local revocation with this
 /// agency's key. Either is stored under `trust/revoked/`, where a running relay picks it up.
 pub(crate) fn trust_revoke(home: &Home, a: &TrustRevokeArgs, events: &Events) -> Result<()> {
     let store = home.trust_store()?;

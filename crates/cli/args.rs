@@ -200,7 +200,7 @@ pub(crate) enum TrustCommand {
         id: String,
     },
     /// Import a partner's key revocation (FILE), or revoke a partner's key locally (AGENCY
-    /// --key tls|signing) (docs/custody.md §8.3).
+    /// --key tls|signing|age) (docs/custody.md §8.3).
     Revoke(TrustRevokeArgs),
 }
 
@@ -211,6 +211,8 @@ pub(crate) enum RevokeKey {
     Tls,
     /// The signing key (statements signed by it from now on are refused).
     Signing,
+    /// The age keys (X25519 and post-quantum recipients: nothing is encrypted to them any more).
+    Age,
 }
 
 #[derive(Debug, Args)]

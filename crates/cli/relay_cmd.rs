@@ -167,7 +167,12 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
             ticks += 1;
             // `relay.md` §11: every 200 ms, a change to the trust store, revocations, CA
             // bundle, CRL or policy file is loaded without a restart.
-            if ticks.is_multiple_of(2) && watch.changed() {
+            // SIGHUP reloads at once, changed or not (a CRL refreshed in place with the same
+            // bytes is re-read too).
+            if crate::cleanup::RELOAD.swap(false, Ordering::SeqCst) {
+                tracing::info!("SIGHUP: reloading trust, revocations and policy");
+                reload(home, a, &relay, &node, &mut watch);
+            } else if ticks.is_multiple_of(2) && watch.changed() {
                 reload(home, a, &relay, &node, &mut watch);
             }
             if housekeeping.elapsed() >= Duration::from_secs(3600) {

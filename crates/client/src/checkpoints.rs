@@ -5,11 +5,12 @@
 //! ```text
 //! checkpoints/<relay>.checkpoint                  the newest checkpoint of <relay>/audit verified
 //! checkpoints/<relay>.seen/<size>.checkpoint      every one verified, for equal-size comparisons
+//! checkpoints/<relay>.lock                      locked while the newest is compared and replaced
 //! checkpoints/<relay>.fork-<UTC>/held.checkpoint  evidence of an inconsistent log: what this
 //! checkpoints/<relay>.fork-<UTC>/presented.checkpoint   home held, and what the relay presented
 //! ```
 //!
-//! Every file is a signed checkpoint note, written atomically with mode 0600.
+//! Every file but the lock is a signed checkpoint note, written atomically with mode 0600.
 //!
 //! A home may require witnesses' cosignatures on the checkpoint of every receipt it accepts
 //! (`custody.md` §7.3, `docs/cli.md` "State directory"): `witnesses.toml`, `require = K` and
@@ -124,10 +125,33 @@ fn keep(
         0o600,
         true,
     )?;
+    // Two commands of one home may keep checkpoints of the same relay at once: the comparison
+    // with the newest held and the replacement happen under one lock, so a smaller checkpoint
+    // never replaces a larger one kept meanwhile.
+    let _lock = lock_relay(home, relay)?;
     if newest(home, relay, key)?.is_some_and(|(held, _)| held.size >= cp.size) {
         return Ok(());
     }
     write_file(&newest_path(home, relay), note.as_bytes(), 0o600, true)
+}
+
+/// An exclusive lock on `checkpoints/<relay>.lock`, held while the newest checkpoint of `relay`
+/// is compared and replaced; released when the file is dropped.
+fn lock_relay(home: &Home, relay: &AgencyId) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let p = home.path(&format!("checkpoints/{relay}.lock"));
+    let storage = |e: std::io::Error| {
+        Error::new(ErrorKind::Storage, format!("{}: cannot lock", p.display())).source(e)
+    };
+    let f = std::fs::OpenOptions::new()
+        .mode(0o600)
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(storage)?;
+    fs4::FileExt::lock(&f).map_err(storage)?;
+    Ok(f)
 }
 
 /// Saves both notes as evidence and returns the exit-3 error naming the relay and both sizes.

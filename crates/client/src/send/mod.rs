@@ -224,6 +224,42 @@ fn already_sent(home: &Home, transfer: TransferId) -> Option<SendOutcome> {
     })
 }
 
+/// `custody.md` §8.3 "Age key": nothing is encrypted to a revoked age key. `age_recipients` are
+/// the recipients' keys in the order of `recipients`, then the sender's own (last).
+fn refuse_revoked_age_keys(
+    home: &Home,
+    store: &rogatory_custody::TrustStore,
+    recipients: &[AgencyId],
+    age_recipients: &[rogatory_envelope::AnyRecipient],
+) -> Result<()> {
+    let revocations = home.revocations(store)?;
+    for (i, r) in age_recipients.iter().enumerate() {
+        let key = rogatory_custody::Sha256Digest::of(r.to_string().as_bytes());
+        let Some(rev) = revocations.get(rogatory_custody::KeyKind::Age, &key) else {
+            continue;
+        };
+        let (whose, hint) = match recipients.get(i) {
+            Some(agency) => (
+                format!("recipient {agency}"),
+                format!("ask {agency} for a card with a new age key and trust it"),
+            ),
+            None => (
+                "this agency".to_owned(),
+                "issue new keys with `rogatory agency rotate`".to_owned(),
+            ),
+        };
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "the age key of {whose} was revoked at {} ({}): nothing is encrypted to it",
+                rev.time, rev.reason
+            ),
+        )
+        .hint(hint));
+    }
+    Ok(())
+}
+
 /// Sets up a new send, or finds the interrupted (or completed) one of the same sources.
 /// Everything that needs no relay is checked here, before connecting: the recipients, the
 /// legal metadata and every source.
@@ -252,6 +288,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     // mixed. Every file is also encrypted to the sender, so it can resume (unwrap its own
     // headers).
     let age_recipients = rogatory_custody::age_recipients_for(&identity, &cards);
+    refuse_revoked_age_keys(home, &store, &recipients, &age_recipients)?;
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
     let sources = sources::collect(&req.paths, &mut failed)?;
