@@ -146,6 +146,8 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
             outln!("relay {} listening on {addr}", relay.agency());
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        // `relay.md` §12: submits this relay's checkpoints to its witnesses.
+        let submitter = tokio::spawn(rogatory_relay::witness::submit(relay.clone(), node.clone()));
         let (n, r) = (node.clone(), relay.clone());
         let server = tokio::spawn(async move {
             n.serve(move |s| {
@@ -190,6 +192,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         tracing::info!("shutting down");
         node.shutdown(ErrorCode::SHUTTING_DOWN).await;
         server.abort();
+        submitter.abort();
         Ok::<_, CliError>(())
     })
 }
@@ -210,6 +213,10 @@ impl Watch {
             .map(|p| home.path(p))
             .collect();
         paths.extend(policy.map(|p| p.to_owned()));
+        paths.push(
+            home.path("relay")
+                .join(rogatory_relay::witness::CONFIG_FILE),
+        );
         Watch {
             paths,
             dirs: vec![home.path("trust"), home.path("trust/revoked")],
@@ -280,7 +287,11 @@ fn load_trust(
     let r = relay.clone();
     peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
     peer_trust.require_post_quantum(a.require_pq_tls);
+    // `relay.md` §12: the witness configuration, checked before anything is replaced.
+    let witness = rogatory_relay::witness::WitnessConfig::load(&home.path("relay"))
+        .map_err(|e| CliError::new(Exit::Usage, e))?;
     relay.reload(store.clone(), revocations.clone(), policy.clone());
+    relay.witness().set_config(witness);
     Ok((peer_trust, store, revocations, policy))
 }
 

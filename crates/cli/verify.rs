@@ -118,6 +118,27 @@ fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Resul
         // agency, named by the checkpoint's origin) are both trusted agencies, possibly two.
         let v = rogatory_client::package::verify_receipt(text, store)?;
         let held = held_note(home, store, text, &v)?;
+        // `custody.md` §7.3: the witnesses' cosignatures, and the home's requirement.
+        let note = ReceiptBundle::parse(text)
+            .map(|b| b.checkpoint_note)
+            .unwrap_or_default();
+        let cosigned = rogatory_client::checkpoints::check_cosigned(
+            home,
+            store,
+            &v.log_owner,
+            v.logged.checkpoint.size,
+            &note,
+        )
+        .map_err(|e| match e.hint_text() {
+            Some(h) => format!("{e} ({h})"),
+            None => e.to_string(),
+        })?;
+        let held = if cosigned.is_empty() {
+            held
+        } else {
+            let names: Vec<String> = cosigned.iter().map(ToString::to_string).collect();
+            format!("{held}; cosigned by {}", names.join(", "))
+        };
         return Ok(format!(
             "{}; entry {} of {}/audit (checkpoint of {} entries{held})",
             describe(&v.logged.statement),

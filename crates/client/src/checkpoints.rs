@@ -11,12 +11,16 @@
 //! ```
 //!
 //! Every file but the lock is a signed checkpoint note, written atomically with mode 0600.
+//!
+//! A home may require witnesses' cosignatures on the checkpoint of every receipt it accepts
+//! (`custody.md` §7.3, `docs/cli.md` "State directory"): `witnesses.toml`, `require = K` and
+//! `witnesses = ["<agency id>", …]`, each with a card in the trust store.
 
 use std::path::PathBuf;
 
 use rogatory_custody::{
-    AgencyId, Checkpoint, ConsistencyError, NoteVerifier, Timestamp, TrustStore,
-    check_against_seen, check_consistency,
+    AgencyId, Checkpoint, ConsistencyError, NoteVerifier, Timestamp, TrustStore, WitnessKey,
+    check_against_seen, check_consistency, verify_cosignatures,
 };
 use rogatory_transport::frame::{self, Frame};
 use rogatory_transport::net::Session;
@@ -343,9 +347,108 @@ pub async fn confirm_receipt(home: &Home, s: &Session, text: &str) -> Result<()>
     Ok(())
 }
 
+/// `witnesses.toml` of a home (`docs/cli.md` "State directory"): accept a receipt only if its
+/// checkpoint carries valid cosignatures (`custody.md` §7.3) by at least `require` of
+/// `witnesses`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRequirement {
+    /// How many distinct witnesses must have cosigned.
+    pub require: usize,
+    /// The witnesses this home trusts (agency ids with a card in the trust store).
+    pub witnesses: Vec<AgencyId>,
+}
+
+/// The home's `witnesses.toml`, if it has one (a bad one is a usage error, exit 2).
+pub fn witness_requirement(home: &Home) -> Result<Option<WitnessRequirement>> {
+    let p = home.path("witnesses.toml");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::error::io("reading", &p, e)),
+    };
+    let r: WitnessRequirement = toml::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::Usage,
+            format!(
+                "{}: {}",
+                p.display(),
+                e.to_string().trim().replace('\n', " ")
+            ),
+        )
+    })?;
+    if r.require > r.witnesses.len() {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "{}: require = {} but only {} witnesses are listed",
+                p.display(),
+                r.require,
+                r.witnesses.len()
+            ),
+        ));
+    }
+    Ok(Some(r))
+}
+
+/// `custody.md` §7.3: the witnesses whose valid cosignatures `checkpoint_note` (of `relay`'s
+/// log) carries, among every agency of the trust store but the relay's; a cosignature line of a
+/// trusted witness that does not verify is exit 3. With a `witnesses.toml`, fewer than
+/// `require` of its witnesses is exit 3, naming the relay, `require` and the count found.
+pub fn check_cosigned(
+    home: &Home,
+    store: &TrustStore,
+    relay: &AgencyId,
+    size: u64,
+    checkpoint_note: &str,
+) -> Result<Vec<AgencyId>> {
+    let keys: Vec<WitnessKey> = store
+        .chains()
+        .filter(|c| c.id() != relay)
+        .flat_map(WitnessKey::of_chain)
+        .collect();
+    let found: Vec<AgencyId> = verify_cosignatures(checkpoint_note, &keys)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("relay {relay}: a receipt's checkpoint carries a cosignature that does not verify"),
+            )
+            .source(e)
+        })?
+        .into_iter()
+        .map(|c| c.witness)
+        .collect();
+    let Some(req) = witness_requirement(home)? else {
+        return Ok(found);
+    };
+    if let Some(w) = req.witnesses.iter().find(|w| store.get(w).is_none()) {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("witnesses.toml names witness {w}, which has no card in the trust store"),
+        )
+        .hint("add its card with `rogatory trust add` after checking its fingerprint"));
+    }
+    let count = found.iter().filter(|w| req.witnesses.contains(w)).count();
+    if count < req.require {
+        let names: Vec<String> = req.witnesses.iter().map(ToString::to_string).collect();
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "relay {relay}: the receipt's checkpoint ({size} entries) carries {count} valid cosignatures from the witnesses this home trusts ({}); it requires {}",
+                names.join(", "),
+                req.require
+            ),
+        )
+        .hint("a witness refused to cosign (the relay's log may be forked) or did not answer; do not rely on this receipt until it is cosigned"));
+    }
+    Ok(found)
+}
+
 /// [`check_held`] for a receipt bundle's text, as received from a relay: a bundle that
 /// verifies against the trust store and whose checkpoint forks from one this home verified is
-/// refused (exit 3, evidence saved). Anything else passes here (it is verified where it is used).
+/// refused (exit 3, evidence saved), as is one whose checkpoint lacks the cosignatures the
+/// home's `witnesses.toml` requires ([`check_cosigned`]). Anything else passes here (it is
+/// verified where it is used).
 ///
 /// A home that holds no checkpoint of that log yet (its first contact found the log empty)
 /// keeps the receipt's verified checkpoint as its first one, as the first contact would have:
@@ -356,6 +459,7 @@ pub fn check_receipt(home: &Home, store: &TrustStore, text: &str) -> Result<()> 
     {
         let relay = &v.log_owner;
         let cp = &v.logged.checkpoint;
+        check_cosigned(home, store, relay, cp.size, &b.checkpoint_note)?;
         if let HeldCheck::NotCompared { newest: None } =
             check_held(home, store, relay, cp, &b.checkpoint_note)?
         {

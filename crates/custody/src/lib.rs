@@ -46,6 +46,7 @@ mod revocation;
 mod statement;
 mod text;
 mod verified;
+mod witness;
 
 pub use card::{
     AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
@@ -75,3 +76,7 @@ pub use revocation::{KeyKind, Revocation, Revocations, signing_key_sha256};
 pub use statement::{Head, Peer, Statement};
 pub use text::Text;
 pub use verified::Verified;
+pub use witness::{
+    COSIGNATURE_KEY_TYPE, Cosignature, Cosigner, WitnessKey, add_cosignatures, cosigned_message,
+    verify_cosignatures, witness_key_name,
+};

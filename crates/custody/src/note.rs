@@ -234,6 +234,12 @@ impl NoteSigner {
         ))
     }
 
+    /// A raw Ed25519 signature of `msg` (for cosignatures, `custody.md` §7.3, whose signed
+    /// message is not a note text).
+    pub(crate) fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.key.sign(msg).to_bytes()
+    }
+
     /// Adds this key's signature to an already signed note (co-signing).
     pub fn cosign(&self, note: &str) -> Result<String, NoteError> {
         let parsed = Note::parse(note.as_bytes())?;
@@ -359,6 +365,13 @@ impl Note {
     /// The unverified text. Do not act on it: use [`Note::verify`].
     pub fn unverified_text(&self) -> &str {
         &self.text
+    }
+
+    /// Every signature line, unverified: key name, key id, and the bytes after the key id.
+    pub(crate) fn signature_lines(&self) -> impl Iterator<Item = (&str, u32, &[u8])> {
+        self.sigs
+            .iter()
+            .map(|s| (s.name.as_str(), s.id, s.sig.as_slice()))
     }
 
     /// Names of all signers, trusted or not (for diagnostics).

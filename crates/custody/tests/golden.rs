@@ -139,7 +139,31 @@ fn golden_vectors() {
     assert_eq!(proven.index, 1);
     let cp = log.checkpoint_note().expect("checkpoint");
     check("checkpoint.note", cp.as_bytes());
-    let cp = Checkpoint::open(cp.as_bytes(), &w.relay.log_signer().verifier()).expect("verifies");
+    // `custody.md` §7.3, §11.11: that checkpoint cosigned by the sender's agency as a witness.
+    let witness = rogatory_custody::Cosigner::new(&w.sender);
+    let cosigned = rogatory_custody::add_cosignatures(
+        cp,
+        [witness
+            .cosign(
+                &Checkpoint::parse(
+                    cp.split("\n\n")
+                        .next()
+                        .map(|t| format!("{t}\n"))
+                        .as_deref()
+                        .unwrap_or(""),
+                )
+                .expect("checkpoint"),
+                1_800_000_000,
+            )
+            .as_str()],
+    );
+    check("cosigned-checkpoint.note", cosigned.as_bytes());
+    let found = rogatory_custody::verify_cosignatures(&cosigned, &[witness.key()])
+        .expect("cosignature verifies");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].time, 1_800_000_000);
+    let cp =
+        Checkpoint::open(cosigned.as_bytes(), &w.relay.log_signer().verifier()).expect("verifies");
     assert_eq!(cp.size, 3);
     check("audit.log", &log.store().bytes);
 }

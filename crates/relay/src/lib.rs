@@ -10,6 +10,7 @@ pub mod policy;
 pub mod relay;
 pub mod serve;
 pub mod storage;
+pub mod witness;
 
 pub use policy::Policy;
 pub use relay::{Relay, RelayConfig, RelayError, TransferRow, system_clock};

@@ -159,6 +159,8 @@ pub struct Relay<S: Storage> {
     tls_rejections: Mutex<(i64, u32)>,
     /// Files each recipient has fetched to the end, per transfer (until it has all of them).
     served: Mutex<HashMap<(i64, AgencyId), std::collections::BTreeSet<u32>>>,
+    /// Witnessing: cosigning other logs, cosignatures of this one (`relay.md` §12).
+    witness: crate::witness::WitnessState,
 }
 
 impl<S: Storage> std::fmt::Debug for Relay<S> {
@@ -435,6 +437,10 @@ fn private_file(path: &Path) -> Result<(), RelayError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))
 }
 
+/// What is submitted to a witness: the latest checkpoint `(size, note)`, if any, and the
+/// consistency proof to it (`protocol.md` §6.7).
+pub(crate) type WitnessSubmission = (Option<(u64, String)>, Vec<[u8; 32]>);
+
 /// The opened log, the checkpoint size the index holds, and the torn tail cut `(offset, bytes)`.
 type OpenedLog = (AuditLog<FileLogStore>, u64, Option<(u64, u64)>);
 
@@ -578,7 +584,13 @@ impl<S: Storage> Relay<S> {
         if !has_contents {
             db.execute_batch("ALTER TABLE transfers ADD COLUMN contents BLOB")?;
         }
+        db.execute_batch(crate::witness::SCHEMA)?;
         let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity, &cfg.trust)?;
+        let witness = crate::witness::WitnessState::open(
+            rogatory_custody::Cosigner::new(&cfg.identity),
+            &db,
+            log.tree(),
+        )?;
         Ok(Relay {
             agency: cfg.identity.id().clone(),
             signer: cfg.identity.signer().clone(),
@@ -594,7 +606,44 @@ impl<S: Storage> Relay<S> {
             active: Mutex::default(),
             tls_rejections: Mutex::default(),
             served: Mutex::default(),
+            witness,
         })
+    }
+
+    pub(crate) fn witness_state(&self) -> &crate::witness::WitnessState {
+        &self.witness
+    }
+
+    pub(crate) fn db_lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.db)
+    }
+
+    /// The log's latest checkpoint `(size, note)` once the index keeps it (`relay.md` §5.1).
+    pub(crate) fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, ProtocolError> {
+        let mut log = lock(&self.log);
+        self.record_checkpoint(&mut log)?;
+        Ok(log.0.checkpoint_note().map(|n| (log.0.len(), n.to_owned())))
+    }
+
+    /// `protocol.md` §6.7: the latest checkpoint `(size, note as signed)` and, read under the
+    /// same lock, the consistency proof from `old` entries to it (empty when `old` is 0, equal
+    /// to or larger than the log).
+    pub(crate) fn checkpoint_for_witness(
+        &self,
+        old: u64,
+    ) -> Result<WitnessSubmission, ProtocolError> {
+        let mut log = lock(&self.log);
+        self.record_checkpoint(&mut log)?;
+        let size = log.0.len();
+        let proof = if old == 0 || old >= size {
+            Vec::new()
+        } else {
+            log.0
+                .tree()
+                .consistency_proof(old, size)
+                .unwrap_or_default()
+        };
+        Ok((log.0.checkpoint_note().map(|n| (size, n.to_owned())), proof))
     }
 
     /// This relay's agency.
@@ -705,6 +754,8 @@ impl<S: Storage> Relay<S> {
         };
         store_checkpoint(&lock(&self.db), size, note).map_err(db_err)?;
         log.1 = size;
+        // `relay.md` §12: a new checkpoint for the witnesses.
+        self.witness.wake();
         Ok(())
     }
 
@@ -727,7 +778,12 @@ impl<S: Storage> Relay<S> {
                 .consistency_proof(held, size)
                 .unwrap_or_default()
         };
-        Ok((log.0.checkpoint_note().map(str::to_owned), proof))
+        // `relay.md` §12: with the cosignatures this relay holds for it.
+        let note = log
+            .0
+            .checkpoint_note()
+            .map(|n| self.witness.attach(n, size));
+        Ok((note, proof))
     }
 
     fn spool(&self, row: i64) -> PathBuf {
@@ -754,7 +810,7 @@ impl<S: Storage> Relay<S> {
         }
     }
 
-    fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         (self.clock)()
     }
 
@@ -787,9 +843,30 @@ impl<S: Storage> Relay<S> {
         Ok(i)
     }
 
+    /// The receipt bundle of `note`, entry `index` (`custody.md` §7). With witnesses
+    /// configured (`relay.md` §12) it waits a bounded time for them to cosign a checkpoint that
+    /// covers the entry, and is built against the cosigned checkpoint with the most
+    /// cosignatures, which it carries; otherwise against the latest checkpoint.
     fn bundle(&self, note: &str, index: u64) -> Result<String, ProtocolError> {
+        {
+            let mut log = lock(&self.log);
+            self.record_checkpoint(&mut log)?;
+        }
+        self.witness.wait_for(index);
         let mut log = lock(&self.log);
         self.record_checkpoint(&mut log)?;
+        if let Some((size, checkpoint_note)) = self.witness.best_for(index, log.0.tree())
+            && size <= log.1
+            && let Some(proof) = log.0.tree().inclusion_proof(index, size)
+        {
+            return Ok(rogatory_custody::ReceiptBundle {
+                statement_note: note.to_owned(),
+                index,
+                proof,
+                checkpoint_note,
+            }
+            .encode());
+        }
         log.0
             .bundle(note, index)
             .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))

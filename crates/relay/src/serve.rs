@@ -98,6 +98,15 @@ async fn request<S: Storage + 'static>(
                 Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
             }
         }
+        Frame::AddCheckpoint(f) => {
+            // `protocol.md` §6.7: the witness checks and durably keeps the checkpoint before it
+            // cosigns: off the async workers.
+            let (r2, p2) = (relay.clone(), peer.clone());
+            match tokio::task::spawn_blocking(move || r2.add_checkpoint(&p2, &f)).await {
+                Ok(answer) => answer.map(|f| vec![f]),
+                Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
+            }
+        }
         Frame::Deliver(d) => {
             let r2 = relay.clone();
             let p2 = peer.clone();

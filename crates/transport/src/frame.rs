@@ -90,6 +90,9 @@ frame_types! {
     Seal = 0x12;
     CheckpointRequest = 0x13;
     Checkpoint = 0x14;
+    AddCheckpoint = 0x15;
+    Cosignature = 0x16;
+    WitnessSize = 0x17;
     Error = 0x1f;
 }
 
@@ -105,7 +108,8 @@ impl FrameType {
             FrameType::Hello | FrameType::Welcome | FrameType::Attach | FrameType::Durable => 4096,
             FrameType::InboxRequest | FrameType::Fetch | FrameType::StatusRequest => 4096,
             FrameType::Error | FrameType::CheckpointRequest => 4096,
-            FrameType::Checkpoint => MAX_CHECKPOINT_FRAME,
+            FrameType::Checkpoint | FrameType::AddCheckpoint => MAX_CHECKPOINT_FRAME,
+            FrameType::Cosignature | FrameType::WitnessSize => 4096,
             _ => limits.max_control,
         }
     }
@@ -393,6 +397,37 @@ pub struct LogCheckpoint {
     pub proof: Vec<[u8; 32]>,
 }
 
+/// ADD_CHECKPOINT (submitting relay → witness relay, `protocol.md` §6.7): the submitter's
+/// latest signed checkpoint note (`custody.md` §7) and the RFC 9162 consistency proof from
+/// `old_size`, the size of the submitter's checkpoint the witness is believed to hold (0: none),
+/// to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddCheckpoint {
+    /// Size of the checkpoint the witness holds, as the submitter believes.
+    pub old_size: u64,
+    /// The consistency proof, at most [`MAX_CHECKPOINT_PROOF`] hashes.
+    pub proof: Vec<[u8; 32]>,
+    /// The signed checkpoint note.
+    pub checkpoint: String,
+}
+
+/// COSIGNATURE (witness → submitter, `protocol.md` §6.7): the witness's cosignature line of
+/// the checkpoint (`custody.md` §7.3), with its final LF.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CosignatureLine {
+    /// `— <witness>/witness <b64(key id || time || signature)>` and LF.
+    pub cosignature: String,
+}
+
+/// WITNESS_SIZE (witness → submitter, `protocol.md` §6.7): `old_size` is not the size of the
+/// checkpoint the witness holds of this log; it holds `size` (0: none). Resubmit with a proof
+/// from there (C2SP tlog-witness's 409 Conflict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessSize {
+    /// Size of the checkpoint the witness holds.
+    pub size: u64,
+}
+
 /// ERROR (either way): the request on this stream failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -425,6 +460,9 @@ pub enum Frame<'a> {
     Seal(Seal),
     CheckpointRequest(CheckpointRequest),
     Checkpoint(LogCheckpoint),
+    AddCheckpoint(AddCheckpoint),
+    Cosignature(CosignatureLine),
+    WitnessSize(WitnessSize),
     Error(ErrorFrame),
 }
 
@@ -579,6 +617,20 @@ pub fn decode_payload(ty: FrameType, p: &[u8]) -> Result<Frame<'_>, FrameError> 
             }
             Ok(f)
         }
+        FrameType::AddCheckpoint => {
+            let f = ctl(ty, p, Frame::AddCheckpoint)?;
+            if let Frame::AddCheckpoint(c) = &f
+                && c.proof.len() > MAX_CHECKPOINT_PROOF
+            {
+                return Err(FrameError::Malformed {
+                    ty: ty.name(),
+                    reason: format!("{} proof hashes", c.proof.len()),
+                });
+            }
+            Ok(f)
+        }
+        FrameType::Cosignature => ctl(ty, p, Frame::Cosignature),
+        FrameType::WitnessSize => ctl(ty, p, Frame::WitnessSize),
         FrameType::Error => ctl(ty, p, Frame::Error),
     }
 }
@@ -617,6 +669,9 @@ impl Frame<'_> {
             Frame::Seal(_) => FrameType::Seal,
             Frame::CheckpointRequest(_) => FrameType::CheckpointRequest,
             Frame::Checkpoint(_) => FrameType::Checkpoint,
+            Frame::AddCheckpoint(_) => FrameType::AddCheckpoint,
+            Frame::Cosignature(_) => FrameType::Cosignature,
+            Frame::WitnessSize(_) => FrameType::WitnessSize,
             Frame::Error(_) => FrameType::Error,
         }
     }
@@ -658,6 +713,9 @@ impl Frame<'_> {
             Frame::Seal(v) => ctl(ty, v, out),
             Frame::CheckpointRequest(v) => ctl(ty, v, out),
             Frame::Checkpoint(v) => ctl(ty, v, out),
+            Frame::AddCheckpoint(v) => ctl(ty, v, out),
+            Frame::Cosignature(v) => ctl(ty, v, out),
+            Frame::WitnessSize(v) => ctl(ty, v, out),
             Frame::Error(v) => ctl(ty, v, out),
         }
     }
@@ -777,6 +835,15 @@ mod tests {
                 checkpoint: "agency-b/audit\n12\nroot\n\n— sig\n".into(),
                 proof: vec![[3; 32], [4; 32]],
             }),
+            Frame::AddCheckpoint(AddCheckpoint {
+                old_size: 3,
+                proof: vec![[5; 32]],
+                checkpoint: "agency-b/audit\n12\nroot\n\n— sig\n".into(),
+            }),
+            Frame::Cosignature(CosignatureLine {
+                cosignature: "— agency-c/witness sig\n".into(),
+            }),
+            Frame::WitnessSize(WitnessSize { size: 7 }),
             Frame::Error(ErrorFrame {
                 code: ErrorCode::POLICY,
                 message: "no".into(),

@@ -971,6 +971,9 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
         Frame::Seal(v) => Frame::Seal(v),
         Frame::CheckpointRequest(v) => Frame::CheckpointRequest(v),
         Frame::Checkpoint(v) => Frame::Checkpoint(v),
+        Frame::AddCheckpoint(v) => Frame::AddCheckpoint(v),
+        Frame::Cosignature(v) => Frame::Cosignature(v),
+        Frame::WitnessSize(v) => Frame::WitnessSize(v),
         Frame::Error(v) => Frame::Error(v),
         Frame::Piece(_) | Frame::Range(_) => return None,
     })
