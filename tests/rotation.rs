@@ -308,6 +308,14 @@ fn an_interrupted_rotation_is_completed_or_discarded() {
         &["identity.txt", "tls/key.pem", "tls/cert.pem"],
     );
     std::fs::write(d.join("C/rotate.new/complete"), b"").expect("marker");
+    // The new identity beside the old card: nothing signs or connects until it is completed.
+    let o = run(d, &["--home", "C", "inbox", "--relay", "127.0.0.1:9"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("interrupted key rotation"),
+        "{}",
+        stderr(&o)
+    );
     // Another half-installed state: the chain installed, the card not: refused (exit 3).
     std::fs::copy(
         d.join("C/rotate.new/card-chain.note"),

@@ -158,7 +158,17 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Resul
         )
         .source(e)
     })?;
-    let chain = read_chain(&a.card)?;
+    // The bytes read once: what is checked is what is stored.
+    let chain = CardChain::parse(&note).map_err(|e| {
+        CliError::new(
+            Exit::Integrity,
+            format!(
+                "{}: not a valid agency card or card chain",
+                a.card.display()
+            ),
+        )
+        .source(e)
+    })?;
     let card = chain.newest().clone();
     let fp = card.fingerprint();
     let dest = home.path(&format!("trust/{}.card", card.id));
@@ -206,9 +216,15 @@ pub(crate) fn trust_add(home: &Home, a: &TrustAddArgs, events: &Events) -> Resul
             }
         }
     }
-    let stored = match &linked {
-        Some((bytes, _)) => bytes.as_slice(),
-        None => note.as_slice(),
+    // A card whose key the trusted chain already holds adds nothing: the chain is kept (its
+    // retired keys still verify what they signed, `custody.md` §8.5).
+    let kept = std::fs::read(&dest).ok().filter(|b| {
+        linked.is_none() && CardChain::parse(b).is_ok_and(|t| t.holds_key(&card.verifier_key))
+    });
+    let stored = match (&linked, &kept) {
+        (Some((bytes, _)), _) => bytes.as_slice(),
+        (None, Some(bytes)) => bytes.as_slice(),
+        (None, None) => note.as_slice(),
     };
     write_file(&dest, stored, 0o644, true)?;
     if events.json {

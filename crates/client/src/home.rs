@@ -66,6 +66,7 @@ impl Home {
     }
 
     pub fn identity(&self) -> Result<AgencyIdentity> {
+        self.refuse_staged_rotation()?;
         let p = self.path("identity.txt");
         let text = read_secret(&p)?;
         AgencyIdentity::parse(&text).map_err(|e| {
@@ -77,7 +78,25 @@ impl Home {
         })
     }
 
+    /// `docs/cli.md` "Rotating keys": while a complete rotation is staged (`rotate.new/complete`)
+    /// its installation may have stopped half way (a new identity beside the old card), so
+    /// nothing signs or connects with this home until `agency rotate` completes it.
+    fn refuse_staged_rotation(&self) -> Result<()> {
+        if self.path("rotate.new/complete").exists() {
+            return Err(CliError::new(
+                Exit::Integrity,
+                format!(
+                    "{}: an interrupted key rotation is staged; this home's keys and card may not match",
+                    self.path("rotate.new").display()
+                ),
+            )
+            .hint("run `rogatory agency rotate` to complete it"));
+        }
+        Ok(())
+    }
+
     pub fn tls(&self) -> Result<TlsIdentity> {
+        self.refuse_staged_rotation()?;
         let cert = self.path("tls/cert.pem");
         let key = self.path("tls/key.pem");
         let c = fs::read(&cert).map_err(|e| no_key(&cert, e))?;

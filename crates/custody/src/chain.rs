@@ -109,6 +109,15 @@ impl CardChain {
         }
         let mut cards = vec![AgencyCard::open(first)?];
         for n in rest {
+            // A key appears once: a chain that returned to an earlier key would give it a
+            // second interval.
+            let card = AgencyCard::open(n)?;
+            if cards.iter().any(|c| c.verifier_key == card.verifier_key) {
+                return Err(ParseError::syntax(
+                    KIND,
+                    format!("the key {} appears twice in the chain", card.verifier_key),
+                ));
+            }
             let next = check_successor(
                 cards
                     .last()
@@ -157,6 +166,11 @@ impl CardChain {
     /// Always false: a chain holds at least one card.
     pub fn is_empty(&self) -> bool {
         self.cards.is_empty()
+    }
+
+    /// The position (oldest first) of the card whose signing key is `key`.
+    pub fn position_of(&self, key: &NoteVerifier) -> Option<usize> {
+        self.cards.iter().position(|c| &c.verifier_key == key)
     }
 
     /// Whether some card of the chain has the signing key `key`.
@@ -527,5 +541,39 @@ mod tests {
         // Signed with the retired key after it was superseded: refused.
         let late = r.sign(old.signer()).expect("sign");
         assert!(Revocation::open(late.as_bytes(), &store, &id).is_err());
+        // A thief of the retired key revokes the key that replaced it, back-dated into the
+        // retired key's interval: refused (a key revokes keys of its own card or older ones).
+        let forged = Revocation {
+            time: t("2026-05-31T23:59:59Z"),
+            key_sha256: signing_key_sha256(&new.signer().verifier()),
+            ..r.clone()
+        };
+        let forged = forged.sign(old.signer()).expect("sign");
+        let e = Revocation::open(forged.as_bytes(), &store, &id).expect_err("forged");
+        assert!(e.to_string().contains("not one"), "{e}");
+        // The retired key may still revoke itself within its interval.
+        let own = Revocation {
+            time: t("2026-05-31T23:59:59Z"),
+            ..r
+        };
+        let own = own.sign(old.signer()).expect("sign");
+        assert!(Revocation::open(own.as_bytes(), &store, &id).is_ok());
+    }
+
+    /// test-plan.md 101: a key may appear only once in a chain.
+    #[test]
+    fn a_chain_returning_to_an_earlier_key_is_refused() {
+        let (old, n0, new, n1) = rotated();
+        let (_, back) = old
+            .issue_card(
+                "BKA",
+                "DE",
+                vec![],
+                Some(t("2026-09-01T00:00:00Z")),
+                Some(new.signer()),
+            )
+            .expect("back");
+        let e = CardChain::parse(format!("{n0}{n1}{back}").as_bytes()).expect_err("refused");
+        assert!(e.to_string().contains("appears twice"), "{e}");
     }
 }

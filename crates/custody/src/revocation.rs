@@ -163,7 +163,7 @@ impl Revocation {
         })?;
         // Any key of the issuer's card chain, within its interval (`custody.md` §8.5), whether
         // or not it is itself revoked (a revocation only removes trust, §8.3).
-        let (verified, _) = chain.open_revocation_statement(note)?;
+        let (verified, signer) = chain.open_revocation_statement(note)?;
         let r = Self::from_statement(&verified)
             .ok_or_else(|| ParseError::syntax(KIND, "not a key-revocation"))?;
         // The key must be one the revoked agency's card names: nobody revokes another
@@ -171,12 +171,23 @@ impl Revocation {
         let owner = trust.chain(&r.agency).ok_or_else(|| {
             ParseError::syntax(KIND, format!("the agency {} is not trusted", r.agency))
         })?;
-        // A key of any card of its chain: a retired key can be revoked too (`custody.md` §8.5).
-        if !owner.cards().any(|c| owner_holds(c, r.kind, &r.key_sha256)) {
+        // A key of a card of its chain: a retired key can be revoked too (`custody.md` §8.5).
+        // The agency's own revocation, signed with key `k_i`, may name keys of cards `0..=i`
+        // only: a thief of a retired key cannot revoke the keys that replaced it.
+        let upto = if r.is_own() {
+            chain.position_of(&signer).map_or(0, |i| i + 1)
+        } else {
+            owner.len()
+        };
+        if !owner
+            .cards()
+            .take(upto)
+            .any(|c| owner_holds(c, r.kind, &r.key_sha256))
+        {
             return Err(ParseError::syntax(
                 KIND,
                 format!(
-                    "the {} key {} is not one the card of {} names",
+                    "the {} key {} is not one the card of {} names (an agency's key revokes keys of its own card or of earlier ones)",
                     r.kind, r.key_sha256, r.agency
                 ),
             ));
