@@ -324,7 +324,7 @@ pub(crate) fn reissue_card(home: &Home, add_pq: bool, events: &Events) -> Result
     if identity.age_identity().is_none() {
         return Err(
             CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)").hint(
-                "re-issue the card in the agency's own home, then run `agency export-relay` again",
+                "re-issue the card in the agency's own home, then run `agency export-relay --update DIR`",
             ),
         );
     }
@@ -725,7 +725,7 @@ pub(crate) fn rotate(home: &Home, events: &Events) -> Result<()> {
     if old.age_identity().is_none() {
         return Err(
             CliError::new(Exit::NoKey, "this home holds no age identity (relay-only)").hint(
-                "rotate the keys in the agency's own home, then run `agency export-relay` again",
+                "rotate the keys in the agency's own home, then run `agency export-relay --update DIR`",
             ),
         );
     }
@@ -877,7 +877,9 @@ fn report_rotation(
         chain_path.display()
     );
     outln!("retired age secrets: {}", retired.display());
-    outln!("run `agency export-relay` again for this agency's relay");
+    outln!(
+        "then `agency export-relay --update DIR` for this agency's relay home, and restart the relay"
+    );
     Ok(())
 }
 
