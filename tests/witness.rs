@@ -135,6 +135,34 @@ fn witnesses_cosign_an_honest_log_and_refuse_a_forged_one() {
     std::fs::remove_file(d.join("A/witnesses.toml")).expect("rm");
     let o = send(d, "A", &relay.1, "three.txt");
     assert_eq!(code(&o), 0, "without a requirement: {}", stderr(&o));
+    let t3 = json_lines(&o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // test-plan.md 94: the witness back, the receipt issued without it gets its cosignature
+    // later: the relay serves stored receipts against the best cosigned checkpoint, so A's
+    // `status` with the requirement saves a cosigned custody receipt.
+    let witness = start_relay(d, "C");
+    submit_to(d, &witness.1, 3000);
+    require_c(d, "A");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t3]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never cosigned: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let text = std::fs::read_to_string(d.join(format!("A/receipts/{t3}.custody-receipt")))
+        .expect("receipt");
+    assert!(text.contains("\u{2014} agency-c/witness "), "{text}");
+    std::fs::remove_file(d.join("A/witnesses.toml")).expect("rm");
+    drop(witness);
     drop(relay);
 
     // test-plan.md 92: B's operator forges its log. C, restarted with what it cosigned, refuses.

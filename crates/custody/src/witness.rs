@@ -126,19 +126,19 @@ impl WitnessKey {
     }
 
     /// The cosigning keys of every card of a trusted agency's chain (`custody.md` §8.5): a
-    /// retired or revoked key's cosignatures count only if made before its successor's
-    /// `valid_from` or its revocation.
+    /// retired key's cosignatures count only if made before its successor's `valid_from`; a
+    /// revoked key's never count (its holder may be a thief, and would back-date them).
     pub fn of_chain(chain: &crate::CardChain) -> Vec<Self> {
         chain
             .keys()
             .into_iter()
             .map(|k| {
                 let mut w = Self::new(chain.id().clone(), &k.key);
-                w.until = [k.until, k.revoked]
-                    .into_iter()
-                    .flatten()
-                    .map(|t| t.unix())
-                    .min();
+                w.until = if k.revoked.is_some() {
+                    Some(i64::MIN)
+                } else {
+                    k.until.map(|t| t.unix())
+                };
                 w
             })
             .collect()
@@ -219,7 +219,12 @@ pub fn add_cosignatures<'a>(
             let sigs = out.rsplit_once("\n\n").map_or("", |(_, s)| s);
             sigs.split_inclusive('\n').any(|x| x == l)
         };
-        if !present && l.ends_with('\n') && l.starts_with(SIG_PREFIX) {
+        // One whole line each: a value with an inner LF would add lines of its choice.
+        if !present
+            && l.ends_with('\n')
+            && l.matches('\n').count() == 1
+            && l.starts_with(SIG_PREFIX)
+        {
             out.push_str(l);
         }
     }
@@ -253,7 +258,7 @@ mod tests {
 
     /// test-plan.md 93: across a witness's key rotation (`custody.md` §8.5), its retired key's
     /// cosignatures count only when made before the successor's `valid_from`, and a revoked
-    /// key's only before its revocation.
+    /// key's never (a thief would back-date them).
     #[test]
     fn a_retired_or_revoked_witness_key_counts_only_before_its_end() {
         let (cp, note) = signed(5);
@@ -286,8 +291,13 @@ mod tests {
         assert_eq!(count(&chain, &old, 1_800_000_000), 0);
         assert_eq!(count(&chain, &new, 1_800_000_000), 1);
         chain.revoke_signing_key(&new.signer().verifier(), t(1_900_000_000));
-        assert_eq!(count(&chain, &new, 1_899_999_999), 1);
+        assert_eq!(count(&chain, &new, 1_800_000_000), 0);
         assert_eq!(count(&chain, &new, 1_900_000_000), 0);
+        assert_eq!(count(&chain, &old, 1_799_999_999), 1);
+        // A value with an inner LF is not appended: it would add lines of its choice.
+        let line = Cosigner::new(&old).cosign(&cp, 1_700_000_001);
+        let smuggled = format!("{line}— xx-log/audit AAAA\n");
+        assert_eq!(add_cosignatures(&note, [smuggled.as_str()]), note);
     }
 
     #[test]

@@ -872,6 +872,40 @@ impl<S: Storage> Relay<S> {
             .map_err(|e| perr(ErrorCode::INTERNAL, e.to_string()))
     }
 
+    /// A stored receipt bundle as it is served again (STATUS, FETCH of the custody receipt, a
+    /// repeated SEAL or DELIVER): rebuilt against a cosigned checkpoint covering its entry that
+    /// carries more cosignatures than the stored one, if there is one (`relay.md` §12: a receipt
+    /// issued while a witness was down gets its cosignatures later); otherwise as stored. The
+    /// statement and its index never change, only the inclusion proof and checkpoint.
+    pub fn served_bundle(&self, stored: String) -> String {
+        fn signature_lines(note: &str) -> usize {
+            note.rsplit_once("\n\n")
+                .map_or(0, |(_, sigs)| sigs.lines().count())
+        }
+        let Ok(b) = rogatory_custody::ReceiptBundle::parse(&stored) else {
+            return stored;
+        };
+        let log = lock(&self.log);
+        match self.witness.best_for(b.index, log.0.tree()) {
+            Some((size, checkpoint_note))
+                if size <= log.1
+                    && signature_lines(&checkpoint_note) > signature_lines(&b.checkpoint_note) =>
+            {
+                match log.0.tree().inclusion_proof(b.index, size) {
+                    Some(proof) => rogatory_custody::ReceiptBundle {
+                        statement_note: b.statement_note,
+                        index: b.index,
+                        proof,
+                        checkpoint_note,
+                    }
+                    .encode(),
+                    None => stored,
+                }
+            }
+            _ => stored,
+        }
+    }
+
     /// Records a refusal in the audit log and returns it (test-plan.md 51: one entry per refusal).
     pub fn refuse(
         &self,
@@ -1518,7 +1552,7 @@ impl<S: Storage> Relay<S> {
         }
         if let Some(b) = &row.custody_receipt {
             if row.manifest == seal.manifest.as_bytes() && row.seal == seal.seal.as_bytes() {
-                return Ok(b.clone());
+                return Ok(self.served_bundle(b.clone()));
             }
             return Err(perr(
                 ErrorCode::CONFLICT,

@@ -237,18 +237,21 @@ fn status<S: Storage>(
     }
     // Every receipt the relay holds: custody, one delivery receipt per recipient that has
     // fetched, purge (`relay.md` §6).
-    let deliveries = relay.deliveries(r.row)?.into_iter().map(|(_, text)| text);
+    let deliveries = relay
+        .deliveries(r.row)?
+        .into_iter()
+        .map(|(_, text)| relay.served_bundle(text));
     let receipts = r
         .custody_receipt
         .iter()
         .cloned()
-        .map(|text| (ReceiptKind::Custody, text))
+        .map(|text| (ReceiptKind::Custody, relay.served_bundle(text)))
         .chain(deliveries.map(|text| (ReceiptKind::Delivery, text)))
         .chain(
             r.purge_receipt
                 .iter()
                 .cloned()
-                .map(|text| (ReceiptKind::Purge, text)),
+                .map(|text| (ReceiptKind::Purge, relay.served_bundle(text))),
         )
         .map(|(kind, text)| Receipt {
             transfer: t,
@@ -315,6 +318,7 @@ async fn fetch<S: Storage + 'static>(
             let b = r.custody_receipt.clone().ok_or_else(|| {
                 ProtocolError::new(ErrorCode::NOT_FOUND, "no custody receipt yet")
             })?;
+            let b = relay.served_bundle(b);
             let n = b.len() as u64;
             (Some(b.into_bytes()), 0, n)
         }

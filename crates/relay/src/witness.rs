@@ -44,6 +44,9 @@ pub const CONFIG_FILE: &str = "witness.toml";
 pub const DEFAULT_WAIT_MS: u64 = 5000;
 /// How often the submitter retries witnesses without a new checkpoint.
 const RETRY: Duration = Duration::from_secs(30);
+/// `relay.md` §12: one submission (connect, as many ADD_CHECKPOINT as a WITNESS_SIZE needs, the
+/// answer) gets this long; a witness that does not answer in time counts as not answering.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A witness this relay submits its checkpoints to.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -117,6 +120,9 @@ pub struct WitnessState {
     notify: tokio::sync::Notify,
     /// A submitter runs ([`submit`]); without one nothing waits for cosignatures.
     submitting: std::sync::atomic::AtomicBool,
+    /// Witnesses whose last submission failed (refused, down, too slow): a receipt does not
+    /// wait for them until one succeeds again.
+    not_answering: Mutex<std::collections::BTreeSet<AgencyId>>,
 }
 
 pub(crate) const SCHEMA: &str = "
@@ -185,6 +191,7 @@ impl WitnessState {
             changed: Condvar::new(),
             notify: tokio::sync::Notify::new(),
             submitting: std::sync::atomic::AtomicBool::new(false),
+            not_answering: Mutex::default(),
         })
     }
 
@@ -225,6 +232,18 @@ impl WitnessState {
         add_cosignatures(note, lines.iter().map(String::as_str))
     }
 
+    /// Records whether the last submission to `witness` succeeded.
+    pub(crate) fn set_answering(&self, witness: &AgencyId, ok: bool) {
+        let mut g = self.not_answering.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            g.remove(witness);
+        } else {
+            g.insert(witness.clone());
+        }
+        drop(g);
+        self.changed.notify_all();
+    }
+
     /// `relay.md` §12: waits (at most `wait_ms`, only while a submitter runs and witnesses are
     /// configured) until every configured witness cosigned a checkpoint that covers entry
     /// `index`.
@@ -237,10 +256,19 @@ impl WitnessState {
         let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
         let mut g = self.lock();
         loop {
-            let done = cfg.witness.iter().all(|w| {
-                g.range(index + 1..)
-                    .any(|(_, c)| c.lines.contains_key(&w.id))
-            });
+            let not_answering = self
+                .not_answering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let done = cfg
+                .witness
+                .iter()
+                .filter(|w| !not_answering.contains(&w.id))
+                .all(|w| {
+                    g.range(index + 1..)
+                        .any(|(_, c)| c.lines.contains_key(&w.id))
+                });
             let now = Instant::now();
             if done || now >= deadline {
                 if !done {
@@ -467,7 +495,16 @@ pub async fn submit<S: Storage + 'static>(relay: Arc<Relay<S>>, node: Arc<Node>)
         for w in cfg.witness.iter().cloned() {
             let (r, n) = (relay.clone(), node.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = submit_one(&r, &n, &w).await {
+                let result = tokio::time::timeout(SUBMIT_TIMEOUT, submit_one(&r, &n, &w))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(perr(
+                            ErrorCode::TIMEOUT,
+                            format!("no answer within {} s", SUBMIT_TIMEOUT.as_secs()),
+                        ))
+                    });
+                r.witness().set_answering(&w.id, result.is_ok());
+                if let Err(e) = result {
                     if e.code == ErrorCode::INTEGRITY {
                         tracing::error!(witness = %w.id, error = %e.message, "the witness refused to cosign this relay's checkpoint");
                     } else {
@@ -542,7 +579,24 @@ async fn submit_one<S: Storage + 'static>(
             wr.finish();
             match rd.expect().await.map_err(|e| net("talking to", e))? {
                 Frame::Cosignature(c) => {
-                    let with = add_cosignatures(&note, [c.cosignature.as_str()]);
+                    // Exactly one signature line, under the witness's own key name: a witness
+                    // must not slip other lines (say, under this log's key name) into the
+                    // checkpoints this relay hands out.
+                    let line = c.cosignature.as_str();
+                    let single = line.ends_with('\n') && line.matches('\n').count() == 1;
+                    let named = line
+                        .strip_prefix(&format!("— {} ", rogatory_custody::witness_key_name(&w.id)))
+                        .is_some();
+                    if !single || !named {
+                        return Err(perr(
+                            ErrorCode::INTEGRITY,
+                            format!(
+                                "witness {} answered with something other than one cosignature line of its own",
+                                w.id
+                            ),
+                        ));
+                    }
+                    let with = add_cosignatures(&note, [line]);
                     let ok = verify_cosignatures(&with, &keys)
                         .is_ok_and(|v| v.iter().any(|x| x.witness == w.id));
                     if !ok {
