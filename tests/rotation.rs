@@ -373,3 +373,78 @@ fn a_revoked_key_hands_no_trust_on() {
     let o = ok(run(d, &["--home", "P", "--json", "trust", "list"]));
     assert_eq!(json_lines(&o)[0]["fingerprint"], fp.as_str());
 }
+
+/// test-plan.md 108: `agency revoke --key signing --retired` revokes the keys an agency rotated
+/// from, signed with its current key; a partner that follows its chain imports it, and the
+/// current key is untouched. Without a rotation there is nothing to revoke (exit 2), and
+/// `--retired` names signing keys only (exit 2).
+#[test]
+fn an_agency_revokes_its_retired_signing_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    agency(d, "P", "agency-p", false);
+    agency(d, "Q", "agency-q", false);
+    trust(d, "P", "Q");
+    let o = run(
+        d,
+        &[
+            "--home",
+            "Q",
+            "agency",
+            "revoke",
+            "--key",
+            "signing",
+            "--retired",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    ok(run(d, &["--home", "Q", "agency", "rotate"]));
+    let o = run(
+        d,
+        &[
+            "--home",
+            "Q",
+            "agency",
+            "revoke",
+            "--key",
+            "tls",
+            "--retired",
+        ],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    ok(run(
+        d,
+        &["--home", "P", "trust", "add", "Q/card-chain.note"],
+    ));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "Q",
+            "agency",
+            "revoke",
+            "--key",
+            "signing",
+            "--retired",
+            "-o",
+            "q-retired.revocation",
+        ],
+    ));
+    ok(run(
+        d,
+        &["--home", "P", "trust", "revoke", "q-retired.revocation"],
+    ));
+    let revoked: Vec<String> = std::fs::read_dir(d.join("P/trust/revoked"))
+        .expect("revoked")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0].starts_with("agency-q.signing."), "{revoked:?}");
+    // The current key still verifies what it signs: Q's card chain is trusted as before.
+    let o = ok(run(d, &["--home", "P", "--json", "trust", "list"]));
+    assert_eq!(
+        json_lines(&o)[0]["fingerprint"],
+        fingerprint(d, "Q").as_str()
+    );
+    ok(run(d, &["--home", "P", "verify", "Q/card-chain.note"]));
+}

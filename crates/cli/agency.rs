@@ -612,8 +612,33 @@ fn store_revocation(home: &Home, r: &Revocation, note: &[u8], events: &Events) -
 pub(crate) fn revoke(home: &Home, a: &AgencyRevokeArgs, events: &Events) -> Result<()> {
     let identity = home.identity()?;
     let card = home.card()?;
+    let revocations = if a.retired {
+        // `custody.md` §8.5: the retired signing keys, signed with the current key (a key may
+        // revoke the keys of earlier cards). Retired TLS and age keys are used by nobody (TLS
+        // pins and encryption use the current card only).
+        if !matches!(a.key, RevokeKey::Signing) {
+            return Err(CliError::new(
+                Exit::Usage,
+                "--retired revokes retired signing keys only: pass --key signing",
+            ));
+        }
+        let chain = home.card_chain()?;
+        let mut out = Vec::new();
+        for old in chain.cards().take(chain.len().saturating_sub(1)) {
+            out.extend(revocations_of(identity.id(), old, a.key, &a.reason)?);
+        }
+        if out.is_empty() {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("{} has no retired key: it never rotated", identity.id()),
+            ));
+        }
+        out
+    } else {
+        revocations_of(identity.id(), &card, a.key, &a.reason)?
+    };
     let mut notes = String::new();
-    for r in revocations_of(identity.id(), &card, a.key, &a.reason)? {
+    for r in revocations {
         let note = r
             .sign(identity.signer())
             .map_err(|e| CliError::new(Exit::Internal, "signing the revocation").source(e))?;

@@ -234,6 +234,10 @@ pub(crate) struct AgencyRevokeArgs {
     /// Also write the revocation to FILE (default: standard output).
     #[arg(long, short)]
     pub(crate) output: Option<PathBuf>,
+    /// Revoke the keys of the cards this agency rotated from (docs/custody.md §8.5), not those
+    /// of its current card: only with --key signing.
+    #[arg(long)]
+    pub(crate) retired: bool,
 }
 
 #[derive(Debug, Args)]
