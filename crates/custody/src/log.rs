@@ -532,12 +532,22 @@ impl ReceiptBundle {
     ) -> Result<(Verified<LoggedStatement>, NoteVerifier), BundleError> {
         let (statement, key) = signer.open_statement(self.statement_note.as_bytes())?;
         let origin = format!("{}/audit", log_owner.id());
-        let cp = log_owner
-            .open_checkpoint(self.checkpoint_note.as_bytes())
-            .map_err(|e| match e {
-                ParseError::Note(n) => BundleError::Note(n),
-                other => BundleError::Parse(other),
-            })?;
+        let cp = log_owner.open_checkpoint(self.checkpoint_note.as_bytes());
+        Ok((self.logged(statement, cp, &origin)?, key))
+    }
+
+    /// The inclusion of `statement` as entry `index` of the verified checkpoint `cp` of the log
+    /// `origin` (`custody.md` §9).
+    fn logged(
+        &self,
+        statement: Verified<Statement>,
+        cp: Result<Verified<Checkpoint>, ParseError>,
+        origin: &str,
+    ) -> Result<Verified<LoggedStatement>, BundleError> {
+        let cp = cp.map_err(|e| match e {
+            ParseError::Note(n) => BundleError::Note(n),
+            other => BundleError::Parse(other),
+        })?;
         if cp.origin != origin {
             return Err(BundleError::Origin(cp.origin.clone()));
         }
@@ -545,14 +555,11 @@ impl ReceiptBundle {
         verify_inclusion(&leaf, self.index, cp.size, &self.proof, &cp.root)?;
         let index = self.index;
         let checkpoint = cp.into_inner();
-        Ok((
-            statement.map(|statement| LoggedStatement {
-                statement,
-                index,
-                checkpoint,
-            }),
-            key,
-        ))
+        Ok(statement.map(|statement| LoggedStatement {
+            statement,
+            index,
+            checkpoint,
+        }))
     }
 
     /// Verifies the statement with `statement_key` and the checkpoint with the log key of
@@ -568,23 +575,8 @@ impl ReceiptBundle {
         let log_key = log_owner_key
             .with_name(&origin)
             .ok_or(BundleError::Origin(origin.clone()))?;
-        let cp =
-            Checkpoint::open(self.checkpoint_note.as_bytes(), &log_key).map_err(|e| match e {
-                ParseError::Note(n) => BundleError::Note(n),
-                other => BundleError::Parse(other),
-            })?;
-        if cp.origin != origin {
-            return Err(BundleError::Origin(cp.origin.clone()));
-        }
-        let leaf = leaf_hash(statement.encode().as_bytes());
-        verify_inclusion(&leaf, self.index, cp.size, &self.proof, &cp.root)?;
-        let index = self.index;
-        let checkpoint = cp.into_inner();
-        Ok(statement.map(|statement| LoggedStatement {
-            statement,
-            index,
-            checkpoint,
-        }))
+        let cp = Checkpoint::open(self.checkpoint_note.as_bytes(), &log_key);
+        self.logged(statement, cp, &origin)
     }
 }
 
