@@ -347,6 +347,30 @@ fn a_revoked_signing_key_is_refused_after_its_revocation_only() {
     let o = send_with_legal(d, "A", false, &relay.1, "agency-b", &["two.txt"]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("revoked at"), "{}", stderr(&o));
+    // `verify` of a statement the revoked key signed later says why it is refused.
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(run(
+        d,
+        &[
+            "--home",
+            "B",
+            "agency",
+            "revoke",
+            "--key",
+            "tls",
+            "-o",
+            "later.revocation",
+        ],
+    ));
+    let o = run(d, &["--home", "A", "verify", "later.revocation"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("revoked at")
+            || stderr(&o).contains("revoked at"),
+        "{} {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
     let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t1]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }

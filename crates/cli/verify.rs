@@ -148,12 +148,20 @@ fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Resul
         ));
     }
     // Any key of each trusted agency's card chain (`custody.md` §8.5).
+    let mut refused = None;
     for c in store.chains() {
-        if let Ok((st, _)) = c.open_statement(text.as_bytes()) {
-            return Ok(format!(
-                "{} (signed statement, not proven in a log)",
-                describe(&st)
-            ));
+        match c.open_statement(text.as_bytes()) {
+            Ok((st, _)) => {
+                return Ok(format!(
+                    "{} (signed statement, not proven in a log)",
+                    describe(&st)
+                ));
+            }
+            // Signed, but refused for its date (`custody.md` §8.3, §8.5): said below.
+            Err(e) if rogatory_client::package::refused_for_its_date(&e) => {
+                refused.get_or_insert(e);
+            }
+            Err(_) => {}
         }
         if let Ok(cp) = c.open_checkpoint(text.as_bytes()) {
             return Ok(format!("checkpoint of {}: {} entries", cp.origin, cp.size));
@@ -183,7 +191,10 @@ fn verify_one(home: &Home, text: &str, store: &TrustStore) -> std::result::Resul
             }
         ));
     }
-    Err("no trusted signature verifies it".into())
+    Err(refused.map_or_else(
+        || "no trusted signature verifies it".into(),
+        |e| format!("refused: {e}"),
+    ))
 }
 
 pub(crate) fn verify(home: &Home, files: &[std::path::PathBuf], events: &Events) -> Result<()> {

@@ -261,7 +261,19 @@ pub fn verify_receipt(
         .iter()
         .find(|c| c.open_statement(b.statement_note.as_bytes()).is_ok())
     else {
-        return Err("a receipt whose statement no trusted agency signed".into());
+        // A signature that verifies but is refused for its date says why (`custody.md` §8.3,
+        // §8.5): a revoked or superseded key.
+        return Err(chains
+            .iter()
+            .find_map(|c| {
+                c.open_statement(b.statement_note.as_bytes())
+                    .err()
+                    .filter(refused_for_its_date)
+            })
+            .map_or_else(
+                || "a receipt whose statement no trusted agency signed".into(),
+                |e| format!("a receipt whose statement is refused: {e}"),
+            ));
     };
     let origin = b.checkpoint_note.lines().next().unwrap_or_default();
     let Some(owner) = chains
@@ -587,4 +599,11 @@ mod tests {
         let names: Vec<&str> = p.documents().iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["manifest.json", "seal.note", "custody.receipt"]);
     }
+}
+
+/// Whether a chain refused a statement whose signature verified, for its date: signed by a key
+/// revoked or superseded at or before that date (`custody.md` §8.3, §8.5).
+pub fn refused_for_its_date(e: &rogatory_custody::ParseError) -> bool {
+    let m = e.to_string();
+    m.contains(" revoked at ") || m.contains(" superseded at ")
 }
