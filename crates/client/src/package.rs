@@ -574,6 +574,13 @@ pub fn now() -> Timestamp {
     Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
 
+/// Whether a chain refused a statement whose signature verified, for its date: signed by a key
+/// revoked or superseded at or before that date (`custody.md` §8.3, §8.5).
+pub fn refused_for_its_date(e: &rogatory_custody::ParseError) -> bool {
+    let m = e.to_string();
+    m.contains(" revoked at ") || m.contains(" superseded at ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,11 +606,4 @@ mod tests {
         let names: Vec<&str> = p.documents().iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["manifest.json", "seal.note", "custody.receipt"]);
     }
-}
-
-/// Whether a chain refused a statement whose signature verified, for its date: signed by a key
-/// revoked or superseded at or before that date (`custody.md` §8.3, §8.5).
-pub fn refused_for_its_date(e: &rogatory_custody::ParseError) -> bool {
-    let m = e.to_string();
-    m.contains(" revoked at ") || m.contains(" superseded at ")
 }
