@@ -276,10 +276,7 @@ fn recipient_fetches_byte_exact_and_refusals_have_their_codes() {
     std::fs::write(case.join("a/b/photo 1.jpg"), vec![0xd8u8; 300_000]).expect("w");
     std::fs::write(case.join("\u{fc}ber.txt"), b"x\n").expect("w");
     let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case-7"]));
-    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let transfer = transfer_id(&o);
 
     // Another trusted agency sees nothing and cannot fetch (exit 6).
     let o = run(d, &["--home", "C", "inbox", "--relay", &r.1]);
@@ -645,10 +642,7 @@ fn fetch_resumes_after_kill_9_in_the_middle_of_a_large_file() {
     std::fs::write(case.join("big.bin"), &big).expect("big");
     std::fs::write(case.join("small.txt"), b"exhibit 2\n").expect("small");
     let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]));
-    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let transfer = transfer_id(&o);
 
     // First run: killed (SIGKILL) once the partial of big.bin holds at least 8 MiB.
     let mut child = std::process::Command::new(bin())
@@ -753,10 +747,7 @@ fn fetch_progress_grows_while_a_large_file_downloads() {
         .collect();
     std::fs::write(d.join("case/big.bin"), &big).expect("big");
     let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]));
-    let transfer = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let transfer = transfer_id(&o);
     let o = ok(run(
         d,
         &[

@@ -92,10 +92,7 @@ fn a_forged_relay_log_is_refused_on_the_next_contact() {
     assert_eq!(checkpoint_size(&first_held), 1);
     let second = send(d, &relay.1, "two.txt");
     assert_eq!(code(&second), 0, "{}", stderr(&second));
-    let t2 = json_lines(&second).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t2 = transfer_id(&second);
     // The send kept the checkpoint covering its receipt: verify compares it, offline.
     let o = run(
         d,
@@ -259,10 +256,7 @@ fn a_forged_log_grown_back_is_a_fork() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = send(d, &relay.1, "two.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t = transfer_id(&o);
     let o = run(d, &["--home", "A", "status", "--relay", &relay.1, &t]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let held = std::fs::read_to_string(d.join("A/checkpoints/agency-b.checkpoint")).expect("held");
@@ -300,16 +294,10 @@ fn receipts_collected_by_status_are_compared_offline() {
     let relay = start_relay(d, "B");
     let o = send(d, &relay.1, "one.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t = transfer_id(&o);
     let o = send(d, &relay.1, "two.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t2 = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t2 = transfer_id(&o);
     // B fetches both (each delivery receipt is logged by its own relay); A's home never saw the
     // checkpoint of the first delivery receipt, the log has grown past it since.
     for (t, out) in [(&t, "out1"), (&t2, "out2")] {

@@ -62,10 +62,7 @@ fn send(d: &Path, home: &str, relay: &str, to: &[&str], extra: &[&str], paths: &
     args.extend_from_slice(extra);
     args.extend_from_slice(paths);
     let o = ok(run(d, &args));
-    json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
+    transfer_id(&o)
 }
 
 fn fetch_all(d: &Path, home: &str, relay: &str, out: &str) -> Vec<serde_json::Value> {

@@ -304,10 +304,7 @@ fn a_revoked_signing_key_is_refused_after_its_revocation_only() {
     std::fs::write(d.join("one.txt"), b"one").expect("w");
     let o = send_with_legal(d, "A", true, &relay.1, "agency-b", &["one.txt"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t1 = json_lines(&o).pop().expect("sent")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t1 = transfer_id(&o);
     ok(run(
         d,
         &[

@@ -19,10 +19,7 @@ fn send_one(d: &Path, from: &str, relay: &str, to: &str, file: &str) -> String {
     std::fs::write(d.join(file), format!("evidence {file}\n")).expect("write");
     let o = send_with_legal(d, from, true, relay, to, &[file]);
     assert_eq!(code(&o), 0, "send {file}: {}", stderr(&o));
-    json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
+    transfer_id(&o)
 }
 
 /// `home` fetches transfer `t` from `relay` into `out`; checks the file came back as sent.
@@ -231,10 +228,7 @@ fn b_rotates_mid_life_and_everything_keeps_verifying() {
     args.push("five.txt");
     let o = until_ok(d, &args);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t5 = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t5 = transfer_id(&o);
     fetch_one(d, "A", &ra.1, &t5, "a-out5", "five.txt");
 
     // B's relay log verifies across the rotation, for B and for A; it needs both log keys.

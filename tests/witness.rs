@@ -98,10 +98,7 @@ fn witnesses_cosign_an_honest_log_and_refuse_a_forged_one() {
     require_c(d, "A");
     let o = send(d, "A", &relay.1, "one.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t = transfer_id(&o);
     let receipt = format!("A/receipts/{t}.custody-receipt");
     let text = std::fs::read_to_string(d.join(&receipt)).expect("receipt");
     assert!(text.contains("\u{2014} agency-c/witness "), "{text}");
@@ -135,10 +132,7 @@ fn witnesses_cosign_an_honest_log_and_refuse_a_forged_one() {
     std::fs::remove_file(d.join("A/witnesses.toml")).expect("rm");
     let o = send(d, "A", &relay.1, "three.txt");
     assert_eq!(code(&o), 0, "without a requirement: {}", stderr(&o));
-    let t3 = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t3 = transfer_id(&o);
     // test-plan.md 94: the witness back, the receipt issued without it gets its cosignature
     // later: the relay serves stored receipts against the best cosigned checkpoint, so A's
     // `status` with the requirement saves a cosigned custody receipt.
@@ -224,10 +218,7 @@ fn a_recipient_requiring_a_cosignature_fetches() {
     require_c(d, "B");
     let o = send(d, "A", &relay.1, "one.txt");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t = transfer_id(&o);
     let o = run(
         d,
         &["--home", "B", "fetch", "--relay", &relay.1, &t, "-o", "out"],
@@ -254,10 +245,7 @@ fn a_recipient_requiring_a_cosignature_fetches() {
     std::thread::sleep(std::time::Duration::from_millis(600));
     let o = send(d, "A", &relay.1, "two.txt");
     assert_eq!(code(&o), 0, "the sender requires nothing: {}", stderr(&o));
-    let t = json_lines(&o).pop().expect("summary")["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let t = transfer_id(&o);
     let o = run(
         d,
         &[

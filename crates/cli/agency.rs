@@ -261,8 +261,8 @@ fn linked_chain(home: &Home, dest: &Path, new: &[u8]) -> Option<(Vec<u8>, String
     // A revoked trusted key cannot hand trust on to a successor (`custody.md` §8.5); nor can
     // one whose revocations cannot be read.
     let store = home.trust_store().ok()?;
-    let revoked = home.revocations(&store).ok()?;
-    if revoked
+    if store
+        .revocations()
         .get(KeyKind::Signing, &signing_key_sha256(head))
         .is_some()
     {

@@ -278,7 +278,7 @@ fn load_trust(
     // Marked first: a bad file is looked at again only once something changes.
     watch.mark(watch.snapshot());
     let store = home.trust_store()?;
-    let revocations = home.revocations(&store)?;
+    let revocations = store.revocations().clone();
     let policy = match a.policy.as_deref() {
         Some(p) => Policy::load(p).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?,
         None => Policy::default(),

@@ -274,6 +274,14 @@ pub fn transfer_dir(out: &Path) -> PathBuf {
     v.into_iter().next().expect("one")
 }
 
+/// The `transfer_id` of a `--json` command's last event (`sent`, `fetched`, …).
+pub fn transfer_id(o: &Output) -> String {
+    json_lines(o).pop().expect("summary")["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
 /// Every stdout line of `o` parsed as JSON (`--json`: nothing else may be printed there).
 pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout)

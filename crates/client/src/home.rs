@@ -150,7 +150,7 @@ impl Home {
         // `custody.md` §8.3: statements and seals signed by a revoked signing key and dated at
         // or after its revocation are refused by everything that verifies with this store.
         let revocations = self.revocations(&t)?;
-        t.apply_signing_revocations(&revocations);
+        t.apply_signing_revocations(revocations);
         Ok(t)
     }
 
@@ -213,7 +213,7 @@ impl Home {
     /// bundle and CRL, and every revoked TLS key (`custody.md` §8.3).
     pub fn peer_trust(&self, store: &TrustStore) -> Result<PeerTrust> {
         let mut t = PeerTrust::new();
-        for spki in self.revocations(store)?.tls_spki() {
+        for spki in store.revocations().tls_spki() {
             t.revoke_spki(*spki);
         }
         let ca = self.path("tls/ca.pem");

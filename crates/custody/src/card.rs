@@ -379,6 +379,8 @@ pub enum TrustError {
 #[derive(Clone, Debug, Default)]
 pub struct TrustStore {
     cards: BTreeMap<AgencyId, CardChain>,
+    /// The key revocations applied to it ([`TrustStore::apply_signing_revocations`]).
+    revocations: crate::Revocations,
 }
 
 impl TrustStore {
@@ -484,6 +486,12 @@ impl TrustStore {
         self.cards.values().map(|c| &**c.newest())
     }
 
+    /// The key revocations this store applies (`custody.md` §8.3): empty until
+    /// [`TrustStore::apply_signing_revocations`].
+    pub fn revocations(&self) -> &crate::Revocations {
+        &self.revocations
+    }
+
     /// All trusted agencies' card chains, by id.
     pub fn chains(&self) -> impl Iterator<Item = &CardChain> {
         self.cards.values()
@@ -492,7 +500,7 @@ impl TrustStore {
     /// Applies the signing-key revocations of `revocations` to the chains they concern
     /// (`custody.md` §8.3): from then on every statement or seal this store verifies that is
     /// signed by a revoked key and dated at or after its revocation is refused.
-    pub fn apply_signing_revocations(&mut self, revocations: &crate::Revocations) {
+    pub fn apply_signing_revocations(&mut self, revocations: crate::Revocations) {
         for chain in self.cards.values_mut() {
             for key in chain.verifier_keys() {
                 if let Some(r) =
@@ -502,6 +510,7 @@ impl TrustStore {
                 }
             }
         }
+        self.revocations = revocations;
     }
 }
 

@@ -277,12 +277,7 @@ impl CardChain {
         &self,
         note: &[u8],
     ) -> Result<(Verified<Statement>, NoteVerifier), ParseError> {
-        self.open_with(
-            true,
-            "a statement",
-            |s: &Statement| s.head().time,
-            |k| Statement::open(note, k),
-        )
+        self.statement_with(true, note)
     }
 
     /// [`CardChain::open_statement`] without the signing-key revocations: for a key revocation
@@ -292,8 +287,16 @@ impl CardChain {
         &self,
         note: &[u8],
     ) -> Result<(Verified<Statement>, NoteVerifier), ParseError> {
+        self.statement_with(false, note)
+    }
+
+    fn statement_with(
+        &self,
+        honour_revocations: bool,
+        note: &[u8],
+    ) -> Result<(Verified<Statement>, NoteVerifier), ParseError> {
         self.open_with(
-            false,
+            honour_revocations,
             "a statement",
             |s: &Statement| s.head().time,
             |k| Statement::open(note, k),

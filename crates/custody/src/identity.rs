@@ -135,23 +135,14 @@ impl AgencyIdentity {
         }
     }
 
-    /// The public card, signed.
+    /// The public card, signed (no `valid_from`, no predecessor: [`AgencyIdentity::issue_card`]).
     pub fn card(
         &self,
         name: &str,
         jurisdiction: &str,
         tls_spki_sha256: Vec<Sha256Digest>,
     ) -> Result<(AgencyCard, String), ParseError> {
-        let card = AgencyCard::new(
-            self.signer.verifier(),
-            name,
-            jurisdiction,
-            self.recipient,
-            tls_spki_sha256,
-        )?
-        .with_pq_recipient(self.pq_recipient.clone());
-        let note = card.sign(&self.signer)?;
-        Ok((card, note))
+        self.issue_card(name, jurisdiction, tls_spki_sha256, None, None)
     }
 
     /// A card issued now (`custody.md` §8, §8.5): valid from `valid_from`, and, for a card issued

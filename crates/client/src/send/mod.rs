@@ -227,12 +227,11 @@ fn already_sent(home: &Home, transfer: TransferId) -> Option<SendOutcome> {
 /// `custody.md` §8.3 "Age key": nothing is encrypted to a revoked age key. `age_recipients` are
 /// the recipients' keys in the order of `recipients`, then the sender's own (last).
 fn refuse_revoked_age_keys(
-    home: &Home,
     store: &rogatory_custody::TrustStore,
     recipients: &[AgencyId],
     age_recipients: &[rogatory_envelope::AnyRecipient],
 ) -> Result<()> {
-    let revocations = home.revocations(store)?;
+    let revocations = store.revocations();
     for (i, r) in age_recipients.iter().enumerate() {
         let key = rogatory_custody::Sha256Digest::of(r.to_string().as_bytes());
         let Some(rev) = revocations.get(rogatory_custody::KeyKind::Age, &key) else {
@@ -288,7 +287,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     // mixed. Every file is also encrypted to the sender, so it can resume (unwrap its own
     // headers).
     let age_recipients = rogatory_custody::age_recipients_for(&identity, &cards);
-    refuse_revoked_age_keys(home, &store, &recipients, &age_recipients)?;
+    refuse_revoked_age_keys(&store, &recipients, &age_recipients)?;
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
     let sources = sources::collect(&req.paths, &mut failed)?;
