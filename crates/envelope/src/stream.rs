@@ -2,8 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::error::PayloadError;
 use crate::keys::{FileKey, PayloadNonce, hkdf32};
@@ -47,7 +46,12 @@ pub enum ChunkError {
 /// Gives random access to any chunk: chunk `i` depends only on this key, `i`, whether it is
 /// last, and its plaintext. Never seal two *different* plaintexts at one index: that reuses
 /// the ChaCha20 keystream (`envelope.md` §6).
-pub struct PayloadKey(ChaCha20Poly1305);
+///
+/// The AEAD is the ChaCha20-Poly1305 (RFC 8439) of aws-lc, the library under our QUIC/TLS
+/// stack, for its AVX-512 code: the payload is every byte of the evidence, encrypted by the
+/// sender and decrypted by each recipient (`envelope.md` §6.1). Its key lives in an aws-lc
+/// context that is cleansed when freed.
+pub struct PayloadKey(LessSafeKey);
 
 impl std::fmt::Debug for PayloadKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,10 +61,11 @@ impl std::fmt::Debug for PayloadKey {
 
 /// `N(i, last) = i as 11-byte big-endian || last flag` (`envelope.md` §6).
 fn chunk_nonce(index: u64, last: bool) -> Nonce {
-    let mut n = Nonce::default();
+    let mut n = [0u8; 12];
     n[3..11].copy_from_slice(&index.to_be_bytes());
     n[11] = u8::from(last);
-    n
+    // Unique per (key, chunk position): the STREAM construction's nonce.
+    Nonce::assume_unique_for_key(n)
 }
 
 fn legal_len(index: u64, last: bool, plaintext_len: usize) -> bool {
@@ -75,7 +80,11 @@ impl PayloadKey {
     /// Derives the payload key from the file key and the payload nonce.
     pub fn derive(file_key: &FileKey, nonce: &PayloadNonce) -> Self {
         let k = zeroize::Zeroizing::new(hkdf32(file_key.expose_secret(), &nonce.0, b"payload"));
-        Self(ChaCha20Poly1305::new(Key::from_slice(&k[..])))
+        // A 32-byte key is always a valid ChaCha20-Poly1305 key.
+        match UnboundKey::new(&CHACHA20_POLY1305, &k[..]) {
+            Ok(key) => Self(LessSafeKey::new(key)),
+            Err(_) => unreachable!("a 32-byte ChaCha20-Poly1305 key is refused"),
+        }
     }
 
     /// Encrypts chunk `index` in place. `buf` holds the plaintext followed by 16 bytes of
@@ -91,9 +100,9 @@ impl PayloadKey {
         let (plain, tag_out) = buf.split_at_mut(plain_len);
         let tag = self
             .0
-            .encrypt_in_place_detached(&chunk_nonce(index, last), b"", plain)
+            .seal_in_place_separate_tag(chunk_nonce(index, last), Aad::empty(), plain)
             .map_err(|_| ChunkError::Length { index, last })?;
-        tag_out.copy_from_slice(&tag);
+        tag_out.copy_from_slice(tag.as_ref());
         Ok(())
     }
 
@@ -113,7 +122,38 @@ impl PayloadKey {
         }
         let (ct, tag) = buf.split_at_mut(plain_len);
         self.0
-            .decrypt_in_place_detached(&chunk_nonce(index, last), b"", ct, Tag::from_slice(tag))
+            .open_in_place_separate_tag(chunk_nonce(index, last), Aad::empty(), tag, ct)
+            .map_err(|_| PayloadError::BadChunk(index))?;
+        Ok(plain_len)
+    }
+
+    /// Decrypts chunk `index` from `chunk` (ciphertext and tag) into `out`, leaving `chunk`
+    /// as it was, and returns the plaintext length: for a reader that does not know whether
+    /// a full chunk is the last one and may try both. On failure `out` must not be used.
+    pub fn open_chunk_into(
+        &self,
+        index: u64,
+        last: bool,
+        chunk: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, ChunkError> {
+        let Some(plain_len) = chunk.len().checked_sub(TAG_SIZE) else {
+            return Err(PayloadError::BadChunk(index).into());
+        };
+        if !legal_len(index, last, plain_len) {
+            return Err(if last && plain_len == 0 {
+                PayloadError::EmptyLastChunk(index)
+            } else {
+                PayloadError::BadChunk(index)
+            }
+            .into());
+        }
+        let Some(out) = out.get_mut(..plain_len) else {
+            return Err(PayloadError::BadChunk(index).into());
+        };
+        let (ct, tag) = chunk.split_at(plain_len);
+        self.0
+            .open_separate_gather(chunk_nonce(index, last), Aad::empty(), ct, tag, out)
             .map_err(|_| PayloadError::BadChunk(index))?;
         Ok(plain_len)
     }
@@ -230,6 +270,9 @@ pub struct StreamReader<R: Read> {
     key: PayloadKey,
     /// One encrypted chunk.
     buf: Box<[u8]>,
+    /// Its plaintext: decrypted out of place, so that a full chunk that fails as a middle
+    /// chunk can still be tried as the last one.
+    plain: Box<[u8]>,
     plain_start: usize,
     plain_end: usize,
     index: u64,
@@ -252,6 +295,7 @@ impl<R: Read> StreamReader<R> {
             inner,
             key,
             buf: vec![0u8; ENCRYPTED_CHUNK_SIZE].into_boxed_slice(),
+            plain: vec![0u8; CHUNK_SIZE].into_boxed_slice(),
             plain_start: 0,
             plain_end: 0,
             index: 0,
@@ -277,7 +321,7 @@ impl<R: Read> StreamReader<R> {
         Ok(filled)
     }
 
-    /// Reads and authenticates the next chunk into `buf[..plain_end]`; returns whether it
+    /// Reads and authenticates the next chunk into `plain[..plain_end]`; returns whether it
     /// was the last one. I/O errors of the inner reader are returned as they are.
     fn open_next(&mut self) -> io::Result<Result<bool, PayloadError>> {
         let index = self.index;
@@ -286,20 +330,27 @@ impl<R: Read> StreamReader<R> {
     }
 
     fn open_filled(&mut self, index: u64, filled: usize) -> Result<bool, PayloadError> {
-        let chunk = &mut self.buf[..filled];
+        let chunk = &self.buf[..filled];
+        let out = &mut self.plain[..];
         let opened = if filled < ENCRYPTED_CHUNK_SIZE {
             // Ended by end of file: this is the last chunk (`envelope.md` §6).
             if filled == 0 && index > 0 {
                 return Err(PayloadError::Truncated(index - 1));
             }
-            self.key.open_chunk(index, true, chunk).map(|n| (n, true))
-        } else {
-            // A full chunk is either a middle chunk or a full final chunk. A failed open
-            // leaves the buffer untouched (the tag is checked before decryption).
             self.key
-                .open_chunk(index, false, chunk)
+                .open_chunk_into(index, true, chunk, out)
+                .map(|n| (n, true))
+        } else {
+            // A full chunk is either a middle chunk or a full final chunk; decrypting out of
+            // place keeps the ciphertext for the second try.
+            self.key
+                .open_chunk_into(index, false, chunk, out)
                 .map(|n| (n, false))
-                .or_else(|_| self.key.open_chunk(index, true, chunk).map(|n| (n, true)))
+                .or_else(|_| {
+                    self.key
+                        .open_chunk_into(index, true, chunk, out)
+                        .map(|n| (n, true))
+                })
         };
         let (n, last) = opened.map_err(|e| match e {
             ChunkError::Payload(p) => p,
@@ -350,7 +401,7 @@ impl<R: Read> Read for StreamReader<R> {
             }
         }
         let n = (self.plain_end - self.plain_start).min(out.len());
-        out[..n].copy_from_slice(&self.buf[self.plain_start..self.plain_start + n]);
+        out[..n].copy_from_slice(&self.plain[self.plain_start..self.plain_start + n]);
         self.plain_start += n;
         Ok(n)
     }
