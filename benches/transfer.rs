@@ -968,6 +968,130 @@ fn print_goal(label: &str, ours: &Row, base: &Row, goal: f64) {
     }
 }
 
+/// What bounds each row, from the limits measured in the same run: the CPU the whole machine
+/// must spend (the bare stream's, plus the product's per-byte crypto at the measured single-core
+/// rates) spread over every core, and the write floor of the placement. Prints, for each row,
+/// that floor and how close the row came to it, and the best ratio the goal could reach.
+fn print_limits(
+    b: &Bench,
+    bytes: u64,
+    bare: &Row,
+    rows: &[(Row, Row, Resources)],
+    sources: &[(&Place, tempfile::TempDir, PathBuf)],
+    write_floors: &[(String, Row)],
+    scp: (&Row, &Row),
+    rates: Option<(f64, f64)>,
+) {
+    let (Some(bare_s), Some((sha, aead))) = (bare.best(), rates) else {
+        return;
+    };
+    let Some(bare_cpu) = bare_s.client_cpu else {
+        return;
+    };
+    let n = bytes as f64;
+    // Per-byte work beyond the transport (docs/performance.md "What bounds a transfer"):
+    // send: plaintext SHA-256, seal, piece leaf SHA-256 at the sender, piece leaf SHA-256 at
+    // the relay; fetch: open and plaintext SHA-256 at the recipient.
+    let send_crypto = n * (3.0 / sha + 1.0 / aead);
+    let fetch_crypto = n * (1.0 / sha + 1.0 / aead);
+    let cores = b.nproc as f64;
+    println!();
+    println!("-- {} MiB: limits measured in this run --", bytes / MIB);
+    println!(
+        "single core: SHA-256 {:.0} MB/s, payload ChaCha20-Poly1305 {:.0} MB/s; bare quinn used {bare_cpu:.2} CPU s",
+        sha / 1e6,
+        aead / 1e6
+    );
+    println!(
+        "{:<52} {:>9} {:>12} {:>10}  {}",
+        "", "floor s", "what", "ours/floor", "best ratio the goal allows"
+    );
+    for ((send, fetch, _), (place, _, _)) in rows.iter().zip(sources) {
+        let write = write_floors
+            .iter()
+            .find(|(name, _)| name == place.name)
+            .and_then(|(_, r)| r.best())
+            .map(|s| secs(s.wall));
+        for (row, crypto, is_send) in [(send, send_crypto, true), (fetch, fetch_crypto, false)] {
+            let Some(ours) = row.best() else { continue };
+            let cpu_floor = (bare_cpu + crypto) / cores;
+            let (floor, what) = match write {
+                Some(w) if w > cpu_floor => (w, "write+fsync"),
+                _ => (cpu_floor, "CPU"),
+            };
+            let base = match (place.name, is_send) {
+                ("tmpfs", _) => Some(bare),
+                (_, true) => Some(scp.0),
+                (_, false) => Some(scp.1),
+            };
+            let best = match base.and_then(|r| r.best().map(|s| (r, s))) {
+                Some((r, s)) => format!("{:.2}x ({})", secs(s.wall) / floor, r.label),
+                None => "-".to_owned(),
+            };
+            println!(
+                "{:<52} {:>9.2} {:>12} {:>10.2}  {best}",
+                row.label,
+                floor,
+                what,
+                secs(ours.wall) / floor,
+            );
+        }
+    }
+    println!(
+        "  CPU floor = (bare quinn's CPU + the per-byte crypto at the single-core rates above) / {} cores; \
+         write floor = writing and fsyncing as many bytes on that placement; a row cannot beat the larger one",
+        b.nproc
+    );
+}
+
+/// Writes `bytes` to a new file in `dir` (1 MiB writes) and fsyncs it, then removes it: the
+/// floor of any receiver that keeps that much data durably there (the relay's pack on `send`,
+/// the output on `fetch`, the remote file of scp). On tmpfs it is the cost of new pages, which
+/// in a virtual machine that returns freed memory to its host can be far from free.
+fn write_floor(dir: &Path, bytes: u64) -> io::Result<Duration> {
+    let path = dir.join("write-floor.bin");
+    let buf = vec![0xa5u8; MIB as usize];
+    let start = Instant::now();
+    let mut f = fs::File::create(&path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    let t = start.elapsed();
+    drop(f);
+    fs::remove_file(&path)?;
+    Ok(t)
+}
+
+/// Single-core rates, bytes per second, of the per-byte work the product adds to the transport,
+/// over 64 KiB chunks as in a transfer: SHA-256 (`sha2`, what the piece leaves and the plaintext
+/// digests use) and the payload AEAD (`PayloadKey::seal_chunk`, ChaCha20-Poly1305).
+fn crypto_rates() -> (f64, f64) {
+    use rogatory_envelope::{CHUNK_SIZE, FileKey, PayloadKey, PayloadNonce, TAG_SIZE};
+    use sha2::Digest as _;
+    const CHUNKS: u64 = 4096; // 256 MiB
+    let mut buf = vec![0x3cu8; CHUNK_SIZE + TAG_SIZE];
+    let start = Instant::now();
+    let mut acc = 0u8;
+    for _ in 0..CHUNKS {
+        acc ^= sha2::Sha256::digest(&buf[..CHUNK_SIZE])[0];
+    }
+    let sha = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
+    let key = PayloadKey::derive(&FileKey::from_bytes([7; 16]), &PayloadNonce([9; 16]));
+    let start = Instant::now();
+    for i in 0..CHUNKS {
+        key.seal_chunk(i, false, &mut buf)
+            .expect("a full chunk seals");
+        acc ^= buf[CHUNK_SIZE];
+    }
+    let aead = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
+    std::hint::black_box(acc);
+    (sha, aead)
+}
+
 /// Runs the bare quinn stream in this process; its wall time and the process's CPU.
 fn bare_round(rt: &tokio::runtime::Runtime, s: &bare_quinn::Setup, bytes: u64, tck: f64) -> Sample {
     let cpu0 = proc_cpu(std::process::id(), false, tck);
@@ -1206,10 +1330,45 @@ fn file_section(
         "== {mib} MiB, one file (ROGATORY_BENCH_MIB): {} rounds ==",
         b.rounds
     );
+    let mut write_floors: Vec<(String, Row)> = sources
+        .iter()
+        .map(|(place, _, _)| {
+            (
+                place.name.to_owned(),
+                Row::new(
+                    format!("limit: write + fsync a new file on {}", place.name),
+                    bytes,
+                ),
+            )
+        })
+        .collect();
+    let mut rates: Option<(f64, f64)> = None;
     for round in 1..=b.rounds {
         let s = bare_round(&rt, &quinn_setup, bytes, b.clk_tck);
         println!("round {round}: bare quinn {:.2} s", secs(s.wall));
         bare.push(Ok(s));
+        let r = crypto_rates();
+        rates = Some(rates.map_or(r, |(a, c)| (a.max(r.0), c.max(r.1))));
+        for ((place, _, _), (_, row)) in sources.iter().zip(write_floors.iter_mut()) {
+            let w = write_floor(&place.dir, bytes)
+                .map(|wall| Sample {
+                    wall,
+                    client_cpu: None,
+                    server_cpu: None,
+                    max_rss_kib: None,
+                    parts: Vec::new(),
+                })
+                .map_err(|e| format!("write floor on {}: {e}", place.name));
+            println!(
+                "round {round}: {}: write + fsync {}",
+                place.name,
+                w.as_ref().map_or_else(
+                    |e| format!("FAILED: {e}"),
+                    |s| format!("{:.2} s", secs(s.wall))
+                )
+            );
+            row.push(w);
+        }
         for ((place, _, file), (send, fetch, res)) in sources.iter().zip(rows.iter_mut()) {
             match b.rogatory_round(place, file, (1, bytes), true) {
                 Ok(r) => {
@@ -1283,6 +1442,9 @@ fn file_section(
     }
     print_row(&scp_up, b.nproc);
     print_row(&scp_down, b.nproc);
+    for (_, r) in &write_floors {
+        print_row(r, b.nproc);
+    }
     if scp_skip.is_none() {
         println!(
             "  scp: OpenSSH's scp to/from a loopback sshd (benches/loopback-sshd.sh), cipher {SSH_CIPHER}; the remote \
@@ -1328,6 +1490,17 @@ fn file_section(
             );
         }
     }
+
+    print_limits(
+        b,
+        bytes,
+        &bare,
+        &rows,
+        &sources,
+        &write_floors,
+        (&scp_up, &scp_down),
+        rates,
+    );
 
     println!();
     println!(

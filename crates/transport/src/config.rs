@@ -68,6 +68,11 @@ pub struct Limits {
     pub max_incoming: usize,
     /// Congestion controller.
     pub congestion: Congestion,
+    /// Receive and send buffer asked for each UDP socket, bytes (the kernel caps it, on Linux
+    /// at `net.core.rmem_max` / `wmem_max`). The default 208 KiB overflows at a few hundred
+    /// MB/s whenever the receiving process is briefly busy; every overflow is a loss that the
+    /// congestion controller answers by slowing down.
+    pub udp_buffer: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +90,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_incoming: 256,
             congestion: Congestion::Cubic,
+            udp_buffer: 8 << 20,
         }
     }
 }
@@ -119,6 +125,33 @@ impl Limits {
             )),
         };
         t
+    }
+}
+
+impl Limits {
+    /// A quinn endpoint on a UDP socket bound to `addr`, with the socket buffers of these limits,
+    /// serving `server` if given. An IPv6 socket is made dual-stack where the system allows it.
+    pub fn endpoint(
+        &self,
+        addr: std::net::SocketAddr,
+        server: Option<quinn::ServerConfig>,
+    ) -> std::io::Result<quinn::Endpoint> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // Not every system allows dual-stack sockets; IPv6 alone then.
+            let _ = socket.set_only_v6(false);
+        }
+        // Best effort: a smaller buffer than asked is slower, not wrong.
+        let _ = socket.set_recv_buffer_size(self.udp_buffer);
+        let _ = socket.set_send_buffer_size(self.udp_buffer);
+        socket.bind(&addr.into())?;
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            socket.into(),
+            Arc::new(quinn::TokioRuntime),
+        )
     }
 }
 

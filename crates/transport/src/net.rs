@@ -416,7 +416,7 @@ impl Node {
     ) -> Result<Self, NetError> {
         let cfg = server_config(&identity, trust.clone(), &limits)?;
         let mut n =
-            Self::with_endpoint(quinn::Endpoint::server(cfg, addr)?, identity, trust, limits)?;
+            Self::with_endpoint(limits.endpoint(addr, Some(cfg))?, identity, trust, limits)?;
         n.server = true;
         Ok(n)
     }
@@ -433,7 +433,7 @@ impl Node {
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        Self::with_endpoint(quinn::Endpoint::client(bind)?, identity, trust, limits)
+        Self::with_endpoint(limits.endpoint(bind, None)?, identity, trust, limits)
     }
 
     fn with_endpoint(

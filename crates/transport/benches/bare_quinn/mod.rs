@@ -1,7 +1,8 @@
 //! The bare-quinn baseline shared by two benches: `crates/transport/benches/throughput.rs`
 //! (our framing against it) and the root `benches/transfer.rs` (the whole `send`/`fetch` against
 //! it, through `#[path]`). One unidirectional stream over loopback with the same mutual TLS and
-//! transport configuration as the product (`config::{client,server}_config`; TLS 1.3 prefers
+//! transport configuration and UDP socket buffers as the product (`config::{client,server}_config`,
+//! `Limits::endpoint`; TLS 1.3 prefers
 //! AES-128-GCM), 64 KiB writes, a reader that only counts bytes.
 
 use std::net::SocketAddr;
@@ -53,11 +54,12 @@ pub(crate) fn setup() -> Setup {
 pub(crate) async fn bare(s: &Setup, bytes: u64) -> Duration {
     let limits = Limits::default();
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
-    let server = quinn::Endpoint::server(
-        server_config(&s.relay_id, s.trust.clone(), &limits).expect("server TLS config"),
-        addr,
-    )
-    .expect("bind the quinn server on 127.0.0.1");
+    let server = limits
+        .endpoint(
+            addr,
+            Some(server_config(&s.relay_id, s.trust.clone(), &limits).expect("server TLS config")),
+        )
+        .expect("bind the quinn server on 127.0.0.1");
     let addr = server.local_addr().expect("server address");
     let recv = tokio::spawn(async move {
         let conn = server
@@ -74,7 +76,8 @@ pub(crate) async fn bare(s: &Setup, bytes: u64) -> Duration {
         conn.close(0u32.into(), b"");
         n
     });
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("loopback address"))
+    let client = limits
+        .endpoint("127.0.0.1:0".parse().expect("loopback address"), None)
         .expect("bind the quinn client on 127.0.0.1");
     let cfg = client_config(&s.client_id, s.trust.clone(), None, &limits).expect("client config");
     let conn = client
