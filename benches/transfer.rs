@@ -968,6 +968,13 @@ fn print_goal(label: &str, ours: &Row, base: &Row, goal: f64) {
     }
 }
 
+/// The limits measured in a run: the write floor of each placement, and the single-core rates
+/// of SHA-256 and the payload AEAD (bytes/s).
+struct Floors<'a> {
+    write: &'a [(String, Row)],
+    rates: Option<(f64, f64)>,
+}
+
 /// What bounds each row, from the limits measured in the same run: the CPU the whole machine
 /// must spend (the bare stream's, plus the product's per-byte crypto at the measured single-core
 /// rates) spread over every core, and the write floor of the placement. Prints, for each row,
@@ -978,10 +985,13 @@ fn print_limits(
     bare: &Row,
     rows: &[(Row, Row, Resources)],
     sources: &[(&Place, tempfile::TempDir, PathBuf)],
-    write_floors: &[(String, Row)],
+    floors: Floors<'_>,
     scp: (&Row, &Row),
-    rates: Option<(f64, f64)>,
 ) {
+    let Floors {
+        write: write_floors,
+        rates,
+    } = floors;
     let (Some(bare_s), Some((sha, aead))) = (bare.best(), rates) else {
         return;
     };
@@ -1003,8 +1013,8 @@ fn print_limits(
         aead / 1e6
     );
     println!(
-        "{:<52} {:>9} {:>12} {:>10}  {}",
-        "", "floor s", "what", "ours/floor", "best ratio the goal allows"
+        "{:<52} {:>9} {:>12} {:>10}  best ratio the goal allows",
+        "", "floor s", "what", "ours/floor"
     );
     for ((send, fetch, _), (place, _, _)) in rows.iter().zip(sources) {
         let write = write_floors
@@ -1497,9 +1507,11 @@ fn file_section(
         &bare,
         &rows,
         &sources,
-        &write_floors,
+        Floors {
+            write: &write_floors,
+            rates,
+        },
         (&scp_up, &scp_down),
-        rates,
     );
 
     println!();
