@@ -68,6 +68,23 @@ fn chunk_nonce(index: u64, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// The plaintext length of an encrypted chunk of `len` bytes at `index`, or why no such chunk
+/// can open.
+fn opened_len(index: u64, last: bool, len: usize) -> Result<usize, ChunkError> {
+    let Some(plain_len) = len.checked_sub(TAG_SIZE) else {
+        return Err(PayloadError::BadChunk(index).into());
+    };
+    if !legal_len(index, last, plain_len) {
+        return Err(if last && plain_len == 0 {
+            PayloadError::EmptyLastChunk(index)
+        } else {
+            PayloadError::BadChunk(index)
+        }
+        .into());
+    }
+    Ok(plain_len)
+}
+
 fn legal_len(index: u64, last: bool, plaintext_len: usize) -> bool {
     if last {
         plaintext_len <= CHUNK_SIZE && (plaintext_len > 0 || index == 0)
@@ -109,17 +126,7 @@ impl PayloadKey {
     /// Decrypts chunk `index` in place and returns the plaintext length (`buf.len() - 16`).
     /// On failure the buffer content is unspecified and must not be used.
     pub fn open_chunk(&self, index: u64, last: bool, buf: &mut [u8]) -> Result<usize, ChunkError> {
-        let Some(plain_len) = buf.len().checked_sub(TAG_SIZE) else {
-            return Err(PayloadError::BadChunk(index).into());
-        };
-        if !legal_len(index, last, plain_len) {
-            return Err(if last && plain_len == 0 {
-                PayloadError::EmptyLastChunk(index)
-            } else {
-                PayloadError::BadChunk(index)
-            }
-            .into());
-        }
+        let plain_len = opened_len(index, last, buf.len())?;
         let (ct, tag) = buf.split_at_mut(plain_len);
         self.0
             .open_in_place_separate_tag(chunk_nonce(index, last), Aad::empty(), tag, ct)
@@ -137,17 +144,7 @@ impl PayloadKey {
         chunk: &[u8],
         out: &mut [u8],
     ) -> Result<usize, ChunkError> {
-        let Some(plain_len) = chunk.len().checked_sub(TAG_SIZE) else {
-            return Err(PayloadError::BadChunk(index).into());
-        };
-        if !legal_len(index, last, plain_len) {
-            return Err(if last && plain_len == 0 {
-                PayloadError::EmptyLastChunk(index)
-            } else {
-                PayloadError::BadChunk(index)
-            }
-            .into());
-        }
+        let plain_len = opened_len(index, last, chunk.len())?;
         let Some(out) = out.get_mut(..plain_len) else {
             return Err(PayloadError::BadChunk(index).into());
         };
