@@ -1049,7 +1049,7 @@ fn print_limits(
     }
     println!(
         "  CPU floor = (bare quinn's CPU + the per-byte crypto at the single-core rates above) / {} cores; \
-         write floor = writing and fsyncing as many bytes on that placement; a row cannot beat the larger one",
+         write floor = writing and fsyncing as many bytes on that placement; a row can hardly beat the larger one (both are measurements)",
         b.nproc
     );
 }

@@ -142,9 +142,19 @@ impl Limits {
             // Not every system allows dual-stack sockets; IPv6 alone then.
             let _ = socket.set_only_v6(false);
         }
-        // Best effort: a smaller buffer than asked is slower, not wrong.
+        // Best effort: a smaller buffer than asked is slower, not wrong. Linux caps it at
+        // `net.core.rmem_max` (212 992 bytes on a stock system): say so once per endpoint.
         let _ = socket.set_recv_buffer_size(self.udp_buffer);
         let _ = socket.set_send_buffer_size(self.udp_buffer);
+        if let Ok(got) = socket.recv_buffer_size()
+            && got < self.udp_buffer
+        {
+            tracing::info!(
+                asked = self.udp_buffer,
+                got,
+                "UDP receive buffer smaller than asked: raise net.core.rmem_max (protocol.md §8)"
+            );
+        }
         socket.bind(&addr.into())?;
         quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
