@@ -4,15 +4,18 @@
 //! (X-Wing, draft-ietf-hpke-pq), KDF HKDF-SHA256, AEAD ChaCha20Poly1305,
 //! `info = "age-encryption.org/mlkem768x25519"`, empty `aad`.
 //!
-//! HPKE (its key schedule and AEAD) comes from the `hpke` crate, ML-KEM-768 from RustCrypto's
-//! `ml-kem`, X25519 from `x25519-dalek`, SHAKE256 and SHA3-256 from `shake` and `sha3`. Wrapping
-//! uses `hpke`'s own X-Wing KEM. Unwrapping uses [`ExpandedXWing`], the same KEM for `hpke` with
-//! the identity's keys expanded once: `hpke`'s X-Wing private key is the 32-byte seed and
+//! HPKE (its key schedule and AEAD) comes from the `hpke` crate; the per-stanza ML-KEM-768 and
+//! X25519 from aws-lc (`aws-lc-rs`), several times faster than RustCrypto's here; ML-KEM-768 key
+//! generation from a seed from RustCrypto's `ml-kem` (aws-lc has none), the X25519 public key
+//! from `x25519-dalek`, SHAKE256 and SHA3-256 from `shake` and `sha3`. Wrapping and unwrapping
+//! use [`ExpandedXWing`], `hpke`'s X-Wing KEM (same KEM ID, keys, `enc` and shared secret) with
+//! the identity's keys expanded once: `hpke`'s own X-Wing private key is the 32-byte seed and
 //! `x-wing` 0.1 re-derives the ML-KEM-768 and X25519 keys from it (an ML-KEM key generation and
 //! an X25519 base-point multiplication) on every decapsulation. The only X-Wing code written
-//! here is the seed expansion and the SHA3-256 combiner of draft-connolly-cfrg-xwing-kem-06,
-//! a few lines each; unit tests check them against `x-wing` and `hpke`, and the CCTV vectors
-//! check the whole.
+//! here is the seed expansion, `Encapsulate`, `Decapsulate` and the SHA3-256 combiner of
+//! draft-connolly-cfrg-xwing-kem-06, a few lines each; unit tests check them against `x-wing`
+//! and `hpke`, the CCTV vectors check decryption and the interoperability tests with
+//! `age-encryption` both directions.
 
 use std::fmt;
 use std::str::FromStr;
@@ -92,7 +95,8 @@ enum ExpandedXWing {}
 #[derive(Clone)]
 struct ExpandedKey {
     seed: Zeroizing<[u8; SEED_LEN]>,
-    mlkem: ml_kem_768::DecapsulationKey,
+    /// The ML-KEM-768 encapsulation key (public; the private key is only in `lc`).
+    mlkem_ek: Box<[u8; MLKEM_EK_LEN]>,
     x25519_public: x25519_dalek_3::PublicKey,
     /// The same two private keys in aws-lc, which decapsulates (`envelope.md` §5.3).
     lc: Arc<LcKeys>,
@@ -136,6 +140,10 @@ impl ExpandedKey {
         let mut dk = ml_kem::ExpandedKeyEncoding::to_expanded_bytes(&mlkem);
         let lc_mlkem = lc_kem::DecapsulationKey::new(&LC_ML_KEM_768, &dk[..]);
         dk.as_mut_slice().zeroize();
+        let mut mlkem_ek = Box::new([0u8; MLKEM_EK_LEN]);
+        mlkem_ek.copy_from_slice(&mlkem.encapsulation_key().to_bytes());
+        // `ml-kem` wipes its copy of the private key when dropped (feature `zeroize`).
+        drop(mlkem);
         let lc_x25519 = lc_agreement::PrivateKey::from_private_key(&LC_X25519, &x25519_seed[..]);
         // Invariant: a 2400-byte ML-KEM-768 key and a 32-byte X25519 key are the sizes aws-lc
         // takes; only an allocation failure could refuse them.
@@ -146,7 +154,7 @@ impl ExpandedKey {
         });
         Self {
             seed: Zeroizing::new(*seed),
-            mlkem,
+            mlkem_ek,
             x25519_public,
             lc,
         }
@@ -155,7 +163,7 @@ impl ExpandedKey {
     /// The X-Wing public key `pk_M || pk_X` (`PrivateKeyToPublicKey`).
     fn public_bytes(&self) -> Box<[u8; RECIPIENT_LEN]> {
         let mut bytes = Box::new([0u8; RECIPIENT_LEN]);
-        bytes[..MLKEM_EK_LEN].copy_from_slice(&self.mlkem.encapsulation_key().to_bytes());
+        bytes[..MLKEM_EK_LEN].copy_from_slice(&self.mlkem_ek[..]);
         bytes[MLKEM_EK_LEN..].copy_from_slice(self.x25519_public.as_bytes());
         bytes
     }
@@ -248,6 +256,8 @@ fn encapsulate(pk: &[u8]) -> Option<(Zeroizing<[u8; 32]>, [u8; ENC_LEN])> {
         .ok()?
         .encapsulate()
         .ok()?;
+    // aws-lc draws the ephemeral key from its own DRBG; the `SecureRandom` argument is
+    // required by the API and not used for X25519.
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let ek_x = lc_agreement::EphemeralPrivateKey::generate(&LC_X25519, &rng).ok()?;
     let ct_x = ek_x.compute_public_key().ok()?;
@@ -262,6 +272,10 @@ fn encapsulate(pk: &[u8]) -> Option<(Zeroizing<[u8; 32]>, [u8; ENC_LEN])> {
         },
     )
     .ok()?;
+    // aws-lc refuses an all-zero result itself; checked again as in `decapsulate`.
+    if bool::from(ss_x[..].ct_eq(&[0u8; 32][..])) {
+        return None;
+    }
     let mut enc = [0u8; ENC_LEN];
     let ct_m = ct_m.as_ref();
     if ct_m.len() != MLKEM_CT_LEN || ct_x.as_ref().len() != 32 {
@@ -541,6 +555,17 @@ impl FromStr for HybridRecipient {
         let bytes = bech32_decode(s, RECIPIENT_HRP, RECIPIENT_LEN)?;
         // ML-KEM encapsulation keys must pass FIPS 203's modulus check.
         let key = PublicKey::from_bytes(&bytes[..]).map_err(|_| KeyParseError::InvalidKey)?;
+        // An X25519 half of low order would give every wrap an all-zero shared secret: refused
+        // here, where the key is named. With a clamped scalar (a multiple of 8), X25519 is zero
+        // exactly for those points, and aws-lc refuses a zero result.
+        let probe = lc_agreement::PrivateKey::from_private_key(&LC_X25519, &[0x42; 32])
+            .map_err(|_| KeyParseError::InvalidKey)?;
+        lc_agreement::agree(
+            &probe,
+            lc_agreement::UnparsedPublicKey::new(&LC_X25519, &bytes[MLKEM_EK_LEN..]),
+            KeyParseError::InvalidKey,
+            |_| Ok(()),
+        )?;
         Ok(recipient_from_key(key))
     }
 }
@@ -726,6 +751,21 @@ mod tests {
             low[MLKEM_EK_LEN..].fill(0);
             assert!(encapsulate(&low[..]).is_none());
             assert!(encapsulate(&pk[1..]).is_none());
+            // Refused already when parsed, as every low-order X25519 point is.
+            let good = bech32_encode(RECIPIENT_HRP, &pk[..]);
+            assert!(good.parse::<HybridRecipient>().is_ok());
+            for share in [[0u8; 32], {
+                let mut one = [0u8; 32];
+                one[0] = 1;
+                one
+            }] {
+                low[MLKEM_EK_LEN..].copy_from_slice(&share);
+                let text = bech32_encode(RECIPIENT_HRP, &low[..]);
+                assert!(matches!(
+                    text.parse::<HybridRecipient>(),
+                    Err(KeyParseError::InvalidKey)
+                ));
+            }
         }
     }
 
