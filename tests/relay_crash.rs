@@ -299,9 +299,10 @@ fn make_folder(env: &Env, name: &str, mib: usize, seed: u64) -> PathBuf {
     d
 }
 
-/// Every stored transfer, decrypted straight from the relay's packs (with the sender's key: every
-/// file is also encrypted to it; B's home here is relay-only), equals the sender's files byte for
-/// byte. No copy of the ciphertext exists at the sender to compare with.
+/// Every stored transfer, decrypted straight from the relay's packs (with the file keys the sender
+/// kept, encrypted to its own key, in `sent/<transfer>/keys.age`: B's home here is relay-only),
+/// equals the sender's files byte for byte. No copy of the ciphertext exists at the sender to
+/// compare with.
 fn relay_holds_the_sources(env: &Env) {
     let text = std::fs::read_to_string(env.path().join("A/identity.txt")).expect("identity");
     let a = rogatory_custody::AgencyIdentity::parse(&text).expect("identity");
@@ -332,18 +333,38 @@ fn relay_holds_the_sources(env: &Env) {
             &mut json,
         )
         .expect("contents");
+        let transfer = m.transfer_id;
         let m = m.open_contents(&json).expect("contents join");
+        let keys_age = std::fs::read(env.path().join(format!("A/sent/{transfer}/keys.age")))
+            .expect("the sender's keys.age");
+        let mut keys = Vec::new();
+        std::io::Read::read_to_end(
+            &mut rogatory_envelope::Decryptor::new(&keys_age[..])
+                .expect("header")
+                .decrypt(&ids)
+                .expect("keys.age opens with the sender's key"),
+            &mut keys,
+        )
+        .expect("keys");
+        assert_eq!(keys.len(), 16 * m.files.len(), "one key per file");
         let pack =
             std::fs::read(env.path().join(format!("B/relay/inbox/{row}.pack"))).expect("pack");
         let mut at = 0usize;
-        for f in &m.files {
+        for (f, key) in m.files.iter().zip(keys.chunks_exact(16)) {
             let ct = &pack[at..at + f.ciphertext_size as usize];
             at += f.ciphertext_size as usize;
+            let d = rogatory_envelope::Decryptor::new(ct).expect("header");
+            assert!(
+                d.unwrap_file_key(&ids).is_err(),
+                "{}: no stanza for the sender in the file",
+                f.path
+            );
+            let mut k = [0u8; 16];
+            k.copy_from_slice(key);
             let mut plain = Vec::new();
             std::io::Read::read_to_end(
-                &mut rogatory_envelope::Decryptor::new(ct)
-                    .expect("header")
-                    .decrypt(&ids)
+                &mut d
+                    .decrypt_with_file_key(&rogatory_envelope::FileKey::from_bytes(k))
                     .expect("file key"),
                 &mut plain,
             )

@@ -355,7 +355,7 @@ pub(crate) fn run(a: &DemoArgs, events: &crate::events::Events) -> Result<()> {
     }
     say!(
         events,
-        "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, A and B)",
+        "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, for B; A keeps its file keys in keys.age)",
         types.len()
     );
 

@@ -117,6 +117,7 @@ fn purge_sent(home: &Home, today: CalendarDate, dry_run: bool) -> Result<Vec<Pur
                 "contents.age",
                 "state.bin",
                 "heads.bin",
+                "keys.age",
                 "done.bin",
             ] {
                 let p = dir.join(name);

@@ -49,7 +49,8 @@ mod verified;
 mod witness;
 
 pub use card::{
-    AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, fingerprint_matches,
+    AgencyCard, Fingerprint, TrustError, TrustStore, age_recipients_for, file_recipients_for,
+    fingerprint_matches,
 };
 pub use chain::{CardChain, ChainKey, MAX_CHAIN_LEN, check_successor};
 pub use checkpoint::Checkpoint;

@@ -166,6 +166,32 @@ fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
     })
 }
 
+/// `keys.age`: every file's key, 16 bytes each in file order, age-encrypted to the sender's
+/// own key (`custody.md` §8.2): what lets this sender re-encrypt any piece byte for byte on a
+/// resume or a repair, with one stanza per transfer instead of one in every file.
+fn seal_file_keys(keys: &[Option<FileKey>], own: &AnyRecipient) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(keys.len() * 16));
+    for k in keys {
+        let Some(k) = k else {
+            return Err(Error::new(ErrorKind::Internal, "a file key is missing"));
+        };
+        plain.extend_from_slice(k.expose_secret());
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("encrypting the file keys to this agency: {e}"),
+        )
+    };
+    let enc = Encryptor::new(std::slice::from_ref(own)).map_err(|e| failed(&e))?;
+    let mut out = Vec::with_capacity(plain.len() + 2048);
+    let mut w = enc.wrap_output(&mut out).map_err(|e| failed(&e))?;
+    w.write_all(&plain).map_err(|e| failed(&e))?;
+    w.finish().map_err(|e| failed(&e))?;
+    Ok(out)
+}
+
 /// A send set up and ready to stream.
 struct Prepared {
     state: StateDir,
@@ -187,7 +213,10 @@ struct Checked {
     state: StateDir,
     identity: rogatory_custody::AgencyIdentity,
     recipients: Vec<AgencyId>,
-    age_recipients: Vec<AnyRecipient>,
+    /// Who every file is encrypted to: the recipient agencies (`custody.md` §8.2).
+    file_recipients: Vec<AnyRecipient>,
+    /// The sender's own key of the same kind: its copy of the file keys (`keys.age`).
+    own_recipient: AnyRecipient,
     legal: Legal,
     sources: Vec<sources::Source>,
 }
@@ -284,9 +313,11 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         cards.push(card);
     }
     // Hybrid post-quantum stanzas when every party has a hybrid key, X25519 otherwise; never
-    // mixed. Every file is also encrypted to the sender, so it can resume (unwrap its own
-    // headers).
-    let age_recipients = rogatory_custody::age_recipients_for(&identity, &cards);
+    // mixed. The files are encrypted to the recipients; the sender keeps their file keys,
+    // encrypted to its own key, in the send state (`keys.age`), so it can resume.
+    let (file_recipients, own_recipient) = rogatory_custody::file_recipients_for(&identity, &cards);
+    let mut age_recipients = file_recipients.clone();
+    age_recipients.push(own_recipient.clone());
     refuse_revoked_age_keys(&store, &recipients, &age_recipients)?;
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
@@ -337,7 +368,8 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         state,
         identity,
         recipients,
-        age_recipients,
+        file_recipients,
+        own_recipient,
         legal,
         sources,
     })))
@@ -350,7 +382,8 @@ fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
         state,
         identity,
         recipients,
-        age_recipients,
+        file_recipients,
+        own_recipient,
         legal,
         sources,
     } = c;
@@ -364,7 +397,8 @@ fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
         bytes: heads,
         ciphertext_sizes: ct,
         keys: fresh_keys,
-    } = make_heads(&sizes, &age_recipients)?;
+    } = make_heads(&sizes, &file_recipients)?;
+    let keys_age = seal_file_keys(&fresh_keys, &own_recipient)?;
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
     let files = sizes
@@ -397,6 +431,7 @@ fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
             sources: sources.clone(),
         },
         &heads,
+        &keys_age,
     )?;
     Ok(Prepared {
         state,

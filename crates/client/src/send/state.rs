@@ -7,6 +7,9 @@
 //! outbox/<key>/heads.bin     piece 0 of every file (age header and payload nonce): it fixes
 //!                            each file key and nonce, so any piece can be re-encrypted byte for
 //!                            byte; written once, fsynced, before OFFER
+//! outbox/<key>/keys.age      every file key (16 bytes each, in file order), age-encrypted to
+//!                            this sender's own key: the files are encrypted to the recipients
+//!                            only (`custody.md` §8.2); written once, fsynced, before OFFER
 //! outbox/<key>/progress.bin  per unfinished file: the relay's durable piece count, the
 //!                            plaintext SHA-256 state and the piece-root frontier at that count
 //!                            (replaced atomically; no fsync: an older copy only costs re-reading)
@@ -17,9 +20,10 @@
 //! ```
 //!
 //! After the custody receipt the folder is removed; the manifest, contents, seal and receipt are
-//! kept under `sent/<transfer>/` and `receipts/`, and so are `state.bin`, `heads.bin` and
-//! `done.bin`: a few hundred bytes per file, and no evidence (the headers open only with a
-//! recipient's or this sender's key, like the relay's copy). They let a later `send` re-encrypt,
+//! kept under `sent/<transfer>/` and `receipts/`, and so are `state.bin`, `heads.bin`,
+//! `keys.age` and `done.bin`: a few hundred bytes to about 1.6 KiB per file, and no evidence
+//! (the headers open only with a recipient's key, like the relay's copy; `keys.age` only with
+//! this sender's). They let a later `send` re-encrypt,
 //! byte for byte, the pieces a relay reports lost or damaged (`relay.md` §10) and put the folder
 //! back for that.
 
@@ -106,11 +110,13 @@ impl StateDir {
         self.path("state.bin").exists()
     }
 
-    /// Writes the heads and the state (fsynced, state last: its presence means complete).
-    pub(crate) fn create(&self, saved: &Saved, heads: &[u8]) -> Result<()> {
+    /// Writes the heads, the file keys and the state (fsynced, state last: its presence means
+    /// complete).
+    pub(crate) fn create(&self, saved: &Saved, heads: &[u8], keys_age: &[u8]) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         crate::home::make_private(&self.dir)?;
         write_file(&self.path("heads.bin"), heads, 0o600, true)?;
+        write_file(&self.path("keys.age"), keys_age, 0o600, true)?;
         let bytes = postcard::to_stdvec(saved)
             .map_err(|e| Error::new(ErrorKind::Internal, "encoding the send state").source(e))?;
         write_file(&self.path("state.bin"), &bytes, 0o600, true)
@@ -135,6 +141,12 @@ impl StateDir {
             .hint("send again with --restart"));
         }
         Ok(s)
+    }
+
+    /// `keys.age`, if this send has one (states written before it carry a stanza for the
+    /// sender in every header instead).
+    pub(crate) fn keys_age(&self) -> Option<Vec<u8>> {
+        fs::read(self.path("keys.age")).ok()
     }
 
     pub(crate) fn heads(&self) -> Result<File> {
@@ -244,6 +256,7 @@ impl StateDir {
         crate::home::make_private(&self.dir)?;
         for name in [
             "heads.bin",
+            "keys.age",
             "done.bin",
             "manifest.json",
             "contents.json",
@@ -254,7 +267,10 @@ impl StateDir {
             let from = sent.join(name);
             let bytes = match fs::read(&from) {
                 Ok(b) => b,
-                Err(e) if name == "done.bin" && e.kind() == std::io::ErrorKind::NotFound => {
+                Err(e)
+                    if (name == "done.bin" || name == "keys.age")
+                        && e.kind() == std::io::ErrorKind::NotFound =>
+                {
                     continue;
                 }
                 Err(e) => return Err(io("reading", &from, e)),
@@ -275,11 +291,17 @@ impl StateDir {
             "contents.age",
             "seal.note",
             "heads.bin",
+            "keys.age",
             "state.bin",
         ] {
             let from = self.path(name);
             let to = sent.join(name);
-            fs::rename(&from, &to).map_err(|e| io("moving", &from, e))?;
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                // A send set up before `keys.age` existed has none.
+                Err(e) if name == "keys.age" && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("moving", &from, e)),
+            }
         }
         // done.bin only saves re-reading the sources on a repair: best effort, made durable
         // like the rest.

@@ -123,8 +123,11 @@ pub(crate) struct Streamer {
     legal: Legal,
     /// Who can open the contents: the recipients and the sender.
     contents_to: Vec<AnyRecipient>,
-    /// File keys of this run's fresh headers (none on a resume: unwrapped from the heads).
+    /// File keys of this run's fresh headers (none on a resume: from `keys.age`).
     fresh_keys: Vec<Option<FileKey>>,
+    /// The file keys of `keys.age`, once read (`None` inside: a state without one, whose
+    /// headers carry a stanza for this sender).
+    saved_keys: Option<Option<Vec<FileKey>>>,
     /// Files that finished since `done.bin` was last appended to.
     finished: Vec<(u32, Done)>,
     progress_dirty: bool,
@@ -186,6 +189,7 @@ impl Streamer {
             legal,
             contents_to,
             fresh_keys,
+            saved_keys: None,
             finished: Vec::new(),
             progress_dirty: false,
             last_save: Instant::now(),
@@ -204,8 +208,8 @@ impl Streamer {
         self.heads.read_exact_at(&mut out[start..], f.head_at)
     }
 
-    /// The payload key of `file`: from this run's fresh header, or unwrapped from the saved
-    /// header with the agency's own identity (every file is also encrypted to the sender).
+    /// The payload key of `file`: from this run's fresh header, or the saved one of
+    /// `keys.age`, checked against the saved header's MAC.
     fn key(&mut self, file: usize) -> io::Result<()> {
         if self.files[file].key.is_some() {
             return Ok(());
@@ -219,12 +223,39 @@ impl Streamer {
         nonce.0.copy_from_slice(&head[nonce_at..]);
         let file_key = match self.fresh_keys.get_mut(file).and_then(Option::take) {
             Some(k) => k,
-            None => Decryptor::new(&head[..nonce_at])
-                .and_then(|d| d.unwrap_file_key(&self.identities))
-                .map_err(|e| state_err(format!("saved header of file {file}: {e}")))?,
+            None => self.saved_key(file, &head[..nonce_at])?,
         };
         self.files[file].key = Some(PayloadKey::derive(&file_key, &nonce));
         Ok(())
+    }
+
+    /// The saved key of `file` (`keys.age`, opened once with the agency's own identity), if it
+    /// opens the saved header; for a state without `keys.age`, unwrapped from the header.
+    fn saved_key(&mut self, file: usize, header: &[u8]) -> io::Result<FileKey> {
+        if self.saved_keys.is_none() {
+            let keys = match self.state.keys_age() {
+                Some(b) => Some(open_file_keys(&b, &self.identities, self.files.len())?),
+                None => None,
+            };
+            self.saved_keys = Some(keys);
+        }
+        let bad =
+            |e: &dyn std::fmt::Display| state_err(format!("saved header of file {file}: {e}"));
+        let d = Decryptor::new(header).map_err(|e| bad(&e))?;
+        match &self.saved_keys {
+            Some(Some(keys)) => {
+                let k = keys
+                    .get(file)
+                    .ok_or_else(|| state_err("keys.age holds fewer keys than files"))?;
+                if !d.header().verify_mac(k) {
+                    return Err(state_err(format!(
+                        "the key saved for file {file} does not open its header"
+                    )));
+                }
+                Ok(k.clone())
+            }
+            _ => d.unwrap_file_key(&self.identities).map_err(|e| bad(&e)),
+        }
     }
 
     fn open(&mut self, file: usize) -> io::Result<()> {
@@ -541,6 +572,38 @@ impl PieceSource for Streamer {
         self.state.save_sealed(&docs).map_err(io::Error::other)?;
         Ok((docs.seal, docs.manifest, docs.contents_age))
     }
+}
+
+/// The file keys of `keys.age` (16 bytes each, in file order), opened with the agency's own
+/// identity; exactly `count` of them.
+fn open_file_keys(
+    age: &[u8],
+    identities: &[AnyIdentity],
+    count: usize,
+) -> io::Result<Vec<FileKey>> {
+    use std::io::Read as _;
+    let bad = |e: &dyn std::fmt::Display| state_err(format!("keys.age: {e}"));
+    let mut r = Decryptor::new(age)
+        .and_then(|d| d.decrypt(identities))
+        .map_err(|e| bad(&e))?;
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(count * 16));
+    r.read_to_end(&mut plain).map_err(|e| bad(&e))?;
+    if plain.len() != count * 16 {
+        return Err(state_err(format!(
+            "keys.age holds {} bytes for {count} files",
+            plain.len()
+        )));
+    }
+    Ok(plain
+        .chunks_exact(16)
+        .map(|c| {
+            let mut k = [0u8; 16];
+            k.copy_from_slice(c);
+            let key = FileKey::from_bytes(k);
+            zeroize::Zeroize::zeroize(&mut k);
+            key
+        })
+        .collect())
 }
 
 /// The contents, age-encrypted (`custody.md` §5.4).
