@@ -32,7 +32,19 @@ fn make_case(d: &Path) -> Vec<Vec<u8>> {
 }
 
 fn send(d: &Path, addr: &str) -> serde_json::Value {
-    let o = run(
+    let o = send_output(d, addr);
+    assert_eq!(code(&o), 0, "send: {}", stderr(&o));
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .expect("summary");
+    assert_eq!(last["type"], "sent");
+    last
+}
+
+fn send_output(d: &Path, addr: &str) -> std::process::Output {
+    run(
         d,
         &[
             "--home",
@@ -53,15 +65,7 @@ fn send(d: &Path, addr: &str) -> serde_json::Value {
             "2030-12-31",
             CASE,
         ],
-    );
-    assert_eq!(code(&o), 0, "send: {}", stderr(&o));
-    let last = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-        .expect("summary");
-    assert_eq!(last["type"], "sent");
-    last
+    )
 }
 
 fn status(d: &Path, addr: &str, t: &str) -> String {
@@ -276,4 +280,72 @@ fn lost_or_damaged_ciphertext_is_found_shown_refused_and_repaired() {
     ok(run(d, &["--home", "B", "audit", "verify"]));
     drop(relay);
     ok(run(d, &["--home", "B", "relay", "scrub"]));
+}
+
+/// A repair re-encrypts with the file keys the sender kept in `sent/<transfer>/keys.age`
+/// (`custody.md` §8.2): a damaged `keys.age` is refused (exit 3, naming it) before a byte is
+/// sent, so is a missing one, and with it put back the repair goes through.
+#[test]
+fn a_repair_needs_the_senders_keys_age() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_full_agencies(d);
+    let sources = make_case(d);
+    let relay = start_relay(d, "B");
+    let t = send(d, &relay.1)["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let kept = d.join(format!("A/sent/{t}/keys.age"));
+    let good = std::fs::read(&kept).expect("keys.age is kept after the receipt");
+    drop(relay);
+    std::fs::remove_file(pack(d)).expect("rm");
+    assert_eq!(code(&run(d, &["--home", "B", "relay", "scrub"])), 3);
+    let relay = start_relay(d, "B");
+    // Every copy of keys.age (the kept one, and the one a failed repair put back in outbox/).
+    let copies = |d: &Path| {
+        let mut v = vec![kept.clone()];
+        if let Ok(rd) = std::fs::read_dir(d.join("A/outbox")) {
+            for e in rd.flatten() {
+                let p = e.path().join("keys.age");
+                if p.exists() {
+                    v.push(p);
+                }
+            }
+        }
+        v
+    };
+
+    let mut bad = good.clone();
+    let n = bad.len() - 20;
+    bad[n] ^= 0x01;
+    std::fs::write(&kept, &bad).expect("tamper");
+    let o = send_output(d, &relay.1);
+    assert_eq!(code(&o), 3, "a damaged keys.age: {}", stderr(&o));
+    assert!(stderr(&o).contains("keys.age"), "{}", stderr(&o));
+
+    for p in copies(d) {
+        std::fs::remove_file(p).expect("rm keys.age");
+    }
+    let o = send_output(d, &relay.1);
+    assert_eq!(code(&o), 3, "no keys.age: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no keys.age") && stderr(&o).contains("--restart"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Put back where it was taken from: the kept copy and the repair's state in outbox/.
+    std::fs::write(&kept, &good).expect("put back");
+    for e in std::fs::read_dir(d.join("A/outbox"))
+        .expect("outbox")
+        .flatten()
+    {
+        if e.path().is_dir() {
+            std::fs::write(e.path().join("keys.age"), &good).expect("put back");
+        }
+    }
+    let o = send_output(d, &relay.1);
+    assert_eq!(code(&o), 0, "repaired: {}", stderr(&o));
+    fetched_exactly(d, &relay.1, &t, "out", &sources);
 }

@@ -285,6 +285,13 @@ impl<R: Read> std::fmt::Debug for StreamReader<R> {
     }
 }
 
+impl<R: Read> Drop for StreamReader<R> {
+    /// Wipes the last chunk's plaintext (the chunk buffer only ever holds ciphertext).
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.plain[..]);
+    }
+}
+
 impl<R: Read> StreamReader<R> {
     /// Wraps `inner`, positioned just after the payload nonce.
     pub fn new(inner: R, key: PayloadKey) -> Self {

@@ -192,6 +192,33 @@ fn seal_file_keys(keys: &[Option<FileKey>], own: &AnyRecipient) -> Result<Vec<u8
     Ok(out)
 }
 
+/// Opens `keys.age` again with the agency's identities and compares it with the keys it was
+/// made from, before the send state is saved: a `keys.age` that could not give them back would
+/// only be found on a resume or a repair, too late.
+fn check_file_keys(
+    keys_age: &[u8],
+    keys: &[Option<FileKey>],
+    identities: &[rogatory_envelope::AnyIdentity],
+) -> Result<()> {
+    let back = stream::open_file_keys(keys_age, identities, keys.len())
+        .map_err(|e| Error::new(ErrorKind::Internal, "the file keys do not read back").source(e))?;
+    let same = back.iter().zip(keys).all(|(b, k)| {
+        k.as_ref().is_some_and(|k| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                &b.expose_secret()[..],
+                &k.expose_secret()[..],
+            ))
+        })
+    });
+    if !same {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "the file keys read back differently",
+        ));
+    }
+    Ok(())
+}
+
 /// A send set up and ready to stream.
 struct Prepared {
     state: StateDir,
@@ -399,6 +426,7 @@ fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
         keys: fresh_keys,
     } = make_heads(&sizes, &file_recipients)?;
     let keys_age = seal_file_keys(&fresh_keys, &own_recipient)?;
+    check_file_keys(&keys_age, &fresh_keys, &identity.age_identities())?;
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
     let files = sizes
@@ -444,6 +472,7 @@ fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
 
 /// An interrupted send found again: its sources must be unchanged.
 fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
+    state.require_keys(saved.version)?;
     sources::check_unchanged(&saved.sources)?;
     let legal: Legal = serde_json::from_str(&saved.legal).map_err(|e| {
         Error::new(ErrorKind::Integrity, "the saved legal metadata is damaged").source(e)
@@ -599,9 +628,8 @@ fn upload_error(e: NetError) -> Error {
                 SourceError::Changed(m) => Error::new(ErrorKind::Safety, m.clone()).hint(
                     "a transfer never mixes two versions of a file: send again with --restart to start a new transfer of the current content (the relay collects the partial upload)",
                 ),
-                SourceError::State(m) => {
-                    Error::new(ErrorKind::Internal, format!("send state: {m}"))
-                }
+                SourceError::State(m) => Error::new(ErrorKind::Integrity, format!("send state: {m}"))
+                    .hint("send again with --restart to start a new transfer"),
             };
         }
         return Error::new(ErrorKind::Storage, "reading the sources")
@@ -797,7 +825,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         .iter()
         .map(|s| s.rel.as_str().to_owned())
         .collect();
-    // The contents are encrypted like the files: to the recipients and the sender.
+    // The contents are encrypted to the recipients and to the sender (the files: to the
+    // recipients only, `custody.md` §8.2).
     let mut cards = Vec::with_capacity(p.offer.recipients.len());
     for r in &p.offer.recipients {
         cards.push(store.get(r).ok_or_else(|| {

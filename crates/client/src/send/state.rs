@@ -87,7 +87,10 @@ pub(crate) struct Done {
 }
 
 const DONE_RECORD: usize = 4 + 32 + 32 + 4;
-pub(crate) const STATE_VERSION: u32 = 2;
+/// Version 3: the sender's file keys are in `keys.age` (`custody.md` §8.2). Version 2 states
+/// (every header carries a stanza for the sender) are still resumed.
+pub(crate) const STATE_VERSION: u32 = 3;
+const STATE_VERSION_HEADER_KEYS: u32 = 2;
 
 /// The state folder of one send.
 #[derive(Debug)]
@@ -133,7 +136,7 @@ impl StateDir {
             .source(e)
             .hint("remove the folder and send again with --restart")
         })?;
-        if s.version != STATE_VERSION {
+        if s.version != STATE_VERSION && s.version != STATE_VERSION_HEADER_KEYS {
             return Err(Error::new(
                 ErrorKind::Usage,
                 format!("{}: send state of another version", p.display()),
@@ -143,10 +146,30 @@ impl StateDir {
         Ok(s)
     }
 
-    /// `keys.age`, if this send has one (states written before it carry a stanza for the
-    /// sender in every header instead).
-    pub(crate) fn keys_age(&self) -> Option<Vec<u8>> {
-        fs::read(self.path("keys.age")).ok()
+    /// `keys.age`, or `None` if there is none (a version 2 state, whose headers carry a
+    /// stanza for the sender instead). Any other read error is an error.
+    pub(crate) fn keys_age(&self) -> std::io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path("keys.age")) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A state of `version` 3 or later must hold `keys.age`: refused before anything is
+    /// offered (exit 3), rather than when the first piece is needed.
+    pub(crate) fn require_keys(&self, version: u32) -> Result<()> {
+        if version < STATE_VERSION || self.path("keys.age").exists() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{}: the send state has no keys.age (its file keys)",
+                self.dir.display()
+            ),
+        )
+        .hint("send again with --restart to start a new transfer"))
     }
 
     pub(crate) fn heads(&self) -> Result<File> {

@@ -234,8 +234,9 @@ impl Streamer {
     fn saved_key(&mut self, file: usize, header: &[u8]) -> io::Result<FileKey> {
         if self.saved_keys.is_none() {
             let keys = match self.state.keys_age() {
-                Some(b) => Some(open_file_keys(&b, &self.identities, self.files.len())?),
-                None => None,
+                Ok(Some(b)) => Some(open_file_keys(&b, &self.identities, self.files.len())?),
+                Ok(None) => None,
+                Err(e) => return Err(state_err(format!("reading keys.age: {e}"))),
             };
             self.saved_keys = Some(keys);
         }
@@ -576,7 +577,7 @@ impl PieceSource for Streamer {
 
 /// The file keys of `keys.age` (16 bytes each, in file order), opened with the agency's own
 /// identity; exactly `count` of them.
-fn open_file_keys(
+pub(crate) fn open_file_keys(
     age: &[u8],
     identities: &[AnyIdentity],
     count: usize,
@@ -586,13 +587,13 @@ fn open_file_keys(
     let mut r = Decryptor::new(age)
         .and_then(|d| d.decrypt(identities))
         .map_err(|e| bad(&e))?;
-    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(count * 16));
-    r.read_to_end(&mut plain).map_err(|e| bad(&e))?;
-    if plain.len() != count * 16 {
-        return Err(state_err(format!(
-            "keys.age holds {} bytes for {count} files",
-            plain.len()
-        )));
+    // Read into a wiped buffer of exactly the expected size, then make sure nothing follows.
+    let mut plain = zeroize::Zeroizing::new(vec![0u8; count * 16]);
+    r.read_exact(&mut plain)
+        .map_err(|e| bad(&format!("fewer than {count} keys ({e})")))?;
+    let mut more = zeroize::Zeroizing::new([0u8; 1]);
+    if r.read(&mut more[..]).map_err(|e| bad(&e))? != 0 {
+        return Err(state_err(format!("keys.age holds more than {count} keys")));
     }
     Ok(plain
         .chunks_exact(16)
