@@ -594,22 +594,35 @@ fn fetch_crash_run(mib: usize, fetch_kills: usize, relay_kills: usize, seed: u64
 
 fn failpoints(mib: usize) {
     let mut env = setup();
-    for (i, fp) in [
-        "store.after_write=40",
-        "sync.after_fsync=2",
-        "sync.after_commit=2",
-        "log.mid_append=1",
-        "receipt.after_log=1",
+    // The second group commit must come before the transfer ends: the relay commits every
+    // 20 ms, and a few MiB cross loopback in less, so those two get more data.
+    for (i, (fp, mib)) in [
+        ("store.after_write=40", mib),
+        ("sync.after_fsync=2", mib * 8),
+        ("sync.after_commit=2", mib * 8),
+        ("log.mid_append=1", mib),
+        ("receipt.after_log=1", mib),
     ]
-    .iter()
+    .into_iter()
     .enumerate()
     {
         let folder = format!("case-{i}");
         make_folder(&env, &folder, mib, i as u64);
         let mut relay = env.relay(Some(fp));
         let mut s = env.send(&folder);
-        // The relay aborts at the failpoint.
-        let status = relay.wait().expect("relay exits");
+        // The relay aborts at the failpoint; a transfer that ends first fails the test (it
+        // would otherwise wait for ever).
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = relay.try_wait().expect("relay status") {
+                break st;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{fp}: the relay never reached its failpoint"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(!status.success(), "{fp}: the relay aborted");
         s.wait_acked(u64::MAX, Duration::from_millis(200));
         let (acked, _) = s.kill();
