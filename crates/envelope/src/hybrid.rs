@@ -186,21 +186,14 @@ impl ExpandedKey {
     /// vectors make, as `x-wing`'s `DecapsulationKeyRejectNonContrib` does.
     fn decapsulate(&self, ct: &[u8; ENC_LEN]) -> Option<Zeroizing<[u8; 32]>> {
         let (ct_m, ct_x) = ct.split_at(MLKEM_CT_LEN);
-        let mut ss_x = Zeroizing::new([0u8; 32]);
-        // aws-lc refuses an all-zero X25519 result itself; checked again below.
-        lc_agreement::agree(
-            &self.lc.x25519,
-            lc_agreement::UnparsedPublicKey::new(&LC_X25519, ct_x),
-            (),
-            |k| {
-                ss_x.copy_from_slice(k);
-                Ok(())
-            },
-        )
-        .ok()?;
-        if bool::from(ss_x[..].ct_eq(&[0u8; 32][..])) {
-            return None;
-        }
+        let ss_x = x25519_secret(|keep| {
+            lc_agreement::agree(
+                &self.lc.x25519,
+                lc_agreement::UnparsedPublicKey::new(&LC_X25519, ct_x),
+                (),
+                |k| keep(k),
+            )
+        })?;
         // A 1088-byte ciphertext always decapsulates (implicit rejection, FIPS 203).
         let ss_m = self
             .lc
@@ -214,6 +207,28 @@ impl ExpandedKey {
             self.x25519_public.as_bytes(),
         ))
     }
+}
+
+/// Runs an aws-lc X25519 agreement (`run` is given what keeps the shared secret) and returns
+/// the secret, or `None` if aws-lc refuses the agreement or the secret is all zeros (RFC 7748
+/// §6.1: aws-lc refuses that itself; checked again here).
+fn x25519_secret<F>(run: F) -> Option<Zeroizing<[u8; 32]>>
+where
+    F: FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), ()>) -> Result<(), ()>,
+{
+    let mut ss = Zeroizing::new([0u8; 32]);
+    let mut keep = |k: &[u8]| {
+        if k.len() != 32 {
+            return Err(());
+        }
+        ss.copy_from_slice(k);
+        Ok(())
+    };
+    run(&mut keep).ok()?;
+    if bool::from(ss[..].ct_eq(&[0u8; 32][..])) {
+        return None;
+    }
+    Some(ss)
 }
 
 /// X-Wing's `Combiner(ss_M, ss_X, ct_X, pk_X) = SHA3-256(ss_M || ss_X || ct_X || pk_X ||
@@ -261,21 +276,14 @@ fn encapsulate(pk: &[u8]) -> Option<(Zeroizing<[u8; 32]>, [u8; ENC_LEN])> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let ek_x = lc_agreement::EphemeralPrivateKey::generate(&LC_X25519, &rng).ok()?;
     let ct_x = ek_x.compute_public_key().ok()?;
-    let mut ss_x = Zeroizing::new([0u8; 32]);
-    lc_agreement::agree_ephemeral(
-        ek_x,
-        lc_agreement::UnparsedPublicKey::new(&LC_X25519, pk_x),
-        (),
-        |k| {
-            ss_x.copy_from_slice(k);
-            Ok(())
-        },
-    )
-    .ok()?;
-    // aws-lc refuses an all-zero result itself; checked again as in `decapsulate`.
-    if bool::from(ss_x[..].ct_eq(&[0u8; 32][..])) {
-        return None;
-    }
+    let ss_x = x25519_secret(|keep| {
+        lc_agreement::agree_ephemeral(
+            ek_x,
+            lc_agreement::UnparsedPublicKey::new(&LC_X25519, pk_x),
+            (),
+            |k| keep(k),
+        )
+    })?;
     let mut enc = [0u8; ENC_LEN];
     let ct_m = ct_m.as_ref();
     if ct_m.len() != MLKEM_CT_LEN || ct_x.as_ref().len() != 32 {
