@@ -1067,16 +1067,7 @@ fn prefault(place: &Place, bytes: u64) {
         return;
     }
     let path = place.dir.join("prefault.bin");
-    let buf = vec![0u8; MIB as usize];
-    let written = fs::File::create(&path).and_then(|mut f| {
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(MIB) as usize;
-            f.write_all(&buf[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
-    });
+    let written = write_bytes(&path, bytes, false);
     let _ = fs::remove_file(&path);
     if let Err(e) = written {
         println!("  (could not pre-fault {}: {e})", place.dir.display());
@@ -1089,20 +1080,28 @@ fn prefault(place: &Place, bytes: u64) {
 /// in a virtual machine that returns freed memory to its host can be far from free.
 fn write_floor(dir: &Path, bytes: u64) -> io::Result<Duration> {
     let path = dir.join("write-floor.bin");
-    let buf = vec![0xa5u8; MIB as usize];
     let start = Instant::now();
-    let mut f = fs::File::create(&path)?;
+    write_bytes(&path, bytes, true)?;
+    let t = start.elapsed();
+    fs::remove_file(&path)?;
+    Ok(t)
+}
+
+/// Writes `bytes` of a constant pattern to a new file at `path`, 1 MiB at a time, and fsyncs
+/// it if `sync`.
+fn write_bytes(path: &Path, bytes: u64, sync: bool) -> io::Result<()> {
+    let buf = vec![0xa5u8; MIB as usize];
+    let mut f = fs::File::create(path)?;
     let mut left = bytes;
     while left > 0 {
         let n = left.min(MIB) as usize;
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    f.sync_all()?;
-    let t = start.elapsed();
-    drop(f);
-    fs::remove_file(&path)?;
-    Ok(t)
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Single-core rates, bytes per second, of the per-byte work the product adds to the transport,

@@ -19,6 +19,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use aws_lc_rs::agreement::{self as lc_agreement, X25519 as LC_X25519};
+use aws_lc_rs::kem::{self as lc_kem, ML_KEM_768 as LC_ML_KEM_768};
 
 use base64::Engine as _;
 use bech32::primitives::decode::CheckedHrpstring;
@@ -37,10 +41,6 @@ use sha3::{Digest as _, Sha3_256};
 use shake::{ExtendableOutput as _, Shake256, Update as _, XofReader as _};
 use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
-
-use aws_lc_rs::agreement::{self as lc_agreement, X25519 as LC_X25519};
-use aws_lc_rs::kem::{self as lc_kem, ML_KEM_768 as LC_ML_KEM_768};
-use std::sync::Arc;
 
 use crate::b64::UNPADDED;
 use crate::error::{HeaderError, KeyParseError};

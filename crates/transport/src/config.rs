@@ -126,9 +126,7 @@ impl Limits {
         };
         t
     }
-}
 
-impl Limits {
     /// A quinn endpoint on a UDP socket bound to `addr`, with the socket buffers of these limits,
     /// serving `server` if given. An IPv6 socket is made dual-stack where the system allows it.
     pub fn endpoint(

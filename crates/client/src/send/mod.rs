@@ -343,9 +343,11 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     // mixed. The files are encrypted to the recipients; the sender keeps their file keys,
     // encrypted to its own key, in the send state (`keys.age`), so it can resume.
     let (file_recipients, own_recipient) = rogatory_custody::file_recipients_for(&identity, &cards);
-    let mut age_recipients = file_recipients.clone();
-    age_recipients.push(own_recipient.clone());
-    refuse_revoked_age_keys(&store, &recipients, &age_recipients)?;
+    refuse_revoked_age_keys(
+        &store,
+        &recipients,
+        &rogatory_custody::age_recipients_for(&identity, &cards),
+    )?;
     let legal = legal::legal(&req.legal)?;
     let mut failed = Vec::new();
     let sources = sources::collect(&req.paths, &mut failed)?;

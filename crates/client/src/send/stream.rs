@@ -109,6 +109,17 @@ pub(crate) struct Sealing {
     pub(crate) contents_to: Vec<AnyRecipient>,
 }
 
+/// Where a resume finds the file keys (`custody.md` §8.2).
+#[derive(Debug)]
+enum SavedKeys {
+    /// Not looked for yet.
+    Unread,
+    /// No `keys.age`: a version 2 state, whose headers carry a stanza for this sender.
+    InHeaders,
+    /// The keys of `keys.age`, in file order.
+    Keys(Vec<FileKey>),
+}
+
 /// The sender's [`PieceSource`].
 #[derive(Debug)]
 pub(crate) struct Streamer {
@@ -125,9 +136,8 @@ pub(crate) struct Streamer {
     contents_to: Vec<AnyRecipient>,
     /// File keys of this run's fresh headers (none on a resume: from `keys.age`).
     fresh_keys: Vec<Option<FileKey>>,
-    /// The file keys of `keys.age`, once read (`None` inside: a state without one, whose
-    /// headers carry a stanza for this sender).
-    saved_keys: Option<Option<Vec<FileKey>>>,
+    /// The file keys a resume uses.
+    saved_keys: SavedKeys,
     /// Files that finished since `done.bin` was last appended to.
     finished: Vec<(u32, Done)>,
     progress_dirty: bool,
@@ -189,7 +199,7 @@ impl Streamer {
             legal,
             contents_to,
             fresh_keys,
-            saved_keys: None,
+            saved_keys: SavedKeys::Unread,
             finished: Vec::new(),
             progress_dirty: false,
             last_save: Instant::now(),
@@ -232,19 +242,20 @@ impl Streamer {
     /// The saved key of `file` (`keys.age`, opened once with the agency's own identity), if it
     /// opens the saved header; for a state without `keys.age`, unwrapped from the header.
     fn saved_key(&mut self, file: usize, header: &[u8]) -> io::Result<FileKey> {
-        if self.saved_keys.is_none() {
-            let keys = match self.state.keys_age() {
-                Ok(Some(b)) => Some(open_file_keys(&b, &self.identities, self.files.len())?),
-                Ok(None) => None,
+        if matches!(self.saved_keys, SavedKeys::Unread) {
+            self.saved_keys = match self.state.keys_age() {
+                Ok(Some(b)) => {
+                    SavedKeys::Keys(open_file_keys(&b, &self.identities, self.files.len())?)
+                }
+                Ok(None) => SavedKeys::InHeaders,
                 Err(e) => return Err(state_err(format!("reading keys.age: {e}"))),
             };
-            self.saved_keys = Some(keys);
         }
         let bad =
             |e: &dyn std::fmt::Display| state_err(format!("saved header of file {file}: {e}"));
         let d = Decryptor::new(header).map_err(|e| bad(&e))?;
         match &self.saved_keys {
-            Some(Some(keys)) => {
+            SavedKeys::Keys(keys) => {
                 let k = keys
                     .get(file)
                     .ok_or_else(|| state_err("keys.age holds fewer keys than files"))?;
