@@ -68,7 +68,7 @@ pub async fn connect(
         addr.is_ipv6(),
         tls,
         peer_trust,
-        rogatory_transport::Limits::default(),
+        rogatory_transport::Limits::agency(),
     )
     .map_err(|e| error::net("starting QUIC", e))?;
     let s = node

@@ -75,6 +75,11 @@ pub struct Limits {
     pub udp_buffer: usize,
 }
 
+/// [`Limits::agency`]'s connection receive window, shared by every stream of the connection.
+pub const AGENCY_RECEIVE_WINDOW: u64 = 8 << 20;
+/// [`Limits::agency`]'s send window.
+pub const AGENCY_SEND_WINDOW: u64 = 16 << 20;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -96,6 +101,22 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The limits of an agency's side of a connection (`send`, `fetch`, `status`…), bounded by
+    /// memory rather than by the longest link (`protocol.md` §8): every download of one
+    /// connection shares one 8 MiB connection receive window, and an upload keeps at most 16 MiB
+    /// unacknowledged. quinn keeps received data in the datagrams it arrived in, so a full
+    /// window costs up to about twice its size in memory when streams interleave; with these
+    /// bounds a `fetch` of any number of files stays well below 64 MiB. The per-stream window
+    /// stays at the default: the connection's is the bound, and one file may use all of it. The
+    /// relay keeps [`Limits::default`].
+    pub fn agency() -> Self {
+        Limits {
+            connection_receive_window: AGENCY_RECEIVE_WINDOW,
+            send_window: AGENCY_SEND_WINDOW,
+            ..Limits::default()
+        }
+    }
+
     /// The quinn transport configuration: windows, stream counts, timeouts, datagrams off,
     /// congestion controller; GSO/GRO stay on (quinn's default).
     pub fn transport_config(&self) -> TransportConfig {

@@ -51,6 +51,28 @@ fn defaults_are_the_documented_ones() {
 }
 
 #[test]
+fn an_agency_bounds_its_memory_not_the_relay() {
+    // `protocol.md` §8: an agency's downloads share one 8 MiB connection window and an upload
+    // keeps at most 16 MiB unacknowledged; everything else is the relay's default.
+    let a = Limits::agency();
+    let d = Limits::default();
+    assert_eq!(a.connection_receive_window, 8 << 20);
+    assert_eq!(a.send_window, 16 << 20);
+    assert!(a.stream_receive_window > a.connection_receive_window);
+    assert_eq!(
+        Limits {
+            connection_receive_window: d.connection_receive_window,
+            send_window: d.send_window,
+            ..a.clone()
+        },
+        d
+    );
+    let t = format!("{:?}", a.transport_config());
+    assert!(t.contains("receive_window: 8388608"), "{t}");
+    assert!(t.contains("send_window: 16777216"), "{t}");
+}
+
+#[test]
 fn quinn_receives_every_limit() {
     let l = Limits {
         stream_receive_window: 3_000_000,
