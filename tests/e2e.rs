@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -776,5 +777,43 @@ fn fetch_progress_grows_while_a_large_file_downloads() {
     assert_eq!(
         std::fs::read(transfer_dir(&d.join("out")).join("case/big.bin")).expect("big"),
         big
+    );
+}
+
+/// Every command that connects closes its connection before it exits, so the relay learns it at
+/// once instead of holding it until its idle timeout (`Node::close`, `protocol.md` §8).
+#[test]
+fn every_command_closes_its_connection() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_full_agencies(d);
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+    let (mut child, addr) = spawn_relay_log(d, "B-relay", "warn,rogatory_transport::net=debug");
+    std::fs::write(d.join("f.txt"), b"evidence").expect("file");
+    let sent = ok(send(d, "A", &addr, &["--legal-basis", "MLAT"], &["f.txt"]));
+    let id = transfer_id(&sent);
+    ok(run(d, &["--home", "B", "inbox", "--relay", &addr]));
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &addr, "--all", "-o", "out",
+        ],
+    ));
+    ok(run(d, &["--home", "A", "status", "--relay", &addr, &id]));
+    // The last close is a datagram over loopback: it has arrived long before this.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("relay output");
+    let log = stderr(&o);
+    let closed = log
+        .lines()
+        .filter(|l| l.contains("connection ended") && l.contains("closed by peer: done"))
+        .count();
+    assert_eq!(
+        closed, 4,
+        "one close per command (send, inbox, fetch, status):\n{log}"
     );
 }

@@ -179,7 +179,12 @@ pub fn serve_started(dir: &Path, home: &str) -> String {
 /// `relay serve --listen 127.0.0.1:0` from `home`, logging at `info` to a piped stderr, and
 /// the address it listens on.
 pub fn spawn_relay_logging(dir: &Path, home: &str) -> (std::process::Child, String) {
-    let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), "info");
+    spawn_relay_log(dir, home, "info")
+}
+
+/// [`spawn_relay_logging`] with the log filter `log` (`ROGATORY_LOG`).
+pub fn spawn_relay_log(dir: &Path, home: &str, log: &str) -> (std::process::Child, String) {
+    let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), log);
     let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
     (child, addr)
 }

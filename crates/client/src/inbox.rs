@@ -59,7 +59,7 @@ pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
     let identities: Arc<Vec<AnyIdentity>> = Arc::new(home.age_identities()?);
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let (_node, s) = crate::connect(home, &req.relay).await?;
+        let (node, s) = crate::connect(home, &req.relay).await?;
         let e = match entries(&s).await {
             Ok(e) => e,
             Err(e) => {
@@ -102,6 +102,7 @@ pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
             });
         }
         s.close(ErrorCode::NO_ERROR, "done");
+        node.close(ErrorCode::NO_ERROR).await;
         Ok(items.into_iter().flatten().collect())
     })
 }

@@ -56,7 +56,7 @@ pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
     })?;
     let rt = crate::runtime()?;
     let (frame, tls_key_exchange) = rt.block_on(async {
-        let (_node, s) = crate::connect(home, &req.relay).await?;
+        let (node, s) = crate::connect(home, &req.relay).await?;
         let (mut w, mut r) = s.open().await.map_err(|e| net("status", e))?;
         w.send(&Frame::StatusRequest(frame::StatusRequest { transfer: t }))
             .await
@@ -77,6 +77,7 @@ pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
             .key_exchange_group()
             .map(rogatory_transport::kx::group_name);
         s.close(ErrorCode::NO_ERROR, "done");
+        node.close(ErrorCode::NO_ERROR).await;
         Ok::<_, Error>((f, kx))
     })?;
     match frame {

@@ -160,7 +160,7 @@ pub fn fetch(
     fs::create_dir_all(&req.output).map_err(|e| io("creating", &req.output, e))?;
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let (_node, s) = crate::connect(home, &req.relay).await?;
+        let (node, s) = crate::connect(home, &req.relay).await?;
         on(&Event::Connected {
             relay_agency: s.peer.agency.to_string(),
             tls_key_exchange: s
@@ -213,6 +213,7 @@ pub fn fetch(
             out.transfers.push(done);
         }
         s.close(ErrorCode::NO_ERROR, "done");
+        node.close(ErrorCode::NO_ERROR).await;
         if !damaged.is_empty() {
             let ids: Vec<String> = damaged.iter().map(ToString::to_string).collect();
             return Err(Error::new(

@@ -678,7 +678,7 @@ pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         });
         let p = s.policy.clone();
         s.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
-        node.shutdown(rogatory_transport::ErrorCode::NO_ERROR).await;
+        node.close(rogatory_transport::ErrorCode::NO_ERROR).await;
         Ok::<_, Error>(p)
     })?;
     let of_sources = |sources: &[sources::Source]| -> Vec<(String, u64)> {
@@ -777,7 +777,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let close = |node: &rogatory_transport::net::Node,
                  session: &rogatory_transport::net::Session| {
         session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
-        rt.block_on(node.shutdown(rogatory_transport::ErrorCode::NO_ERROR));
+        rt.block_on(node.close(rogatory_transport::ErrorCode::NO_ERROR));
     };
     on(&Event::Connected {
         relay_agency: session.peer.agency.to_string(),
@@ -885,7 +885,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             Err(_) => Ok(()),
         };
         session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
-        node.shutdown(rogatory_transport::ErrorCode::NO_ERROR).await;
+        node.close(rogatory_transport::ErrorCode::NO_ERROR).await;
         let out = out.map_err(upload_error)?;
         checked?;
         Ok::<_, Error>((out, session.peer.agency.clone()))
