@@ -817,3 +817,48 @@ fn every_command_closes_its_connection() {
         "one close per command (send, inbox, fetch, status):\n{log}"
     );
 }
+
+/// A send of many small files holds a bounded number of them open (`Streamer::read_ahead`, and
+/// each closed once read): 300 files go through with 64 file descriptors. Before, every file
+/// stayed open until the relay had it durably, and running out of descriptors was reported as
+/// a changed source (exit 8).
+#[test]
+fn many_small_files_are_sent_with_few_file_descriptors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_full_agencies(d);
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+    let r = relay(d, "B-relay", None);
+    let src = d.join("many");
+    std::fs::create_dir(&src).expect("mkdir");
+    for i in 0..300u32 {
+        std::fs::write(src.join(format!("f{i:03}")), i.to_le_bytes().repeat(250)).expect("file");
+    }
+    let script = format!(
+        "ulimit -n 64 && exec \"$0\" --home A send --relay {} --to agency-b --case C-1 \
+         --legal-basis MLAT --purpose p --retain-until 2030-12-31 many",
+        r.1
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .arg(bin())
+        .current_dir(d)
+        .output()
+        .expect("sh");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    ok(run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, "--all", "-o", "out",
+        ],
+    ));
+    let got = transfer_dir(&d.join("out")).join("many");
+    assert_eq!(std::fs::read_dir(&got).expect("fetched").count(), 300);
+    for i in [0u32, 150, 299] {
+        let f = std::fs::read(got.join(format!("f{i:03}"))).expect("fetched file");
+        assert_eq!(f, i.to_le_bytes().repeat(250));
+    }
+}

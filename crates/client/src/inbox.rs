@@ -64,6 +64,7 @@ pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
             Ok(e) => e,
             Err(e) => {
                 s.close(ErrorCode::NO_ERROR, "done");
+                node.close(ErrorCode::NO_ERROR).await;
                 return Err(e);
             }
         };

@@ -148,8 +148,8 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
     })
 }
 
-/// Checks the legal metadata against what the relay's policy requires, before any work
-/// (`protocol.md` §6.0: WELCOME publishes it).
+/// Checks the legal metadata against what the relay's policy requires, before anything is
+/// written or offered (`protocol.md` §6.0: WELCOME publishes it).
 pub(crate) fn check_required(legal: &Legal, require: &[String]) -> Result<()> {
     let missing: Vec<&str> = require
         .iter()

@@ -235,7 +235,8 @@ fn marker_of(state: &StateDir) -> PathBuf {
     state.dir.with_extension("sent")
 }
 
-/// A new send checked locally, waiting for the relay's policy before any work.
+/// A new send checked locally, waiting for the relay's policy before anything is written or
+/// offered (its key work, in memory, overlaps the handshake: [`key_files`]).
 struct Checked {
     state: StateDir,
     identity: rogatory_custody::AgencyIdentity,
@@ -404,37 +405,56 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     })))
 }
 
+/// A new transfer's headers and `keys.age`, made in memory (nothing is written).
+struct Keyed {
+    heads: Heads,
+    keys_age: Vec<u8>,
+}
+
+/// The per-file public-key work of a new transfer: every file's header, and the file keys
+/// sealed to this agency and read back. It needs nothing from the relay, so [`send`] does it
+/// while the connection is set up.
+fn key_files(c: &Checked) -> Result<Keyed> {
+    let sizes: Vec<u64> = c.sources.iter().map(|s| s.fp.size).collect();
+    let heads = make_heads(&sizes, &c.file_recipients)?;
+    let keys_age = seal_file_keys(&heads.keys, &c.own_recipient)?;
+    check_file_keys(&keys_age, &heads.keys, &c.identity.age_identities())?;
+    Ok(Keyed { heads, keys_age })
+}
+
 /// Creates a new transfer once the relay's policy is known (`protocol.md` §6.0): its required
-/// legal fields are checked before any work, and they are the only ones the offer shows.
-fn create(c: Checked, policy: &PublishedPolicy) -> Result<Prepared> {
+/// legal fields are checked before anything is written or offered, and they are the only ones
+/// the offer shows.
+fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared> {
     let Checked {
         state,
         identity,
         recipients,
-        file_recipients,
-        own_recipient,
         legal,
         sources,
+        ..
     } = c;
     legal::check_required(&legal, &policy.require)?;
     if state.dir.exists() {
         // An earlier run died before its state was complete: nothing was offered from it.
         std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
     }
-    let sizes: Vec<u64> = sources.iter().map(|s| s.fp.size).collect();
-    let Heads {
-        bytes: heads,
-        ciphertext_sizes: ct,
-        keys: fresh_keys,
-    } = make_heads(&sizes, &file_recipients)?;
-    let keys_age = seal_file_keys(&fresh_keys, &own_recipient)?;
-    check_file_keys(&keys_age, &fresh_keys, &identity.age_identities())?;
+    let Keyed {
+        heads:
+            Heads {
+                bytes: heads,
+                ciphertext_sizes: ct,
+                keys: fresh_keys,
+            },
+        keys_age,
+    } = keyed;
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
-    let files = sizes
+    let files = sources
         .iter()
-        .zip(&ct)
-        .map(|(&size, &ciphertext_size)| OfferedFile {
+        .map(|s| s.fp.size)
+        .zip(ct)
+        .map(|(size, ciphertext_size)| OfferedFile {
             size,
             ciphertext_size,
         })
@@ -761,7 +781,8 @@ pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
 /// ```
 pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Result<SendOutcome> {
     // Local checks first; then the relay's WELCOME says which legal fields its policy requires,
-    // which are checked before any work and are the only ones it sees (`protocol.md` §6.0).
+    // which are checked before anything is written or offered and are the only ones it sees
+    // (`protocol.md` §6.0).
     let found = match &req.resume {
         Some(id) => find_interrupted(home, id, &req.relay, on)?,
         None => prepare(home, req, on)?,
@@ -773,7 +794,18 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     };
     let rt = crate::runtime()?;
     let relay = req.relay.clone();
-    let (node, session) = rt.block_on(crate::connect(home, &relay))?;
+    // A new transfer's key work overlaps the handshake; the relay's policy is still checked
+    // before anything is written or offered (`create`).
+    let (connected, keyed) = std::thread::scope(|sc| {
+        let keyed = found.as_ref().err().map(|c| sc.spawn(|| key_files(c)));
+        let connected = rt.block_on(crate::connect(home, &relay));
+        let keyed = keyed.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the key thread failed")))
+        });
+        (connected, keyed)
+    });
+    let (node, session) = connected?;
     let close = |node: &rogatory_transport::net::Node,
                  session: &rogatory_transport::net::Session| {
         session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
@@ -788,7 +820,15 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     // The session stays up while the transfer is created: the runtime's workers keep it alive.
     let p = match found {
         Ok(p) => p,
-        Err(c) => match create(*c, &session.policy) {
+        Err(c) => match keyed
+            .unwrap_or_else(|| {
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "no keys for a new transfer",
+                ))
+            })
+            .and_then(|k| create(*c, k, &session.policy))
+        {
             Ok(p) => Box::new(p),
             Err(e) => {
                 close(&node, &session);

@@ -80,7 +80,8 @@ impl Hashing {
 
 #[derive(Debug)]
 enum Phase {
-    /// Nothing produced or durable yet (no state kept: thousands of files cost nothing).
+    /// Nothing produced or durable yet (no state kept: thousands of files cost nothing; at most
+    /// [`READ_AHEAD_FILES`] of them are open ahead).
     Pending,
     /// Pieces to produce.
     Open(Box<Hashing>),
@@ -142,6 +143,27 @@ pub(crate) struct Streamer {
     finished: Vec<(u32, Done)>,
     progress_dirty: bool,
     last_save: Instant,
+    /// `read_ahead` has considered every file before this one.
+    advised: usize,
+}
+
+/// Files opened ahead of the one being read (`Streamer::read_ahead`).
+const READ_AHEAD_FILES: usize = 32;
+/// How much of each file opened ahead the kernel is asked to read; beyond it, its own
+/// read-ahead follows a sequential reader.
+const READ_AHEAD_BYTES: u64 = 256 << 10;
+
+/// Asks the kernel to start reading the first `len` bytes of `fd` into its cache (best effort).
+fn will_need(fd: &File, len: u64) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::fs::fadvise(
+        fd,
+        0,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
+    #[cfg(not(target_os = "linux"))]
+    let _ = (fd, len);
 }
 
 fn fresh_hash() -> PlainHash {
@@ -203,6 +225,7 @@ impl Streamer {
             finished: Vec::new(),
             progress_dirty: false,
             last_save: Instant::now(),
+            advised: 0,
         })
     }
 
@@ -270,18 +293,55 @@ impl Streamer {
         }
     }
 
+    /// Opens `file` for its data pieces, and the next files ahead of it (`read_ahead`).
     fn open(&mut self, file: usize) -> io::Result<()> {
-        if self.files[file].fd.is_some() {
-            return Ok(());
+        if self.files[file].fd.is_none() {
+            self.files[file].fd = Some(self.open_source(file)?);
         }
+        self.read_ahead(file);
+        Ok(())
+    }
+
+    /// Opens a source and checks that it is the file this transfer began with.
+    fn open_source(&self, file: usize) -> io::Result<File> {
         let s = &self.sources[file];
-        let fd = File::open(&s.path).map_err(|_| changed_err(s, "it cannot be opened"))?;
+        let fd = File::open(&s.path).map_err(|e| {
+            use rustix::io::Errno;
+            match Errno::from_io_error(&e) {
+                // Out of file descriptors or memory, a failing disk: not a change of the source.
+                Some(Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::IO) => {
+                    io::Error::new(e.kind(), format!("opening {}: {e}", s.path.display()))
+                }
+                _ => changed_err(s, "it cannot be opened"),
+            }
+        })?;
         let m = fd.metadata()?;
         if super::sources::Fingerprint::of(&m) != s.fp {
             return Err(changed_err(s, "its size, times or inode differ"));
         }
-        self.files[file].fd = Some(fd);
-        Ok(())
+        Ok(fd)
+    }
+
+    /// Opens up to [`READ_AHEAD_FILES`] files after `file` and asks the kernel to start reading
+    /// their first [`READ_AHEAD_BYTES`] (`POSIX_FADV_WILLNEED`), so that thousands of small files
+    /// are read from a cold cache many at a time instead of one random read after another. A
+    /// file that cannot be opened here is reported when its turn comes.
+    fn read_ahead(&mut self, file: usize) {
+        let end = (file + 1 + READ_AHEAD_FILES).min(self.files.len());
+        let mut next = self.advised.max(file + 1);
+        while next < end {
+            let f = &self.files[next];
+            if f.fd.is_none()
+                && f.layout.size > 0
+                && matches!(f.phase, Phase::Pending)
+                && let Ok(fd) = self.open_source(next)
+            {
+                will_need(&fd, f.layout.size.min(READ_AHEAD_BYTES));
+                self.files[next].fd = Some(fd);
+            }
+            next += 1;
+        }
+        self.advised = self.advised.max(next);
     }
 
     /// Produces piece `piece` of `file` into `out`; `hash` says whether it advances the digests
@@ -328,6 +388,19 @@ impl Streamer {
         };
         key.seal_chunk(chunk, last, &mut out[start..])
             .map_err(|e| state_err(e.to_string()))?;
+        if last {
+            // Read to its end, and still the file it was when opened (perhaps 32 files earlier,
+            // `read_ahead`). Then closed: thousands of small files must not stay open until the
+            // relay has them durably; a resend after a rewind opens and checks it again.
+            if let Some(fd) = self.files[file].fd.take()
+                && super::sources::Fingerprint::of(&fd.metadata()?) != self.sources[file].fp
+            {
+                return Err(changed_err(
+                    &self.sources[file],
+                    "it was modified while it was read",
+                ));
+            }
+        }
         Ok(leaf_hash(&out[start..]))
     }
 
@@ -415,6 +488,8 @@ impl PieceSource for Streamer {
                 && let Some(rec) = done.remove(&(i as u32))
             {
                 self.files[i].phase = Phase::Done(rec);
+                // Opened ahead while an earlier file caught up: not needed any more.
+                self.files[i].fd = None;
                 continue;
             }
             let mut start = (0, fresh_hash(), Frontier::new());
