@@ -39,6 +39,16 @@ fn send(
     run(dir, &args)
 }
 
+/// Agencies `A` and `B` trusting each other, and `B-relay`: a home of agency-b without its age
+/// identity, for the relay.
+fn agencies_and_relay_home(d: &Path) {
+    two_full_agencies(d);
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+}
+
 fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
@@ -63,12 +73,7 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    two_full_agencies(d);
-    // The relay runs from a home of agency-b without its age identity.
-    ok(run(
-        d,
-        &["--home", "B", "agency", "export-relay", "B-relay"],
-    ));
+    agencies_and_relay_home(d);
     let r = relay(d, "B-relay", None);
 
     let case = d.join("case 42");
@@ -786,11 +791,7 @@ fn fetch_progress_grows_while_a_large_file_downloads() {
 fn every_command_closes_its_connection() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    two_full_agencies(d);
-    ok(run(
-        d,
-        &["--home", "B", "agency", "export-relay", "B-relay"],
-    ));
+    agencies_and_relay_home(d);
     let (mut child, addr) = spawn_relay_log(d, "B-relay", "warn,rogatory_transport::net=debug");
     std::fs::write(d.join("f.txt"), b"evidence").expect("file");
     let sent = ok(send(d, "A", &addr, &["--legal-basis", "MLAT"], &["f.txt"]));
@@ -826,11 +827,7 @@ fn every_command_closes_its_connection() {
 fn many_small_files_are_sent_with_few_file_descriptors() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    two_full_agencies(d);
-    ok(run(
-        d,
-        &["--home", "B", "agency", "export-relay", "B-relay"],
-    ));
+    agencies_and_relay_home(d);
     let r = relay(d, "B-relay", None);
     let src = d.join("many");
     std::fs::create_dir(&src).expect("mkdir");
