@@ -136,7 +136,8 @@ impl PayloadKey {
 
     /// Decrypts chunk `index` from `chunk` (ciphertext and tag) into `out`, leaving `chunk`
     /// as it was, and returns the plaintext length: for a reader that does not know whether
-    /// a full chunk is the last one and may try both. On failure `out` must not be used.
+    /// a full chunk is the last one and may try both, or that opens a chunk where it arrived
+    /// without copying it first. On failure `out` must not be used.
     pub fn open_chunk_into(
         &self,
         index: u64,
