@@ -114,8 +114,3 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         }
     }
 }
-
-/// The async runtime for network commands (the client library's).
-pub(crate) fn runtime() -> error::Result<tokio::runtime::Runtime> {
-    rogatory_client::runtime()
-}

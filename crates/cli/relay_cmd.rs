@@ -127,7 +127,11 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         )
     })?;
     crate::cleanup::serve_mode();
-    let rt = crate::runtime()?;
+    let workers = a.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    let rt = rogatory_client::runtime_with(workers)?;
     rt.block_on(async {
         let node = Arc::new(
             Node::server(listen, tls, peer_trust, Limits::default())

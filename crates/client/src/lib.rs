@@ -85,8 +85,13 @@ pub async fn connect(
 /// The async runtime for network work: two worker threads (QUIC packet protection on one, our
 /// work on the other).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    runtime_with(2)
+}
+
+/// An async runtime with `workers` worker threads (at least one).
+pub fn runtime_with(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .map_err(|e| Error::new(ErrorKind::Internal, "starting the async runtime").source(e))
