@@ -861,10 +861,9 @@ fn many_small_files_are_sent_with_few_file_descriptors() {
 }
 
 /// `relay serve --workers N` (`docs/cli.md` "Running the relay"): one worker thread serves a send
-/// and a fetch; zero is a usage error.
+/// and a fetch; 0 and 1025 are usage errors.
 #[test]
 fn a_relay_on_one_worker_thread_serves() {
-    use std::io::BufRead as _;
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
     agencies_and_relay_home(d);
@@ -873,23 +872,12 @@ fn a_relay_on_one_worker_thread_serves() {
         &["--home", "B-relay", "relay", "serve", "--workers", "0"],
     );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let mut child = std::process::Command::new(bin())
-        .args(["--home", "B-relay", "relay", "serve", "--workers", "1"])
-        .args(["--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("relay");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let r = RelayProcess(
-        child,
-        line.trim().rsplit(' ').next().expect("addr").to_owned(),
+    let o = run(
+        d,
+        &["--home", "B-relay", "relay", "serve", "--workers", "1025"],
     );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let r = start_relay_with(d, "B-relay", &["--workers", "1"]);
     std::fs::write(d.join("f.bin"), vec![7u8; 300_000]).expect("file");
     ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["f.bin"]));
     ok(run(

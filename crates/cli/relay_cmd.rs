@@ -127,8 +127,10 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         )
     })?;
     crate::cleanup::serve_mode();
+    // One per core, and never fewer than two unless asked: a few index commits and audit-log
+    // appends still fsync on a worker (docs/cli.md "Running the relay").
     let workers = a.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        || std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
         usize::from,
     );
     let rt = rogatory_client::runtime_with(workers)?;

@@ -184,14 +184,21 @@ pub fn spawn_relay_logging(dir: &Path, home: &str) -> (std::process::Child, Stri
 
 /// [`spawn_relay_logging`] with the log filter `log` (`ROGATORY_LOG`).
 pub fn spawn_relay_log(dir: &Path, home: &str, log: &str) -> (std::process::Child, String) {
-    let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), log);
+    let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), log, &[]);
     let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
     (child, addr)
 }
 
 /// `relay serve --listen 127.0.0.1:0` from `home`, and its first stdout line.
 fn spawn_relay(dir: &Path, home: &str, json: bool, err: Stdio) -> (std::process::Child, String) {
-    spawn_relay_at(dir, home, json, err, "warn")
+    spawn_relay_at(dir, home, json, err, "warn", &[])
+}
+
+/// `relay serve --listen 127.0.0.1:0 EXTRA…` from `home`, waiting until it listens.
+pub fn start_relay_with(dir: &Path, home: &str, extra: &[&str]) -> RelayProcess {
+    let (child, line) = spawn_relay_at(dir, home, false, Stdio::null(), "warn", extra);
+    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    RelayProcess(child, addr)
 }
 
 fn spawn_relay_at(
@@ -200,6 +207,7 @@ fn spawn_relay_at(
     json: bool,
     err: Stdio,
     log: &str,
+    extra: &[&str],
 ) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut args = vec!["--home", home];
@@ -207,6 +215,7 @@ fn spawn_relay_at(
         args.push("--json");
     }
     args.extend(["relay", "serve", "--listen", "127.0.0.1:0"]);
+    args.extend_from_slice(extra);
     let mut child = Command::new(bin())
         .args(&args)
         .current_dir(dir)
