@@ -660,6 +660,22 @@ fn upload_error(e: NetError) -> Error {
     net("upload", e)
 }
 
+/// Closes a send's connection when it is dropped on an early return (`Node::close`).
+struct Closing<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    node: &'a rogatory_transport::net::Node,
+    session: &'a rogatory_transport::net::Session,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.session
+            .close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+        self.rt
+            .block_on(self.node.close(rogatory_transport::ErrorCode::NO_ERROR));
+    }
+}
+
 /// What a send would do (`send --dry-run`): every file and its size, the legal metadata, and
 /// which of it the relay would see (its published policy, `protocol.md` §6.0) and which only the
 /// recipients (`custody.md` §5.4). Nothing is encrypted, offered or written.
@@ -806,10 +822,11 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         (connected, keyed)
     });
     let (node, session) = connected?;
-    let close = |node: &rogatory_transport::net::Node,
-                 session: &rogatory_transport::net::Session| {
-        session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
-        rt.block_on(node.close(rogatory_transport::ErrorCode::NO_ERROR));
+    // Whatever fails before the upload, the relay is told the connection is over.
+    let closing = Closing {
+        rt: &rt,
+        node: &node,
+        session: &session,
     };
     on(&Event::Connected {
         relay_agency: session.peer.agency.to_string(),
@@ -831,7 +848,6 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         {
             Ok(p) => Box::new(p),
             Err(e) => {
-                close(&node, &session);
                 return Err(e);
             }
         },
@@ -930,6 +946,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         checked?;
         Ok::<_, Error>((out, session.peer.agency.clone()))
     });
+    // The upload closed the connection itself.
+    std::mem::forget(closing);
     let (outcome, relay_agency) = result?;
     let state = streamer.into_state();
     let Some(SealedDocs {
