@@ -82,10 +82,15 @@ pub async fn connect(
     Ok((node, s))
 }
 
-/// The async runtime for network work: two worker threads (QUIC packet protection on one, our
-/// work on the other).
+/// The async runtime of an agency's commands: one worker thread for QUIC and the streams, beside
+/// the calling thread (which produces a send's pieces in `block_on`) and the blocking threads
+/// (small files opened, files made durable). With a second worker, the QUIC driver and the task
+/// reading a stream woke each other across threads every few datagrams: a 1 GiB `fetch` used
+/// 15 % more CPU and nearly twice the memory, and took 20 % longer with the relay on the same
+/// two cores (`docs/performance.md`). One worker caps a single `fetch` at what one core
+/// decrypts, about 600 MB/s here.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    runtime_with(2)
+    runtime_with(1)
 }
 
 /// An async runtime with `workers` worker threads (at least one).
