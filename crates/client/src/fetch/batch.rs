@@ -197,7 +197,7 @@ mod tests {
         let mut pf =
             create_partial(dir, &format!(".rogatory-partial-test-{i}"), false).expect("partial");
         pf.file().expect("open").write_all(body).expect("write");
-        pf.close();
+        pf.close().expect("close");
         Ready { i, pf }
     }
 

@@ -113,7 +113,14 @@ pub(super) struct PartialFile {
     pub(super) keep: bool,
     /// Registered for removal on interrupt ([`crate::cleanup`]): files that are not resumable.
     registered: bool,
+    /// Bytes written since the last writeback began ([`PartialFile::wrote`]).
+    unsynced: u64,
+    /// The writeback in flight: `fdatasync` of what was written so far, on a thread of its own.
+    flushing: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
+
+/// A large partial starts writing itself back every this many bytes ([`PartialFile::wrote`]).
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 impl PartialFile {
     /// An earlier run's partial, opened for a resume (kept on failure, not registered).
@@ -123,6 +130,37 @@ impl PartialFile {
             file: Some(file),
             keep: true,
             registered: false,
+            unsynced: 0,
+            flushing: None,
+        }
+    }
+
+    /// `n` more bytes were written. Every [`WRITEBACK_EVERY`] bytes, a thread of its own
+    /// `fdatasync`s what is written so far (one at a time), so that the disk writes while the
+    /// download goes on and the batch's final sync has only the tail left. Nothing is written
+    /// twice. A writeback that failed fails the file: its error is reported once, to this file
+    /// description, and a later sync through another one might not see it.
+    pub(super) fn wrote(&mut self, n: u64) -> io::Result<()> {
+        self.unsynced += n;
+        if self.unsynced < WRITEBACK_EVERY
+            || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        self.finish_writeback()?;
+        let fd = self.file()?.try_clone()?;
+        self.unsynced = 0;
+        self.flushing = Some(std::thread::spawn(move || fd.sync_data()));
+        Ok(())
+    }
+
+    /// Waits for the writeback in flight, and returns its error.
+    fn finish_writeback(&mut self) -> io::Result<()> {
+        match self.flushing.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked"))),
+            None => Ok(()),
         }
     }
 
@@ -133,9 +171,12 @@ impl PartialFile {
             .ok_or_else(|| io::Error::other("partial file already closed"))
     }
 
-    /// Closes the file; its data stays in the page cache until the batch makes it durable.
-    pub(super) fn close(&mut self) {
+    /// Closes the file once its writeback in flight is over; its data stays in the page cache
+    /// until the batch makes it durable. A failed writeback is this file's write error.
+    pub(super) fn close(&mut self) -> io::Result<()> {
+        let r = self.finish_writeback();
         self.file = None;
+        r
     }
 
     /// Renames the (durable, verified) partial to its final name: never over an existing file
@@ -228,6 +269,8 @@ pub(super) fn create_partial(dir: &Path, name: &str, resumable: bool) -> Result<
             file: Some(file),
             keep: false,
             registered: !resumable,
+            unsynced: 0,
+            flushing: None,
         }),
         Err(e) => {
             if !resumable {

@@ -270,8 +270,8 @@ pub(super) fn write_small(c: &Ctx, o: Opened) -> Result<Ready> {
     let path = pf.path.clone();
     pf.file()
         .and_then(|w| w.write_all(&o.plain))
+        .and_then(|()| pf.close())
         .map_err(|e| io("writing", &path, e))?;
-    pf.close();
     c.bytes_done.fetch_add(o.credit, Ordering::Relaxed);
     Ok(Ready { i: o.i, pf })
 }
@@ -368,6 +368,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             let n = op
                 .push_payload(b, file)
                 .map_err(|e| open_error(t, f, &path, e))?;
+            pf.wrote(n).map_err(|e| io("writing", &path, e))?;
             credited += n;
             c.bytes_done.fetch_add(n, Ordering::Relaxed);
             Ok(())
@@ -402,7 +403,8 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
         let Some(mut pf) = out else {
             return Err(integrity(t, f, "has no header"));
         };
-        pf.close();
+        let path = pf.path.clone();
+        pf.close().map_err(|e| io("writing", &path, e))?;
         return Ok(Ready { i, pf });
     }
 }
