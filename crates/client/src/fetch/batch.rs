@@ -176,9 +176,24 @@ fn commit(
     dest: &dyn Fn(usize) -> PathBuf,
     force: bool,
     durability: &Durability,
-    batch: Vec<Ready>,
+    mut batch: Vec<Ready>,
 ) -> Result<Vec<usize>> {
-    durability.sync(&batch)?;
+    let synced = batch
+        .iter_mut()
+        .try_for_each(|r| {
+            r.pf.finish_writeback()
+                .map_err(|e| io("writing", &r.pf.path, e))
+        })
+        .and_then(|()| durability.sync(&batch));
+    if let Err(e) = synced {
+        // Nothing of a batch that did not become durable is kept for a resume: its pages may be
+        // marked clean without being on disk, and a later sync through a new descriptor would
+        // not report that error again.
+        for r in &mut batch {
+            r.pf.keep = false;
+        }
+        return Err(e);
+    }
     let mut published = Vec::with_capacity(batch.len());
     for mut r in batch {
         r.pf.publish(&dest(r.i), force)?;
@@ -197,7 +212,7 @@ mod tests {
         let mut pf =
             create_partial(dir, &format!(".rogatory-partial-test-{i}"), false).expect("partial");
         pf.file().expect("open").write_all(body).expect("write");
-        pf.close().expect("close");
+        pf.close();
         Ready { i, pf }
     }
 

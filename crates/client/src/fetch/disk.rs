@@ -154,14 +154,20 @@ impl PartialFile {
         Ok(())
     }
 
-    /// Waits for the writeback in flight, and returns its error.
-    fn finish_writeback(&mut self) -> io::Result<()> {
-        match self.flushing.take() {
+    /// Waits for the writeback in flight, and returns its error. A file whose writeback failed
+    /// is not kept for a resume: its pages may be marked clean without being on disk, and a
+    /// sync through another descriptor would not report it again.
+    pub(super) fn finish_writeback(&mut self) -> io::Result<()> {
+        let r = match self.flushing.take() {
             Some(h) => h
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked"))),
             None => Ok(()),
+        };
+        if r.is_err() {
+            self.keep = false;
         }
+        r
     }
 
     /// The open file.
@@ -171,12 +177,11 @@ impl PartialFile {
             .ok_or_else(|| io::Error::other("partial file already closed"))
     }
 
-    /// Closes the file once its writeback in flight is over; its data stays in the page cache
-    /// until the batch makes it durable. A failed writeback is this file's write error.
-    pub(super) fn close(&mut self) -> io::Result<()> {
-        let r = self.finish_writeback();
+    /// Closes the file; its data stays in the page cache until the batch makes it durable. A
+    /// writeback still in flight is waited for by the batch ([`PartialFile::finish_writeback`]),
+    /// on its blocking thread, not here on the thread that runs the connection.
+    pub(super) fn close(&mut self) {
         self.file = None;
-        r
     }
 
     /// Renames the (durable, verified) partial to its final name: never over an existing file

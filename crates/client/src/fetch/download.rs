@@ -270,8 +270,8 @@ pub(super) fn write_small(c: &Ctx, o: Opened) -> Result<Ready> {
     let path = pf.path.clone();
     pf.file()
         .and_then(|w| w.write_all(&o.plain))
-        .and_then(|()| pf.close())
         .map_err(|e| io("writing", &path, e))?;
+    pf.close();
     c.bytes_done.fetch_add(o.credit, Ordering::Relaxed);
     Ok(Ready { i: o.i, pf })
 }
@@ -403,8 +403,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
         let Some(mut pf) = out else {
             return Err(integrity(t, f, "has no header"));
         };
-        let path = pf.path.clone();
-        pf.close().map_err(|e| io("writing", &path, e))?;
+        pf.close();
         return Ok(Ready { i, pf });
     }
 }
