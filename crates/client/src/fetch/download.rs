@@ -321,7 +321,12 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                 match held {
                     Some(file) => {
                         let mut pf = PartialFile::resumed(p.path, file);
-                        let k = resume_partial(&mut pf, &layout, &mut op)?;
+                        // Reading and hashing a partial of many GiB takes seconds: the
+                        // runtime's worker hands the connection to another thread meanwhile
+                        // (the runtime is multi-threaded, `crate::runtime`).
+                        let k = tokio::task::block_in_place(|| {
+                            resume_partial(&mut pf, &layout, &mut op)
+                        })?;
                         credited = layout.chunk_offset(k);
                         resumed_credit = credited;
                         c.resumed.fetch_add(credited, Ordering::Relaxed);
