@@ -1076,8 +1076,8 @@ fn prefault(place: &Place, bytes: u64) {
 
 /// Writes `bytes` to a new file in `dir` (1 MiB writes) and fsyncs it, then removes it: the
 /// floor of any receiver that keeps that much data durably there (the relay's pack on `send`,
-/// the output on `fetch`, the remote file of scp). On tmpfs it is the cost of new pages, which
-/// in a virtual machine that returns freed memory to its host can be far from free.
+/// the output on `fetch`, the remote file of scp). On tmpfs the pages are pre-faulted first
+/// (`prefault`), as for the rows it bounds.
 fn write_floor(dir: &Path, bytes: u64) -> io::Result<Duration> {
     let path = dir.join("write-floor.bin");
     let start = Instant::now();

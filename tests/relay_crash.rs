@@ -299,6 +299,20 @@ fn make_folder(env: &Env, name: &str, mib: usize, seed: u64) -> PathBuf {
     d
 }
 
+/// The plaintext of the age file `bytes`, opened with `ids`.
+fn open_age(bytes: &[u8], ids: &[rogatory_envelope::AnyIdentity], what: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut rogatory_envelope::Decryptor::new(bytes)
+            .expect("header")
+            .decrypt(ids)
+            .unwrap_or_else(|e| panic!("{what} does not open: {e}")),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    out
+}
+
 /// Every stored transfer, decrypted straight from the relay's packs (with the file keys the sender
 /// kept, encrypted to its own key, in `sent/<transfer>/keys.age`: B's home here is relay-only),
 /// equals the sender's files byte for byte. No copy of the ciphertext exists at the sender to
@@ -324,28 +338,12 @@ fn relay_holds_the_sources(env: &Env) {
     for (row, manifest, contents) in rows {
         let m = rogatory_custody::Manifest::parse(&manifest).expect("manifest");
         // The sender can open the contents too (`custody.md` §5.4): the names are in there.
-        let mut json = Vec::new();
-        std::io::Read::read_to_end(
-            &mut rogatory_envelope::Decryptor::new(&contents[..])
-                .expect("header")
-                .decrypt(&ids)
-                .expect("file key"),
-            &mut json,
-        )
-        .expect("contents");
+        let json = open_age(&contents, &ids, "the contents");
         let transfer = m.transfer_id;
         let m = m.open_contents(&json).expect("contents join");
         let keys_age = std::fs::read(env.path().join(format!("A/sent/{transfer}/keys.age")))
             .expect("the sender's keys.age");
-        let mut keys = Vec::new();
-        std::io::Read::read_to_end(
-            &mut rogatory_envelope::Decryptor::new(&keys_age[..])
-                .expect("header")
-                .decrypt(&ids)
-                .expect("keys.age opens with the sender's key"),
-            &mut keys,
-        )
-        .expect("keys");
+        let keys = open_age(&keys_age, &ids, "keys.age, with the sender's key");
         assert_eq!(keys.len(), 16 * m.files.len(), "one key per file");
         let pack =
             std::fs::read(env.path().join(format!("B/relay/inbox/{row}.pack"))).expect("pack");
@@ -612,7 +610,7 @@ fn failpoints(mib: usize) {
         let mut s = env.send(&folder);
         // The relay aborts at the failpoint; a transfer that ends first fails the test (it
         // would otherwise wait for ever).
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let status = loop {
             if let Some(st) = relay.try_wait().expect("relay status") {
                 break st;

@@ -162,9 +162,14 @@ pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess
         let v: serde_json::Value = serde_json::from_str(&line).expect("a listening event");
         v["address"].as_str().expect("address").to_owned()
     } else {
-        line.trim().rsplit(' ').next().expect("addr").to_owned()
+        listen_addr(&line)
     };
     (RelayProcess(child, addr), line)
+}
+
+/// The address in a relay's `relay … listening on ADDR` line.
+fn listen_addr(line: &str) -> String {
+    line.trim().rsplit(' ').next().expect("addr").to_owned()
 }
 
 /// Starts `relay serve` from `home`, waits until it listens, stops it; returns its stderr.
@@ -185,7 +190,7 @@ pub fn spawn_relay_logging(dir: &Path, home: &str) -> (std::process::Child, Stri
 /// [`spawn_relay_logging`] with the log filter `log` (`ROGATORY_LOG`).
 pub fn spawn_relay_log(dir: &Path, home: &str, log: &str) -> (std::process::Child, String) {
     let (child, line) = spawn_relay_at(dir, home, false, Stdio::piped(), log, &[]);
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let addr = listen_addr(&line);
     (child, addr)
 }
 
@@ -197,7 +202,7 @@ fn spawn_relay(dir: &Path, home: &str, json: bool, err: Stdio) -> (std::process:
 /// `relay serve --listen 127.0.0.1:0 EXTRA…` from `home`, waiting until it listens.
 pub fn start_relay_with(dir: &Path, home: &str, extra: &[&str]) -> RelayProcess {
     let (child, line) = spawn_relay_at(dir, home, false, Stdio::null(), "warn", extra);
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    let addr = listen_addr(&line);
     RelayProcess(child, addr)
 }
 

@@ -63,7 +63,6 @@ pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
         let e = match entries(&s).await {
             Ok(e) => e,
             Err(e) => {
-                s.close(ErrorCode::NO_ERROR, "done");
                 node.close(ErrorCode::NO_ERROR).await;
                 return Err(e);
             }
@@ -102,7 +101,6 @@ pub fn inbox(home: &Home, req: &InboxRequest) -> Result<Vec<InboxItem>> {
                 problem,
             });
         }
-        s.close(ErrorCode::NO_ERROR, "done");
         node.close(ErrorCode::NO_ERROR).await;
         Ok(items.into_iter().flatten().collect())
     })

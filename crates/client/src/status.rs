@@ -76,7 +76,6 @@ pub fn status(home: &Home, req: &StatusRequest) -> Result<TransferStatus> {
         let kx = s
             .key_exchange_group()
             .map(rogatory_transport::kx::group_name);
-        s.close(ErrorCode::NO_ERROR, "done");
         node.close(ErrorCode::NO_ERROR).await;
         Ok::<_, Error>((f, kx))
     })?;

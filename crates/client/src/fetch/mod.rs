@@ -212,7 +212,6 @@ pub fn fetch(
             on(&Event::Fetched(done.clone()));
             out.transfers.push(done);
         }
-        s.close(ErrorCode::NO_ERROR, "done");
         node.close(ErrorCode::NO_ERROR).await;
         if !damaged.is_empty() {
             let ids: Vec<String> = damaged.iter().map(ToString::to_string).collect();

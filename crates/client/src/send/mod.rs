@@ -660,17 +660,14 @@ fn upload_error(e: NetError) -> Error {
     net("upload", e)
 }
 
-/// Closes a send's connection when it is dropped on an early return (`Node::close`).
+/// Closes a send's connection when it is dropped, on an early return too (`Node::close`).
 struct Closing<'a> {
     rt: &'a tokio::runtime::Runtime,
     node: &'a rogatory_transport::net::Node,
-    session: &'a rogatory_transport::net::Session,
 }
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
-        self.session
-            .close(rogatory_transport::ErrorCode::NO_ERROR, "done");
         self.rt
             .block_on(self.node.close(rogatory_transport::ErrorCode::NO_ERROR));
     }
@@ -713,7 +710,6 @@ pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
                 .map(rogatory_transport::kx::group_name),
         });
         let p = s.policy.clone();
-        s.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
         node.close(rogatory_transport::ErrorCode::NO_ERROR).await;
         Ok::<_, Error>(p)
     })?;
@@ -812,21 +808,22 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     let relay = req.relay.clone();
     // A new transfer's key work overlaps the handshake; the relay's policy is still checked
     // before anything is written or offered (`create`).
-    let (connected, keyed) = std::thread::scope(|sc| {
-        let keyed = found.as_ref().err().map(|c| sc.spawn(|| key_files(c)));
-        let connected = rt.block_on(crate::connect(home, &relay));
-        let keyed = keyed.map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the key thread failed")))
-        });
-        (connected, keyed)
+    let (connected, found) = std::thread::scope(|sc| match found {
+        Ok(p) => (rt.block_on(crate::connect(home, &relay)), Ok(p)),
+        Err(c) => {
+            let keyed = sc.spawn(move || key_files(&c).map(|k| (c, k)));
+            let connected = rt.block_on(crate::connect(home, &relay));
+            let keyed = keyed
+                .join()
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the key thread failed")));
+            (connected, Err(keyed))
+        }
     });
     let (node, session) = connected?;
-    // Whatever fails before the upload, the relay is told the connection is over.
+    // Whatever fails from here on, the relay is told the connection is over.
     let closing = Closing {
         rt: &rt,
         node: &node,
-        session: &session,
     };
     on(&Event::Connected {
         relay_agency: session.peer.agency.to_string(),
@@ -837,20 +834,10 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     // The session stays up while the transfer is created: the runtime's workers keep it alive.
     let p = match found {
         Ok(p) => p,
-        Err(c) => match keyed
-            .unwrap_or_else(|| {
-                Err(Error::new(
-                    ErrorKind::Internal,
-                    "no keys for a new transfer",
-                ))
-            })
-            .and_then(|k| create(*c, k, &session.policy))
-        {
-            Ok(p) => Box::new(p),
-            Err(e) => {
-                return Err(e);
-            }
-        },
+        Err(keyed) => {
+            let (c, k) = keyed?;
+            Box::new(create(*c, k, &session.policy)?)
+        }
     };
     let marker = marker_of(&p.state);
     let digest = sources_digest(&p.sources);
@@ -940,14 +927,11 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             Ok(o) => crate::checkpoints::confirm_receipt(home, &session, &o.receipt.text).await,
             Err(_) => Ok(()),
         };
-        session.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
-        node.close(rogatory_transport::ErrorCode::NO_ERROR).await;
         let out = out.map_err(upload_error)?;
         checked?;
         Ok::<_, Error>((out, session.peer.agency.clone()))
     });
-    // The upload closed the connection itself.
-    std::mem::forget(closing);
+    drop(closing);
     let (outcome, relay_agency) = result?;
     let state = streamer.into_state();
     let Some(SealedDocs {
