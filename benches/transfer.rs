@@ -971,10 +971,32 @@ fn print_goal(label: &str, ours: &Row, base: &Row, goal: f64) {
 }
 
 /// The limits measured in a run: the write floor of each placement, and the single-core rates
-/// of SHA-256 and the payload AEAD (bytes/s).
+/// of the per-byte crypto.
 struct Floors<'a> {
     write: &'a [(String, Row)],
-    rates: Option<(f64, f64)>,
+    rates: Option<Rates>,
+}
+
+/// Single-core rates, bytes per second, of the per-byte work the product adds to the transport.
+#[derive(Clone, Copy)]
+struct Rates {
+    /// SHA-256: the plaintext digest of each file.
+    sha: f64,
+    /// The piece leaf of new transfers (`PieceHash::CURRENT`, BLAKE3), over a whole piece.
+    leaf: f64,
+    /// The payload AEAD, ChaCha20-Poly1305.
+    aead: f64,
+}
+
+impl Rates {
+    /// The best of two runs, rate by rate.
+    fn max(self, o: Rates) -> Rates {
+        Rates {
+            sha: self.sha.max(o.sha),
+            leaf: self.leaf.max(o.leaf),
+            aead: self.aead.max(o.aead),
+        }
+    }
 }
 
 /// What bounds each row, from the limits measured in the same run: the CPU the whole machine
@@ -994,7 +1016,7 @@ fn print_limits(
         write: write_floors,
         rates,
     } = floors;
-    let (Some(bare_s), Some((sha, aead))) = (bare.best(), rates) else {
+    let (Some(bare_s), Some(Rates { sha, leaf, aead })) = (bare.best(), rates) else {
         return;
     };
     let Some(bare_cpu) = bare_s.client_cpu else {
@@ -1002,16 +1024,17 @@ fn print_limits(
     };
     let n = bytes as f64;
     // Per-byte work beyond the transport (docs/performance.md "What bounds a transfer"):
-    // send: plaintext SHA-256, seal, piece leaf SHA-256 at the sender, piece leaf SHA-256 at
-    // the relay; fetch: open and plaintext SHA-256 at the recipient.
-    let send_crypto = n * (3.0 / sha + 1.0 / aead);
+    // send: plaintext SHA-256, seal, piece leaf at the sender, piece leaf at the relay; fetch:
+    // open and plaintext SHA-256 at the recipient.
+    let send_crypto = n * (1.0 / sha + 2.0 / leaf + 1.0 / aead);
     let fetch_crypto = n * (1.0 / sha + 1.0 / aead);
     let cores = b.nproc as f64;
     println!();
     println!("-- {} MiB: limits measured in this run --", bytes / MIB);
     println!(
-        "single core: SHA-256 {:.0} MB/s, payload ChaCha20-Poly1305 {:.0} MB/s; bare quinn used {bare_cpu:.2} CPU s",
+        "single core: SHA-256 {:.0} MB/s, piece leaf (BLAKE3) {:.0} MB/s, payload ChaCha20-Poly1305 {:.0} MB/s; bare quinn used {bare_cpu:.2} CPU s",
         sha / 1e6,
+        leaf / 1e6,
         aead / 1e6
     );
     println!(
@@ -1104,10 +1127,11 @@ fn write_bytes(path: &Path, bytes: u64, sync: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Single-core rates, bytes per second, of the per-byte work the product adds to the transport,
-/// over 64 KiB chunks as in a transfer: SHA-256 (`sha2`, what the piece leaves and the plaintext
-/// digests use) and the payload AEAD (`PayloadKey::seal_chunk`, ChaCha20-Poly1305).
-fn crypto_rates() -> (f64, f64) {
+/// Single-core rates of the per-byte work the product adds to the transport, over 64 KiB chunks
+/// as in a transfer: SHA-256 (`sha2`, the plaintext digests), the piece leaf
+/// (`PieceHash::leaf`, over a whole encrypted chunk) and the payload AEAD
+/// (`PayloadKey::seal_chunk`, ChaCha20-Poly1305).
+fn crypto_rates() -> Rates {
     use rogatory_envelope::{CHUNK_SIZE, FileKey, PayloadKey, PayloadNonce, TAG_SIZE};
     use sha2::Digest as _;
     const CHUNKS: u64 = 4096; // 256 MiB
@@ -1118,6 +1142,11 @@ fn crypto_rates() -> (f64, f64) {
         acc ^= sha2::Sha256::digest(&buf[..CHUNK_SIZE])[0];
     }
     let sha = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
+    let start = Instant::now();
+    for _ in 0..CHUNKS {
+        acc ^= rogatory_custody::PieceHash::CURRENT.leaf(&buf)[0];
+    }
+    let leaf = (CHUNKS * buf.len() as u64) as f64 / secs(start.elapsed());
     let key = PayloadKey::derive(&FileKey::from_bytes([7; 16]), &PayloadNonce([9; 16]));
     let start = Instant::now();
     for i in 0..CHUNKS {
@@ -1127,7 +1156,7 @@ fn crypto_rates() -> (f64, f64) {
     }
     let aead = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
     std::hint::black_box(acc);
-    (sha, aead)
+    Rates { sha, leaf, aead }
 }
 
 /// Runs the bare quinn stream in this process; its wall time and the process's CPU.
@@ -1380,13 +1409,13 @@ fn file_section(
             )
         })
         .collect();
-    let mut rates: Option<(f64, f64)> = None;
+    let mut rates: Option<Rates> = None;
     for round in 1..=b.rounds {
         let s = bare_round(&rt, &quinn_setup, bytes, b.clk_tck);
         println!("round {round}: bare quinn {:.2} s", secs(s.wall));
         bare.push(Ok(s));
         let r = crypto_rates();
-        rates = Some(rates.map_or(r, |(a, c)| (a.max(r.0), c.max(r.1))));
+        rates = Some(rates.map_or(r, |a| a.max(r)));
 
         for ((place, _, file), (send, fetch, res)) in sources.iter().zip(rows.iter_mut()) {
             // The relay's pack: new pages on tmpfs.

@@ -66,8 +66,8 @@ pub use log::{
 pub use manifest::{
     Contents, ContentsFile, ContentsRef, FileEntry, Inventory, LEGAL_FIELDS, Legal, LegalText,
     MAX_CONTENTS_CIPHERTEXT_LEN, MAX_FILES, MAX_MANIFEST_LEN, Manifest, ManifestFile, OfferedFile,
-    OnwardTransfer, PieceLayout, PieceTable, RelativePath, SealedManifest, TransferOffer,
-    is_bidi_or_invisible, open_sealed_manifest, piece_layout,
+    OnwardTransfer, PieceHash, PieceLayout, PieceTable, RelativePath, SealedManifest,
+    TransferOffer, is_bidi_or_invisible, open_sealed_manifest, piece_layout,
 };
 pub use note::{
     MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSigner, NoteVerifier, SignedText,

@@ -311,9 +311,67 @@ pub struct Contents {
     pub files: Vec<ContentsFile>,
 }
 
-crate::ids::format_tag!(Format, "rogatory-manifest/v2");
+/// How the leaves of a file's `piece_root` are hashed (§5.2). The format of the offer and of the
+/// manifest says which: a transfer keeps the one it was offered with, so a send begun before
+/// version 3 resumes, and its relay verifies it, as it began.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum PieceHash {
+    /// `rogatory-offer/v2`, `rogatory-manifest/v2`: leaf `SHA-256(0x00 || piece)`.
+    Sha256,
+    /// `rogatory-offer/v3`, `rogatory-manifest/v3`: leaf `SHA-256(0x00 || BLAKE3-256(piece))`.
+    Blake3,
+}
+
+impl PieceHash {
+    /// What a new transfer uses.
+    pub const CURRENT: PieceHash = PieceHash::Blake3;
+
+    /// The Merkle leaf hash (§6) of one piece.
+    pub fn leaf(self, piece: &[u8]) -> Hash {
+        match self {
+            PieceHash::Sha256 => leaf_hash(piece),
+            PieceHash::Blake3 => leaf_hash(blake3::hash(piece).as_bytes()),
+        }
+    }
+}
+
+/// A format tag that names the [`PieceHash`] of its document (§5.2).
+macro_rules! piece_format_tag {
+    ($name:ident, $v2:expr, $v3:expr) => {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        struct $name(PieceHash);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(match self.0 {
+                    PieceHash::Sha256 => $v2,
+                    PieceHash::Blake3 => $v3,
+                })
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                match &*s {
+                    $v3 => Ok($name(PieceHash::Blake3)),
+                    $v2 => Ok($name(PieceHash::Sha256)),
+                    _ => Err(serde::de::Error::custom(concat!(
+                        "format is not ",
+                        $v3,
+                        " (nor ",
+                        $v2,
+                        ")"
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+piece_format_tag!(Format, "rogatory-manifest/v2", "rogatory-manifest/v3");
 crate::ids::format_tag!(ContentsFormat, "rogatory-contents/v1");
-crate::ids::format_tag!(OfferFormat, "rogatory-offer/v2");
+piece_format_tag!(OfferFormat, "rogatory-offer/v2", "rogatory-offer/v3");
 
 /// The sizes of one file of an offer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -359,7 +417,7 @@ impl TransferOffer {
     ) -> Result<Self, ParseError> {
         recipients.sort();
         let o = Self {
-            format: OfferFormat,
+            format: OfferFormat(PieceHash::CURRENT),
             transfer_id,
             sender,
             recipients,
@@ -404,6 +462,11 @@ impl TransferOffer {
     /// Parses canonical JSON: anything that does not re-encode byte for byte is refused.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         parse_canonical_json("offer", bytes, Self::validate)
+    }
+
+    /// How its pieces are hashed (its format, §5.2).
+    pub fn piece_hash(&self) -> PieceHash {
+        self.format.0
     }
 
     /// The piece layout of every file.
@@ -509,6 +572,9 @@ pub struct Inventory {
     pub legal: Legal,
     /// Files, sorted by path.
     pub files: Vec<FileEntry>,
+    /// How the files' pieces are hashed: [`PieceHash::CURRENT`] from [`Inventory::new`]; a
+    /// resumed transfer keeps its offer's.
+    pub piece_hash: PieceHash,
 }
 
 impl Inventory {
@@ -542,6 +608,7 @@ impl Inventory {
             created_at,
             legal,
             files,
+            piece_hash: PieceHash::CURRENT,
         })
     }
 
@@ -580,7 +647,7 @@ impl Inventory {
         contents_ciphertext: &[u8],
     ) -> Result<Manifest, ParseError> {
         let m = Manifest {
-            format: Format,
+            format: Format(self.piece_hash),
             transfer_id: self.transfer_id,
             sender: self.sender.clone(),
             recipients: self.recipients.clone(),
@@ -778,13 +845,19 @@ impl Manifest {
                     piece_root: m.piece_root,
                 })
                 .collect(),
+            piece_hash: self.format.0,
         })
+    }
+
+    /// How its pieces are hashed (its format, §5.2).
+    pub fn piece_hash(&self) -> PieceHash {
+        self.format.0
     }
 
     /// The offer this manifest fulfils (`custody.md` §5.3).
     pub fn offer(&self) -> TransferOffer {
         TransferOffer {
-            format: OfferFormat,
+            format: OfferFormat(self.format.0),
             transfer_id: self.transfer_id,
             sender: self.sender.clone(),
             recipients: self.recipients.clone(),
@@ -908,31 +981,33 @@ impl PieceLayout {
 /// The leaf hashes of every piece of an age file, and their root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PieceTable {
+    hash: PieceHash,
     leaves: Vec<Hash>,
 }
 
 impl PieceTable {
     /// Computes the table of a complete age file.
-    pub fn of_ciphertext(layout: &PieceLayout, ciphertext: &[u8]) -> Option<Self> {
+    pub fn of_ciphertext(layout: &PieceLayout, hash: PieceHash, ciphertext: &[u8]) -> Option<Self> {
         if ciphertext.len() as u64 != layout.ciphertext_size {
             return None;
         }
         let leaves = (0..layout.count())
             .map(|i| {
                 let r = layout.range(i)?;
-                Some(leaf_hash(&ciphertext[r.start as usize..r.end as usize]))
+                Some(hash.leaf(&ciphertext[r.start as usize..r.end as usize]))
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { leaves })
+        Some(Self { hash, leaves })
     }
 
     /// A table received from a peer: checked against the expected root and count.
     pub fn from_leaves(
         layout: &PieceLayout,
+        hash: PieceHash,
         leaves: Vec<Hash>,
         expected_root: &Sha256Digest,
     ) -> Option<Self> {
-        let t = Self { leaves };
+        let t = Self { hash, leaves };
         (t.leaves.len() as u64 == layout.count() && t.root().ct_eq(expected_root)).then_some(t)
     }
 
@@ -952,13 +1027,28 @@ impl PieceTable {
         usize::try_from(i)
             .ok()
             .and_then(|i| self.leaves.get(i))
-            .is_some_and(|want| bool::from(want.ct_eq(&leaf_hash(piece))))
+            .is_some_and(|want| bool::from(want.ct_eq(&self.hash.leaf(piece))))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// test-plan.md 120: the leaf of a v3 piece is the RFC 6962 leaf of its BLAKE3-256 digest
+    /// (the BLAKE3 value is the empty input's from the reference test vectors); a v2 leaf hashes
+    /// the piece itself.
+    #[test]
+    fn piece_leaves_follow_the_format() {
+        let empty = hex::decode("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+            .expect("hex");
+        assert_eq!(PieceHash::Blake3.leaf(b""), leaf_hash(&empty));
+        assert_eq!(PieceHash::Sha256.leaf(b"piece"), leaf_hash(b"piece"));
+        assert_ne!(
+            PieceHash::Blake3.leaf(b"piece"),
+            PieceHash::Sha256.leaf(b"piece")
+        );
+    }
 
     /// test-plan.md case 57: every one of these names is refused.
     #[test]

@@ -7,8 +7,8 @@ mod fixture;
 use std::path::PathBuf;
 
 use rogatory_custody::{
-    AgencyCard, AgencyIdentity, Checkpoint, Manifest, ReceiptBundle, Statement,
-    open_sealed_manifest,
+    AgencyCard, AgencyIdentity, Checkpoint, Manifest, PieceHash, ReceiptBundle, Statement,
+    TransferOffer, open_sealed_manifest,
 };
 
 fn path(name: &str) -> PathBuf {
@@ -102,6 +102,35 @@ fn golden_vectors() {
     let sealed = open_sealed_manifest(&json, w.seal.as_bytes(), &w.sender.signer().verifier())
         .expect("seal verifies");
     assert_eq!(sealed.manifest, w.manifest);
+    assert_eq!(w.manifest.piece_hash(), PieceHash::Blake3);
+    assert_eq!(w.manifest.offer().piece_hash(), PieceHash::Blake3);
+
+    // A manifest of version 2, sealed before BLAKE3 piece digests (`custody.md` §5.2): it still
+    // parses, re-encodes byte for byte, verifies, and names SHA-256 piece leaves, for itself and
+    // for its offer, so a transfer begun then resumes and is verified as it began.
+    let v2 = std::fs::read(path("manifest-v2.json")).expect("v2 manifest");
+    let v2_seal = std::fs::read(path("seal-v2.note")).expect("v2 seal");
+    let old = open_sealed_manifest(&v2, &v2_seal, &w.sender.signer().verifier())
+        .expect("a v2 seal verifies");
+    assert_eq!(old.manifest.to_json(), v2);
+    assert_eq!(old.manifest.piece_hash(), PieceHash::Sha256);
+    let old_offer = old.manifest.offer();
+    assert_eq!(old_offer.piece_hash(), PieceHash::Sha256);
+    assert_eq!(
+        TransferOffer::parse(&old_offer.to_json()).expect("a v2 offer parses"),
+        old_offer
+    );
+    assert!(
+        String::from_utf8_lossy(&old_offer.to_json())
+            .starts_with(r#"{"format":"rogatory-offer/v2","#)
+    );
+    let mut v4 = v2.clone();
+    v4.splice(11..31, b"rogatory-manifest/v4".iter().copied());
+    assert!(
+        Manifest::parse(&v4).is_err(),
+        "an unknown format is refused"
+    );
+
     let contents = w.contents.to_json();
     check("contents.json", &contents);
     assert_eq!(

@@ -23,10 +23,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rogatory_custody::merkle::{Frontier, leaf_hash};
+use rogatory_custody::merkle::Frontier;
 use rogatory_custody::{
-    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceLayout, Revocations,
-    Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
+    AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceHash, PieceLayout,
+    Revocations, Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
 };
 use rogatory_transport::frame::{Offer, Seal, TransferState};
 use rogatory_transport::tls::PeerIdentity;
@@ -126,6 +126,8 @@ struct Active {
     /// The pack file in the spool (computed once, not per piece).
     spool: PathBuf,
     files: Vec<FileInfo>,
+    /// How its pieces are hashed (its offer's format, `custody.md` §5.2).
+    piece_hash: PieceHash,
     /// Each file's piece-root frontier over the pieces received (`custody.md` §5.2).
     frontiers: Vec<Frontier>,
     received: Vec<u64>,
@@ -1141,7 +1143,7 @@ impl<S: Storage> Relay<S> {
                 existing.state,
                 TransferState::Receiving | TransferState::Damaged
             ) {
-                self.activate(&existing, &layouts, &durable)?;
+                self.activate(&existing, &layouts, o.piece_hash(), &durable)?;
             }
             let db = lock(&self.db);
             db.execute(
@@ -1280,7 +1282,7 @@ impl<S: Storage> Relay<S> {
             .ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
         debug_assert_eq!(existing.row, row);
         let durable = vec![0; layouts.len()];
-        self.activate(&existing, &layouts, &durable)?;
+        self.activate(&existing, &layouts, o.piece_hash(), &durable)?;
         Ok((layouts, durable))
     }
 
@@ -1288,6 +1290,7 @@ impl<S: Storage> Relay<S> {
         &self,
         row: &TransferRow,
         layouts: &[PieceLayout],
+        piece_hash: PieceHash,
         durable: &[u64],
     ) -> Result<(), ProtocolError> {
         let mut active = lock(&self.active);
@@ -1319,6 +1322,7 @@ impl<S: Storage> Relay<S> {
                 row: row.row,
                 spool,
                 files,
+                piece_hash,
                 frontiers,
                 received: durable.to_vec(),
                 durable: durable.to_vec(),
@@ -1422,7 +1426,8 @@ impl<S: Storage> Relay<S> {
             .write_at(&a.spool, off, bytes)
             .map_err(storage_err)?;
         crate::failpoint::hit("store.after_write");
-        a.frontiers[f].push(leaf_hash(bytes));
+        let leaf = a.piece_hash.leaf(bytes);
+        a.frontiers[f].push(leaf);
         if a.received[f] == a.durable[f] {
             a.changed.push(file);
         }
@@ -2150,6 +2155,7 @@ impl<S: Storage> Relay<S> {
         path: &Path,
         base: u64,
         layout: &PieceLayout,
+        hash: PieceHash,
         count: u64,
         buf: &mut [u8],
     ) -> Result<Frontier, String> {
@@ -2161,7 +2167,7 @@ impl<S: Storage> Relay<S> {
                 return Err(format!("piece {p} is longer than a piece can be"));
             };
             match self.storage.read_at(path, base + range.start, buf) {
-                Ok(n) if n == len => frontier.push(leaf_hash(buf)),
+                Ok(n) if n == len => frontier.push(hash.leaf(buf)),
                 Ok(_) => return Err(format!("piece {p} is missing (the pack is too short)")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err("the pack file is missing".to_owned());
@@ -2266,7 +2272,8 @@ impl<S: Storage> Relay<S> {
                 let problem = if !receipted {
                     // Still being received: the durable prefix against its committed frontier
                     // (or the sealed root, once sealed).
-                    match self.read_pieces(&path, base, layout, held, &mut buf) {
+                    match self.read_pieces(&path, base, layout, offer.piece_hash(), held, &mut buf)
+                    {
                         Err(p) => Some(p),
                         Ok(f) => expected
                             .get(i)
@@ -2283,7 +2290,8 @@ impl<S: Storage> Relay<S> {
                         .cloned()
                         .flatten()
                         .and_then(|b| Frontier::from_bytes(&b));
-                    let resent = self.read_pieces(&path, base, layout, held, &mut buf);
+                    let resent =
+                        self.read_pieces(&path, base, layout, offer.piece_hash(), held, &mut buf);
                     let intact = match (&stored, &resent) {
                         (Some(s), Ok(f)) => s.len() == held && s.root() == f.root(),
                         (None, Ok(_)) => held == 0,
@@ -2305,7 +2313,8 @@ impl<S: Storage> Relay<S> {
                     // Receipted: every piece the sealed manifest names, read from the pack and
                     // hashed against the sealed piece root, whatever the index says; then the
                     // index must agree.
-                    match self.read_pieces(&path, base, layout, count, &mut buf) {
+                    match self.read_pieces(&path, base, layout, offer.piece_hash(), count, &mut buf)
+                    {
                         Err(p) => Some(p),
                         Ok(f) => {
                             let stored = frontiers.get(i).cloned().flatten();

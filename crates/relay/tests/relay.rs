@@ -1,12 +1,12 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
-//! partial GC, log checkpoints (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81).
+//! partial GC, log checkpoints (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81, 120).
 
 mod support;
 
 use std::sync::atomic::Ordering;
 
-use rogatory_custody::{LegalText, ReceiptBundle, TransferId};
+use rogatory_custody::{LegalText, PieceHash, ReceiptBundle, TransferId};
 use rogatory_relay::{DiskStorage, Policy};
 use rogatory_transport::ErrorCode;
 use rogatory_transport::frame::{
@@ -614,6 +614,42 @@ async fn scrub_finds_at_rest_corruption_exactly() {
             .any(|(tid, _, why)| *tid == t.id && why.contains("manifest")),
         "{found:?}"
     );
+}
+
+/// test-plan.md 120: a transfer offered as version 2 (SHA-256 piece leaves, begun before
+/// BLAKE3) is received, receipted and scrubbed with the leaves its offer names, as a version 3
+/// one is with BLAKE3 (`custody.md` §5.2): the relay never checks one transfer's pieces with the
+/// other's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transfer_is_verified_with_its_own_piece_hash() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path(), Policy::default());
+    let sa = connect(&w, &w.a, r.addr).await;
+    for hash in [PieceHash::Sha256, PieceHash::Blake3] {
+        let t = transfer_hashed(&w.a, &[&w.b], &exhibits(4), legal(), now(), hash);
+        assert_eq!(t.manifest.piece_hash(), hash);
+        let out = send(&sa, &t, None).await.expect("upload");
+        ReceiptBundle::parse(&out.receipt.text)
+            .expect("bundle")
+            .verify(&w.b.identity.signer().verifier())
+            .expect("receipt");
+        let clean = r.relay.scrub().expect("scrub");
+        assert!(
+            clean.iter().all(|(tid, ..)| *tid != t.id),
+            "{hash:?}: {clean:?}"
+        );
+        let row = r.relay.transfer(&t.id).expect("db").expect("row");
+        let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+        let mut b = std::fs::read(&pack).expect("pack");
+        b[t.ciphertexts[0].len() - 1] ^= 1;
+        std::fs::write(&pack, &b).expect("write");
+        let found = r.relay.scrub().expect("scrub");
+        assert!(
+            found.iter().any(|(tid, f, _)| *tid == t.id && *f == 0),
+            "{hash:?}: {found:?}"
+        );
+    }
 }
 
 fn rusqlite_open(dir: &std::path::Path) -> rusqlite::Connection {

@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use rogatory_custody::merkle::{Frontier, leaf_hash};
+use rogatory_custody::merkle::Frontier;
 use rogatory_custody::{
     FileEntry, Inventory, Legal, Manifest, NoteSigner, PieceLayout, Sha256Digest, Timestamp,
     TransferOffer,
@@ -350,7 +350,7 @@ impl Streamer {
         let start = out.len();
         if piece == 0 {
             self.head(file, out)?;
-            return Ok(leaf_hash(&out[start..]));
+            return Ok(self.offer.piece_hash().leaf(&out[start..]));
         }
         self.key(file)?;
         self.open(file)?;
@@ -401,7 +401,7 @@ impl Streamer {
                 ));
             }
         }
-        Ok(leaf_hash(&out[start..]))
+        Ok(self.offer.piece_hash().leaf(&out[start..]))
     }
 
     /// Brings a file's digests from its saved resume point up to `target` pieces by
@@ -616,7 +616,7 @@ impl PieceSource for Streamer {
                 })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let inventory = Inventory::new(
+        let mut inventory = Inventory::new(
             transfer,
             self.offer.sender.clone(),
             self.offer.recipients.clone(),
@@ -625,6 +625,8 @@ impl PieceSource for Streamer {
             entries,
         )
         .map_err(|e| state_err(format!("manifest: {e}")))?;
+        // A transfer keeps the piece hash it was offered with (`custody.md` §5.2).
+        inventory.piece_hash = self.offer.piece_hash();
         // A seal made by an earlier run is sent again, never re-signed, if it seals exactly
         // this data (its contents were salted and encrypted once, `custody.md` §5.4).
         if let Some(d) = self.state.sealed()

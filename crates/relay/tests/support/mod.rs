@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use rogatory_custody::{
     AgencyId, AgencyIdentity, FileEntry, Inventory, Legal, LegalText, Manifest, OnwardTransfer,
-    PieceLayout, PieceTable, Sha256Digest, Timestamp, TransferId, TrustStore, piece_layout,
+    PieceHash, PieceLayout, PieceTable, Sha256Digest, Timestamp, TransferId, TrustStore,
+    piece_layout,
 };
 use rogatory_envelope::Encryptor;
 use rogatory_relay::serve::serve_session;
@@ -133,6 +134,25 @@ pub fn transfer(
     legal: Legal,
     created: Timestamp,
 ) -> Transfer {
+    transfer_hashed(
+        sender,
+        recipients,
+        files,
+        legal,
+        created,
+        PieceHash::CURRENT,
+    )
+}
+
+/// [`transfer`] with the pieces hashed as `hash` says (`custody.md` §5.2).
+pub fn transfer_hashed(
+    sender: &Agency,
+    recipients: &[&Agency],
+    files: &[(&str, Vec<u8>)],
+    legal: Legal,
+    created: Timestamp,
+    hash: PieceHash,
+) -> Transfer {
     let id = TransferId::generate();
     let rcpts: Vec<_> = recipients
         .iter()
@@ -147,7 +167,7 @@ pub fn transfer(
         w.write_all(pt).expect("write");
         w.finish().expect("finish");
         let layout = piece_layout(pt.len() as u64, ct.len() as u64).expect("layout");
-        let table = PieceTable::of_ciphertext(&layout, &ct).expect("table");
+        let table = PieceTable::of_ciphertext(&layout, hash, &ct).expect("table");
         entries.push(FileEntry {
             path: path.parse().expect("path"),
             size: pt.len() as u64,
@@ -155,19 +175,13 @@ pub fn transfer(
             ciphertext_size: ct.len() as u64,
             piece_root: table.root(),
         });
-        let leaves: Vec<[u8; 32]> = (0..layout.count())
-            .map(|i| {
-                let r = layout.range(i).expect("range");
-                rogatory_custody::merkle::leaf_hash(&ct[r.start as usize..r.end as usize])
-            })
-            .collect();
         layouts.push(layout);
-        tables.push(leaves);
+        tables.push(table.leaves().to_vec());
         cts.push(ct);
         pts.push(pt.clone());
     }
     let recipients: Vec<AgencyId> = recipients.iter().map(|r| r.identity.id().clone()).collect();
-    let inventory = Inventory::new(
+    let mut inventory = Inventory::new(
         id,
         sender.identity.id().clone(),
         recipients,
@@ -176,6 +190,7 @@ pub fn transfer(
         entries,
     )
     .expect("inventory");
+    inventory.piece_hash = hash;
     let contents = inventory.contents();
     let contents_ct = {
         let mut all = rcpts.clone();
