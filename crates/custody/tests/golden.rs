@@ -124,6 +124,28 @@ fn golden_vectors() {
         String::from_utf8_lossy(&old_offer.to_json())
             .starts_with(r#"{"format":"rogatory-offer/v2","#)
     );
+    // The same inventory as version 2: a v2 manifest and offer, which a v3 offer does not
+    // equal, and whose contents join back to the v2 inventory (a sender resuming a v2 state).
+    let mut inv2 = w.inventory.clone();
+    inv2.piece_hash = PieceHash::Sha256;
+    let m2 = inv2
+        .manifest(
+            w.manifest.legal.clone(),
+            &w.contents,
+            &w.contents_ciphertext,
+        )
+        .expect("v2 manifest");
+    assert_eq!(m2.piece_hash(), PieceHash::Sha256);
+    assert_ne!(
+        m2.offer(),
+        w.manifest.offer(),
+        "the version is part of the offer"
+    );
+    assert_eq!(Manifest::parse(&m2.to_json()).expect("parses"), m2);
+    assert_eq!(
+        m2.open_contents(&w.contents.to_json()).expect("joins"),
+        inv2
+    );
     let mut v4 = v2.clone();
     v4.splice(11..31, b"rogatory-manifest/v4".iter().copied());
     assert!(

@@ -208,9 +208,11 @@ async fn flipped_bytes_hidden_by_an_edited_frontier_are_found_and_repaired() {
         let mut f = rogatory_custody::merkle::Frontier::new();
         for p in 0..layout.count() {
             let r = layout.range(p).expect("range");
-            f.push(rogatory_custody::merkle::leaf_hash(
-                &ct[r.start as usize..r.end as usize],
-            ));
+            f.push(
+                t.manifest
+                    .piece_hash()
+                    .leaf(&ct[r.start as usize..r.end as usize]),
+            );
         }
         db(dir)
             .execute(

@@ -617,37 +617,83 @@ async fn scrub_finds_at_rest_corruption_exactly() {
 }
 
 /// test-plan.md 120: a transfer offered as version 2 (SHA-256 piece leaves, begun before
-/// BLAKE3) is received, receipted and scrubbed with the leaves its offer names, as a version 3
-/// one is with BLAKE3 (`custody.md` §5.2): the relay never checks one transfer's pieces with the
-/// other's hash.
+/// BLAKE3) is received, resumed after a restart of the relay, receipted, scrubbed and repaired
+/// with the leaves its offer names, as a version 3 one is with BLAKE3 (`custody.md` §5.2): the
+/// relay never checks one transfer's pieces with the other's hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_transfer_is_verified_with_its_own_piece_hash() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let r = relay_in(&w, dir.path(), Policy::default());
-    let sa = connect(&w, &w.a, r.addr).await;
     for hash in [PieceHash::Sha256, PieceHash::Blake3] {
-        let t = transfer_hashed(&w.a, &[&w.b], &exhibits(4), legal(), now(), hash);
+        let big: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13) as u8).collect();
+        let files = [("big.bin", big), ("small", vec![3; 10])];
+        let t = transfer_hashed(&w.a, &[&w.b], &files, legal(), now(), hash);
         assert_eq!(t.manifest.piece_hash(), hash);
-        let out = send(&sa, &t, None).await.expect("upload");
+        // Cut once part of it is durable; a new relay on the same store resumes it from the
+        // frontiers it committed.
+        let r = relay_in(&w, dir.path(), Policy::default());
+        let sa = connect(&w, &w.a, r.addr).await;
+        let conn = sa.conn.clone();
+        let mut src = Source {
+            t: t.clone(),
+            tamper: None,
+        };
+        let cut = rogatory_transport::net::upload(
+            &sa,
+            &t.offer(),
+            t.layouts.clone(),
+            rogatory_transport::upload::UploadConfig {
+                window: 2 << 20,
+                ..Default::default()
+            },
+            &mut src,
+            |e| {
+                if let UploadEvent::Progress { durable, .. } = e
+                    && *durable > 2 << 20
+                {
+                    conn.close(0u32.into(), b"cut");
+                }
+            },
+        )
+        .await;
+        assert!(cut.is_err(), "{hash:?}");
+        drop(sa);
+        drop(r);
+        let r = relay_in(&w, dir.path(), Policy::default());
+        let row = r.relay.transfer(&t.id).expect("db").expect("row");
+        assert!(
+            r.relay.durable(row.row).expect("durable")[0] > 0,
+            "{hash:?}"
+        );
+        let sa = connect(&w, &w.a, r.addr).await;
+        let out = send(&sa, &t, None).await.expect("resumed");
+        assert!(out.stats.bytes_skipped > 0, "{hash:?}");
         ReceiptBundle::parse(&out.receipt.text)
             .expect("bundle")
             .verify(&w.b.identity.signer().verifier())
             .expect("receipt");
+        let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+        assert_eq!(std::fs::read(&pack).expect("pack"), t.ciphertexts.concat());
         let clean = r.relay.scrub().expect("scrub");
         assert!(
             clean.iter().all(|(tid, ..)| *tid != t.id),
             "{hash:?}: {clean:?}"
         );
-        let row = r.relay.transfer(&t.id).expect("db").expect("row");
-        let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+        // A flipped byte is found, and the sender's re-send repairs it.
         let mut b = std::fs::read(&pack).expect("pack");
-        b[t.ciphertexts[0].len() - 1] ^= 1;
+        b[100_000] ^= 1;
         std::fs::write(&pack, &b).expect("write");
         let found = r.relay.scrub().expect("scrub");
         assert!(
             found.iter().any(|(tid, f, _)| *tid == t.id && *f == 0),
             "{hash:?}: {found:?}"
+        );
+        send(&sa, &t, None).await.expect("repaired");
+        assert_eq!(std::fs::read(&pack).expect("pack"), t.ciphertexts.concat());
+        let clean = r.relay.scrub().expect("scrub");
+        assert!(
+            clean.iter().all(|(tid, ..)| *tid != t.id),
+            "{hash:?}: {clean:?}"
         );
     }
 }

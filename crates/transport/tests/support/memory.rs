@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rogatory_custody::merkle::leaf_hash;
+use rogatory_custody::PieceHash;
 use rogatory_custody::{PieceLayout, TransferId, piece_layout};
 use rogatory_transport::frame::{Offer, Seal};
 use rogatory_transport::net::{IntakeHandler, PieceSource};
@@ -42,7 +42,7 @@ impl Files {
             let t = (0..layout.count())
                 .map(|i| {
                     let r = layout.range(i).expect("range");
-                    leaf_hash(&d[r.start as usize..r.end as usize])
+                    PieceHash::CURRENT.leaf(&d[r.start as usize..r.end as usize])
                 })
                 .collect();
             f.layouts.push(layout);
@@ -171,7 +171,7 @@ impl IntakeHandler for Memory {
         if s.received[f] != piece {
             return Err(err(ErrorCode::INTERNAL, "store out of order"));
         }
-        s.leaves[f].push(leaf_hash(bytes));
+        s.leaves[f].push(PieceHash::CURRENT.leaf(bytes));
         s.bytes[f].extend_from_slice(bytes);
         s.received[f] += 1;
         Ok(())
