@@ -721,6 +721,40 @@ fn a_source_changed_between_runs_is_refused_and_never_mixed() {
     let _ = relay.wait();
 }
 
+/// test-plan.md 121: a large source (read with direct I/O, a block ahead: `protocol.md` §6.1)
+/// rewritten in place while the send reads it, its size kept, is refused with exit 8, "modified
+/// while it was read", naming the file; nothing is receipted.
+#[test]
+fn a_source_modified_while_it_is_read_is_refused() {
+    let mut env = setup();
+    make_folder(&env, "case-8", 128, 5);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("case-8");
+    env.wait_durable(&mut s, 1 << 20);
+    let path = env.path().join("case-8/evidence.bin");
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 4096).expect("read");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x5a], 4096).expect("rewrite");
+    drop(f);
+    let status = s.child.wait().expect("send ends");
+    let mut err = String::new();
+    std::io::Read::read_to_string(s.child.stderr.as_mut().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(8), "{err}");
+    assert!(
+        err.contains("evidence.bin") && err.contains("modified while it was read"),
+        "{err}"
+    );
+    assert_eq!(env.custody_receipts(), 0, "nothing receipted");
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
 #[test]
 fn relay_and_sender_kills_lose_nothing() {
     crash_run(24, 4, 3, 7);

@@ -17,6 +17,7 @@
 //! re-sends exactly what the relay's ACCEPT says it lacks, then the same seal, and gets the
 //! original custody receipt back.
 
+mod direct;
 mod legal;
 mod sources;
 mod state;

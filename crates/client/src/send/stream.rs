@@ -22,6 +22,7 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
+use super::direct::{DIRECT_MIN, DirectSource, Unsupported};
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
 
@@ -96,6 +97,8 @@ struct FileState {
     head_at: u64,
     key: Option<PayloadKey>,
     fd: Option<File>,
+    /// Read with direct I/O (a large file, until its file system refuses it).
+    direct: bool,
     phase: Phase,
 }
 
@@ -145,6 +148,8 @@ pub(crate) struct Streamer {
     last_save: Instant,
     /// `read_ahead` has considered every file before this one.
     advised: usize,
+    /// The large file being read directly, and its last block.
+    direct: Option<DirectSource>,
 }
 
 /// Files opened ahead of the one being read (`Streamer::read_ahead`).
@@ -201,6 +206,7 @@ impl Streamer {
                     head_at,
                     key: None,
                     fd: None,
+                    direct: layout.size >= DIRECT_MIN,
                     phase: Phase::Pending,
                 };
                 head_at += layout.head_len;
@@ -226,6 +232,7 @@ impl Streamer {
             progress_dirty: false,
             last_save: Instant::now(),
             advised: 0,
+            direct: None,
         })
     }
 
@@ -322,6 +329,40 @@ impl Streamer {
         Ok(fd)
     }
 
+    /// Reads `dst.len()` bytes at `off` of `file`, which is open: a large file directly
+    /// ([`DirectSource`]) where its file system allows, any other through the page cache.
+    /// Returns how many bytes the file had there.
+    fn read_source(&mut self, file: usize, off: u64, dst: &mut [u8]) -> io::Result<usize> {
+        if self.files[file].direct && self.direct.as_ref().is_none_or(|d| d.file != file) {
+            self.direct = None;
+            // The descriptor read from must be the file fingerprinted; otherwise (or if it
+            // cannot be opened again) the one already open and checked is read instead.
+            match DirectSource::open(file, &self.sources[file].path, self.files[file].layout.size) {
+                Ok(Some(d))
+                    if d.fd().metadata().is_ok_and(|m| {
+                        super::sources::Fingerprint::of(&m) == self.sources[file].fp
+                    }) =>
+                {
+                    self.direct = Some(d)
+                }
+                _ => self.files[file].direct = false,
+            }
+        }
+        if let Some(d) = self.direct.as_mut().filter(|d| d.file == file) {
+            match d.read(off, dst) {
+                Ok(r) => return r,
+                Err(Unsupported) => {
+                    self.direct = None;
+                    self.files[file].direct = false;
+                }
+            }
+        }
+        let Some(fd) = &self.files[file].fd else {
+            return Err(state_err("file not open"));
+        };
+        read_full_at(fd, dst, off)
+    }
+
     /// Opens up to [`READ_AHEAD_FILES`] files after `file` and asks the kernel to start reading
     /// their first [`READ_AHEAD_BYTES`] (`POSIX_FADV_WILLNEED`), so that thousands of small files
     /// are read from a cold cache many at a time instead of one random read after another. A
@@ -361,10 +402,11 @@ impl Streamer {
         let len = (size - off).min(CHUNK_SIZE as u64) as usize;
         let last = piece + 1 == f.layout.count();
         out.resize(start + len + 16, 0);
+        let n = self.read_source(file, off, &mut out[start..start + len])?;
+        let f = &self.files[file];
         let Some(fd) = &f.fd else {
             return Err(state_err("file not open"));
         };
-        let n = read_full_at(fd, &mut out[start..start + len], off)?;
         if n != len {
             return Err(changed_err(
                 &self.sources[file],
@@ -392,6 +434,9 @@ impl Streamer {
             // Read to its end, and still the file it was when opened (perhaps 32 files earlier,
             // `read_ahead`). Then closed: thousands of small files must not stay open until the
             // relay has them durably; a resend after a rewind opens and checks it again.
+            if self.direct.as_ref().is_some_and(|d| d.file == file) {
+                self.direct = None;
+            }
             if let Some(fd) = self.files[file].fd.take()
                 && super::sources::Fingerprint::of(&fd.metadata()?) != self.sources[file].fp
             {

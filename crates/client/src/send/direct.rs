@@ -1,0 +1,293 @@
+//! Direct reads of a large source (`protocol.md` §6.1, "Reading the sources").
+//!
+//! A file of at least [`DIRECT_MIN`] bytes is read with `O_DIRECT`, one aligned block of
+//! [`BLOCK`] bytes at a time, and its chunks are served from that block. The data goes from the
+//! device to this buffer without passing through the page cache: sending a disk image of many
+//! GiB neither evicts the machine's cache nor spends a kernel copy per byte. It also avoids a
+//! cost of virtual machines whose balloon driver reports free memory to the host: there the
+//! first touch of every new page-cache page faults in the host, about 0.8 s of system time per
+//! GiB read on the development machine (`docs/performance.md`).
+//!
+//! Where the file system refuses `O_DIRECT` (or on other systems) the caller reads through the
+//! page cache as before. Nothing here decides whether the source changed: the caller checks the
+//! fingerprint of the descriptor opened here, and the length of what each block returns.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+/// Bytes per direct read: 16 STREAM chunks.
+pub(crate) const BLOCK: usize = 1 << 20;
+/// Files at least this large are read directly; smaller ones are read through the page cache
+/// (with the kernel's read-ahead hints for many small files).
+pub(crate) const DIRECT_MIN: u64 = 4 << 20;
+/// Alignment of the buffer, offsets and lengths of a direct read: a page, at least the logical
+/// block size of every common device.
+const ALIGN: usize = 4096;
+
+/// One aligned buffer of [`BLOCK`] bytes and what it holds.
+#[derive(Debug)]
+struct Block {
+    /// `BLOCK + ALIGN` bytes; the block starts at `at`, the first aligned address.
+    buf: Vec<u8>,
+    at: usize,
+    /// File offset and valid length of the bytes held (`None`: nothing).
+    held: Option<(u64, usize)>,
+}
+
+impl Block {
+    fn new() -> Option<Self> {
+        let buf = vec![0u8; BLOCK + ALIGN];
+        let at = buf.as_ptr().align_offset(ALIGN);
+        (at <= ALIGN).then_some(Block {
+            buf,
+            at,
+            held: None,
+        })
+    }
+
+    /// Reads the block at `off` (aligned) of a file of `size` bytes: up to the block's end, or
+    /// the file's end rounded up to the alignment. Returns the bytes read.
+    fn fill(&mut self, fd: &File, off: u64, size: u64) -> io::Result<usize> {
+        self.held = None;
+        let want = size.saturating_sub(off).min(BLOCK as u64) as usize;
+        let ask = want.next_multiple_of(ALIGN).min(BLOCK);
+        let block = &mut self.buf[self.at..self.at + ask];
+        let mut n = 0;
+        while n < ask {
+            match fd.read_at(&mut block[n..], off + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            // A short read that ends off the alignment cannot be continued directly: the end.
+            if n % ALIGN != 0 {
+                break;
+            }
+        }
+        self.held = Some((off, n));
+        Ok(n)
+    }
+}
+
+/// A read of the block at an offset, made ahead on the reader thread.
+type Request = (u64, Block);
+/// Its answer: the buffer and how the read went.
+type Answer = (Block, io::Result<usize>);
+
+/// One source opened for direct reads: the block being served, and the next one read ahead on
+/// a thread of its own, so the producer never waits for the device while it has data.
+#[derive(Debug)]
+pub(crate) struct DirectSource {
+    /// The file's index in the transfer.
+    pub(crate) file: usize,
+    fd: Arc<File>,
+    size: u64,
+    current: Block,
+    /// The other buffer, when it is not on the reader thread.
+    spare: Option<Block>,
+    /// The block being read ahead.
+    pending: Option<u64>,
+    ask: Sender<Request>,
+    answers: Receiver<Answer>,
+}
+
+/// Why a direct read is not possible: read through the page cache instead.
+#[derive(Debug)]
+pub(crate) struct Unsupported;
+
+impl DirectSource {
+    /// Opens `path` (of `size` bytes) for direct reads. `Ok(None)` where the file system or the
+    /// system does not support it; an error is one opening the file would have had anyway.
+    pub(crate) fn open(file: usize, path: &Path, size: u64) -> io::Result<Option<Self>> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let r = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(path);
+            let fd = match r {
+                Ok(fd) => Arc::new(fd),
+                Err(e) if is_unsupported(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let (Some(current), Some(spare)) = (Block::new(), Block::new()) else {
+                return Ok(None);
+            };
+            let (ask, requests) = channel::<Request>();
+            let (answer, answers) = channel::<Answer>();
+            let reader_fd = Arc::clone(&fd);
+            let spawned = std::thread::Builder::new()
+                .name("rogatory-read".into())
+                .spawn(move || {
+                    // Ends when the source is dropped (its sender with it).
+                    while let Ok((off, mut b)) = requests.recv() {
+                        let r = b.fill(&reader_fd, off, size);
+                        if answer.send((b, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                return Ok(None);
+            }
+            Ok(Some(DirectSource {
+                file,
+                fd,
+                size,
+                current,
+                spare: Some(spare),
+                pending: None,
+                ask,
+                answers,
+            }))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (file, path, size);
+            Ok(None)
+        }
+    }
+
+    /// The descriptor (for its fingerprint).
+    pub(crate) fn fd(&self) -> &File {
+        &self.fd
+    }
+
+    /// Copies the `dst.len()` bytes at `off` into `dst`, from the block held, the one read
+    /// ahead, or else one read now; then reads the following block ahead. `off` is a multiple
+    /// of 64 KiB and the range lies within one block (chunks never straddle one). Returns how
+    /// many bytes the file had there: fewer than asked if it is now shorter.
+    pub(crate) fn read(
+        &mut self,
+        off: u64,
+        dst: &mut [u8],
+    ) -> Result<io::Result<usize>, Unsupported> {
+        let block_off = off - off % BLOCK as u64;
+        if self.current.held.is_none_or(|(o, _)| o != block_off) {
+            let mut got = None;
+            if let Some(p) = self.pending.take() {
+                let Ok((b, r)) = self.answers.recv() else {
+                    return Err(Unsupported);
+                };
+                if p == block_off {
+                    got = Some((b, r));
+                } else {
+                    // A rewind or a resume elsewhere: this block is not the one wanted.
+                    self.spare = Some(b);
+                }
+            }
+            let (b, r) = match got {
+                Some(x) => x,
+                None => {
+                    let Some(mut b) = self.spare.take() else {
+                        return Err(Unsupported);
+                    };
+                    let r = b.fill(&self.fd, block_off, self.size);
+                    (b, r)
+                }
+            };
+            let old = std::mem::replace(&mut self.current, b);
+            self.spare = Some(old);
+            match r {
+                Err(e) if is_unsupported(&e) => return Err(Unsupported),
+                Err(e) => return Ok(Err(e)),
+                Ok(_) => {}
+            }
+            let next = block_off + BLOCK as u64;
+            if next < self.size
+                && let Some(b) = self.spare.take()
+            {
+                match self.ask.send((next, b)) {
+                    Ok(()) => self.pending = Some(next),
+                    Err(e) => self.spare = Some(e.0.1),
+                }
+            }
+        }
+        let Some((_, len)) = self.current.held else {
+            return Err(Unsupported);
+        };
+        let from = (off - block_off) as usize;
+        let have = len.saturating_sub(from).min(dst.len());
+        let at = self.current.at + from;
+        dst[..have].copy_from_slice(&self.current.buf[at..at + have]);
+        Ok(Ok(have))
+    }
+}
+
+/// A direct read refused for its alignment or by the file system.
+fn is_unsupported(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::INVAL)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = e;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// test-plan.md 121: every chunk of a file read through a direct source equals the file's
+    /// bytes, in any order (a resume or a rewind reads an earlier block again), and a file cut
+    /// shorter after opening returns fewer bytes, never stale ones.
+    #[test]
+    fn chunks_read_directly_are_the_files_bytes() {
+        const CHUNK: usize = 64 * 1024;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("big.bin");
+        let size = 3 * BLOCK + 5 * CHUNK + 1234;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let Some(mut d) = DirectSource::open(0, &path, size as u64).expect("open") else {
+            // This file system has no direct I/O: the page cache path is the one tested.
+            return;
+        };
+        let chunks = size.div_ceil(CHUNK);
+        let order: Vec<usize> = (0..chunks).chain([3, 0, chunks - 1, 17, 16]).collect();
+        let mut dst = vec![0u8; CHUNK];
+        for c in order {
+            let off = c * CHUNK;
+            let len = (size - off).min(CHUNK);
+            let n = d
+                .read(off as u64, &mut dst[..len])
+                .expect("supported")
+                .expect("read");
+            assert_eq!(n, len, "chunk {c}");
+            assert_eq!(&dst[..len], &data[off..off + len], "chunk {c}");
+        }
+        // Back to block 0 (block 1 is read ahead), then cut to 2.5 blocks: block 2, read now,
+        // is shorter. (A block read ahead before a change may hold the bytes from before it,
+        // as a chunk read then would: the fingerprint checked after the last chunk finds it.)
+        let n = d.read(0, &mut dst).expect("supported").expect("read");
+        assert_eq!(&dst[..n], &data[..CHUNK]);
+        let cut = 2 * BLOCK + BLOCK / 2;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(cut as u64).expect("truncate");
+        let off = 2 * BLOCK + 12 * CHUNK;
+        let n = d
+            .read(off as u64, &mut dst)
+            .expect("supported")
+            .expect("read");
+        assert_eq!(n, 0, "nothing past the cut");
+        let off = 2 * BLOCK + 7 * CHUNK;
+        let n = d
+            .read(off as u64, &mut dst)
+            .expect("supported")
+            .expect("read");
+        assert_eq!(n, cut - off);
+        assert_eq!(&dst[..n], &data[off..cut]);
+    }
+}
