@@ -722,15 +722,35 @@ fn a_source_changed_between_runs_is_refused_and_never_mixed() {
 }
 
 /// test-plan.md 121: a large source (read with direct I/O, a block ahead: `protocol.md` §6.1)
-/// rewritten in place while the send reads it, its size kept, is refused with exit 8, "modified
-/// while it was read", naming the file; nothing is receipted.
+/// rewritten in place while it is sent, its size kept, in a part the sender has not read yet, is
+/// refused with exit 8, "modified while it was read", naming the file; nothing is receipted.
+/// The relay is stopped (SIGSTOP) while the byte is changed, so the sender, held by its window
+/// of unacknowledged bytes, cannot have read that far.
 #[test]
 fn a_source_modified_while_it_is_read_is_refused() {
+    const MIB: u64 = 1 << 20;
     let mut env = setup();
-    make_folder(&env, "case-8", 128, 5);
+    make_folder(&env, "case-8", 192, 5);
     let mut relay = env.relay(None);
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &relay.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    };
     let mut s = env.send_started("case-8");
-    env.wait_durable(&mut s, 1 << 20);
+    env.wait_durable(&mut s, MIB);
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    // The upload window (64 MiB unacknowledged) and one block read ahead bound what the sender
+    // has read: the changed byte is past that.
+    let at = 192 * MIB - 100 * 1024;
+    let durable = env.durable();
+    assert!(
+        durable + 66 * MIB < at,
+        "durable {durable}: too far to test"
+    );
     let path = env.path().join("case-8/evidence.bin");
     let f = std::fs::File::options()
         .read(true)
@@ -738,9 +758,10 @@ fn a_source_modified_while_it_is_read_is_refused() {
         .open(&path)
         .expect("open");
     let mut b = [0u8; 1];
-    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 4096).expect("read");
-    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x5a], 4096).expect("rewrite");
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).expect("read");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x5a], at).expect("rewrite");
     drop(f);
+    signal("-CONT");
     let status = s.child.wait().expect("send ends");
     let mut err = String::new();
     std::io::Read::read_to_string(s.child.stderr.as_mut().expect("stderr"), &mut err)

@@ -83,8 +83,6 @@ type Answer = (Block, io::Result<usize>);
 /// a thread of its own, so the producer never waits for the device while it has data.
 #[derive(Debug)]
 pub(crate) struct DirectSource {
-    /// The file's index in the transfer.
-    pub(crate) file: usize,
     fd: Arc<File>,
     size: u64,
     current: Block,
@@ -103,7 +101,7 @@ pub(crate) struct Unsupported;
 impl DirectSource {
     /// Opens `path` (of `size` bytes) for direct reads. `Ok(None)` where the file system or the
     /// system does not support it; an error is one opening the file would have had anyway.
-    pub(crate) fn open(file: usize, path: &Path, size: u64) -> io::Result<Option<Self>> {
+    pub(crate) fn open(path: &Path, size: u64) -> io::Result<Option<Self>> {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -137,7 +135,6 @@ impl DirectSource {
                 return Ok(None);
             }
             Ok(Some(DirectSource {
-                file,
                 fd,
                 size,
                 current,
@@ -149,7 +146,7 @@ impl DirectSource {
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (file, path, size);
+            let _ = (path, size);
             Ok(None)
         }
     }
@@ -175,10 +172,11 @@ impl DirectSource {
                 let Ok((b, r)) = self.answers.recv() else {
                     return Err(Unsupported);
                 };
-                if p == block_off {
+                if p == block_off && r.is_ok() {
                     got = Some((b, r));
                 } else {
-                    // A rewind or a resume elsewhere: this block is not the one wanted.
+                    // A rewind or a resume elsewhere, or a read ahead that failed: read the
+                    // block wanted now (an error that persists is reported then).
                     self.spare = Some(b);
                 }
             }
@@ -248,7 +246,7 @@ mod tests {
         let size = 3 * BLOCK + 5 * CHUNK + 1234;
         let data: Vec<u8> = (0..size as u32).map(|i| (i * 31 + i / 7) as u8).collect();
         std::fs::write(&path, &data).expect("write");
-        let Some(mut d) = DirectSource::open(0, &path, size as u64).expect("open") else {
+        let Some(mut d) = DirectSource::open(&path, size as u64).expect("open") else {
             // This file system has no direct I/O: the page cache path is the one tested.
             return;
         };

@@ -97,8 +97,8 @@ struct FileState {
     head_at: u64,
     key: Option<PayloadKey>,
     fd: Option<File>,
-    /// Read with direct I/O (a large file, until its file system refuses it).
-    direct: bool,
+    /// How its data is read (a large file directly, until that is refused).
+    direct: Direct,
     phase: Phase,
 }
 
@@ -148,8 +148,26 @@ pub(crate) struct Streamer {
     last_save: Instant,
     /// `read_ahead` has considered every file before this one.
     advised: usize,
-    /// The large file being read directly, and its last block.
-    direct: Option<DirectSource>,
+}
+
+/// Whether a file is read with direct I/O ([`DirectSource`], `protocol.md` §6.1).
+#[derive(Debug)]
+enum Direct {
+    /// A large file not being read now: opened directly when its next chunk is read.
+    Closed,
+    /// Open, with its blocks (several files are sent at once, each has its own).
+    Open(Box<DirectSource>),
+    /// Read through the page cache: a small file, or direct I/O was refused.
+    Off,
+}
+
+impl Direct {
+    /// Releases the descriptor, thread and buffers of a file read directly.
+    fn close(&mut self) {
+        if matches!(self, Direct::Open(_)) {
+            *self = Direct::Closed;
+        }
+    }
 }
 
 /// Files opened ahead of the one being read (`Streamer::read_ahead`).
@@ -206,7 +224,11 @@ impl Streamer {
                     head_at,
                     key: None,
                     fd: None,
-                    direct: layout.size >= DIRECT_MIN,
+                    direct: if layout.size >= DIRECT_MIN {
+                        Direct::Closed
+                    } else {
+                        Direct::Off
+                    },
                     phase: Phase::Pending,
                 };
                 head_at += layout.head_len;
@@ -232,7 +254,6 @@ impl Streamer {
             progress_dirty: false,
             last_save: Instant::now(),
             advised: 0,
-            direct: None,
         })
     }
 
@@ -333,31 +354,33 @@ impl Streamer {
     /// ([`DirectSource`]) where its file system allows, any other through the page cache.
     /// Returns how many bytes the file had there.
     fn read_source(&mut self, file: usize, off: u64, dst: &mut [u8]) -> io::Result<usize> {
-        if self.files[file].direct && self.direct.as_ref().is_none_or(|d| d.file != file) {
-            self.direct = None;
+        let f = &mut self.files[file];
+        if matches!(f.direct, Direct::Closed) {
             // The descriptor read from must be the file fingerprinted; otherwise (or if it
             // cannot be opened again) the one already open and checked is read instead.
-            match DirectSource::open(file, &self.sources[file].path, self.files[file].layout.size) {
+            let fp = &self.sources[file].fp;
+            f.direct = match DirectSource::open(&self.sources[file].path, f.layout.size) {
                 Ok(Some(d))
-                    if d.fd().metadata().is_ok_and(|m| {
-                        super::sources::Fingerprint::of(&m) == self.sources[file].fp
-                    }) =>
+                    if d.fd()
+                        .metadata()
+                        .is_ok_and(|m| super::sources::Fingerprint::of(&m) == *fp) =>
                 {
-                    self.direct = Some(d)
+                    Direct::Open(Box::new(d))
                 }
-                _ => self.files[file].direct = false,
-            }
+                _ => Direct::Off,
+            };
         }
-        if let Some(d) = self.direct.as_mut().filter(|d| d.file == file) {
+        if let Direct::Open(d) = &mut f.direct {
             match d.read(off, dst) {
-                Ok(r) => return r,
-                Err(Unsupported) => {
-                    self.direct = None;
-                    self.files[file].direct = false;
-                }
+                // Fewer bytes than asked: the page cache decides (a file system may end a
+                // direct read early without the file being shorter).
+                Ok(Ok(n)) if n == dst.len() => return Ok(n),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(Unsupported) => f.direct = Direct::Off,
             }
         }
-        let Some(fd) = &self.files[file].fd else {
+        let Some(fd) = &f.fd else {
             return Err(state_err("file not open"));
         };
         read_full_at(fd, dst, off)
@@ -377,7 +400,10 @@ impl Streamer {
                 && matches!(f.phase, Phase::Pending)
                 && let Ok(fd) = self.open_source(next)
             {
-                will_need(&fd, f.layout.size.min(READ_AHEAD_BYTES));
+                // A file read directly does not go through the page cache.
+                if matches!(self.files[next].direct, Direct::Off) {
+                    will_need(&fd, self.files[next].layout.size.min(READ_AHEAD_BYTES));
+                }
                 self.files[next].fd = Some(fd);
             }
             next += 1;
@@ -434,9 +460,7 @@ impl Streamer {
             // Read to its end, and still the file it was when opened (perhaps 32 files earlier,
             // `read_ahead`). Then closed: thousands of small files must not stay open until the
             // relay has them durably; a resend after a rewind opens and checks it again.
-            if self.direct.as_ref().is_some_and(|d| d.file == file) {
-                self.direct = None;
-            }
+            self.files[file].direct.close();
             if let Some(fd) = self.files[file].fd.take()
                 && super::sources::Fingerprint::of(&fd.metadata()?) != self.sources[file].fp
             {
@@ -535,6 +559,7 @@ impl PieceSource for Streamer {
                 self.files[i].phase = Phase::Done(rec);
                 // Opened ahead while an earlier file caught up: not needed any more.
                 self.files[i].fd = None;
+                self.files[i].direct.close();
                 continue;
             }
             let mut start = (0, fresh_hash(), Frontier::new());
@@ -631,6 +656,7 @@ impl PieceSource for Streamer {
             };
             f.phase = Phase::Done(rec);
             f.fd = None;
+            f.direct.close();
             f.key = None;
             self.finished.push((file, rec));
         }
