@@ -274,6 +274,16 @@ impl Sender {
         (self.acked, self.summary)
     }
 
+    /// Waits for a command that must fail: its exit code and its stderr.
+    fn failure(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status.code(), err)
+    }
+
     fn finish(mut self) -> serde_json::Value {
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
@@ -676,12 +686,8 @@ fn a_source_changed_between_runs_is_refused_and_never_mixed() {
         (before.len(), before.modified().ok())
     );
 
-    let mut again = env.send("case-7");
-    let status = again.child.wait().expect("send ends");
-    let mut err = String::new();
-    std::io::Read::read_to_string(again.child.stderr.as_mut().expect("stderr"), &mut err)
-        .expect("stderr");
-    assert_eq!(status.code(), Some(8), "{err}");
+    let (code, err) = env.send("case-7").failure();
+    assert_eq!(code, Some(8), "{err}");
     assert!(
         err.contains("evidence.bin") && err.contains("changed"),
         "{err}"
@@ -762,11 +768,8 @@ fn a_source_modified_while_it_is_read_is_refused() {
     std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x5a], at).expect("rewrite");
     drop(f);
     signal("-CONT");
-    let status = s.child.wait().expect("send ends");
-    let mut err = String::new();
-    std::io::Read::read_to_string(s.child.stderr.as_mut().expect("stderr"), &mut err)
-        .expect("stderr");
-    assert_eq!(status.code(), Some(8), "{err}");
+    let (code, err) = s.failure();
+    assert_eq!(code, Some(8), "{err}");
     assert!(
         err.contains("evidence.bin") && err.contains("modified while it was read"),
         "{err}"

@@ -356,30 +356,7 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         now(),
     );
     let sa = connect(&w, &w.a, r.addr).await;
-    let conn = sa.conn.clone();
-    let mut src = Source {
-        t: t.clone(),
-        tamper: None,
-    };
-    let res = rogatory_transport::net::upload(
-        &sa,
-        &t.offer(),
-        t.layouts.clone(),
-        rogatory_transport::upload::UploadConfig {
-            window: 4 << 20,
-            ..Default::default()
-        },
-        &mut src,
-        |e| {
-            if let UploadEvent::Progress { durable, .. } = e
-                && *durable > 5 << 20
-            {
-                conn.close(0u32.into(), b"cut");
-            }
-        },
-    )
-    .await;
-    assert!(res.is_err());
+    upload_cut(&sa, &t, 4 << 20, 5 << 20).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     let durable = r.relay.durable(row.row).expect("durable");
@@ -633,30 +610,7 @@ async fn each_transfer_is_verified_with_its_own_piece_hash() {
         // frontiers it committed.
         let r = relay_in(&w, dir.path(), Policy::default());
         let sa = connect(&w, &w.a, r.addr).await;
-        let conn = sa.conn.clone();
-        let mut src = Source {
-            t: t.clone(),
-            tamper: None,
-        };
-        let cut = rogatory_transport::net::upload(
-            &sa,
-            &t.offer(),
-            t.layouts.clone(),
-            rogatory_transport::upload::UploadConfig {
-                window: 2 << 20,
-                ..Default::default()
-            },
-            &mut src,
-            |e| {
-                if let UploadEvent::Progress { durable, .. } = e
-                    && *durable > 2 << 20
-                {
-                    conn.close(0u32.into(), b"cut");
-                }
-            },
-        )
-        .await;
-        assert!(cut.is_err(), "{hash:?}");
+        upload_cut(&sa, &t, 2 << 20, 2 << 20).await;
         drop(sa);
         drop(r);
         let r = relay_in(&w, dir.path(), Policy::default());
@@ -696,6 +650,35 @@ async fn each_transfer_is_verified_with_its_own_piece_hash() {
             "{hash:?}: {clean:?}"
         );
     }
+}
+
+/// Uploads `t` with `window` unacknowledged bytes at most, and closes the connection once more
+/// than `after` bytes are durable: the upload fails, part of it durable at the relay.
+async fn upload_cut(s: &Session, t: &Transfer, window: u64, after: u64) {
+    let conn = s.conn.clone();
+    let mut src = Source {
+        t: t.clone(),
+        tamper: None,
+    };
+    let res = rogatory_transport::net::upload(
+        s,
+        &t.offer(),
+        t.layouts.clone(),
+        rogatory_transport::upload::UploadConfig {
+            window,
+            ..Default::default()
+        },
+        &mut src,
+        |e| {
+            if let UploadEvent::Progress { durable, .. } = e
+                && *durable > after
+            {
+                conn.close(0u32.into(), b"cut");
+            }
+        },
+    )
+    .await;
+    assert!(res.is_err(), "the upload was cut");
 }
 
 fn rusqlite_open(dir: &std::path::Path) -> rusqlite::Connection {
