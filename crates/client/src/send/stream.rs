@@ -162,7 +162,8 @@ enum Direct {
 }
 
 impl Direct {
-    /// Releases the descriptor, thread and buffers of a file read directly.
+    /// Releases the descriptor, thread and buffers of a file read directly (the thread ends,
+    /// and lets go of its descriptor and block, once any read in flight returns).
     fn close(&mut self) {
         if matches!(self, Direct::Open(_)) {
             *self = Direct::Closed;
