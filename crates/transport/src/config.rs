@@ -76,9 +76,9 @@ pub struct Limits {
 }
 
 /// [`Limits::agency`]'s connection receive window, shared by every stream of the connection.
-pub const AGENCY_RECEIVE_WINDOW: u64 = 8 << 20;
+const AGENCY_RECEIVE_WINDOW: u64 = 8 << 20;
 /// [`Limits::agency`]'s send window.
-pub const AGENCY_SEND_WINDOW: u64 = 16 << 20;
+const AGENCY_SEND_WINDOW: u64 = 16 << 20;
 
 impl Default for Limits {
     fn default() -> Self {

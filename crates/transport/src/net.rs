@@ -725,8 +725,8 @@ impl Node {
     /// Closes the endpoint and waits until peers have been told: the closing period of every
     /// connection (three probe timeouts, RFC 9000 §10.2), at most 2 s. For a relay stopping.
     pub async fn shutdown(&self, code: ErrorCode) {
-        self.endpoint.close(code.to_varint(), b"shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.close_within(code, b"shutting down", Duration::from_secs(2))
+            .await;
     }
 
     /// Closes the endpoint once a client is done with it: its CONNECTION_CLOSE frames are given
@@ -735,8 +735,13 @@ impl Node {
     /// connection at its idle timeout. The closing period cost every `send` 80 ms over loopback,
     /// and up to 2 s on a long link.
     pub async fn close(&self, code: ErrorCode) {
-        self.endpoint.close(code.to_varint(), b"done");
-        let _ = tokio::time::timeout(CLOSE_FLUSH, self.endpoint.wait_idle()).await;
+        self.close_within(code, b"done", CLOSE_FLUSH).await;
+    }
+
+    /// Closes every connection of the endpoint and waits up to `wait` for them to be idle.
+    async fn close_within(&self, code: ErrorCode, reason: &[u8], wait: Duration) {
+        self.endpoint.close(code.to_varint(), reason);
+        let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
     }
 }
 

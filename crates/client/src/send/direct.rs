@@ -3,7 +3,8 @@
 //! A file of at least [`DIRECT_MIN`] bytes is read with `O_DIRECT`, one aligned block of
 //! [`BLOCK`] bytes at a time, and its chunks are served from that block. The data goes from the
 //! device to this buffer without passing through the page cache: sending a disk image of many
-//! GiB neither evicts the machine's cache nor spends a kernel copy per byte. It also avoids a
+//! GiB does not evict the machine's cache (each chunk is then copied once, from the block to
+//! the piece being produced, as the kernel would have copied it from its cache). It also avoids a
 //! cost of virtual machines whose balloon driver reports free memory to the host: there the
 //! first touch of every new page-cache page faults in the host, about 0.8 s of system time per
 //! GiB read on the development machine (`docs/performance.md`).
@@ -104,9 +105,17 @@ pub(crate) struct DirectSource {
     answers: Receiver<Answer>,
 }
 
-/// Why a direct read is not possible: read through the page cache instead.
+/// What a direct read gave.
 #[derive(Debug)]
-pub(crate) struct Unsupported;
+pub(crate) enum DirectRead {
+    /// This many bytes of the range asked: fewer if the file is now shorter there.
+    Got(usize),
+    /// The device or the file system failed.
+    Failed(io::Error),
+    /// Not possible here (refused for its alignment or by the file system): read through the
+    /// page cache instead.
+    Unsupported,
+}
 
 impl DirectSource {
     /// Opens `path` (of `size` bytes) for direct reads. `Ok(None)` where the file system or the
@@ -168,19 +177,16 @@ impl DirectSource {
 
     /// Copies the `dst.len()` bytes at `off` into `dst`, from the block held, the one read
     /// ahead, or else one read now; then reads the following block ahead. `off` is a multiple
-    /// of 64 KiB and the range lies within one block (chunks never straddle one). Returns how
-    /// many bytes the file had there: fewer than asked if it is now shorter.
-    pub(crate) fn read(
-        &mut self,
-        off: u64,
-        dst: &mut [u8],
-    ) -> Result<io::Result<usize>, Unsupported> {
+    /// of 64 KiB and the range lies within one block (chunks never straddle one).
+    pub(crate) fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
+            // Exactly one of `spare` and `pending` is set: the second buffer is here, or on the
+            // reader thread.
             let mut got = None;
             if let Some(p) = self.pending.take() {
                 let Ok((b, r)) = self.answers.recv() else {
-                    return Err(Unsupported);
+                    return DirectRead::Unsupported;
                 };
                 if p == block_off && r.is_ok() {
                     got = Some((b, r));
@@ -194,7 +200,7 @@ impl DirectSource {
                 Some(x) => x,
                 None => {
                     let Some(mut b) = self.spare.take() else {
-                        return Err(Unsupported);
+                        return DirectRead::Unsupported;
                     };
                     let r = b.fill(&self.fd, block_off, self.size);
                     (b, r)
@@ -203,8 +209,8 @@ impl DirectSource {
             let old = std::mem::replace(&mut self.current, b);
             self.spare = Some(old);
             match r {
-                Err(e) if is_unsupported(&e) => return Err(Unsupported),
-                Err(e) => return Ok(Err(e)),
+                Err(e) if is_unsupported(&e) => return DirectRead::Unsupported,
+                Err(e) => return DirectRead::Failed(e),
                 Ok(_) => {}
             }
             let next = block_off + BLOCK as u64;
@@ -218,13 +224,13 @@ impl DirectSource {
             }
         }
         let Some((_, len)) = self.current.held else {
-            return Err(Unsupported);
+            return DirectRead::Unsupported;
         };
         let from = (off - block_off) as usize;
         let have = len.saturating_sub(from).min(dst.len());
         let at = self.current.at + from;
         dst[..have].copy_from_slice(&self.current.buf[at..at + have]);
-        Ok(Ok(have))
+        DirectRead::Got(have)
     }
 }
 
@@ -244,6 +250,15 @@ fn is_unsupported(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl DirectRead {
+        fn got(self) -> usize {
+            match self {
+                DirectRead::Got(n) => n,
+                other => panic!("expected bytes, got {other:?}"),
+            }
+        }
+    }
 
     /// test-plan.md 121: every chunk of a file read through a direct source equals the file's
     /// bytes, in any order (a resume or a rewind reads an earlier block again), and a block read
@@ -266,17 +281,14 @@ mod tests {
         for c in order {
             let off = c * CHUNK;
             let len = (size - off).min(CHUNK);
-            let n = d
-                .read(off as u64, &mut dst[..len])
-                .expect("supported")
-                .expect("read");
+            let n = d.read(off as u64, &mut dst[..len]).got();
             assert_eq!(n, len, "chunk {c}");
             assert_eq!(&dst[..len], &data[off..off + len], "chunk {c}");
         }
         // Back to block 0 (block 1 is read ahead), then cut to 2.5 blocks: block 2, read now,
         // is shorter. (A block read ahead before a change may hold the bytes from before it,
         // as a chunk read then would: the fingerprint checked after the last chunk finds it.)
-        let n = d.read(0, &mut dst).expect("supported").expect("read");
+        let n = d.read(0, &mut dst).got();
         assert_eq!(&dst[..n], &data[..CHUNK]);
         let cut = 2 * BLOCK + BLOCK / 2;
         let f = std::fs::OpenOptions::new()
@@ -285,16 +297,10 @@ mod tests {
             .expect("open");
         f.set_len(cut as u64).expect("truncate");
         let off = 2 * BLOCK + 12 * CHUNK;
-        let n = d
-            .read(off as u64, &mut dst)
-            .expect("supported")
-            .expect("read");
+        let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, 0, "nothing past the cut");
         let off = 2 * BLOCK + 7 * CHUNK;
-        let n = d
-            .read(off as u64, &mut dst)
-            .expect("supported")
-            .expect("read");
+        let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, cut - off);
         assert_eq!(&dst[..n], &data[off..cut]);
     }

@@ -200,6 +200,13 @@ fn walk(
     Ok(())
 }
 
+impl Source {
+    /// Whether `fd` is this source as it was when the transfer began (its fingerprint).
+    pub(crate) fn is(&self, fd: &fs::File) -> std::io::Result<bool> {
+        Ok(Fingerprint::of(&fd.metadata()?) == self.fp)
+    }
+}
+
 /// The error for a source that is not what it was when the transfer began.
 pub(crate) fn changed(path: &Path, what: &str) -> Error {
     Error::new(

@@ -22,7 +22,7 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
-use super::direct::{DIRECT_MIN, DirectSource, Unsupported};
+use super::direct::{DIRECT_MIN, DirectRead, DirectSource};
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
 
@@ -161,13 +161,15 @@ enum Direct {
     Off,
 }
 
-impl Direct {
-    /// Releases the descriptor, thread and buffers of a file read directly (the thread ends,
-    /// and lets go of its descriptor and block, once any read in flight returns).
-    fn close(&mut self) {
-        if matches!(self, Direct::Open(_)) {
-            *self = Direct::Closed;
+impl FileState {
+    /// Closes the file's descriptors: the one opened and checked, and a direct one with its
+    /// thread and buffers (the thread ends, and lets go of its descriptor and block, once any
+    /// read in flight returns). Returns the first.
+    fn release(&mut self) -> Option<File> {
+        if matches!(self.direct, Direct::Open(_)) {
+            self.direct = Direct::Closed;
         }
+        self.fd.take()
     }
 }
 
@@ -344,8 +346,7 @@ impl Streamer {
                 _ => changed_err(s, "it cannot be opened"),
             }
         })?;
-        let m = fd.metadata()?;
-        if super::sources::Fingerprint::of(&m) != s.fp {
+        if !s.is(&fd)? {
             return Err(changed_err(s, "its size, times or inode differ"));
         }
         Ok(fd)
@@ -359,26 +360,20 @@ impl Streamer {
         if matches!(f.direct, Direct::Closed) {
             // The descriptor read from must be the file fingerprinted; otherwise (or if it
             // cannot be opened again) the one already open and checked is read instead.
-            let fp = &self.sources[file].fp;
-            f.direct = match DirectSource::open(&self.sources[file].path, f.layout.size) {
-                Ok(Some(d))
-                    if d.fd()
-                        .metadata()
-                        .is_ok_and(|m| super::sources::Fingerprint::of(&m) == *fp) =>
-                {
-                    Direct::Open(Box::new(d))
-                }
+            let s = &self.sources[file];
+            f.direct = match DirectSource::open(&s.path, f.layout.size) {
+                Ok(Some(d)) if s.is(d.fd()).unwrap_or(false) => Direct::Open(Box::new(d)),
                 _ => Direct::Off,
             };
         }
         if let Direct::Open(d) = &mut f.direct {
             match d.read(off, dst) {
+                DirectRead::Got(n) if n == dst.len() => return Ok(n),
                 // Fewer bytes than asked: the page cache decides (a file system may end a
                 // direct read early without the file being shorter).
-                Ok(Ok(n)) if n == dst.len() => return Ok(n),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(Unsupported) => f.direct = Direct::Off,
+                DirectRead::Got(_) => {}
+                DirectRead::Failed(e) => return Err(e),
+                DirectRead::Unsupported => f.direct = Direct::Off,
             }
         }
         let Some(fd) = &f.fd else {
@@ -430,22 +425,11 @@ impl Streamer {
         let last = piece + 1 == f.layout.count();
         out.resize(start + len + 16, 0);
         let n = self.read_source(file, off, &mut out[start..start + len])?;
-        let f = &self.files[file];
-        let Some(fd) = &f.fd else {
-            return Err(state_err("file not open"));
-        };
         if n != len {
             return Err(changed_err(
                 &self.sources[file],
                 "it is shorter than it was",
             ));
-        }
-        if last {
-            // Nothing may follow the last chunk.
-            let mut probe = [0u8; 1];
-            if fd.read_at(&mut probe, size)? != 0 {
-                return Err(changed_err(&self.sources[file], "it grew"));
-            }
         }
         if let Phase::Open(h) = &mut self.files[file].phase
             && h.produced == piece
@@ -458,17 +442,19 @@ impl Streamer {
         key.seal_chunk(chunk, last, &mut out[start..])
             .map_err(|e| state_err(e.to_string()))?;
         if last {
-            // Read to its end, and still the file it was when opened (perhaps 32 files earlier,
-            // `read_ahead`). Then closed: thousands of small files must not stay open until the
-            // relay has them durably; a resend after a rewind opens and checks it again.
-            self.files[file].direct.close();
-            if let Some(fd) = self.files[file].fd.take()
-                && super::sources::Fingerprint::of(&fd.metadata()?) != self.sources[file].fp
-            {
-                return Err(changed_err(
-                    &self.sources[file],
-                    "it was modified while it was read",
-                ));
+            // Read to its end (nothing follows the last chunk), and still the file it was when
+            // opened (perhaps 32 files earlier, `read_ahead`). Then closed: thousands of small
+            // files must not stay open until the relay has them durably; a resend after a
+            // rewind opens and checks it again.
+            if let Some(fd) = self.files[file].release() {
+                let s = &self.sources[file];
+                let now = super::sources::Fingerprint::of(&fd.metadata()?);
+                if now.size > size {
+                    return Err(changed_err(s, "it grew"));
+                }
+                if now != s.fp {
+                    return Err(changed_err(s, "it was modified while it was read"));
+                }
             }
         }
         Ok(self.offer.piece_hash().leaf(&out[start..]))
@@ -551,6 +537,9 @@ impl PieceSource for Streamer {
         }
         let mut done = self.state.load_done();
         let mut partial = self.state.load_partial();
+        // Every file's phase first, then the catching up: a file caught up opens the next ones
+        // ahead of it (`read_ahead`), which must already know which are finished.
+        let mut behind = Vec::new();
         for (i, &d) in durable.iter().enumerate() {
             let count = self.files[i].layout.count();
             // The saved point, if it is exactly where the relay is.
@@ -558,9 +547,6 @@ impl PieceSource for Streamer {
                 && let Some(rec) = done.remove(&(i as u32))
             {
                 self.files[i].phase = Phase::Done(rec);
-                // Opened ahead while an earlier file caught up: not needed any more.
-                self.files[i].fd = None;
-                self.files[i].direct.close();
                 continue;
             }
             let mut start = (0, fresh_hash(), Frontier::new());
@@ -579,8 +565,11 @@ impl PieceSource for Streamer {
                 Phase::Open(Hashing::at(at, plain, frontier))
             };
             if at < d {
-                self.catch_up(i, d)?;
+                behind.push((i, d));
             }
+        }
+        for (i, d) in behind {
+            self.catch_up(i, d)?;
         }
         self.progress_dirty = true;
         self.save_progress(true)
@@ -656,8 +645,7 @@ impl PieceSource for Streamer {
                 root: h.durable_frontier.root(),
             };
             f.phase = Phase::Done(rec);
-            f.fd = None;
-            f.direct.close();
+            f.release();
             f.key = None;
             self.finished.push((file, rec));
         }
