@@ -1135,27 +1135,27 @@ fn crypto_rates() -> Rates {
     use rogatory_envelope::{CHUNK_SIZE, FileKey, PayloadKey, PayloadNonce, TAG_SIZE};
     use sha2::Digest as _;
     const CHUNKS: u64 = 4096; // 256 MiB
+    /// Bytes per second of `CHUNKS` calls of `f`, each over `bytes` bytes.
+    fn rate(bytes: usize, mut f: impl FnMut(u64) -> u8) -> f64 {
+        let start = Instant::now();
+        let mut acc = 0u8;
+        for i in 0..CHUNKS {
+            acc ^= f(i);
+        }
+        std::hint::black_box(acc);
+        (CHUNKS * bytes as u64) as f64 / secs(start.elapsed())
+    }
     let mut buf = vec![0x3cu8; CHUNK_SIZE + TAG_SIZE];
-    let start = Instant::now();
-    let mut acc = 0u8;
-    for _ in 0..CHUNKS {
-        acc ^= sha2::Sha256::digest(&buf[..CHUNK_SIZE])[0];
-    }
-    let sha = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
-    let start = Instant::now();
-    for _ in 0..CHUNKS {
-        acc ^= rogatory_custody::PieceHash::CURRENT.leaf(&buf)[0];
-    }
-    let leaf = (CHUNKS * buf.len() as u64) as f64 / secs(start.elapsed());
+    let sha = rate(CHUNK_SIZE, |_| sha2::Sha256::digest(&buf[..CHUNK_SIZE])[0]);
+    let leaf = rate(buf.len(), |_| {
+        rogatory_custody::PieceHash::CURRENT.leaf(&buf)[0]
+    });
     let key = PayloadKey::derive(&FileKey::from_bytes([7; 16]), &PayloadNonce([9; 16]));
-    let start = Instant::now();
-    for i in 0..CHUNKS {
+    let aead = rate(CHUNK_SIZE, |i| {
         key.seal_chunk(i, false, &mut buf)
             .expect("a full chunk seals");
-        acc ^= buf[CHUNK_SIZE];
-    }
-    let aead = (CHUNKS * CHUNK_SIZE as u64) as f64 / secs(start.elapsed());
-    std::hint::black_box(acc);
+        buf[CHUNK_SIZE]
+    });
     Rates { sha, leaf, aead }
 }
 

@@ -249,8 +249,39 @@ macro_rules! serde_as_text {
 pub(crate) use serde_as_text;
 serde_as_text!(AgencyId, TransferId, Sha256Digest, Timestamp, CalendarDate);
 
-/// A unit type that (de)serialises as one fixed string: a format's `"format"` field.
+/// A format's `"format"` field: a unit type that (de)serialises as one fixed string; or, with
+/// a current and an earlier version, a newtype over the value each version names.
 macro_rules! format_tag {
+    ($name:ident($ty:ty) { $current:literal => $now:path, $earlier:literal => $then:path }) => {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        struct $name($ty);
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(match self.0 {
+                    $now => $current,
+                    $then => $earlier,
+                })
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                match &*s {
+                    $current => Ok($name($now)),
+                    $earlier => Ok($name($then)),
+                    _ => Err(serde::de::Error::custom(concat!(
+                        "format is not ",
+                        $current,
+                        " (nor ",
+                        $earlier,
+                        ")"
+                    ))),
+                }
+            }
+        }
+    };
     ($name:ident, $value:expr) => {
         #[derive(Clone, Copy, PartialEq, Eq, Debug)]
         struct $name;

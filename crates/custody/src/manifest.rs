@@ -335,43 +335,15 @@ impl PieceHash {
     }
 }
 
-/// A format tag that names the [`PieceHash`] of its document (§5.2).
-macro_rules! piece_format_tag {
-    ($name:ident, $v2:expr, $v3:expr) => {
-        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-        struct $name(PieceHash);
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(match self.0 {
-                    PieceHash::Sha256 => $v2,
-                    PieceHash::Blake3 => $v3,
-                })
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                match &*s {
-                    $v3 => Ok($name(PieceHash::Blake3)),
-                    $v2 => Ok($name(PieceHash::Sha256)),
-                    _ => Err(serde::de::Error::custom(concat!(
-                        "format is not ",
-                        $v3,
-                        " (nor ",
-                        $v2,
-                        ")"
-                    ))),
-                }
-            }
-        }
-    };
-}
-
-piece_format_tag!(Format, "rogatory-manifest/v2", "rogatory-manifest/v3");
+crate::ids::format_tag!(Format(PieceHash) {
+    "rogatory-manifest/v3" => PieceHash::Blake3,
+    "rogatory-manifest/v2" => PieceHash::Sha256
+});
 crate::ids::format_tag!(ContentsFormat, "rogatory-contents/v1");
-piece_format_tag!(OfferFormat, "rogatory-offer/v2", "rogatory-offer/v3");
+crate::ids::format_tag!(OfferFormat(PieceHash) {
+    "rogatory-offer/v3" => PieceHash::Blake3,
+    "rogatory-offer/v2" => PieceHash::Sha256
+});
 
 /// The sizes of one file of an offer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -981,7 +953,6 @@ impl PieceLayout {
 /// The leaf hashes of every piece of an age file, and their root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PieceTable {
-    hash: PieceHash,
     leaves: Vec<Hash>,
 }
 
@@ -997,18 +968,7 @@ impl PieceTable {
                 Some(hash.leaf(&ciphertext[r.start as usize..r.end as usize]))
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { hash, leaves })
-    }
-
-    /// A table received from a peer: checked against the expected root and count.
-    pub fn from_leaves(
-        layout: &PieceLayout,
-        hash: PieceHash,
-        leaves: Vec<Hash>,
-        expected_root: &Sha256Digest,
-    ) -> Option<Self> {
-        let t = Self { hash, leaves };
-        (t.leaves.len() as u64 == layout.count() && t.root().ct_eq(expected_root)).then_some(t)
+        Some(Self { leaves })
     }
 
     /// The Merkle root (`piece_root`).
@@ -1019,15 +979,6 @@ impl PieceTable {
     /// The leaf hashes.
     pub fn leaves(&self) -> &[Hash] {
         &self.leaves
-    }
-
-    /// Whether `piece` is piece `i`, compared in constant time.
-    pub fn verify_piece(&self, i: u64, piece: &[u8]) -> bool {
-        use subtle::ConstantTimeEq;
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| self.leaves.get(i))
-            .is_some_and(|want| bool::from(want.ct_eq(&self.hash.leaf(piece))))
     }
 }
 

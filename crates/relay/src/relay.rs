@@ -2266,14 +2266,14 @@ impl<S: Storage> Relay<S> {
             // Faults found now in data the relay vouched for (marked and reported once).
             let mut new = Vec::new();
             let mut base = 0u64;
+            let hash = offer.piece_hash();
             for (i, layout) in offer.layouts().iter().enumerate() {
                 let held = durable.get(i).copied().unwrap_or(0);
                 let count = layout.count();
                 let problem = if !receipted {
                     // Still being received: the durable prefix against its committed frontier
                     // (or the sealed root, once sealed).
-                    match self.read_pieces(&path, base, layout, offer.piece_hash(), held, &mut buf)
-                    {
+                    match self.read_pieces(&path, base, layout, hash, held, &mut buf) {
                         Err(p) => Some(p),
                         Ok(f) => expected
                             .get(i)
@@ -2290,8 +2290,7 @@ impl<S: Storage> Relay<S> {
                         .cloned()
                         .flatten()
                         .and_then(|b| Frontier::from_bytes(&b));
-                    let resent =
-                        self.read_pieces(&path, base, layout, offer.piece_hash(), held, &mut buf);
+                    let resent = self.read_pieces(&path, base, layout, hash, held, &mut buf);
                     let intact = match (&stored, &resent) {
                         (Some(s), Ok(f)) => s.len() == held && s.root() == f.root(),
                         (None, Ok(_)) => held == 0,
@@ -2313,8 +2312,7 @@ impl<S: Storage> Relay<S> {
                     // Receipted: every piece the sealed manifest names, read from the pack and
                     // hashed against the sealed piece root, whatever the index says; then the
                     // index must agree.
-                    match self.read_pieces(&path, base, layout, offer.piece_hash(), count, &mut buf)
-                    {
+                    match self.read_pieces(&path, base, layout, hash, count, &mut buf) {
                         Err(p) => Some(p),
                         Ok(f) => {
                             let stored = frontiers.get(i).cloned().flatten();

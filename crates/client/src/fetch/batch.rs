@@ -186,9 +186,8 @@ fn commit(
         })
         .and_then(|()| durability.sync(&batch));
     if let Err(e) = synced {
-        // Nothing of a batch that did not become durable is kept for a resume: its pages may be
-        // marked clean without being on disk, and a later sync through a new descriptor would
-        // not report that error again.
+        // Nothing of a batch that did not become durable is kept for a resume, for the reason
+        // `PartialFile::finish_writeback` gives.
         for r in &mut batch {
             r.pf.keep = false;
         }

@@ -123,23 +123,26 @@ pub(super) struct PartialFile {
 const WRITEBACK_EVERY: u64 = 64 << 20;
 
 impl PartialFile {
-    /// An earlier run's partial, opened for a resume (kept on failure, not registered).
-    pub(super) fn resumed(path: PathBuf, file: File) -> Self {
+    fn new(path: PathBuf, file: File, keep: bool, registered: bool) -> Self {
         Self {
             path,
             file: Some(file),
-            keep: true,
-            registered: false,
+            keep,
+            registered,
             unsynced: 0,
             flushing: None,
         }
     }
 
+    /// An earlier run's partial, opened for a resume (kept on failure, not registered).
+    pub(super) fn resumed(path: PathBuf, file: File) -> Self {
+        Self::new(path, file, true, false)
+    }
+
     /// `n` more bytes were written. Every [`WRITEBACK_EVERY`] bytes, a thread of its own
     /// `fdatasync`s what is written so far (one at a time), so that the disk writes while the
     /// download goes on and the batch's final sync has only the tail left. Nothing is written
-    /// twice. A writeback that failed fails the file: its error is reported once, to this file
-    /// description, and a later sync through another one might not see it.
+    /// twice. A writeback that failed fails the file ([`PartialFile::finish_writeback`]).
     pub(super) fn wrote(&mut self, n: u64) -> io::Result<()> {
         self.unsynced += n;
         if self.unsynced < WRITEBACK_EVERY
@@ -269,14 +272,7 @@ pub(super) fn create_partial(dir: &Path, name: &str, resumable: bool) -> Result<
         r => r,
     };
     match file {
-        Ok(file) => Ok(PartialFile {
-            path,
-            file: Some(file),
-            keep: false,
-            registered: !resumable,
-            unsynced: 0,
-            flushing: None,
-        }),
+        Ok(file) => Ok(PartialFile::new(path, file, false, !resumable)),
         Err(e) => {
             if !resumable {
                 cleanup::unregister_with(&path, || ());
