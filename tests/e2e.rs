@@ -39,13 +39,13 @@ fn send(
     run(dir, &args)
 }
 
-/// Agencies `A` and `B` trusting each other, and `B-relay`: a home of agency-b without its age
-/// identity, for the relay.
-fn agencies_and_relay_home(d: &Path) {
-    two_full_agencies(d);
+/// `B` fetches everything waiting for it at `relay` into `out/`.
+fn fetch_all_into_out(d: &Path, relay: &str) {
     ok(run(
         d,
-        &["--home", "B", "agency", "export-relay", "B-relay"],
+        &[
+            "--home", "B", "fetch", "--relay", relay, "--all", "-o", "out",
+        ],
     ));
 }
 
@@ -797,12 +797,7 @@ fn every_command_closes_its_connection() {
     let sent = ok(send(d, "A", &addr, &["--legal-basis", "MLAT"], &["f.txt"]));
     let id = transfer_id(&sent);
     ok(run(d, &["--home", "B", "inbox", "--relay", &addr]));
-    ok(run(
-        d,
-        &[
-            "--home", "B", "fetch", "--relay", &addr, "--all", "-o", "out",
-        ],
-    ));
+    fetch_all_into_out(d, &addr);
     ok(run(d, &["--home", "A", "status", "--relay", &addr, &id]));
     // The last close is a datagram over loopback: it has arrived long before this.
     std::thread::sleep(Duration::from_millis(500));
@@ -828,30 +823,23 @@ fn many_small_files_are_sent_with_few_file_descriptors() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
     agencies_and_relay_home(d);
-    let r = relay(d, "B-relay", None);
+    let r = start_relay(d, "B-relay");
     let src = d.join("many");
     std::fs::create_dir(&src).expect("mkdir");
     for i in 0..300u32 {
         std::fs::write(src.join(format!("f{i:03}")), i.to_le_bytes().repeat(250)).expect("file");
     }
-    let script = format!(
-        "ulimit -n 64 && exec \"$0\" --home A send --relay {} --to agency-b --case C-1 \
-         --legal-basis MLAT --purpose p --retain-until 2030-12-31 many",
-        r.1
-    );
     let o = std::process::Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
         .arg(bin())
+        .args(["--home", "A", "send", "--relay", &r.1, "--to", "agency-b"])
+        .args(["--case", "C-1", "--legal-basis", "MLAT", "--purpose", "p"])
+        .args(["--retain-until", "2030-12-31", "many"])
         .current_dir(d)
         .output()
         .expect("sh");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    ok(run(
-        d,
-        &[
-            "--home", "B", "fetch", "--relay", &r.1, "--all", "-o", "out",
-        ],
-    ));
+    fetch_all_into_out(d, &r.1);
     let got = transfer_dir(&d.join("out")).join("many");
     assert_eq!(std::fs::read_dir(&got).expect("fetched").count(), 300);
     for i in [0u32, 150, 299] {
@@ -867,25 +855,14 @@ fn a_relay_on_one_worker_thread_serves() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
     agencies_and_relay_home(d);
-    let o = run(
-        d,
-        &["--home", "B-relay", "relay", "serve", "--workers", "0"],
-    );
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let o = run(
-        d,
-        &["--home", "B-relay", "relay", "serve", "--workers", "1025"],
-    );
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    for n in ["0", "1025"] {
+        let o = serve_refused_with(d, "B-relay", &["--workers", n]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+    }
     let r = start_relay_with(d, "B-relay", &["--workers", "1"]);
     std::fs::write(d.join("f.bin"), vec![7u8; 300_000]).expect("file");
     ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["f.bin"]));
-    ok(run(
-        d,
-        &[
-            "--home", "B", "fetch", "--relay", &r.1, "--all", "-o", "out",
-        ],
-    ));
+    fetch_all_into_out(d, &r.1);
     let got = std::fs::read(transfer_dir(&d.join("out")).join("f.bin")).expect("fetched");
     assert_eq!(got, vec![7u8; 300_000]);
 }

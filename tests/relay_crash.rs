@@ -274,21 +274,24 @@ impl Sender {
         (self.acked, self.summary)
     }
 
-    /// Waits for a command that must fail: its exit code and its stderr.
-    fn failure(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().expect("wait");
+    /// Everything the command writes to stderr, until it closes it.
+    fn take_stderr(&mut self) -> String {
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
+        err
+    }
+
+    /// Waits for a command that must fail: its exit code and its stderr.
+    fn failure(mut self) -> (Option<i32>, String) {
+        let err = self.take_stderr();
+        let status = self.child.wait().expect("wait");
         (status.code(), err)
     }
 
     fn finish(mut self) -> serde_json::Value {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let err = self.take_stderr();
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "send failed: {err}");
         std::thread::sleep(Duration::from_millis(20));
@@ -735,12 +738,14 @@ fn a_source_changed_between_runs_is_refused_and_never_mixed() {
 #[test]
 fn a_source_modified_while_it_is_read_is_refused() {
     const MIB: u64 = 1 << 20;
+    const SIZE_MIB: u64 = 192;
     let mut env = setup();
-    make_folder(&env, "case-8", 192, 5);
-    let mut relay = env.relay(None);
+    let folder = make_folder(&env, "case-8", SIZE_MIB as usize, 5);
+    // Killed on drop, stopped or not, whatever assertion fails.
+    let relay = RelayProcess(env.relay(None), String::new());
     let signal = |sig: &str| {
         let ok = Command::new("kill")
-            .args([sig, &relay.id().to_string()])
+            .args([sig, &relay.0.id().to_string()])
             .status()
             .expect("kill");
         assert!(ok.success(), "kill {sig}");
@@ -751,17 +756,16 @@ fn a_source_modified_while_it_is_read_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     // The upload window (64 MiB unacknowledged) and one block read ahead bound what the sender
     // has read: the changed byte is past that.
-    let at = 192 * MIB - 100 * 1024;
+    let at = SIZE_MIB * MIB - 100 * 1024;
     let durable = env.durable();
     assert!(
         durable + 66 * MIB < at,
         "durable {durable}: too far to test"
     );
-    let path = env.path().join("case-8/evidence.bin");
     let f = std::fs::File::options()
         .read(true)
         .write(true)
-        .open(&path)
+        .open(folder.join("evidence.bin"))
         .expect("open");
     let mut b = [0u8; 1];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).expect("read");
@@ -775,8 +779,6 @@ fn a_source_modified_while_it_is_read_is_refused() {
         "{err}"
     );
     assert_eq!(env.custody_receipts(), 0, "nothing receipted");
-    let _ = relay.kill();
-    let _ = relay.wait();
 }
 
 #[test]

@@ -54,12 +54,8 @@ fn until_ok(d: &Path, args: &[&str]) -> std::process::Output {
 fn b_rotates_mid_life_and_everything_keeps_verifying() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
-    two_full_agencies(d);
     // B's relay runs from an exported relay home; A's relay from A's own home.
-    ok(run(
-        d,
-        &["--home", "B", "agency", "export-relay", "B-relay"],
-    ));
+    agencies_and_relay_home(d);
     let rb = start_relay(d, "B-relay");
     let ra = start_relay(d, "A");
 

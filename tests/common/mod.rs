@@ -123,6 +123,16 @@ pub fn trust(dir: &Path, home: &str, other: &str) {
 
 /// Two agencies in `dir`, `A` (agency-a) and `B` (agency-b), both with age identities, each
 /// trusting the other's card by its fingerprint.
+/// Agencies `A` and `B` trusting each other, and `B-relay`: a home of agency-b without its age
+/// identity, for the relay.
+pub fn agencies_and_relay_home(d: &Path) {
+    two_full_agencies(d);
+    ok(run(
+        d,
+        &["--home", "B", "agency", "export-relay", "B-relay"],
+    ));
+}
+
 pub fn two_full_agencies(dir: &Path) {
     agency(dir, "A", "agency-a", false);
     agency(dir, "B", "agency-b", false);
@@ -312,8 +322,14 @@ pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 /// `relay serve --listen LISTEN` from `home` that must refuse to start: killed (and the test
 /// failed) if it is still running after 20 s.
 pub fn serve_refused(dir: &Path, home: &str, listen: &str) -> Output {
+    serve_refused_with(dir, home, &["--listen", listen])
+}
+
+/// `relay serve ARGS…` that must refuse to start: killed (and the test failed) if it serves.
+pub fn serve_refused_with(dir: &Path, home: &str, args: &[&str]) -> Output {
     let mut child = Command::new(bin())
-        .args(["--home", home, "relay", "serve", "--listen", listen])
+        .args(["--home", home, "relay", "serve"])
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -324,7 +340,7 @@ pub fn serve_refused(dir: &Path, home: &str, listen: &str) -> Output {
     while child.try_wait().expect("wait").is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("relay serve --listen {listen} started instead of refusing");
+            panic!("relay serve {} started instead of refusing", args.join(" "));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -121,8 +121,9 @@ fn golden_vectors() {
         old_offer
     );
     assert!(
-        String::from_utf8_lossy(&old_offer.to_json())
-            .starts_with(r#"{"format":"rogatory-offer/v2","#)
+        old_offer
+            .to_json()
+            .starts_with(br#"{"format":"rogatory-offer/v2","#)
     );
     // The same inventory as version 2: a v2 manifest and offer, which a v3 offer does not
     // equal, and whose contents join back to the v2 inventory (a sender resuming a v2 state).
@@ -146,10 +147,13 @@ fn golden_vectors() {
         m2.open_contents(&w.contents.to_json()).expect("joins"),
         inv2
     );
-    let mut v4 = v2.clone();
-    v4.splice(11..31, b"rogatory-manifest/v4".iter().copied());
+    let v4 = String::from_utf8(v2.clone()).expect("utf8").replacen(
+        "rogatory-manifest/v2",
+        "rogatory-manifest/v4",
+        1,
+    );
     assert!(
-        Manifest::parse(&v4).is_err(),
+        Manifest::parse(v4.as_bytes()).is_err(),
         "an unknown format is refused"
     );
 

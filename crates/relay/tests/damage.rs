@@ -171,7 +171,7 @@ async fn damaged_then_repaired(damage: impl FnOnce(&std::path::Path, &Transfer, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pack_is_found_shown_and_repaired() {
     damaged_then_repaired(|dir, t, row| {
-        std::fs::remove_file(dir.join("inbox").join(format!("{row}.pack"))).expect("rm");
+        std::fs::remove_file(pack_path(dir, row)).expect("rm");
         (0..t.ciphertexts.len() as u32).collect()
     })
     .await;
@@ -198,21 +198,21 @@ async fn flipped_bytes_hidden_by_an_edited_frontier_are_found_and_repaired() {
         // Flip a byte of the big file, and make the table "agree": the frontier of the damaged
         // pieces replaces the committed one. Only the sealed root can tell.
         let big = big_index(t);
-        let pack = dir.join("inbox").join(format!("{row}.pack"));
+        let pack = pack_path(dir, row);
         let mut b = std::fs::read(&pack).expect("pack");
         let base: usize = t.ciphertexts[..big].iter().map(Vec::len).sum();
         b[base + 200_000] ^= 0x01;
         std::fs::write(&pack, &b).expect("write");
         let ct = &b[base..base + t.ciphertexts[big].len()];
-        let layout = t.layouts[big];
         let mut f = rogatory_custody::merkle::Frontier::new();
-        for p in 0..layout.count() {
-            let r = layout.range(p).expect("range");
-            f.push(
-                t.manifest
-                    .piece_hash()
-                    .leaf(&ct[r.start as usize..r.end as usize]),
-            );
+        let table = rogatory_custody::PieceTable::of_ciphertext(
+            &t.layouts[big],
+            t.manifest.piece_hash(),
+            ct,
+        )
+        .expect("table");
+        for &l in table.leaves() {
+            f.push(l);
         }
         db(dir)
             .execute(
@@ -237,7 +237,7 @@ async fn a_short_read_while_serving_marks_the_transfer_damaged() {
     let sb = connect(&w, &w.b, r.addr).await;
     let first = send(&sa, &t, None).await.expect("upload");
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
-    let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+    let pack = pack_path(dir.path(), row.row);
     let last = t.ciphertexts.len() - 1;
     let len = std::fs::metadata(&pack).expect("pack").len();
     std::fs::OpenOptions::new()

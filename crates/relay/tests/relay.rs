@@ -385,8 +385,7 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     assert_eq!(out.stats.bytes_skipped, skipped);
     assert_eq!(out.stats.bytes_sent, t.total() - skipped);
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
-    let pack =
-        std::fs::read(dir.path().join("inbox").join(format!("{}.pack", row.row))).expect("pack");
+    let pack = std::fs::read(pack_path(dir.path(), row.row)).expect("pack");
     assert_eq!(pack, t.ciphertexts.concat());
 }
 
@@ -567,7 +566,7 @@ async fn scrub_finds_at_rest_corruption_exactly() {
     send(&sa, &t, None).await.expect("upload");
     assert!(r.relay.scrub().expect("scrub").is_empty());
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
-    let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+    let pack = pack_path(dir.path(), row.row);
     let mut b = std::fs::read(&pack).expect("pack");
     let big = t
         .inventory
@@ -601,9 +600,9 @@ async fn scrub_finds_at_rest_corruption_exactly() {
 async fn each_transfer_is_verified_with_its_own_piece_hash() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13) as u8).collect();
+    let files = [("big.bin", big), ("small", vec![3; 10])];
     for hash in [PieceHash::Sha256, PieceHash::Blake3] {
-        let big: Vec<u8> = (0..8_000_000u32).map(|i| (i * 13) as u8).collect();
-        let files = [("big.bin", big), ("small", vec![3; 10])];
         let t = transfer_hashed(&w.a, &[&w.b], &files, legal(), now(), hash);
         assert_eq!(t.manifest.piece_hash(), hash);
         // Cut once part of it is durable; a new relay on the same store resumes it from the
@@ -626,7 +625,7 @@ async fn each_transfer_is_verified_with_its_own_piece_hash() {
             .expect("bundle")
             .verify(&w.b.identity.signer().verifier())
             .expect("receipt");
-        let pack = dir.path().join("inbox").join(format!("{}.pack", row.row));
+        let pack = pack_path(dir.path(), row.row);
         assert_eq!(std::fs::read(&pack).expect("pack"), t.ciphertexts.concat());
         let clean = r.relay.scrub().expect("scrub");
         assert!(

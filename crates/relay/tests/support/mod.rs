@@ -300,6 +300,11 @@ pub fn clock_at(t: i64) -> (TestClock, rogatory_relay::relay::Clock) {
     )
 }
 
+/// Where a relay with its data in `dir` keeps the pack of transfer row `row`.
+pub fn pack_path(dir: &std::path::Path, row: i64) -> std::path::PathBuf {
+    dir.join("inbox").join(format!("{row}.pack"))
+}
+
 pub fn open_relay<S: Storage + 'static>(
     w: &World,
     dir: &std::path::Path,

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rogatory_custody::PieceHash;
-use rogatory_custody::{PieceLayout, TransferId, piece_layout};
+use rogatory_custody::{PieceHash, PieceLayout, PieceTable, TransferId, piece_layout};
 use rogatory_transport::frame::{Offer, Seal};
 use rogatory_transport::net::{IntakeHandler, PieceSource};
 use rogatory_transport::tls::PeerIdentity;
@@ -39,12 +38,10 @@ impl Files {
             let layout = piece_layout(size, ct).expect("layout");
             let mut d = vec![0u8; ct as usize];
             rng.fill_bytes(&mut d);
-            let t = (0..layout.count())
-                .map(|i| {
-                    let r = layout.range(i).expect("range");
-                    PieceHash::CURRENT.leaf(&d[r.start as usize..r.end as usize])
-                })
-                .collect();
+            let t = PieceTable::of_ciphertext(&layout, PieceHash::CURRENT, &d)
+                .expect("table")
+                .leaves()
+                .to_vec();
             f.layouts.push(layout);
             f.data.push(d);
             f.tables.push(t);
