@@ -206,6 +206,11 @@ fn read_error(e: quinn::ReadError) -> NetError {
 /// How long [`Node::close`] lets the endpoint's driver send its CONNECTION_CLOSE frames.
 pub const CLOSE_FLUSH: Duration = Duration::from_millis(10);
 
+/// PIECE bytes gathered before a write to the stream (`protocol.md` §6.1, "Writing the
+/// pieces"): each write takes the connection's lock, which its driver holds while it builds and
+/// encrypts packets.
+pub const PIECE_BATCH: usize = 1 << 20;
+
 /// Writes frames to a QUIC send stream through one reusable buffer.
 #[derive(Debug)]
 pub struct FrameWriter {
@@ -218,19 +223,19 @@ impl FrameWriter {
     pub fn new(send: quinn::SendStream) -> Self {
         FrameWriter {
             send,
-            buf: Vec::with_capacity(frame::MAX_PIECE as usize + 16),
+            buf: Vec::new(),
         }
     }
 
-    /// Sends one frame.
+    /// Sends one frame (after any pieces gathered before it).
     pub async fn send(&mut self, f: &Frame<'_>) -> Result<(), NetError> {
-        self.buf.clear();
+        self.flush().await?;
         f.encode(&mut self.buf);
-        self.send.write_all(&self.buf).await?;
-        Ok(())
+        self.flush().await
     }
 
-    /// Sends a PIECE frame whose bytes `fill` appends to the buffer (no intermediate copy).
+    /// Adds a PIECE frame whose bytes `fill` appends to the buffer (no intermediate copy). The
+    /// frames are written to the stream [`PIECE_BATCH`] bytes at a time, or by [`Self::flush`].
     pub async fn send_piece(
         &mut self,
         file: u32,
@@ -238,21 +243,45 @@ impl FrameWriter {
         len: u64,
         fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
     ) -> Result<(), NetError> {
-        self.buf.clear();
+        let frame_start = self.buf.len();
         frame::piece_header(&mut self.buf, file, piece, len as usize);
         let start = self.buf.len();
-        fill(&mut self.buf).map_err(NetError::Source)?;
+        let filled = fill(&mut self.buf);
+        if let Err(e) = filled {
+            self.buf.truncate(frame_start);
+            return Err(NetError::Source(e));
+        }
         if (self.buf.len() - start) as u64 != len {
+            self.buf.truncate(frame_start);
             return Err(NetError::Source(io::Error::other(
                 "piece source returned the wrong length",
             )));
         }
-        self.send.write_all(&self.buf).await?;
+        if self.buf.len() >= PIECE_BATCH {
+            self.flush().await?;
+        }
         Ok(())
+    }
+
+    /// Writes the frames gathered so far: the buffer itself goes to quinn, which keeps it until
+    /// the peer acknowledges it (no copy under the connection's lock).
+    pub async fn flush(&mut self) -> Result<(), NetError> {
+        if !self.buf.is_empty() {
+            let next = Vec::with_capacity(self.buf.capacity());
+            let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, next));
+            self.send.write_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether frames are gathered and not yet written.
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// Writes raw bytes (an already encoded frame).
     pub async fn write_raw(&mut self, b: &[u8]) -> Result<(), NetError> {
+        self.flush().await?;
         self.send.write_all(b).await?;
         Ok(())
     }
@@ -262,8 +291,9 @@ impl FrameWriter {
         let _ = self.send.finish();
     }
 
-    /// Resets the stream with `code`.
+    /// Resets the stream with `code` (frames not yet written are dropped).
     pub fn reset(&mut self, code: ErrorCode) {
+        self.buf.clear();
         let _ = self.send.reset(code.to_varint());
     }
 }
@@ -908,7 +938,11 @@ pub async fn upload(
                 }
                 Transmit::Finish { file, generation } => {
                     if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
-                        w.finish();
+                        match w.flush().await {
+                            Ok(()) => w.finish(),
+                            Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 Transmit::Reset { file, generation } => {
@@ -933,7 +967,22 @@ pub async fn upload(
             }
             continue;
         }
-        // Nothing to send: wait for the relay or the next timeout.
+        // Nothing to send: the pieces gathered go out, then wait for the relay or the next
+        // timeout.
+        let mut lost = Vec::new();
+        for (&file, (generation, w)) in streams.iter_mut().filter(|(_, (_, w))| w.has_pending()) {
+            match w.flush().await {
+                Ok(()) => {}
+                Err(NetError::StreamClosed(_)) => lost.push((file, *generation)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !lost.is_empty() {
+            for (file, generation) in lost {
+                up.stream_lost(file, generation);
+            }
+            continue;
+        }
         let deadline = up.poll_timeout().map(Instant::from_std);
         tokio::select! {
             m = rx.recv() => match m {
