@@ -1378,9 +1378,14 @@ async fn serve_data<H: IntakeHandler>(
             Err(_) => return,
         };
         let mut st = lock(&active.state);
+        // The driver only needs waking when there is something new for it: the first piece
+        // since its last sync (it arms the group commit's timer) or a failure, not every piece
+        // (16,000 a GiB).
+        let mut wake = false;
         let res = match st.intake.handle_data(&frame) {
             Ok(DataAction::Duplicate | DataAction::Gap) => Ok(()),
             Ok(DataAction::Store { file, piece, bytes }) => {
+                wake = !st.dirty;
                 st.dirty = true;
                 handler.store(transfer, file, piece, bytes)
             }
@@ -1398,7 +1403,9 @@ async fn serve_data<H: IntakeHandler>(
             return;
         }
         drop(st);
-        active.notify.notify_one();
+        if wake {
+            active.notify.notify_one();
+        }
     }
 }
 
