@@ -211,7 +211,13 @@ pub const CLOSE_FLUSH: Duration = Duration::from_millis(10);
 /// encrypts packets.
 pub const PIECE_BATCH: usize = 1 << 20;
 
-/// Writes frames to a QUIC send stream through one reusable buffer.
+/// A gathering buffer's size: a batch and the PIECE frame that completes it (its header, two
+/// varints and at most [`frame::MAX_PIECE`] bytes), so that it never grows.
+const BATCH_CAPACITY: usize = PIECE_BATCH + MAX_HEADER + 2 * 8 + frame::MAX_PIECE as usize;
+
+/// Writes frames to a QUIC send stream. Small frames are copied into quinn from one reusable
+/// buffer; a batch of pieces (or any frame of half a batch or more) is handed over as it is,
+/// and a fresh buffer takes its place.
 #[derive(Debug)]
 pub struct FrameWriter {
     send: quinn::SendStream,
@@ -243,6 +249,12 @@ impl FrameWriter {
         len: u64,
         fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
     ) -> Result<(), NetError> {
+        let need = self.buf.len() + MAX_HEADER + 2 * 8 + len as usize;
+        if need > self.buf.capacity() {
+            // Doubling (a small file's stream stays small), but never past a batch.
+            let size = (self.buf.capacity() * 2).clamp(need, BATCH_CAPACITY.max(need));
+            self.buf.reserve_exact(size - self.buf.len());
+        }
         let frame_start = self.buf.len();
         frame::piece_header(&mut self.buf, file, piece, len as usize);
         let start = self.buf.len();
@@ -263,13 +275,18 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Writes the frames gathered so far: the buffer itself goes to quinn, which keeps it until
-    /// the peer acknowledges it (no copy under the connection's lock).
+    /// Writes the frames gathered so far. Half a batch or more: the buffer itself goes to quinn,
+    /// which keeps it until the peer acknowledges it (no copy of a megabyte under the
+    /// connection's lock, and at most twice the bytes it holds); less is copied.
     pub async fn flush(&mut self) -> Result<(), NetError> {
-        if !self.buf.is_empty() {
-            let next = Vec::with_capacity(self.buf.capacity());
+        if self.buf.len() >= PIECE_BATCH / 2 {
+            let next = Vec::with_capacity(BATCH_CAPACITY);
             let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, next));
             self.send.write_chunk(chunk).await?;
+        } else if !self.buf.is_empty() {
+            let r = self.send.write_all(&self.buf).await;
+            self.buf.clear();
+            r?;
         }
         Ok(())
     }
@@ -286,8 +303,9 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Finishes the stream.
+    /// Finishes the stream (after [`Self::flush`]: what is gathered and not written is lost).
     pub fn finish(&mut self) {
+        debug_assert!(self.buf.is_empty(), "finish with frames not written");
         let _ = self.send.finish();
     }
 
