@@ -9,8 +9,9 @@
 //! first touch of every new page-cache page faults in the host, about 0.8 s of system time per
 //! GiB read on the development machine (`docs/performance.md`).
 //!
-//! Where the file system refuses `O_DIRECT` (or on other systems) the caller reads through the
-//! page cache as before. Nothing here decides whether the source changed: the caller checks the
+//! Where the file system refuses `O_DIRECT` (or on other systems), and on a file system kept in
+//! memory (tmpfs, whose pages are the data: a direct read there only adds a copy), the caller
+//! reads through the page cache as before. Nothing here decides whether the source changed: the caller checks the
 //! fingerprint of the descriptor opened here, and the length of what each block returns.
 
 // Elsewhere `DirectSource::open` answers "not supported" and nothing else here is used.
@@ -33,6 +34,19 @@ pub(crate) const DIRECT_MIN: u64 = 4 << 20;
 /// Alignment of the buffer, offsets and lengths of a direct read: a page, at least the logical
 /// block size of every common device.
 const ALIGN: usize = 4096;
+
+/// Whether `fd` is on a file system kept in memory (tmpfs, ramfs): its pages are the data, so a
+/// direct read has no device to read from and only adds a copy (kernel to block, then block to
+/// piece, against one copy from the page cache).
+#[cfg(target_os = "linux")]
+fn in_memory(fd: &File) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    rustix::fs::fstatfs(fd).is_ok_and(|s| {
+        let t = s.f_type as u64;
+        t == TMPFS_MAGIC || t == RAMFS_MAGIC
+    })
+}
 
 /// One aligned buffer of [`BLOCK`] bytes and what it holds.
 struct Block {
@@ -133,6 +147,9 @@ impl DirectSource {
                 Err(e) if is_unsupported(&e) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            if in_memory(&fd) {
+                return Ok(None);
+            }
             let (Some(current), Some(spare)) = (Block::new(), Block::new()) else {
                 return Ok(None);
             };
@@ -263,6 +280,24 @@ mod tests {
     /// test-plan.md 121: every chunk of a file read through a direct source equals the file's
     /// bytes, in any order (a resume or a rewind reads an earlier block again), and a block read
     /// after the file is cut shorter returns fewer bytes.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_source_kept_in_memory_is_not_read_directly() {
+        // tmpfs takes O_DIRECT (Linux 6.6 and later) but has no device behind it.
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, vec![7u8; 2 * BLOCK]).expect("write");
+        let fd = File::open(&path).expect("open");
+        assert!(in_memory(&fd), "/dev/shm is tmpfs");
+        assert!(
+            DirectSource::open(&path, 2 * BLOCK as u64)
+                .expect("open")
+                .is_none()
+        );
+    }
+
     #[test]
     fn chunks_read_directly_are_the_files_bytes() {
         const CHUNK: usize = 64 * 1024;
