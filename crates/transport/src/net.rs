@@ -209,7 +209,7 @@ pub const CLOSE_FLUSH: Duration = Duration::from_millis(10);
 /// PIECE bytes gathered before a write to the stream (`protocol.md` §6.1, "Writing the
 /// pieces"): each write takes the connection's lock, which its driver holds while it builds and
 /// encrypts packets.
-pub const PIECE_BATCH: usize = 1 << 20;
+pub const PIECE_BATCH: usize = 2 << 20;
 
 /// A gathering buffer's size: a batch and the PIECE frame that completes it (its header, two
 /// varints and at most [`frame::MAX_PIECE`] bytes), so that it never grows.
