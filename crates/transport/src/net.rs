@@ -793,10 +793,14 @@ impl Node {
     /// drops the connection at its idle timeout. The closing period cost every `send` 80 ms
     /// over loopback, and up to 2 s on a long link; the whole flush, 10 ms a command.
     pub async fn close(&self, code: ErrorCode) {
+        // Counted after `close`: a datagram counted before it could be an acknowledgement, and
+        // this would return before the CONNECTION_CLOSE left. (If the driver sends it between
+        // the two calls, the wait below runs to its end, as it always did.)
         let open: Vec<(quinn::Connection, u64)> = std::mem::take(&mut *lock(&self.outgoing))
             .into_iter()
             .filter(|c| c.close_reason().is_none())
             .map(|c| {
+                c.close(code.to_varint(), b"done");
                 let sent = c.stats().udp_tx.datagrams;
                 (c, sent)
             })
