@@ -121,8 +121,6 @@ pub fn trust(dir: &Path, home: &str, other: &str) {
     ));
 }
 
-/// Two agencies in `dir`, `A` (agency-a) and `B` (agency-b), both with age identities, each
-/// trusting the other's card by its fingerprint.
 /// Agencies `A` and `B` trusting each other, and `B-relay`: a home of agency-b without its age
 /// identity, for the relay.
 pub fn agencies_and_relay_home(d: &Path) {
@@ -133,6 +131,8 @@ pub fn agencies_and_relay_home(d: &Path) {
     ));
 }
 
+/// Two agencies in `dir`, `A` (agency-a) and `B` (agency-b), both with age identities, each
+/// trusting the other's card by its fingerprint.
 pub fn two_full_agencies(dir: &Path) {
     agency(dir, "A", "agency-a", false);
     agency(dir, "B", "agency-b", false);

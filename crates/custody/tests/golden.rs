@@ -147,7 +147,7 @@ fn golden_vectors() {
         m2.open_contents(&w.contents.to_json()).expect("joins"),
         inv2
     );
-    let v4 = String::from_utf8(v2.clone()).expect("utf8").replacen(
+    let v4 = String::from_utf8(v2).expect("utf8").replacen(
         "rogatory-manifest/v2",
         "rogatory-manifest/v4",
         1,

@@ -258,16 +258,17 @@ impl FrameWriter {
         let frame_start = self.buf.len();
         frame::piece_header(&mut self.buf, file, piece, len as usize);
         let start = self.buf.len();
-        let filled = fill(&mut self.buf);
+        let filled = fill(&mut self.buf).and_then(|()| {
+            if (self.buf.len() - start) as u64 == len {
+                Ok(())
+            } else {
+                Err(io::Error::other("piece source returned the wrong length"))
+            }
+        });
         if let Err(e) = filled {
+            // The frames gathered before this one stay.
             self.buf.truncate(frame_start);
             return Err(NetError::Source(e));
-        }
-        if (self.buf.len() - start) as u64 != len {
-            self.buf.truncate(frame_start);
-            return Err(NetError::Source(io::Error::other(
-                "piece source returned the wrong length",
-            )));
         }
         if self.buf.len() >= PIECE_BATCH {
             self.flush().await?;
@@ -288,18 +289,6 @@ impl FrameWriter {
             self.buf.clear();
             r?;
         }
-        Ok(())
-    }
-
-    /// Whether frames are gathered and not yet written.
-    pub fn has_pending(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Writes raw bytes (an already encoded frame).
-    pub async fn write_raw(&mut self, b: &[u8]) -> Result<(), NetError> {
-        self.flush().await?;
-        self.send.write_all(b).await?;
         Ok(())
     }
 
@@ -782,8 +771,8 @@ impl Node {
     /// Closes the endpoint and waits until peers have been told: the closing period of every
     /// connection (three probe timeouts, RFC 9000 §10.2), at most 2 s. For a relay stopping.
     pub async fn shutdown(&self, code: ErrorCode) {
-        self.close_within(code, b"shutting down", Duration::from_secs(2))
-            .await;
+        self.endpoint.close(code.to_varint(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 
     /// Closes the endpoint once a client is done with it: returns once every connection it
@@ -814,12 +803,6 @@ impl Node {
         {
             tokio::time::sleep(Duration::from_micros(100)).await;
         }
-    }
-
-    /// Closes every connection of the endpoint and waits up to `wait` for them to be idle.
-    async fn close_within(&self, code: ErrorCode, reason: &[u8], wait: Duration) {
-        self.endpoint.close(code.to_varint(), reason);
-        let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
     }
 }
 
@@ -1018,7 +1001,7 @@ pub async fn upload(
         // Nothing to send: the pieces gathered go out, then wait for the relay or the next
         // timeout.
         let mut lost = Vec::new();
-        for (&file, (generation, w)) in streams.iter_mut().filter(|(_, (_, w))| w.has_pending()) {
+        for (&file, (generation, w)) in &mut streams {
             match w.flush().await {
                 Ok(()) => {}
                 Err(NetError::StreamClosed(_)) => lost.push((file, *generation)),

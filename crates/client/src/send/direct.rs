@@ -75,8 +75,8 @@ impl Block {
     }
 
     /// Reads the block at `off` (aligned) of a file of `size` bytes: up to the block's end, or
-    /// the file's end rounded up to the alignment. Returns the bytes read.
-    fn fill(&mut self, fd: &File, off: u64, size: u64) -> io::Result<usize> {
+    /// the file's end rounded up to the alignment; `held` says how many bytes it got.
+    fn fill(&mut self, fd: &File, off: u64, size: u64) -> io::Result<()> {
         self.held = None;
         let want = size.saturating_sub(off).min(BLOCK as u64) as usize;
         let ask = want.next_multiple_of(ALIGN).min(BLOCK);
@@ -95,14 +95,14 @@ impl Block {
             }
         }
         self.held = Some((off, n));
-        Ok(n)
+        Ok(())
     }
 }
 
 /// A read of the block at an offset, made ahead on the reader thread.
 type Request = (u64, Block);
 /// Its answer: the buffer and how the read went.
-type Answer = (Block, io::Result<usize>);
+type Answer = (Block, io::Result<()>);
 
 /// One source opened for direct reads: the block being served, and the next one read ahead on
 /// a thread of its own, so the producer never waits for the device while it has data.
@@ -200,35 +200,31 @@ impl DirectSource {
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
             // Exactly one of `spare` and `pending` is set: the second buffer is here, or on the
             // reader thread.
-            let mut got = None;
-            if let Some(p) = self.pending.take() {
-                let Ok((b, r)) = self.answers.recv() else {
-                    return DirectRead::Unsupported;
-                };
-                if p == block_off && r.is_ok() {
-                    got = Some((b, r));
-                } else {
-                    // A rewind or a resume elsewhere, or a read ahead that failed: read the
-                    // block wanted now (an error that persists is reported then).
-                    self.spare = Some(b);
-                }
-            }
-            let (b, r) = match got {
-                Some(x) => x,
-                None => {
-                    let Some(mut b) = self.spare.take() else {
+            let (mut b, ready) = match self.pending.take() {
+                Some(p) => {
+                    let Ok((b, r)) = self.answers.recv() else {
                         return DirectRead::Unsupported;
                     };
-                    let r = b.fill(&self.fd, block_off, self.size);
-                    (b, r)
+                    // A rewind or a resume elsewhere, or a read ahead that failed: the block
+                    // wanted is read now (an error that persists is reported then).
+                    (b, p == block_off && r.is_ok())
                 }
+                None => match self.spare.take() {
+                    Some(b) => (b, false),
+                    None => return DirectRead::Unsupported,
+                },
+            };
+            let r = if ready {
+                Ok(())
+            } else {
+                b.fill(&self.fd, block_off, self.size)
             };
             let old = std::mem::replace(&mut self.current, b);
             self.spare = Some(old);
             match r {
                 Err(e) if is_unsupported(&e) => return DirectRead::Unsupported,
                 Err(e) => return DirectRead::Failed(e),
-                Ok(_) => {}
+                Ok(()) => {}
             }
             let next = block_off + BLOCK as u64;
             if next < self.size
