@@ -340,7 +340,7 @@ fn relay_holds_the_sources(env: &Env) {
     )
     .expect("db");
     let mut q = db
-        .prepare("SELECT row, manifest, contents FROM transfers WHERE state = 'complete'")
+        .prepare("SELECT row, manifest, contents FROM transfers JOIN documents USING (row) WHERE state = 'complete'")
         .expect("query");
     let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = q
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))

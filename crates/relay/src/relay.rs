@@ -251,10 +251,6 @@ CREATE TABLE IF NOT EXISTS transfers (
     transfer BLOB NOT NULL UNIQUE,
     sender TEXT NOT NULL,
     recipients TEXT NOT NULL,
-    offer BLOB NOT NULL,
-    manifest BLOB,
-    contents BLOB,
-    seal BLOB,
     manifest_sha256 BLOB,
     ciphertext_bytes INTEGER NOT NULL,
     files INTEGER NOT NULL,
@@ -266,6 +262,13 @@ CREATE TABLE IF NOT EXISTS transfers (
     custody_receipt TEXT,
     delivered_at INTEGER,
     purge_receipt TEXT
+);
+CREATE TABLE IF NOT EXISTS documents (
+    row INTEGER PRIMARY KEY,
+    offer BLOB NOT NULL,
+    manifest BLOB,
+    contents BLOB,
+    seal BLOB
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     row INTEGER NOT NULL,
@@ -296,6 +299,39 @@ CREATE TABLE IF NOT EXISTS log_checkpoint (
     note TEXT NOT NULL
 );
 ";
+
+/// Moves the documents of an index made before they had their own table (`relay.md` §2) out of
+/// `transfers`, in one transaction: a crash leaves the old layout, moved again at the next
+/// start. SQLite keeps a row's columns in order, and reading a column behind a large one follows
+/// that one's overflow pages, so with the offer, manifest and contents inside `transfers` every
+/// query of a transfer's state read megabytes for a transfer of many files. An index made before
+/// the contents were split off (`custody.md` §5.4) has no `contents` column.
+fn move_documents(db: &mut Connection) -> rusqlite::Result<()> {
+    let has = |db: &Connection, column: &str| {
+        db.prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = ?1")?
+            .exists([column])
+    };
+    if !has(db, "offer")? {
+        return Ok(());
+    }
+    let contents = has(db, "contents")?;
+    let tx = db.transaction()?;
+    tx.execute_batch(&format!(
+        "INSERT INTO documents (row, offer, manifest, contents, seal)
+             SELECT row, offer, manifest, {}, seal FROM transfers;
+         ALTER TABLE transfers DROP COLUMN offer;
+         ALTER TABLE transfers DROP COLUMN manifest;
+         ALTER TABLE transfers DROP COLUMN seal;
+         {}",
+        if contents { "contents" } else { "NULL" },
+        if contents {
+            "ALTER TABLE transfers DROP COLUMN contents;"
+        } else {
+            ""
+        },
+    ))?;
+    tx.commit()
+}
 
 /// The checkpoint note the index keeps (`relay.md` §5.1), if any.
 fn stored_checkpoint(db: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
@@ -376,12 +412,14 @@ pub struct TransferRow {
     pub offer: Vec<u8>,
 }
 
-const ROW_COLUMNS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
-     retain_until, custody_receipt, NULL, delivered_at, purge_receipt, COALESCE(seal, x''), \
-     COALESCE(manifest, x''), offer";
-/// [`ROW_COLUMNS`] with the seal, manifest and offer left empty.
-const ROW_COLUMNS_WITHOUT_DOCUMENTS: &str = "row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, completed_at, \
-     retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x''";
+/// A transfer with its documents (`relay.md` §2): the row joined with its `documents` row.
+const ROW_WITH_DOCUMENTS: &str = "SELECT row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, \
+     completed_at, retain_until, custody_receipt, NULL, delivered_at, purge_receipt, COALESCE(seal, x''), \
+     COALESCE(manifest, x''), COALESCE(offer, x'') FROM transfers LEFT JOIN documents USING (row)";
+/// [`ROW_WITH_DOCUMENTS`] with the seal, manifest and offer left empty: the `transfers` table
+/// alone, whose rows are small.
+const ROW_WITHOUT_DOCUMENTS: &str = "SELECT row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, \
+     completed_at, retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x'' FROM transfers";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;
@@ -563,7 +601,7 @@ impl<S: Storage> Relay<S> {
         }
         let db_path = d.join("relay.db");
         private_file(&db_path)?;
-        let db = Connection::open(&db_path)?;
+        let mut db = Connection::open(&db_path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
@@ -579,13 +617,7 @@ impl<S: Storage> Relay<S> {
             )));
         }
         db.execute_batch(SCHEMA)?;
-        // An index made before the manifest's contents were split off (`custody.md` §5.4).
-        let has_contents: bool = db
-            .prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = 'contents'")?
-            .exists([])?;
-        if !has_contents {
-            db.execute_batch("ALTER TABLE transfers ADD COLUMN contents BLOB")?;
-        }
+        move_documents(&mut db)?;
         db.execute_batch(crate::witness::SCHEMA)?;
         let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity, &cfg.trust)?;
         let witness = crate::witness::WitnessState::open(
@@ -970,38 +1002,50 @@ impl<S: Storage> Relay<S> {
         }
     }
 
-    /// A transfer by id.
+    /// A transfer by id, with its seal, manifest and offer.
     pub fn transfer(&self, t: &TransferId) -> Result<Option<TransferRow>, ProtocolError> {
         let db = lock(&self.db);
-        db.query_row(
-            &format!("SELECT {ROW_COLUMNS} FROM transfers WHERE transfer = ?1"),
-            params![&t.as_bytes()[..]],
-            read_row,
-        )
-        .optional()
-        .map_err(db_err)
+        db.prepare_cached(&format!("{ROW_WITH_DOCUMENTS} WHERE transfer = ?1"))
+            .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
+            .map_err(db_err)
     }
 
     /// Like [`Relay::transfer`], but without the seal, manifest and offer (empty here), which
-    /// can be megabytes for a transfer of many files: what serving one file's FETCH needs
-    /// (`protocol.md` §6.3), read once per request.
+    /// can be megabytes for a transfer of many files: what serving one file's FETCH
+    /// (`protocol.md` §6.3), a STATUS or an INBOX needs, read once per request.
     pub fn transfer_without_documents(
         &self,
         t: &TransferId,
     ) -> Result<Option<TransferRow>, ProtocolError> {
         let db = lock(&self.db);
-        db.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS_WITHOUT_DOCUMENTS} FROM transfers WHERE transfer = ?1"
-        ))
-        .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
-        .map_err(db_err)
+        db.prepare_cached(&format!("{ROW_WITHOUT_DOCUMENTS} WHERE transfer = ?1"))
+            .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
+            .map_err(db_err)
+    }
+
+    /// `r` with its seal, manifest and offer read from the index (a row of
+    /// [`Relay::transfers`] has them empty).
+    pub fn with_documents(&self, mut r: TransferRow) -> Result<TransferRow, ProtocolError> {
+        let docs = lock(&self.db)
+            .prepare_cached(
+                "SELECT COALESCE(seal, x''), COALESCE(manifest, x''), offer FROM documents WHERE row = ?1",
+            )
+            .and_then(|mut q| {
+                q.query_row(params![r.row], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?)))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        if let Some((seal, manifest, offer)) = docs {
+            (r.seal, r.manifest, r.offer) = (seal, manifest, offer);
+        }
+        Ok(r)
     }
 
     /// The encrypted contents of a sealed transfer (`custody.md` §5.4).
     pub fn contents(&self, row: i64) -> Result<Option<Vec<u8>>, ProtocolError> {
         lock(&self.db)
             .query_row(
-                "SELECT contents FROM transfers WHERE row = ?1",
+                "SELECT contents FROM documents WHERE row = ?1",
                 params![row],
                 |r| r.get(0),
             )
@@ -1035,11 +1079,11 @@ impl<S: Storage> Relay<S> {
             .collect()
     }
 
-    /// Every transfer, oldest first.
+    /// Every transfer, oldest first, without its documents (see [`Relay::with_documents`]).
     pub fn transfers(&self) -> Result<Vec<TransferRow>, ProtocolError> {
         let db = lock(&self.db);
         let mut q = db
-            .prepare(&format!("SELECT {ROW_COLUMNS} FROM transfers ORDER BY row"))
+            .prepare(&format!("{ROW_WITHOUT_DOCUMENTS} ORDER BY row"))
             .map_err(db_err)?;
         let rows = q
             .query_map([], read_row)
@@ -1239,13 +1283,12 @@ impl<S: Storage> Relay<S> {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
             tx.execute(
-                "INSERT INTO transfers (transfer, sender, recipients, offer, ciphertext_bytes, files, state, offered_at, touched_at, retain_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'receiving', ?7, ?7, ?8)",
+                "INSERT INTO transfers (transfer, sender, recipients, ciphertext_bytes, files, state, offered_at, touched_at, retain_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'receiving', ?6, ?6, ?7)",
                 params![
                     &offer.transfer.as_bytes()[..],
                     o.sender.as_str(),
                     recipients,
-                    offer.offer.as_bytes(),
                     total as i64,
                     o.files.len() as i64,
                     now,
@@ -1254,6 +1297,11 @@ impl<S: Storage> Relay<S> {
             )
             .map_err(db_err)?;
             let row = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO documents (row, offer) VALUES (?1, ?2)",
+                params![row, offer.offer.as_bytes()],
+            )
+            .map_err(db_err)?;
             let mut base = 0u64;
             {
                 let mut ins = tx
@@ -1626,19 +1674,26 @@ impl<S: Storage> Relay<S> {
             Some(c) if row.seal == seal.seal.as_bytes() => c,
             _ => self.now().unix(),
         };
-        lock(&self.db)
-            .execute(
-                "UPDATE transfers SET manifest = ?1, seal = ?2, manifest_sha256 = ?3, completed_at = ?4, contents = ?5 WHERE row = ?6",
+        {
+            let mut db = lock(&self.db);
+            let tx = db.transaction().map_err(db_err)?;
+            tx.execute(
+                "UPDATE documents SET manifest = ?1, seal = ?2, contents = ?3 WHERE row = ?4",
                 params![
                     seal.manifest.as_bytes(),
                     seal.seal.as_bytes(),
-                    &manifest_sha.0[..],
-                    completed,
                     &seal.contents[..],
                     row.row
                 ],
             )
             .map_err(db_err)?;
+            tx.execute(
+                "UPDATE transfers SET manifest_sha256 = ?1, completed_at = ?2 WHERE row = ?3",
+                params![&manifest_sha.0[..], completed, row.row],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
         let spool = self.spool(row.row);
         let inbox = self.inbox(row.row);
         if self.storage.len(&spool).map_err(storage_err)?.is_some() {
@@ -2020,6 +2075,7 @@ impl<S: Storage> Relay<S> {
             ) {
                 continue;
             }
+            let r = self.with_documents(r)?;
             // Retention comes from the sealed manifest, which the sender signed, never from a
             // column an operator could edit (issue 11); a manifest that does not parse is kept.
             let by_date = match rogatory_custody::Manifest::parse(&r.manifest) {
@@ -2076,9 +2132,13 @@ impl<S: Storage> Relay<S> {
             let mut db = lock(&self.db);
             let tx = db.transaction().map_err(db_err)?;
             tx.execute(
-                "UPDATE transfers SET state = 'purged', purge_receipt = ?1, manifest = NULL, \
-                 contents = NULL, offer = x'' WHERE row = ?2",
+                "UPDATE transfers SET state = 'purged', purge_receipt = ?1 WHERE row = ?2",
                 params![bundle, r.row],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "UPDATE documents SET manifest = NULL, contents = NULL, offer = x'' WHERE row = ?1",
+                params![r.row],
             )
             .map_err(db_err)?;
             tx.execute("DELETE FROM files WHERE row = ?1", params![r.row])
@@ -2125,6 +2185,8 @@ impl<S: Storage> Relay<S> {
             tx.execute("DELETE FROM deliveries WHERE row = ?1", params![r.row])
                 .map_err(db_err)?;
             tx.execute("DELETE FROM files WHERE row = ?1", params![r.row])
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM documents WHERE row = ?1", params![r.row])
                 .map_err(db_err)?;
             tx.execute("DELETE FROM transfers WHERE row = ?1", params![r.row])
                 .map_err(db_err)?;
@@ -2199,6 +2261,7 @@ impl<S: Storage> Relay<S> {
             if matches!(r.state, TransferState::Purged | TransferState::Rejected) {
                 continue;
             }
+            let r = self.with_documents(r)?;
             let offer = match TransferOffer::parse(&r.offer) {
                 Ok(o) => o,
                 Err(e) => {
@@ -2423,6 +2486,67 @@ mod tests {
         match open_log(&index(d), d, &identity(), &TrustStore::new()) {
             Err(RelayError::Integrity(m)) => m,
             other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
+        }
+    }
+
+    /// `transfers` as it was before the documents had a table of their own; `contents` was
+    /// added last by an index made before the contents were split off.
+    const OLD_TRANSFERS: &str = "CREATE TABLE transfers (
+        row INTEGER PRIMARY KEY, transfer BLOB NOT NULL UNIQUE, sender TEXT NOT NULL,
+        recipients TEXT NOT NULL, offer BLOB NOT NULL, manifest BLOB, {contents} seal BLOB,
+        manifest_sha256 BLOB, ciphertext_bytes INTEGER NOT NULL, files INTEGER NOT NULL,
+        state TEXT NOT NULL, offered_at INTEGER NOT NULL, touched_at INTEGER NOT NULL,
+        retain_until TEXT, completed_at INTEGER, custody_receipt TEXT, delivered_at INTEGER,
+        purge_receipt TEXT)";
+
+    #[test]
+    fn an_old_index_has_its_documents_moved_out_of_transfers_at_open() {
+        for contents in [true, false] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut db = Connection::open(dir.path().join("relay.db")).expect("db");
+            let column = if contents { "contents BLOB," } else { "" };
+            db.execute_batch(&OLD_TRANSFERS.replace("{contents}", column))
+                .expect("old table");
+            db.execute(
+                "INSERT INTO transfers (row, transfer, sender, recipients, offer, manifest, seal, \
+                 ciphertext_bytes, files, state, offered_at, touched_at) \
+                 VALUES (7, x'00', 'agency-a', 'agency-b', x'0102', x'0304', x'05', 9, 1, 'complete', 1, 1)",
+                [],
+            )
+            .expect("old row");
+            if contents {
+                db.execute("UPDATE transfers SET contents = x'06' WHERE row = 7", [])
+                    .expect("contents");
+            }
+            db.execute_batch(SCHEMA).expect("schema");
+            move_documents(&mut db).expect("move");
+            // Opened again: nothing left to move.
+            move_documents(&mut db).expect("move again");
+            let left: Vec<String> = db
+                .prepare("SELECT name FROM pragma_table_info('transfers')")
+                .expect("columns")
+                .query_map([], |r| r.get(0))
+                .expect("columns")
+                .collect::<Result<_, _>>()
+                .expect("columns");
+            for gone in ["offer", "manifest", "contents", "seal"] {
+                assert!(!left.iter().any(|c| c == gone), "{gone} in {left:?}");
+            }
+            let docs: (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Vec<u8>) = db
+                .query_row(
+                    "SELECT offer, manifest, contents, seal FROM documents WHERE row = 7",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("documents");
+            let expect_contents = contents.then(|| vec![6]);
+            assert_eq!(docs, (vec![1, 2], vec![3, 4], expect_contents, vec![5]));
+            let state: String = db
+                .query_row("SELECT state FROM transfers WHERE row = 7", [], |r| {
+                    r.get(0)
+                })
+                .expect("row kept");
+            assert_eq!(state, "complete");
         }
     }
 

@@ -222,7 +222,9 @@ fn status<S: Storage>(
     t: TransferId,
 ) -> Result<Frame<'static>, ProtocolError> {
     let not_found = || ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer");
-    let r = relay.transfer(&t)?.ok_or_else(not_found)?;
+    let r = relay
+        .transfer_without_documents(&t)?
+        .ok_or_else(not_found)?;
     if r.sender != peer.agency && !r.recipients.contains(&peer.agency) {
         // Indistinguishable from a missing transfer for a stranger, but logged.
         relay.refuse(

@@ -582,7 +582,7 @@ async fn scrub_finds_at_rest_corruption_exactly() {
     assert_eq!((found[0].0, found[0].1), (t.id, big as u32));
     // A stored manifest changed in the index is found too.
     let db = rusqlite_open(dir.path());
-    db.execute("UPDATE transfers SET manifest = CAST(REPLACE(CAST(manifest AS TEXT), 'XX-2026', 'YY-2026') AS BLOB)", []).expect("update");
+    db.execute("UPDATE documents SET manifest = CAST(REPLACE(CAST(manifest AS TEXT), 'XX-2026', 'YY-2026') AS BLOB)", []).expect("update");
     let found = r.relay.scrub().expect("scrub");
     assert!(
         found
