@@ -385,6 +385,8 @@ struct RogRound {
     relay_first_mib: Option<Option<Duration>>,
     fetch_progress_mid: usize,
     fetch_first_progress: Option<Duration>,
+    /// The round's homes, relay and fetched copy, removed when dropped.
+    dir: tempfile::TempDir,
 }
 
 /// The relay process of a round; killed on drop.
@@ -817,6 +819,7 @@ impl Bench {
             relay_first_mib,
             fetch_progress_mid: mid,
             fetch_first_progress: first_progress(&fevents),
+            dir: base,
         })
     }
 }
@@ -1815,6 +1818,12 @@ fn bulk_section(
         "== bulk: {files} files of 4 KiB (ROGATORY_BENCH_FILES), on {p}: {} rounds ==",
         b.rounds
     );
+    // Every round's folders stay until the section ends. Removing thousands of files just
+    // before a row slows that row's file creations down: ext4 without a journal (this machine's
+    // disk) skips inodes freed in the last 30 seconds (`recently_deleted`), scanning past each
+    // of them. Removed between rows, they slowed whichever rows came next (our fetch from the
+    // second round on, rsync's upload in every round) and not the others.
+    let mut kept: Vec<tempfile::TempDir> = Vec::new();
     for round in 1..=b.rounds {
         match b.rogatory_round(place, &bulk, expect, false) {
             Ok(r) => {
@@ -1825,6 +1834,7 @@ fn bulk_section(
                 );
                 send.push(Ok(r.send));
                 fetch.push(Ok(r.fetch));
+                kept.push(r.dir);
             }
             Err(e) => {
                 println!("round {round}: rogatory FAILED: {e}");
@@ -1833,7 +1843,7 @@ fn bulk_section(
             }
         }
         if let (None, Some(sshd)) = (&rsync_skip, sshd) {
-            let (u, d) = rsync_round(b, sshd, place, &bulk, expect);
+            let (u, d) = rsync_round(b, sshd, place, &bulk, expect, &mut kept);
             println!(
                 "round {round}: rsync to {}, from {}",
                 u.as_ref().map_or_else(
@@ -1870,13 +1880,15 @@ fn bulk_section(
     send.errors.len() + fetch.errors.len() + up.errors.len() + down.errors.len() > 0
 }
 
-/// `rsync -a` of the folder to the loopback sshd, then back into a fresh directory.
+/// `rsync -a` of the folder to the loopback sshd, then back into a fresh directory (kept in
+/// `kept`).
 fn rsync_round(
     b: &Bench,
     sshd: &Sshd,
     place: &Place,
     bulk: &Path,
     expect: (u64, u64),
+    kept: &mut Vec<tempfile::TempDir>,
 ) -> (Result<Sample, String>, Result<Sample, String>) {
     let dirs = tempfile::Builder::new()
         .prefix("rogatory-bench-rsync-")
@@ -1925,5 +1937,6 @@ fn rsync_round(
         ),
         Err(_) => Err("not run: the upload failed".into()),
     };
+    kept.push(dirs);
     (up, down)
 }
