@@ -292,9 +292,11 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Finishes the stream (after [`Self::flush`]: what is gathered and not written is lost).
+    /// Finishes the stream (after [`Self::flush`]: what is gathered and not written is lost)
+    /// and frees the buffer: nothing more is written to it.
     pub fn finish(&mut self) {
         debug_assert!(self.buf.is_empty(), "finish with frames not written");
+        self.buf = Vec::new();
         let _ = self.send.finish();
     }
 
@@ -974,6 +976,11 @@ pub async fn upload(
                             Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
                             Err(e) => return Err(e),
                         }
+                    }
+                }
+                Transmit::Release { file, generation } => {
+                    if streams.get(&file).is_some_and(|(g, _)| *g == generation) {
+                        streams.remove(&file);
                     }
                 }
                 Transmit::Reset { file, generation } => {

@@ -82,6 +82,15 @@ pub enum Transmit {
         /// Stream generation.
         generation: u32,
     },
+    /// Every piece of the file is durable: stream `(file, generation)`, finished, needs no
+    /// reset any more and is let go (nothing is sent; a transfer of many files keeps only the
+    /// streams of files still in flight).
+    Release {
+        /// File index.
+        file: u32,
+        /// Stream generation.
+        generation: u32,
+    },
     /// Abandon stream `(file, generation)` (reset it, if it still exists).
     Reset {
         /// File index.
@@ -386,7 +395,13 @@ impl Upload {
         let complete = f.durable == f.count();
         if complete {
             // Its stream (finished) needs no reset any more.
-            f.open = false;
+            if f.open {
+                f.open = false;
+                self.out.push_back(Transmit::Release {
+                    file: d.file,
+                    generation: f.generation,
+                });
+            }
             self.incomplete -= 1;
         }
         self.last_progress = now;

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -75,6 +75,8 @@ fn simulate(
     let mut to_relay: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut to_sender: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut streams: BTreeMap<(u32, u32), Queue> = BTreeMap::new();
+    // The streams the driver holds (`net.rs`): opened, until reset or released.
+    let mut held: BTreeSet<(u32, u32)> = BTreeSet::new();
     let mut received: Vec<Vec<u8>> = vec![Vec::new(); files.layouts.len()];
     let mut receipts = 0;
     let limits = FrameLimits::default();
@@ -89,6 +91,7 @@ fn simulate(
                 Transmit::Offer => to_relay.push_back((now + net.latency, vec![])),
                 Transmit::Open { file, generation } => {
                     streams.entry((file, generation)).or_default();
+                    held.insert((file, generation));
                 }
                 Transmit::Seal => {
                     let (seal, manifest, contents) = src.seal().expect("seal");
@@ -124,8 +127,20 @@ fn simulate(
                     }
                 }
                 Transmit::Finish { .. } => {}
+                Transmit::Release { file, generation } => {
+                    // Only a finished stream whose every piece is durable; its data in flight
+                    // (duplicates by now) may still arrive.
+                    assert!(
+                        held.remove(&(file, generation)),
+                        "release of a stream not held"
+                    );
+                    let pieces = files.layouts[file as usize].count();
+                    let relay = intake.as_ref().expect("durable data has an intake");
+                    assert_eq!(relay.received(file), pieces, "released before all arrived");
+                }
                 Transmit::Reset { file, generation } => {
                     streams.remove(&(file, generation));
+                    held.remove(&(file, generation));
                 }
             }
         }
@@ -230,6 +245,11 @@ fn simulate(
         if up.poll_timeout().is_some_and(|t| t <= now) {
             up.handle_timeout(now);
         }
+    }
+    if *up.phase() == UploadPhase::Done {
+        // Every stream was let go once its file was durable: a transfer of many files does
+        // not keep one per file until the end.
+        assert!(held.is_empty(), "streams still held at the end: {held:?}");
     }
     Outcome {
         phase: up.phase().clone(),

@@ -110,10 +110,11 @@ fn outbox_key(
     hex(&h.finalize()[..16])
 }
 
-/// Fresh age headers for every file: the bytes of `heads.bin`, the ciphertext sizes and the
-/// file keys.
+/// Fresh age headers for every file: the bytes of `heads.bin` (in parts, one per thread, in
+/// file order: written one after the other, never copied into one buffer), the ciphertext sizes
+/// and the file keys.
 struct Heads {
-    bytes: Vec<u8>,
+    parts: Vec<Vec<u8>>,
     ciphertext_sizes: Vec<u64>,
     keys: Vec<Option<FileKey>>,
 }
@@ -132,12 +133,18 @@ fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
                     let mut bytes = Vec::new();
                     let mut ct = Vec::with_capacity(chunk.len());
                     let mut keys = Vec::with_capacity(chunk.len());
-                    for &size in chunk {
+                    for (i, &size) in chunk.iter().enumerate() {
                         let enc = Encryptor::new(recipients)?;
                         let before = bytes.len();
                         bytes.extend_from_slice(&enc.header().encode());
                         bytes.extend_from_slice(&PayloadNonce::generate().0);
                         let head = (bytes.len() - before) as u64;
+                        if i == 0 {
+                            // Every file has the same recipients, so (almost always) the same
+                            // header length: room for all of them at once, not twice as much
+                            // after doubling (70 MB of headers for 40,000 files).
+                            bytes.reserve_exact(bytes.len() * (chunk.len() - 1));
+                        }
                         ct.push(head + rogatory_envelope::payload_len(size));
                         keys.push(Some(FileKey::from_bytes(*enc.file_key().expose_secret())));
                     }
@@ -147,7 +154,7 @@ fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
             .collect();
         handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(parts.len());
     let mut ct = Vec::with_capacity(sizes.len());
     let mut keys = Vec::with_capacity(sizes.len());
     for p in parts {
@@ -156,12 +163,12 @@ fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
             .map_err(|e| {
                 Error::new(ErrorKind::Usage, "cannot encrypt to the recipients").source(e)
             })?;
-        bytes.extend_from_slice(&b);
+        bytes.push(b);
         ct.extend(c);
         keys.extend(k);
     }
     Ok(Heads {
-        bytes,
+        parts: bytes,
         ciphertext_sizes: ct,
         keys,
     })
@@ -443,7 +450,7 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
     let Keyed {
         heads:
             Heads {
-                bytes: heads,
+                parts: heads,
                 ciphertext_sizes: ct,
                 keys: fresh_keys,
             },

@@ -37,7 +37,7 @@ use sha2::Digest as _;
 
 use super::sources::Source;
 use crate::error::{Error, ErrorKind, Result, io};
-use crate::home::write_file;
+use crate::home::{write_file, write_file_parts};
 
 /// `state.bin`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -115,10 +115,10 @@ impl StateDir {
 
     /// Writes the heads, the file keys and the state (fsynced, state last: its presence means
     /// complete).
-    pub(crate) fn create(&self, saved: &Saved, heads: &[u8], keys_age: &[u8]) -> Result<()> {
+    pub(crate) fn create(&self, saved: &Saved, heads: &[Vec<u8>], keys_age: &[u8]) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         crate::home::make_private(&self.dir)?;
-        write_file(&self.path("heads.bin"), heads, 0o600, true)?;
+        write_file_parts(&self.path("heads.bin"), heads, 0o600, true)?;
         write_file(&self.path("keys.age"), keys_age, 0o600, true)?;
         let bytes = postcard::to_stdvec(saved)
             .map_err(|e| Error::new(ErrorKind::Internal, "encoding the send state").source(e))?;
