@@ -357,55 +357,66 @@ async fn fetch<S: Storage + 'static>(
     w.send(&Frame::FetchHead(FetchHead { total }))
         .await
         .map_err(io)?;
-    // Sized to what is sent: a small file's request does not zero a 1 MiB buffer.
-    let mut buf = vec![0u8; (end - f.offset).min(rogatory_transport::frame::MAX_RANGE) as usize];
     let mut off = f.offset;
     while off < end {
-        let n = (end - off).min(buf.len() as u64) as usize;
+        let n = (end - off).min(rogatory_transport::frame::MAX_RANGE) as usize;
         match &source {
-            Some(b) => buf[..n].copy_from_slice(&b[off as usize..off as usize + n]),
+            Some(b) => {
+                w.send(&Frame::Range(rogatory_transport::frame::Range {
+                    offset: off,
+                    bytes: &b[off as usize..off as usize + n],
+                }))
+                .await
+                .map_err(io)?;
+            }
             None => {
-                // Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked, and
-                // the recipient told plainly instead of "retry" for ever. Other read errors may
-                // pass; `relay scrub` decides about them.
-                let file = match f.object {
-                    Object::File(i) => i,
-                    _ => 0,
-                };
-                let got = match relay.read_pack(&r, base + off, &mut buf[..n]) {
-                    Ok(got) => got,
-                    Err(e) => {
-                        let missing = relay
-                            .storage()
-                            .len(&relay.pack_path(&r))
-                            .is_ok_and(|l| l.is_none());
-                        if missing {
-                            return Err(relay.damaged_on_read(
-                                &r.transfer,
-                                file,
-                                "the pack file is missing",
-                            ));
+                // Read straight into the buffer that goes to quinn (`protocol.md` §6.1).
+                let mut failed = None;
+                let sent = w
+                    .send_range(off, n as u64, |out| {
+                        let start = out.len();
+                        out.resize(start + n, 0);
+                        match relay.read_pack(&r, base + off, &mut out[start..]) {
+                            Ok(got) if got == n => Ok(()),
+                            got => {
+                                failed = Some(got);
+                                Err(std::io::Error::other("reading the pack"))
+                            }
                         }
-                        return Err(e);
-                    }
-                };
-                if got != n {
-                    return Err(relay.damaged_on_read(
-                        &r.transfer,
-                        file,
-                        "stored ciphertext is shorter than recorded (the pack is too short)",
-                    ));
+                    })
+                    .await;
+                if let Some(got) = failed {
+                    // Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked,
+                    // and the recipient told plainly instead of "retry" for ever. Other read
+                    // errors may pass; `relay scrub` decides about them.
+                    let file = match f.object {
+                        Object::File(i) => i,
+                        _ => 0,
+                    };
+                    return Err(match got {
+                        Err(e) => {
+                            let missing = relay
+                                .storage()
+                                .len(&relay.pack_path(&r))
+                                .is_ok_and(|l| l.is_none());
+                            if !missing {
+                                return Err(e);
+                            }
+                            relay.damaged_on_read(&r.transfer, file, "the pack file is missing")
+                        }
+                        Ok(_) => relay.damaged_on_read(
+                            &r.transfer,
+                            file,
+                            "stored ciphertext is shorter than recorded (the pack is too short)",
+                        ),
+                    });
                 }
+                sent.map_err(io)?;
             }
         }
-        w.send(&Frame::Range(rogatory_transport::frame::Range {
-            offset: off,
-            bytes: &buf[..n],
-        }))
-        .await
-        .map_err(io)?;
         off += n as u64;
     }
+    w.flush().await.map_err(io)?;
     if let Object::File(i) = f.object
         && end == total
     {

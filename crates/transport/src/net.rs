@@ -249,6 +249,30 @@ impl FrameWriter {
         len: u64,
         fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
     ) -> Result<(), NetError> {
+        let header = |b: &mut Vec<u8>| frame::piece_header(b, file, piece, len as usize);
+        self.send_data(len, header, fill).await
+    }
+
+    /// Adds a RANGE frame of `len` bytes at `offset` whose bytes `fill` appends to the buffer,
+    /// gathered as [`Self::send_piece`] gathers pieces: a relay serving a file reads it straight
+    /// into the buffer that goes to quinn.
+    pub async fn send_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> Result<(), NetError> {
+        let header = |b: &mut Vec<u8>| frame::range_header(b, offset, len as usize);
+        self.send_data(len, header, fill).await
+    }
+
+    /// A data frame: `header`, then the `len` bytes `fill` appends.
+    async fn send_data(
+        &mut self,
+        len: u64,
+        header: impl FnOnce(&mut Vec<u8>),
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> Result<(), NetError> {
         let need = self.buf.len() + MAX_HEADER + 2 * 8 + len as usize;
         if need > self.buf.capacity() {
             // Doubling (a small file's stream stays small), but never past a batch.
@@ -256,7 +280,7 @@ impl FrameWriter {
             self.buf.reserve_exact(size - self.buf.len());
         }
         let frame_start = self.buf.len();
-        frame::piece_header(&mut self.buf, file, piece, len as usize);
+        header(&mut self.buf);
         let start = self.buf.len();
         let filled = fill(&mut self.buf).and_then(|()| {
             if (self.buf.len() - start) as u64 == len {
