@@ -28,6 +28,7 @@ use rogatory_custody::{
     AgencyId, AgencyIdentity, AuditLog, Head, Manifest, NoteSigner, Peer, PieceHash, PieceLayout,
     Revocations, Sha256Digest, Statement, Text, Timestamp, TransferId, TransferOffer, TrustStore,
 };
+use rogatory_transport::direct::{DirectRead, DirectSource};
 use rogatory_transport::frame::{Offer, Seal, TransferState};
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
@@ -1904,6 +1905,43 @@ impl<S: Storage> Relay<S> {
         self.storage
             .read_at(&self.pack_path(row), offset, buf)
             .map_err(storage_err)
+    }
+
+    /// The transfer's pack opened for direct reads (`protocol.md` §6.3), if its storage allows
+    /// it.
+    pub fn open_pack_direct(&self, row: &TransferRow) -> Option<DirectSource> {
+        self.storage
+            .open_direct(&self.pack_path(row), row.ciphertext_bytes)
+    }
+
+    /// Like [`Relay::read_pack`], through `direct` while it lasts: as many bytes as `buf` holds
+    /// at `offset` (fewer at the pack's end), reading on through the page cache (and dropping
+    /// `direct`) if the file system refuses a direct read.
+    pub fn read_pack_with(
+        &self,
+        row: &TransferRow,
+        direct: &mut Option<DirectSource>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, ProtocolError> {
+        let mut n = 0;
+        if let Some(d) = direct.as_mut() {
+            while n < buf.len() {
+                match d.read(offset + n as u64, &mut buf[n..]) {
+                    DirectRead::Got(0) => return Ok(n),
+                    DirectRead::Got(k) => n += k,
+                    DirectRead::Failed(e) => return Err(storage_err(e)),
+                    DirectRead::Unsupported => {
+                        *direct = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if n == buf.len() {
+            return Ok(n);
+        }
+        Ok(n + self.read_pack(row, offset + n as u64, &mut buf[n..])?)
     }
 
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.

@@ -357,6 +357,13 @@ async fn fetch<S: Storage + 'static>(
     w.send(&Frame::FetchHead(FetchHead { total }))
         .await
         .map_err(io)?;
+    // A large file is read from the pack directly, a block ahead (`protocol.md` §6.3).
+    let mut direct = match f.object {
+        Object::File(_) if end - f.offset >= rogatory_transport::direct::DIRECT_MIN => {
+            relay.open_pack_direct(&r)
+        }
+        _ => None,
+    };
     let mut off = f.offset;
     while off < end {
         let n = (end - off).min(rogatory_transport::frame::MAX_RANGE) as usize;
@@ -370,13 +377,13 @@ async fn fetch<S: Storage + 'static>(
                 .map_err(io)?;
             }
             None => {
-                // Read straight into the buffer that goes to quinn (`protocol.md` §6.1).
+                // Read straight into the buffer that goes to quinn (`protocol.md` §6.3).
                 let mut failed = None;
                 let sent = w
                     .send_range(off, n as u64, |out| {
                         let start = out.len();
                         out.resize(start + n, 0);
-                        match relay.read_pack(&r, base + off, &mut out[start..]) {
+                        match relay.read_pack_with(&r, &mut direct, base + off, &mut out[start..]) {
                             Ok(got) if got == n => Ok(()),
                             got => {
                                 failed = Some(got);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
+use rogatory_transport::direct::DirectSource;
 
 /// File operations the relay's data path uses. Every write is positional; nothing is durable
 /// until [`Storage::sync`] (file data) and [`Storage::sync_dir`] (names in a directory).
@@ -37,6 +38,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Drops any cached handle of `path`, so that the next operation opens the file by name
     /// again (it may have been removed or replaced behind the relay's back: `relay.md` §10).
     fn reopen(&self, _path: &Path) {}
+    /// `path` (of `size` bytes) opened for direct reads, a block read ahead on a thread of its
+    /// own (`protocol.md` §6.3), where this storage and its file system allow it; `None` means
+    /// [`Storage::read_at`], also when opening fails (that read reports the error).
+    fn open_direct(&self, _path: &Path, _size: u64) -> Option<DirectSource> {
+        None
+    }
 }
 
 /// The real file system. Keeps recently used files open (positional I/O), at most `MAX_OPEN`.
@@ -90,6 +97,9 @@ impl Storage for DiskStorage {
     }
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.file(path, false)?.read_at(buf, offset)
+    }
+    fn open_direct(&self, path: &Path, size: u64) -> Option<DirectSource> {
+        DirectSource::open(path, size).ok().flatten()
     }
     fn sync(&self, path: &Path) -> io::Result<()> {
         self.file(path, false)?.sync_data()
@@ -464,5 +474,8 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn reopen(&self, p: &Path) {
         (**self).reopen(p)
+    }
+    fn open_direct(&self, p: &Path, size: u64) -> Option<DirectSource> {
+        (**self).open_direct(p, size)
     }
 }

@@ -266,3 +266,42 @@ async fn a_short_read_while_serving_marks_the_transfer_damaged() {
     assert!(got == t.ciphertexts[last]);
     assert!(r.relay.scrub().expect("scrub").is_empty());
 }
+
+/// The same for a file served from the pack directly (`protocol.md` §6.3: 4 MiB or more): a
+/// pack cut short, or removed, while a large file is served is damage, not a transient error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_read_directly_from_a_cut_or_missing_pack_is_damage() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let sb = connect(&w, &w.b, r.addr).await;
+    let large: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    for cut in [true, false] {
+        let t = transfer(
+            &w.a,
+            &[&w.b],
+            &[("large.bin", large.clone())],
+            legal(),
+            now(),
+        );
+        send(&sa, &t, None).await.expect("upload");
+        let row = r.relay.transfer(&t.id).expect("db").expect("row");
+        let pack = pack_path(dir.path(), row.row);
+        if cut {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&pack)
+                .and_then(|f| f.set_len(3_000_000))
+                .expect("truncate");
+        } else {
+            std::fs::remove_file(&pack).expect("remove");
+        }
+        let e = fetch_all(&sb, t.id, Object::File(0))
+            .await
+            .expect_err("damaged");
+        assert_eq!(e, ErrorCode::DAMAGED, "cut: {cut}");
+        assert_eq!(status(&sb, t.id).await.0, TransferState::Damaged);
+    }
+    assert_eq!(damage_reports(dir.path()), 2);
+}

@@ -387,6 +387,29 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     let row = r.relay.transfer(&t.id).expect("db").expect("row");
     let pack = std::fs::read(pack_path(dir.path(), row.row)).expect("pack");
     assert_eq!(pack, t.ciphertexts.concat());
+    // `protocol.md` §6.3: read directly (where this file system allows it; else through the
+    // page cache), at offsets and lengths off every alignment, across blocks, in any order and
+    // past the end, the pack gives its bytes.
+    let mut direct = r.relay.open_pack_direct(&row);
+    let end = pack.len() as u64;
+    let mib = 1u64 << 20;
+    for (at, len) in [
+        (0, 1000),
+        (4095, mib),
+        (3 * mib - 7, mib + 100),
+        (mib + 1, 10),
+        (end - 5000, 5000),
+        (end - 10, 100),
+        (end, 10),
+    ] {
+        let mut buf = vec![0u8; len as usize];
+        let n = r
+            .relay
+            .read_pack_with(&row, &mut direct, at, &mut buf)
+            .expect("read");
+        let want = &pack[at as usize..(at + len).min(end) as usize];
+        assert_eq!(&buf[..n], want, "{len} bytes at {at}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod frame;
 #[cfg(feature = "impair")]

@@ -17,7 +17,6 @@
 //! re-sends exactly what the relay's ACCEPT says it lacks, then the same seal, and gets the
 //! original custody receipt back.
 
-mod direct;
 mod legal;
 mod sources;
 mod state;

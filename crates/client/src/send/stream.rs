@@ -22,9 +22,9 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
-use super::direct::{DIRECT_MIN, DirectRead, DirectSource};
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
+use rogatory_transport::direct::{DIRECT_MIN, DirectRead, DirectSource};
 
 type PlainHash = sha2_resumable::Sha256;
 

@@ -1,4 +1,5 @@
-//! Direct reads of a large source (`protocol.md` §6.1, "Reading the sources").
+//! Direct reads of a large file on the data path: a sender's source (`protocol.md` §6.1,
+//! "Reading the sources") and a relay's pack when it serves a large file (§6.3).
 //!
 //! A file of at least [`DIRECT_MIN`] bytes is read with `O_DIRECT`, one aligned block of
 //! [`BLOCK`] bytes at a time, and its chunks are served from that block. The data goes from the
@@ -27,10 +28,10 @@ use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
 
 /// Bytes per direct read: 16 STREAM chunks.
-pub(crate) const BLOCK: usize = 1 << 20;
+pub const BLOCK: usize = 1 << 20;
 /// Files at least this large are read directly; smaller ones are read through the page cache
 /// (with the kernel's read-ahead hints for many small files).
-pub(crate) const DIRECT_MIN: u64 = 4 << 20;
+pub const DIRECT_MIN: u64 = 4 << 20;
 /// Alignment of the buffer, offsets and lengths of a direct read: a page, at least the logical
 /// block size of every common device.
 const ALIGN: usize = 4096;
@@ -107,7 +108,7 @@ type Answer = (Block, io::Result<()>);
 /// One source opened for direct reads: the block being served, and the next one read ahead on
 /// a thread of its own, so the producer never waits for the device while it has data.
 #[derive(Debug)]
-pub(crate) struct DirectSource {
+pub struct DirectSource {
     fd: Arc<File>,
     size: u64,
     current: Block,
@@ -121,7 +122,7 @@ pub(crate) struct DirectSource {
 
 /// What a direct read gave.
 #[derive(Debug)]
-pub(crate) enum DirectRead {
+pub enum DirectRead {
     /// This many bytes of the range asked: fewer if the file is now shorter there.
     Got(usize),
     /// The device or the file system failed.
@@ -134,7 +135,7 @@ pub(crate) enum DirectRead {
 impl DirectSource {
     /// Opens `path` (of `size` bytes) for direct reads. `Ok(None)` where the file system or the
     /// system does not support it; an error is one opening the file would have had anyway.
-    pub(crate) fn open(path: &Path, size: u64) -> io::Result<Option<Self>> {
+    pub fn open(path: &Path, size: u64) -> io::Result<Option<Self>> {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -188,14 +189,15 @@ impl DirectSource {
     }
 
     /// The descriptor (for its fingerprint).
-    pub(crate) fn fd(&self) -> &File {
+    pub fn fd(&self) -> &File {
         &self.fd
     }
 
-    /// Copies the `dst.len()` bytes at `off` into `dst`, from the block held, the one read
-    /// ahead, or else one read now; then reads the following block ahead. `off` is a multiple
-    /// of 64 KiB and the range lies within one block (chunks never straddle one).
-    pub(crate) fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
+    /// Copies the bytes at `off` into `dst`, from the block holding `off`: the block held, the
+    /// one read ahead, or else one read now; then reads the following block ahead. A range
+    /// that goes past that block gets the bytes up to its end (a sender's chunks never do; a
+    /// relay's ranges call again for the rest).
+    pub fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
             // Exactly one of `spare` and `pending` is set: the second buffer is here, or on the
