@@ -36,7 +36,29 @@ fn relay_identity(home: &Home) -> Result<AgencyIdentity> {
     })
 }
 
-fn open_relay(home: &Home, policy: Option<&std::path::Path>) -> Result<Relay<DiskStorage>> {
+/// Opens the relay's store; `locked`: this process holds the data directory's lock. Without
+/// it, an index of an earlier version's layout is refused rather than upgraded under the relay
+/// process that uses it (`relay.md` §2).
+fn open_relay(
+    home: &Home,
+    policy: Option<&std::path::Path>,
+    locked: bool,
+) -> Result<Relay<DiskStorage>> {
+    if !locked {
+        let dir = home.path("relay");
+        let old = rogatory_relay::index_needs_upgrade(&dir)
+            .map_err(|e| CliError::new(Exit::Storage, format!("{}: {e}", dir.display())))?;
+        if old {
+            return Err(CliError::new(
+                Exit::Safety,
+                format!(
+                    "{}: the index has an earlier version's layout and another relay process uses it",
+                    dir.join("relay.db").display()
+                ),
+            )
+            .hint("stop that relay; this version's `relay serve` upgrades the index when it starts"));
+        }
+    }
     let identity = relay_identity(home)?;
     let trust = home.trust_store()?;
     let policy = match policy {
@@ -116,7 +138,7 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         )
         .try_init();
     let _lock = lock_data_dir(home)?;
-    let relay = Arc::new(open_relay(home, a.policy.as_deref())?);
+    let relay = Arc::new(open_relay(home, a.policy.as_deref(), true)?);
     let mut watch = Watch::new(home, a.policy.as_deref());
     let (peer_trust, ..) = load_trust(home, a, &relay, &mut watch)?;
     let tls = home.tls()?;
@@ -349,12 +371,13 @@ pub(crate) fn purge(
     policy: Option<&std::path::Path>,
     events: &Events,
 ) -> Result<()> {
-    let _lock = if dry_run {
-        None
+    // A dry run beside a running relay only reads.
+    let lock = if dry_run {
+        lock_data_dir(home).ok()
     } else {
         Some(lock_data_dir(home)?)
     };
-    let relay = open_relay(home, policy)?;
+    let relay = open_relay(home, policy, lock.is_some())?;
     let done = relay
         .purge(dry_run)
         .map_err(|e| CliError::new(Exit::Storage, format!("purge: {e}")))?;
@@ -392,7 +415,7 @@ pub(crate) fn purge(
 
 pub(crate) fn gc(home: &Home, events: &Events) -> Result<()> {
     let _lock = lock_data_dir(home)?;
-    let relay = open_relay(home, None)?;
+    let relay = open_relay(home, None, true)?;
     let removed = relay
         .gc_partials()
         .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?;
@@ -416,7 +439,7 @@ pub(crate) fn gc(home: &Home, events: &Events) -> Result<()> {
 /// lock; next to a running relay it only reports.
 pub(crate) fn scrub(home: &Home, events: &Events) -> Result<()> {
     let lock = lock_data_dir(home).ok();
-    let relay = open_relay(home, None)?;
+    let relay = open_relay(home, None, lock.is_some())?;
     let found = if lock.is_some() {
         relay.scrub()
     } else {

@@ -13,5 +13,7 @@ pub mod storage;
 pub mod witness;
 
 pub use policy::Policy;
-pub use relay::{Relay, RelayConfig, RelayError, TransferRow, system_clock};
+pub use relay::{
+    DirectPack, Relay, RelayConfig, RelayError, TransferRow, index_needs_upgrade, system_clock,
+};
 pub use storage::{DiskStorage, Faulty, SimStorage, Storage, Unsynced};

@@ -2,7 +2,8 @@
 //!
 //! Layout of the data directory (every on-disk name comes from a relay-generated row id):
 //! ```text
-//! relay.db          SQLite index (WAL, synchronous=FULL): transfers, files, durable prefixes, receipts
+//! relay.db          SQLite index (WAL, synchronous=FULL): transfers, their documents (apart),
+//!                   files, durable prefixes, receipts
 //! spool/<row>.pack  ciphertext of a transfer being received: file i at offset base(i)
 //! inbox/<row>.pack  the same file once every piece is durable and verified
 //! audit.log         the audit log (custody.md §7); audit.quarantine for a cut-off torn tail
@@ -164,6 +165,26 @@ pub struct Relay<S: Storage> {
     served: Mutex<HashMap<(i64, AgencyId), std::collections::BTreeSet<u32>>>,
     /// Witnessing: cosigning other logs, cosignatures of this one (`relay.md` §12).
     witness: crate::witness::WitnessState,
+    /// Packs open for direct reads now ([`DirectPack`]).
+    direct_open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Large files served at once through direct reads, each with a reader thread and two 1 MiB
+/// blocks (`protocol.md` §6.3); beyond them, files are read through the page cache.
+const MAX_DIRECT_READERS: usize = 16;
+
+/// A pack opened for direct reads ([`Relay::open_pack_direct`]), counted against
+/// [`MAX_DIRECT_READERS`] while it lives.
+#[derive(Debug)]
+pub struct DirectPack {
+    source: DirectSource,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for DirectPack {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<S: Storage> std::fmt::Debug for Relay<S> {
@@ -301,37 +322,58 @@ CREATE TABLE IF NOT EXISTS log_checkpoint (
 );
 ";
 
+/// The columns of `transfers` since the documents have a table of their own.
+const TRANSFER_COLUMNS: &str = "row, transfer, sender, recipients, manifest_sha256, ciphertext_bytes, \
+     files, state, offered_at, touched_at, retain_until, completed_at, custody_receipt, delivered_at, \
+     purge_receipt";
+
+/// Whether `transfers` has `column`.
+fn has_transfer_column(db: &Connection, column: &str) -> rusqlite::Result<bool> {
+    db.prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = ?1")?
+        .exists([column])
+}
+
 /// Moves the documents of an index made before they had their own table (`relay.md` §2) out of
-/// `transfers`, in one transaction: a crash leaves the old layout, moved again at the next
-/// start. SQLite keeps a row's columns in order, and reading a column behind a large one follows
-/// that one's overflow pages, so with the offer, manifest and contents inside `transfers` every
-/// query of a transfer's state read megabytes for a transfer of many files. An index made before
-/// the contents were split off (`custody.md` §5.4) has no `contents` column.
+/// `transfers`. SQLite keeps a row's columns in order, and reading a column behind a large one
+/// follows that one's overflow pages, so with the offer, manifest and contents inside
+/// `transfers` every query of a transfer's state read megabytes for a transfer of many files.
+/// One transaction, taken before the layout is looked at (two processes opening at once do not
+/// both move): the old table is renamed, the new one made, each row copied once, the old table
+/// dropped; a crash leaves the old layout, moved again at the next start. An index made before
+/// the contents were split off (`custody.md` §5.4) has no `contents` column. Only a process
+/// holding the data directory's lock may call this ([`index_needs_upgrade`]).
 fn move_documents(db: &mut Connection) -> rusqlite::Result<()> {
-    let has = |db: &Connection, column: &str| {
-        db.prepare("SELECT 1 FROM pragma_table_info('transfers') WHERE name = ?1")?
-            .exists([column])
-    };
-    if !has(db, "offer")? {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !has_transfer_column(&tx, "offer")? {
         return Ok(());
     }
-    let contents = has(db, "contents")?;
-    let tx = db.transaction()?;
+    let contents = if has_transfer_column(&tx, "contents")? {
+        "contents"
+    } else {
+        "NULL"
+    };
     tx.execute_batch(&format!(
-        "INSERT INTO documents (row, offer, manifest, contents, seal)
-             SELECT row, offer, manifest, {}, seal FROM transfers;
-         ALTER TABLE transfers DROP COLUMN offer;
-         ALTER TABLE transfers DROP COLUMN manifest;
-         ALTER TABLE transfers DROP COLUMN seal;
-         {}",
-        if contents { "contents" } else { "NULL" },
-        if contents {
-            "ALTER TABLE transfers DROP COLUMN contents;"
-        } else {
-            ""
-        },
+        "ALTER TABLE transfers RENAME TO transfers_before_documents;
+         {SCHEMA}
+         INSERT INTO documents (row, offer, manifest, contents, seal)
+             SELECT row, offer, manifest, {contents}, seal FROM transfers_before_documents;
+         INSERT INTO transfers ({TRANSFER_COLUMNS})
+             SELECT {TRANSFER_COLUMNS} FROM transfers_before_documents;
+         DROP TABLE transfers_before_documents;"
     ))?;
     tx.commit()
+}
+
+/// Whether the index in `data_dir` has an earlier version's layout, which only a process
+/// holding the data directory's lock may change (`relay.md` §2): one beside a running relay of
+/// that version must not pull its columns away.
+pub fn index_needs_upgrade(data_dir: &Path) -> Result<bool, RelayError> {
+    let p = data_dir.join("relay.db");
+    if !p.exists() {
+        return Ok(false);
+    }
+    let db = Connection::open_with_flags(&p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(has_transfer_column(&db, "offer")?)
 }
 
 /// The checkpoint note the index keeps (`relay.md` §5.1), if any.
@@ -642,6 +684,7 @@ impl<S: Storage> Relay<S> {
             tls_rejections: Mutex::default(),
             served: Mutex::default(),
             witness,
+            direct_open: Arc::default(),
         })
     }
 
@@ -1013,7 +1056,8 @@ impl<S: Storage> Relay<S> {
 
     /// Like [`Relay::transfer`], but without the seal, manifest and offer (empty here), which
     /// can be megabytes for a transfer of many files: what serving one file's FETCH
-    /// (`protocol.md` §6.3), a STATUS or an INBOX needs, read once per request.
+    /// (`protocol.md` §6.3) or a STATUS needs, read once per request. (INBOX lists
+    /// [`Relay::transfers`], also without them.)
     pub fn transfer_without_documents(
         &self,
         t: &TransferId,
@@ -1908,10 +1952,24 @@ impl<S: Storage> Relay<S> {
     }
 
     /// The transfer's pack opened for direct reads (`protocol.md` §6.3), if its storage allows
-    /// it.
-    pub fn open_pack_direct(&self, row: &TransferRow) -> Option<DirectSource> {
-        self.storage
+    /// it and fewer than [`MAX_DIRECT_READERS`] are open.
+    pub fn open_pack_direct(&self, row: &TransferRow) -> Option<DirectPack> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.direct_open.fetch_add(1, Relaxed) >= MAX_DIRECT_READERS {
+            self.direct_open.fetch_sub(1, Relaxed);
+            return None;
+        }
+        let open = Arc::clone(&self.direct_open);
+        match self
+            .storage
             .open_direct(&self.pack_path(row), row.ciphertext_bytes)
+        {
+            Some(source) => Some(DirectPack { source, open }),
+            None => {
+                open.fetch_sub(1, Relaxed);
+                None
+            }
+        }
     }
 
     /// Like [`Relay::read_pack`], through `direct` while it lasts: as many bytes as `buf` holds
@@ -1920,14 +1978,14 @@ impl<S: Storage> Relay<S> {
     pub fn read_pack_with(
         &self,
         row: &TransferRow,
-        direct: &mut Option<DirectSource>,
+        direct: &mut Option<DirectPack>,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, ProtocolError> {
         let mut n = 0;
         if let Some(d) = direct.as_mut() {
             while n < buf.len() {
-                match d.read(offset + n as u64, &mut buf[n..]) {
+                match d.source.read(offset + n as u64, &mut buf[n..]) {
                     DirectRead::Got(0) => return Ok(n),
                     DirectRead::Got(k) => n += k,
                     DirectRead::Failed(e) => return Err(storage_err(e)),

@@ -278,7 +278,9 @@ async fn fetch<S: Storage + 'static>(
     // A file's FETCH does not need the seal and manifest (megabytes for many files): one
     // request per file must not read them each time.
     let r = match f.object {
-        Object::File(_) => relay.transfer_without_documents(&f.transfer)?,
+        Object::File(_) | Object::CustodyReceipt => {
+            relay.transfer_without_documents(&f.transfer)?
+        }
         _ => relay.transfer(&f.transfer)?,
     }
     .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;

@@ -410,6 +410,18 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         let want = &pack[at as usize..(at + len).min(end) as usize];
         assert_eq!(&buf[..n], want, "{len} bytes at {at}");
     }
+    // At most 16 packs are open for direct reads at once (a thread and 2 MiB each); a reader
+    // let go frees its place. (Where this file system has no direct I/O, there is none.)
+    drop(direct);
+    if let Some(first) = r.relay.open_pack_direct(&row) {
+        let mut more: Vec<_> = (1..16)
+            .map(|_| r.relay.open_pack_direct(&row).expect("below the bound"))
+            .collect();
+        assert!(r.relay.open_pack_direct(&row).is_none(), "the 17th");
+        more.pop();
+        assert!(r.relay.open_pack_direct(&row).is_some());
+        drop((first, more));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

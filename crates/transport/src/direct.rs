@@ -275,9 +275,7 @@ mod tests {
         }
     }
 
-    /// test-plan.md 121: every chunk of a file read through a direct source equals the file's
-    /// bytes, in any order (a resume or a rewind reads an earlier block again), and a block read
-    /// after the file is cut shorter returns fewer bytes.
+    /// test-plan.md 121: a source on tmpfs is read through the page cache.
     #[test]
     #[cfg(target_os = "linux")]
     fn a_source_kept_in_memory_is_not_read_directly() {
@@ -296,6 +294,9 @@ mod tests {
         );
     }
 
+    /// test-plan.md 121: every chunk of a file read through a direct source equals the file's
+    /// bytes, in any order (a resume or a rewind reads an earlier block again), and a block read
+    /// after the file is cut shorter returns fewer bytes.
     #[test]
     fn chunks_read_directly_are_the_files_bytes() {
         const CHUNK: usize = 64 * 1024;

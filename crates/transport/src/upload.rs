@@ -394,12 +394,21 @@ impl Upload {
         f.sent = f.sent.max(d.pieces);
         let complete = f.durable == f.count();
         if complete {
-            // Its stream (finished) needs no reset any more.
-            if f.open {
-                f.open = false;
+            let (open, generation) = (f.open, f.generation);
+            f.open = false;
+            if let Some(at) = self.active.iter().position(|&a| a == d.file) {
+                // Its stream was still being written: a rewind sent the file again and the
+                // earlier stream's data made it after all. Nothing is left to send on it.
+                self.active.remove(at);
+                self.out.push_back(Transmit::Reset {
+                    file: d.file,
+                    generation,
+                });
+            } else if open {
+                // Its stream, finished, needs no reset any more.
                 self.out.push_back(Transmit::Release {
                     file: d.file,
-                    generation: f.generation,
+                    generation,
                 });
             }
             self.incomplete -= 1;
@@ -542,6 +551,8 @@ impl Upload {
         self.cursor %= self.active.len();
         let file = self.active[self.cursor];
         let f = &mut self.files[file as usize];
+        // A file made durable leaves `active` then (`on_durable`).
+        debug_assert!(f.sent < f.count(), "an active file has a piece to send");
         let len = piece_offset(&f.layout, f.sent + 1) - piece_offset(&f.layout, f.sent);
         if self.in_flight > 0 && self.in_flight + len > self.cfg.window {
             return None;

@@ -455,3 +455,73 @@ fn intake_refuses_misplaced_and_malformed_data() {
         "no receipt before everything is durable"
     );
 }
+
+/// A file sent again after a rewind, whose earlier stream's data then turns out durable: the
+/// new stream is abandoned (reset) and nothing more is sent for the file; the upload goes on
+/// to SEAL instead of offering pieces past the file's end.
+#[test]
+fn a_file_made_durable_by_its_earlier_stream_stops_being_sent() {
+    let files = Files::random(&[400_000], 13);
+    let t = TransferId::from_bytes([9; 16]);
+    let count = files.layouts[0].count();
+    let t0 = Instant::now();
+    let mut up = Upload::new(t, files.layouts.clone(), small_cfg(), t0);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Offer));
+    up.handle(
+        t0,
+        &Frame::Accept(rogatory_transport::frame::Accept {
+            transfer: t,
+            durable: vec![0],
+        }),
+    );
+    // Generation 0: every piece, then FIN.
+    let mut sent = 0;
+    while let Some(tx) = up.poll_transmit() {
+        if matches!(tx, Transmit::Piece { generation: 0, .. }) {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, count);
+    // No acknowledgement within ack_timeout: rewound, sent again on generation 1.
+    let later = t0 + Duration::from_secs(1);
+    up.handle_timeout(later);
+    assert_eq!(
+        up.poll_transmit(),
+        Some(Transmit::Reset {
+            file: 0,
+            generation: 0
+        })
+    );
+    assert_eq!(
+        up.poll_transmit(),
+        Some(Transmit::Open {
+            file: 0,
+            generation: 1
+        })
+    );
+    assert!(matches!(
+        up.poll_transmit(),
+        Some(Transmit::Piece {
+            generation: 1,
+            piece: 0,
+            ..
+        })
+    ));
+    // The relay had it all from generation 0.
+    up.handle(
+        later,
+        &Frame::Durable(rogatory_transport::frame::Durable {
+            file: 0,
+            pieces: count,
+        }),
+    );
+    assert_eq!(
+        up.poll_transmit(),
+        Some(Transmit::Reset {
+            file: 0,
+            generation: 1
+        })
+    );
+    assert_eq!(up.poll_transmit(), Some(Transmit::Seal));
+    assert_eq!(up.poll_transmit(), None);
+}
