@@ -455,14 +455,22 @@ pub struct TransferRow {
     pub offer: Vec<u8>,
 }
 
+/// The columns [`read_row`] reads before the documents, in its order.
+macro_rules! row_columns {
+    () => {
+        "SELECT row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, \
+         completed_at, retain_until, custody_receipt, NULL, delivered_at, purge_receipt"
+    };
+}
 /// A transfer with its documents (`relay.md` §2): the row joined with its `documents` row.
-const ROW_WITH_DOCUMENTS: &str = "SELECT row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, \
-     completed_at, retain_until, custody_receipt, NULL, delivered_at, purge_receipt, COALESCE(seal, x''), \
-     COALESCE(manifest, x''), COALESCE(offer, x'') FROM transfers LEFT JOIN documents USING (row)";
+const ROW_WITH_DOCUMENTS: &str = concat!(
+    row_columns!(),
+    ", COALESCE(seal, x''), COALESCE(manifest, x''), COALESCE(offer, x'') \
+     FROM transfers LEFT JOIN documents USING (row)"
+);
 /// [`ROW_WITH_DOCUMENTS`] with the seal, manifest and offer left empty: the `transfers` table
 /// alone, whose rows are small.
-const ROW_WITHOUT_DOCUMENTS: &str = "SELECT row, transfer, sender, recipients, state, files, ciphertext_bytes, offered_at, \
-     completed_at, retain_until, custody_receipt, NULL, delivered_at, purge_receipt, x'', x'', x'' FROM transfers";
+const ROW_WITHOUT_DOCUMENTS: &str = concat!(row_columns!(), ", x'', x'', x'' FROM transfers");
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let t: Vec<u8> = r.get(1)?;

@@ -15,7 +15,7 @@ use rogatory_transport::net::{
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
 
-use crate::relay::{Relay, damaged_error};
+use crate::relay::{Relay, TransferRow, damaged_error};
 use crate::storage::Storage;
 
 /// Most entries in one INBOX answer.
@@ -395,30 +395,11 @@ async fn fetch<S: Storage + 'static>(
                     })
                     .await;
                 if let Some(got) = failed {
-                    // Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked,
-                    // and the recipient told plainly instead of "retry" for ever. Other read
-                    // errors may pass; `relay scrub` decides about them.
                     let file = match f.object {
                         Object::File(i) => i,
                         _ => 0,
                     };
-                    return Err(match got {
-                        Err(e) => {
-                            let missing = relay
-                                .storage()
-                                .len(&relay.pack_path(&r))
-                                .is_ok_and(|l| l.is_none());
-                            if !missing {
-                                return Err(e);
-                            }
-                            relay.damaged_on_read(&r.transfer, file, "the pack file is missing")
-                        }
-                        Ok(_) => relay.damaged_on_read(
-                            &r.transfer,
-                            file,
-                            "stored ciphertext is shorter than recorded (the pack is too short)",
-                        ),
-                    });
+                    return Err(pack_read_failed(relay, &r, file, got));
                 }
                 sent.map_err(io)?;
             }
@@ -432,4 +413,31 @@ async fn fetch<S: Storage + 'static>(
         relay.served(&r, &peer.agency, i)?;
     }
     Ok(())
+}
+
+/// What a read of the pack that failed or came back short while serving `file` answers.
+/// Ciphertext gone or cut short at rest is damage (`relay.md` §10): marked, and the recipient
+/// told plainly instead of "retry" for ever. Other read errors pass; `relay scrub` decides about
+/// them.
+fn pack_read_failed<S: Storage>(
+    relay: &Relay<S>,
+    r: &TransferRow,
+    file: u32,
+    got: Result<usize, ProtocolError>,
+) -> ProtocolError {
+    let missing = || {
+        relay
+            .storage()
+            .len(&relay.pack_path(r))
+            .is_ok_and(|l| l.is_none())
+    };
+    match got {
+        Err(e) if !missing() => e,
+        Err(_) => relay.damaged_on_read(&r.transfer, file, "the pack file is missing"),
+        Ok(_) => relay.damaged_on_read(
+            &r.transfer,
+            file,
+            "stored ciphertext is shorter than recorded (the pack is too short)",
+        ),
+    }
 }

@@ -18,13 +18,13 @@ use rogatory_custody::{
 use rogatory_envelope::{
     AnyIdentity, AnyRecipient, CHUNK_SIZE, Decryptor, Encryptor, FileKey, PayloadKey, PayloadNonce,
 };
+use rogatory_transport::direct::{DIRECT_MIN, DirectRead, DirectSource};
 use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
-use rogatory_transport::direct::{DIRECT_MIN, DirectRead, DirectSource};
 
 type PlainHash = sha2_resumable::Sha256;
 
