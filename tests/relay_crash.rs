@@ -126,9 +126,9 @@ impl Env {
         ])
     }
 
-    fn send(&self, folder: &str) -> Sender {
+    fn send_args(&self, folder: &str) -> Vec<String> {
         let relay = format!("127.0.0.1:{}", self.port);
-        self.spawn_json(&[
+        [
             "--home",
             "A",
             "send",
@@ -145,7 +145,31 @@ impl Env {
             "--retain-until",
             "2030-01-01",
             folder,
-        ])
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn send(&self, folder: &str) -> Sender {
+        let args = self.send_args(folder);
+        self.spawn_json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `send` of `folder` with the sender's failpoint `fp` armed: it must abort.
+    fn send_aborting_at(&self, folder: &str, fp: &str) {
+        let out = Command::new(bin())
+            .args(self.send_args(folder))
+            .current_dir(self.path())
+            .env("ROGATORY_TEST_FAILPOINTS", fp)
+            .stdin(Stdio::null())
+            .output()
+            .expect("rogatory");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("failpoint"),
+            "{fp}: the sender aborted ({:?}): {err}",
+            out.status
+        );
     }
 
     /// Polls the relay's index until `target` bytes are durable, the sender ends, or a minute.
@@ -779,6 +803,99 @@ fn a_source_modified_while_it_is_read_is_refused() {
         "{err}"
     );
     assert_eq!(env.custody_receipts(), 0, "nothing receipted");
+}
+
+/// `n` files of different small sizes in `name/`.
+fn make_many(env: &Env, name: &str, n: usize, seed: u64) -> PathBuf {
+    let d = env.path().join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..n {
+        let mut b = vec![0u8; (i * 37) % 3000];
+        rng.fill(&mut b[..]);
+        std::fs::write(d.join(format!("f{i:03}")), &b).expect("write");
+    }
+    d
+}
+
+/// The one interrupted send's `heads.bin` under A's `outbox/`.
+fn outbox_heads(env: &Env) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(env.path().join("A/outbox"))
+        .expect("outbox")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("state.bin").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one interrupted send: {dirs:?}");
+    dirs[0].join("heads.bin")
+}
+
+/// `protocol.md` §6.1 "Headers": a send that dies while writing a batch of headers
+/// (`heads.mid_write`: half a batch and part of a record written, never synced) resumes. The
+/// headers that open with their saved keys are kept, the others are made again to the same keys,
+/// and every file reaches the recipient and opens byte for byte.
+#[test]
+fn a_send_that_died_writing_its_headers_resumes_and_every_file_opens() {
+    let mut env = setup_recipient();
+    let src = make_many(&env, "many", 300, 5);
+    let mut relay = env.relay(None);
+    env.send_aborting_at("many", "heads.mid_write=1");
+    let torn = std::fs::metadata(outbox_heads(&env))
+        .expect("heads.bin")
+        .len();
+    assert!(torn > 0, "half a batch was written");
+    let sent = env.send("many").finish();
+    let transfer = sent["transfer_id"]
+        .as_str()
+        .expect("transfer id")
+        .to_owned();
+    assert_eq!(env.custody_receipts(), 1);
+    let kept = std::fs::metadata(env.path().join(format!("A/sent/{transfer}/heads.bin")))
+        .expect("kept heads.bin")
+        .len();
+    assert_eq!(kept % 300, 0, "300 whole headers, the torn one gone");
+    assert!(kept > torn, "the missing headers were made");
+    env.fetch(&transfer).finish();
+    let out = transfer_dirs(&env.path().join("out"))
+        .pop()
+        .expect("a transfer folder")
+        .join("many");
+    for i in 0..300 {
+        let name = format!("f{i:03}");
+        assert!(
+            std::fs::read(out.join(&name)).expect("fetched")
+                == std::fs::read(src.join(&name)).expect("source"),
+            "{name} arrived byte for byte"
+        );
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
+/// A send whose `heads.bin` lost the header of a file the relay holds pieces of (a disk that
+/// lost synced data) cannot re-send that file byte for byte: the resume is refused (exit 3)
+/// rather than sending pieces under another header.
+#[test]
+fn a_resume_that_lost_the_header_of_a_file_the_relay_holds_is_refused() {
+    let mut env = setup();
+    make_folder(&env, "case-9", 8, 9);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("case-9");
+    env.wait_durable(&mut s, 1 << 20);
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let heads = outbox_heads(&env);
+    std::fs::File::options()
+        .write(true)
+        .open(&heads)
+        .and_then(|f| f.set_len(0))
+        .expect("cut heads.bin");
+    let (code, err) = env.send("case-9").failure();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("header"), "{err}");
+    assert_eq!(env.custody_receipts(), 0, "nothing receipted");
+    let _ = relay.kill();
+    let _ = relay.wait();
 }
 
 #[test]

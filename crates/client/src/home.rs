@@ -394,16 +394,6 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 /// whatever the umask); never replaces an existing file unless `replace`. Missing directories
 /// are created private (0700).
 pub fn write_file(p: &Path, data: &[u8], mode: u32, replace: bool) -> Result<()> {
-    write_file_parts(p, &[data], mode, replace)
-}
-
-/// [`write_file`] of `parts` one after the other.
-pub fn write_file_parts(
-    p: &Path,
-    parts: &[impl AsRef<[u8]>],
-    mode: u32,
-    replace: bool,
-) -> Result<()> {
     let dir = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -433,14 +423,11 @@ pub fn write_file_parts(
     let r = {
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(fs::Permissions::from_mode(mode))
-            .and_then(|_| parts.iter().try_for_each(|d| f.write_all(d.as_ref())))
+            .and_then(|_| f.write_all(data))
             .and_then(|_| f.sync_all())
     };
     #[cfg(not(unix))]
-    let r = parts
-        .iter()
-        .try_for_each(|d| f.write_all(d.as_ref()))
-        .and_then(|_| f.sync_all());
+    let r = f.write_all(data).and_then(|_| f.sync_all());
     if let Err(e) = r {
         let _ = fs::remove_file(&tmp);
         return Err(io("writing", &tmp, e));

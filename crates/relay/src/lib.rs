@@ -4,7 +4,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod failpoint;
+/// Crash points for the crash tests (shared with the sender).
+pub use rogatory_transport::failpoint;
 pub mod logfile;
 pub mod policy;
 pub mod relay;

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod config;
 pub mod direct;
 pub mod error;
+pub mod failpoint;
 pub mod frame;
 #[cfg(feature = "impair")]
 pub mod impair;

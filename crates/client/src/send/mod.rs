@@ -17,6 +17,7 @@
 //! re-sends exactly what the relay's ACCEPT says it lacks, then the same seal, and gets the
 //! original custody receipt back.
 
+mod heads;
 mod legal;
 mod sources;
 mod state;
@@ -24,13 +25,14 @@ mod stream;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rogatory_custody::{
     AgencyId, Legal, OfferedFile, ReceiptBundle, Sha256Digest, Statement, Timestamp, TransferId,
     TransferOffer,
 };
-use rogatory_envelope::{AnyRecipient, Encryptor, FileKey, PayloadNonce};
+use rogatory_envelope::{AnyRecipient, Encryptor, FileKey};
 
 use rogatory_transport::frame::{Offer, PublishedPolicy};
 use rogatory_transport::net::{NetError, upload};
@@ -43,6 +45,7 @@ pub use sources::Failure;
 use crate::error::{Error, ErrorKind, Result, io, net};
 use crate::events::Event;
 use crate::home::{Home, parse_agency, write_file};
+use heads::HeadMaker;
 use state::{Saved, SealedDocs, StateDir};
 use stream::{SourceError, Streamer};
 
@@ -109,80 +112,13 @@ fn outbox_key(
     hex(&h.finalize()[..16])
 }
 
-/// Fresh age headers for every file: the bytes of `heads.bin` (in parts, one per thread, in
-/// file order: written one after the other, never copied into one buffer), the ciphertext sizes
-/// and the file keys.
-struct Heads {
-    parts: Vec<Vec<u8>>,
-    ciphertext_sizes: Vec<u64>,
-    keys: Vec<Option<FileKey>>,
-}
-
-/// Makes every file's header, in parallel over the cores (the per-file public-key work).
-fn make_heads(sizes: &[u64], recipients: &[AnyRecipient]) -> Result<Heads> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .max(1);
-    let per = sizes.len().div_ceil(threads).max(1);
-    let parts = std::thread::scope(|sc| {
-        let handles: Vec<_> = sizes
-            .chunks(per)
-            .map(|chunk| {
-                sc.spawn(move || {
-                    let mut bytes = Vec::new();
-                    let mut ct = Vec::with_capacity(chunk.len());
-                    let mut keys = Vec::with_capacity(chunk.len());
-                    for (i, &size) in chunk.iter().enumerate() {
-                        let enc = Encryptor::new(recipients)?;
-                        let before = bytes.len();
-                        bytes.extend_from_slice(&enc.header().encode());
-                        bytes.extend_from_slice(&PayloadNonce::generate().0);
-                        let head = (bytes.len() - before) as u64;
-                        if i == 0 {
-                            // Every file has the same recipients, so (almost always) the same
-                            // header length: room for all of them at once, not twice as much
-                            // after doubling (70 MB of headers for 40,000 files).
-                            bytes.reserve_exact(bytes.len() * (chunk.len() - 1));
-                        }
-                        ct.push(head + rogatory_envelope::payload_len(size));
-                        keys.push(Some(FileKey::from_bytes(*enc.file_key().expose_secret())));
-                    }
-                    Ok::<_, rogatory_envelope::EncryptError>((bytes, ct, keys))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
-    });
-    let mut bytes = Vec::with_capacity(parts.len());
-    let mut ct = Vec::with_capacity(sizes.len());
-    let mut keys = Vec::with_capacity(sizes.len());
-    for p in parts {
-        let (b, c, k) = p
-            .map_err(|_| Error::new(ErrorKind::Internal, "an encryption thread failed"))?
-            .map_err(|e| {
-                Error::new(ErrorKind::Usage, "cannot encrypt to the recipients").source(e)
-            })?;
-        bytes.push(b);
-        ct.extend(c);
-        keys.extend(k);
-    }
-    Ok(Heads {
-        parts: bytes,
-        ciphertext_sizes: ct,
-        keys,
-    })
-}
-
 /// `keys.age`: every file's key, 16 bytes each in file order, age-encrypted to the sender's
 /// own key (`custody.md` §8.2): what lets this sender re-encrypt any piece byte for byte on a
 /// resume or a repair, with one stanza per transfer instead of one in every file.
-fn seal_file_keys(keys: &[Option<FileKey>], own: &AnyRecipient) -> Result<Vec<u8>> {
+fn seal_file_keys(keys: &[FileKey], own: &AnyRecipient) -> Result<Vec<u8>> {
     use std::io::Write as _;
     let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(keys.len() * 16));
     for k in keys {
-        let Some(k) = k else {
-            return Err(Error::new(ErrorKind::Internal, "a file key is missing"));
-        };
         plain.extend_from_slice(k.expose_secret());
     }
     let failed = |e: &dyn std::fmt::Display| {
@@ -204,18 +140,16 @@ fn seal_file_keys(keys: &[Option<FileKey>], own: &AnyRecipient) -> Result<Vec<u8
 /// only be found on a resume or a repair, too late.
 fn check_file_keys(
     keys_age: &[u8],
-    keys: &[Option<FileKey>],
+    keys: &[FileKey],
     identities: &[rogatory_envelope::AnyIdentity],
 ) -> Result<()> {
     let back = stream::open_file_keys(keys_age, identities, keys.len())
         .map_err(|e| Error::new(ErrorKind::Internal, "the file keys do not read back").source(e))?;
     let same = back.iter().zip(keys).all(|(b, k)| {
-        k.as_ref().is_some_and(|k| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(
-                &b.expose_secret()[..],
-                &k.expose_secret()[..],
-            ))
-        })
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            &b.expose_secret()[..],
+            &k.expose_secret()[..],
+        ))
     });
     if !same {
         return Err(Error::new(
@@ -233,7 +167,11 @@ struct Prepared {
     /// All the legal metadata; the offer has the relay's part.
     legal: Legal,
     sources: Vec<sources::Source>,
-    fresh_keys: Vec<Option<FileKey>>,
+    /// Every file's key, when known at the start (a new transfer, or a resume that makes
+    /// headers again); otherwise read from `keys.age` when needed.
+    keys: Option<Arc<[FileKey]>>,
+    /// The headers still being made (`heads.rs`), if any.
+    heads: Option<HeadMaker>,
 }
 
 /// `outbox/<key>.sent`, beside a send's state folder: written once the transfer is receipted,
@@ -398,7 +336,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
             on(&Event::Info {
                 message: format!("resuming transfer {}", offer.transfer_id),
             });
-            return resumed(state, saved, offer);
+            return resumed(home, state, saved, offer);
         }
     }
     Ok(Found::New(Box::new(Checked {
@@ -412,21 +350,58 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     })))
 }
 
-/// A new transfer's headers and `keys.age`, made in memory (nothing is written).
+/// Every file's key, in file order.
+type FileKeys = Arc<[FileKey]>;
+
+/// A new transfer's file keys and `keys.age`, made in memory, and its headers being made
+/// (nothing is written).
 struct Keyed {
-    heads: Heads,
+    keys: Arc<[FileKey]>,
     keys_age: Vec<u8>,
+    /// The length of every header with its nonce (one was made to learn it).
+    head_len: u64,
+    heads: HeadMaker,
 }
 
-/// The per-file public-key work of a new transfer: every file's header, and the file keys
-/// sealed to this agency and read back. It needs nothing from the relay, so [`send`] does it
-/// while the connection is set up.
+/// The length of a header (with its nonce) to `recipients`: the same for every file.
+fn header_len(recipients: &[AnyRecipient]) -> Result<u64> {
+    let mut one = Vec::new();
+    heads::make_head(&FileKey::generate(), recipients, &mut one)
+        .map_err(|e| Error::new(ErrorKind::Usage, "cannot encrypt to the recipients").source(e))?;
+    Ok(one.len() as u64)
+}
+
+fn start_heads(
+    from: u32,
+    keys: &Arc<[FileKey]>,
+    recipients: &[AnyRecipient],
+    head_len: u64,
+) -> Result<HeadMaker> {
+    HeadMaker::start(
+        from,
+        Arc::clone(keys),
+        recipients.to_vec(),
+        head_len as usize,
+    )
+    .map_err(|e| Error::new(ErrorKind::Internal, "starting the header threads").source(e))
+}
+
+/// The key work of a new transfer: fresh file keys, sealed to this agency and read back, and
+/// the per-file public-key work (every header) started on worker threads (`heads.rs`). It
+/// needs nothing from the relay, so [`send`] starts it while the connection is set up; the
+/// headers go on being made while the upload runs.
 fn key_files(c: &Checked) -> Result<Keyed> {
-    let sizes: Vec<u64> = c.sources.iter().map(|s| s.fp.size).collect();
-    let heads = make_heads(&sizes, &c.file_recipients)?;
-    let keys_age = seal_file_keys(&heads.keys, &c.own_recipient)?;
-    check_file_keys(&keys_age, &heads.keys, &c.identity.age_identities())?;
-    Ok(Keyed { heads, keys_age })
+    let keys: Arc<[FileKey]> = c.sources.iter().map(|_| FileKey::generate()).collect();
+    let keys_age = seal_file_keys(&keys, &c.own_recipient)?;
+    check_file_keys(&keys_age, &keys, &c.identity.age_identities())?;
+    let head_len = header_len(&c.file_recipients)?;
+    let heads = start_heads(0, &keys, &c.file_recipients, head_len)?;
+    Ok(Keyed {
+        keys,
+        keys_age,
+        head_len,
+        heads,
+    })
 }
 
 /// Creates a new transfer once the relay's policy is known (`protocol.md` §6.0): its required
@@ -447,23 +422,18 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
         std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
     }
     let Keyed {
-        heads:
-            Heads {
-                parts: heads,
-                ciphertext_sizes: ct,
-                keys: fresh_keys,
-            },
+        keys,
         keys_age,
+        head_len,
+        heads,
     } = keyed;
     let transfer = TransferId::generate();
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
     let files = sources
         .iter()
-        .map(|s| s.fp.size)
-        .zip(ct)
-        .map(|(size, ciphertext_size)| OfferedFile {
-            size,
-            ciphertext_size,
+        .map(|s| OfferedFile {
+            size: s.fp.size,
+            ciphertext_size: head_len + rogatory_envelope::payload_len(s.fp.size),
         })
         .collect();
     // The relay sees only the legal fields its policy asks for (and retention); the rest
@@ -479,7 +449,7 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
     .map_err(|e| Error::new(ErrorKind::Usage, "the transfer is not valid").source(e))?;
     let json = String::from_utf8(offer.to_json())
         .map_err(|_| Error::new(ErrorKind::Internal, "offer is not UTF-8"))?;
-    state.create(
+    let out = state.create(
         &Saved {
             version: state::STATE_VERSION,
             offer: json,
@@ -487,32 +457,124 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
                 .unwrap_or_default(),
             sources: sources.clone(),
         },
-        &heads,
         &keys_age,
     )?;
+    heads.attach(out);
     Ok(Prepared {
         state,
         offer,
         legal,
         sources,
-        fresh_keys,
+        keys: Some(keys),
+        heads: Some(heads),
     })
 }
 
-/// An interrupted send found again: its sources must be unchanged.
-fn resumed(state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
+/// An interrupted send found again: its sources must be unchanged. Headers it had not made
+/// durable when it stopped are made again (`heads.rs`).
+fn resumed(home: &Home, state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
     state.require_keys(saved.version)?;
     sources::check_unchanged(&saved.sources)?;
     let legal: Legal = serde_json::from_str(&saved.legal).map_err(|e| {
         Error::new(ErrorKind::Integrity, "the saved legal metadata is damaged").source(e)
     })?;
+    let (keys, heads) = if saved.version >= state::STATE_VERSION {
+        resume_heads(home, &state, &offer)?
+    } else {
+        // Earlier versions wrote every header before the offer.
+        (None, None)
+    };
     Ok(Found::Send(Box::new(Prepared {
         state,
         offer,
         legal,
-        fresh_keys: vec![None; saved.sources.len()],
         sources: saved.sources,
+        keys,
+        heads,
     })))
+}
+
+/// The headers of an interrupted send: those in `heads.bin` that open with their saved key
+/// (`keys.age`), in file order up to the first that does not (a batch being written when the
+/// send stopped), are kept; the rest, whose files were not sent, are made again to the same
+/// keys.
+fn resume_heads(
+    home: &Home,
+    state: &StateDir,
+    offer: &TransferOffer,
+) -> Result<(Option<FileKeys>, Option<HeadMaker>)> {
+    let layouts = offer.layouts();
+    let n = layouts.len();
+    let Some(head_len) = layouts.first().map(|l| l.head_len) else {
+        return Ok((None, None));
+    };
+    let damaged = |m: String| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("{}: {m}", state.dir.display()),
+        )
+        .hint("send again with --restart to start a new transfer")
+    };
+    if layouts.iter().any(|l| l.head_len != head_len) {
+        return Err(damaged("the saved offer's headers differ in length".into()));
+    }
+    let keys_age = match state.keys_age() {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(damaged("the send state has no keys.age".into())),
+        Err(e) => return Err(io("reading", &state.path("keys.age"), e)),
+    };
+    let keys: Arc<[FileKey]> = stream::open_file_keys(&keys_age, &home.age_identities()?, n)
+        .map_err(|e| damaged(e.to_string()))?
+        .into();
+    let path = state.path("heads.bin");
+    let mut saved = std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(&path).map_err(|e| io("reading", &path, e))?,
+    );
+    let mut head = vec![0u8; head_len as usize];
+    let mut ready = 0;
+    while ready < n {
+        match std::io::Read::read_exact(&mut saved, &mut head) {
+            Ok(()) => {}
+            // The end of what was written: a torn record, or none.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io("reading", &path, e)),
+        }
+        let header = &head[..head.len().saturating_sub(16)];
+        let opens = rogatory_envelope::Decryptor::new(header)
+            .is_ok_and(|d| d.header().verify_mac(&keys[ready]));
+        if !opens {
+            break;
+        }
+        ready += 1;
+    }
+    if ready == n {
+        return Ok((Some(keys), None));
+    }
+    let identity = home.identity()?;
+    let store = home.trust_store()?;
+    let cards = offer
+        .recipients
+        .iter()
+        .map(|r| {
+            store.get(r).ok_or_else(|| {
+                Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
+                    .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (recipients, _) = rogatory_custody::file_recipients_for(&identity, &cards);
+    if header_len(&recipients)? != head_len {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "a recipient's key changed kind since this send began",
+        )
+        .hint("send again with --restart to start a new transfer"));
+    }
+    let out = state.truncate_heads(ready as u64 * head_len)?;
+    let heads = start_heads(ready as u32, &keys, &recipients, head_len)?;
+    heads.attach(out);
+    Ok((Some(keys), Some(heads)))
 }
 
 /// A receipted transfer found again: if the relay reports its ciphertext lost or damaged
@@ -595,7 +657,7 @@ fn repair_if_damaged(
             "the relay reports transfer {t} damaged (ciphertext lost at rest); re-sending what it lacks"
         ),
     });
-    resumed(state, saved, offer).map(Some)
+    resumed(home, state, saved, offer).map(Some)
 }
 
 fn failures(n: usize, total: usize) -> Error {
@@ -636,7 +698,7 @@ fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> 
             continue;
         };
         if offer.transfer_id == t {
-            return resumed(state, saved, offer);
+            return resumed(home, state, saved, offer);
         }
     }
     Err(Error::new(
@@ -897,7 +959,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
             legal: p.legal,
             contents_to,
         },
-        p.fresh_keys,
+        p.keys,
+        p.heads,
     )
     .map_err(|e| Error::new(ErrorKind::Storage, "opening the send state").source(e))?;
     let result = rt.block_on(async {

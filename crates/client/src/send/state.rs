@@ -4,9 +4,10 @@
 //! ```text
 //! outbox/<key>/state.bin     the offer (transfer id, sizes, legal metadata) and the sources
 //!                            with their fingerprints; written once, fsynced, before OFFER
-//! outbox/<key>/heads.bin     piece 0 of every file (age header and payload nonce): it fixes
-//!                            each file key and nonce, so any piece can be re-encrypted byte for
-//!                            byte; written once, fsynced, before OFFER
+//! outbox/<key>/heads.bin     piece 0 of every file (age header and payload nonce), in file
+//!                            order: it fixes each file's nonce, so any piece can be re-encrypted
+//!                            byte for byte; appended in batches while the upload runs, each
+//!                            fsynced before any of its files is sent (`heads.rs`)
 //! outbox/<key>/keys.age      every file key (16 bytes each, in file order), age-encrypted to
 //!                            this sender's own key: the files are encrypted to the recipients
 //!                            only (`custody.md` §8.2); written once, fsynced, before OFFER
@@ -37,7 +38,7 @@ use sha2::Digest as _;
 
 use super::sources::Source;
 use crate::error::{Error, ErrorKind, Result, io};
-use crate::home::{write_file, write_file_parts};
+use crate::home::write_file;
 
 /// `state.bin`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,9 +88,12 @@ pub(crate) struct Done {
 }
 
 const DONE_RECORD: usize = 4 + 32 + 32 + 4;
-/// Version 3: the sender's file keys are in `keys.age` (`custody.md` §8.2). Version 2 states
-/// (every header carries a stanza for the sender) are still resumed.
-pub(crate) const STATE_VERSION: u32 = 3;
+/// Version 4: `heads.bin` is written while the upload runs and may hold fewer headers than
+/// files. Version 3 (the sender's file keys in `keys.age`, `custody.md` §8.2, every header
+/// written before the offer) and version 2 states (every header carries a stanza for the
+/// sender) are still resumed.
+pub(crate) const STATE_VERSION: u32 = 4;
+const STATE_VERSION_KEYS_AGE: u32 = 3;
 const STATE_VERSION_HEADER_KEYS: u32 = 2;
 
 /// The state folder of one send.
@@ -113,16 +117,36 @@ impl StateDir {
         self.path("state.bin").exists()
     }
 
-    /// Writes the heads, the file keys and the state (fsynced, state last: its presence means
-    /// complete).
-    pub(crate) fn create(&self, saved: &Saved, heads: &[Vec<u8>], keys_age: &[u8]) -> Result<()> {
+    /// Writes the file keys, an empty `heads.bin` and the state (fsynced, state last: its
+    /// presence means complete), and returns `heads.bin` opened for appending the headers.
+    pub(crate) fn create(&self, saved: &Saved, keys_age: &[u8]) -> Result<File> {
         fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))?;
         crate::home::make_private(&self.dir)?;
-        write_file_parts(&self.path("heads.bin"), heads, 0o600, true)?;
+        write_file(&self.path("heads.bin"), b"", 0o600, true)?;
         write_file(&self.path("keys.age"), keys_age, 0o600, true)?;
         let bytes = postcard::to_stdvec(saved)
             .map_err(|e| Error::new(ErrorKind::Internal, "encoding the send state").source(e))?;
-        write_file(&self.path("state.bin"), &bytes, 0o600, true)
+        write_file(&self.path("state.bin"), &bytes, 0o600, true)?;
+        self.append_heads()
+    }
+
+    fn append_heads(&self) -> Result<File> {
+        let p = self.path("heads.bin");
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .map_err(|e| io("opening", &p, e))
+    }
+
+    /// Cuts `heads.bin` to its first `len` bytes (the headers a resume keeps, made durable),
+    /// and returns it opened for appending the others.
+    pub(crate) fn truncate_heads(&self, len: u64) -> Result<File> {
+        let p = self.path("heads.bin");
+        let f = self.append_heads()?;
+        f.set_len(len)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("truncating", &p, e))?;
+        Ok(f)
     }
 
     pub(crate) fn load(&self) -> Result<Saved> {
@@ -136,7 +160,13 @@ impl StateDir {
             .source(e)
             .hint("remove the folder and send again with --restart")
         })?;
-        if s.version != STATE_VERSION && s.version != STATE_VERSION_HEADER_KEYS {
+        if ![
+            STATE_VERSION,
+            STATE_VERSION_KEYS_AGE,
+            STATE_VERSION_HEADER_KEYS,
+        ]
+        .contains(&s.version)
+        {
             return Err(Error::new(
                 ErrorKind::Usage,
                 format!("{}: send state of another version", p.display()),
@@ -159,7 +189,7 @@ impl StateDir {
     /// A state of `version` 3 or later must hold `keys.age`: refused before anything is
     /// offered (exit 3), rather than when the first piece is needed.
     pub(crate) fn require_keys(&self, version: u32) -> Result<()> {
-        if version < STATE_VERSION || self.path("keys.age").exists() {
+        if version < STATE_VERSION_KEYS_AGE || self.path("keys.age").exists() {
             return Ok(());
         }
         Err(Error::new(

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rogatory_custody::merkle::Frontier;
@@ -23,6 +24,7 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
+use super::heads::HeadMaker;
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
 
@@ -138,8 +140,10 @@ pub(crate) struct Streamer {
     legal: Legal,
     /// Who can open the contents: the recipients and the sender.
     contents_to: Vec<AnyRecipient>,
-    /// File keys of this run's fresh headers (none on a resume: from `keys.age`).
-    fresh_keys: Vec<Option<FileKey>>,
+    /// Every file's key, when known at the start (otherwise read from `keys.age`).
+    keys: Option<Arc<[FileKey]>>,
+    /// The headers still being made: a file's is read from `heads.bin` once it is durable.
+    heads_made: Option<HeadMaker>,
     /// The file keys a resume uses.
     saved_keys: SavedKeys,
     /// Files that finished since `done.bin` was last appended to.
@@ -209,7 +213,8 @@ impl Streamer {
         sources: Vec<Source>,
         identities: Vec<AnyIdentity>,
         sealing: Sealing,
-        fresh_keys: Vec<Option<FileKey>>,
+        keys: Option<Arc<[FileKey]>>,
+        heads_made: Option<HeadMaker>,
     ) -> io::Result<Self> {
         let Sealing {
             signer,
@@ -251,7 +256,8 @@ impl Streamer {
             signer,
             legal,
             contents_to,
-            fresh_keys,
+            keys,
+            heads_made,
             saved_keys: SavedKeys::Unread,
             finished: Vec::new(),
             progress_dirty: false,
@@ -266,14 +272,18 @@ impl Streamer {
     }
 
     fn head(&self, file: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        if let Some(h) = &self.heads_made {
+            h.wait(file as u32).map_err(|e| state_err(e.to_string()))?;
+        }
         let f = &self.files[file];
         let start = out.len();
         out.resize(start + f.layout.head_len as usize, 0);
         self.heads.read_exact_at(&mut out[start..], f.head_at)
     }
 
-    /// The payload key of `file`: from this run's fresh header, or the saved one of
-    /// `keys.age`, checked against the saved header's MAC.
+    /// The payload key of `file`: its key known from the start (a new transfer, or a resume
+    /// that checked every kept header against it), or the saved one of `keys.age`, checked
+    /// against the saved header's MAC.
     fn key(&mut self, file: usize) -> io::Result<()> {
         if self.files[file].key.is_some() {
             return Ok(());
@@ -285,8 +295,8 @@ impl Streamer {
         };
         let mut nonce = PayloadNonce([0; 16]);
         nonce.0.copy_from_slice(&head[nonce_at..]);
-        let file_key = match self.fresh_keys.get_mut(file).and_then(Option::take) {
-            Some(k) => k,
+        let file_key = match self.keys.as_ref().and_then(|k| k.get(file)) {
+            Some(k) => k.clone(),
             None => self.saved_key(file, &head[..nonce_at])?,
         };
         self.files[file].key = Some(PayloadKey::derive(&file_key, &nonce));
@@ -534,6 +544,15 @@ impl PieceSource for Streamer {
     fn resume(&mut self, durable: &[u64]) -> io::Result<()> {
         if durable.len() != self.files.len() {
             return Err(state_err("the relay reports another number of files"));
+        }
+        // Headers made again on this run were never sent: a file the relay holds a piece of
+        // must have kept its header (it is made durable before the file's first piece leaves).
+        if let Some(h) = &self.heads_made
+            && let Some(i) = (h.from() as usize..durable.len()).find(|&i| durable[i] > 0)
+        {
+            return Err(state_err(format!(
+                "the relay holds pieces of file {i}, whose header this send did not keep"
+            )));
         }
         let mut done = self.state.load_done();
         let mut partial = self.state.load_partial();

@@ -3,10 +3,11 @@
 //! `kill -9` would: no destructors, no flushing) the Nth time it reaches `name`. Without the
 //! variable, each point costs one relaxed atomic load.
 //!
-//! Points: `store.after_write` (piece written, not synced), `sync.after_fsync` (data synced,
-//! index not committed), `sync.after_commit` (index committed, DURABLE not yet sent),
+//! The relay's points: `store.after_write` (piece written, not synced), `sync.after_fsync` (data
+//! synced, index not committed), `sync.after_commit` (index committed, DURABLE not yet sent),
 //! `log.mid_append` (half an audit record written), `receipt.after_log` (receipt logged,
-//! bundle not committed).
+//! bundle not committed). The sender's: `heads.mid_write` (half of a batch of headers written
+//! to `heads.bin`, not synced).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
