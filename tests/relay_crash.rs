@@ -805,6 +805,51 @@ fn a_source_modified_while_it_is_read_is_refused() {
     assert_eq!(env.custody_receipts(), 0, "nothing receipted");
 }
 
+/// Sends `sig` (`STOP`, `CONT`) to a child.
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -{sig}");
+}
+
+/// The relay's index: the last file (by index) it holds a piece of, and the header length of
+/// the transfer's files (they all have the same).
+fn last_held_and_head_len(env: &Env) -> (u64, u64) {
+    let db = rusqlite::Connection::open_with_flags(
+        env.path().join("B/relay/relay.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let mut q = db
+        .prepare("SELECT idx, size, ciphertext_size, durable FROM files")
+        .expect("query");
+    let rows: Vec<(u64, u64, u64, u64)> = q
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect();
+    let held = rows
+        .iter()
+        .filter(|r| r.3 > 0)
+        .map(|r| r.0)
+        .max()
+        .expect("the relay holds a piece");
+    let (_, size, ct, _) = rows[0];
+    let head_len = rogatory_custody::piece_layout(size, ct)
+        .expect("layout")
+        .head_len;
+    (held, head_len)
+}
+
 /// `n` files of different small sizes in `name/`.
 fn make_many(env: &Env, name: &str, n: usize, seed: u64) -> PathBuf {
     let d = env.path().join(name);
@@ -813,7 +858,7 @@ fn make_many(env: &Env, name: &str, n: usize, seed: u64) -> PathBuf {
     for i in 0..n {
         let mut b = vec![0u8; (i * 37) % 3000];
         rng.fill(&mut b[..]);
-        std::fs::write(d.join(format!("f{i:03}")), &b).expect("write");
+        std::fs::write(d.join(format!("f{i:04}")), &b).expect("write");
     }
     d
 }
@@ -850,24 +895,109 @@ fn a_send_that_died_writing_its_headers_resumes_and_every_file_opens() {
         .expect("transfer id")
         .to_owned();
     assert_eq!(env.custody_receipts(), 1);
+    let (_, head_len) = last_held_and_head_len(&env);
     let kept = std::fs::metadata(env.path().join(format!("A/sent/{transfer}/heads.bin")))
         .expect("kept heads.bin")
         .len();
-    assert_eq!(kept % 300, 0, "300 whole headers, the torn one gone");
+    assert_eq!(kept, 300 * head_len, "300 whole headers, the torn one gone");
     assert!(kept > torn, "the missing headers were made");
-    env.fetch(&transfer).finish();
+    fetched_equal_sources(&env, &transfer, &src, 300);
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
+/// B fetches `transfer`; its first `n` files (`fNNNN` in `src/`) arrived byte for byte.
+fn fetched_equal_sources(env: &Env, transfer: &str, src: &Path, n: usize) {
+    env.fetch(transfer).finish();
+    let name = src.file_name().expect("a folder");
     let out = transfer_dirs(&env.path().join("out"))
         .pop()
         .expect("a transfer folder")
-        .join("many");
-    for i in 0..300 {
-        let name = format!("f{i:03}");
+        .join(name);
+    for i in 0..n {
+        let f = format!("f{i:04}");
         assert!(
-            std::fs::read(out.join(&name)).expect("fetched")
-                == std::fs::read(src.join(&name)).expect("source"),
-            "{name} arrived byte for byte"
+            std::fs::read(out.join(&f)).expect("fetched")
+                == std::fs::read(src.join(&f)).expect("source"),
+            "{f} arrived byte for byte"
         );
     }
+}
+
+/// `protocol.md` §6.1 "Headers": a send stopped (`kill -9`, with the relay) part way through many files, whose
+/// `heads.bin` then lacks the headers after those of the files the relay holds (part of one
+/// left), as after a crash before the later batches were synced. The resume keeps the headers
+/// of the files the relay holds, makes the others again to the same keys, and every file
+/// reaches the recipient byte for byte.
+#[test]
+fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
+    let mut env = setup_recipient();
+    let n = 1200;
+    let src = make_many(&env, "more", n, 6);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("more");
+    env.wait_durable(&mut s, 1);
+    // Both stopped, so that the relay's index says all it holds (it commits in groups).
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let (held, head_len) = last_held_and_head_len(&env);
+    eprintln!("the relay holds pieces of {} of {n} files", held + 1);
+    assert!(
+        held + 1 < n as u64,
+        "the relay holds pieces of the first {} files only",
+        held + 1
+    );
+    let heads = outbox_heads(&env);
+    std::fs::File::options()
+        .write(true)
+        .open(&heads)
+        .and_then(|f| f.set_len((held + 1) * head_len + head_len / 2))
+        .expect("cut heads.bin");
+    let mut relay = env.relay(None);
+    let sent = env.send("more").finish();
+    let transfer = sent["transfer_id"]
+        .as_str()
+        .expect("transfer id")
+        .to_owned();
+    assert!(
+        sent["bytes_skipped"].as_u64().expect("skipped") > 0,
+        "resumed: {sent}"
+    );
+    let kept = std::fs::metadata(env.path().join(format!("A/sent/{transfer}/heads.bin")))
+        .expect("kept heads.bin")
+        .len();
+    assert_eq!(kept, n as u64 * head_len, "every header whole");
+    fetched_equal_sources(&env, &transfer, &src, n);
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
+/// A second run of a send that is running (here stopped with SIGSTOP, holding its lock) is
+/// refused at once (exit 8) and changes nothing; the first then completes, and its lock goes
+/// with its state.
+#[test]
+fn a_second_run_of_a_running_send_is_refused() {
+    let mut env = setup();
+    make_folder(&env, "case-5", 8, 5);
+    let mut relay = env.relay(None);
+    let s = env.send_started("case-5");
+    signal(&s.child, "STOP");
+    let (code, err) = env.send("case-5").failure();
+    signal(&s.child, "CONT");
+    assert_eq!(code, Some(8), "{err}");
+    assert!(err.contains("another run of this send"), "{err}");
+    let summary = s.finish();
+    assert!(summary["transfer_id"].is_string(), "{summary}");
+    assert_eq!(env.custody_receipts(), 1);
+    let left: Vec<_> = std::fs::read_dir(env.path().join("A/outbox"))
+        .expect("outbox")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".sent"))
+        .collect();
+    assert!(left.is_empty(), "only the marker is left: {left:?}");
     let _ = relay.kill();
     let _ = relay.wait();
 }

@@ -2,8 +2,9 @@
 //! "Headers").
 //!
 //! A header wraps the file's key to every recipient: the per-file public-key work (a hybrid
-//! encapsulation, an X25519 agreement). Its length depends only on the recipients' kinds, so the
-//! offer's ciphertext sizes are known from one header before the others exist. The file keys
+//! encapsulation, an X25519 agreement). Its length depends only on the number and kinds of the
+//! recipients, so the offer's ciphertext sizes are known from one header before the others
+//! exist. The file keys
 //! themselves are drawn first and saved in `keys.age`, before the offer; the headers are then
 //! made in batches, in file order, appended to `heads.bin` and made durable (`fdatasync`) batch
 //! by batch. A file's first piece (its header) is produced only once its header is durable
@@ -48,6 +49,23 @@ pub(crate) fn make_head(
     Ok(())
 }
 
+/// Why a header cannot be had.
+#[derive(Clone, Debug)]
+pub(crate) enum HeadError {
+    /// `heads.bin` could not be written or synced: running the same send again resumes.
+    Storage(String),
+    /// A header could not be made as the offer says.
+    Failed(String),
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::Storage(m) | HeadError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 struct Shared {
     /// Files before `from` already have their header in `heads.bin`.
     from: u32,
@@ -76,7 +94,7 @@ struct Inner {
     written: u32,
     /// Files whose header is durable: every file before this one.
     ready: u32,
-    error: Option<String>,
+    error: Option<HeadError>,
     stop: bool,
 }
 
@@ -99,29 +117,51 @@ impl Shared {
         Some((lo as u32, hi as u32))
     }
 
-    fn make(&self, lo: u32, hi: u32) -> Result<Vec<u8>, String> {
+    fn fail(&self, g: &mut MutexGuard<'_, Inner>, e: HeadError) {
+        g.error.get_or_insert(e);
+        self.cv.notify_all();
+    }
+
+    fn make(&self, lo: u32, hi: u32) -> Result<Vec<u8>, HeadError> {
         let mut bytes = Vec::with_capacity((hi - lo) as usize * self.head_len);
         for i in lo..hi {
             let before = bytes.len();
-            make_head(&self.keys[i as usize], &self.recipients, &mut bytes)
-                .map_err(|e| format!("encrypting file {i} to the recipients: {e}"))?;
+            make_head(&self.keys[i as usize], &self.recipients, &mut bytes).map_err(|e| {
+                HeadError::Failed(format!("encrypting file {i} to the recipients: {e}"))
+            })?;
             if bytes.len() - before != self.head_len {
-                return Err(format!(
+                return Err(HeadError::Failed(format!(
                     "the header of file {i} has another length than the offer says (a recipient's key changed?)"
-                ));
+                )));
             }
         }
         Ok(bytes)
     }
 
     fn work(&self) {
+        // A worker that panics (a failed random source, say) must not leave the upload waiting
+        // for a batch that never comes.
+        struct OnPanic<'a>(&'a Shared);
+        impl Drop for OnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut g = self.0.lock();
+                    self.0
+                        .fail(&mut g, HeadError::Failed("a header thread failed".into()));
+                }
+            }
+        }
+        let _guard = OnPanic(self);
         loop {
             let b = self.next.fetch_add(1, Ordering::Relaxed);
             let Some((lo, hi)) = self.batch(b) else {
                 return;
             };
-            if self.lock().stop {
-                return;
+            {
+                let g = self.lock();
+                if g.stop || g.error.is_some() {
+                    return;
+                }
             }
             let made = self.make(lo, hi);
             let mut g = self.lock();
@@ -129,11 +169,7 @@ impl Shared {
                 Ok(bytes) => {
                     g.made.insert(b, bytes);
                 }
-                Err(e) => {
-                    g.error.get_or_insert(e);
-                    self.cv.notify_all();
-                    return;
-                }
+                Err(e) => return self.fail(&mut g, e),
             }
             self.write(g);
         }
@@ -153,6 +189,9 @@ impl Shared {
                 next += 1;
             }
             g.writing = true;
+            // What `heads.bin` must hold before this append: the headers of every file before
+            // `ready`, nothing else (the send's lock keeps other runs out; checked anyway).
+            let expect = u64::from(g.ready) * self.head_len as u64;
             drop(g);
             if rogatory_transport::failpoint::armed("heads.mid_write") {
                 // The crash tests: a batch torn in the middle, never synced.
@@ -163,10 +202,17 @@ impl Shared {
                 eprintln!("rogatory: failpoint heads.mid_write reached; aborting");
                 std::process::abort();
             }
-            let r = bufs
-                .iter()
-                .try_for_each(|b| out.write_all(b))
-                .and_then(|()| out.sync_data());
+            let r = out.metadata().and_then(|m| {
+                if m.len() != expect {
+                    return Err(io::Error::other(format!(
+                        "it holds {} bytes, {expect} expected: changed by another process",
+                        m.len()
+                    )));
+                }
+                bufs.iter()
+                    .try_for_each(|b| out.write_all(b))
+                    .and_then(|()| out.sync_data())
+            });
             g = self.lock();
             g.out = Some(out);
             g.writing = false;
@@ -176,7 +222,8 @@ impl Shared {
                     g.ready = self.batch(next).map_or(self.n, |(lo, _)| lo);
                 }
                 Err(e) => {
-                    g.error.get_or_insert(format!("writing heads.bin: {e}"));
+                    g.error
+                        .get_or_insert(HeadError::Storage(format!("writing heads.bin: {e}")));
                 }
             }
             self.cv.notify_all();
@@ -259,17 +306,17 @@ impl HeadMaker {
     }
 
     /// Waits until `file`'s header is durable in `heads.bin`.
-    pub(crate) fn wait(&self, file: u32) -> io::Result<()> {
+    pub(crate) fn wait(&self, file: u32) -> Result<(), HeadError> {
         let mut g = self.shared.lock();
         loop {
             if file < g.ready {
                 return Ok(());
             }
             if let Some(e) = &g.error {
-                return Err(io::Error::other(e.clone()));
+                return Err(e.clone());
             }
             if file >= self.shared.n {
-                return Err(io::Error::other(format!("no file {file}")));
+                return Err(HeadError::Failed(format!("no file {file}")));
             }
             g = self.shared.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
@@ -386,9 +433,25 @@ mod tests {
         let (_, r) = recipient();
         let mut one = Vec::new();
         make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
-        // Never attached: the workers make what they can in memory, then stop when dropped.
+        // Never attached: the workers make what they can in memory, then stop when dropped
+        // (after the batch each is making), long before 20,000 hybrid headers are made.
         let m = HeadMaker::start(0, keys(20_000), vec![r], one.len()).expect("start");
+        let shared = Arc::clone(&m.shared);
         std::thread::sleep(std::time::Duration::from_millis(5));
         drop(m);
+        let made: usize = shared
+            .lock()
+            .made
+            .values()
+            .map(|b| b.len() / one.len())
+            .sum();
+        assert!(made < 20_000, "the workers stopped: {made} headers made");
+        let later: usize = shared
+            .lock()
+            .made
+            .values()
+            .map(|b| b.len() / one.len())
+            .sum();
+        assert_eq!(made, later, "and made nothing after");
     }
 }

@@ -305,7 +305,8 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         return Err(failures(failed.len(), total));
     }
     let key = outbox_key(identity.id(), &recipients, &legal, &sources);
-    let state = StateDir::new(home.path(&format!("outbox/{key}")));
+    let mut state = StateDir::new(home.path(&format!("outbox/{key}")));
+    state.lock()?;
     let marker = marker_of(&state);
     if !req.restart
         && !state.exists()
@@ -315,6 +316,8 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
         && let Ok(t) = t.parse::<TransferId>()
         && let Some(done) = already_sent(home, t)
     {
+        // A repair takes the lock of the folder it puts the kept state back in.
+        state.unlock();
         if let Some(found) = repair_if_damaged(home, &req.relay, t, on)? {
             return Ok(found);
         }
@@ -471,7 +474,8 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
 }
 
 /// An interrupted send found again: its sources must be unchanged. Headers it had not made
-/// durable when it stopped are made again (`heads.rs`).
+/// durable when it stopped are made again (`heads.rs`), to the recipients' current keys (a
+/// revoked one refused): their files were never sent.
 fn resumed(home: &Home, state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
     state.require_keys(saved.version)?;
     sources::check_unchanged(&saved.sources)?;
@@ -540,6 +544,9 @@ fn resume_heads(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(io("reading", &path, e)),
         }
+        // The MAC covers the header, not the nonce after it: a record whose nonce was torn is
+        // kept, made durable below before it is used, and its file was never sent, so any
+        // nonce serves.
         let header = &head[..head.len().saturating_sub(16)];
         let opens = rogatory_envelope::Decryptor::new(header)
             .is_ok_and(|d| d.header().verify_mac(&keys[ready]));
@@ -549,7 +556,15 @@ fn resume_heads(
         ready += 1;
     }
     if ready == n {
+        // Made durable now: the last run may have died between writing and syncing them.
+        drop(state.truncate_heads(ready as u64 * head_len)?);
         return Ok((Some(keys), None));
+    }
+    if state.sealed().is_some() {
+        // Sealed (or kept for a repair): every file was sent, with the header it has here.
+        return Err(damaged(format!(
+            "the saved header of file {ready} does not open with its key, and the transfer was sealed with it"
+        )));
     }
     let identity = home.identity()?;
     let store = home.trust_store()?;
@@ -564,6 +579,11 @@ fn resume_heads(
         })
         .collect::<Result<Vec<_>>>()?;
     let (recipients, _) = rogatory_custody::file_recipients_for(&identity, &cards);
+    refuse_revoked_age_keys(
+        &store,
+        &offer.recipients,
+        &rogatory_custody::age_recipients_for(&identity, &cards),
+    )?;
     if header_len(&recipients)? != head_len {
         return Err(Error::new(
             ErrorKind::Usage,
@@ -634,7 +654,8 @@ fn repair_if_damaged(
         Error::new(ErrorKind::Integrity, "the kept legal metadata is damaged").source(e)
     })?;
     let key = outbox_key(&offer.sender, &offer.recipients, &legal, &saved.sources);
-    let state = StateDir::new(home.path(&format!("outbox/{key}")));
+    let mut state = StateDir::new(home.path(&format!("outbox/{key}")));
+    state.lock()?;
     if state.exists() {
         let other = state.load()?;
         if TransferOffer::parse(other.offer.as_bytes()).map(|o| o.transfer_id) != Ok(t) {
@@ -698,6 +719,13 @@ fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> 
             continue;
         };
         if offer.transfer_id == t {
+            let mut state = state;
+            state.lock()?;
+            // Read again under the lock: another run may have finished it meanwhile.
+            if !state.exists() {
+                break;
+            }
+            let saved = state.load()?;
             return resumed(home, state, saved, offer);
         }
     }
@@ -721,6 +749,8 @@ fn upload_error(e: NetError) -> Error {
                 ),
                 SourceError::State(m) => Error::new(ErrorKind::Integrity, format!("send state: {m}"))
                     .hint("send again with --restart to start a new transfer"),
+                SourceError::Storage(m) => Error::new(ErrorKind::Storage, format!("send state: {m}"))
+                    .hint("make room (or fix the disk) and run the same command again: it resumes"),
             };
         }
         return Error::new(ErrorKind::Storage, "reading the sources")
@@ -1003,7 +1033,11 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     });
     drop(closing);
     let (outcome, relay_agency) = result?;
-    let state = streamer.into_state();
+    let mut state = streamer.into_state();
+    // Held until the marker says the transfer is receipted: a run of the same command that
+    // took the lock between the two would find neither the state nor the marker, and send
+    // the files again as a new transfer.
+    let _lock = state.take_lock();
     let Some(SealedDocs {
         manifest: manifest_json,
         seal,

@@ -101,11 +101,86 @@ const STATE_VERSION_HEADER_KEYS: u32 = 2;
 pub(crate) struct StateDir {
     pub(crate) dir: PathBuf,
     done: Option<File>,
+    /// `<dir>.lock`, once [`StateDir::lock`] took it.
+    lock: Option<SendLock>,
+}
+
+/// The lock of one send ([`StateDir::lock`]): its file is removed, then released, when this is
+/// dropped, so that no lock file outlives the run that held it.
+#[derive(Debug)]
+pub(crate) struct SendLock {
+    path: PathBuf,
+    // Closed (and so unlocked) after `drop` removed the path.
+    _file: File,
+}
+
+impl Drop for SendLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 impl StateDir {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        StateDir { dir, done: None }
+        StateDir {
+            dir,
+            done: None,
+            lock: None,
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.with_extension("lock")
+    }
+
+    /// Takes the send's lock, `<dir>.lock` beside its folder (`flock`; refused at once, exit 8,
+    /// if another process holds it), for as long as this value lives: one process at a time
+    /// sets up, resumes or finishes a send. Two runs of one send would otherwise append
+    /// headers to the same `heads.bin`, and a new send's set-up would remove a running one's
+    /// folder as incomplete. The lock file is removed when the lock is let go.
+    pub(crate) fn lock(&mut self) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let p = self.lock_path();
+        if let Some(parent) = p.parent() {
+            crate::home::create_private_dir(parent)?;
+        }
+        let busy = || {
+            Error::new(
+                ErrorKind::Safety,
+                format!("another run of this send is going on ({})", p.display()),
+            )
+            .hint("wait for it to end; if it stops, the same command resumes it")
+        };
+        // The run that held it removes it when it ends: a lock taken on the file it removed
+        // guards nothing, so the file is opened again.
+        for _ in 0..8 {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| io("opening", &p, e))?;
+            if fs4::FileExt::try_lock(&f).is_err() {
+                return Err(busy());
+            }
+            let held = f.metadata().map_err(|e| io("reading", &p, e))?;
+            if fs::metadata(&p).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
+                self.lock = Some(SendLock { path: p, _file: f });
+                return Ok(());
+            }
+        }
+        Err(busy())
+    }
+
+    /// Lets the send's lock go (its file removed).
+    pub(crate) fn unlock(&mut self) {
+        self.lock = None;
+    }
+
+    /// The send's lock, to be held past [`StateDir::finish`] (until the marker is written).
+    pub(crate) fn take_lock(&mut self) -> Option<SendLock> {
+        self.lock.take()
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {

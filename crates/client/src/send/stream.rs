@@ -24,7 +24,7 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
-use super::heads::HeadMaker;
+use super::heads::{HeadError, HeadMaker};
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
 
@@ -39,6 +39,9 @@ pub(crate) enum SourceError {
     /// Our own state is unusable.
     #[error("{0}")]
     State(String),
+    /// Our own state could not be written (running the same send again resumes).
+    #[error("{0}")]
+    Storage(String),
 }
 
 fn changed_err(s: &Source, what: &str) -> io::Error {
@@ -273,7 +276,10 @@ impl Streamer {
 
     fn head(&self, file: usize, out: &mut Vec<u8>) -> io::Result<()> {
         if let Some(h) = &self.heads_made {
-            h.wait(file as u32).map_err(|e| state_err(e.to_string()))?;
+            h.wait(file as u32).map_err(|e| match e {
+                HeadError::Storage(m) => io::Error::other(SourceError::Storage(m)),
+                HeadError::Failed(m) => state_err(m),
+            })?;
         }
         let f = &self.files[file];
         let start = out.len();
