@@ -338,10 +338,13 @@ mod tests {
     use super::*;
     use rogatory_envelope::{AnyIdentity, Decryptor};
 
-    fn recipient() -> (AnyIdentity, AnyRecipient) {
+    /// A hybrid recipient, its identity, and the length of a header to it.
+    fn recipient() -> (AnyIdentity, AnyRecipient, usize) {
         let id = AnyIdentity::from(rogatory_envelope::HybridIdentity::generate());
         let r = id.to_public();
-        (id, r)
+        let mut one = Vec::new();
+        make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
+        (id, r, one.len())
     }
 
     fn keys(n: usize) -> Arc<[FileKey]> {
@@ -358,10 +361,7 @@ mod tests {
 
     #[test]
     fn every_header_is_written_in_file_order_and_opens_with_its_key() {
-        let (id, r) = recipient();
-        let mut one = Vec::new();
-        make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
-        let head_len = one.len();
+        let (id, r, head_len) = recipient();
         let n = 1000;
         let keys = keys(n);
         let tmp = tempfile::tempdir().expect("tmp");
@@ -403,13 +403,11 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_reported_to_whoever_waits() {
-        let (_, r) = recipient();
-        let mut one = Vec::new();
-        make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
+        let (_, r, head_len) = recipient();
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("heads.bin");
         std::fs::write(&path, b"").expect("write");
-        let m = HeadMaker::start(0, keys(100), vec![r], one.len()).expect("start");
+        let m = HeadMaker::start(0, keys(100), vec![r], head_len).expect("start");
         // Opened for reading only: every write fails.
         m.attach(File::open(&path).expect("open"));
         let e = m.wait(50).expect_err("nothing can be written");
@@ -418,11 +416,9 @@ mod tests {
 
     #[test]
     fn a_header_of_another_length_is_an_error_not_a_wrong_offset() {
-        let (_, r) = recipient();
-        let mut one = Vec::new();
-        make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
+        let (_, r, head_len) = recipient();
         let tmp = tempfile::tempdir().expect("tmp");
-        let m = HeadMaker::start(0, keys(40), vec![r], one.len() + 1).expect("start");
+        let m = HeadMaker::start(0, keys(40), vec![r], head_len + 1).expect("start");
         m.attach(File::create(tmp.path().join("heads.bin")).expect("create"));
         let e = m.wait(0).expect_err("a wrong length");
         assert!(e.to_string().contains("another length"), "{e}");
@@ -430,28 +426,17 @@ mod tests {
 
     #[test]
     fn dropping_it_midway_stops_the_workers() {
-        let (_, r) = recipient();
-        let mut one = Vec::new();
-        make_head(&FileKey::generate(), std::slice::from_ref(&r), &mut one).expect("head");
+        let (_, r, head_len) = recipient();
         // Never attached: the workers make what they can in memory, then stop when dropped
         // (after the batch each is making), long before 20,000 hybrid headers are made.
-        let m = HeadMaker::start(0, keys(20_000), vec![r], one.len()).expect("start");
+        let m = HeadMaker::start(0, keys(20_000), vec![r], head_len).expect("start");
         let shared = Arc::clone(&m.shared);
         std::thread::sleep(std::time::Duration::from_millis(5));
         drop(m);
-        let made: usize = shared
-            .lock()
-            .made
-            .values()
-            .map(|b| b.len() / one.len())
-            .sum();
-        assert!(made < 20_000, "the workers stopped: {made} headers made");
-        let later: usize = shared
-            .lock()
-            .made
-            .values()
-            .map(|b| b.len() / one.len())
-            .sum();
-        assert_eq!(made, later, "and made nothing after");
+        let made =
+            || -> usize { shared.lock().made.values().map(Vec::len).sum::<usize>() / head_len };
+        let now = made();
+        assert!(now < 20_000, "the workers stopped: {now} headers made");
+        assert_eq!(made(), now, "and made nothing after");
     }
 }
