@@ -349,3 +349,48 @@ fn a_repair_needs_the_senders_keys_age() {
     assert_eq!(code(&o), 0, "repaired: {}", stderr(&o));
     fetched_exactly(d, &relay.1, &t, "out", &sources);
 }
+
+/// A repair re-sends under the headers kept in `sent/<transfer>/heads.bin`: every file was sent
+/// and sealed with them, so one that no longer opens with its key is refused (exit 3) before a
+/// byte is sent, never made again (`protocol.md` §6.1 "Headers"); put back, the repair goes
+/// through.
+#[test]
+fn a_repair_refuses_a_kept_header_that_does_not_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_full_agencies(d);
+    let sources = make_case(d);
+    let relay = start_relay(d, "B");
+    let t = send(d, &relay.1)["transfer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let kept = d.join(format!("A/sent/{t}/heads.bin"));
+    let good = std::fs::read(&kept).expect("heads.bin is kept after the receipt");
+    drop(relay);
+    std::fs::remove_file(pack(d)).expect("rm");
+    assert_eq!(code(&run(d, &["--home", "B", "relay", "scrub"])), 3);
+    let relay = start_relay(d, "B");
+    // The last file's header: a byte of its MAC line (before the 16-byte nonce).
+    let mut bad = good.clone();
+    let n = bad.len() - 16 - 10;
+    bad[n] ^= 0x01;
+    std::fs::write(&kept, &bad).expect("tamper");
+    let o = send_output(d, &relay.1);
+    assert_eq!(code(&o), 3, "a damaged header: {}", stderr(&o));
+    assert!(stderr(&o).contains("sealed"), "{}", stderr(&o));
+
+    // Put back where it was taken from: the kept copy and the repair's state in outbox/.
+    std::fs::write(&kept, &good).expect("put back");
+    for e in std::fs::read_dir(d.join("A/outbox"))
+        .expect("outbox")
+        .flatten()
+    {
+        if e.path().is_dir() {
+            std::fs::write(e.path().join("heads.bin"), &good).expect("put back");
+        }
+    }
+    let o = send_output(d, &relay.1);
+    assert_eq!(code(&o), 0, "repaired: {}", stderr(&o));
+    fetched_exactly(d, &relay.1, &t, "out", &sources);
+}

@@ -956,6 +956,21 @@ fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
         .and_then(|f| f.set_len((held + 1) * head_len + head_len / 2))
         .expect("cut heads.bin");
     let mut relay = env.relay(None);
+    // A dry run looks and writes nothing: no header made, no lock left.
+    let cut = std::fs::metadata(&heads).expect("heads.bin").len();
+    let mut dry = env.send_args("more");
+    dry.push("--dry-run".into());
+    let o = run(
+        env.path(),
+        &dry.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("interrupted"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(std::fs::metadata(&heads).expect("heads.bin").len(), cut);
     let sent = env.send("more").finish();
     let transfer = sent["transfer_id"]
         .as_str()
@@ -974,24 +989,40 @@ fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
     let _ = relay.wait();
 }
 
-/// A second run of a send that is running (here stopped with SIGSTOP, holding its lock) is
-/// refused at once (exit 8) and changes nothing; the first then completes, and its lock goes
-/// with its state.
+/// A second run of a send that is running is refused at once (exit 8) and changes nothing; the
+/// first then completes, and no lock file is left. The relay is stopped (SIGSTOP) while both
+/// start, so that the first run holds its lock, waiting for the relay, for as long as the test
+/// needs.
 #[test]
 fn a_second_run_of_a_running_send_is_refused() {
     let mut env = setup();
     make_folder(&env, "case-5", 8, 5);
     let mut relay = env.relay(None);
-    let s = env.send_started("case-5");
-    signal(&s.child, "STOP");
+    signal(&relay, "STOP");
+    let first = env.send("case-5");
+    let outbox = env.path().join("A/outbox");
+    let locked = || {
+        std::fs::read_dir(&outbox).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        })
+    };
+    let start = Instant::now();
+    while !locked() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first run took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (code, err) = env.send("case-5").failure();
-    signal(&s.child, "CONT");
+    signal(&relay, "CONT");
     assert_eq!(code, Some(8), "{err}");
     assert!(err.contains("another run of this send"), "{err}");
-    let summary = s.finish();
+    let summary = first.finish();
     assert!(summary["transfer_id"].is_string(), "{summary}");
     assert_eq!(env.custody_receipts(), 1);
-    let left: Vec<_> = std::fs::read_dir(env.path().join("A/outbox"))
+    let left: Vec<_> = std::fs::read_dir(&outbox)
         .expect("outbox")
         .flatten()
         .map(|e| e.file_name())

@@ -54,14 +54,17 @@ pub(crate) fn make_head(
 pub(crate) enum HeadError {
     /// `heads.bin` could not be written or synced: running the same send again resumes.
     Storage(String),
-    /// A header could not be made as the offer says.
+    /// A header could not be made as the offer says, or `heads.bin` is not what this send
+    /// wrote.
     Failed(String),
+    /// A header thread failed (a bug).
+    Internal(String),
 }
 
 impl std::fmt::Display for HeadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HeadError::Storage(m) | HeadError::Failed(m) => f.write_str(m),
+            HeadError::Storage(m) | HeadError::Failed(m) | HeadError::Internal(m) => f.write_str(m),
         }
     }
 }
@@ -147,7 +150,7 @@ impl Shared {
                 if std::thread::panicking() {
                     let mut g = self.0.lock();
                     self.0
-                        .fail(&mut g, HeadError::Failed("a header thread failed".into()));
+                        .fail(&mut g, HeadError::Internal("a header thread failed".into()));
                 }
             }
         }
@@ -178,7 +181,7 @@ impl Shared {
     /// Appends every batch that is next in file order to `heads.bin`, with one `fdatasync`
     /// for all of them, outside the lock; one thread at a time.
     fn write<'a>(&'a self, mut g: MutexGuard<'a, Inner>) {
-        while !g.writing && g.error.is_none() && g.made.contains_key(&g.written) {
+        while !g.writing && !g.stop && g.error.is_none() && g.made.contains_key(&g.written) {
             let Some(mut out) = g.out.take() else {
                 return;
             };
@@ -202,17 +205,19 @@ impl Shared {
                 eprintln!("rogatory: failpoint heads.mid_write reached; aborting");
                 std::process::abort();
             }
-            let r = out.metadata().and_then(|m| {
-                if m.len() != expect {
-                    return Err(io::Error::other(format!(
-                        "it holds {} bytes, {expect} expected: changed by another process",
-                        m.len()
-                    )));
-                }
-                bufs.iter()
-                    .try_for_each(|b| out.write_all(b))
-                    .and_then(|()| out.sync_data())
-            });
+            let r = match out.metadata() {
+                Ok(m) if m.len() != expect => Err(HeadError::Failed(format!(
+                    "heads.bin holds {} bytes, {expect} expected: changed by another process",
+                    m.len()
+                ))),
+                m => m
+                    .and_then(|_| {
+                        bufs.iter()
+                            .try_for_each(|b| out.write_all(b))
+                            .and_then(|()| out.sync_data())
+                    })
+                    .map_err(|e| HeadError::Storage(format!("writing heads.bin: {e}"))),
+            };
             g = self.lock();
             g.out = Some(out);
             g.writing = false;
@@ -222,8 +227,7 @@ impl Shared {
                     g.ready = self.batch(next).map_or(self.n, |(lo, _)| lo);
                 }
                 Err(e) => {
-                    g.error
-                        .get_or_insert(HeadError::Storage(format!("writing heads.bin: {e}")));
+                    g.error.get_or_insert(e);
                 }
             }
             self.cv.notify_all();
@@ -428,15 +432,16 @@ mod tests {
     fn dropping_it_midway_stops_the_workers() {
         let (_, r, head_len) = recipient();
         // Never attached: the workers make what they can in memory, then stop when dropped
-        // (after the batch each is making), long before 20,000 hybrid headers are made.
-        let m = HeadMaker::start(0, keys(20_000), vec![r], head_len).expect("start");
+        // (after the batch each is making), long before 100,000 hybrid headers (196 batches)
+        // are made.
+        let m = HeadMaker::start(0, keys(100_000), vec![r], head_len).expect("start");
         let shared = Arc::clone(&m.shared);
         std::thread::sleep(std::time::Duration::from_millis(5));
         drop(m);
         let made =
             || -> usize { shared.lock().made.values().map(Vec::len).sum::<usize>() / head_len };
         let now = made();
-        assert!(now < 20_000, "the workers stopped: {now} headers made");
+        assert!(now < 100_000, "the workers stopped: {now} headers made");
         assert_eq!(made(), now, "and made nothing after");
     }
 }

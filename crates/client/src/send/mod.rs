@@ -162,6 +162,9 @@ fn check_file_keys(
 
 /// A send set up and ready to stream.
 struct Prepared {
+    /// The headers still being made (`heads.rs`), if any. Before `state`: fields drop in
+    /// order, and its threads must stop before the send's lock (in `state`) is let go.
+    heads: Option<HeadMaker>,
     state: StateDir,
     offer: TransferOffer,
     /// All the legal metadata; the offer has the relay's part.
@@ -170,8 +173,6 @@ struct Prepared {
     /// Every file's key, when known at the start (a new transfer, or a resume that makes
     /// headers again); otherwise read from `keys.age` when needed.
     keys: Option<Arc<[FileKey]>>,
-    /// The headers still being made (`heads.rs`), if any.
-    heads: Option<HeadMaker>,
 }
 
 /// `outbox/<key>.sent`, beside a send's state folder: written once the transfer is receipted,
@@ -264,7 +265,7 @@ fn refuse_revoked_age_keys(
 /// Sets up a new send, or finds the interrupted (or completed) one of the same sources.
 /// Everything that needs no relay is checked here, before connecting: the recipients, the
 /// legal metadata and every source.
-fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found> {
+fn prepare(home: &Home, req: &SendRequest, dry: bool, on: &dyn Fn(&Event)) -> Result<Found> {
     let identity = home.identity()?;
     let store = home.trust_store()?;
     if req.to.is_empty() {
@@ -306,7 +307,9 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     }
     let key = outbox_key(identity.id(), &recipients, &legal, &sources);
     let mut state = StateDir::new(home.path(&format!("outbox/{key}")));
-    state.lock()?;
+    if !dry {
+        state.lock()?;
+    }
     let marker = marker_of(&state);
     if !req.restart
         && !state.exists()
@@ -318,7 +321,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
     {
         // A repair takes the lock of the folder it puts the kept state back in.
         state.unlock();
-        if let Some(found) = repair_if_damaged(home, &req.relay, t, on)? {
+        if let Some(found) = repair_if_damaged(home, &req.relay, t, dry, on)? {
             return Ok(found);
         }
         on(&Event::Info {
@@ -339,7 +342,7 @@ fn prepare(home: &Home, req: &SendRequest, on: &dyn Fn(&Event)) -> Result<Found>
             on(&Event::Info {
                 message: format!("resuming transfer {}", offer.transfer_id),
             });
-            return resumed(home, state, saved, offer);
+            return resumed(home, state, saved, offer, dry);
         }
     }
     Ok(Found::New(Box::new(Checked {
@@ -475,14 +478,20 @@ fn create(c: Checked, keyed: Keyed, policy: &PublishedPolicy) -> Result<Prepared
 
 /// An interrupted send found again: its sources must be unchanged. Headers it had not made
 /// durable when it stopped are made again (`heads.rs`), to the recipients' current keys (a
-/// revoked one refused): their files were never sent.
-fn resumed(home: &Home, state: StateDir, saved: Saved, offer: TransferOffer) -> Result<Found> {
+/// revoked one refused): their files were never sent. A dry run (`dry`) only looks.
+fn resumed(
+    home: &Home,
+    state: StateDir,
+    saved: Saved,
+    offer: TransferOffer,
+    dry: bool,
+) -> Result<Found> {
     state.require_keys(saved.version)?;
     sources::check_unchanged(&saved.sources)?;
     let legal: Legal = serde_json::from_str(&saved.legal).map_err(|e| {
         Error::new(ErrorKind::Integrity, "the saved legal metadata is damaged").source(e)
     })?;
-    let (keys, heads) = if saved.version >= state::STATE_VERSION {
+    let (keys, heads) = if saved.version >= state::STATE_VERSION && !dry {
         resume_heads(home, &state, &offer)?
     } else {
         // Earlier versions wrote every header before the offer.
@@ -605,6 +614,7 @@ fn repair_if_damaged(
     home: &Home,
     relay: &str,
     t: TransferId,
+    dry: bool,
     on: &dyn Fn(&Event),
 ) -> Result<Option<Found>> {
     use crate::status::{StatusRequest, TransferState, status};
@@ -626,6 +636,14 @@ fn repair_if_damaged(
         }
     };
     if st.state != TransferState::Damaged {
+        return Ok(None);
+    }
+    if dry {
+        on(&Event::Info {
+            message: format!(
+                "the relay reports transfer {t} damaged (ciphertext lost at rest); running the command re-sends what it lacks"
+            ),
+        });
         return Ok(None);
     }
     let sent = sent_dir(home, &t);
@@ -678,7 +696,7 @@ fn repair_if_damaged(
             "the relay reports transfer {t} damaged (ciphertext lost at rest); re-sending what it lacks"
         ),
     });
-    resumed(home, state, saved, offer).map(Some)
+    resumed(home, state, saved, offer, false).map(Some)
 }
 
 fn failures(n: usize, total: usize) -> Error {
@@ -691,12 +709,18 @@ fn failures(n: usize, total: usize) -> Error {
 
 /// The interrupted send of transfer `id` under `outbox/` (`send --resume`), or its outcome if it
 /// completed.
-fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> Result<Found> {
+fn find_interrupted(
+    home: &Home,
+    id: &str,
+    relay: &str,
+    dry: bool,
+    on: &dyn Fn(&Event),
+) -> Result<Found> {
     let t: TransferId = id
         .parse()
         .map_err(|_| Error::new(ErrorKind::Usage, format!("{id:?} is not a transfer id")))?;
     if let Some(done) = already_sent(home, t) {
-        if let Some(found) = repair_if_damaged(home, relay, t, on)? {
+        if let Some(found) = repair_if_damaged(home, relay, t, dry, on)? {
             return Ok(found);
         }
         return Ok(Found::Already(done));
@@ -719,14 +743,23 @@ fn find_interrupted(home: &Home, id: &str, relay: &str, on: &dyn Fn(&Event)) -> 
             continue;
         };
         if offer.transfer_id == t {
+            if dry {
+                return resumed(home, state, saved, offer, true);
+            }
             let mut state = state;
             state.lock()?;
-            // Read again under the lock: another run may have finished it meanwhile.
-            if !state.exists() {
-                break;
+            // Read again under the lock: another run may have finished or replaced it meanwhile.
+            if let Some(done) = already_sent(home, t) {
+                return Ok(Found::Already(done));
             }
             let saved = state.load()?;
-            return resumed(home, state, saved, offer);
+            let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
+                Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e)
+            })?;
+            if offer.transfer_id != t {
+                break;
+            }
+            return resumed(home, state, saved, offer, false);
         }
     }
     Err(Error::new(
@@ -751,6 +784,8 @@ fn upload_error(e: NetError) -> Error {
                     .hint("send again with --restart to start a new transfer"),
                 SourceError::Storage(m) => Error::new(ErrorKind::Storage, format!("send state: {m}"))
                     .hint("make room (or fix the disk) and run the same command again: it resumes"),
+                SourceError::Internal(m) => Error::new(ErrorKind::Internal, format!("send: {m}"))
+                    .hint("run the same command again: it resumes"),
             };
         }
         return Error::new(ErrorKind::Storage, "reading the sources")
@@ -796,8 +831,8 @@ pub struct Plan {
 /// Checks a send as [`send`] would, then describes it instead of doing it (`send --dry-run`).
 pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Result<Plan> {
     let found = match &req.resume {
-        Some(id) => find_interrupted(home, id, &req.relay, on)?,
-        None => prepare(home, req, on)?,
+        Some(id) => find_interrupted(home, id, &req.relay, true, on)?,
+        None => prepare(home, req, true, on)?,
     };
     let rt = crate::runtime()?;
     let policy = rt.block_on(async {
@@ -895,8 +930,8 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     // which are checked before anything is written or offered and are the only ones it sees
     // (`protocol.md` §6.0).
     let found = match &req.resume {
-        Some(id) => find_interrupted(home, id, &req.relay, on)?,
-        None => prepare(home, req, on)?,
+        Some(id) => find_interrupted(home, id, &req.relay, false, on)?,
+        None => prepare(home, req, false, on)?,
     };
     let found = match found {
         Found::Already(done) => return Ok(done),
@@ -1033,11 +1068,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     });
     drop(closing);
     let (outcome, relay_agency) = result?;
-    let mut state = streamer.into_state();
-    // Held until the marker says the transfer is receipted: a run of the same command that
-    // took the lock between the two would find neither the state nor the marker, and send
-    // the files again as a new transfer.
-    let _lock = state.take_lock();
+    let state = streamer.into_state();
     let Some(SealedDocs {
         manifest: manifest_json,
         seal,
@@ -1087,13 +1118,16 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     crate::checkpoints::check_receipt(home, &home.trust_store()?, &outcome.receipt.text)?;
     let rpath = home.path(&format!("receipts/{transfer}.custody-receipt"));
     write_file(&rpath, outcome.receipt.text.as_bytes(), 0o644, true)?;
-    state.finish(&sent_dir(home, &transfer))?;
+    // The marker first: a run that stops between the two finds the state and resumes it (the
+    // relay answers with the same receipt); the other way round it would find neither and send
+    // the files again as a new transfer.
     write_file(
         &marker,
         format!("{transfer} {digest}\n").as_bytes(),
         0o600,
         true,
     )?;
+    state.finish(&sent_dir(home, &transfer))?;
     Ok(SendOutcome {
         transfer,
         files: nfiles,

@@ -108,7 +108,7 @@ pub(crate) struct StateDir {
 /// The lock of one send ([`StateDir::lock`]): its file is removed, then released, when this is
 /// dropped, so that no lock file outlives the run that held it.
 #[derive(Debug)]
-pub(crate) struct SendLock {
+struct SendLock {
     path: PathBuf,
     // Closed (and so unlocked) after `drop` removed the path.
     _file: File,
@@ -116,7 +116,14 @@ pub(crate) struct SendLock {
 
 impl Drop for SendLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        // Only the file this lock holds (not one another run made after it was removed by hand).
+        if let (Ok(held), Ok(now)) = (self._file.metadata(), fs::metadata(&self.path))
+            && held.ino() == now.ino()
+            && held.dev() == now.dev()
+        {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -161,8 +168,10 @@ impl StateDir {
                 .mode(0o600)
                 .open(&p)
                 .map_err(|e| io("opening", &p, e))?;
-            if fs4::FileExt::try_lock(&f).is_err() {
-                return Err(busy());
+            match fs4::FileExt::try_lock(&f) {
+                Ok(()) => {}
+                Err(fs4::TryLockError::WouldBlock) => return Err(busy()),
+                Err(fs4::TryLockError::Error(e)) => return Err(io("locking", &p, e)),
             }
             let held = f.metadata().map_err(|e| io("reading", &p, e))?;
             if fs::metadata(&p).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
@@ -176,11 +185,6 @@ impl StateDir {
     /// Lets the send's lock go (its file removed).
     pub(crate) fn unlock(&mut self) {
         self.lock = None;
-    }
-
-    /// The send's lock, to be held past [`StateDir::finish`] (until the marker is written).
-    pub(crate) fn take_lock(&mut self) -> Option<SendLock> {
-        self.lock.take()
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {

@@ -42,6 +42,9 @@ pub(crate) enum SourceError {
     /// Our own state could not be written (running the same send again resumes).
     #[error("{0}")]
     Storage(String),
+    /// A bug (running the same send again resumes).
+    #[error("{0}")]
+    Internal(String),
 }
 
 fn changed_err(s: &Source, what: &str) -> io::Error {
@@ -132,6 +135,10 @@ enum SavedKeys {
 /// The sender's [`PieceSource`].
 #[derive(Debug)]
 pub(crate) struct Streamer {
+    /// The headers still being made: a file's is read from `heads.bin` once it is durable.
+    /// Before `state`: fields drop in order, and its threads must stop before the send's lock
+    /// (in `state`) is let go.
+    heads_made: Option<HeadMaker>,
     state: StateDir,
     offer: TransferOffer,
     sources: Vec<Source>,
@@ -145,8 +152,6 @@ pub(crate) struct Streamer {
     contents_to: Vec<AnyRecipient>,
     /// Every file's key, when known at the start (otherwise read from `keys.age`).
     keys: Option<Arc<[FileKey]>>,
-    /// The headers still being made: a file's is read from `heads.bin` once it is durable.
-    heads_made: Option<HeadMaker>,
     /// The file keys a resume uses.
     saved_keys: SavedKeys,
     /// Files that finished since `done.bin` was last appended to.
@@ -279,6 +284,7 @@ impl Streamer {
             h.wait(file as u32).map_err(|e| match e {
                 HeadError::Storage(m) => io::Error::other(SourceError::Storage(m)),
                 HeadError::Failed(m) => state_err(m),
+                HeadError::Internal(m) => io::Error::other(SourceError::Internal(m)),
             })?;
         }
         let f = &self.files[file];
