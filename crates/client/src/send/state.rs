@@ -18,6 +18,9 @@
 //! outbox/<key>/manifest.json, contents.json, contents.age, seal.note
 //!                            the sealed manifest and its contents, plain and encrypted
 //!                            (`custody.md` §5.4), once every piece is durable
+//! outbox/<key>.lock          held (`flock`) by the one process running the send, removed when
+//!                            it ends ([`StateDir::lock`])
+//! outbox/<key>.sent          the marker of a receipted send (written before the folder goes)
 //! ```
 //!
 //! After the custody receipt the folder is removed; the manifest, contents, seal and receipt are
