@@ -120,11 +120,13 @@ fn lock_data_dir(home: &Home) -> Result<std::fs::File> {
     };
     match fs4::FileExt::try_lock(&f) {
         Ok(()) => Ok(f),
-        _ => Err(CliError::new(
+        Err(fs4::TryLockError::WouldBlock) => Err(CliError::new(
             Exit::Safety,
             format!("another relay process uses {}", dir.display()),
         )
         .hint("a running relay purges and collects garbage itself every hour")),
+        // Not another process: a file system without locks, say (exit 7).
+        Err(fs4::TryLockError::Error(e)) => Err(crate::error::io("locking", &p, e)),
     }
 }
 
