@@ -989,6 +989,80 @@ fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
     let _ = relay.wait();
 }
 
+/// A resume that must make headers again checks the recipients' age keys first
+/// (`custody.md` §8.3): after B revokes its age keys and A imports the revocation, `send --resume
+/// ID` of an interrupted send whose later headers were lost is refused (exit 3, naming the
+/// revocation) and sends nothing more.
+#[test]
+fn a_resume_makes_no_header_to_a_revoked_age_key() {
+    let mut env = setup_recipient();
+    let n = 1200;
+    make_many(&env, "rev", n, 8);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("rev");
+    env.wait_durable(&mut s, 1);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let (held, head_len) = last_held_and_head_len(&env);
+    assert!(held + 1 < n as u64, "part of the files sent");
+    std::fs::File::options()
+        .write(true)
+        .open(outbox_heads(&env))
+        .and_then(|f| f.set_len((held + 1) * head_len))
+        .expect("cut heads.bin");
+    ok(&run(
+        env.path(),
+        &[
+            "--home",
+            "B",
+            "agency",
+            "revoke",
+            "--key",
+            "age",
+            "-o",
+            "b-age.revocation",
+        ],
+    ));
+    ok(&run(
+        env.path(),
+        &["--home", "A", "trust", "revoke", "b-age.revocation"],
+    ));
+    let transfer = {
+        let db = rusqlite::Connection::open_with_flags(
+            env.path().join("B/relay/relay.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("db");
+        let id: Vec<u8> = db
+            .query_row("SELECT transfer FROM transfers", [], |r| r.get(0))
+            .expect("one transfer");
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let mut relay = env.relay(None);
+    let before = env.durable();
+    let relay_addr = format!("127.0.0.1:{}", env.port);
+    let o = run(
+        env.path(),
+        &[
+            "--home",
+            "A",
+            "send",
+            "--relay",
+            &relay_addr,
+            "--resume",
+            &transfer,
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    assert_eq!(env.durable(), before, "nothing more was sent");
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
 /// A second run of a send that is running is refused at once (exit 8) and changes nothing; the
 /// first then completes, and no lock file is left. The relay is stopped (SIGSTOP) while both
 /// start, so that the first run holds its lock, waiting for the relay, for as long as the test
