@@ -282,13 +282,9 @@ fn lost_or_damaged_ciphertext_is_found_shown_refused_and_repaired() {
     ok(run(d, &["--home", "B", "relay", "scrub"]));
 }
 
-/// A repair re-encrypts with the file keys the sender kept in `sent/<transfer>/keys.age`
-/// (`custody.md` §8.2): a damaged `keys.age` is refused (exit 3, naming it) before a byte is
-/// sent, so is a missing one, and with it put back the repair goes through.
-#[test]
-fn a_repair_needs_the_senders_keys_age() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let d = tmp.path();
+/// Two agencies; A sends the case through B's relay, then the relay's pack is removed (a scrub
+/// finds it: exit 3) and the relay started again. The relay, the transfer id and the sources.
+fn sent_then_lost(d: &Path) -> (RelayProcess, String, Vec<Vec<u8>>) {
     two_full_agencies(d);
     let sources = make_case(d);
     let relay = start_relay(d, "B");
@@ -296,12 +292,37 @@ fn a_repair_needs_the_senders_keys_age() {
         .as_str()
         .expect("id")
         .to_owned();
-    let kept = d.join(format!("A/sent/{t}/keys.age"));
-    let good = std::fs::read(&kept).expect("keys.age is kept after the receipt");
     drop(relay);
     std::fs::remove_file(pack(d)).expect("rm");
     assert_eq!(code(&run(d, &["--home", "B", "relay", "scrub"])), 3);
-    let relay = start_relay(d, "B");
+    (start_relay(d, "B"), t, sources)
+}
+
+/// Puts `good` back in `kept` (under `sent/<transfer>/`) and in the copy of the same file a
+/// failed repair put back in `outbox/`.
+fn put_back(d: &Path, kept: &Path, good: &[u8]) {
+    std::fs::write(kept, good).expect("put back");
+    let name = kept.file_name().expect("a file");
+    for e in std::fs::read_dir(d.join("A/outbox"))
+        .expect("outbox")
+        .flatten()
+    {
+        if e.path().is_dir() {
+            std::fs::write(e.path().join(name), good).expect("put back");
+        }
+    }
+}
+
+/// A repair re-encrypts with the file keys the sender kept in `sent/<transfer>/keys.age`
+/// (`custody.md` §8.2): a damaged `keys.age` is refused (exit 3, naming it) before a byte is
+/// sent, so is a missing one, and with it put back the repair goes through.
+#[test]
+fn a_repair_needs_the_senders_keys_age() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let (relay, t, sources) = sent_then_lost(d);
+    let kept = d.join(format!("A/sent/{t}/keys.age"));
+    let good = std::fs::read(&kept).expect("keys.age is kept after the receipt");
     // Every copy of keys.age (the kept one, and the one a failed repair put back in outbox/).
     let copies = |d: &Path| {
         let mut v = vec![kept.clone()];
@@ -335,16 +356,7 @@ fn a_repair_needs_the_senders_keys_age() {
         stderr(&o)
     );
 
-    // Put back where it was taken from: the kept copy and the repair's state in outbox/.
-    std::fs::write(&kept, &good).expect("put back");
-    for e in std::fs::read_dir(d.join("A/outbox"))
-        .expect("outbox")
-        .flatten()
-    {
-        if e.path().is_dir() {
-            std::fs::write(e.path().join("keys.age"), &good).expect("put back");
-        }
-    }
+    put_back(d, &kept, &good);
     let o = send_output(d, &relay.1);
     assert_eq!(code(&o), 0, "repaired: {}", stderr(&o));
     fetched_exactly(d, &relay.1, &t, "out", &sources);
@@ -358,19 +370,9 @@ fn a_repair_needs_the_senders_keys_age() {
 fn a_repair_refuses_a_kept_header_that_does_not_open() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
-    two_full_agencies(d);
-    let sources = make_case(d);
-    let relay = start_relay(d, "B");
-    let t = send(d, &relay.1)["transfer_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let (relay, t, sources) = sent_then_lost(d);
     let kept = d.join(format!("A/sent/{t}/heads.bin"));
     let good = std::fs::read(&kept).expect("heads.bin is kept after the receipt");
-    drop(relay);
-    std::fs::remove_file(pack(d)).expect("rm");
-    assert_eq!(code(&run(d, &["--home", "B", "relay", "scrub"])), 3);
-    let relay = start_relay(d, "B");
     // The last file's header: a byte of its MAC line (before the 16-byte nonce).
     let mut bad = good.clone();
     let n = bad.len() - 16 - 10;
@@ -380,16 +382,7 @@ fn a_repair_refuses_a_kept_header_that_does_not_open() {
     assert_eq!(code(&o), 3, "a damaged header: {}", stderr(&o));
     assert!(stderr(&o).contains("sealed"), "{}", stderr(&o));
 
-    // Put back where it was taken from: the kept copy and the repair's state in outbox/.
-    std::fs::write(&kept, &good).expect("put back");
-    for e in std::fs::read_dir(d.join("A/outbox"))
-        .expect("outbox")
-        .flatten()
-    {
-        if e.path().is_dir() {
-            std::fs::write(e.path().join("heads.bin"), &good).expect("put back");
-        }
-    }
+    put_back(d, &kept, &good);
     let o = send_output(d, &relay.1);
     assert_eq!(code(&o), 0, "repaired: {}", stderr(&o));
     fetched_exactly(d, &relay.1, &t, "out", &sources);

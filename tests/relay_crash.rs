@@ -924,6 +924,40 @@ fn fetched_equal_sources(env: &Env, transfer: &str, src: &Path, n: usize) {
     }
 }
 
+/// A send of `n` small files in `name/` stopped (`kill -9`) part way, with the relay (so that
+/// its index says all it holds: it commits in groups), and its `heads.bin` then cut to the
+/// headers of the files the relay holds plus `extra` bytes, as after a crash before the later
+/// batches were synced. Returns the sources and the path of `heads.bin`; the relay is stopped.
+fn interrupted_with_headers_lost(
+    env: &mut Env,
+    name: &str,
+    n: usize,
+    extra: u64,
+) -> (PathBuf, PathBuf) {
+    let src = make_many(env, name, n, n as u64);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started(name);
+    env.wait_durable(&mut s, 1);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let (held, head_len) = last_held_and_head_len(env);
+    eprintln!("the relay holds pieces of {} of {n} files", held + 1);
+    assert!(
+        held + 1 < n as u64,
+        "the relay holds pieces of the first {} files only",
+        held + 1
+    );
+    let heads = outbox_heads(env);
+    std::fs::File::options()
+        .write(true)
+        .open(&heads)
+        .and_then(|f| f.set_len((held + 1) * head_len + extra.min(head_len - 1)))
+        .expect("cut heads.bin");
+    (src, heads)
+}
+
 /// `protocol.md` §6.1 "Headers": a send stopped (`kill -9`, with the relay) part way through many files, whose
 /// `heads.bin` then lacks the headers after those of the files the relay holds (part of one
 /// left), as after a crash before the later batches were synced. The resume keeps the headers
@@ -933,28 +967,9 @@ fn fetched_equal_sources(env: &Env, transfer: &str, src: &Path, n: usize) {
 fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
     let mut env = setup_recipient();
     let n = 1200;
-    let src = make_many(&env, "more", n, 6);
-    let mut relay = env.relay(None);
-    let mut s = env.send_started("more");
-    env.wait_durable(&mut s, 1);
-    // Both stopped, so that the relay's index says all it holds (it commits in groups).
-    let _ = relay.kill();
-    let _ = relay.wait();
-    let (_, summary) = s.kill();
-    assert!(summary.is_none(), "killed mid-transfer");
-    let (held, head_len) = last_held_and_head_len(&env);
-    eprintln!("the relay holds pieces of {} of {n} files", held + 1);
-    assert!(
-        held + 1 < n as u64,
-        "the relay holds pieces of the first {} files only",
-        held + 1
-    );
-    let heads = outbox_heads(&env);
-    std::fs::File::options()
-        .write(true)
-        .open(&heads)
-        .and_then(|f| f.set_len((held + 1) * head_len + head_len / 2))
-        .expect("cut heads.bin");
+    // Part of the next header left.
+    let (src, heads) = interrupted_with_headers_lost(&mut env, "more", n, 700);
+    let (_, head_len) = last_held_and_head_len(&env);
     let mut relay = env.relay(None);
     // A dry run looks and writes nothing: no header made, no lock left.
     let cut = std::fs::metadata(&heads).expect("heads.bin").len();
@@ -996,22 +1011,7 @@ fn a_resume_makes_again_the_headers_a_crash_lost_and_every_file_opens() {
 #[test]
 fn a_resume_makes_no_header_to_a_revoked_age_key() {
     let mut env = setup_recipient();
-    let n = 1200;
-    make_many(&env, "rev", n, 8);
-    let mut relay = env.relay(None);
-    let mut s = env.send_started("rev");
-    env.wait_durable(&mut s, 1);
-    let _ = relay.kill();
-    let _ = relay.wait();
-    let (_, summary) = s.kill();
-    assert!(summary.is_none(), "killed mid-transfer");
-    let (held, head_len) = last_held_and_head_len(&env);
-    assert!(held + 1 < n as u64, "part of the files sent");
-    std::fs::File::options()
-        .write(true)
-        .open(outbox_heads(&env))
-        .and_then(|f| f.set_len((held + 1) * head_len))
-        .expect("cut heads.bin");
+    interrupted_with_headers_lost(&mut env, "rev", 1200, 0);
     ok(&run(
         env.path(),
         &[
