@@ -21,6 +21,9 @@ use std::thread::JoinHandle;
 
 use rogatory_envelope::{AnyRecipient, Encryptor, FileKey, PayloadNonce};
 
+/// Every file's key, in file order.
+pub(crate) type FileKeys = Arc<[FileKey]>;
+
 /// Files in the first batch: small, so the first file waits for little.
 const FIRST_BATCH: u32 = 16;
 /// Files in a batch, at most (each batch costs one `fdatasync` of `heads.bin`).
@@ -78,7 +81,7 @@ struct Shared {
     head_len: usize,
     recipients: Vec<AnyRecipient>,
     /// Every file's key, in file order.
-    keys: Arc<[FileKey]>,
+    keys: FileKeys,
     /// The next batch a worker takes.
     next: AtomicU32,
     inner: Mutex<Inner>,
@@ -255,7 +258,7 @@ impl HeadMaker {
     /// one thread per core. They are kept in memory until [`HeadMaker::attach`].
     pub(crate) fn start(
         from: u32,
-        keys: Arc<[FileKey]>,
+        keys: FileKeys,
         recipients: Vec<AnyRecipient>,
         head_len: usize,
     ) -> io::Result<Self> {
@@ -351,7 +354,7 @@ mod tests {
         (id, r, one.len())
     }
 
-    fn keys(n: usize) -> Arc<[FileKey]> {
+    fn keys(n: usize) -> FileKeys {
         (0..n).map(|_| FileKey::generate()).collect()
     }
 

@@ -45,7 +45,7 @@ pub use sources::Failure;
 use crate::error::{Error, ErrorKind, Result, io, net};
 use crate::events::Event;
 use crate::home::{Home, parse_agency, write_file};
-use heads::HeadMaker;
+use heads::{FileKeys, HeadMaker};
 use state::{Saved, SealedDocs, StateDir};
 use stream::{SourceError, Streamer};
 
@@ -172,7 +172,7 @@ struct Prepared {
     sources: Vec<sources::Source>,
     /// Every file's key, when known at the start (a new transfer, or a resume that makes
     /// headers again); otherwise read from `keys.age` when needed.
-    keys: Option<Arc<[FileKey]>>,
+    keys: Option<FileKeys>,
 }
 
 /// `outbox/<key>.sent`, beside a send's state folder: written once the transfer is receipted,
@@ -262,6 +262,22 @@ fn refuse_revoked_age_keys(
     Ok(())
 }
 
+/// The trusted card of every recipient, in order.
+fn recipient_cards<'a>(
+    store: &'a rogatory_custody::TrustStore,
+    recipients: &[AgencyId],
+) -> Result<Vec<&'a rogatory_custody::AgencyCard>> {
+    recipients
+        .iter()
+        .map(|r| {
+            store.get(r).ok_or_else(|| {
+                Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
+                    .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
+            })
+        })
+        .collect()
+}
+
 /// Sets up a new send, or finds the interrupted (or completed) one of the same sources.
 /// Everything that needs no relay is checked here, before connecting: the recipients, the
 /// legal metadata and every source.
@@ -278,14 +294,7 @@ fn prepare(home: &Home, req: &SendRequest, dry: bool, on: &dyn Fn(&Event)) -> Re
         .collect::<Result<_>>()?;
     recipients.sort();
     recipients.dedup();
-    let mut cards = Vec::with_capacity(recipients.len());
-    for r in &recipients {
-        let card = store.get(r).ok_or_else(|| {
-            Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
-                .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
-        })?;
-        cards.push(card);
-    }
+    let cards = recipient_cards(&store, &recipients)?;
     // Hybrid post-quantum stanzas when every party has a hybrid key, X25519 otherwise; never
     // mixed. The files are encrypted to the recipients; the sender keeps their file keys,
     // encrypted to its own key, in the send state (`keys.age`), so it can resume.
@@ -356,13 +365,10 @@ fn prepare(home: &Home, req: &SendRequest, dry: bool, on: &dyn Fn(&Event)) -> Re
     })))
 }
 
-/// Every file's key, in file order.
-type FileKeys = Arc<[FileKey]>;
-
 /// A new transfer's file keys and `keys.age`, made in memory, and its headers being made
 /// (nothing is written).
 struct Keyed {
-    keys: Arc<[FileKey]>,
+    keys: FileKeys,
     keys_age: Vec<u8>,
     /// The length of every header with its nonce (one was made to learn it).
     head_len: u64,
@@ -379,7 +385,7 @@ fn header_len(recipients: &[AnyRecipient]) -> Result<u64> {
 
 fn start_heads(
     from: u32,
-    keys: &Arc<[FileKey]>,
+    keys: &FileKeys,
     recipients: &[AnyRecipient],
     head_len: u64,
 ) -> Result<HeadMaker> {
@@ -397,7 +403,7 @@ fn start_heads(
 /// needs nothing from the relay, so [`send`] starts it while the connection is set up; the
 /// headers go on being made while the upload runs.
 fn key_files(c: &Checked) -> Result<Keyed> {
-    let keys: Arc<[FileKey]> = c.sources.iter().map(|_| FileKey::generate()).collect();
+    let keys: FileKeys = c.sources.iter().map(|_| FileKey::generate()).collect();
     let keys_age = seal_file_keys(&keys, &c.own_recipient)?;
     check_file_keys(&keys_age, &keys, &c.identity.age_identities())?;
     let head_len = header_len(&c.file_recipients)?;
@@ -536,7 +542,7 @@ fn resume_heads(
         Ok(None) => return Err(damaged("the send state has no keys.age".into())),
         Err(e) => return Err(io("reading", &state.path("keys.age"), e)),
     };
-    let keys: Arc<[FileKey]> = stream::open_file_keys(&keys_age, &home.age_identities()?, n)
+    let keys: FileKeys = stream::open_file_keys(&keys_age, &home.age_identities()?, n)
         .map_err(|e| damaged(e.to_string()))?
         .into();
     let path = state.path("heads.bin");
@@ -577,16 +583,7 @@ fn resume_heads(
     }
     let identity = home.identity()?;
     let store = home.trust_store()?;
-    let cards = offer
-        .recipients
-        .iter()
-        .map(|r| {
-            store.get(r).ok_or_else(|| {
-                Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
-                    .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let cards = recipient_cards(&store, &offer.recipients)?;
     let (recipients, _) = rogatory_custody::file_recipients_for(&identity, &cards);
     refuse_revoked_age_keys(
         &store,
@@ -1006,13 +1003,7 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
         .collect();
     // The contents are encrypted to the recipients and to the sender (the files: to the
     // recipients only, `custody.md` §8.2).
-    let mut cards = Vec::with_capacity(p.offer.recipients.len());
-    for r in &p.offer.recipients {
-        cards.push(store.get(r).ok_or_else(|| {
-            Error::new(ErrorKind::Usage, format!("recipient {r} is not trusted"))
-                .hint("add its card with `rogatory trust add CARD --fingerprint …` first")
-        })?);
-    }
+    let cards = recipient_cards(&store, &p.offer.recipients)?;
     let contents_to = rogatory_custody::age_recipients_for(&identity, &cards);
     let mut streamer = Streamer::new(
         p.state,

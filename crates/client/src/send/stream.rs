@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rogatory_custody::merkle::Frontier;
@@ -24,7 +23,7 @@ use rogatory_transport::net::PieceSource;
 use sha2_resumable::Digest as _;
 use sha2_resumable::digest::common::hazmat::SerializableState as _;
 
-use super::heads::{HeadError, HeadMaker};
+use super::heads::{FileKeys, HeadError, HeadMaker};
 use super::sources::{Source, changed};
 use super::state::{Done, Partial, SealedDocs, StateDir};
 
@@ -151,7 +150,7 @@ pub(crate) struct Streamer {
     /// Who can open the contents: the recipients and the sender.
     contents_to: Vec<AnyRecipient>,
     /// Every file's key, when known at the start (otherwise read from `keys.age`).
-    keys: Option<Arc<[FileKey]>>,
+    keys: Option<FileKeys>,
     /// The file keys a resume uses.
     saved_keys: SavedKeys,
     /// Files that finished since `done.bin` was last appended to.
@@ -221,7 +220,7 @@ impl Streamer {
         sources: Vec<Source>,
         identities: Vec<AnyIdentity>,
         sealing: Sealing,
-        keys: Option<Arc<[FileKey]>>,
+        keys: Option<FileKeys>,
         heads_made: Option<HeadMaker>,
     ) -> io::Result<Self> {
         let Sealing {
