@@ -1959,9 +1959,10 @@ impl<S: Storage> Relay<S> {
             .map_err(storage_err)
     }
 
-    /// The transfer's pack opened for direct reads (`protocol.md` §6.3), if its storage allows
+    /// The transfer's pack opened for direct reads (`protocol.md` §6.3) up to pack offset
+    /// `end` (the end of what is served: nothing past it is read ahead), if its storage allows
     /// it and fewer than [`MAX_DIRECT_READERS`] are open.
-    pub fn open_pack_direct(&self, row: &TransferRow) -> Option<DirectPack> {
+    pub fn open_pack_direct(&self, row: &TransferRow, end: u64) -> Option<DirectPack> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.direct_open.fetch_add(1, Relaxed) >= MAX_DIRECT_READERS {
             self.direct_open.fetch_sub(1, Relaxed);
@@ -1970,7 +1971,7 @@ impl<S: Storage> Relay<S> {
         let open = Arc::clone(&self.direct_open);
         match self
             .storage
-            .open_direct(&self.pack_path(row), row.ciphertext_bytes)
+            .open_direct(&self.pack_path(row), end.min(row.ciphertext_bytes))
         {
             Some(source) => Some(DirectPack { source, open }),
             None => {

@@ -360,9 +360,14 @@ async fn fetch<S: Storage + 'static>(
         .await
         .map_err(io)?;
     // A large file is read from the pack directly, a block ahead (`protocol.md` §6.3).
-    let mut direct = match f.object {
-        Object::File(_) if end - f.offset >= rogatory_transport::direct::DIRECT_MIN => {
-            relay.open_pack_direct(&r)
+    // Up to the range's end only: nothing past it is read ahead.
+    let file = match f.object {
+        Object::File(i) => Some(i),
+        _ => None,
+    };
+    let mut direct = match file {
+        Some(_) if end - f.offset >= rogatory_transport::direct::DIRECT_MIN => {
+            relay.open_pack_direct(&r, base + end)
         }
         _ => None,
     };
@@ -395,11 +400,8 @@ async fn fetch<S: Storage + 'static>(
                     })
                     .await;
                 if let Some(got) = failed {
-                    let file = match f.object {
-                        Object::File(i) => i,
-                        _ => 0,
-                    };
-                    return Err(pack_read_failed(relay, &r, file, got));
+                    // Only a file is read from the pack (`source` is `None`).
+                    return Err(pack_read_failed(relay, &r, file.unwrap_or(0), got));
                 }
                 sent.map_err(io)?;
             }

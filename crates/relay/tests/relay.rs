@@ -390,7 +390,7 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     // `protocol.md` §6.3: read directly (where this file system allows it; else through the
     // page cache), at offsets and lengths off every alignment, across blocks, in any order and
     // past the end, the pack gives its bytes.
-    let mut direct = r.relay.open_pack_direct(&row);
+    let mut direct = r.relay.open_pack_direct(&row, row.ciphertext_bytes);
     let end = pack.len() as u64;
     let mib = 1u64 << 20;
     for (at, len) in [
@@ -413,13 +413,26 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
     // At most 16 packs are open for direct reads at once (a thread and 2 MiB each); a reader
     // let go frees its place. (Where this file system has no direct I/O, there is none.)
     drop(direct);
-    if let Some(first) = r.relay.open_pack_direct(&row) {
+    if let Some(first) = r.relay.open_pack_direct(&row, row.ciphertext_bytes) {
         let mut more: Vec<_> = (1..16)
-            .map(|_| r.relay.open_pack_direct(&row).expect("below the bound"))
+            .map(|_| {
+                r.relay
+                    .open_pack_direct(&row, row.ciphertext_bytes)
+                    .expect("below the bound")
+            })
             .collect();
-        assert!(r.relay.open_pack_direct(&row).is_none(), "the 17th");
+        assert!(
+            r.relay
+                .open_pack_direct(&row, row.ciphertext_bytes)
+                .is_none(),
+            "the 17th"
+        );
         more.pop();
-        assert!(r.relay.open_pack_direct(&row).is_some());
+        assert!(
+            r.relay
+                .open_pack_direct(&row, row.ciphertext_bytes)
+                .is_some()
+        );
         drop((first, more));
     }
 }
