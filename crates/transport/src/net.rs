@@ -22,8 +22,8 @@ use crate::frame::{
 };
 use crate::tls::{PeerIdentity, PeerTrust, TlsConfigError, TlsIdentity};
 use crate::upload::{
-    DataAction, Intake, IntakeConfig, IntakePhase, Transmit, Upload, UploadEvent, UploadPhase,
-    UploadStats,
+    DataAction, Intake, IntakeConfig, IntakePhase, StreamNumber, Transmit, Upload, UploadEvent,
+    UploadPhase, UploadStats,
 };
 
 /// A transport failure, classified for the CLI's exit codes.
@@ -910,7 +910,7 @@ pub async fn upload(
         }
     });
     let _guard = AbortOnDrop(reader_task);
-    let mut streams: HashMap<u32, (u32, FrameWriter)> = HashMap::new();
+    let mut streams: HashMap<StreamNumber, FrameWriter> = HashMap::new();
     let mut late_error: Option<NetError> = None;
     let mut receipt = None;
 
@@ -945,7 +945,7 @@ pub async fn upload(
             UploadPhase::Done => break,
             UploadPhase::Failed(e) => {
                 let e = e.clone();
-                for (_, (_, mut w)) in streams.drain() {
+                for (_, mut w) in streams.drain() {
                     w.reset(e.code);
                 }
                 return Err(NetError::Protocol(e));
@@ -953,7 +953,7 @@ pub async fn upload(
             _ => {}
         }
         if let Some(e) = late_error.take() {
-            for (_, (_, mut w)) in streams.drain() {
+            for (_, mut w) in streams.drain() {
                 w.reset(ErrorCode::INTERNAL);
             }
             return Err(e);
@@ -961,7 +961,7 @@ pub async fn upload(
         if let Some(t) = up.poll_transmit() {
             match t {
                 Transmit::Offer => control.send(&Frame::Offer(offer.clone())).await?,
-                Transmit::Open { file, generation } => {
+                Transmit::Open { stream } => {
                     let mut w = FrameWriter::new(session.conn.open_uni().await?);
                     let r = w
                         .send(&Frame::Attach(Attach {
@@ -970,48 +970,43 @@ pub async fn upload(
                         .await;
                     match r {
                         Ok(()) => {
-                            streams.insert(file, (generation, w));
+                            streams.insert(stream, w);
                         }
-                        Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                        Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
                         Err(e) => return Err(e),
                     }
                 }
                 Transmit::Piece {
+                    stream,
                     file,
-                    generation,
                     piece,
                     len,
                 } => {
-                    if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
+                    if let Some(w) = streams.get_mut(&stream) {
                         match w
                             .send_piece(file, piece, len, |out| source.piece(file, piece, out))
                             .await
                         {
                             Ok(()) => {}
-                            Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                            Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
                             Err(e) => return Err(e),
                         }
                     }
                 }
-                Transmit::Finish { file, generation } => {
-                    if let Some((_, w)) = streams.get_mut(&file).filter(|(g, _)| *g == generation) {
+                Transmit::Finish { stream } => {
+                    if let Some(w) = streams.get_mut(&stream) {
                         match w.flush().await {
                             Ok(()) => w.finish(),
-                            Err(NetError::StreamClosed(_)) => up.stream_lost(file, generation),
+                            Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
                             Err(e) => return Err(e),
                         }
                     }
                 }
-                Transmit::Release { file, generation } => {
-                    if streams.get(&file).is_some_and(|(g, _)| *g == generation) {
-                        streams.remove(&file);
-                    }
+                Transmit::Release { stream } => {
+                    streams.remove(&stream);
                 }
-                Transmit::Reset { file, generation } => {
-                    if let Some((g, _)) = streams.get(&file)
-                        && *g == generation
-                        && let Some((_, mut w)) = streams.remove(&file)
-                    {
+                Transmit::Reset { stream } => {
+                    if let Some(mut w) = streams.remove(&stream) {
                         w.reset(ErrorCode::NO_ERROR);
                     }
                 }
@@ -1032,16 +1027,16 @@ pub async fn upload(
         // Nothing to send: the pieces gathered go out, then wait for the relay or the next
         // timeout.
         let mut lost = Vec::new();
-        for (&file, (generation, w)) in &mut streams {
+        for (&stream, w) in &mut streams {
             match w.flush().await {
                 Ok(()) => {}
-                Err(NetError::StreamClosed(_)) => lost.push((file, *generation)),
+                Err(NetError::StreamClosed(_)) => lost.push(stream),
                 Err(e) => return Err(e),
             }
         }
         if !lost.is_empty() {
-            for (file, generation) in lost {
-                up.stream_lost(file, generation);
+            for stream in lost {
+                up.stream_lost(stream);
             }
             continue;
         }

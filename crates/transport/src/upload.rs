@@ -9,11 +9,17 @@
 //! Reliability model: QUIC delivers each stream reliably and in order, but a stream can be
 //! reset, a connection can drop and a relay can crash, so a piece is not safe until the relay
 //! says it is **durable**. The sender keeps at most `window` bytes beyond the durable prefix in
-//! flight; if no durable progress is reported for `ack_timeout` it rewinds every file to its
-//! durable prefix and sends again on fresh streams (go-back-N per file). The relay accepts only
-//! the next piece of each file, so duplicates and gaps cost bandwidth, never correctness.
+//! flight; if no durable progress is reported for `ack_timeout` it resets every data stream
+//! that carries data not yet durable and sends those files again from their durable prefixes
+//! on fresh streams (go-back-N per file). The relay accepts only the next piece of each file,
+//! so duplicates and gaps cost bandwidth, never correctness.
+//!
+//! Data streams (`protocol.md` §6.1, "Data streams"): up to `streams` at a time, each carrying
+//! whole files one after the other, every piece of a file on one stream in order. A stream
+//! writes for a turn of `turn` bytes before the next one takes over, so that many small files
+//! share a stream and a write instead of paying for one each.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rogatory_custody::{PieceLayout, TransferId};
@@ -35,8 +41,12 @@ pub struct UploadConfig {
     pub receipt_timeout: Duration,
     /// Consecutive rewinds without durable progress before giving up (retryable).
     pub max_rewinds: u32,
-    /// Files sent in parallel, each on its own data stream (capped by WELCOME).
+    /// Data streams written in parallel (capped by WELCOME).
     pub streams: usize,
+    /// Ciphertext bytes a data stream is given in a row before the next one's turn: the bytes
+    /// the shell gathers for one write ([`crate::net::PIECE_BATCH`]), so that each turn ends
+    /// in one write.
+    pub turn: u64,
 }
 
 impl Default for UploadConfig {
@@ -48,55 +58,53 @@ impl Default for UploadConfig {
             receipt_timeout: Duration::from_secs(60),
             max_rewinds: 4,
             streams: 4,
+            turn: crate::net::PIECE_BATCH as u64,
         }
     }
 }
+
+/// A data stream, named by the sender: numbered from 0 in the order they are opened, never
+/// reused within an upload.
+pub type StreamNumber = u64;
 
 /// What the sender's shell must do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transmit {
     /// Send OFFER on the upload stream.
     Offer,
-    /// Open a data stream for `(file, generation)` and send ATTACH.
+    /// Open data stream `stream` and send ATTACH.
     Open {
-        /// File index.
-        file: u32,
-        /// Stream generation of this file (a rewind starts a new one).
-        generation: u32,
+        /// The stream.
+        stream: StreamNumber,
     },
-    /// Send PIECE `piece` (`len` bytes) of `file` on stream `(file, generation)`.
+    /// Send PIECE `piece` (`len` bytes) of `file` on data stream `stream`.
     Piece {
+        /// The stream.
+        stream: StreamNumber,
         /// File index.
         file: u32,
-        /// Stream generation.
-        generation: u32,
         /// Piece index.
         piece: u64,
         /// Its length.
         len: u64,
     },
-    /// Every piece of the file is on stream `(file, generation)`: finish it.
+    /// Nothing more will be written to data stream `stream`: write what is gathered and
+    /// finish it.
     Finish {
-        /// File index.
-        file: u32,
-        /// Stream generation.
-        generation: u32,
+        /// The stream.
+        stream: StreamNumber,
     },
-    /// Every piece of the file is durable: stream `(file, generation)`, finished, needs no
-    /// reset any more and is let go (nothing is sent; a transfer of many files keeps only the
-    /// streams of files still in flight).
+    /// Every file that data stream `stream` carried is durable: the stream, finished, needs
+    /// no reset any more and is let go (nothing is sent; a transfer of many files keeps only
+    /// the streams still carrying data not yet durable).
     Release {
-        /// File index.
-        file: u32,
-        /// Stream generation.
-        generation: u32,
+        /// The stream.
+        stream: StreamNumber,
     },
-    /// Abandon stream `(file, generation)` (reset it, if it still exists).
+    /// Abandon data stream `stream` (reset it, if it still exists).
     Reset {
-        /// File index.
-        file: u32,
-        /// Stream generation.
-        generation: u32,
+        /// The stream.
+        stream: StreamNumber,
     },
     /// Every piece is durable: send SEAL (the sealed manifest) on the upload stream.
     Seal,
@@ -174,14 +182,29 @@ struct SendFile {
     durable: u64,
     /// Pieces `0..sent` have been handed to a data stream.
     sent: u64,
-    generation: u32,
-    open: bool,
+    /// The data stream this file was given to, until the file is wholly durable or the
+    /// stream is reset.
+    stream: Option<StreamNumber>,
 }
 
 impl SendFile {
     fn count(&self) -> u64 {
         self.layout.count()
     }
+}
+
+/// A data stream the sender holds.
+#[derive(Debug)]
+struct DataStream {
+    /// The file being written to it.
+    current: Option<u32>,
+    /// Every file given to it, in order. Those whose `stream` still names it are not yet
+    /// wholly durable: a reset sends them again.
+    carried: Vec<u32>,
+    /// How many of `carried` are not yet wholly durable.
+    pending: usize,
+    /// Finished: it takes no more files, and is released once `pending` is 0.
+    finished: bool,
 }
 
 /// Byte offset of piece `i` (`i == count` gives the ciphertext size).
@@ -199,8 +222,15 @@ pub struct Upload {
     out: VecDeque<Transmit>,
     events: VecDeque<UploadEvent>,
     in_flight: u64,
-    active: Vec<u32>,
+    /// Every data stream held (opened, not yet reset or released), by number.
+    streams: BTreeMap<StreamNumber, DataStream>,
+    /// The streams still taking files, in the order they take turns.
+    lanes: Vec<StreamNumber>,
+    /// The lane whose turn it is, and the bytes it was given in this turn.
     cursor: usize,
+    turn_bytes: u64,
+    next_stream: StreamNumber,
+    /// No file below this one is waiting for a stream.
     scan: u32,
     deadline: Instant,
     last_progress: Instant,
@@ -210,6 +240,18 @@ pub struct Upload {
     total: u64,
     durable_total: u64,
     incomplete: usize,
+}
+
+/// The first file from `scan` on that has pieces to send and no stream; `scan` moves past
+/// the files before it.
+fn next_file(files: &[SendFile], scan: &mut u32) -> Option<u32> {
+    while let Some(f) = files.get(*scan as usize) {
+        if f.stream.is_none() && f.sent < f.count() {
+            return Some(*scan);
+        }
+        *scan += 1;
+    }
+    None
 }
 
 impl Upload {
@@ -226,8 +268,7 @@ impl Upload {
                 layout,
                 durable: 0,
                 sent: 0,
-                generation: 0,
-                open: false,
+                stream: None,
             })
             .collect();
         let total = files.iter().map(|f| f.layout.ciphertext_size).sum();
@@ -241,8 +282,11 @@ impl Upload {
             out: VecDeque::from([Transmit::Offer]),
             events: VecDeque::new(),
             in_flight: 0,
-            active: Vec::new(),
+            streams: BTreeMap::new(),
+            lanes: Vec::new(),
             cursor: 0,
+            turn_bytes: 0,
+            next_stream: 0,
             scan: 0,
             deadline,
             last_progress: now,
@@ -292,14 +336,9 @@ impl Upload {
     fn fail(&mut self, code: ErrorCode, msg: impl Into<String>) {
         if !matches!(self.phase, UploadPhase::Done | UploadPhase::Failed(_)) {
             self.phase = UploadPhase::Failed(ProtocolError::new(code, msg));
-            for (i, f) in self.files.iter_mut().enumerate() {
-                if f.open {
-                    f.open = false;
-                    self.out.push_back(Transmit::Reset {
-                        file: i as u32,
-                        generation: f.generation,
-                    });
-                }
+            self.lanes.clear();
+            for stream in std::mem::take(&mut self.streams).into_keys() {
+                self.out.push_back(Transmit::Reset { stream });
             }
         }
     }
@@ -394,22 +433,8 @@ impl Upload {
         f.sent = f.sent.max(d.pieces);
         let complete = f.durable == f.count();
         if complete {
-            let (open, generation) = (f.open, f.generation);
-            f.open = false;
-            if let Some(at) = self.active.iter().position(|&a| a == d.file) {
-                // Its stream was still being written: a rewind sent the file again and the
-                // earlier stream's data made it after all. Nothing is left to send on it.
-                self.active.remove(at);
-                self.out.push_back(Transmit::Reset {
-                    file: d.file,
-                    generation,
-                });
-            } else if open {
-                // Its stream, finished, needs no reset any more.
-                self.out.push_back(Transmit::Release {
-                    file: d.file,
-                    generation,
-                });
+            if let Some(stream) = f.stream.take() {
+                self.file_durable_on(stream, d.file);
             }
             self.incomplete -= 1;
         }
@@ -429,45 +454,65 @@ impl Upload {
         self.check_all_durable(now);
     }
 
+    /// `file`, given to `stream`, is wholly durable.
+    fn file_durable_on(&mut self, stream: StreamNumber, file: u32) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.pending -= 1;
+        if s.current == Some(file) {
+            // Still being written: a rewind sent the file again and an earlier stream's data
+            // made it after all. Nothing more of it is sent; the stream goes on with the
+            // next file.
+            s.current = None;
+        }
+        if s.finished && s.pending == 0 {
+            self.streams.remove(&stream);
+            self.out.push_back(Transmit::Release { stream });
+        }
+    }
+
     fn check_all_durable(&mut self, now: Instant) {
         if self.phase == UploadPhase::AwaitDurable && self.incomplete == 0 {
             self.phase = UploadPhase::AwaitReceipt;
+            // Streams still open carry nothing that is needed any more.
+            self.lanes.clear();
+            for stream in std::mem::take(&mut self.streams).into_keys() {
+                self.out.push_back(Transmit::Reset { stream });
+            }
             self.out.push_back(Transmit::Seal);
             self.deadline = now + self.cfg.receipt_timeout;
         }
     }
 
-    /// The relay stopped a data stream, or writing to it failed: resend that file from its
-    /// durable prefix on a new stream.
-    pub fn stream_lost(&mut self, file: u32, generation: u32) {
-        let current = self
-            .files
-            .get(file as usize)
-            .is_some_and(|f| f.generation == generation);
-        if current && self.phase == UploadPhase::AwaitDurable {
-            self.rewind_file(file, true);
+    /// The relay stopped data stream `stream`, or writing to it failed: every file it carried
+    /// that is not yet durable is sent again from its durable prefix, on another stream.
+    pub fn stream_lost(&mut self, stream: StreamNumber) {
+        if self.phase == UploadPhase::AwaitDurable {
+            self.reset_stream(stream);
         }
     }
 
-    /// Resets the file's stream and resends from its durable prefix. Without `force`, a file
-    /// with nothing in flight keeps its stream.
-    fn rewind_file(&mut self, file: u32, force: bool) {
-        let f = &mut self.files[file as usize];
-        if f.sent <= f.durable && !(force && f.open) {
+    /// Resets `stream` and rewinds every file it carried that is not yet wholly durable to
+    /// its durable prefix; another stream takes them again.
+    fn reset_stream(&mut self, stream: StreamNumber) {
+        let Some(s) = self.streams.remove(&stream) else {
             return;
+        };
+        self.lanes.retain(|&l| l != stream);
+        self.out.push_back(Transmit::Reset { stream });
+        let mut bytes = 0;
+        for file in s.carried {
+            let f = &mut self.files[file as usize];
+            if f.stream == Some(stream) {
+                f.stream = None;
+                bytes += piece_offset(&f.layout, f.sent) - piece_offset(&f.layout, f.durable);
+                f.sent = f.durable;
+                self.scan = self.scan.min(file);
+            }
         }
-        let bytes = piece_offset(&f.layout, f.sent) - piece_offset(&f.layout, f.durable);
-        self.out.push_back(Transmit::Reset {
-            file,
-            generation: f.generation,
-        });
-        f.generation += 1;
-        f.open = false;
-        f.sent = f.durable;
         self.in_flight -= bytes;
         self.stats.bytes_resent += bytes;
-        self.active.retain(|&a| a != file);
-        self.scan = self.scan.min(file);
         if bytes > 0 {
             self.events.push_back(UploadEvent::Rewound { bytes });
         }
@@ -491,8 +536,20 @@ impl Upload {
                 if self.rewinds_in_a_row > self.cfg.max_rewinds {
                     return self.fail(ErrorCode::TIMEOUT, "no durable progress from the relay");
                 }
-                for file in 0..self.files.len() as u32 {
-                    self.rewind_file(file, false);
+                // Every stream with data in flight; one with none keeps going.
+                let stale: Vec<StreamNumber> = self
+                    .streams
+                    .iter()
+                    .filter(|&(&n, s)| {
+                        s.carried.iter().any(|&i| {
+                            let f = &self.files[i as usize];
+                            f.stream == Some(n) && f.sent > f.durable
+                        })
+                    })
+                    .map(|(&n, _)| n)
+                    .collect();
+                for stream in stale {
+                    self.reset_stream(stream);
                 }
                 self.last_progress = now;
             }
@@ -524,59 +581,85 @@ impl Upload {
         if self.phase != UploadPhase::AwaitDurable {
             return None;
         }
-        // Open a stream for the next file with pieces to send (one per call).
-        if self.active.len() < self.cfg.streams {
-            let n = self.files.len() as u32;
-            while self.scan < n {
-                let f = &self.files[self.scan as usize];
-                if !f.open && f.sent < f.count() {
-                    break;
-                }
-                self.scan += 1;
+        // Open a stream for the next file waiting for one (one per call), up to `streams`.
+        if self.lanes.len() < self.cfg.streams
+            && let Some(file) = next_file(&self.files, &mut self.scan)
+        {
+            let stream = self.next_stream;
+            self.next_stream += 1;
+            self.files[file as usize].stream = Some(stream);
+            self.streams.insert(
+                stream,
+                DataStream {
+                    current: Some(file),
+                    carried: vec![file],
+                    pending: 1,
+                    finished: false,
+                },
+            );
+            self.lanes.push(stream);
+            return Some(Transmit::Open { stream });
+        }
+        loop {
+            if self.lanes.is_empty() {
+                return None;
             }
-            if self.scan < n {
-                let file = self.scan;
-                let f = &mut self.files[file as usize];
-                f.open = true;
-                self.active.push(file);
-                return Some(Transmit::Open {
-                    file,
-                    generation: f.generation,
-                });
+            self.cursor %= self.lanes.len();
+            let stream = self.lanes[self.cursor];
+            let Some(s) = self.streams.get_mut(&stream) else {
+                // A lane is always a stream held; never reached.
+                self.lanes.remove(self.cursor);
+                continue;
+            };
+            let file = match s.current {
+                Some(file) => file,
+                None => match next_file(&self.files, &mut self.scan) {
+                    Some(file) => {
+                        s.current = Some(file);
+                        s.carried.push(file);
+                        s.pending += 1;
+                        self.files[file as usize].stream = Some(stream);
+                        file
+                    }
+                    None => {
+                        // Nothing left to give it: finish it (released once all it carried
+                        // is durable).
+                        s.finished = true;
+                        self.lanes.remove(self.cursor);
+                        self.turn_bytes = 0;
+                        if s.pending == 0 {
+                            self.streams.remove(&stream);
+                            self.out.push_back(Transmit::Release { stream });
+                        }
+                        return Some(Transmit::Finish { stream });
+                    }
+                },
+            };
+            let f = &mut self.files[file as usize];
+            debug_assert!(f.sent < f.count(), "a current file has a piece to send");
+            let len = piece_offset(&f.layout, f.sent + 1) - piece_offset(&f.layout, f.sent);
+            if self.in_flight > 0 && self.in_flight + len > self.cfg.window {
+                return None;
             }
-        }
-        if self.active.is_empty() {
-            return None;
-        }
-        self.cursor %= self.active.len();
-        let file = self.active[self.cursor];
-        let f = &mut self.files[file as usize];
-        // A file made durable leaves `active` then (`on_durable`).
-        debug_assert!(f.sent < f.count(), "an active file has a piece to send");
-        let len = piece_offset(&f.layout, f.sent + 1) - piece_offset(&f.layout, f.sent);
-        if self.in_flight > 0 && self.in_flight + len > self.cfg.window {
-            return None;
-        }
-        let t = Transmit::Piece {
-            file,
-            generation: f.generation,
-            piece: f.sent,
-            len,
-        };
-        f.sent += 1;
-        self.in_flight += len;
-        self.stats.bytes_sent += len;
-        if f.sent == f.count() {
-            // The stream stays "open" (a rewind must reset it) until the file is durable.
-            self.out.push_back(Transmit::Finish {
+            let t = Transmit::Piece {
+                stream,
                 file,
-                generation: f.generation,
-            });
-            self.active.remove(self.cursor);
-        } else {
-            self.cursor += 1;
+                piece: f.sent,
+                len,
+            };
+            f.sent += 1;
+            self.in_flight += len;
+            self.stats.bytes_sent += len;
+            if f.sent == f.count() {
+                s.current = None;
+            }
+            self.turn_bytes += len;
+            if self.turn_bytes >= self.cfg.turn {
+                self.turn_bytes = 0;
+                self.cursor += 1;
+            }
+            return Some(t);
         }
-        Some(t)
     }
 }
 

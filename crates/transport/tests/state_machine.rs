@@ -42,6 +42,8 @@ struct Outcome {
     receipts: usize,
     rewinds: u32,
     now: Duration,
+    /// Data streams opened.
+    opened: u64,
 }
 
 fn encode(f: &Frame<'_>) -> Vec<u8> {
@@ -74,11 +76,13 @@ fn simulate(
     let mut intake: Option<Intake> = None;
     let mut to_relay: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut to_sender: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-    let mut streams: BTreeMap<(u32, u32), Queue> = BTreeMap::new();
-    // The streams the driver holds (`net.rs`): opened, until reset or released.
-    let mut held: BTreeSet<(u32, u32)> = BTreeSet::new();
+    let mut streams: BTreeMap<u64, Queue> = BTreeMap::new();
+    // The streams the driver holds (`net.rs`): opened, until reset or released, with the
+    // files each carried.
+    let mut held: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
     let mut received: Vec<Vec<u8>> = vec![Vec::new(); files.layouts.len()];
     let mut receipts = 0;
+    let mut opened = 0;
     let limits = FrameLimits::default();
 
     for _step in 0..2_000_000u64 {
@@ -89,9 +93,13 @@ fn simulate(
         while let Some(t) = up.poll_transmit() {
             match t {
                 Transmit::Offer => to_relay.push_back((now + net.latency, vec![])),
-                Transmit::Open { file, generation } => {
-                    streams.entry((file, generation)).or_default();
-                    held.insert((file, generation));
+                Transmit::Open { stream } => {
+                    opened += 1;
+                    assert!(
+                        streams.insert(stream, Queue::new()).is_none(),
+                        "a new stream"
+                    );
+                    held.insert(stream, BTreeSet::new());
                 }
                 Transmit::Seal => {
                     let (seal, manifest, contents) = src.seal().expect("seal");
@@ -106,11 +114,14 @@ fn simulate(
                     ));
                 }
                 Transmit::Piece {
+                    stream,
                     file,
-                    generation,
                     piece,
                     len,
                 } => {
+                    held.get_mut(&stream)
+                        .expect("a piece on a stream held")
+                        .insert(file);
                     let mut b = Vec::new();
                     src.piece(file, piece, &mut b).expect("piece");
                     assert_eq!(b.len() as u64, len);
@@ -119,7 +130,7 @@ fn simulate(
                         piece,
                         bytes: &b,
                     }));
-                    if let Some(q) = streams.get_mut(&(file, generation)) {
+                    if let Some(q) = streams.get_mut(&stream) {
                         if rng.gen_bool(net.duplicate) {
                             q.push_back((now + net.latency, f.clone()));
                         }
@@ -127,20 +138,19 @@ fn simulate(
                     }
                 }
                 Transmit::Finish { .. } => {}
-                Transmit::Release { file, generation } => {
-                    // Only a finished stream whose every piece is durable; its data in flight
-                    // (duplicates by now) may still arrive.
-                    assert!(
-                        held.remove(&(file, generation)),
-                        "release of a stream not held"
-                    );
-                    let pieces = files.layouts[file as usize].count();
+                Transmit::Release { stream } => {
+                    // Only a finished stream every file of which is durable; its data in
+                    // flight (duplicates by now) may still arrive.
+                    let carried = held.remove(&stream).expect("release of a stream held");
                     let relay = intake.as_ref().expect("durable data has an intake");
-                    assert_eq!(relay.received(file), pieces, "released before all arrived");
+                    for file in carried {
+                        let pieces = files.layouts[file as usize].count();
+                        assert_eq!(relay.received(file), pieces, "released before all arrived");
+                    }
                 }
-                Transmit::Reset { file, generation } => {
-                    streams.remove(&(file, generation));
-                    held.remove(&(file, generation));
+                Transmit::Reset { stream } => {
+                    streams.remove(&stream);
+                    held.remove(&stream);
                 }
             }
         }
@@ -166,7 +176,7 @@ fn simulate(
                 ));
             }
         }
-        let due: Vec<(u32, u32)> = streams
+        let due: Vec<u64> = streams
             .iter()
             .filter(|(_, q)| q.front().is_some_and(|(at, _)| *at <= now))
             .map(|(k, _)| *k)
@@ -192,7 +202,7 @@ fn simulate(
                 if rng.gen_bool(net.reset) {
                     streams.remove(&key);
                     if rng.gen_bool(net.told) {
-                        up.stream_lost(key.0, key.1);
+                        up.stream_lost(key);
                     }
                     break;
                 }
@@ -257,6 +267,7 @@ fn simulate(
         receipts,
         rewinds: up.stats().rewinds,
         now: now - t0,
+        opened,
     }
 }
 
@@ -268,6 +279,8 @@ fn small_cfg() -> UploadConfig {
         receipt_timeout: Duration::from_secs(5),
         max_rewinds: 50,
         streams: 3,
+        // Several files per turn, and turns that end within a file.
+        turn: 100_000,
     }
 }
 
@@ -456,9 +469,9 @@ fn intake_refuses_misplaced_and_malformed_data() {
     );
 }
 
-/// A file sent again after a rewind, whose earlier stream's data then turns out durable: the
-/// new stream is abandoned (reset) and nothing more is sent for the file; the upload goes on
-/// to SEAL instead of offering pieces past the file's end.
+/// A file sent again after a rewind, whose earlier stream's data then turns out durable:
+/// nothing more is sent for the file, the new stream is abandoned (reset) and the upload goes
+/// on to SEAL instead of offering pieces past the file's end.
 #[test]
 fn a_file_made_durable_by_its_earlier_stream_stops_being_sent() {
     let files = Files::random(&[400_000], 13);
@@ -474,40 +487,31 @@ fn a_file_made_durable_by_its_earlier_stream_stops_being_sent() {
             durable: vec![0],
         }),
     );
-    // Generation 0: every piece, then FIN.
+    // Stream 0: every piece, then FIN.
+    assert_eq!(up.poll_transmit(), Some(Transmit::Open { stream: 0 }));
     let mut sent = 0;
     while let Some(tx) = up.poll_transmit() {
-        if matches!(tx, Transmit::Piece { generation: 0, .. }) {
-            sent += 1;
+        match tx {
+            Transmit::Piece { stream: 0, .. } => sent += 1,
+            Transmit::Finish { stream: 0 } => {}
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(sent, count);
-    // No acknowledgement within ack_timeout: rewound, sent again on generation 1.
+    // No acknowledgement within ack_timeout: rewound, sent again on stream 1.
     let later = t0 + Duration::from_secs(1);
     up.handle_timeout(later);
-    assert_eq!(
-        up.poll_transmit(),
-        Some(Transmit::Reset {
-            file: 0,
-            generation: 0
-        })
-    );
-    assert_eq!(
-        up.poll_transmit(),
-        Some(Transmit::Open {
-            file: 0,
-            generation: 1
-        })
-    );
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 0 }));
+    assert_eq!(up.poll_transmit(), Some(Transmit::Open { stream: 1 }));
     assert!(matches!(
         up.poll_transmit(),
         Some(Transmit::Piece {
-            generation: 1,
+            stream: 1,
             piece: 0,
             ..
         })
     ));
-    // The relay had it all from generation 0.
+    // The relay had it all from stream 0.
     up.handle(
         later,
         &Frame::Durable(rogatory_transport::frame::Durable {
@@ -515,13 +519,169 @@ fn a_file_made_durable_by_its_earlier_stream_stops_being_sent() {
             pieces: count,
         }),
     );
-    assert_eq!(
-        up.poll_transmit(),
-        Some(Transmit::Reset {
-            file: 0,
-            generation: 1
-        })
-    );
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 1 }));
     assert_eq!(up.poll_transmit(), Some(Transmit::Seal));
     assert_eq!(up.poll_transmit(), None);
+}
+
+/// Many small files share a few streams: with no loss, every stream carries several files,
+/// one after the other; with resets (told and silent) and duplicates, every seed still ends
+/// byte-exact with one receipt.
+#[test]
+fn small_files_share_streams_and_survive_resets() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let sizes: Vec<u64> = (0..120)
+        .map(|i| match i % 10 {
+            0 => 0,
+            9 => rng.gen_range(70_000..200_000),
+            _ => rng.gen_range(1..9_000),
+        })
+        .collect();
+    let files = Files::random(&sizes, 15);
+    let calm = Net {
+        latency: Duration::from_millis(5),
+        reset: 0.0,
+        told: 1.0,
+        duplicate: 0.0,
+        sync: 0.3,
+    };
+    let o = simulate(&files, small_cfg(), calm, 1, true, true);
+    assert_eq!(o.phase, UploadPhase::Done);
+    assert_eq!(o.received, files.data);
+    assert!(
+        o.opened <= 3,
+        "{} streams for {} files: each carries many",
+        o.opened,
+        sizes.len()
+    );
+    let rough = Net {
+        latency: Duration::from_millis(5),
+        reset: 0.01,
+        told: 0.5,
+        duplicate: 0.02,
+        sync: 0.2,
+    };
+    let mut rewound = 0;
+    for seed in 0..24 {
+        let o = simulate(&files, small_cfg(), rough, seed, true, true);
+        assert_eq!(o.phase, UploadPhase::Done, "seed {seed}");
+        assert_eq!(o.received, files.data, "seed {seed}: byte-exact");
+        assert_eq!(o.receipts, 1, "seed {seed}");
+        rewound += o.opened.saturating_sub(3);
+    }
+    assert!(rewound > 0, "streams were lost and replaced");
+}
+
+fn accepted(files: &Files, cfg: UploadConfig, t0: Instant) -> Upload {
+    let t = TransferId::from_bytes([10; 16]);
+    let mut up = Upload::new(t, files.layouts.clone(), cfg, t0);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Offer));
+    up.handle(
+        t0,
+        &Frame::Accept(rogatory_transport::frame::Accept {
+            transfer: t,
+            durable: vec![0; files.layouts.len()],
+        }),
+    );
+    up
+}
+
+fn durable(up: &mut Upload, now: Instant, file: u32, pieces: u64) {
+    up.handle(
+        now,
+        &Frame::Durable(rogatory_transport::frame::Durable { file, pieces }),
+    );
+}
+
+/// A stream lost sends again exactly the files it carried that are not yet durable, on a new
+/// stream; a finished stream is let go only once every file it carried is durable.
+#[test]
+fn a_lost_stream_sends_again_only_its_files_not_yet_durable() {
+    let files = Files::random(&[1_000, 2_000, 3_000, 4_000, 5_000], 16);
+    let t0 = Instant::now();
+    let cfg = UploadConfig {
+        streams: 1,
+        ..small_cfg()
+    };
+    let mut up = accepted(&files, cfg.clone(), t0);
+    let mut sent = vec![];
+    while let Some(tx) = up.poll_transmit() {
+        match tx {
+            Transmit::Open { stream } => assert_eq!(stream, 0),
+            Transmit::Piece { stream, file, .. } => sent.push((stream, file)),
+            Transmit::Finish { stream } => assert_eq!(stream, 0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let all = |f: usize| files.layouts[f].count();
+    sent.dedup();
+    assert_eq!(sent, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
+    durable(&mut up, t0, 0, all(0));
+    durable(&mut up, t0, 3, all(3));
+    while up.poll_event().is_some() {}
+    up.stream_lost(0);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 0 }));
+    let again: u64 = [1, 2, 4]
+        .iter()
+        .map(|&i| files.layouts[i].ciphertext_size)
+        .sum();
+    assert!(
+        std::iter::from_fn(|| up.poll_event())
+            .any(|e| e == rogatory_transport::upload::UploadEvent::Rewound { bytes: again })
+    );
+    let mut resent = vec![];
+    while let Some(tx) = up.poll_transmit() {
+        match tx {
+            Transmit::Open { stream } => assert_eq!(stream, 1),
+            Transmit::Piece { stream, file, .. } => resent.push((stream, file)),
+            Transmit::Finish { stream } => assert_eq!(stream, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    resent.dedup();
+    assert_eq!(resent, [(1, 1), (1, 2), (1, 4)]);
+    // Stream 1, finished, is let go with its last file durable, not before.
+    durable(&mut up, t0, 1, all(1));
+    durable(&mut up, t0, 2, all(2));
+    assert_eq!(up.poll_transmit(), None);
+    durable(&mut up, t0, 4, all(4));
+    assert_eq!(up.poll_transmit(), Some(Transmit::Release { stream: 1 }));
+    assert_eq!(up.poll_transmit(), Some(Transmit::Seal));
+}
+
+/// Streams take turns of `turn` bytes: many small files go to one stream in a row, and a
+/// large file's pieces alternate between streams a turn at a time.
+#[test]
+fn streams_take_turns_of_whole_batches() {
+    let files = Files::random(&[1_000, 1_000, 1_000, 300_000, 300_000], 17);
+    let t0 = Instant::now();
+    let cfg = UploadConfig {
+        streams: 2,
+        turn: 150_000,
+        window: 10 << 20,
+        ..small_cfg()
+    };
+    let mut up = accepted(&files, cfg, t0);
+    let mut order = vec![];
+    while let Some(tx) = up.poll_transmit() {
+        if let Transmit::Piece { stream, file, .. } = tx {
+            order.push((stream, file));
+        }
+    }
+    // Stream 0 was given file 0 and stream 1 file 1 when they opened. Stream 0 writes first
+    // and goes on with files 2 and 3 until its turn is over (within file 3: 64 KiB pieces),
+    // then stream 1 writes file 1 and goes on with file 4. Each file stays on its stream.
+    let mut turns = order.clone();
+    turns.dedup();
+    assert_eq!(turns[..5], [(0, 0), (0, 2), (0, 3), (1, 1), (1, 4)]);
+    let first_of_1 = order.iter().position(|&(s, _)| s == 1).expect("stream 1");
+    assert!(
+        (3..=4).contains(&order[..first_of_1].iter().filter(|&&(_, f)| f == 3).count()),
+        "stream 0's turn ended within file 3: {order:?}"
+    );
+    for (file, stream) in [(0, 0), (1, 1), (2, 0), (3, 0), (4, 1)] {
+        let on: Vec<_> = order.iter().filter(|&&(_, f)| f == file).collect();
+        assert_eq!(on.len() as u64, files.layouts[file as usize].count());
+        assert!(on.iter().all(|&&(s, _)| s == stream), "file {file}");
+    }
 }
