@@ -740,6 +740,13 @@ pub fn piece_header(out: &mut Vec<u8>, file: u32, piece: u64, len: usize) {
     varint::put(out, piece);
 }
 
+/// The encoded length of a PIECE frame of a piece of `len` bytes: what [`piece_header`] appends,
+/// and the bytes.
+pub fn piece_frame_len(file: u32, piece: u64, len: usize) -> u64 {
+    let payload = varint::len(u64::from(file)) + varint::len(piece) + len;
+    (1 + varint::len(payload as u64) + payload) as u64
+}
+
 /// Appends a RANGE frame header for `len` bytes at `offset`.
 pub fn range_header(out: &mut Vec<u8>, offset: u64, len: usize) {
     out.push(FrameType::Range as u8);
@@ -753,6 +760,23 @@ mod tests {
 
     fn agency(s: &str) -> AgencyId {
         s.parse().expect("agency id")
+    }
+
+    #[test]
+    fn piece_frame_len_is_the_encoded_length() {
+        for (file, piece, len) in [(0, 0, 0), (3, 1, 1200), (70_000, 1 << 20, 65_552)] {
+            let bytes = vec![7u8; len];
+            let mut out = Vec::new();
+            piece_header(&mut out, file, piece, len);
+            out.extend_from_slice(&bytes);
+            assert_eq!(piece_frame_len(file, piece, len), out.len() as u64);
+            let f = Frame::Piece(Piece {
+                file,
+                piece,
+                bytes: &bytes,
+            });
+            assert_eq!(f.to_vec(), out);
+        }
     }
 
     fn samples() -> Vec<Frame<'static>> {

@@ -9,15 +9,15 @@
 //! Reliability model: QUIC delivers each stream reliably and in order, but a stream can be
 //! reset, a connection can drop and a relay can crash, so a piece is not safe until the relay
 //! says it is **durable**. The sender keeps at most `window` bytes beyond the durable prefix in
-//! flight; if no durable progress is reported for `ack_timeout` it resets every data stream
-//! that carries data not yet durable and sends those files again from their durable prefixes
-//! on fresh streams (go-back-N per file). The relay accepts only the next piece of each file,
-//! so duplicates and gaps cost bandwidth, never correctness.
+//! flight; a data stream whose data in flight makes no durable progress for `ack_timeout` is
+//! reset, and the files it carried are sent again from their durable prefixes by the streams
+//! that take files next (go-back-N per file). The relay accepts only the next piece of each
+//! file, so duplicates and gaps cost bandwidth, never correctness.
 //!
 //! Data streams (`protocol.md` §6.1, "Data streams"): up to `streams` at a time, each carrying
 //! whole files one after the other, every piece of a file on one stream in order. A stream
-//! writes for a turn of `turn` bytes before the next one takes over, so that many small files
-//! share a stream and a write instead of paying for one each.
+//! is given a turn of `turn` bytes of frames before the next one takes over, so that many
+//! small files share a stream and a write instead of paying for one each.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rogatory_custody::{PieceLayout, TransferId};
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::frame::{Accept, Durable, Frame, Receipt, ReceiptKind, Seal};
+use crate::frame::{Accept, Durable, Frame, Receipt, ReceiptKind, Seal, piece_frame_len};
 
 /// Sender-side settings (`protocol.md` §8).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +43,9 @@ pub struct UploadConfig {
     pub max_rewinds: u32,
     /// Data streams written in parallel (capped by WELCOME).
     pub streams: usize,
-    /// Ciphertext bytes a data stream is given in a row before the next one's turn: the bytes
-    /// the shell gathers for one write ([`crate::net::PIECE_BATCH`]), so that each turn ends
-    /// in one write.
+    /// PIECE frame bytes a data stream is given in a row before the next one's turn: the
+    /// bytes the shell gathers for one write ([`crate::net::PIECE_BATCH`]), so that each turn
+    /// ends with one write.
     pub turn: u64,
 }
 
@@ -205,6 +205,11 @@ struct DataStream {
     pending: usize,
     /// Finished: it takes no more files, and is released once `pending` is 0.
     finished: bool,
+    /// Bytes written to it and not yet durable.
+    in_flight: u64,
+    /// When it last had no data in flight, or its files last made durable progress: with data
+    /// in flight and no progress for `ack_timeout` after this, it is reset.
+    since: Instant,
 }
 
 /// Byte offset of piece `i` (`i == count` gives the ciphertext size).
@@ -234,6 +239,10 @@ pub struct Upload {
     scan: u32,
     deadline: Instant,
     last_progress: Instant,
+    /// The latest time given to [`Upload::handle`] or [`Upload::handle_timeout`]: when a
+    /// stream's first data in flight was handed out ([`Upload::poll_transmit`] takes no time;
+    /// the shell calls it right after handing over what arrived).
+    clock: Instant,
     rewinds_in_a_row: u32,
     stats: UploadStats,
     /// Running totals, so that each event costs O(1) however many files there are.
@@ -290,6 +299,7 @@ impl Upload {
             scan: 0,
             deadline,
             last_progress: now,
+            clock: now,
             rewinds_in_a_row: 0,
             stats: UploadStats::default(),
             total,
@@ -345,6 +355,7 @@ impl Upload {
 
     /// A frame from the relay on the upload stream.
     pub fn handle(&mut self, now: Instant, frame: &Frame<'_>) {
+        self.clock = self.clock.max(now);
         match (&self.phase, frame) {
             (UploadPhase::Done | UploadPhase::Failed(_), _) => {}
             (_, Frame::Error(e)) => {
@@ -427,6 +438,11 @@ impl Upload {
         let acked_in_flight = piece_offset(&f.layout, d.pieces.min(f.sent))
             - piece_offset(&f.layout, old.min(f.sent));
         self.in_flight -= acked_in_flight;
+        // Every byte of the file in flight is on its stream.
+        if let Some(s) = f.stream.and_then(|n| self.streams.get_mut(&n)) {
+            s.in_flight -= acked_in_flight;
+            s.since = now;
+        }
         self.durable_total += piece_offset(&f.layout, d.pieces) - piece_offset(&f.layout, old);
         f.durable = d.pieces;
         // Data from an abandoned stream may have made it after all.
@@ -499,7 +515,15 @@ impl Upload {
         let Some(s) = self.streams.remove(&stream) else {
             return;
         };
-        self.lanes.retain(|&l| l != stream);
+        if let Some(at) = self.lanes.iter().position(|&l| l == stream) {
+            self.lanes.remove(at);
+            // The turn stays with the lane that had it; a lane reset in its turn ends it.
+            match at.cmp(&self.cursor) {
+                std::cmp::Ordering::Less => self.cursor -= 1,
+                std::cmp::Ordering::Equal => self.turn_bytes = 0,
+                std::cmp::Ordering::Greater => {}
+            }
+        }
         self.out.push_back(Transmit::Reset { stream });
         let mut bytes = 0;
         for file in s.carried {
@@ -520,6 +544,7 @@ impl Upload {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         match self.phase {
             UploadPhase::AwaitAccept if now >= self.deadline => {
                 self.fail(ErrorCode::TIMEOUT, "no answer to the offer")
@@ -528,30 +553,32 @@ impl Upload {
                 ErrorCode::TIMEOUT,
                 "every piece is durable but no receipt arrived",
             ),
-            UploadPhase::AwaitDurable
-                if self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout =>
-            {
-                self.rewinds_in_a_row += 1;
+            UploadPhase::AwaitDurable => {
+                // No durable progress at all: every stream with data in flight is reset (one
+                // with none keeps going), and too many of those in a row fail the upload.
+                // Otherwise only the streams whose own data made none (a stream lost without
+                // the sender being told, while the others go on).
+                let stuck = self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout;
+                let timeout = self.cfg.ack_timeout;
+                let stale: Vec<StreamNumber> = self
+                    .streams
+                    .iter()
+                    .filter(|(_, s)| s.in_flight > 0 && (stuck || now >= s.since + timeout))
+                    .map(|(&n, _)| n)
+                    .collect();
+                if stuck {
+                    self.rewinds_in_a_row += 1;
+                    self.last_progress = now;
+                } else if stale.is_empty() {
+                    return;
+                }
                 self.stats.rewinds += 1;
                 if self.rewinds_in_a_row > self.cfg.max_rewinds {
                     return self.fail(ErrorCode::TIMEOUT, "no durable progress from the relay");
                 }
-                // Every stream with data in flight; one with none keeps going.
-                let stale: Vec<StreamNumber> = self
-                    .streams
-                    .iter()
-                    .filter(|&(&n, s)| {
-                        s.carried.iter().any(|&i| {
-                            let f = &self.files[i as usize];
-                            f.stream == Some(n) && f.sent > f.durable
-                        })
-                    })
-                    .map(|(&n, _)| n)
-                    .collect();
                 for stream in stale {
                     self.reset_stream(stream);
                 }
-                self.last_progress = now;
             }
             _ => {}
         }
@@ -562,7 +589,13 @@ impl Upload {
         match self.phase {
             UploadPhase::AwaitAccept | UploadPhase::AwaitReceipt => Some(self.deadline),
             UploadPhase::AwaitDurable if self.in_flight > 0 => {
-                Some(self.last_progress + self.cfg.ack_timeout)
+                let since = self
+                    .streams
+                    .values()
+                    .filter(|s| s.in_flight > 0)
+                    .map(|s| s.since)
+                    .fold(self.last_progress, Instant::min);
+                Some(since + self.cfg.ack_timeout)
             }
             _ => None,
         }
@@ -595,6 +628,8 @@ impl Upload {
                     carried: vec![file],
                     pending: 1,
                     finished: false,
+                    in_flight: 0,
+                    since: self.clock,
                 },
             );
             self.lanes.push(stream);
@@ -647,13 +682,17 @@ impl Upload {
                 piece: f.sent,
                 len,
             };
+            if s.in_flight == 0 {
+                s.since = self.clock;
+            }
+            self.turn_bytes += piece_frame_len(file, f.sent, len as usize);
             f.sent += 1;
+            s.in_flight += len;
             self.in_flight += len;
             self.stats.bytes_sent += len;
             if f.sent == f.count() {
                 s.current = None;
             }
-            self.turn_bytes += len;
             if self.turn_bytes >= self.cfg.turn {
                 self.turn_bytes = 0;
                 self.cursor += 1;

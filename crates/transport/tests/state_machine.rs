@@ -80,6 +80,7 @@ fn simulate(
     // The streams the driver holds (`net.rs`): opened, until reset or released, with the
     // files each carried.
     let mut held: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+    let mut finished: BTreeSet<u64> = BTreeSet::new();
     let mut received: Vec<Vec<u8>> = vec![Vec::new(); files.layouts.len()];
     let mut receipts = 0;
     let mut opened = 0;
@@ -137,7 +138,10 @@ fn simulate(
                         q.push_back((now + net.latency, f));
                     }
                 }
-                Transmit::Finish { .. } => {}
+                Transmit::Finish { stream } => {
+                    assert!(held.contains_key(&stream), "finish of a stream held");
+                    finished.insert(stream);
+                }
                 Transmit::Release { stream } => {
                     // Only a finished stream every file of which is durable; its data in
                     // flight (duplicates by now) may still arrive.
@@ -149,6 +153,12 @@ fn simulate(
                     }
                 }
                 Transmit::Reset { stream } => {
+                    // Once everything is durable, a finished stream has been released.
+                    assert!(
+                        !(finished.contains(&stream)
+                            && matches!(up.phase(), UploadPhase::AwaitReceipt)),
+                        "finished stream {stream} reset instead of released"
+                    );
                     streams.remove(&stream);
                     held.remove(&stream);
                 }
@@ -255,6 +265,10 @@ fn simulate(
         if up.poll_timeout().is_some_and(|t| t <= now) {
             up.handle_timeout(now);
         }
+    }
+    if let Some(i) = &intake {
+        // A file starts on any stream from its durable prefix: the relay never sees a gap.
+        assert_eq!(i.counters().0, 0, "gaps at the relay");
     }
     if *up.phase() == UploadPhase::Done {
         // Every stream was let go once its file was durable: a transfer of many files does
@@ -684,4 +698,67 @@ fn streams_take_turns_of_whole_batches() {
         assert_eq!(on.len() as u64, files.layouts[file as usize].count());
         assert!(on.iter().all(|&&(s, _)| s == stream), "file {file}");
     }
+}
+
+/// A stream lost without the sender being told, while the others make progress: it is reset
+/// once its own data has made no durable progress for `ack_timeout`, its files are sent again
+/// by another stream, and this is not a rewind "in a row" (the relay is answering).
+#[test]
+fn a_silently_lost_stream_is_reset_while_the_others_progress() {
+    let files = Files::random(&[1_000; 8], 18);
+    let t0 = Instant::now();
+    let cfg = UploadConfig {
+        streams: 2,
+        turn: 3_000,
+        max_rewinds: 0,
+        ..small_cfg()
+    };
+    let timeout = cfg.ack_timeout;
+    let mut up = accepted(&files, cfg, t0);
+    let mut on: BTreeMap<u32, u64> = BTreeMap::new();
+    while let Some(tx) = up.poll_transmit() {
+        if let Transmit::Piece { stream, file, .. } = tx {
+            on.insert(file, stream);
+        }
+    }
+    let lost: Vec<u32> = on
+        .iter()
+        .filter(|&(_, &s)| s == 0)
+        .map(|(&f, _)| f)
+        .collect();
+    assert!(
+        !lost.is_empty() && lost.len() < files.layouts.len(),
+        "{on:?}"
+    );
+    // Stream 1's files become durable; stream 0's never do.
+    let half = t0 + timeout / 2;
+    for (&f, &s) in &on {
+        if s == 1 {
+            durable(&mut up, half, f, files.layouts[f as usize].count());
+        }
+    }
+    while up.poll_event().is_some() {}
+    assert_eq!(up.poll_transmit(), Some(Transmit::Release { stream: 1 }));
+    assert_eq!(up.poll_transmit(), None);
+    assert_eq!(up.poll_timeout(), Some(t0 + timeout), "stream 0's deadline");
+    up.handle_timeout(t0 + timeout);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 0 }));
+    let again: u64 = lost
+        .iter()
+        .map(|&f| files.layouts[f as usize].ciphertext_size)
+        .sum();
+    assert!(
+        std::iter::from_fn(|| up.poll_event())
+            .any(|e| e == rogatory_transport::upload::UploadEvent::Rewound { bytes: again })
+    );
+    let mut resent = BTreeSet::new();
+    while let Some(tx) = up.poll_transmit() {
+        if let Transmit::Piece { file, .. } = tx {
+            resent.insert(file);
+        }
+    }
+    assert_eq!(resent.into_iter().collect::<Vec<_>>(), lost);
+    // Not a failure: max_rewinds 0 counts rewinds without any progress in a row.
+    assert_eq!(*up.phase(), UploadPhase::AwaitDurable);
+    assert_eq!(up.stats().rewinds, 1);
 }
