@@ -403,7 +403,7 @@ fn start_heads(
 /// needs nothing from the relay, so [`send`] starts it while the connection is set up; the
 /// headers go on being made while the upload runs.
 fn key_files(c: &Checked) -> Result<Keyed> {
-    let keys: FileKeys = c.sources.iter().map(|_| FileKey::generate()).collect();
+    let keys: FileKeys = FileKey::generate_many(c.sources.len()).into();
     let keys_age = seal_file_keys(&keys, &c.own_recipient)?;
     check_file_keys(&keys_age, &keys, &c.identity.age_identities())?;
     let head_len = header_len(&c.file_recipients)?;

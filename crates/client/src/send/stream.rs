@@ -301,6 +301,12 @@ impl Streamer {
         }
         let mut head = Vec::with_capacity(self.files[file].layout.head_len as usize);
         self.head(file, &mut head)?;
+        self.key_from_head(file, &head)
+    }
+
+    /// Derives the payload key of `file` from its header piece `head` (the header, then the
+    /// payload nonce) and its key, known or saved.
+    fn key_from_head(&mut self, file: usize, head: &[u8]) -> io::Result<()> {
         let Some(nonce_at) = head.len().checked_sub(16) else {
             return Err(state_err("saved header too short"));
         };
@@ -434,6 +440,11 @@ impl Streamer {
         let start = out.len();
         if piece == 0 {
             self.head(file, out)?;
+            // The key now, from the header in hand, rather than from `heads.bin` again at the
+            // first payload piece.
+            if self.files[file].key.is_none() {
+                self.key_from_head(file, &out[start..])?;
+            }
             return Ok(self.offer.piece_hash().leaf(&out[start..]));
         }
         self.key(file)?;
