@@ -34,7 +34,9 @@ impl FileKey {
             .map(|c| {
                 let mut k = [0u8; FILE_KEY_LEN];
                 k.copy_from_slice(c);
-                Self(k)
+                let key = Self(k);
+                k.zeroize();
+                key
             })
             .collect()
     }

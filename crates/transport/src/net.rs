@@ -914,6 +914,10 @@ pub async fn upload(
     let mut late_error: Option<NetError> = None;
     let mut receipt = None;
 
+    // The stream the last piece went to: when the next one goes elsewhere, that stream's turn
+    // is over and what it gathered is written (`protocol.md` §6.1 "Data streams").
+    let mut last_stream: Option<StreamNumber> = None;
+
     loop {
         // Everything that arrived so far.
         loop {
@@ -925,6 +929,11 @@ pub async fn upload(
                 }
                 Err(_) => break,
             }
+        }
+        // The timers, however busy the sending (a send paced by its sources never waits below).
+        let now = Instant::now().into_std();
+        if up.poll_timeout().is_some_and(|t| t <= now) {
+            up.handle_timeout(now);
         }
         while let Some(e) = up.poll_event() {
             match &e {
@@ -962,18 +971,20 @@ pub async fn upload(
             match t {
                 Transmit::Offer => control.send(&Frame::Offer(offer.clone())).await?,
                 Transmit::Open { stream } => {
-                    let mut w = FrameWriter::new(session.conn.open_uni().await?);
-                    let r = w
-                        .send(&Frame::Attach(Attach {
+                    let opened = async {
+                        let mut w = FrameWriter::new(session.conn.open_uni().await?);
+                        let attach = Attach {
                             transfer: offer.transfer,
-                        }))
-                        .await;
-                    match r {
-                        Ok(()) => {
+                        };
+                        w.send(&Frame::Attach(attach)).await.map(|()| w)
+                    };
+                    match while_waiting(opened, stream, &mut up, &mut rx, &mut late_error).await {
+                        Some(Ok(w)) => {
                             streams.insert(stream, w);
                         }
-                        Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
-                        Err(e) => return Err(e),
+                        None => {}
+                        Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
+                        Some(Err(e)) => return Err(e),
                     }
                 }
                 Transmit::Piece {
@@ -982,23 +993,39 @@ pub async fn upload(
                     piece,
                     len,
                 } => {
-                    if let Some(w) = streams.get_mut(&stream) {
-                        match w
-                            .send_piece(file, piece, len, |out| source.piece(file, piece, out))
+                    if let Some(prev) = last_stream.replace(stream)
+                        && prev != stream
+                        && let Some(w) = streams.get_mut(&prev)
+                    {
+                        match while_waiting(w.flush(), prev, &mut up, &mut rx, &mut late_error)
                             .await
                         {
-                            Ok(()) => {}
-                            Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
-                            Err(e) => return Err(e),
+                            Some(Ok(())) | None => {}
+                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(prev),
+                            Some(Err(e)) => return Err(e),
+                        }
+                    }
+                    debug_assert!(streams.contains_key(&stream), "a piece for a stream held");
+                    if let Some(w) = streams.get_mut(&stream) {
+                        let write =
+                            w.send_piece(file, piece, len, |out| source.piece(file, piece, out));
+                        match while_waiting(write, stream, &mut up, &mut rx, &mut late_error).await
+                        {
+                            Some(Ok(())) | None => {}
+                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
+                            Some(Err(e)) => return Err(e),
                         }
                     }
                 }
                 Transmit::Finish { stream } => {
                     if let Some(w) = streams.get_mut(&stream) {
-                        match w.flush().await {
-                            Ok(()) => w.finish(),
-                            Err(NetError::StreamClosed(_)) => up.stream_lost(stream),
-                            Err(e) => return Err(e),
+                        match while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error)
+                            .await
+                        {
+                            Some(Ok(())) => w.finish(),
+                            None => {}
+                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
+                            Some(Err(e)) => return Err(e),
                         }
                     }
                 }
@@ -1028,10 +1055,10 @@ pub async fn upload(
         // timeout.
         let mut lost = Vec::new();
         for (&stream, w) in &mut streams {
-            match w.flush().await {
-                Ok(()) => {}
-                Err(NetError::StreamClosed(_)) => lost.push(stream),
-                Err(e) => return Err(e),
+            match while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error).await {
+                Some(Ok(())) | None => {}
+                Some(Err(NetError::StreamClosed(_))) => lost.push(stream),
+                Some(Err(e)) => return Err(e),
             }
         }
         if !lost.is_empty() {
@@ -1059,6 +1086,46 @@ pub async fn upload(
         ))
     })?;
     Ok(UploadOutcome { receipt, stats })
+}
+
+/// Awaits `write` to data stream `stream` while the relay's frames are handled and the
+/// upload's timers run (`protocol.md` §6.1 "Rewind"): a write held up by flow control on a
+/// stream the relay no longer reads (a relay whose disk hangs, say) would otherwise stop both,
+/// and the upload would wait for ever instead of timing out. `None`: the write was abandoned,
+/// because the stream was reset or released meanwhile (what it was writing goes with the
+/// stream) or the upload failed.
+async fn while_waiting<T>(
+    write: impl std::future::Future<Output = Result<T, NetError>>,
+    stream: StreamNumber,
+    up: &mut Upload,
+    rx: &mut mpsc::Receiver<Result<Frame<'static>, NetError>>,
+    late_error: &mut Option<NetError>,
+) -> Option<Result<T, NetError>> {
+    tokio::pin!(write);
+    loop {
+        let deadline = [up.poll_timeout(), up.stall_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_std);
+        tokio::select! {
+            biased;
+            r = &mut write => return Some(r),
+            m = rx.recv(), if late_error.is_none() => match m {
+                Some(Ok(f)) => up.handle(Instant::now().into_std(), &f),
+                Some(Err(e)) => *late_error = Some(e),
+                None => *late_error = Some(NetError::Timeout("upload stream reader ended")),
+            },
+            _ = sleep_until(deadline) => {
+                let now = Instant::now().into_std();
+                up.handle_timeout(now);
+                up.write_stalled(now, stream);
+            }
+        }
+        if late_error.is_some() || !up.holds(stream) {
+            return None;
+        }
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -439,7 +439,9 @@ impl Upload {
             - piece_offset(&f.layout, old.min(f.sent));
         self.in_flight -= acked_in_flight;
         // Every byte of the file in flight is on its stream.
-        if let Some(s) = f.stream.and_then(|n| self.streams.get_mut(&n)) {
+        if acked_in_flight > 0
+            && let Some(s) = f.stream.and_then(|n| self.streams.get_mut(&n))
+        {
             s.in_flight -= acked_in_flight;
             s.since = now;
         }
@@ -498,6 +500,48 @@ impl Upload {
             }
             self.out.push_back(Transmit::Seal);
             self.deadline = now + self.cfg.receipt_timeout;
+        }
+    }
+
+    /// Whether data stream `stream` is still held (opened, not yet reset or released): a write
+    /// to a stream no longer held is abandoned.
+    pub fn holds(&self, stream: StreamNumber) -> bool {
+        self.streams.contains_key(&stream)
+    }
+
+    /// While the shell waits on a write to a data stream: when, without durable progress, the
+    /// wait is a rewind ([`Upload::write_stalled`]). Armed even with nothing in flight (the
+    /// write that waits may be the ATTACH of a new stream).
+    pub fn stall_deadline(&self) -> Option<Instant> {
+        (self.phase == UploadPhase::AwaitDurable).then(|| self.last_progress + self.cfg.ack_timeout)
+    }
+
+    /// A write to `stream` has waited (flow control, no stream credit) with no durable progress
+    /// from the relay for `ack_timeout`: a rewind "in a row" (too many fail the upload with
+    /// `TIMEOUT`), which resets that stream and every stream with data in flight. A relay that
+    /// answers QUIC but no longer reads its data streams (its disk hangs) would otherwise hold
+    /// the sender for ever (`protocol.md` §6.1 "Rewind").
+    pub fn write_stalled(&mut self, now: Instant, stream: StreamNumber) {
+        self.clock = self.clock.max(now);
+        if self.phase != UploadPhase::AwaitDurable
+            || now < self.last_progress + self.cfg.ack_timeout
+        {
+            return;
+        }
+        self.rewinds_in_a_row += 1;
+        self.stats.rewinds += 1;
+        self.last_progress = now;
+        if self.rewinds_in_a_row > self.cfg.max_rewinds {
+            return self.fail(ErrorCode::TIMEOUT, "the relay takes no more data");
+        }
+        let stale: Vec<StreamNumber> = self
+            .streams
+            .iter()
+            .filter(|&(&n, s)| n == stream || s.in_flight > 0)
+            .map(|(&n, _)| n)
+            .collect();
+        for n in stale {
+            self.reset_stream(n);
         }
     }
 

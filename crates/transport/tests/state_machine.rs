@@ -762,3 +762,49 @@ fn a_silently_lost_stream_is_reset_while_the_others_progress() {
     assert_eq!(*up.phase(), UploadPhase::AwaitDurable);
     assert_eq!(up.stats().rewinds, 1);
 }
+
+/// A write the shell waits on (here the ATTACH of a new stream: nothing in flight, so no ack
+/// timer) with no durable progress for `ack_timeout` is a rewind in a row: its stream is reset,
+/// progress starts the count again, and one too many fails the upload with TIMEOUT.
+#[test]
+fn a_write_that_waits_without_progress_is_a_rewind_in_a_row() {
+    let files = Files::random(&[1_000, 1_000], 19);
+    let t0 = Instant::now();
+    let cfg = UploadConfig {
+        streams: 1,
+        max_rewinds: 1,
+        ..small_cfg()
+    };
+    let timeout = cfg.ack_timeout;
+    let mut up = accepted(&files, cfg, t0);
+    assert_eq!(up.poll_transmit(), Some(Transmit::Open { stream: 0 }));
+    assert_eq!(up.poll_timeout(), None, "nothing in flight");
+    assert_eq!(up.stall_deadline(), Some(t0 + timeout));
+    up.write_stalled(t0 + timeout / 2, 0);
+    assert!(up.holds(0), "too early");
+    up.write_stalled(t0 + timeout, 0);
+    assert!(!up.holds(0));
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 0 }));
+    assert_eq!(up.poll_transmit(), Some(Transmit::Open { stream: 1 }));
+    // Durable progress (file 0, from wherever): the count starts again.
+    let later = t0 + timeout + timeout / 2;
+    durable(&mut up, later, 0, files.layouts[0].count());
+    up.write_stalled(later + timeout / 2, 1);
+    assert!(up.holds(1), "progress within ack_timeout");
+    up.write_stalled(later + timeout, 1);
+    assert_eq!(
+        *up.phase(),
+        UploadPhase::AwaitDurable,
+        "one rewind in a row is allowed"
+    );
+    assert!(!up.holds(1));
+    while up.poll_transmit().is_some() {}
+    let open: Vec<u64> = (2..3).filter(|&n| up.holds(n)).collect();
+    assert_eq!(open, [2]);
+    up.write_stalled(later + 2 * timeout, 2);
+    match up.phase() {
+        UploadPhase::Failed(e) => assert_eq!(e.code, ErrorCode::TIMEOUT),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(up.poll_transmit(), Some(Transmit::Reset { stream: 2 }));
+}

@@ -10,7 +10,9 @@ use std::time::Duration;
 use rogatory_custody::TransferId;
 use rogatory_transport::frame::{self, ErrorFrame, Frame, FrameType, Offer, StatusRequest};
 use rogatory_transport::impair::{Impairment, Proxy};
-use rogatory_transport::net::{NetError, Node, ServeConfig, Session, serve_connection, upload};
+use rogatory_transport::net::{
+    IntakeHandler, NetError, Node, ServeConfig, Session, serve_connection, upload,
+};
 use rogatory_transport::upload::{UploadConfig, UploadEvent};
 use rogatory_transport::{ErrorCode, Limits, varint};
 use support::memory::{Files, Memory};
@@ -24,7 +26,7 @@ fn offer(t: TransferId) -> Offer {
 }
 
 /// Starts a relay serving uploads into `store`; other requests get NOT_FOUND.
-fn start_relay(pki: &Pki, store: Arc<Memory>, limits: Limits) -> Arc<Node> {
+fn start_relay<H: IntakeHandler>(pki: &Pki, store: Arc<H>, limits: Limits) -> Arc<Node> {
     let node = relay(identity(&pki.relay), pki.trust(), limits);
     let n = node.clone();
     tokio::spawn(async move {
@@ -371,5 +373,116 @@ async fn garbage_closes_the_connection_with_a_protocol_error() {
             6,
             "a protocol error is not retryable"
         );
+    }
+}
+
+/// A store that hangs after `after` pieces, as a relay's disk that stops answering: its data
+/// streams stop being read while QUIC itself still answers.
+struct Hung {
+    inner: Memory,
+    after: u64,
+    pieces: std::sync::atomic::AtomicU64,
+    gate: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+impl Hung {
+    fn release(&self) {
+        *self.gate.0.lock().expect("gate") = true;
+        self.gate.1.notify_all();
+    }
+}
+
+impl IntakeHandler for Hung {
+    fn offer(
+        &self,
+        peer: &rogatory_transport::PeerIdentity,
+        offer: &Offer,
+    ) -> Result<(Vec<rogatory_custody::PieceLayout>, Vec<u64>), rogatory_transport::ProtocolError>
+    {
+        self.inner.offer(peer, offer)
+    }
+
+    fn store(
+        &self,
+        t: TransferId,
+        file: u32,
+        piece: u64,
+        bytes: &[u8],
+    ) -> Result<(), rogatory_transport::ProtocolError> {
+        if self.pieces.fetch_add(1, Ordering::Relaxed) >= self.after {
+            let mut open = self.gate.0.lock().expect("gate");
+            while !*open {
+                open = self.gate.1.wait(open).expect("gate");
+            }
+        }
+        self.inner.store(t, file, piece, bytes)
+    }
+
+    fn sync(&self, t: TransferId) -> Result<Vec<u64>, rogatory_transport::ProtocolError> {
+        self.inner.sync(t)
+    }
+
+    fn complete(
+        &self,
+        peer: &rogatory_transport::PeerIdentity,
+        t: TransferId,
+        seal: &frame::Seal,
+    ) -> Result<String, rogatory_transport::ProtocolError> {
+        self.inner.complete(peer, t, seal)
+    }
+}
+
+/// `protocol.md` §6.1 "Rewind": a relay whose store hangs while QUIC still answers holds the
+/// sender's writes on flow control, with the window far from full. The upload's timers run
+/// while a write waits: the streams are reset, sent again, and after `max_rewinds` the upload
+/// fails with TIMEOUT (retryable) instead of waiting for ever.
+#[test]
+fn a_relay_whose_store_hangs_is_a_timeout_not_a_wait_for_ever() {
+    let pki = Pki::new();
+    let t = TransferId::from_bytes([12; 16]);
+    let files = Files::random(&[8 << 20, 1000, 2000], 12);
+    let hung = Arc::new(Hung {
+        inner: Memory::new(vec![(t, files.clone())]),
+        after: 20,
+        pieces: std::sync::atomic::AtomicU64::new(0),
+        gate: (std::sync::Mutex::new(false), std::sync::Condvar::new()),
+    });
+    // The relay on a runtime of its own with threads to spare for the tasks that hang, so
+    // that its connection goes on answering; small windows, so that writes wait soon.
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(8)
+        .enable_all()
+        .build()
+        .expect("relay runtime");
+    let limits = Limits {
+        stream_receive_window: 1 << 20,
+        connection_receive_window: 2 << 20,
+        ..Limits::default()
+    };
+    let relay = {
+        let _in = relay_rt.enter();
+        start_relay(&pki, hung.clone(), limits)
+    };
+    let addr = relay.local_addr().expect("addr");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ended = rt.block_on(async {
+        let c = client(identity(&pki.a), pki.trust());
+        let s = c.connect(addr, Some(id("relay-b"))).await.expect("connect");
+        let cfg = UploadConfig {
+            ack_timeout: Duration::from_millis(400),
+            max_rewinds: 2,
+            ..UploadConfig::default()
+        };
+        tokio::time::timeout(Duration::from_secs(20), run(&s, t, &files, cfg)).await
+    });
+    hung.release();
+    relay_rt.shutdown_timeout(Duration::from_secs(1));
+    match ended.expect("the upload ended by itself instead of waiting for ever") {
+        Err(NetError::Protocol(e)) => assert_eq!(e.code, ErrorCode::TIMEOUT, "{e}"),
+        other => panic!("expected TIMEOUT, got {other:?}"),
     }
 }

@@ -403,7 +403,12 @@ fn start_heads(
 /// needs nothing from the relay, so [`send`] starts it while the connection is set up; the
 /// headers go on being made while the upload runs.
 fn key_files(c: &Checked) -> Result<Keyed> {
-    let keys: FileKeys = FileKey::generate_many(c.sources.len()).into();
+    // Collected, not converted: the `Vec`'s keys are dropped (and wiped), not moved out of a
+    // freed allocation.
+    let keys: FileKeys = FileKey::generate_many(c.sources.len())
+        .iter()
+        .cloned()
+        .collect();
     let keys_age = seal_file_keys(&keys, &c.own_recipient)?;
     check_file_keys(&keys_age, &keys, &c.identity.age_identities())?;
     let head_len = header_len(&c.file_recipients)?;
@@ -544,7 +549,9 @@ fn resume_heads(
     };
     let keys: FileKeys = stream::open_file_keys(&keys_age, &home.age_identities()?, n)
         .map_err(|e| damaged(e.to_string()))?
-        .into();
+        .iter()
+        .cloned()
+        .collect();
     let path = state.path("heads.bin");
     let mut saved = std::io::BufReader::with_capacity(
         1 << 20,
