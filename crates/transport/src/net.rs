@@ -1102,6 +1102,17 @@ async fn while_waiting<T>(
     late_error: &mut Option<NetError>,
 ) -> Option<Result<T, NetError>> {
     tokio::pin!(write);
+    // Most writes are done at once (a piece is only gathered): no timers for them.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match write.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    if first.is_some() {
+        return first;
+    }
     loop {
         let deadline = [up.poll_timeout(), up.stall_deadline()]
             .into_iter()
