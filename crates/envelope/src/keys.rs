@@ -25,8 +25,9 @@ impl FileKey {
     }
 
     /// `n` fresh random file keys, drawn from the operating system's CSPRNG at once (one
-    /// system call for a batch rather than one per key: a send of many files draws them all).
-    pub fn generate_many(n: usize) -> Vec<Self> {
+    /// system call for a batch rather than one per key: a send of many files draws them all),
+    /// collected straight into `C` (no intermediate copy of the keys to wipe).
+    pub fn generate_many<C: FromIterator<Self>>(n: usize) -> C {
         let mut bytes = zeroize::Zeroizing::new(vec![0u8; n * FILE_KEY_LEN]);
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         bytes
@@ -118,8 +119,8 @@ mod tests {
 
     #[test]
     fn many_keys_are_drawn_fresh_and_distinct() {
-        assert!(FileKey::generate_many(0).is_empty());
-        let keys = FileKey::generate_many(64);
+        assert!(FileKey::generate_many::<Vec<_>>(0).is_empty());
+        let keys: Vec<FileKey> = FileKey::generate_many(64);
         assert_eq!(keys.len(), 64);
         let mut seen: Vec<[u8; FILE_KEY_LEN]> = keys.iter().map(|k| *k.expose_secret()).collect();
         seen.sort();

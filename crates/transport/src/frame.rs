@@ -732,18 +732,20 @@ impl Frame<'_> {
 /// This is the hot path's way to build a frame without an intermediate copy.
 pub fn piece_header(out: &mut Vec<u8>, file: u32, piece: u64, len: usize) {
     out.push(FrameType::Piece as u8);
-    varint::put(
-        out,
-        (varint::len(u64::from(file)) + varint::len(piece) + len) as u64,
-    );
+    varint::put(out, piece_payload_len(file, piece, len) as u64);
     varint::put(out, u64::from(file));
     varint::put(out, piece);
+}
+
+/// A PIECE frame's payload length: `file`, `piece` and the bytes.
+fn piece_payload_len(file: u32, piece: u64, len: usize) -> usize {
+    varint::len(u64::from(file)) + varint::len(piece) + len
 }
 
 /// The encoded length of a PIECE frame of a piece of `len` bytes: what [`piece_header`] appends,
 /// and the bytes.
 pub fn piece_frame_len(file: u32, piece: u64, len: usize) -> u64 {
-    let payload = varint::len(u64::from(file)) + varint::len(piece) + len;
+    let payload = piece_payload_len(file, piece, len);
     (1 + varint::len(payload as u64) + payload) as u64
 }
 

@@ -978,13 +978,10 @@ pub async fn upload(
                         };
                         w.send(&Frame::Attach(attach)).await.map(|()| w)
                     };
-                    match while_waiting(opened, stream, &mut up, &mut rx, &mut late_error).await {
-                        Some(Ok(w)) => {
-                            streams.insert(stream, w);
-                        }
-                        None => {}
-                        Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
-                        Some(Err(e)) => return Err(e),
+                    if let Some(w) =
+                        while_waiting(opened, stream, &mut up, &mut rx, &mut late_error).await?
+                    {
+                        streams.insert(stream, w);
                     }
                 }
                 Transmit::Piece {
@@ -997,36 +994,22 @@ pub async fn upload(
                         && prev != stream
                         && let Some(w) = streams.get_mut(&prev)
                     {
-                        match while_waiting(w.flush(), prev, &mut up, &mut rx, &mut late_error)
-                            .await
-                        {
-                            Some(Ok(())) | None => {}
-                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(prev),
-                            Some(Err(e)) => return Err(e),
-                        }
+                        while_waiting(w.flush(), prev, &mut up, &mut rx, &mut late_error).await?;
                     }
                     debug_assert!(streams.contains_key(&stream), "a piece for a stream held");
                     if let Some(w) = streams.get_mut(&stream) {
                         let write =
                             w.send_piece(file, piece, len, |out| source.piece(file, piece, out));
-                        match while_waiting(write, stream, &mut up, &mut rx, &mut late_error).await
-                        {
-                            Some(Ok(())) | None => {}
-                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
-                            Some(Err(e)) => return Err(e),
-                        }
+                        while_waiting(write, stream, &mut up, &mut rx, &mut late_error).await?;
                     }
                 }
                 Transmit::Finish { stream } => {
-                    if let Some(w) = streams.get_mut(&stream) {
-                        match while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error)
-                            .await
-                        {
-                            Some(Ok(())) => w.finish(),
-                            None => {}
-                            Some(Err(NetError::StreamClosed(_))) => up.stream_lost(stream),
-                            Some(Err(e)) => return Err(e),
-                        }
+                    if let Some(w) = streams.get_mut(&stream)
+                        && while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error)
+                            .await?
+                            .is_some()
+                    {
+                        w.finish();
                     }
                 }
                 Transmit::Release { stream } => {
@@ -1053,18 +1036,13 @@ pub async fn upload(
         }
         // Nothing to send: the pieces gathered go out, then wait for the relay or the next
         // timeout.
-        let mut lost = Vec::new();
+        let mut lost = false;
         for (&stream, w) in &mut streams {
-            match while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error).await {
-                Some(Ok(())) | None => {}
-                Some(Err(NetError::StreamClosed(_))) => lost.push(stream),
-                Some(Err(e)) => return Err(e),
-            }
+            lost |= while_waiting(w.flush(), stream, &mut up, &mut rx, &mut late_error)
+                .await?
+                .is_none();
         }
-        if !lost.is_empty() {
-            for stream in lost {
-                up.stream_lost(stream);
-            }
+        if lost {
             continue;
         }
         let deadline = up.poll_timeout().map(Instant::from_std);
@@ -1091,16 +1069,25 @@ pub async fn upload(
 /// Awaits `write` to data stream `stream` while the relay's frames are handled and the
 /// upload's timers run (`protocol.md` §6.1 "Rewind"): a write held up by flow control on a
 /// stream the relay no longer reads (a relay whose disk hangs, say) would otherwise stop both,
-/// and the upload would wait for ever instead of timing out. `None`: the write was abandoned,
-/// because the stream was reset or released meanwhile (what it was writing goes with the
-/// stream) or the upload failed.
+/// and the upload would wait for ever instead of timing out. `Ok(None)`: the write was
+/// abandoned, because the stream was lost (the relay stopped it: `up` was told), reset or
+/// released meanwhile (what it was writing goes with the stream), or the upload failed
+/// (`up`'s phase or `late_error` says so); `Err`: any other failure, which ends the upload.
 async fn while_waiting<T>(
     write: impl std::future::Future<Output = Result<T, NetError>>,
     stream: StreamNumber,
     up: &mut Upload,
     rx: &mut mpsc::Receiver<Result<Frame<'static>, NetError>>,
     late_error: &mut Option<NetError>,
-) -> Option<Result<T, NetError>> {
+) -> Result<Option<T>, NetError> {
+    let done = |r: Result<T, NetError>, up: &mut Upload| match r {
+        Ok(v) => Ok(Some(v)),
+        Err(NetError::StreamClosed(_)) => {
+            up.stream_lost(stream);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    };
     tokio::pin!(write);
     // Most writes are done at once (a piece is only gathered): no timers for them.
     let first = std::future::poll_fn(|cx| {
@@ -1110,8 +1097,8 @@ async fn while_waiting<T>(
         })
     })
     .await;
-    if first.is_some() {
-        return first;
+    if let Some(r) = first {
+        return done(r, up);
     }
     loop {
         let deadline = [up.poll_timeout(), up.stall_deadline()]
@@ -1121,7 +1108,7 @@ async fn while_waiting<T>(
             .map(Instant::from_std);
         tokio::select! {
             biased;
-            r = &mut write => return Some(r),
+            r = &mut write => return done(r, up),
             m = rx.recv(), if late_error.is_none() => match m {
                 Some(Ok(f)) => up.handle(Instant::now().into_std(), &f),
                 Some(Err(e)) => *late_error = Some(e),
@@ -1134,7 +1121,7 @@ async fn while_waiting<T>(
             }
         }
         if late_error.is_some() || !up.holds(stream) {
-            return None;
+            return Ok(None);
         }
     }
 }

@@ -523,23 +523,36 @@ impl Upload {
     /// the sender for ever (`protocol.md` §6.1 "Rewind").
     pub fn write_stalled(&mut self, now: Instant, stream: StreamNumber) {
         self.clock = self.clock.max(now);
-        if self.phase != UploadPhase::AwaitDurable
-            || now < self.last_progress + self.cfg.ack_timeout
+        if self.phase == UploadPhase::AwaitDurable
+            && now >= self.last_progress + self.cfg.ack_timeout
         {
-            return;
+            self.rewind_stale(now, true, Some(stream), "the relay takes no more data");
         }
-        self.rewinds_in_a_row += 1;
-        self.stats.rewinds += 1;
-        self.last_progress = now;
-        if self.rewinds_in_a_row > self.cfg.max_rewinds {
-            return self.fail(ErrorCode::TIMEOUT, "the relay takes no more data");
-        }
+    }
+
+    /// Resets the streams with data in flight that made no durable progress for `ack_timeout`
+    /// (all of them when `stuck`: nothing progressed at all, a rewind "in a row", and past
+    /// `max_rewinds` the upload fails with `TIMEOUT`, saying `why`), and `also`.
+    fn rewind_stale(&mut self, now: Instant, stuck: bool, also: Option<StreamNumber>, why: &str) {
+        let timeout = self.cfg.ack_timeout;
         let stale: Vec<StreamNumber> = self
             .streams
             .iter()
-            .filter(|&(&n, s)| n == stream || s.in_flight > 0)
+            .filter(|&(&n, s)| {
+                Some(n) == also || (s.in_flight > 0 && (stuck || now >= s.since + timeout))
+            })
             .map(|(&n, _)| n)
             .collect();
+        if stuck {
+            self.rewinds_in_a_row += 1;
+            self.last_progress = now;
+        } else if stale.is_empty() {
+            return;
+        }
+        self.stats.rewinds += 1;
+        if self.rewinds_in_a_row > self.cfg.max_rewinds {
+            return self.fail(ErrorCode::TIMEOUT, why);
+        }
         for n in stale {
             self.reset_stream(n);
         }
@@ -603,26 +616,7 @@ impl Upload {
                 // Otherwise only the streams whose own data made none (a stream lost without
                 // the sender being told, while the others go on).
                 let stuck = self.in_flight > 0 && now >= self.last_progress + self.cfg.ack_timeout;
-                let timeout = self.cfg.ack_timeout;
-                let stale: Vec<StreamNumber> = self
-                    .streams
-                    .iter()
-                    .filter(|(_, s)| s.in_flight > 0 && (stuck || now >= s.since + timeout))
-                    .map(|(&n, _)| n)
-                    .collect();
-                if stuck {
-                    self.rewinds_in_a_row += 1;
-                    self.last_progress = now;
-                } else if stale.is_empty() {
-                    return;
-                }
-                self.stats.rewinds += 1;
-                if self.rewinds_in_a_row > self.cfg.max_rewinds {
-                    return self.fail(ErrorCode::TIMEOUT, "no durable progress from the relay");
-                }
-                for stream in stale {
-                    self.reset_stream(stream);
-                }
+                self.rewind_stale(now, stuck, None, "no durable progress from the relay");
             }
             _ => {}
         }

@@ -345,9 +345,7 @@ fn prepare(home: &Home, req: &SendRequest, dry: bool, on: &dyn Fn(&Event)) -> Re
             std::fs::remove_dir_all(&state.dir).map_err(|e| io("removing", &state.dir, e))?;
         } else {
             let saved = state.load()?;
-            let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
-                Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e)
-            })?;
+            let offer = saved_offer(&saved)?;
             on(&Event::Info {
                 message: format!("resuming transfer {}", offer.transfer_id),
             });
@@ -403,12 +401,7 @@ fn start_heads(
 /// needs nothing from the relay, so [`send`] starts it while the connection is set up; the
 /// headers go on being made while the upload runs.
 fn key_files(c: &Checked) -> Result<Keyed> {
-    // Collected, not converted: the `Vec`'s keys are dropped (and wiped), not moved out of a
-    // freed allocation.
-    let keys: FileKeys = FileKey::generate_many(c.sources.len())
-        .iter()
-        .cloned()
-        .collect();
+    let keys: FileKeys = FileKey::generate_many(c.sources.len());
     let keys_age = seal_file_keys(&keys, &c.own_recipient)?;
     check_file_keys(&keys_age, &keys, &c.identity.age_identities())?;
     let head_len = header_len(&c.file_recipients)?;
@@ -711,6 +704,12 @@ fn failures(n: usize, total: usize) -> Error {
     .hint("fix or leave out the files listed above and run the same command again")
 }
 
+/// The offer a send's state saved.
+fn saved_offer(saved: &Saved) -> Result<TransferOffer> {
+    TransferOffer::parse(saved.offer.as_bytes())
+        .map_err(|e| Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e))
+}
+
 /// The interrupted send of transfer `id` under `outbox/` (`send --resume`), or its outcome if it
 /// completed.
 fn find_interrupted(
@@ -757,9 +756,7 @@ fn find_interrupted(
                 return Ok(Found::Already(done));
             }
             let saved = state.load()?;
-            let offer = TransferOffer::parse(saved.offer.as_bytes()).map_err(|e| {
-                Error::new(ErrorKind::Integrity, "the saved offer is damaged").source(e)
-            })?;
+            let offer = saved_offer(&saved)?;
             if offer.transfer_id != t {
                 break;
             }

@@ -114,14 +114,14 @@ pub(crate) struct StateDir {
 struct SendLock {
     path: PathBuf,
     // Closed (and so unlocked) after `drop` removed the path.
-    _file: File,
+    file: File,
 }
 
 impl Drop for SendLock {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
         // Only the file this lock holds (not one another run made after it was removed by hand).
-        if let (Ok(held), Ok(now)) = (self._file.metadata(), fs::metadata(&self.path))
+        if let (Ok(held), Ok(now)) = (self.file.metadata(), fs::metadata(&self.path))
             && held.ino() == now.ino()
             && held.dev() == now.dev()
         {
@@ -178,7 +178,7 @@ impl StateDir {
             }
             let held = f.metadata().map_err(|e| io("reading", &p, e))?;
             if fs::metadata(&p).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()) {
-                self.lock = Some(SendLock { path: p, _file: f });
+                self.lock = Some(SendLock { path: p, file: f });
                 return Ok(());
             }
         }

@@ -307,10 +307,10 @@ impl Streamer {
     /// Derives the payload key of `file` from its header piece `head` (the header, then the
     /// payload nonce) and its key, known or saved.
     fn key_from_head(&mut self, file: usize, head: &[u8]) -> io::Result<()> {
-        let Some(nonce_at) = head.len().checked_sub(16) else {
+        let Some(nonce_at) = head.len().checked_sub(rogatory_envelope::NONCE_LEN) else {
             return Err(state_err("saved header too short"));
         };
-        let mut nonce = PayloadNonce([0; 16]);
+        let mut nonce = PayloadNonce([0; rogatory_envelope::NONCE_LEN]);
         nonce.0.copy_from_slice(&head[nonce_at..]);
         let file_key = match self.keys.as_ref().and_then(|k| k.get(file)) {
             Some(k) => k.clone(),
