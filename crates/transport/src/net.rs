@@ -215,9 +215,55 @@ pub const PIECE_BATCH: usize = 2 << 20;
 /// varints and at most [`frame::MAX_PIECE`] bytes), so that it never grows.
 const BATCH_CAPACITY: usize = PIECE_BATCH + MAX_HEADER + 2 * 8 + frame::MAX_PIECE as usize;
 
+/// Gathering buffers quinn has released (the peer acknowledged their bytes), kept for the next
+/// batches of any stream of this process: at most [`SPARE_BATCHES`] of them (about 2 MiB each).
+/// A fresh buffer of a megabyte or two costs page faults to fill and is unmapped when dropped;
+/// with the ballooned memory of a virtual machine each first touch of a page faults in the host
+/// too (`docs/performance.md` "Gathering buffers reused"). They hold only frames that went on
+/// the wire (ciphertext and framing), nothing secret.
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Spare gathering buffers kept at most: what one transfer has in flight on a fast link.
+const SPARE_BATCHES: usize = 8;
+
+/// A gathering buffer handed to quinn; when quinn drops it, it goes back to [`SPARE`].
+struct Batch(Vec<u8>);
+
+impl AsRef<[u8]> for Batch {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if let Ok(mut spare) = SPARE.lock() {
+            keep_spare(&mut spare, v);
+        }
+    }
+}
+
+/// Keeps `v`, emptied, among the `spare` buffers if it is a whole gathering buffer and fewer
+/// than [`SPARE_BATCHES`] are kept; else frees it.
+fn keep_spare(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
+    if v.capacity() >= BATCH_CAPACITY && spare.len() < SPARE_BATCHES {
+        v.clear();
+        spare.push(v);
+    }
+}
+
+/// An empty gathering buffer of [`BATCH_CAPACITY`] bytes: a spare one if there is one.
+fn batch_buffer() -> Vec<u8> {
+    SPARE
+        .lock()
+        .ok()
+        .and_then(|mut spare| spare.pop())
+        .unwrap_or_else(|| Vec::with_capacity(BATCH_CAPACITY))
+}
+
 /// Writes frames to a QUIC send stream. Small frames are copied into quinn from one reusable
 /// buffer; a batch of pieces (or any frame of half a batch or more) is handed over as it is,
-/// and a fresh buffer takes its place.
+/// and another buffer ([`batch_buffer`]) takes its place.
 #[derive(Debug)]
 pub struct FrameWriter {
     send: quinn::SendStream,
@@ -305,8 +351,8 @@ impl FrameWriter {
     /// connection's lock, and at most twice the bytes it holds); less is copied.
     pub async fn flush(&mut self) -> Result<(), NetError> {
         if self.buf.len() >= PIECE_BATCH / 2 {
-            let next = Vec::with_capacity(BATCH_CAPACITY);
-            let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, next));
+            let next = batch_buffer();
+            let chunk = bytes::Bytes::from_owner(Batch(std::mem::replace(&mut self.buf, next)));
             self.send.write_chunk(chunk).await?;
         } else if !self.buf.is_empty() {
             let r = self.send.write_all(&self.buf).await;
@@ -1539,4 +1585,29 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
             format!("{addr}: no address"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_batches_are_kept_emptied_up_to_the_limit() {
+        let mut spare = Vec::new();
+        for _ in 0..SPARE_BATCHES + 2 {
+            let mut v = Vec::with_capacity(BATCH_CAPACITY);
+            v.extend_from_slice(b"frames that went on the wire");
+            keep_spare(&mut spare, v);
+        }
+        assert_eq!(spare.len(), SPARE_BATCHES);
+        assert!(
+            spare
+                .iter()
+                .all(|v| v.is_empty() && v.capacity() >= BATCH_CAPACITY)
+        );
+        // A short stream's small buffer is freed, not kept.
+        let mut kept = Vec::new();
+        keep_spare(&mut kept, Vec::with_capacity(4096));
+        assert!(kept.is_empty());
+    }
 }
