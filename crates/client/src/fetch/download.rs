@@ -121,6 +121,13 @@ fn open_error(t: TransferId, f: &FileEntry, p: &Path, e: OpenError) -> Error {
             ),
         ),
         OpenError::Write(e) => io("writing", p, e),
+        OpenError::Digest => Error::new(
+            ErrorKind::Internal,
+            format!(
+                "{t}: {}: the thread computing its digest stopped",
+                f.path.as_str()
+            ),
+        ),
     }
 }
 
@@ -347,6 +354,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             }
             None => 0,
         };
+        op.hash_on_thread();
         let streamed = request(c, i, from, 0, |mut b| {
             if op.wants_head() {
                 let n = op.push_head(b);

@@ -16,6 +16,7 @@
 //! verified files durable in batches and renames them into place.
 
 mod batch;
+mod digest;
 mod disk;
 pub(crate) mod download;
 mod opener;

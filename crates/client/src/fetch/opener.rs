@@ -13,6 +13,8 @@ use rogatory_envelope::{
 };
 use sha2::{Digest, Sha256};
 
+use super::digest::{self, Digesting};
+
 /// Where the pieces of one age file sit, from the sizes in the sealed manifest
 /// (`envelope.md` §3 and §6, `custody.md` §5.2): `head` bytes of header and payload nonce
 /// (piece 0), then `chunks` STREAM chunks of 65 552 bytes, the last one shorter.
@@ -82,6 +84,8 @@ pub(crate) enum OpenError {
     NoMatch,
     /// Writing the plaintext failed (exit 7).
     Write(io::Error),
+    /// The thread computing the digest died (a bug: exit 1).
+    Digest,
 }
 
 /// Buffers one worker reuses for every file it opens: nothing is allocated per chunk, and
@@ -110,7 +114,7 @@ pub(crate) struct Opener<'b> {
     fill: usize,
     /// Index of the current chunk.
     next: u64,
-    hasher: Sha256,
+    hasher: Digesting,
 }
 
 impl std::fmt::Debug for Opener<'_> {
@@ -131,7 +135,7 @@ impl<'b> Opener<'b> {
             key: None,
             fill: 0,
             next: 0,
-            hasher: Sha256::new(),
+            hasher: Digesting::new(),
         }
     }
 
@@ -194,7 +198,16 @@ impl<'b> Opener<'b> {
     pub(crate) fn resume(&mut self, kept: u64, hasher: Sha256) {
         self.next = kept;
         self.fill = 0;
-        self.hasher = hasher;
+        self.hasher = Digesting::Here(hasher);
+    }
+
+    /// Hashes the rest of the plaintext on a thread of its own
+    /// ([`Digesting::move_to_thread`]), for a large file (at least [`digest::ON_THREAD_MIN`]
+    /// bytes; smaller ones are hashed here).
+    pub(crate) fn hash_on_thread(&mut self) {
+        if self.layout.size >= digest::ON_THREAD_MIN {
+            self.hasher.move_to_thread();
+        }
     }
 
     /// Takes payload bytes: every chunk that becomes complete is authenticated (as last only
@@ -253,7 +266,10 @@ impl<'b> Opener<'b> {
         if self.key.is_none() || self.next != self.layout.chunks || self.fill != 0 {
             return Err(OpenError::Integrity("truncated (envelope.md §6)".into()));
         }
-        if Sha256Digest(self.hasher.finalize().into()) != *sha256 {
+        let Some(digest) = self.hasher.finalize() else {
+            return Err(OpenError::Digest);
+        };
+        if Sha256Digest(digest) != *sha256 {
             return Err(OpenError::Integrity(
                 "does not match the sender's digest".into(),
             ));
@@ -381,6 +397,43 @@ mod tests {
                 .expect("rest");
             op.finish(&sha).expect("digest");
             assert_eq!(out, plain);
+        }
+    }
+
+    /// A large file's digest computed on its own thread (`digest.rs`), fresh or after a
+    /// resume: the sealed digest is accepted, any other refused as integrity.
+    #[test]
+    fn a_large_file_hashed_on_a_thread_is_checked_like_any_other() {
+        let id = Identity::generate();
+        let n = digest::ON_THREAD_MIN as usize + 3 * CHUNK_SIZE + 17;
+        let plain: Vec<u8> = (0..n).map(|i| (i * 13 + (i >> 20)) as u8).collect();
+        let sha = Sha256Digest::of(&plain);
+        let ct = sealed(&plain, &id);
+        let layout = Layout::new(n as u64, ct.len() as u64).expect("layout");
+        for (kept, good) in [(0u64, true), (0, false), (40, true), (40, false)] {
+            let mut bufs = Buffers::new();
+            let mut op = Opener::new(layout, &mut bufs);
+            op.push_head(&ct[..layout.head as usize]);
+            op.open_head(std::slice::from_ref(&id)).expect("head");
+            let held = &plain[..Layout::plain_offset(kept) as usize];
+            op.resume(kept, Sha256::new().chain_update(held));
+            op.hash_on_thread();
+            assert!(matches!(op.hasher, Digesting::Thread(_)));
+            let mut out = held.to_vec();
+            for piece in ct[layout.chunk_offset(kept) as usize..].chunks(1 << 20) {
+                op.push_payload(piece, &mut out).expect("payload");
+            }
+            assert_eq!(out, plain);
+            let want = if good {
+                sha
+            } else {
+                Sha256Digest::of(b"other")
+            };
+            match op.finish(&want) {
+                Ok(()) => assert!(good, "kept {kept}: a wrong digest accepted"),
+                Err(OpenError::Integrity(_)) => assert!(!good, "kept {kept}: refused"),
+                Err(e) => panic!("kept {kept}: {e:?}"),
+            }
         }
     }
 
