@@ -237,16 +237,22 @@ impl AsRef<[u8]> for Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
-        if let Ok(mut spare) = SPARE.lock() {
-            keep_spare(&mut spare, v);
-        }
+        // Only `push` and `pop` run under the lock: a poisoned list is still whole.
+        keep_spare(
+            &mut SPARE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            v,
+        );
     }
 }
 
-/// Keeps `v`, emptied, among the `spare` buffers if it is a whole gathering buffer and fewer
-/// than [`SPARE_BATCHES`] are kept; else frees it.
+/// Keeps `v`, emptied, among the `spare` buffers if it is a gathering buffer (at least
+/// [`BATCH_CAPACITY`] bytes, and not one a large control frame grew: an OFFER or SEAL may take
+/// tens of MiB) and fewer than [`SPARE_BATCHES`] are kept; else frees it.
 fn keep_spare(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
-    if v.capacity() >= BATCH_CAPACITY && spare.len() < SPARE_BATCHES {
+    if (BATCH_CAPACITY..=2 * BATCH_CAPACITY).contains(&v.capacity()) && spare.len() < SPARE_BATCHES
+    {
         v.clear();
         spare.push(v);
     }
@@ -256,8 +262,8 @@ fn keep_spare(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
 fn batch_buffer() -> Vec<u8> {
     SPARE
         .lock()
-        .ok()
-        .and_then(|mut spare| spare.pop())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
         .unwrap_or_else(|| Vec::with_capacity(BATCH_CAPACITY))
 }
 
@@ -321,9 +327,15 @@ impl FrameWriter {
     ) -> Result<(), NetError> {
         let need = self.buf.len() + MAX_HEADER + 2 * 8 + len as usize;
         if need > self.buf.capacity() {
-            // Doubling (a small file's stream stays small), but never past a batch.
-            let size = (self.buf.capacity() * 2).clamp(need, BATCH_CAPACITY.max(need));
-            self.buf.reserve_exact(size - self.buf.len());
+            if self.buf.is_empty() && (PIECE_BATCH / 2..=BATCH_CAPACITY).contains(&need) {
+                // A frame of half a batch or more (a RANGE of a large file): a whole
+                // gathering buffer, a spare one if there is one.
+                self.buf = batch_buffer();
+            } else {
+                // Doubling (a small file's stream stays small), but never past a batch.
+                let size = (self.buf.capacity() * 2).clamp(need, BATCH_CAPACITY.max(need));
+                self.buf.reserve_exact(size - self.buf.len());
+            }
         }
         let frame_start = self.buf.len();
         header(&mut self.buf);
@@ -1605,9 +1617,10 @@ mod tests {
                 .iter()
                 .all(|v| v.is_empty() && v.capacity() >= BATCH_CAPACITY)
         );
-        // A short stream's small buffer is freed, not kept.
+        // A short stream's small buffer, and one a large control frame grew, are freed.
         let mut kept = Vec::new();
         keep_spare(&mut kept, Vec::with_capacity(4096));
+        keep_spare(&mut kept, Vec::with_capacity(2 * BATCH_CAPACITY + 1));
         assert!(kept.is_empty());
     }
 }
