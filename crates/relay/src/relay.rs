@@ -169,8 +169,9 @@ pub struct Relay<S: Storage> {
     direct_open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Large files served at once through direct reads, each with a reader thread and two 1 MiB
-/// blocks (`protocol.md` §6.3); beyond them, files are read through the page cache.
+/// Large files served at once through direct reads, each with a reader thread and four 1 MiB
+/// blocks (`protocol.md` §6.3): at most 64 MiB; beyond them, files are read through the page
+/// cache.
 const MAX_DIRECT_READERS: usize = 16;
 
 /// A pack opened for direct reads ([`Relay::open_pack_direct`]), counted against

@@ -359,7 +359,7 @@ async fn fetch<S: Storage + 'static>(
     w.send(&Frame::FetchHead(FetchHead { total }))
         .await
         .map_err(io)?;
-    // A large file is read from the pack directly, a block ahead (`protocol.md` §6.3).
+    // A large file is read from the pack directly, a few blocks ahead (`protocol.md` §6.3).
     // Up to the range's end only: nothing past it is read ahead.
     let file = match f.object {
         Object::File(i) => Some(i),

@@ -18,6 +18,7 @@
 // Elsewhere `DirectSource::open` answers "not supported" and nothing else here is used.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -29,6 +30,12 @@ use std::sync::mpsc::{Receiver, Sender};
 
 /// Bytes per direct read: 16 STREAM chunks.
 pub const BLOCK: usize = 1 << 20;
+/// Blocks asked of the reader thread ahead of the one being served. With one, a relay serving a
+/// GiB from disk waited for it at 770–850 of its 1,024 blocks, 1.1–1.6 s in all, in fetches of
+/// about 2.3 s: the reader idled between an answer and the next request. With three queued it
+/// reads nearly back to back (250–400 waits, 0.4–0.7 s; seven: 0.2 s, at twice the memory;
+/// `docs/performance.md` "Reading ahead").
+const AHEAD: usize = 3;
 /// Files at least this large are read directly; smaller ones are read through the page cache
 /// (with the kernel's read-ahead hints for many small files).
 pub const DIRECT_MIN: u64 = 4 << 20;
@@ -105,17 +112,18 @@ type Request = (u64, Block);
 /// Its answer: the buffer and how the read went.
 type Answer = (Block, io::Result<()>);
 
-/// One source opened for direct reads: the block being served, and the next one read ahead on
-/// a thread of its own, so the producer never waits for the device while it has data.
+/// One source opened for direct reads: the block being served, and the next [`AHEAD`] read
+/// ahead on a thread of its own, so the producer does not wait for the device while it has
+/// data (`1 + AHEAD` blocks of 1 MiB in all).
 #[derive(Debug)]
 pub struct DirectSource {
     fd: Arc<File>,
     size: u64,
     current: Block,
-    /// The other buffer, when it is not on the reader thread.
-    spare: Option<Block>,
-    /// The block being read ahead.
-    pending: Option<u64>,
+    /// Buffers not in use, here (the others are on the reader thread).
+    spare: Vec<Block>,
+    /// Offsets of the blocks asked of the reader thread, in the order its answers come.
+    ahead: VecDeque<u64>,
     ask: Sender<Request>,
     answers: Receiver<Answer>,
 }
@@ -151,7 +159,10 @@ impl DirectSource {
             if in_memory(&fd) {
                 return Ok(None);
             }
-            let (Some(current), Some(spare)) = (Block::new(), Block::new()) else {
+            let Some(current) = Block::new() else {
+                return Ok(None);
+            };
+            let Some(spare) = (0..AHEAD).map(|_| Block::new()).collect::<Option<Vec<_>>>() else {
                 return Ok(None);
             };
             let (ask, requests) = channel::<Request>();
@@ -175,8 +186,8 @@ impl DirectSource {
                 fd,
                 size,
                 current,
-                spare: Some(spare),
-                pending: None,
+                spare,
+                ahead: VecDeque::with_capacity(AHEAD),
                 ask,
                 answers,
             }))
@@ -194,27 +205,33 @@ impl DirectSource {
     }
 
     /// Copies the bytes at `off` into `dst`, from the block holding `off`: the block held, the
-    /// one read ahead, or else one read now; then reads the following block ahead. A range
-    /// that goes past that block gets the bytes up to its end (a sender's chunks never do; a
-    /// relay's ranges call again for the rest).
+    /// next one read ahead, or else one read now; then keeps [`AHEAD`] blocks asked ahead of
+    /// it. A range that goes past that block gets the bytes up to its end (a sender's chunks
+    /// never do; a relay's ranges call again for the rest).
     pub fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
-            // Exactly one of `spare` and `pending` is set: the second buffer is here, or on the
-            // reader thread.
-            let (mut b, ready) = match self.pending.take() {
-                Some(p) => {
-                    let Ok((b, r)) = self.answers.recv() else {
+            let (mut b, ready) = if self.ahead.front() == Some(&block_off) {
+                self.ahead.pop_front();
+                let Ok((b, r)) = self.answers.recv() else {
+                    return DirectRead::Unsupported;
+                };
+                // A read ahead that failed: the block is read now (an error that persists is
+                // reported then).
+                (b, r.is_ok())
+            } else {
+                // A rewind or a resume elsewhere: nothing read ahead is of use. Its buffers
+                // come back first (answers keep the order asked).
+                while self.ahead.pop_front().is_some() {
+                    let Ok((b, _)) = self.answers.recv() else {
                         return DirectRead::Unsupported;
                     };
-                    // A rewind or a resume elsewhere, or a read ahead that failed: the block
-                    // wanted is read now (an error that persists is reported then).
-                    (b, p == block_off && r.is_ok())
+                    self.spare.push(b);
                 }
-                None => match self.spare.take() {
-                    Some(b) => (b, false),
-                    None => return DirectRead::Unsupported,
-                },
+                let Some(b) = self.spare.pop() else {
+                    return DirectRead::Unsupported;
+                };
+                (b, false)
             };
             let r = if ready {
                 Ok(())
@@ -222,20 +239,25 @@ impl DirectSource {
                 b.fill(&self.fd, block_off, self.size)
             };
             let old = std::mem::replace(&mut self.current, b);
-            self.spare = Some(old);
+            self.spare.push(old);
             match r {
                 Err(e) if is_unsupported(&e) => return DirectRead::Unsupported,
                 Err(e) => return DirectRead::Failed(e),
                 Ok(()) => {}
             }
-            let next = block_off + BLOCK as u64;
-            if next < self.size
-                && let Some(b) = self.spare.take()
-            {
+            let mut next = self.ahead.back().map_or(block_off, |&o| o) + BLOCK as u64;
+            while self.ahead.len() < AHEAD && next < self.size {
+                let Some(b) = self.spare.pop() else {
+                    break;
+                };
                 match self.ask.send((next, b)) {
-                    Ok(()) => self.pending = Some(next),
-                    Err(e) => self.spare = Some(e.0.1),
+                    Ok(()) => self.ahead.push_back(next),
+                    Err(e) => {
+                        self.spare.push(e.0.1);
+                        break;
+                    }
                 }
+                next += BLOCK as u64;
             }
         }
         let Some((_, len)) = self.current.held else {
@@ -302,7 +324,7 @@ mod tests {
         const CHUNK: usize = 64 * 1024;
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("big.bin");
-        let size = 3 * BLOCK + 5 * CHUNK + 1234;
+        let size = (AHEAD + 3) * BLOCK + 5 * CHUNK + 1234;
         let data: Vec<u8> = (0..size as u32).map(|i| (i * 31 + i / 7) as u8).collect();
         std::fs::write(&path, &data).expect("write");
         let Some(mut d) = DirectSource::open(&path, size as u64).expect("open") else {
@@ -310,7 +332,12 @@ mod tests {
             return;
         };
         let chunks = size.div_ceil(CHUNK);
-        let order: Vec<usize> = (0..chunks).chain([3, 0, chunks - 1, 17, 16]).collect();
+        // In order, then back, to the end, to a block read ahead but not the next one (block 2
+        // while 1, 2 and 3 are asked), and a block back.
+        let per_block = BLOCK / CHUNK;
+        let order: Vec<usize> = (0..chunks)
+            .chain([3, 0, chunks - 1, 17, 2 * per_block + 1, 16])
+            .collect();
         let mut dst = vec![0u8; CHUNK];
         for c in order {
             let off = c * CHUNK;
@@ -319,21 +346,23 @@ mod tests {
             assert_eq!(n, len, "chunk {c}");
             assert_eq!(&dst[..len], &data[off..off + len], "chunk {c}");
         }
-        // Back to block 0 (block 1 is read ahead), then cut to 2.5 blocks: block 2, read now,
-        // is shorter. (A block read ahead before a change may hold the bytes from before it,
-        // as a chunk read then would: the fingerprint checked after the last chunk finds it.)
+        // Back to block 0 (blocks 1 to AHEAD are read ahead), then cut the file half-way
+        // through the block after them: that block, read now, is shorter. (A block read ahead
+        // before a change may hold the bytes from before it, as a chunk read then would: the
+        // fingerprint checked after the last chunk finds it.)
         let n = d.read(0, &mut dst).got();
         assert_eq!(&dst[..n], &data[..CHUNK]);
-        let cut = 2 * BLOCK + BLOCK / 2;
+        let b = AHEAD + 1;
+        let cut = b * BLOCK + BLOCK / 2;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
             .expect("open");
         f.set_len(cut as u64).expect("truncate");
-        let off = 2 * BLOCK + 12 * CHUNK;
+        let off = b * BLOCK + 12 * CHUNK;
         let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, 0, "nothing past the cut");
-        let off = 2 * BLOCK + 7 * CHUNK;
+        let off = b * BLOCK + 7 * CHUNK;
         let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, cut - off);
         assert_eq!(&dst[..n], &data[off..cut]);
