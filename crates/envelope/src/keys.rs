@@ -30,6 +30,13 @@ impl FileKey {
     pub fn generate_many<C: FromIterator<Self>>(n: usize) -> C {
         let mut bytes = zeroize::Zeroizing::new(vec![0u8; n * FILE_KEY_LEN]);
         rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self::collect_from_bytes(&bytes)
+    }
+
+    /// The keys stored one after the other in `bytes` (a whole number of [`FILE_KEY_LEN`]
+    /// bytes; a shorter tail is ignored), collected straight into `C`; no copy of a key is
+    /// left unwiped. The caller wipes `bytes`.
+    pub fn collect_from_bytes<C: FromIterator<Self>>(bytes: &[u8]) -> C {
         bytes
             .chunks_exact(FILE_KEY_LEN)
             .map(|c| {

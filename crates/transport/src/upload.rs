@@ -346,10 +346,15 @@ impl Upload {
     fn fail(&mut self, code: ErrorCode, msg: impl Into<String>) {
         if !matches!(self.phase, UploadPhase::Done | UploadPhase::Failed(_)) {
             self.phase = UploadPhase::Failed(ProtocolError::new(code, msg));
-            self.lanes.clear();
-            for stream in std::mem::take(&mut self.streams).into_keys() {
-                self.out.push_back(Transmit::Reset { stream });
-            }
+            self.reset_all_streams();
+        }
+    }
+
+    /// Resets every data stream still held; none takes a turn any more.
+    fn reset_all_streams(&mut self) {
+        self.lanes.clear();
+        for stream in std::mem::take(&mut self.streams).into_keys() {
+            self.out.push_back(Transmit::Reset { stream });
         }
     }
 
@@ -484,9 +489,29 @@ impl Upload {
             // next file.
             s.current = None;
         }
-        if s.finished && s.pending == 0 {
+        self.release_if_done(stream);
+    }
+
+    /// Releases `stream` if it is finished and every file it carried is durable.
+    fn release_if_done(&mut self, stream: StreamNumber) {
+        if self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.finished && s.pending == 0)
+        {
             self.streams.remove(&stream);
             self.out.push_back(Transmit::Release { stream });
+        }
+    }
+
+    /// Takes lane `at` out of the turns. The turn stays with the lane that had it; a lane
+    /// removed in its turn ends the turn.
+    fn remove_lane(&mut self, at: usize) {
+        self.lanes.remove(at);
+        match at.cmp(&self.cursor) {
+            std::cmp::Ordering::Less => self.cursor -= 1,
+            std::cmp::Ordering::Equal => self.turn_bytes = 0,
+            std::cmp::Ordering::Greater => {}
         }
     }
 
@@ -494,10 +519,7 @@ impl Upload {
         if self.phase == UploadPhase::AwaitDurable && self.incomplete == 0 {
             self.phase = UploadPhase::AwaitReceipt;
             // Streams still open carry nothing that is needed any more.
-            self.lanes.clear();
-            for stream in std::mem::take(&mut self.streams).into_keys() {
-                self.out.push_back(Transmit::Reset { stream });
-            }
+            self.reset_all_streams();
             self.out.push_back(Transmit::Seal);
             self.deadline = now + self.cfg.receipt_timeout;
         }
@@ -573,13 +595,7 @@ impl Upload {
             return;
         };
         if let Some(at) = self.lanes.iter().position(|&l| l == stream) {
-            self.lanes.remove(at);
-            // The turn stays with the lane that had it; a lane reset in its turn ends it.
-            match at.cmp(&self.cursor) {
-                std::cmp::Ordering::Less => self.cursor -= 1,
-                std::cmp::Ordering::Equal => self.turn_bytes = 0,
-                std::cmp::Ordering::Greater => {}
-            }
+            self.remove_lane(at);
         }
         self.out.push_back(Transmit::Reset { stream });
         let mut bytes = 0;
@@ -698,12 +714,8 @@ impl Upload {
                         // Nothing left to give it: finish it (released once all it carried
                         // is durable).
                         s.finished = true;
-                        self.lanes.remove(self.cursor);
-                        self.turn_bytes = 0;
-                        if s.pending == 0 {
-                            self.streams.remove(&stream);
-                            self.out.push_back(Transmit::Release { stream });
-                        }
+                        self.remove_lane(self.cursor);
+                        self.release_if_done(stream);
                         return Some(Transmit::Finish { stream });
                     }
                 },

@@ -143,7 +143,7 @@ fn check_file_keys(
     keys: &[FileKey],
     identities: &[rogatory_envelope::AnyIdentity],
 ) -> Result<()> {
-    let back = stream::open_file_keys(keys_age, identities, keys.len())
+    let back: Vec<FileKey> = stream::open_file_keys(keys_age, identities, keys.len())
         .map_err(|e| Error::new(ErrorKind::Internal, "the file keys do not read back").source(e))?;
     let same = back.iter().zip(keys).all(|(b, k)| {
         bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -541,10 +541,7 @@ fn resume_heads(
         Err(e) => return Err(io("reading", &state.path("keys.age"), e)),
     };
     let keys: FileKeys = stream::open_file_keys(&keys_age, &home.age_identities()?, n)
-        .map_err(|e| damaged(e.to_string()))?
-        .iter()
-        .cloned()
-        .collect();
+        .map_err(|e| damaged(e.to_string()))?;
     let path = state.path("heads.bin");
     let mut saved = std::io::BufReader::with_capacity(
         1 << 20,

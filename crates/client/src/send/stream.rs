@@ -766,34 +766,25 @@ impl PieceSource for Streamer {
 
 /// The file keys of `keys.age` (16 bytes each, in file order), opened with the agency's own
 /// identity; exactly `count` of them.
-pub(crate) fn open_file_keys(
+pub(crate) fn open_file_keys<C: FromIterator<FileKey>>(
     age: &[u8],
     identities: &[AnyIdentity],
     count: usize,
-) -> io::Result<Vec<FileKey>> {
+) -> io::Result<C> {
     use std::io::Read as _;
     let bad = |e: &dyn std::fmt::Display| state_err(format!("keys.age: {e}"));
     let mut r = Decryptor::new(age)
         .and_then(|d| d.decrypt(identities))
         .map_err(|e| bad(&e))?;
     // Read into a wiped buffer of exactly the expected size, then make sure nothing follows.
-    let mut plain = zeroize::Zeroizing::new(vec![0u8; count * 16]);
+    let mut plain = zeroize::Zeroizing::new(vec![0u8; count * rogatory_envelope::FILE_KEY_LEN]);
     r.read_exact(&mut plain)
         .map_err(|e| bad(&format!("fewer than {count} keys ({e})")))?;
     let mut more = zeroize::Zeroizing::new([0u8; 1]);
     if r.read(&mut more[..]).map_err(|e| bad(&e))? != 0 {
         return Err(state_err(format!("keys.age holds more than {count} keys")));
     }
-    Ok(plain
-        .chunks_exact(16)
-        .map(|c| {
-            let mut k = [0u8; 16];
-            k.copy_from_slice(c);
-            let key = FileKey::from_bytes(k);
-            zeroize::Zeroize::zeroize(&mut k);
-            key
-        })
-        .collect())
+    Ok(FileKey::collect_from_bytes(&plain))
 }
 
 /// The contents, age-encrypted (`custody.md` §5.4).
