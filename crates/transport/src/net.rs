@@ -1452,7 +1452,7 @@ async fn drive_intake<H: IntakeHandler>(
     let mut seal: Option<Seal> = None;
     loop {
         // Frames the state machine wants sent.
-        let (phase, deadline, dirty) = {
+        let (phase, deadline, dirty, complete) = {
             let mut st = lock(&active.state);
             if let Some(e) = st.failed.take() {
                 return Err(e);
@@ -1465,6 +1465,7 @@ async fn drive_intake<H: IntakeHandler>(
                 st.intake.phase(),
                 st.intake.poll_timeout().map(Instant::from_std),
                 st.dirty,
+                st.intake.all_received(),
             )
         };
         for f in out.drain(..) {
@@ -1488,7 +1489,9 @@ async fn drive_intake<H: IntakeHandler>(
             }
             IntakePhase::AwaitPieces | IntakePhase::AwaitSeal => {}
         }
-        if dirty && last_sync.elapsed() >= cfg.sync_interval {
+        // Group commit (`protocol.md` §6.2): at most one sync per interval while pieces
+        // arrive; once the last one has, at once, since nothing else can join the batch.
+        if dirty && (complete || last_sync.elapsed() >= cfg.sync_interval) {
             lock(&active.state).dirty = false;
             let h = handler.clone();
             let durable = tokio::task::spawn_blocking(move || h.sync(transfer))
@@ -1559,13 +1562,13 @@ async fn serve_data<H: IntakeHandler>(
         };
         let mut st = lock(&active.state);
         // The driver only needs waking when there is something new for it: the first piece
-        // since its last sync (it arms the group commit's timer) or a failure, not every piece
-        // (16,000 a GiB).
+        // since its last sync (it arms the group commit's timer), the last piece of the
+        // transfer (synced at once) or a failure, not every piece (16,000 a GiB).
         let mut wake = false;
         let res = match st.intake.handle_data(&frame) {
             Ok(DataAction::Duplicate | DataAction::Gap) => Ok(()),
             Ok(DataAction::Store { file, piece, bytes }) => {
-                wake = !st.dirty;
+                wake = !st.dirty || st.intake.all_received();
                 st.dirty = true;
                 handler.store(transfer, file, piece, bytes)
             }

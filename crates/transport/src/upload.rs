@@ -823,6 +823,8 @@ pub struct Intake {
     /// each event costs O(1) however many files a transfer has.
     unacked: Vec<u32>,
     incomplete: usize,
+    /// Pieces not yet handed out for storing, over all files.
+    missing: u64,
 }
 
 impl Intake {
@@ -855,12 +857,14 @@ impl Intake {
             .iter()
             .filter(|f| f.durable < f.layout.count())
             .count();
+        let missing = files.iter().map(|f| f.layout.count() - f.received).sum();
         let mut me = Intake {
             cfg,
             transfer,
             phase: IntakePhase::AwaitPieces,
             files,
             incomplete,
+            missing,
             unacked: Vec::new(),
             out: VecDeque::from([Frame::Accept(accept)]),
             ack_due: None,
@@ -889,6 +893,13 @@ impl Intake {
     /// Pieces of `file` handed out for storing (durable or not).
     pub fn received(&self, file: u32) -> u64 {
         self.files.get(file as usize).map_or(0, |f| f.received)
+    }
+
+    /// Whether every piece of every file has been handed out for storing: nothing more can
+    /// arrive, so the store's next sync need not wait for the group commit's interval
+    /// (`protocol.md` §6.2).
+    pub fn all_received(&self) -> bool {
+        self.missing == 0
     }
 
     /// A frame from a data stream of this transfer (after its ATTACH).
@@ -922,6 +933,7 @@ impl Intake {
                     return Ok(DataAction::Gap);
                 }
                 f.received += 1;
+                self.missing -= 1;
                 Ok(DataAction::Store {
                     file: p.file,
                     piece: p.piece,

@@ -483,6 +483,53 @@ fn intake_refuses_misplaced_and_malformed_data() {
     );
 }
 
+/// The intake knows when the last missing piece has been handed out for storing (the relay
+/// then syncs at once instead of waiting out its group commit's interval): not before,
+/// whatever duplicates or gaps arrive, and at once for a resumed transfer the store already
+/// holds whole (test-plan.md 126).
+#[test]
+fn intake_knows_when_every_piece_has_arrived() {
+    let files = Files::random(&[200_000, 100], 14);
+    let t = TransferId::from_bytes([10; 16]);
+    let piece = |f: usize, p: u64| {
+        let r = files.layouts[f].range(p).expect("piece in range");
+        Frame::Piece(Piece {
+            file: f as u32,
+            piece: p,
+            bytes: &files.data[f][r.start as usize..r.end as usize],
+        })
+    };
+    // File 1 is already durable; file 0 arrives in order, with a duplicate and a gap.
+    let count = files.layouts[0].count();
+    let mut i = Intake::new(
+        t,
+        files.layouts.clone(),
+        vec![0, files.layouts[1].count()],
+        IntakeConfig::default(),
+    );
+    for p in 0..count {
+        assert!(!i.all_received(), "piece {p} of {count} still missing");
+        if p + 1 < count {
+            assert_eq!(
+                i.handle_data(&piece(0, p + 1)).expect("gap"),
+                DataAction::Gap
+            );
+        }
+        assert!(matches!(
+            i.handle_data(&piece(0, p)).expect("next piece"),
+            DataAction::Store { .. }
+        ));
+        assert_eq!(
+            i.handle_data(&piece(0, p)).expect("again"),
+            DataAction::Duplicate
+        );
+    }
+    assert!(i.all_received());
+    // A resume of a transfer whose every piece is durable has nothing to wait for.
+    let whole = files.layouts.iter().map(|l| l.count()).collect();
+    assert!(Intake::new(t, files.layouts.clone(), whole, IntakeConfig::default()).all_received());
+}
+
 /// A file sent again after a rewind, whose earlier stream's data then turns out durable:
 /// nothing more is sent for the file, the new stream is abandoned (reset) and the upload goes
 /// on to SEAL instead of offering pieces past the file's end.
