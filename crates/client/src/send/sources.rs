@@ -4,6 +4,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use rogatory_custody::RelativePath;
 use serde::{Deserialize, Serialize};
@@ -47,17 +48,34 @@ pub(crate) struct Source {
 /// A source that could not be sent, and why.
 pub type Failure = (String, String);
 
+/// Folders read at once, at most: a walk from a cold cache waits on the disk for every block
+/// of inodes, and a warm one costs a few system calls per file; two at once halved a walk of
+/// 5,000 files in 50 folders on two cores, more did not help (`docs/performance.md`).
+const MAX_WALKERS: usize = 4;
+
 /// Walks `paths`: every regular file under them, sorted by manifest path. Files that cannot be
-/// sent are listed in `failed`, all of them, not only the first.
+/// sent are listed in `failed`, all of them, not only the first, sorted by path.
 pub(crate) fn collect(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Result<Vec<Source>> {
-    let mut out = Vec::new();
+    let mut found = Found::default();
+    let mut folders = Vec::new();
     for p in paths {
-        if let Err(e) = collect_one(p, &mut out, failed) {
-            let path = p.display().to_string();
-            let why = why(&e, &path);
-            failed.push((path, why));
+        match collect_one(p) {
+            Ok(Entry::File(s)) => found.sources.push(s),
+            Ok(Entry::Folder(f)) => folders.push(f),
+            Err(e) => {
+                let path = p.display().to_string();
+                let why = why(&e, &path);
+                found.failed.push((path, why));
+            }
         }
     }
+    read_folders(folders, &mut found);
+    let Found {
+        sources: mut out,
+        failed: mut bad,
+    } = found;
+    bad.sort();
+    failed.append(&mut bad);
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     for w in out.windows(2) {
         if w[0].rel == w[1].rel {
@@ -95,7 +113,29 @@ pub(crate) fn why(e: &Error, path: &str) -> String {
     }
 }
 
-fn collect_one(p: &Path, out: &mut Vec<Source>, failed: &mut Vec<Failure>) -> Result<()> {
+/// What walking found so far.
+#[derive(Default)]
+struct Found {
+    sources: Vec<Source>,
+    failed: Vec<Failure>,
+}
+
+/// A folder to read.
+struct Folder {
+    path: PathBuf,
+    /// Its manifest path.
+    rel: String,
+    /// How a failure to read it names it: as given for a folder named on the command line.
+    shown: String,
+}
+
+/// What a path names: a folder to read, or a file to send.
+enum Entry {
+    Folder(Folder),
+    File(Source),
+}
+
+fn collect_one(p: &Path) -> Result<Entry> {
     let meta = fs::symlink_metadata(p).map_err(|e| {
         let what = match e.kind() {
             std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),
@@ -133,71 +173,150 @@ fn collect_one(p: &Path, out: &mut Vec<Source>, failed: &mut Vec<Failure>) -> Re
             })?
             .to_owned(),
     };
-    walk(&abs, &name, &meta, out, failed)
+    entry(abs, name, &meta, p.display().to_string())
 }
 
-fn walk(
-    p: &Path,
-    rel: &str,
-    meta: &fs::Metadata,
-    out: &mut Vec<Source>,
-    failed: &mut Vec<Failure>,
-) -> Result<()> {
+/// `path`, whose metadata (not following a link) is `meta`: a folder, or a regular file that
+/// can be opened and whose manifest path `rel` is safe.
+fn entry(path: PathBuf, rel: String, meta: &fs::Metadata, shown: String) -> Result<Entry> {
     let ft = meta.file_type();
     if ft.is_symlink() {
         return Err(Error::new(
             ErrorKind::Usage,
-            format!("{}: symbolic links are not sent", p.display()),
+            format!("{}: symbolic links are not sent", path.display()),
         )
         .hint("pass the target itself"));
     }
     if ft.is_dir() {
-        let rd = fs::read_dir(p).map_err(|e| io("reading directory", p, e))?;
-        for e in rd {
-            let e = e.map_err(|e| io("reading directory", p, e))?;
-            // One bad entry does not hide the others: every failure is listed.
-            let r = (|| {
-                let name = e.file_name();
-                let name = name.to_str().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Usage,
-                        format!("{}: file name is not UTF-8", e.path().display()),
-                    )
-                })?;
-                let m =
-                    fs::symlink_metadata(e.path()).map_err(|er| io("reading", &e.path(), er))?;
-                walk(&e.path(), &format!("{rel}/{name}"), &m, out, failed)
-            })();
-            if let Err(err) = r {
-                let path = e.path().display().to_string();
-                let why = why(&err, &path);
-                failed.push((path, why));
-            }
-        }
-        return Ok(());
+        return Ok(Entry::Folder(Folder { path, rel, shown }));
     }
     if !ft.is_file() {
         return Err(Error::new(
             ErrorKind::Usage,
-            format!("{}: not a regular file", p.display()),
+            format!("{}: not a regular file", path.display()),
         ));
     }
     let rel: RelativePath = rel.parse().map_err(|e| {
         Error::new(
             ErrorKind::Safety,
-            format!("{}: unsafe name in a manifest", p.display()),
+            format!("{}: unsafe name in a manifest", path.display()),
         )
         .source(e)
     })?;
     // Checked now, with every other source, not when its turn to be read comes: an unreadable
     // file is listed beside an unreadable folder before anything is sent.
-    fs::File::open(p).map_err(|e| io("reading", p, e))?;
-    out.push(Source {
-        path: p.to_owned(),
+    fs::File::open(&path).map_err(|e| io("reading", &path, e))?;
+    Ok(Entry::File(Source {
+        path,
         rel,
         fp: Fingerprint::of(meta),
+    }))
+}
+
+/// Reads `folders` and every folder under them, up to [`MAX_WALKERS`] at once. Each entry's
+/// metadata is read relative to its open folder.
+fn read_folders(folders: Vec<Folder>, found: &mut Found) {
+    struct Queue {
+        todo: Vec<Folder>,
+        /// Folders being read: each may add more.
+        busy: usize,
+    }
+    if folders.is_empty() {
+        return;
+    }
+    let queue = Mutex::new(Queue {
+        todo: folders,
+        busy: 0,
     });
-    Ok(())
+    let changed = Condvar::new();
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let work = || {
+        let mut mine = Found::default();
+        let mut more = Vec::new();
+        let mut q = lock();
+        loop {
+            if let Some(f) = q.todo.pop() {
+                q.busy += 1;
+                drop(q);
+                read_folder(&f, &mut mine, &mut more);
+                q = lock();
+                q.busy -= 1;
+                q.todo.append(&mut more);
+                changed.notify_all();
+            } else if q.busy == 0 {
+                return mine;
+            } else {
+                q = changed.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    };
+    let walkers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, MAX_WALKERS);
+    std::thread::scope(|s| {
+        // Fewer helpers than asked (or none) still walk everything.
+        let helpers: Vec<_> = (1..walkers)
+            .map_while(|_| {
+                std::thread::Builder::new()
+                    .name("walk".into())
+                    .spawn_scoped(s, work)
+                    .ok()
+            })
+            .collect();
+        let mut all = vec![work()];
+        for h in helpers {
+            match h.join() {
+                Ok(f) => all.push(f),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        for mut f in all {
+            found.sources.append(&mut f.sources);
+            found.failed.append(&mut f.failed);
+        }
+    });
+}
+
+/// Reads one folder: its files into `found`, its folders into `more`.
+fn read_folder(f: &Folder, found: &mut Found, more: &mut Vec<Folder>) {
+    let unreadable = |e: std::io::Error, found: &mut Found| {
+        let err = io("reading directory", &f.path, e);
+        found.failed.push((f.shown.clone(), why(&err, &f.shown)));
+    };
+    let rd = match fs::read_dir(&f.path) {
+        Ok(rd) => rd,
+        Err(e) => return unreadable(e, found),
+    };
+    for e in rd {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) => return unreadable(e, found),
+        };
+        let path = e.path();
+        // One bad entry does not hide the others: every failure is listed.
+        let r = (|| {
+            let name = e.file_name();
+            let name = name.to_str().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!("{}: file name is not UTF-8", path.display()),
+                )
+            })?;
+            // Relative to the open folder, not following a link (`symlink_metadata`).
+            let m = e.metadata().map_err(|er| io("reading", &path, er))?;
+            let shown = path.display().to_string();
+            entry(path.clone(), format!("{}/{name}", f.rel), &m, shown)
+        })();
+        match r {
+            Ok(Entry::File(s)) => found.sources.push(s),
+            Ok(Entry::Folder(sub)) => more.push(sub),
+            Err(err) => {
+                let shown = path.display().to_string();
+                let why = why(&err, &shown);
+                found.failed.push((shown, why));
+            }
+        }
+    }
 }
 
 impl Source {
@@ -236,4 +355,79 @@ pub(crate) fn check_unchanged(sources: &[Source]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(sources: &[Source]) -> Vec<&str> {
+        sources.iter().map(|s| s.rel.as_str()).collect()
+    }
+
+    /// A tree of folders read several at once: every file found once, with the metadata of the
+    /// file itself, sorted by manifest path; empty folders add nothing (test-plan.md 127).
+    #[test]
+    fn a_tree_read_several_folders_at_once_finds_every_file_once() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let case = tmp.path().join("case");
+        let mut expect = Vec::new();
+        for a in 0..6 {
+            for b in 0..5 {
+                let d = case.join(format!("a{a}/b{b}"));
+                fs::create_dir_all(d.join("empty")).expect("mkdir");
+                for f in 0..(a + b) {
+                    fs::write(d.join(format!("f{f}")), vec![b'x'; f]).expect("write");
+                    expect.push(format!("case/a{a}/b{b}/f{f}"));
+                }
+            }
+        }
+        fs::write(case.join("top"), b"top").expect("write");
+        expect.push("case/top".into());
+        let single = tmp.path().join("single.txt");
+        fs::write(&single, b"alone").expect("write");
+        expect.push("single.txt".into());
+        expect.sort();
+        let mut failed = Vec::new();
+        let got = collect(&[case, single], &mut failed).expect("collect");
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(rels(&got), expect);
+        for s in &got {
+            assert_eq!(
+                s.fp,
+                Fingerprint::of(&fs::symlink_metadata(&s.path).expect("metadata")),
+                "{}",
+                s.rel.as_str()
+            );
+        }
+    }
+
+    /// Failures in several folders are all listed, sorted by path, beside the files that can
+    /// be sent.
+    #[test]
+    fn failures_in_several_folders_are_all_listed_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let case = tmp.path().join("case");
+        for d in ["z", "m", "a/deep"] {
+            fs::create_dir_all(case.join(d)).expect("mkdir");
+            fs::write(case.join(d).join("ok"), b"ok").expect("write");
+            std::os::unix::fs::symlink("/etc/hostname", case.join(d).join("link"))
+                .expect("symlink");
+        }
+        let mut failed = Vec::new();
+        let got = collect(std::slice::from_ref(&case), &mut failed).expect("collect");
+        assert_eq!(rels(&got), ["case/a/deep/ok", "case/m/ok", "case/z/ok"]);
+        let paths: Vec<String> = failed.iter().map(|(p, _)| p.clone()).collect();
+        let expect: Vec<String> = ["a/deep/link", "m/link", "z/link"]
+            .iter()
+            .map(|d| case.join(d).display().to_string())
+            .collect();
+        assert_eq!(paths, expect);
+        assert!(
+            failed
+                .iter()
+                .all(|(_, why)| why.contains("symbolic links are not sent")),
+            "{failed:?}"
+        );
+    }
 }
