@@ -56,11 +56,51 @@ fn in_memory(fd: &File) -> bool {
     })
 }
 
-/// One aligned buffer of [`BLOCK`] bytes and what it holds.
-struct Block {
-    /// `BLOCK + ALIGN` bytes; the block starts at `at`, the first aligned address.
+/// A buffer of a fixed length whose first byte is aligned for direct I/O ([`ALIGN`]).
+pub struct AlignedBuf {
+    /// `len + ALIGN` bytes; the buffer starts at `at`, the first aligned address.
     buf: Vec<u8>,
     at: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl AlignedBuf {
+    /// `len` zeroed bytes. Should no aligned start be found (`align_offset` may give up), the
+    /// buffer is not aligned ([`AlignedBuf::is_aligned`]) and direct I/O does not use it.
+    pub fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + ALIGN];
+        let at = buf.as_ptr().align_offset(ALIGN);
+        let at = if at <= ALIGN { at } else { 0 };
+        AlignedBuf { buf, at, len }
+    }
+
+    /// Whether the buffer starts at an aligned address.
+    pub fn is_aligned(&self) -> bool {
+        self.as_slice().as_ptr().align_offset(ALIGN) == 0
+    }
+
+    /// The buffer's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+
+    /// The buffer's bytes, to fill.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
+/// One aligned buffer of [`BLOCK`] bytes and what it holds.
+struct Block {
+    buf: AlignedBuf,
     /// File offset and valid length of the bytes held (`None`: nothing).
     held: Option<(u64, usize)>,
 }
@@ -73,13 +113,8 @@ impl std::fmt::Debug for Block {
 
 impl Block {
     fn new() -> Option<Self> {
-        let buf = vec![0u8; BLOCK + ALIGN];
-        let at = buf.as_ptr().align_offset(ALIGN);
-        (at <= ALIGN).then_some(Block {
-            buf,
-            at,
-            held: None,
-        })
+        let buf = AlignedBuf::new(BLOCK);
+        buf.is_aligned().then_some(Block { buf, held: None })
     }
 
     /// Reads the block at `off` (aligned) of a file of `size` bytes: up to the block's end, or
@@ -88,7 +123,7 @@ impl Block {
         self.held = None;
         let want = size.saturating_sub(off).min(BLOCK as u64) as usize;
         let ask = want.next_multiple_of(ALIGN).min(BLOCK);
-        let block = &mut self.buf[self.at..self.at + ask];
+        let block = &mut self.buf.as_mut_slice()[..ask];
         let mut n = 0;
         while n < ask {
             match fd.read_at(&mut block[n..], off + n as u64) {
@@ -265,10 +300,103 @@ impl DirectSource {
         };
         let from = (off - block_off) as usize;
         let have = len.saturating_sub(from).min(dst.len());
-        let at = self.current.at + from;
-        dst[..have].copy_from_slice(&self.current.buf[at..at + have]);
+        dst[..have].copy_from_slice(&self.current.buf.as_slice()[from..from + have]);
         DirectRead::Got(have)
     }
+}
+
+/// Writes a file's bytes at increasing offsets: directly (`O_DIRECT`: nothing copied into the
+/// page cache, nothing left for writeback to do later) while the file system allows it and every
+/// write is whole aligned blocks from an aligned buffer, through the page cache otherwise (a file
+/// system kept in memory or one that refuses, an unaligned start, the file's last bytes). Used
+/// by `fetch` for a large file's plaintext (`docs/cli.md` "Receiving"). Direct writes are on the
+/// device when they return, but the device's cache is not flushed: the caller still syncs the
+/// file before it counts on it.
+///
+/// The flag belongs to the open file description, which every duplicate of the descriptor
+/// shares: [`DirectWriter::finish`] (or dropping the writer) clears it again.
+#[derive(Debug)]
+pub struct DirectWriter {
+    fd: File,
+    at: u64,
+    direct: bool,
+}
+
+impl DirectWriter {
+    /// A writer of `fd` from offset `at`; direct if it can be.
+    pub fn new(fd: File, at: u64) -> Self {
+        #[cfg(target_os = "linux")]
+        let direct =
+            at.is_multiple_of(ALIGN as u64) && !in_memory(&fd) && set_direct(&fd, true).is_ok();
+        #[cfg(not(target_os = "linux"))]
+        let direct = false;
+        DirectWriter { fd, at, direct }
+    }
+
+    /// Whether the next aligned write goes directly.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Writes all of `data` at the current offset, then moves past it.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.direct
+            && (data.as_ptr().align_offset(ALIGN) != 0 || !data.len().is_multiple_of(ALIGN))
+        {
+            self.buffered()?;
+        }
+        let mut n = 0;
+        while n < data.len() {
+            match self.fd.write_at(&data[n..], self.at + n as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused for its alignment or by the file system: the page cache then.
+                Err(e) if self.direct && is_unsupported(&e) => self.buffered()?,
+                Err(e) => return Err(e),
+            }
+            // A short direct write that ends off the alignment cannot go on directly.
+            if self.direct && !n.is_multiple_of(ALIGN) {
+                self.buffered()?;
+            }
+        }
+        self.at += n as u64;
+        Ok(())
+    }
+
+    /// The descriptor back as it was (no longer direct).
+    pub fn finish(mut self) -> io::Result<()> {
+        self.buffered()
+    }
+
+    fn buffered(&mut self) -> io::Result<()> {
+        if self.direct {
+            #[cfg(target_os = "linux")]
+            set_direct(&self.fd, false)?;
+            self.direct = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        let _ = self.buffered();
+    }
+}
+
+/// Sets or clears `O_DIRECT` on `fd`'s open file description.
+#[cfg(target_os = "linux")]
+fn set_direct(fd: &File, on: bool) -> io::Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(fd, flags)?;
+    Ok(())
 }
 
 /// A direct read refused for its alignment or by the file system.
@@ -293,6 +421,59 @@ mod tests {
             match self {
                 DirectRead::Got(n) => n,
                 other => panic!("expected bytes, got {other:?}"),
+            }
+        }
+    }
+
+    /// Writes `parts` (each from an aligned buffer) with a `DirectWriter` from `at`, into a
+    /// file of `at` bytes of 0xee; returns the file and whether each write went directly.
+    fn write_parts(dir: &Path, at: u64, parts: &[&[u8]]) -> (Vec<u8>, Vec<bool>) {
+        let path = dir.join("out.bin");
+        std::fs::write(&path, vec![0xee; at as usize]).expect("prefix");
+        let fd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut w = DirectWriter::new(fd.try_clone().expect("dup"), at);
+        let mut direct = Vec::new();
+        for p in parts {
+            let mut buf = AlignedBuf::new(p.len());
+            buf.as_mut_slice().copy_from_slice(p);
+            direct.push(w.is_direct());
+            w.write(buf.as_slice()).expect("write");
+        }
+        w.finish().expect("finish");
+        #[cfg(target_os = "linux")]
+        assert!(
+            !rustix::fs::fcntl_getfl(&fd)
+                .expect("flags")
+                .contains(rustix::fs::OFlags::DIRECT),
+            "the shared descriptor is no longer direct"
+        );
+        (std::fs::read(&path).expect("read"), direct)
+    }
+
+    /// test-plan.md 128: whole aligned blocks, then a tail off the alignment, from an aligned
+    /// offset and from an unaligned one, on disk and in memory: the file holds exactly the
+    /// bytes written after what was there; on a file system kept in memory nothing is written
+    /// directly, and after an unaligned write nothing more is.
+    #[test]
+    fn a_direct_writer_writes_every_byte_where_it_belongs() {
+        let data: Vec<u8> = (0..3 * BLOCK + 1234).map(|i| (i % 253) as u8).collect();
+        let (a, b, tail) = (&data[..BLOCK], &data[BLOCK..3 * BLOCK], &data[3 * BLOCK..]);
+        let mut dirs = vec![tempfile::tempdir().expect("tmp")];
+        dirs.extend(tempfile::tempdir_in("/dev/shm"));
+        for dir in &dirs {
+            for at in [0u64, 65_536, 100] {
+                let (got, direct) = write_parts(dir.path(), at, &[a, b, tail]);
+                assert_eq!(got.len() as u64, at + data.len() as u64);
+                assert!(got[..at as usize].iter().all(|&x| x == 0xee));
+                assert_eq!(&got[at as usize..], &data[..], "from {at}");
+                if at == 100 || dir.path().starts_with("/dev/shm") {
+                    assert_eq!(direct, [false; 3], "from {at} in {:?}", dir.path());
+                }
+                // Once off the alignment, never direct again.
+                assert!(direct.windows(2).all(|w| w[0] || !w[1]), "{direct:?}");
             }
         }
     }

@@ -1,34 +1,49 @@
 //! The plaintext SHA-256 of a large fetched file, computed on a thread of its own while the
-//! file downloads (`docs/cli.md` "Receiving", `docs/performance.md` "The plaintext digest on a
-//! thread of its own").
+//! file downloads, and its writes (`docs/cli.md` "Receiving", `docs/performance.md` "The
+//! plaintext digest on a thread of its own", "Direct writes of the fetched plaintext").
 //!
-//! A `fetch` runs its connection, the chunks' authentication and the writes on the runtime's
-//! one worker (`crate::runtime`), and that thread bounds a large download: SHA-256 was a
-//! quarter of its time. Each authenticated chunk's plaintext is still hashed before the file
-//! can be published, in order, exactly once; only the hashing moves. The worker copies every
-//! chunk's plaintext into a [`SEGMENT`]-byte buffer, hands full buffers to the hashing thread
-//! (one wake-up per segment, not per chunk), and takes back the ones it has hashed. Nothing is
-//! read back from the file.
+//! A `fetch` runs its connection and the chunks' authentication on the runtime's one worker
+//! (`crate::runtime`), and that thread bounds a large download: SHA-256 was a quarter of its
+//! time, the writes into the page cache a tenth. Each authenticated chunk's plaintext is still
+//! hashed before the file can be published, in order, exactly once; only the hashing and the
+//! writing move. The worker copies every chunk's plaintext into a [`SEGMENT`]-byte buffer
+//! aligned for direct I/O, hands full buffers to the thread (one wake-up per segment, not per
+//! chunk), and takes back the ones it is done with. The thread hashes each segment and writes it
+//! at the next offset of the partial file ([`DirectWriter`]: directly where the file system
+//! allows, so the plaintext is not copied again into the page cache nor written back from it).
+//! A partial file therefore only ever grows by whole segments, which are whole authenticated
+//! chunks (or the file's end). Nothing is read back from the file.
 
+use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
+use rogatory_transport::direct::{AlignedBuf, DirectWriter};
 use sha2::{Digest, Sha256};
 
-/// Bytes of plaintext handed to the hashing thread at a time.
+/// Bytes of plaintext handed to the thread at a time.
 const SEGMENT: usize = 1 << 20;
-/// Segments at most: one being filled, the others queued or being hashed.
+/// Segments at most: one being filled, the others queued or being hashed and written.
 const SEGMENTS: usize = 3;
 /// Files with at least this much plaintext are hashed on a thread of their own; smaller ones
 /// would spend more starting it than they save.
 pub(crate) const ON_THREAD_MIN: u64 = 8 << 20;
 
-/// The running SHA-256 of a file's plaintext.
+/// The running SHA-256 of a file's plaintext, and where the plaintext is written.
 pub(crate) enum Digesting {
-    /// Hashed as it comes, on the calling thread.
+    /// Hashed as it comes, on the calling thread, which writes it.
     Here(Sha256),
-    /// Hashed on a thread of its own.
+    /// Hashed on a thread of its own, which writes it too if it was given the file.
     Thread(Feed),
+}
+
+/// Why the thread's side could not be finished.
+#[derive(Debug)]
+pub(crate) enum Unfinished {
+    /// The thread died (a bug).
+    Died,
+    /// Writing the plaintext failed.
+    Write(io::Error),
 }
 
 impl Digesting {
@@ -36,109 +51,185 @@ impl Digesting {
         Digesting::Here(Sha256::new())
     }
 
-    /// Adds plaintext, in order.
+    /// Adds plaintext, in order, to the digest only.
+    #[cfg(test)]
     pub(crate) fn update(&mut self, p: &[u8]) {
         match self {
             Digesting::Here(h) => h.update(p),
-            Digesting::Thread(f) => f.update(p),
+            Digesting::Thread(f) => {
+                let _ = f.update(p);
+            }
         }
     }
 
-    /// Moves the hashing to a thread of its own, from the state reached so far. Stays here if
-    /// no thread can be started.
-    pub(crate) fn move_to_thread(&mut self) {
+    /// Adds plaintext, in order: hashed, and written to `out` unless the thread writes it.
+    pub(crate) fn take(&mut self, p: &[u8], out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Digesting::Here(h) => {
+                h.update(p);
+                out.write_all(p)
+            }
+            Digesting::Thread(f) => {
+                f.update(p)?;
+                match f.writes {
+                    true => Ok(()),
+                    false => out.write_all(p),
+                }
+            }
+        }
+    }
+
+    /// Whether the plaintext is written on the thread.
+    pub(crate) fn writes_on_thread(&self) -> bool {
+        matches!(self, Digesting::Thread(f) if f.writes)
+    }
+
+    /// Moves the hashing to a thread of its own, from the state reached so far, and the
+    /// writing too if `to` is given. Stays here if no thread can be started.
+    pub(crate) fn move_to_thread(&mut self, to: Option<DirectWriter>) {
         if let Digesting::Here(h) = self
-            && let Some(f) = Feed::start(h.clone())
+            && let Some(f) = Feed::start(h.clone(), to)
         {
             *self = Digesting::Thread(f);
         }
     }
 
-    /// The digest of everything added; `None` if the hashing thread died.
-    pub(crate) fn finalize(self) -> Option<[u8; 32]> {
+    /// The digest of everything added, once every byte is written.
+    pub(crate) fn finalize(self) -> Result<[u8; 32], Unfinished> {
         match self {
-            Digesting::Here(h) => Some(h.finalize().into()),
+            Digesting::Here(h) => Ok(h.finalize().into()),
             Digesting::Thread(f) => f.finish(),
         }
     }
 }
 
-/// The calling thread's side of a hashing thread.
+/// A segment of plaintext, aligned for a direct write.
+struct Segment {
+    buf: AlignedBuf,
+    len: usize,
+}
+
+impl Segment {
+    fn new() -> Self {
+        Segment {
+            buf: AlignedBuf::new(SEGMENT),
+            len: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf.as_slice()[..self.len]
+    }
+}
+
+/// The calling thread's side of the thread.
 pub(crate) struct Feed {
     /// The segment being filled.
-    cur: Vec<u8>,
-    to: Sender<Vec<u8>>,
-    back: Receiver<Vec<u8>>,
+    cur: Segment,
+    to: Sender<Segment>,
+    back: Receiver<Segment>,
+    /// The first write error, as soon as the thread meets it.
+    failed: Receiver<io::Error>,
     /// Segments made so far.
     made: usize,
-    thread: JoinHandle<[u8; 32]>,
+    /// Whether the thread writes the plaintext.
+    writes: bool,
+    thread: JoinHandle<([u8; 32], io::Result<()>)>,
 }
 
 impl Feed {
-    fn start(state: Sha256) -> Option<Self> {
-        let (to, segments) = channel::<Vec<u8>>();
+    fn start(state: Sha256, to: Option<DirectWriter>) -> Option<Self> {
+        let (give, segments) = channel::<Segment>();
         let (give_back, back) = channel();
+        let (fail, failed) = channel();
+        let writes = to.is_some();
         let thread = std::thread::Builder::new()
             .name("rogatory-hash".into())
             .spawn(move || {
                 let mut h = state;
+                let mut to = to;
+                let mut wrote = Ok(());
                 for mut s in segments {
-                    h.update(&s);
-                    s.clear();
+                    h.update(s.bytes());
+                    if let Some(w) = to.as_mut()
+                        && wrote.is_ok()
+                        && let Err(e) = w.write(s.bytes())
+                    {
+                        // The worker hears of it at once; `finish` reports it too.
+                        wrote = Err(io::Error::new(e.kind(), e.to_string()));
+                        let _ = fail.send(e);
+                    }
+                    s.len = 0;
                     // The feed may be gone (it stopped early): the segment is dropped.
                     let _ = give_back.send(s);
                 }
-                h.finalize().into()
+                if let Some(w) = to
+                    && wrote.is_ok()
+                {
+                    wrote = w.finish();
+                }
+                (h.finalize().into(), wrote)
             })
             .ok()?;
         Some(Feed {
-            cur: Vec::with_capacity(SEGMENT),
-            to,
+            cur: Segment::new(),
+            to: give,
             back,
+            failed,
             made: 1,
+            writes,
             thread,
         })
     }
 
-    fn update(&mut self, mut p: &[u8]) {
+    /// Adds plaintext; fails with the thread's first write error once it is known.
+    fn update(&mut self, mut p: &[u8]) -> io::Result<()> {
         while !p.is_empty() {
-            let n = (SEGMENT - self.cur.len()).min(p.len());
-            self.cur.extend_from_slice(&p[..n]);
+            let n = (SEGMENT - self.cur.len).min(p.len());
+            let at = self.cur.len;
+            self.cur.buf.as_mut_slice()[at..at + n].copy_from_slice(&p[..n]);
+            self.cur.len += n;
             p = &p[n..];
-            if self.cur.len() == SEGMENT {
+            if self.cur.len == SEGMENT {
+                if let Ok(e) = self.failed.try_recv() {
+                    return Err(e);
+                }
                 let next = self.spare();
                 let full = std::mem::replace(&mut self.cur, next);
                 // A thread that died is reported by `finish`.
                 let _ = self.to.send(full);
             }
         }
+        Ok(())
     }
 
-    /// An empty segment: one the thread has hashed, a new one while fewer than [`SEGMENTS`]
-    /// exist, else the next one hashed (the thread is behind: this waits as long as hashing
-    /// here would have taken).
-    fn spare(&mut self) -> Vec<u8> {
+    /// An empty segment: one the thread is done with, a new one while fewer than [`SEGMENTS`]
+    /// exist, else the next one the thread is done with (it is behind: this waits as long as
+    /// the work here would have taken).
+    fn spare(&mut self) -> Segment {
         if let Ok(s) = self.back.try_recv() {
             return s;
         }
         if self.made < SEGMENTS {
             self.made += 1;
-            return Vec::with_capacity(SEGMENT);
+            return Segment::new();
         }
-        self.back
-            .recv()
-            .unwrap_or_else(|_| Vec::with_capacity(SEGMENT))
+        self.back.recv().unwrap_or_else(|_| Segment::new())
     }
 
-    fn finish(self) -> Option<[u8; 32]> {
+    fn finish(self) -> Result<[u8; 32], Unfinished> {
         let Feed {
             cur, to, thread, ..
         } = self;
-        if !cur.is_empty() {
+        if cur.len > 0 {
             let _ = to.send(cur);
         }
         drop(to);
-        thread.join().ok()
+        match thread.join() {
+            Ok((digest, Ok(()))) => Ok(digest),
+            Ok((_, Err(e))) => Err(Unfinished::Write(e)),
+            Err(_) => Err(Unfinished::Died),
+        }
     }
 }
 
@@ -158,14 +249,14 @@ mod tests {
         for start_after in [0, 1, SEGMENT - 1, SEGMENT + 7] {
             let mut d = Digesting::new();
             d.update(&plain[..start_after]);
-            d.move_to_thread();
+            d.move_to_thread(None);
             assert!(matches!(d, Digesting::Thread(_)));
             for piece in plain[start_after..].chunks(65_536 + 16) {
                 d.update(piece);
             }
             let expect: [u8; 32] = Sha256::digest(&plain).into();
             assert_eq!(
-                d.finalize(),
+                d.finalize().ok(),
                 Some(expect),
                 "moved after {start_after} bytes"
             );
@@ -176,22 +267,22 @@ mod tests {
     fn nothing_added_on_the_thread_is_the_state_it_started_from() {
         let mut d = Digesting::new();
         d.update(b"abc");
-        d.move_to_thread();
+        d.move_to_thread(None);
         let expect: [u8; 32] = Sha256::digest(b"abc").into();
-        assert_eq!(d.finalize(), Some(expect));
+        assert_eq!(d.finalize().ok(), Some(expect));
     }
 
     #[test]
     fn at_most_the_segments_in_flight_are_made() {
         let mut d = Digesting::new();
-        d.move_to_thread();
+        d.move_to_thread(None);
         let Digesting::Thread(f) = &mut d else {
             panic!("no hashing thread");
         };
         for _ in 0..4 * SEGMENTS {
-            f.update(&[7u8; SEGMENT]);
+            f.update(&[7u8; SEGMENT]).expect("no writes to fail");
             assert!(f.made <= SEGMENTS, "{} segments made", f.made);
         }
-        assert!(d.finalize().is_some());
+        assert!(d.finalize().is_ok());
     }
 }

@@ -334,6 +334,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         let k = tokio::task::block_in_place(|| {
                             resume_partial(&mut pf, &layout, &mut op)
                         })?;
+                        op.hash_on_thread(pf.file().ok().map(|f| &*f));
                         credited = layout.chunk_offset(k);
                         resumed_credit = credited;
                         c.resumed.fetch_add(credited, Ordering::Relaxed);
@@ -345,6 +346,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         let _ = fs::remove_file(&p.path);
                         let mut pf = new_partial(c, i, &id, resumable)?;
                         pf.keep = true;
+                        op.hash_on_thread(pf.file().ok().map(|f| &*f));
                         out = Some(pf);
                         credited = layout.head;
                         c.bytes_done.fetch_add(layout.head, Ordering::Relaxed);
@@ -354,7 +356,6 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             }
             None => 0,
         };
-        op.hash_on_thread();
         let streamed = request(c, i, from, 0, |mut b| {
             if op.wants_head() {
                 let n = op.push_head(b);
@@ -365,6 +366,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         .map_err(|e| open_error(t, f, &c.parents[i], e))?;
                     let mut pf = new_partial(c, i, &id, resumable)?;
                     pf.keep = resumable;
+                    op.hash_on_thread(pf.file().ok().map(|f| &*f));
                     out = Some(pf);
                     credited += layout.head;
                     c.bytes_done.fetch_add(layout.head, Ordering::Relaxed);
@@ -381,7 +383,10 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             let n = op
                 .push_payload(b, file)
                 .map_err(|e| open_error(t, f, &path, e))?;
-            pf.wrote(n).map_err(|e| io("writing", &path, e))?;
+            // What the thread writes goes straight to the device where it can: no writeback.
+            if !op.writes_on_thread() {
+                pf.wrote(n).map_err(|e| io("writing", &path, e))?;
+            }
             credited += n;
             c.bytes_done.fetch_add(n, Ordering::Relaxed);
             Ok(())

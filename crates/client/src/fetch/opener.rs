@@ -13,7 +13,9 @@ use rogatory_envelope::{
 };
 use sha2::{Digest, Sha256};
 
-use super::digest::{self, Digesting};
+use rogatory_transport::direct::DirectWriter;
+
+use super::digest::{self, Digesting, Unfinished};
 
 /// Where the pieces of one age file sit, from the sizes in the sealed manifest
 /// (`envelope.md` §3 and §6, `custody.md` §5.2): `head` bytes of header and payload nonce
@@ -203,12 +205,25 @@ impl<'b> Opener<'b> {
 
     /// Hashes the rest of the plaintext on a thread of its own
     /// ([`Digesting::move_to_thread`]) if at least [`digest::ON_THREAD_MIN`] bytes of it are
-    /// left; less is hashed here.
-    pub(crate) fn hash_on_thread(&mut self) {
-        let left = self.layout.size - Layout::plain_offset(self.next);
-        if left >= digest::ON_THREAD_MIN {
-            self.hasher.move_to_thread();
+    /// left, and writes it there too, to `file` from the next chunk's plaintext offset, if
+    /// `file` is given and can be written directly ([`DirectWriter`]); less is hashed (and
+    /// written) here. A file that cannot be written directly (on tmpfs, say) is written here
+    /// through the page cache: on the thread, that copy made the fetch slower (the worker
+    /// waited for segments whenever the thread was late).
+    pub(crate) fn hash_on_thread(&mut self, file: Option<&std::fs::File>) {
+        let at = Layout::plain_offset(self.next);
+        if self.layout.size - at >= digest::ON_THREAD_MIN {
+            let to = file
+                .and_then(|f| f.try_clone().ok())
+                .map(|fd| DirectWriter::new(fd, at))
+                .filter(DirectWriter::is_direct);
+            self.hasher.move_to_thread(to);
         }
+    }
+
+    /// Whether the plaintext is written on the digest's thread: the caller does not write it.
+    pub(crate) fn writes_on_thread(&self) -> bool {
+        self.hasher.writes_on_thread()
     }
 
     /// Takes payload bytes: every chunk that becomes complete is authenticated (as last only
@@ -252,8 +267,7 @@ impl<'b> Opener<'b> {
                     .map_err(chunk_err)?
             };
             let p = &self.bufs.chunk[..plain];
-            self.hasher.update(p);
-            out.write_all(p).map_err(OpenError::Write)?;
+            self.hasher.take(p, out).map_err(OpenError::Write)?;
             self.fill = 0;
             self.next += 1;
             done += len as u64;
@@ -267,9 +281,10 @@ impl<'b> Opener<'b> {
         if self.key.is_none() || self.next != self.layout.chunks || self.fill != 0 {
             return Err(OpenError::Integrity("truncated (envelope.md §6)".into()));
         }
-        let Some(digest) = self.hasher.finalize() else {
-            return Err(OpenError::Digest);
-        };
+        let digest = self.hasher.finalize().map_err(|e| match e {
+            Unfinished::Died => OpenError::Digest,
+            Unfinished::Write(e) => OpenError::Write(e),
+        })?;
         if Sha256Digest(digest) != *sha256 {
             return Err(OpenError::Integrity(
                 "does not match the sender's digest".into(),
@@ -419,7 +434,7 @@ mod tests {
             op.open_head(std::slice::from_ref(&id)).expect("head");
             let held = &plain[..Layout::plain_offset(kept) as usize];
             op.resume(kept, Sha256::new().chain_update(held));
-            op.hash_on_thread();
+            op.hash_on_thread(None);
             // Less than 8 MiB left after 40 chunks: hashed here.
             assert_eq!(matches!(op.hasher, Digesting::Thread(_)), kept < 40);
             let mut out = held.to_vec();
@@ -436,6 +451,66 @@ mod tests {
                 Ok(()) => assert!(good, "kept {kept}: a wrong digest accepted"),
                 Err(OpenError::Integrity(_)) => assert!(!good, "kept {kept}: refused"),
                 Err(e) => panic!("kept {kept}: {e:?}"),
+            }
+        }
+    }
+
+    /// test-plan.md 128: a large file's plaintext written by the digest's thread, fresh and
+    /// after kept chunks: the caller's writer gets nothing, the file holds exactly the
+    /// plaintext, and the digest is checked as ever; a file the thread cannot write fails the
+    /// file as a write error (exit 7), not as its integrity.
+    #[test]
+    fn a_large_file_written_on_the_thread_holds_its_plaintext() {
+        use std::os::unix::fs::FileExt as _;
+        let id = Identity::generate();
+        let n = digest::ON_THREAD_MIN as usize + 5 * CHUNK_SIZE + 4099;
+        let plain: Vec<u8> = (0..n).map(|i| (i * 7 + (i >> 16)) as u8).collect();
+        let sha = Sha256Digest::of(&plain);
+        let ct = sealed(&plain, &id);
+        let layout = Layout::new(n as u64, ct.len() as u64).expect("layout");
+        let dir = tempfile::tempdir().expect("tmp");
+        for (kept, writable) in [(0u64, true), (3, true), (0, false)] {
+            let path = dir.path().join(format!("partial-{kept}-{writable}"));
+            let held = &plain[..Layout::plain_offset(kept) as usize];
+            std::fs::write(&path, held).expect("partial");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&path)
+                .expect("open");
+            let mut bufs = Buffers::new();
+            let mut op = Opener::new(layout, &mut bufs);
+            op.push_head(&ct[..layout.head as usize]);
+            op.open_head(std::slice::from_ref(&id)).expect("head");
+            op.resume(kept, Sha256::new().chain_update(held));
+            op.hash_on_thread(Some(&file));
+            if !op.writes_on_thread() {
+                // No direct writes here (a file system in memory, or one that refuses them):
+                // the caller writes, as for a small file.
+                assert!(matches!(op.hasher, Digesting::Thread(_)));
+                continue;
+            }
+            let mut out = Vec::new();
+            let mut pushed = Ok(0);
+            for piece in ct[layout.chunk_offset(kept) as usize..].chunks(1 << 20) {
+                pushed = op.push_payload(piece, &mut out);
+                if pushed.is_err() {
+                    break;
+                }
+            }
+            assert!(out.is_empty(), "the caller writes nothing");
+            let r = pushed.and_then(|_| op.finish(&sha));
+            if writable {
+                r.expect("opened");
+                let mut got = vec![0u8; n + 1];
+                let len = file.read_at(&mut got, 0).expect("read");
+                assert_eq!(len, n, "kept {kept}");
+                assert!(
+                    got[..n] == plain[..],
+                    "kept {kept}: the file is the plaintext"
+                );
+            } else {
+                assert!(matches!(r, Err(OpenError::Write(_))), "{r:?}");
             }
         }
     }
