@@ -416,24 +416,45 @@ mod tests {
         }
     }
 
+    /// A file of 8 MiB and `extra` bytes sealed to a new identity: the identity, the plaintext,
+    /// its digest, the age file and its layout.
+    fn large_file(extra: usize) -> (Identity, Vec<u8>, Sha256Digest, Vec<u8>, Layout) {
+        let id = Identity::generate();
+        let n = digest::ON_THREAD_MIN as usize + extra;
+        let plain: Vec<u8> = (0..n).map(|i| (i * 13 + (i >> 20)) as u8).collect();
+        let sha = Sha256Digest::of(&plain);
+        let ct = sealed(&plain, &id);
+        let layout = Layout::new(n as u64, ct.len() as u64).expect("layout");
+        (id, plain, sha, ct, layout)
+    }
+
+    /// An opener of `ct` with its header opened, resumed after `kept` chunks whose plaintext is
+    /// `held`.
+    fn resumed_at<'b>(
+        ct: &[u8],
+        layout: Layout,
+        id: &Identity,
+        bufs: &'b mut Buffers,
+        kept: u64,
+        held: &[u8],
+    ) -> Opener<'b> {
+        let mut op = Opener::new(layout, bufs);
+        op.push_head(&ct[..layout.head as usize]);
+        op.open_head(std::slice::from_ref(id)).expect("head");
+        op.resume(kept, Sha256::new().chain_update(held));
+        op
+    }
+
     /// A large file's digest computed on its own thread (`digest.rs`), fresh or after a
     /// resume (here only if 8 MiB are left): the sealed digest is accepted, any other refused
     /// as integrity.
     #[test]
     fn a_large_file_hashed_on_a_thread_is_checked_like_any_other() {
-        let id = Identity::generate();
-        let n = digest::ON_THREAD_MIN as usize + 3 * CHUNK_SIZE + 17;
-        let plain: Vec<u8> = (0..n).map(|i| (i * 13 + (i >> 20)) as u8).collect();
-        let sha = Sha256Digest::of(&plain);
-        let ct = sealed(&plain, &id);
-        let layout = Layout::new(n as u64, ct.len() as u64).expect("layout");
+        let (id, plain, sha, ct, layout) = large_file(3 * CHUNK_SIZE + 17);
         for (kept, good) in [(0u64, true), (0, false), (2, true), (2, false), (40, true)] {
             let mut bufs = Buffers::new();
-            let mut op = Opener::new(layout, &mut bufs);
-            op.push_head(&ct[..layout.head as usize]);
-            op.open_head(std::slice::from_ref(&id)).expect("head");
             let held = &plain[..Layout::plain_offset(kept) as usize];
-            op.resume(kept, Sha256::new().chain_update(held));
+            let mut op = resumed_at(&ct, layout, &id, &mut bufs, kept, held);
             op.hash_on_thread(None);
             // Less than 8 MiB left after 40 chunks: hashed here.
             assert_eq!(matches!(op.hasher, Digesting::Thread(_)), kept < 40);
@@ -462,12 +483,8 @@ mod tests {
     #[test]
     fn a_large_file_written_on_the_thread_holds_its_plaintext() {
         use std::os::unix::fs::FileExt as _;
-        let id = Identity::generate();
-        let n = digest::ON_THREAD_MIN as usize + 5 * CHUNK_SIZE + 4099;
-        let plain: Vec<u8> = (0..n).map(|i| (i * 7 + (i >> 16)) as u8).collect();
-        let sha = Sha256Digest::of(&plain);
-        let ct = sealed(&plain, &id);
-        let layout = Layout::new(n as u64, ct.len() as u64).expect("layout");
+        let (id, plain, sha, ct, layout) = large_file(5 * CHUNK_SIZE + 4099);
+        let n = plain.len();
         let dir = tempfile::tempdir().expect("tmp");
         for (kept, writable) in [(0u64, true), (3, true), (0, false)] {
             let path = dir.path().join(format!("partial-{kept}-{writable}"));
@@ -479,10 +496,7 @@ mod tests {
                 .open(&path)
                 .expect("open");
             let mut bufs = Buffers::new();
-            let mut op = Opener::new(layout, &mut bufs);
-            op.push_head(&ct[..layout.head as usize]);
-            op.open_head(std::slice::from_ref(&id)).expect("head");
-            op.resume(kept, Sha256::new().chain_update(held));
+            let mut op = resumed_at(&ct, layout, &id, &mut bufs, kept, held);
             op.hash_on_thread(Some(&file));
             if !op.writes_on_thread() {
                 // No direct writes here (a file system in memory, or one that refuses them):

@@ -59,15 +59,7 @@ pub(crate) fn collect(paths: &[PathBuf], failed: &mut Vec<Failure>) -> Result<Ve
     let mut found = Found::default();
     let mut folders = Vec::new();
     for p in paths {
-        match collect_one(p) {
-            Ok(Entry::File(s)) => found.sources.push(s),
-            Ok(Entry::Folder(f)) => folders.push(f),
-            Err(e) => {
-                let path = p.display().to_string();
-                let why = why(&e, &path);
-                found.failed.push((path, why));
-            }
-        }
+        found.take(collect_one(p), p.display().to_string(), &mut folders);
     }
     read_folders(folders, &mut found);
     let Found {
@@ -118,6 +110,21 @@ pub(crate) fn why(e: &Error, path: &str) -> String {
 struct Found {
     sources: Vec<Source>,
     failed: Vec<Failure>,
+}
+
+impl Found {
+    /// Takes what a path turned out to be: a file to send, a folder to read (into `folders`),
+    /// or why it cannot be sent (listed as `shown`).
+    fn take(&mut self, r: Result<Entry>, shown: String, folders: &mut Vec<Folder>) {
+        match r {
+            Ok(Entry::File(s)) => self.sources.push(s),
+            Ok(Entry::Folder(f)) => folders.push(f),
+            Err(e) => {
+                let why = why(&e, &shown);
+                self.failed.push((shown, why));
+            }
+        }
+    }
 }
 
 /// A folder to read.
@@ -293,29 +300,18 @@ fn read_folder(f: &Folder, found: &mut Found, more: &mut Vec<Folder>) {
             Err(e) => return unreadable(e, found),
         };
         let path = e.path();
+        let shown = path.display().to_string();
         // One bad entry does not hide the others: every failure is listed.
         let r = (|| {
             let name = e.file_name();
             let name = name.to_str().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Usage,
-                    format!("{}: file name is not UTF-8", path.display()),
-                )
+                Error::new(ErrorKind::Usage, format!("{shown}: file name is not UTF-8"))
             })?;
             // Relative to the open folder, not following a link (`symlink_metadata`).
             let m = e.metadata().map_err(|er| io("reading", &path, er))?;
-            let shown = path.display().to_string();
-            entry(path.clone(), format!("{}/{name}", f.rel), &m, shown)
+            entry(path.clone(), format!("{}/{name}", f.rel), &m, shown.clone())
         })();
-        match r {
-            Ok(Entry::File(s)) => found.sources.push(s),
-            Ok(Entry::Folder(sub)) => more.push(sub),
-            Err(err) => {
-                let shown = path.display().to_string();
-                let why = why(&err, &shown);
-                found.failed.push((shown, why));
-            }
-        }
+        found.take(r, shown, more);
     }
 }
 
