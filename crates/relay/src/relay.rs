@@ -1982,22 +1982,26 @@ impl<S: Storage> Relay<S> {
         }
     }
 
-    /// Like [`Relay::read_pack`], through `direct` while it lasts: as many bytes as `buf` holds
-    /// at `offset` (fewer at the pack's end), reading on through the page cache (and dropping
-    /// `direct`) if the file system refuses a direct read.
-    pub fn read_pack_with(
+    /// Like [`Relay::read_pack`], through `direct` while it lasts: `n` bytes at `offset` (fewer
+    /// at the pack's end) appended to `out`, reading on through the page cache (and dropping
+    /// `direct`) if the file system refuses a direct read. Returns how many were appended. The
+    /// bytes read directly are copied once from the block into `out`, which is not zeroed
+    /// first (`protocol.md` §6.3).
+    pub fn read_pack_append(
         &self,
         row: &TransferRow,
         direct: &mut Option<DirectPack>,
         offset: u64,
-        buf: &mut [u8],
+        n: usize,
+        out: &mut Vec<u8>,
     ) -> Result<usize, ProtocolError> {
-        let mut n = 0;
+        let start = out.len();
         if let Some(d) = direct.as_mut() {
-            while n < buf.len() {
-                match d.source.read(offset + n as u64, &mut buf[n..]) {
-                    DirectRead::Got(0) => return Ok(n),
-                    DirectRead::Got(k) => n += k,
+            while out.len() - start < n {
+                let got = out.len() - start;
+                match d.source.read_append(offset + got as u64, n - got, out) {
+                    DirectRead::Got(0) => return Ok(got),
+                    DirectRead::Got(_) => {}
                     DirectRead::Failed(e) => return Err(storage_err(e)),
                     DirectRead::Unsupported => {
                         *direct = None;
@@ -2006,10 +2010,14 @@ impl<S: Storage> Relay<S> {
                 }
             }
         }
-        if n == buf.len() {
+        let got = out.len() - start;
+        if got == n {
             return Ok(n);
         }
-        Ok(n + self.read_pack(row, offset + n as u64, &mut buf[n..])?)
+        out.resize(start + n, 0);
+        let more = self.read_pack(row, offset + got as u64, &mut out[start + got..]);
+        out.truncate(start + got + *more.as_ref().unwrap_or(&0));
+        Ok(got + more?)
     }
 
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.

@@ -388,9 +388,7 @@ async fn fetch<S: Storage + 'static>(
                 let mut failed = None;
                 let sent = w
                     .send_range(off, n as u64, |out| {
-                        let start = out.len();
-                        out.resize(start + n, 0);
-                        match relay.read_pack_with(&r, &mut direct, base + off, &mut out[start..]) {
+                        match relay.read_pack_append(&r, &mut direct, base + off, n, out) {
                             Ok(got) if got == n => Ok(()),
                             got => {
                                 failed = Some(got);

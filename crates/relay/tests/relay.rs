@@ -402,13 +402,16 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         (end - 10, 100),
         (end, 10),
     ] {
-        let mut buf = vec![0u8; len as usize];
+        // Appended after what the buffer already holds, which stays.
+        let mut buf = b"kept".to_vec();
         let n = r
             .relay
-            .read_pack_with(&row, &mut direct, at, &mut buf)
+            .read_pack_append(&row, &mut direct, at, len as usize, &mut buf)
             .expect("read");
         let want = &pack[at as usize..(at + len).min(end) as usize];
-        assert_eq!(&buf[..n], want, "{len} bytes at {at}");
+        assert_eq!(buf.len(), 4 + n, "{len} bytes at {at}");
+        assert_eq!(&buf[..4], b"kept");
+        assert_eq!(&buf[4..], want, "{len} bytes at {at}");
     }
     // At most 16 packs are open for direct reads at once (a thread and 2 MiB each); a reader
     // let go frees its place. (Where this file system has no direct I/O, there is none.)

@@ -244,12 +244,35 @@ impl DirectSource {
     /// it. A range that goes past that block gets the bytes up to its end (a sender's chunks
     /// never do; a relay's ranges call again for the rest).
     pub fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
+        match self.held(off, dst.len()) {
+            Ok(b) => {
+                dst[..b.len()].copy_from_slice(b);
+                DirectRead::Got(b.len())
+            }
+            Err(r) => r,
+        }
+    }
+
+    /// [`DirectSource::read`] of at most `max` bytes appended to `out`: nothing is written
+    /// twice (no zeroing of `out` before the copy; a relay's RANGE, `protocol.md` §6.3).
+    pub fn read_append(&mut self, off: u64, max: usize, out: &mut Vec<u8>) -> DirectRead {
+        match self.held(off, max) {
+            Ok(b) => {
+                out.extend_from_slice(b);
+                DirectRead::Got(b.len())
+            }
+            Err(r) => r,
+        }
+    }
+
+    /// The bytes at `off` (at most `max`) in the block holding `off`, made current.
+    fn held(&mut self, off: u64, max: usize) -> Result<&[u8], DirectRead> {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
             let (mut b, ready) = if self.ahead.front() == Some(&block_off) {
                 self.ahead.pop_front();
                 let Ok((b, r)) = self.answers.recv() else {
-                    return DirectRead::Unsupported;
+                    return Err(DirectRead::Unsupported);
                 };
                 // A read ahead that failed: the block is read now (an error that persists is
                 // reported then).
@@ -259,12 +282,12 @@ impl DirectSource {
                 // come back first (answers keep the order asked).
                 while self.ahead.pop_front().is_some() {
                     let Ok((b, _)) = self.answers.recv() else {
-                        return DirectRead::Unsupported;
+                        return Err(DirectRead::Unsupported);
                     };
                     self.spare.push(b);
                 }
                 let Some(b) = self.spare.pop() else {
-                    return DirectRead::Unsupported;
+                    return Err(DirectRead::Unsupported);
                 };
                 (b, false)
             };
@@ -276,8 +299,8 @@ impl DirectSource {
             let old = std::mem::replace(&mut self.current, b);
             self.spare.push(old);
             match r {
-                Err(e) if is_unsupported(&e) => return DirectRead::Unsupported,
-                Err(e) => return DirectRead::Failed(e),
+                Err(e) if is_unsupported(&e) => return Err(DirectRead::Unsupported),
+                Err(e) => return Err(DirectRead::Failed(e)),
                 Ok(()) => {}
             }
             let mut next = self.ahead.back().map_or(block_off, |&o| o) + BLOCK as u64;
@@ -296,12 +319,11 @@ impl DirectSource {
             }
         }
         let Some((_, len)) = self.current.held else {
-            return DirectRead::Unsupported;
+            return Err(DirectRead::Unsupported);
         };
         let from = (off - block_off) as usize;
-        let have = len.saturating_sub(from).min(dst.len());
-        dst[..have].copy_from_slice(&self.current.buf.as_slice()[from..from + have]);
-        DirectRead::Got(have)
+        let have = len.saturating_sub(from).min(max);
+        Ok(&self.current.buf.as_slice()[from..from + have])
     }
 }
 
