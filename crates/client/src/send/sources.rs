@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use rogatory_custody::RelativePath;
 use serde::{Deserialize, Serialize};
@@ -237,6 +237,18 @@ fn read_folders(folders: Vec<Folder>, found: &mut Found) {
     });
     let changed = Condvar::new();
     let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
+    /// A folder being read: when it is dropped (after the read, or by a panic in it), it is no
+    /// longer counted and the waiting walkers look again, so none waits for ever.
+    struct Reading<'a, F: Fn() -> MutexGuard<'a, Queue>> {
+        lock: &'a F,
+        changed: &'a Condvar,
+    }
+    impl<'a, F: Fn() -> MutexGuard<'a, Queue>> Drop for Reading<'a, F> {
+        fn drop(&mut self) {
+            (self.lock)().busy -= 1;
+            self.changed.notify_all();
+        }
+    }
     let work = || {
         let mut mine = Found::default();
         let mut more = Vec::new();
@@ -245,11 +257,14 @@ fn read_folders(folders: Vec<Folder>, found: &mut Found) {
             if let Some(f) = q.todo.pop() {
                 q.busy += 1;
                 drop(q);
+                let reading = Reading {
+                    lock: &lock,
+                    changed: &changed,
+                };
                 read_folder(&f, &mut mine, &mut more);
+                lock().todo.append(&mut more);
+                drop(reading);
                 q = lock();
-                q.busy -= 1;
-                q.todo.append(&mut more);
-                changed.notify_all();
             } else if q.busy == 0 {
                 return mine;
             } else {
