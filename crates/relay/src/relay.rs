@@ -2016,7 +2016,8 @@ impl<S: Storage> Relay<S> {
         }
         out.resize(start + n, 0);
         let more = self.read_pack(row, offset + got as u64, &mut out[start + got..]);
-        out.truncate(start + got + *more.as_ref().unwrap_or(&0));
+        // Only the bytes read stay: none of the zeros, whatever happened.
+        out.truncate(start + got + more.as_ref().map_or(0, |&k| k));
         Ok(got + more?)
     }
 

@@ -413,7 +413,7 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         assert_eq!(&buf[..4], b"kept");
         assert_eq!(&buf[4..], want, "{len} bytes at {at}");
     }
-    // At most 16 packs are open for direct reads at once (a thread and 2 MiB each); a reader
+    // At most 16 packs are open for direct reads at once (a thread and 4 MiB each); a reader
     // let go frees its place. (Where this file system has no direct I/O, there is none.)
     drop(direct);
     if let Some(first) = r.relay.open_pack_direct(&row, row.ciphertext_bytes) {

@@ -238,12 +238,7 @@ impl Drop for Batch {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
         // Only `push` and `pop` run under the lock: a poisoned list is still whole.
-        keep_spare(
-            &mut SPARE
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            v,
-        );
+        keep_spare(&mut lock(&SPARE), v);
     }
 }
 
@@ -260,9 +255,7 @@ fn keep_spare(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
 
 /// An empty gathering buffer of [`BATCH_CAPACITY`] bytes: a spare one if there is one.
 fn batch_buffer() -> Vec<u8> {
-    SPARE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock(&SPARE)
         .pop()
         .unwrap_or_else(|| Vec::with_capacity(BATCH_CAPACITY))
 }

@@ -71,10 +71,7 @@ impl Digesting {
             }
             Digesting::Thread(f) => {
                 f.update(p)?;
-                match f.writes {
-                    true => Ok(()),
-                    false => out.write_all(p),
-                }
+                if f.writes { Ok(()) } else { out.write_all(p) }
             }
         }
     }

@@ -180,6 +180,11 @@ impl PartialFile {
             .ok_or_else(|| io::Error::other("partial file already closed"))
     }
 
+    /// The open file, if it is still open (for the digest's thread to write it).
+    pub(super) fn fd(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Closes the file; its data stays in the page cache until the batch makes it durable. A
     /// writeback still in flight is waited for by the batch ([`PartialFile::finish_writeback`]),
     /// on its blocking thread, not here on the thread that runs the connection.

@@ -334,7 +334,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         let k = tokio::task::block_in_place(|| {
                             resume_partial(&mut pf, &layout, &mut op)
                         })?;
-                        op.hash_on_thread(pf.file().ok().map(|f| &*f));
+                        op.hash_on_thread(pf.fd());
                         credited = layout.chunk_offset(k);
                         resumed_credit = credited;
                         c.resumed.fetch_add(credited, Ordering::Relaxed);
@@ -346,7 +346,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         let _ = fs::remove_file(&p.path);
                         let mut pf = new_partial(c, i, &id, resumable)?;
                         pf.keep = true;
-                        op.hash_on_thread(pf.file().ok().map(|f| &*f));
+                        op.hash_on_thread(pf.fd());
                         out = Some(pf);
                         credited = layout.head;
                         c.bytes_done.fetch_add(layout.head, Ordering::Relaxed);
@@ -366,7 +366,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                         .map_err(|e| open_error(t, f, &c.parents[i], e))?;
                     let mut pf = new_partial(c, i, &id, resumable)?;
                     pf.keep = resumable;
-                    op.hash_on_thread(pf.file().ok().map(|f| &*f));
+                    op.hash_on_thread(pf.fd());
                     out = Some(pf);
                     credited += layout.head;
                     c.bytes_done.fetch_add(layout.head, Ordering::Relaxed);

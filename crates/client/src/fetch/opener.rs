@@ -2,7 +2,9 @@
 //! in as it arrives, in pieces of any size; the header is parsed and its MAC checked with the
 //! agency's identity (`envelope.md` §3, §5.1), then every 64 KiB STREAM chunk is authenticated
 //! before any of its plaintext is handed on (`envelope.md` §6), and the plaintext is hashed on
-//! the way. No I/O here beyond the `Write` the caller passes, so it is tested in memory.
+//! the way. No I/O here beyond the `Write` the caller passes and, for a large file, the writes
+//! of the digest's thread to the file the caller names (`digest.rs`); everything else is
+//! tested in memory.
 
 use std::io::{self, Write};
 

@@ -220,55 +220,66 @@ fn entry(path: PathBuf, rel: String, meta: &fs::Metadata, shown: String) -> Resu
     }))
 }
 
+/// The folders still to read, shared by the walkers.
+struct Queue {
+    todo: Vec<Folder>,
+    /// Folders being read: each may add more.
+    busy: usize,
+}
+
+/// The queue and the signal that it changed.
+struct Walk {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Walk {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A folder being read: when it is dropped (after the read, or by a panic in it), it is no
+/// longer counted and the waiting walkers look again, so none waits for ever.
+struct Reading<'a>(&'a Walk);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().busy -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
 /// Reads `folders` and every folder under them, up to [`MAX_WALKERS`] at once. Each entry's
 /// metadata is read relative to its open folder.
 fn read_folders(folders: Vec<Folder>, found: &mut Found) {
-    struct Queue {
-        todo: Vec<Folder>,
-        /// Folders being read: each may add more.
-        busy: usize,
-    }
     if folders.is_empty() {
         return;
     }
-    let queue = Mutex::new(Queue {
-        todo: folders,
-        busy: 0,
-    });
-    let changed = Condvar::new();
-    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
-    /// A folder being read: when it is dropped (after the read, or by a panic in it), it is no
-    /// longer counted and the waiting walkers look again, so none waits for ever.
-    struct Reading<'a, F: Fn() -> MutexGuard<'a, Queue>> {
-        lock: &'a F,
-        changed: &'a Condvar,
-    }
-    impl<'a, F: Fn() -> MutexGuard<'a, Queue>> Drop for Reading<'a, F> {
-        fn drop(&mut self) {
-            (self.lock)().busy -= 1;
-            self.changed.notify_all();
-        }
-    }
+    let walk = Walk {
+        queue: Mutex::new(Queue {
+            todo: folders,
+            busy: 0,
+        }),
+        changed: Condvar::new(),
+    };
     let work = || {
         let mut mine = Found::default();
         let mut more = Vec::new();
-        let mut q = lock();
+        let mut q = walk.lock();
         loop {
             if let Some(f) = q.todo.pop() {
                 q.busy += 1;
                 drop(q);
-                let reading = Reading {
-                    lock: &lock,
-                    changed: &changed,
-                };
+                let reading = Reading(&walk);
                 read_folder(&f, &mut mine, &mut more);
-                lock().todo.append(&mut more);
+                walk.lock().todo.append(&mut more);
                 drop(reading);
-                q = lock();
+                q = walk.lock();
             } else if q.busy == 0 {
                 return mine;
             } else {
-                q = changed.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q = walk.changed.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
         }
     };
