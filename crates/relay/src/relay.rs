@@ -1982,26 +1982,24 @@ impl<S: Storage> Relay<S> {
         }
     }
 
-    /// Like [`Relay::read_pack`], through `direct` while it lasts: `n` bytes at `offset` (fewer
-    /// at the pack's end) appended to `out`, reading on through the page cache (and dropping
-    /// `direct`) if the file system refuses a direct read. Returns how many were appended. The
-    /// bytes read directly are copied once from the block into `out`, which is not zeroed
-    /// first (`protocol.md` §6.3).
-    pub fn read_pack_append(
+    /// Like [`Relay::read_pack`], through `direct` while it lasts: `out.len()` bytes at
+    /// `offset` (fewer at the pack's end) into `out`, reading on through the page cache (and
+    /// dropping `direct`) if the file system refuses a direct read. Returns how many were read.
+    /// `out` is not zeroed first: the bytes read directly are copied once from the block into
+    /// it, the others read into it (`protocol.md` §6.3).
+    pub fn read_pack_into(
         &self,
         row: &TransferRow,
         direct: &mut Option<DirectPack>,
         offset: u64,
-        n: usize,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<usize, ProtocolError> {
-        let start = out.len();
+        let mut got = 0;
         if let Some(d) = direct.as_mut() {
-            while out.len() - start < n {
-                let got = out.len() - start;
-                match d.source.read_append(offset + got as u64, n - got, out) {
+            while got < out.len() {
+                match d.source.read(offset + got as u64, &mut out[got..]) {
                     DirectRead::Got(0) => return Ok(got),
-                    DirectRead::Got(_) => {}
+                    DirectRead::Got(k) => got += k,
                     DirectRead::Failed(e) => return Err(storage_err(e)),
                     DirectRead::Unsupported => {
                         *direct = None;
@@ -2010,15 +2008,10 @@ impl<S: Storage> Relay<S> {
                 }
             }
         }
-        let got = out.len() - start;
-        if got == n {
-            return Ok(n);
+        if got == out.len() {
+            return Ok(got);
         }
-        out.resize(start + n, 0);
-        let more = self.read_pack(row, offset + got as u64, &mut out[start + got..]);
-        // Only the bytes read stay: none of the zeros, whatever happened.
-        out.truncate(start + got + more.as_ref().map_or(0, |&k| k));
-        Ok(got + more?)
+        Ok(got + self.read_pack(row, offset + got as u64, &mut out[got..])?)
     }
 
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.

@@ -388,7 +388,7 @@ async fn fetch<S: Storage + 'static>(
                 let mut failed = None;
                 let sent = w
                     .send_range(off, n as u64, |out| {
-                        match relay.read_pack_append(&r, &mut direct, base + off, n, out) {
+                        match relay.read_pack_into(&r, &mut direct, base + off, out) {
                             Ok(got) if got == n => Ok(()),
                             got => {
                                 failed = Some(got);

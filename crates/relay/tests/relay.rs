@@ -402,16 +402,17 @@ async fn resume_is_decided_by_the_relay_and_bound_to_the_sender() {
         (end - 10, 100),
         (end, 10),
     ] {
-        // Appended after what the buffer already holds, which stays.
-        let mut buf = b"kept".to_vec();
+        // Read over what the buffer held (it is not zeroed first): exactly the pack's bytes,
+        // and nothing past them touched.
+        let mut buf = vec![0xeeu8; len as usize + 4];
         let n = r
             .relay
-            .read_pack_append(&row, &mut direct, at, len as usize, &mut buf)
+            .read_pack_into(&row, &mut direct, at, &mut buf[..len as usize])
             .expect("read");
         let want = &pack[at as usize..(at + len).min(end) as usize];
-        assert_eq!(buf.len(), 4 + n, "{len} bytes at {at}");
-        assert_eq!(&buf[..4], b"kept");
-        assert_eq!(&buf[4..], want, "{len} bytes at {at}");
+        assert_eq!(n, want.len(), "{len} bytes at {at}");
+        assert_eq!(&buf[..n], want, "{len} bytes at {at}");
+        assert!(buf[n..].iter().all(|&b| b == 0xee), "{len} bytes at {at}");
     }
     // At most 16 packs are open for direct reads at once (a thread and 4 MiB each); a reader
     // let go frees its place. (Where this file system has no direct I/O, there is none.)

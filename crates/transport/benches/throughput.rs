@@ -62,12 +62,12 @@ impl PieceSource for Source {
     fn seal(&mut self) -> io::Result<(String, String, Vec<u8>)> {
         Ok((String::new(), String::new(), Vec::new()))
     }
-    fn piece(&mut self, _: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    fn piece(&mut self, _: u32, piece: u64, out: &mut [u8]) -> io::Result<()> {
         let r = self
             .layout
             .range(piece)
             .ok_or_else(|| io::Error::other("range"))?;
-        out.extend_from_slice(&self.buf[..(r.end - r.start) as usize]);
+        out.copy_from_slice(&self.buf[..(r.end - r.start) as usize]);
         Ok(())
     }
 }

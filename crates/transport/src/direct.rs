@@ -253,18 +253,6 @@ impl DirectSource {
         }
     }
 
-    /// [`DirectSource::read`] of at most `max` bytes appended to `out`: nothing is written
-    /// twice (no zeroing of `out` before the copy; a relay's RANGE, `protocol.md` §6.3).
-    pub fn read_append(&mut self, off: u64, max: usize, out: &mut Vec<u8>) -> DirectRead {
-        match self.held(off, max) {
-            Ok(b) => {
-                out.extend_from_slice(b);
-                DirectRead::Got(b.len())
-            }
-            Err(r) => r,
-        }
-    }
-
     /// The bytes at `off` (at most `max`) in the block holding `off`, made current.
     fn held(&mut self, off: u64, max: usize) -> Result<&[u8], DirectRead> {
         let block_off = off - off % BLOCK as u64;

@@ -225,35 +225,40 @@ static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new())
 /// Spare gathering buffers kept at most: what one transfer has in flight on a fast link.
 const SPARE_BATCHES: usize = 8;
 
-/// A gathering buffer handed to quinn; when quinn drops it, it goes back to [`SPARE`].
-struct Batch(Vec<u8>);
+/// A gathering buffer handed to quinn, of which the first `len` bytes are frames; when quinn
+/// drops it, it goes back to [`SPARE`].
+struct Batch {
+    v: Vec<u8>,
+    len: usize,
+}
 
 impl AsRef<[u8]> for Batch {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.v[..self.len]
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
+        let v = std::mem::take(&mut self.v);
         // Only `push` and `pop` run under the lock: a poisoned list is still whole.
         keep_spare(&mut lock(&SPARE), v);
     }
 }
 
-/// Keeps `v`, emptied, among the `spare` buffers if it is a gathering buffer (at least
+/// Keeps `v` among the `spare` buffers if it is a gathering buffer (at least
 /// [`BATCH_CAPACITY`] bytes, and not one a large control frame grew: an OFFER or SEAL may take
-/// tens of MiB) and fewer than [`SPARE_BATCHES`] are kept; else frees it.
-fn keep_spare(spare: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
+/// tens of MiB) and fewer than [`SPARE_BATCHES`] are kept; else frees it. Its bytes are kept
+/// as they are (frames that went on the wire): the next frames overwrite them, so that no byte
+/// is zeroed before it is written.
+fn keep_spare(spare: &mut Vec<Vec<u8>>, v: Vec<u8>) {
     if (BATCH_CAPACITY..=2 * BATCH_CAPACITY).contains(&v.capacity()) && spare.len() < SPARE_BATCHES
     {
-        v.clear();
         spare.push(v);
     }
 }
 
-/// An empty gathering buffer of [`BATCH_CAPACITY`] bytes: a spare one if there is one.
+/// A gathering buffer of [`BATCH_CAPACITY`] bytes: a spare one if there is one.
 fn batch_buffer() -> Vec<u8> {
     lock(&SPARE)
         .pop()
@@ -263,10 +268,17 @@ fn batch_buffer() -> Vec<u8> {
 /// Writes frames to a QUIC send stream. Small frames are copied into quinn from one reusable
 /// buffer; a batch of pieces (or any frame of half a batch or more) is handed over as it is,
 /// and another buffer ([`batch_buffer`]) takes its place.
+///
+/// The frames gathered are `buf[..used]`. Past them `buf` may hold bytes of earlier frames
+/// (a reused buffer): a data frame's bytes are written over them, and only bytes never written
+/// before are zeroed first (a source writes into a slice).
 #[derive(Debug)]
 pub struct FrameWriter {
     send: quinn::SendStream,
     buf: Vec<u8>,
+    used: usize,
+    /// A data frame's header, made here before it is copied into `buf`.
+    head: Vec<u8>,
 }
 
 impl FrameWriter {
@@ -275,77 +287,80 @@ impl FrameWriter {
         FrameWriter {
             send,
             buf: Vec::new(),
+            used: 0,
+            head: Vec::with_capacity(MAX_HEADER + 2 * 8),
         }
     }
 
     /// Sends one frame (after any pieces gathered before it).
     pub async fn send(&mut self, f: &Frame<'_>) -> Result<(), NetError> {
         self.flush().await?;
+        self.buf.clear();
         f.encode(&mut self.buf);
+        self.used = self.buf.len();
         self.flush().await
     }
 
-    /// Adds a PIECE frame whose bytes `fill` appends to the buffer (no intermediate copy). The
-    /// frames are written to the stream [`PIECE_BATCH`] bytes at a time, or by [`Self::flush`].
+    /// Adds a PIECE frame whose `len` bytes `fill` writes into the slice it is given (no
+    /// intermediate copy). The frames are written to the stream [`PIECE_BATCH`] bytes at a
+    /// time, or by [`Self::flush`].
     pub async fn send_piece(
         &mut self,
         file: u32,
         piece: u64,
         len: u64,
-        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
     ) -> Result<(), NetError> {
         let header = |b: &mut Vec<u8>| frame::piece_header(b, file, piece, len as usize);
         self.send_data(len, header, fill).await
     }
 
-    /// Adds a RANGE frame of `len` bytes at `offset` whose bytes `fill` appends to the buffer,
-    /// gathered as [`Self::send_piece`] gathers pieces: a relay serving a file reads it straight
-    /// into the buffer that goes to quinn.
+    /// Adds a RANGE frame of `len` bytes at `offset` whose bytes `fill` writes, gathered as
+    /// [`Self::send_piece`] gathers pieces: a relay serving a file reads it straight into the
+    /// buffer that goes to quinn.
     pub async fn send_range(
         &mut self,
         offset: u64,
         len: u64,
-        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
     ) -> Result<(), NetError> {
         let header = |b: &mut Vec<u8>| frame::range_header(b, offset, len as usize);
         self.send_data(len, header, fill).await
     }
 
-    /// A data frame: `header`, then the `len` bytes `fill` appends.
+    /// A data frame: `header`, then the `len` bytes `fill` writes.
     async fn send_data(
         &mut self,
         len: u64,
         header: impl FnOnce(&mut Vec<u8>),
-        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
     ) -> Result<(), NetError> {
-        let need = self.buf.len() + MAX_HEADER + 2 * 8 + len as usize;
+        let need = self.used + MAX_HEADER + 2 * 8 + len as usize;
         if need > self.buf.capacity() {
-            if self.buf.is_empty() && (PIECE_BATCH / 2..=BATCH_CAPACITY).contains(&need) {
+            if self.used == 0 && (PIECE_BATCH / 2..=BATCH_CAPACITY).contains(&need) {
                 // A frame of half a batch or more (a RANGE of a large file): a whole
                 // gathering buffer, a spare one if there is one.
                 self.buf = batch_buffer();
             } else {
                 // Doubling (a small file's stream stays small), but never past a batch.
                 let size = (self.buf.capacity() * 2).clamp(need, BATCH_CAPACITY.max(need));
-                self.buf.reserve_exact(size - self.buf.len());
+                self.buf.truncate(self.used);
+                self.buf.reserve_exact(size - self.used);
             }
         }
-        let frame_start = self.buf.len();
-        header(&mut self.buf);
-        let start = self.buf.len();
-        let filled = fill(&mut self.buf).and_then(|()| {
-            if (self.buf.len() - start) as u64 == len {
-                Ok(())
-            } else {
-                Err(io::Error::other("piece source returned the wrong length"))
-            }
-        });
-        if let Err(e) = filled {
-            // The frames gathered before this one stay.
-            self.buf.truncate(frame_start);
-            return Err(NetError::Source(e));
+        self.head.clear();
+        header(&mut self.head);
+        let start = self.used + self.head.len();
+        let end = start + len as usize;
+        if self.buf.len() < end {
+            // Only bytes no frame ever wrote.
+            self.buf.resize(end, 0);
         }
-        if self.buf.len() >= PIECE_BATCH {
+        self.buf[self.used..start].copy_from_slice(&self.head);
+        // A failure leaves `used` where it was: the frames gathered before this one stay.
+        fill(&mut self.buf[start..end]).map_err(NetError::Source)?;
+        self.used = end;
+        if self.used >= PIECE_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -355,14 +370,13 @@ impl FrameWriter {
     /// which keeps it until the peer acknowledges it (no copy of a megabyte under the
     /// connection's lock, and at most twice the bytes it holds); less is copied.
     pub async fn flush(&mut self) -> Result<(), NetError> {
-        if self.buf.len() >= PIECE_BATCH / 2 {
-            let next = batch_buffer();
-            let chunk = bytes::Bytes::from_owner(Batch(std::mem::replace(&mut self.buf, next)));
+        let len = std::mem::take(&mut self.used);
+        if len >= PIECE_BATCH / 2 {
+            let v = std::mem::replace(&mut self.buf, batch_buffer());
+            let chunk = bytes::Bytes::from_owner(Batch { v, len });
             self.send.write_chunk(chunk).await?;
-        } else if !self.buf.is_empty() {
-            let r = self.send.write_all(&self.buf).await;
-            self.buf.clear();
-            r?;
+        } else if len > 0 {
+            self.send.write_all(&self.buf[..len]).await?;
         }
         Ok(())
     }
@@ -370,14 +384,15 @@ impl FrameWriter {
     /// Finishes the stream (after [`Self::flush`]: what is gathered and not written is lost)
     /// and frees the buffer: nothing more is written to it.
     pub fn finish(&mut self) {
-        debug_assert!(self.buf.is_empty(), "finish with frames not written");
+        debug_assert!(self.used == 0, "finish with frames not written");
         self.buf = Vec::new();
+        self.used = 0;
         let _ = self.send.finish();
     }
 
     /// Resets the stream with `code` (frames not yet written are dropped).
     pub fn reset(&mut self, code: ErrorCode) {
-        self.buf.clear();
+        self.used = 0;
         let _ = self.send.reset(code.to_varint());
     }
 }
@@ -897,9 +912,10 @@ pub trait PieceSource: Send {
         let _ = durable;
         Ok(())
     }
-    /// Appends the ciphertext of piece `piece` of `file` to `out`. Pieces of a file are asked
-    /// for in order from its durable prefix; after a rewind, earlier ones again.
-    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Writes the ciphertext of piece `piece` of `file` into `out`, which is exactly the
+    /// piece's length (`PieceLayout::range`) and may hold bytes of earlier frames. Pieces of a
+    /// file are asked for in order from its durable prefix; after a rewind, earlier ones again.
+    fn piece(&mut self, file: u32, piece: u64, out: &mut [u8]) -> io::Result<()>;
     /// Pieces `0..pieces` of `file` are durable at the relay (what a later resume starts from).
     fn durable(&mut self, file: u32, pieces: u64) -> io::Result<()> {
         let _ = (file, pieces);
@@ -1600,7 +1616,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn released_batches_are_kept_emptied_up_to_the_limit() {
+    fn released_batches_are_kept_as_they_are_up_to_the_limit() {
         let mut spare = Vec::new();
         for _ in 0..SPARE_BATCHES + 2 {
             let mut v = Vec::with_capacity(BATCH_CAPACITY);
@@ -1608,15 +1624,28 @@ mod tests {
             keep_spare(&mut spare, v);
         }
         assert_eq!(spare.len(), SPARE_BATCHES);
+        // Kept with their bytes: the next frames overwrite them instead of zeroing them first.
         assert!(
             spare
                 .iter()
-                .all(|v| v.is_empty() && v.capacity() >= BATCH_CAPACITY)
+                .all(|v| v.as_slice() == b"frames that went on the wire"
+                    && v.capacity() >= BATCH_CAPACITY)
         );
         // A short stream's small buffer, and one a large control frame grew, are freed.
         let mut kept = Vec::new();
         keep_spare(&mut kept, Vec::with_capacity(4096));
         keep_spare(&mut kept, Vec::with_capacity(2 * BATCH_CAPACITY + 1));
         assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_only_its_frames() {
+        // A reused buffer holds older bytes past the frames gathered in it: quinn gets the
+        // frames only.
+        let mut v = Vec::with_capacity(BATCH_CAPACITY);
+        v.extend_from_slice(b"new frames|older bytes");
+        let b = bytes::Bytes::from_owner(Batch { v, len: 10 });
+        assert_eq!(&b[..], b"new frames");
+        assert_eq!(b.slice(4..).as_ref(), b"frames");
     }
 }

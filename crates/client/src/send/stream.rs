@@ -17,6 +17,7 @@ use rogatory_custody::{
 };
 use rogatory_envelope::{
     AnyIdentity, AnyRecipient, CHUNK_SIZE, Decryptor, Encryptor, FileKey, PayloadKey, PayloadNonce,
+    TAG_SIZE,
 };
 use rogatory_transport::direct::{DIRECT_MIN, DirectRead, DirectSource};
 use rogatory_transport::net::PieceSource;
@@ -278,7 +279,7 @@ impl Streamer {
         self.state
     }
 
-    fn head(&self, file: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    fn head(&self, file: usize, out: &mut [u8]) -> io::Result<()> {
         if let Some(h) = &self.heads_made {
             h.wait(file as u32).map_err(|e| match e {
                 HeadError::Storage(m) => io::Error::other(SourceError::Storage(m)),
@@ -287,9 +288,10 @@ impl Streamer {
             })?;
         }
         let f = &self.files[file];
-        let start = out.len();
-        out.resize(start + f.layout.head_len as usize, 0);
-        self.heads.read_exact_at(&mut out[start..], f.head_at)
+        if out.len() as u64 != f.layout.head_len {
+            return Err(state_err("a header piece of another length was asked for"));
+        }
+        self.heads.read_exact_at(out, f.head_at)
     }
 
     /// The payload key of `file`: its key known from the start (a new transfer, or a resume
@@ -299,7 +301,7 @@ impl Streamer {
         if self.files[file].key.is_some() {
             return Ok(());
         }
-        let mut head = Vec::with_capacity(self.files[file].layout.head_len as usize);
+        let mut head = vec![0u8; self.files[file].layout.head_len as usize];
         self.head(file, &mut head)?;
         self.key_from_head(file, &head)
     }
@@ -434,18 +436,17 @@ impl Streamer {
         self.advised = self.advised.max(next);
     }
 
-    /// Produces piece `piece` of `file` into `out`; `hash` says whether it advances the digests
-    /// (first production) or must equal what was produced before (a resend).
-    fn produce(&mut self, file: usize, piece: u64, out: &mut Vec<u8>) -> io::Result<[u8; 32]> {
-        let start = out.len();
+    /// Produces piece `piece` of `file` into `out` (exactly its length, not zeroed: every
+    /// byte is written); returns its leaf.
+    fn produce(&mut self, file: usize, piece: u64, out: &mut [u8]) -> io::Result<[u8; 32]> {
         if piece == 0 {
             self.head(file, out)?;
             // The key now, from the header in hand, rather than from `heads.bin` again at the
             // first payload piece.
             if self.files[file].key.is_none() {
-                self.key_from_head(file, &out[start..])?;
+                self.key_from_head(file, out)?;
             }
-            return Ok(self.offer.piece_hash().leaf(&out[start..]));
+            return Ok(self.offer.piece_hash().leaf(out));
         }
         self.key(file)?;
         self.open(file)?;
@@ -455,8 +456,12 @@ impl Streamer {
         let off = chunk * CHUNK_SIZE as u64;
         let len = (size - off).min(CHUNK_SIZE as u64) as usize;
         let last = piece + 1 == f.layout.count();
-        out.resize(start + len + 16, 0);
-        let n = self.read_source(file, off, &mut out[start..start + len])?;
+        if out.len() != len + TAG_SIZE {
+            return Err(state_err(format!(
+                "piece {piece} of file {file} asked with another length"
+            )));
+        }
+        let n = self.read_source(file, off, &mut out[..len])?;
         if n != len {
             return Err(changed_err(
                 &self.sources[file],
@@ -466,12 +471,12 @@ impl Streamer {
         if let Phase::Open(h) = &mut self.files[file].phase
             && h.produced == piece
         {
-            h.plain.update(&out[start..start + len]);
+            h.plain.update(&out[..len]);
         }
         let Some(key) = &self.files[file].key else {
             return Err(state_err("no payload key"));
         };
-        key.seal_chunk(chunk, last, &mut out[start..])
+        key.seal_chunk(chunk, last, out)
             .map_err(|e| state_err(e.to_string()))?;
         if last {
             // Read to its end (nothing follows the last chunk), and still the file it was when
@@ -489,13 +494,13 @@ impl Streamer {
                 }
             }
         }
-        Ok(self.offer.piece_hash().leaf(&out[start..]))
+        Ok(self.offer.piece_hash().leaf(out))
     }
 
     /// Brings a file's digests from its saved resume point up to `target` pieces by
     /// re-reading them (only when the relay is ahead of what this sender saved).
     fn catch_up(&mut self, file: usize, target: u64) -> io::Result<()> {
-        let mut scratch = Vec::with_capacity(65_552);
+        let mut scratch = vec![0u8; rogatory_envelope::ENCRYPTED_CHUNK_SIZE];
         loop {
             let p = match &self.files[file].phase {
                 Phase::Pending => 0,
@@ -505,8 +510,14 @@ impl Streamer {
             if p >= target {
                 break;
             }
-            scratch.clear();
-            self.piece(file as u32, p, &mut scratch)?;
+            let Some(r) = self.files[file].layout.range(p) else {
+                return Err(state_err("the relay holds more pieces than the file has"));
+            };
+            let len = (r.end - r.start) as usize;
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
+            self.piece(file as u32, p, &mut scratch[..len])?;
         }
         self.durable(file as u32, target)
     }
@@ -616,7 +627,7 @@ impl PieceSource for Streamer {
         self.save_progress(true)
     }
 
-    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    fn piece(&mut self, file: u32, piece: u64, out: &mut [u8]) -> io::Result<()> {
         let i = file as usize;
         if i >= self.files.len() {
             return Err(state_err("no such file"));

@@ -263,12 +263,11 @@ impl PieceSource for Source {
             self.t.contents.clone(),
         ))
     }
-    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn piece(&mut self, file: u32, piece: u64, out: &mut [u8]) -> std::io::Result<()> {
         let r = self.t.layouts[file as usize].range(piece).expect("range");
-        let start = out.len();
-        out.extend_from_slice(&self.t.ciphertexts[file as usize][r.start as usize..r.end as usize]);
+        out.copy_from_slice(&self.t.ciphertexts[file as usize][r.start as usize..r.end as usize]);
         if self.tamper == Some((file, piece)) {
-            out[start] ^= 1;
+            out[0] ^= 1;
         }
         Ok(())
     }

@@ -72,9 +72,9 @@ impl PieceSource for Files {
         // The test "manifest" is the list of piece roots; the test relay checks it.
         Ok(("test seal\n".into(), self.roots_text(), Vec::new()))
     }
-    fn piece(&mut self, file: u32, piece: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    fn piece(&mut self, file: u32, piece: u64, out: &mut [u8]) -> io::Result<()> {
         let r = self.layouts[file as usize].range(piece).expect("range");
-        out.extend_from_slice(&self.data[file as usize][r.start as usize..r.end as usize]);
+        out.copy_from_slice(&self.data[file as usize][r.start as usize..r.end as usize]);
         Ok(())
     }
 }
