@@ -561,6 +561,30 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
         tree(&transfer_dir(&d.join("out")).join("bulk")),
         tree(&bulk)
     );
+    // test-plan.md 130: small files are opened a few at a time on one thread; the last file's
+    // last tag changed at the relay fails that file alone as integrity (exit 3), and nothing of
+    // it is left, under its name or as a partial file.
+    let pack = std::fs::read_dir(d.join("B/relay/inbox"))
+        .expect("inbox")
+        .next()
+        .expect("pack")
+        .expect("entry")
+        .path();
+    let mut b = std::fs::read(&pack).expect("pack");
+    let n = b.len() - 1;
+    b[n] ^= 0x01;
+    std::fs::write(&pack, b).expect("write");
+    let o = run(
+        d,
+        &[
+            "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out2",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("bulk/d49/f04999.txt"), "{}", stderr(&o));
+    let out2 = transfer_dir(&d.join("out2"));
+    assert!(!out2.join("bulk/d49/f04999.txt").exists());
+    assert!(partials(&out2.join("bulk/d49")).is_empty());
     eprintln!(
         "bulk 5000 files (debug build): send {:.0} files/s, fetch {:.0} files/s",
         5000.0 / send_secs,

@@ -590,43 +590,94 @@ async fn worker(
     in_flight: &Arc<tokio::sync::Semaphore>,
 ) -> Result<()> {
     let mut bufs = Buffers::new();
-    let stopped = || Error::new(ErrorKind::Internal, "the batcher stopped");
+    // Small files downloaded and not yet handed to a blocking thread, and their ciphertext bytes.
+    let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut held = 0u64;
     loop {
         let n = c.next.fetch_add(1, Ordering::Relaxed);
         let Some(&i) = c.todo.get(n) else {
-            return Ok(());
+            return open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight)
+                .await;
         };
         if c.files[i].ciphertext_size > download::IN_MEMORY {
             let r = download::fetch_streamed(c, i, &mut bufs).await?;
-            ready.send(r).await.map_err(|_| stopped())?;
+            ready.send(r).await.map_err(|_| batcher_stopped())?;
             continue;
         }
         let ct = download::download_small(c, i).await?;
-        let slot = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| stopped())?;
-        let core = cpu.clone().acquire_owned().await.map_err(|_| stopped())?;
-        let (c, ready, done) = (c.clone(), ready.clone(), done.clone());
-        tokio::task::spawn_blocking(move || {
-            let opened = download::open_small(&c, i, &ct);
-            drop(ct);
-            // The core is free for the next file while this one is written.
-            drop(core);
-            let r = opened.and_then(|o| download::write_small(&c, o));
-            drop(slot);
-            match r {
-                // A closed batcher has reported why (or the fetch stopped): the partial goes.
-                Ok(r) => {
-                    let _ = ready.blocking_send(r);
-                }
-                Err(e) => {
-                    let _ = done.send(Err(e));
+        held += ct.len() as u64;
+        small.push((i, ct));
+        if small.len() == SMALL_GROUP || held >= SMALL_GROUP_BYTES {
+            held = 0;
+            open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight).await?;
+        }
+    }
+}
+
+/// Small files opened on one blocking thread in turn at most: a thread's hand-off per file
+/// was a seventh of a bulk fetch's CPU (`docs/performance.md`).
+const SMALL_GROUP: usize = 8;
+/// Ciphertext a worker gathers for one blocking thread at most, so that what 16 workers hold
+/// stays small (a file larger than this goes alone).
+const SMALL_GROUP_BYTES: u64 = 64 << 10;
+
+fn batcher_stopped() -> Error {
+    Error::new(ErrorKind::Internal, "the batcher stopped")
+}
+
+/// Opens, checks and writes `files` (small files downloaded whole) on a blocking thread, one
+/// after the other, and hands each to the batcher; a failure is reported on `done`.
+async fn open_small_files(
+    c: &Arc<Ctx>,
+    files: Vec<(usize, Vec<u8>)>,
+    ready: &tokio::sync::mpsc::Sender<batch::Ready>,
+    done: &tokio::sync::mpsc::UnboundedSender<Result<Vec<usize>>>,
+    cpu: &Arc<tokio::sync::Semaphore>,
+    in_flight: &Arc<tokio::sync::Semaphore>,
+) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let slots = in_flight
+        .clone()
+        .acquire_many_owned(files.len().min(IN_FLIGHT) as u32)
+        .await
+        .map_err(|_| batcher_stopped())?;
+    let core = cpu
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| batcher_stopped())?;
+    let (c, ready, done) = (c.clone(), ready.clone(), done.clone());
+    tokio::task::spawn_blocking(move || {
+        let opened: Result<Vec<_>> = files
+            .iter()
+            .map(|(i, ct)| download::open_small(&c, *i, ct))
+            .collect();
+        drop(files);
+        // The core is free for the next files while these are written.
+        drop(core);
+        let written = opened.and_then(|o| {
+            o.into_iter()
+                .map(|o| download::write_small(&c, o))
+                .collect::<Result<Vec<_>>>()
+        });
+        drop(slots);
+        match written {
+            // A closed batcher has reported why (or the fetch stopped): the partials go.
+            Ok(rs) => {
+                for r in rs {
+                    if ready.blocking_send(r).is_err() {
+                        break;
+                    }
                 }
             }
-        });
-    }
+            Err(e) => {
+                let _ = done.send(Err(e));
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The folder (a name inside `out`) a transfer is fetched into, and whether an interrupted
