@@ -561,9 +561,10 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
         tree(&transfer_dir(&d.join("out")).join("bulk")),
         tree(&bulk)
     );
-    // test-plan.md 130: small files are opened a few at a time on one thread; the last file's
-    // last tag changed at the relay fails that file alone as integrity (exit 3), and nothing of
-    // it is left, under its name or as a partial file.
+    // test-plan.md 130: small files are opened a few at a time on one thread; with the last
+    // file's last tag changed at the relay, the fetch exits 3 (integrity) naming that file, and
+    // nothing of it is left, under its name or as a partial file. The relay's inbox holds this
+    // transfer's pack only.
     let pack = std::fs::read_dir(d.join("B/relay/inbox"))
         .expect("inbox")
         .next()

@@ -249,8 +249,8 @@ impl Drop for Batch {
 /// Keeps `v` among the `spare` buffers if it is a gathering buffer (at least
 /// [`BATCH_CAPACITY`] bytes, and not one a large control frame grew: an OFFER or SEAL may take
 /// tens of MiB) and fewer than [`SPARE_BATCHES`] are kept; else frees it. Its bytes are kept
-/// as they are (frames that went on the wire): the next frames overwrite them, so that no byte
-/// is zeroed before it is written.
+/// as they are (frames that went on the wire): the next frames are written over them, and only
+/// bytes no frame ever wrote are zeroed first.
 fn keep_spare(spare: &mut Vec<Vec<u8>>, v: Vec<u8>) {
     if (BATCH_CAPACITY..=2 * BATCH_CAPACITY).contains(&v.capacity()) && spare.len() < SPARE_BATCHES
     {
@@ -302,8 +302,9 @@ impl FrameWriter {
     }
 
     /// Adds a PIECE frame whose `len` bytes `fill` writes into the slice it is given (no
-    /// intermediate copy). The frames are written to the stream [`PIECE_BATCH`] bytes at a
-    /// time, or by [`Self::flush`].
+    /// intermediate copy; the slice may hold older bytes, so `fill` writes all of it or fails).
+    /// The frames are written to the stream [`PIECE_BATCH`] bytes at a time, or by
+    /// [`Self::flush`].
     pub async fn send_piece(
         &mut self,
         file: u32,
@@ -382,10 +383,11 @@ impl FrameWriter {
     }
 
     /// Finishes the stream (after [`Self::flush`]: what is gathered and not written is lost)
-    /// and frees the buffer: nothing more is written to it.
+    /// and lets the buffer go (back to the spare ones if it is a gathering buffer): nothing
+    /// more is written to it.
     pub fn finish(&mut self) {
         debug_assert!(self.used == 0, "finish with frames not written");
-        self.buf = Vec::new();
+        keep_spare(&mut lock(&SPARE), std::mem::take(&mut self.buf));
         self.used = 0;
         let _ = self.send.finish();
     }
@@ -913,7 +915,8 @@ pub trait PieceSource: Send {
         Ok(())
     }
     /// Writes the ciphertext of piece `piece` of `file` into `out`, which is exactly the
-    /// piece's length (`PieceLayout::range`) and may hold bytes of earlier frames. Pieces of a
+    /// piece's length (`PieceLayout::range`) and may hold bytes of earlier frames, of this or
+    /// another transfer: every byte of it must be written, or an error returned. Pieces of a
     /// file are asked for in order from its durable prefix; after a rewind, earlier ones again.
     fn piece(&mut self, file: u32, piece: u64, out: &mut [u8]) -> io::Result<()>;
     /// Pieces `0..pieces` of `file` are durable at the relay (what a later resume starts from).

@@ -6,8 +6,8 @@
 //! receipt.
 //!
 //! The pipeline of one transfer (`docs/cli.md` "Receiving"): `WORKERS` request streams
-//! download; small files are opened (the hybrid key unwrap is most of their cost) on the
-//! blocking threads, one per core; verified files wait closed in their 0600 partials for the
+//! download; small files are opened (the hybrid key unwrap is most of their cost) a few at a
+//! time on the blocking threads, one per core; verified files wait closed in their 0600 partials for the
 //! batcher, which makes a batch durable together (`syncfs`), renames it into place and reports
 //! it; the directories are fsynced once each; only then is the delivery receipt sent.
 //!
@@ -51,8 +51,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// Files fetched at once, one request stream each: the relay accepts 16 concurrent streams
 /// (`Limits::max_concurrent_bidi_streams`), so small files never wait for a round trip each.
 const WORKERS: usize = 16;
-/// Small files opened or being written on the blocking threads at once: each holds its
-/// ciphertext and plaintext in memory (at most 256 KiB each, `download::IN_MEMORY`).
+/// Groups of small files opened or being written on the blocking threads at once: each holds
+/// its ciphertext and plaintext in memory ([`SMALL_GROUP_BYTES`] of ciphertext, or one file of
+/// at most 256 KiB, `download::IN_MEMORY`).
 const IN_FLIGHT: usize = 16;
 
 /// What to fetch, from where, into where.
@@ -431,9 +432,10 @@ async fn fetch_one(
     });
 
     // 6. Every remaining file (module docs): WORKERS request streams download, each taking
-    //    the next file as soon as its last one is downloaded. A small file is downloaded whole
-    //    and opened, checked and written on the blocking threads, as many at once as there are
-    //    cores; a large one is opened as it arrives, resuming an earlier partial. Verified files
+    //    the next file as soon as its last one is downloaded. Small files are downloaded whole
+    //    and opened, checked and written a few at a time on the blocking threads, as many at
+    //    once as there are cores; a large one is opened as it arrives, resuming an earlier
+    //    partial. Verified files
     //    go to the batcher, which makes them durable together and renames them into place.
     let durability = {
         let parents = ctx.parents.clone();
@@ -579,9 +581,10 @@ async fn fetch_one(
 }
 
 /// One request stream's loop: takes the next file until none is left (step 6 of [`fetch_one`]).
-/// A small file is opened on a blocking thread once a core is free (`cpu`) and written there,
-/// at most [`IN_FLIGHT`] of them at once (`in_flight`), while the stream moves on to the next
-/// download.
+/// Small files are gathered into groups ([`SMALL_GROUP`]); a group is opened on a blocking thread
+/// once a core is free (`cpu`) and written there, at most [`IN_FLIGHT`] groups at once
+/// (`in_flight`), while the stream moves on to the next download. A large file is opened as it
+/// arrives, after the group gathered before it is handed on.
 async fn worker(
     c: &Arc<Ctx>,
     ready: &tokio::sync::mpsc::Sender<batch::Ready>,
@@ -599,7 +602,15 @@ async fn worker(
             return open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight)
                 .await;
         };
-        if c.files[i].ciphertext_size > download::IN_MEMORY {
+        let size = c.files[i].ciphertext_size;
+        // The group so far goes first if this file would not fit in it: a group is at most
+        // SMALL_GROUP_BYTES, or one file alone; and before a large file, whose download may
+        // take long.
+        if !small.is_empty() && (size > download::IN_MEMORY || held + size > SMALL_GROUP_BYTES) {
+            held = 0;
+            open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight).await?;
+        }
+        if size > download::IN_MEMORY {
             let r = download::fetch_streamed(c, i, &mut bufs).await?;
             ready.send(r).await.map_err(|_| batcher_stopped())?;
             continue;
@@ -614,19 +625,21 @@ async fn worker(
     }
 }
 
-/// Small files opened on one blocking thread in turn at most: a thread's hand-off per file
-/// was a seventh of a bulk fetch's CPU (`docs/performance.md`).
+/// Small files opened on one blocking thread in turn at most: a hand-off to a blocking thread
+/// per file cost more than opening a 4 KiB file (`docs/performance.md` "Small files opened a
+/// few at a time").
 const SMALL_GROUP: usize = 8;
-/// Ciphertext a worker gathers for one blocking thread at most, so that what 16 workers hold
-/// stays small (a file larger than this goes alone).
+/// Ciphertext a group holds at most, so that what the request streams hold stays small (a
+/// file larger than this goes alone).
 const SMALL_GROUP_BYTES: u64 = 64 << 10;
 
 fn batcher_stopped() -> Error {
     Error::new(ErrorKind::Internal, "the batcher stopped")
 }
 
-/// Opens, checks and writes `files` (small files downloaded whole) on a blocking thread, one
-/// after the other, and hands each to the batcher; a failure is reported on `done`.
+/// Opens, checks and writes a group of small files downloaded whole on a blocking thread, one
+/// after the other, and hands each to the batcher; a failure is reported on `done` (the group's
+/// partial files already written are removed).
 async fn open_small_files(
     c: &Arc<Ctx>,
     files: Vec<(usize, Vec<u8>)>,
@@ -638,9 +651,9 @@ async fn open_small_files(
     if files.is_empty() {
         return Ok(());
     }
-    let slots = in_flight
+    let slot = in_flight
         .clone()
-        .acquire_many_owned(files.len().min(IN_FLIGHT) as u32)
+        .acquire_owned()
         .await
         .map_err(|_| batcher_stopped())?;
     let core = cpu
@@ -662,7 +675,7 @@ async fn open_small_files(
                 .map(|o| download::write_small(&c, o))
                 .collect::<Result<Vec<_>>>()
         });
-        drop(slots);
+        drop(slot);
         match written {
             // A closed batcher has reported why (or the fetch stopped): the partials go.
             Ok(rs) => {
