@@ -548,10 +548,24 @@ fn purge_at_both_ends_after_retention() {
         stdout(&o)
     );
     assert!(sent.join("manifest.json").exists());
+    // The marker that makes a re-run of the same send find its receipt names the transfer
+    // until the purge, which removes it with the rest of the send's record.
+    let markers = || -> Vec<String> {
+        std::fs::read_dir(d.join("A/outbox"))
+            .expect("outbox")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "sent"))
+            .map(|e| std::fs::read_to_string(e.path()).expect("marker"))
+            .collect()
+    };
+    let before = markers();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].starts_with(&format!("{t} ")), "{before:?}");
     let o = ok(run(
         d,
         &["--home", "A", "--json", "purge", "--as-of", "2031-01-01"],
     ));
+    assert!(markers().is_empty(), "{:?}", markers());
     let ev = json_lines(&o);
     assert_eq!(ev[0]["side"], "sent");
     assert_eq!(listing(&sent), ["purged.json", "seal.note"]);
