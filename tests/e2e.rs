@@ -215,16 +215,7 @@ fn send_fetch_verify_audit_a_folder_with_a_64_mib_file() {
     ok(run(d, &["--home", "B-relay", "audit", "verify"]));
     // test-plan.md 39: a byte flipped in the relay's store is an integrity failure at the receiver
     // (exit 3), never a successful decrypt.
-    let pack = std::fs::read_dir(d.join("B-relay/relay/inbox"))
-        .expect("inbox")
-        .next()
-        .expect("pack")
-        .expect("entry")
-        .path();
-    let mut b = std::fs::read(&pack).expect("pack");
-    let n = b.len() / 2;
-    b[n] ^= 0x01;
-    std::fs::write(&pack, b).expect("write");
+    flip_pack_byte(&d.join("B-relay"), |len| len / 2);
     let o = run(
         d,
         &[
@@ -565,16 +556,7 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
     // file's last tag changed at the relay, the fetch exits 3 (integrity) naming that file, and
     // nothing of it is left, under its name or as a partial file. The relay's inbox holds this
     // transfer's pack only.
-    let pack = std::fs::read_dir(d.join("B/relay/inbox"))
-        .expect("inbox")
-        .next()
-        .expect("pack")
-        .expect("entry")
-        .path();
-    let mut b = std::fs::read(&pack).expect("pack");
-    let n = b.len() - 1;
-    b[n] ^= 0x01;
-    std::fs::write(&pack, b).expect("write");
+    flip_pack_byte(&d.join("B"), |len| len - 1);
     let o = run(
         d,
         &[
@@ -639,6 +621,21 @@ fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
 }
 
 /// The `.rogatory-partial-*` files in `dir`, with their sizes.
+/// Flips one bit of the byte at `at(len)` of the first pack in the inbox of the relay whose
+/// home is `relay_home` (the tests that call it have one transfer there).
+fn flip_pack_byte(relay_home: &Path, at: impl FnOnce(usize) -> usize) {
+    let pack = std::fs::read_dir(relay_home.join("relay/inbox"))
+        .expect("inbox")
+        .next()
+        .expect("pack")
+        .expect("entry")
+        .path();
+    let mut b = std::fs::read(&pack).expect("pack");
+    let n = at(b.len());
+    b[n] ^= 0x01;
+    std::fs::write(&pack, b).expect("write");
+}
+
 fn partials(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     std::fs::read_dir(dir)
         .map(|rd| {
