@@ -61,36 +61,6 @@ pub fn purge(home: &Home, req: &PurgeRequest) -> Result<Vec<Purged>> {
     Ok(out)
 }
 
-/// Removes the `outbox/<key>.sent` markers that name `transfer` (`docs/cli.md` "State
-/// directory", "Retention at the ends"): a
-/// purged send keeps no record of its sources, and a run of the same command afterwards is a
-/// new send.
-fn remove_sent_markers(home: &Home, transfer: &str) -> Result<()> {
-    let outbox = home.path("outbox");
-    let rd = match fs::read_dir(&outbox) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("reading", &outbox, e)),
-    };
-    for entry in rd {
-        let p = entry.map_err(|e| io("reading", &outbox, e))?.path();
-        if p.extension().is_none_or(|x| x != "sent") {
-            continue;
-        }
-        let Ok(text) = fs::read_to_string(&p) else {
-            continue;
-        };
-        if text.split(' ').next() == Some(transfer) {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("removing", &p, e)),
-            }
-        }
-    }
-    Ok(())
-}
-
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -158,7 +128,7 @@ fn purge_sent(home: &Home, today: CalendarDate, dry_run: bool) -> Result<Vec<Pur
                 }
             }
             fs::remove_file(&mpath).map_err(|e| io("removing", &mpath, e))?;
-            remove_sent_markers(home, &transfer)?;
+            crate::send::forget_sent(home, man.transfer_id)?;
             log(home, "sent", &transfer, &dir, &until, 0)?;
         }
         out.push(Purged {

@@ -7,9 +7,10 @@
 //!
 //! The pipeline of one transfer (`docs/cli.md` "Receiving"): `WORKERS` request streams
 //! download; small files are opened (the hybrid key unwrap is most of their cost) a few at a
-//! time on the blocking threads, one per core; verified files wait closed in their 0600 partials for the
-//! batcher, which makes a batch durable together (`syncfs`), renames it into place and reports
-//! it; the directories are fsynced once each; only then is the delivery receipt sent.
+//! time on the blocking threads, one per core; verified files wait closed in their 0600
+//! partials for the batcher, which makes a batch durable together (`syncfs`), renames it into
+//! place and reports it; the directories are fsynced once each; only then is the delivery
+//! receipt sent.
 //!
 //! Files: `opener.rs` opens an age file as it arrives (no I/O); `download.rs` runs the requests
 //! and opens each file; `disk.rs` creates directories and partial files; `batch.rs` makes
@@ -435,8 +436,8 @@ async fn fetch_one(
     //    the next file as soon as its last one is downloaded. Small files are downloaded whole
     //    and opened, checked and written a few at a time on the blocking threads, as many at
     //    once as there are cores; a large one is opened as it arrives, resuming an earlier
-    //    partial. Verified files
-    //    go to the batcher, which makes them durable together and renames them into place.
+    //    partial. Verified files go to the batcher, which makes them durable together and
+    //    renames them into place.
     let durability = {
         let parents = ctx.parents.clone();
         tokio::task::spawn_blocking(move || batch::Durability::open(&parents))
@@ -593,9 +594,8 @@ async fn worker(
     in_flight: &Arc<tokio::sync::Semaphore>,
 ) -> Result<()> {
     let mut bufs = Buffers::new();
-    // Small files downloaded and not yet handed to a blocking thread, and their ciphertext bytes.
+    // Small files downloaded and not yet handed to a blocking thread.
     let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut held = 0u64;
     loop {
         let n = c.next.fetch_add(1, Ordering::Relaxed);
         let Some(&i) = c.todo.get(n) else {
@@ -603,11 +603,15 @@ async fn worker(
                 .await;
         };
         let size = c.files[i].ciphertext_size;
-        // The group so far goes first if this file would not fit in it: a group is at most
-        // SMALL_GROUP_BYTES, or one file alone; and before a large file, whose download may
-        // take long.
-        if !small.is_empty() && (size > download::IN_MEMORY || held + size > SMALL_GROUP_BYTES) {
-            held = 0;
+        // The group so far goes first if this file does not join it: a large file (whose
+        // download may take long), a full group, or one this file would take past
+        // SMALL_GROUP_BYTES (a larger small file goes alone).
+        let held: u64 = small.iter().map(|(_, ct)| ct.len() as u64).sum();
+        if !small.is_empty()
+            && (size > download::IN_MEMORY
+                || small.len() == SMALL_GROUP
+                || held + size > SMALL_GROUP_BYTES)
+        {
             open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight).await?;
         }
         if size > download::IN_MEMORY {
@@ -615,13 +619,7 @@ async fn worker(
             ready.send(r).await.map_err(|_| batcher_stopped())?;
             continue;
         }
-        let ct = download::download_small(c, i).await?;
-        held += ct.len() as u64;
-        small.push((i, ct));
-        if small.len() == SMALL_GROUP || held >= SMALL_GROUP_BYTES {
-            held = 0;
-            open_small_files(c, std::mem::take(&mut small), ready, done, cpu, in_flight).await?;
-        }
+        small.push((i, download::download_small(c, i).await?));
     }
 }
 

@@ -181,6 +181,39 @@ fn marker_of(state: &StateDir) -> PathBuf {
     state.dir.with_extension("sent")
 }
 
+/// A marker's transfer and sources' digest (`<transfer> <digest>`), if it is one.
+fn read_marker(path: &std::path::Path) -> Option<(TransferId, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (t, digest) = text.trim_end().split_once(' ')?;
+    Some((t.parse().ok()?, digest.to_owned()))
+}
+
+/// Removes the markers that name `transfer` (its send's record purged, `docs/cli.md`
+/// "Retention at the ends"): the home keeps no trace of its sources, and the same command run
+/// again is a new send.
+pub(crate) fn forget_sent(home: &Home, transfer: TransferId) -> Result<()> {
+    let outbox = home.path("outbox");
+    let rd = match std::fs::read_dir(&outbox) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("reading", &outbox, e)),
+    };
+    for entry in rd {
+        let p = entry.map_err(|e| io("reading", &outbox, e))?.path();
+        if p.extension().is_some_and(|x| x == "sent")
+            && read_marker(&p).is_some_and(|(t, _)| t == transfer)
+        {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io("removing", &p, e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A new send checked locally, waiting for the relay's policy before anything is written or
 /// offered (its key work, in memory, overlaps the handshake: [`key_files`]).
 struct Checked {
@@ -322,10 +355,8 @@ fn prepare(home: &Home, req: &SendRequest, dry: bool, on: &dyn Fn(&Event)) -> Re
     let marker = marker_of(&state);
     if !req.restart
         && !state.exists()
-        && let Ok(text) = std::fs::read_to_string(&marker)
-        && let Some((t, digest)) = text.trim_end().split_once(' ')
+        && let Some((t, digest)) = read_marker(&marker)
         && digest == sources_digest(&sources)
-        && let Ok(t) = t.parse::<TransferId>()
         && let Some(done) = already_sent(home, t)
     {
         // A repair takes the lock of the folder it puts the kept state back in.
