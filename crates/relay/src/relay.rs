@@ -182,6 +182,15 @@ pub struct DirectPack {
     open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl DirectPack {
+    /// Waits, without blocking the thread, until `len` bytes at `offset` of the pack can be read
+    /// without waiting for the device (read ahead on the source's thread): so that serving a
+    /// file from disk never stops an async worker's other connections (`protocol.md` §6.3).
+    pub async fn ready(&mut self, offset: u64, len: usize) {
+        self.source.ready(offset, len).await;
+    }
+}
+
 impl Drop for DirectPack {
     fn drop(&mut self) {
         self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -384,7 +384,11 @@ async fn fetch<S: Storage + 'static>(
                 .map_err(io)?;
             }
             None => {
-                // Read straight into the buffer that goes to quinn (`protocol.md` §6.3).
+                // Read straight into the buffer that goes to quinn (`protocol.md` §6.3), once
+                // the blocks read ahead hold the range: the worker never waits for the disk.
+                if let Some(d) = direct.as_mut() {
+                    d.ready(base + off, n).await;
+                }
                 let mut failed = None;
                 let sent = w
                     .send_range(off, n as u64, |out| {

@@ -159,8 +159,13 @@ pub struct DirectSource {
     spare: Vec<Block>,
     /// Offsets of the blocks asked of the reader thread, in the order its answers come.
     ahead: VecDeque<u64>,
+    /// Answers already taken from the channel by [`DirectSource::poll_ready`], in order: those of
+    /// the first blocks of `ahead`.
+    arrived: VecDeque<Answer>,
     ask: Sender<Request>,
     answers: Receiver<Answer>,
+    /// Woken by the reader thread after each answer ([`DirectSource::ready`]).
+    answered: Arc<tokio::sync::Notify>,
 }
 
 /// What a direct read gave.
@@ -202,7 +207,8 @@ impl DirectSource {
             };
             let (ask, requests) = channel::<Request>();
             let (answer, answers) = channel::<Answer>();
-            let reader_fd = Arc::clone(&fd);
+            let answered = Arc::new(tokio::sync::Notify::new());
+            let (reader_fd, wake) = (Arc::clone(&fd), Arc::clone(&answered));
             let spawned = std::thread::Builder::new()
                 .name("rogatory-read".into())
                 .spawn(move || {
@@ -212,6 +218,7 @@ impl DirectSource {
                         if answer.send((b, r)).is_err() {
                             break;
                         }
+                        wake.notify_one();
                     }
                 });
             if spawned.is_err() {
@@ -223,8 +230,10 @@ impl DirectSource {
                 current,
                 spare,
                 ahead: VecDeque::with_capacity(AHEAD),
+                arrived: VecDeque::with_capacity(AHEAD),
                 ask,
                 answers,
+                answered,
             }))
         }
         #[cfg(not(target_os = "linux"))]
@@ -253,31 +262,101 @@ impl DirectSource {
         }
     }
 
+    /// Whether [`DirectSource::read`] of `len` bytes at `off` can be served without waiting
+    /// for the device: every block of the range is held, or read ahead and answered. If one
+    /// is not asked yet, it is asked now. Never blocks: what an async caller checks first
+    /// ([`DirectSource::ready`]), so that a relay's worker does not wait for the disk.
+    pub fn poll_ready(&mut self, off: u64, len: usize) -> bool {
+        loop {
+            match self.answers.try_recv() {
+                Ok(a) => self.arrived.push_back(a),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                // The reader is gone: the read reports it without waiting.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return true,
+            }
+        }
+        let first = off - off % BLOCK as u64;
+        let end = off
+            .saturating_add(len.max(1) as u64)
+            .min(self.size.max(off + 1));
+        let (mut block, mut ready) = (first, true);
+        while block < end {
+            let held = self.current.held.is_some_and(|(o, _)| o == block);
+            match self.ahead.iter().position(|&o| o == block) {
+                _ if held => {}
+                Some(i) if i < self.arrived.len() => {}
+                Some(_) => return false,
+                None => {
+                    // Asked now: after the blocks read ahead if it follows them (a start, or a
+                    // range's next block) and a buffer is free, else alone (a rewind or a jump:
+                    // what was read ahead is of no use, and goes back once every answer is in).
+                    let follows = self.ahead.back().is_none_or(|&o| o + BLOCK as u64 == block);
+                    if !follows || self.spare.is_empty() {
+                        if self.ahead.len() > self.arrived.len() {
+                            return false;
+                        }
+                        while self.ahead.pop_front().is_some() {
+                            if let Some((b, _)) = self.arrived.pop_front() {
+                                self.spare.push(b);
+                            }
+                        }
+                    }
+                    // Every buffer is free now but the one held (`1 + AHEAD` in all).
+                    let Some(b) = self.spare.pop() else {
+                        return true;
+                    };
+                    match self.ask.send((block, b)) {
+                        Ok(()) => self.ahead.push_back(block),
+                        Err(e) => {
+                            self.spare.push(e.0.1);
+                            return true;
+                        }
+                    }
+                    ready = false;
+                }
+            }
+            block += BLOCK as u64;
+        }
+        ready
+    }
+
+    /// Waits, without blocking the thread, until [`DirectSource::poll_ready`] holds.
+    pub async fn ready(&mut self, off: u64, len: usize) {
+        while !self.poll_ready(off, len) {
+            // A wake-up given before this wait is kept as a permit: none is lost.
+            self.answered.notified().await;
+        }
+    }
+
+    /// The next answer of the reader thread, taken earlier or waited for now.
+    fn next_answer(&mut self) -> Option<Answer> {
+        self.arrived
+            .pop_front()
+            .or_else(|| self.answers.recv().ok())
+    }
+
     /// The bytes at `off` (at most `max`) in the block holding `off`, made current.
     fn held(&mut self, off: u64, max: usize) -> Result<&[u8], DirectRead> {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
-            let (mut b, ready) = if self.ahead.front() == Some(&block_off) {
-                self.ahead.pop_front();
-                let Ok((b, r)) = self.answers.recv() else {
-                    return Err(DirectRead::Unsupported);
-                };
-                // A read ahead that failed: the block is read now (an error that persists is
-                // reported then).
-                (b, r.is_ok())
-            } else {
-                // A rewind or a resume elsewhere: nothing read ahead is of use. Its buffers
-                // come back first (answers keep the order asked).
-                while self.ahead.pop_front().is_some() {
-                    let Ok((b, _)) = self.answers.recv() else {
+            // The block if it was asked ahead; blocks asked before it are skipped, and all of
+            // them on a rewind or a jump (answers keep the order asked), then it is read now.
+            let (mut b, ready) = loop {
+                let Some(o) = self.ahead.pop_front() else {
+                    let Some(b) = self.spare.pop() else {
                         return Err(DirectRead::Unsupported);
                     };
-                    self.spare.push(b);
-                }
-                let Some(b) = self.spare.pop() else {
+                    break (b, false);
+                };
+                let Some((b, r)) = self.next_answer() else {
                     return Err(DirectRead::Unsupported);
                 };
-                (b, false)
+                if o == block_off {
+                    // A read ahead that failed: the block is read now (an error that persists
+                    // is reported then).
+                    break (b, r.is_ok());
+                }
+                self.spare.push(b);
             };
             let r = if ready {
                 Ok(())
@@ -557,5 +636,62 @@ mod tests {
         let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, cut - off);
         assert_eq!(&dst[..n], &data[off..cut]);
+    }
+
+    /// Whether each block of the range is held or answered already (what `poll_ready` says).
+    fn answered(d: &DirectSource, off: u64, len: usize) -> bool {
+        let first = off - off % BLOCK as u64;
+        let end = (off + len as u64).min(d.size);
+        (first..end).step_by(BLOCK).all(|b| {
+            d.current.held.is_some_and(|(o, _)| o == b)
+                || d.ahead
+                    .iter()
+                    .position(|&o| o == b)
+                    .is_some_and(|i| i < d.arrived.len())
+        })
+    }
+
+    /// `protocol.md` §6.3: a relay's worker waits for a range's blocks without blocking, then
+    /// reads them without waiting for the device; ranges of 1 MiB at offsets off the blocks
+    /// (each over two blocks, the first ones asked together), in order, back, a jump ahead and
+    /// to the end. A wait that never ends (two blocks asking each other away) fails the timeout.
+    #[tokio::test]
+    async fn a_range_is_waited_for_then_read_without_waiting() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("pack");
+        let size = (AHEAD + 5) * BLOCK + 777;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 5) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let Some(mut d) = DirectSource::open(&path, size as u64).expect("open") else {
+            return;
+        };
+        let range = BLOCK;
+        let starts: Vec<usize> = (0..)
+            .map(|k| 1000 + k * range)
+            .take_while(|&o| o < size)
+            .chain([5000, 3 * BLOCK + 1, size - 10, 0])
+            .collect();
+        let mut dst = vec![0u8; range];
+        for off in starts {
+            let len = (size - off).min(range);
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_secs(10), d.ready(off as u64, len))
+                    .await;
+            assert!(waited.is_ok(), "the range at {off} never became ready");
+            assert!(
+                answered(&d, off as u64, len),
+                "ready at {off} but not answered"
+            );
+            let mut got = 0;
+            while got < len {
+                match d.read((off + got) as u64, &mut dst[got..len]) {
+                    DirectRead::Got(0) => break,
+                    DirectRead::Got(k) => got += k,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(got, len, "range at {off}");
+            assert_eq!(&dst[..len], &data[off..off + len], "range at {off}");
+        }
     }
 }
