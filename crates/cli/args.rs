@@ -295,9 +295,8 @@ pub(crate) struct RelayServeArgs {
     /// exchange X25519MLKEM768 (docs/protocol.md §2).
     #[arg(long)]
     pub(crate) require_pq_tls: bool,
-    /// Worker threads for QUIC and the intake (default: one per core, at least 2). A relay that
-    /// shares its cores with other busy processes does the same work with less CPU on fewer
-    /// (docs/cli.md, docs/performance.md).
+    /// Worker threads for QUIC, requests and the intake (default: one per core but one, at
+    /// least 1); fsyncs run on threads of their own (docs/cli.md, docs/performance.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) workers: Option<u16>,
 }

@@ -151,10 +151,10 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         )
     })?;
     crate::cleanup::serve_mode();
-    // One per core, and never fewer than two unless asked: a few index commits and audit-log
-    // appends still fsync on a worker (docs/cli.md "Running the relay").
+    // One per core but one, at least one: the group commits, index commits and audit-log
+    // appends run on blocking threads beside them (docs/cli.md "Running the relay").
     let workers = a.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+        || std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
         usize::from,
     );
     let rt = rogatory_client::runtime_with(workers)?;
@@ -314,8 +314,7 @@ fn load_trust(
         None => Policy::default(),
     };
     let mut peer_trust = home.peer_trust(&store)?;
-    let r = relay.clone();
-    peer_trust.on_reject(move |rej| r.log_tls_rejection(rej));
+    peer_trust.on_reject(rogatory_relay::serve::tls_rejection_hook(relay.clone()));
     peer_trust.require_post_quantum(a.require_pq_tls);
     // `relay.md` §12: the witness configuration, checked before anything is replaced.
     let witness = rogatory_relay::witness::WitnessConfig::load(&home.path("relay"))

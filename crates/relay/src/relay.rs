@@ -2036,34 +2036,31 @@ impl<S: Storage> Relay<S> {
             .map_err(db_err)
     }
 
-    /// Records that `agency` fetched file `i` to its end; when it has fetched every file, logs
-    /// one Fetch statement (once per transfer and agency, recorded in the index).
-    pub fn served(
-        &self,
-        row: &TransferRow,
-        agency: &AgencyId,
-        i: u32,
-    ) -> Result<(), ProtocolError> {
-        // Progress is kept in memory (no fsync per file fetched); only the completion is
-        // recorded durably, once per (transfer, agency).
-        let complete = {
-            let mut served = lock(&self.served);
-            let set = served.entry((row.row, agency.clone())).or_default();
-            set.insert(i);
-            set.len() as u64 == row.files
-        };
-        if !complete {
-            return Ok(());
+    /// Records that `agency` fetched file `i` to its end; true when it has now fetched every
+    /// file, and [`Relay::fetched_all`] should record it. Progress is kept in memory: no fsync
+    /// per file fetched.
+    pub fn served(&self, row: &TransferRow, agency: &AgencyId, i: u32) -> bool {
+        let mut served = lock(&self.served);
+        let key = (row.row, agency.clone());
+        let set = served.entry(key.clone()).or_default();
+        set.insert(i);
+        let complete = set.len() as u64 == row.files;
+        if complete {
+            served.remove(&key);
         }
-        lock(&self.served).remove(&(row.row, agency.clone()));
+        complete
+    }
+
+    /// `agency` has fetched every file of `row`: one Fetch statement in the audit log, once per
+    /// transfer and agency (recorded in the index). It commits and fsyncs.
+    pub fn fetched_all(&self, row: &TransferRow, agency: &AgencyId) -> Result<(), ProtocolError> {
         let new = lock(&self.db)
             .execute(
                 "INSERT OR IGNORE INTO served (row, agency, idx) VALUES (?1, ?2, -1)",
                 params![row.row, agency.as_str()],
             )
             .map_err(db_err)?;
-        let count = row.files;
-        if new == 1 && count == row.files {
+        if new == 1 {
             let st = Statement::Fetch {
                 head: Head {
                     transfer: row.transfer,

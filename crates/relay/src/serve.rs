@@ -81,8 +81,20 @@ async fn request<S: Storage + 'static>(
 ) {
     let peer = s.peer.clone();
     let result = match first {
-        Frame::InboxRequest(q) => inbox(&relay, &peer, q.after).map(|f| vec![f]),
-        Frame::StatusRequest(q) => status(&relay, &peer, q.transfer).map(|f| vec![f]),
+        // Both read the index, which waits while a group commit fsyncs it, and a refused
+        // status is logged (fsynced): off the async workers (`cli.md` "Running the relay").
+        Frame::InboxRequest(q) => {
+            blocking(&relay, &peer, move |r, p| {
+                inbox(r, p, q.after).map(|f| vec![f])
+            })
+            .await
+        }
+        Frame::StatusRequest(q) => {
+            blocking(&relay, &peer, move |r, p| {
+                status(r, p, q.transfer).map(|f| vec![f])
+            })
+            .await
+        }
         Frame::CheckpointRequest(q) => {
             // `protocol.md` §6.6: the log's latest checkpoint and a proof from the client's.
             // It waits for the log's lock (held through fsynced appends) and may commit the
@@ -161,6 +173,35 @@ async fn request<S: Storage + 'static>(
         }
     }
     w.finish();
+}
+
+/// Runs `f` on a blocking thread: for the relay's work that may wait for an fsync (an index
+/// commit, an audit-log append), which would otherwise pause every connection of the async
+/// worker it ran on.
+async fn blocking<S: Storage + 'static, T: Send + 'static>(
+    relay: &Arc<Relay<S>>,
+    peer: &PeerIdentity,
+    f: impl FnOnce(&Relay<S>, &PeerIdentity) -> Result<T, ProtocolError> + Send + 'static,
+) -> Result<T, ProtocolError> {
+    let (r, p) = (relay.clone(), peer.clone());
+    tokio::task::spawn_blocking(move || f(&r, &p))
+        .await
+        .unwrap_or_else(|e| Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())))
+}
+
+/// The relay's hook for client certificates refused during the TLS handshake
+/// ([`Relay::log_tls_rejection`]): the audit-log append (fsynced) runs on a blocking thread, not
+/// on the async worker that drives the handshake and other connections.
+pub fn tls_rejection_hook<S: Storage + 'static>(
+    relay: Arc<Relay<S>>,
+) -> impl Fn(&rogatory_transport::Rejected) + Send + Sync + 'static {
+    move |rej| match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let (r, rej) = (relay.clone(), rej.clone());
+            drop(rt.spawn_blocking(move || r.log_tls_rejection(&rej)));
+        }
+        Err(_) => relay.log_tls_rejection(rej),
+    }
 }
 
 fn inbox<S: Storage>(
@@ -285,11 +326,16 @@ async fn fetch<S: Storage + 'static>(
     }
     .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
     if !r.recipients.contains(&peer.agency) {
-        return Err(relay.refuse(
-            peer,
-            f.transfer,
-            ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch"),
-        ));
+        let t = f.transfer;
+        let refused = blocking(relay, peer, move |r, p| {
+            Ok(r.refuse(
+                p,
+                t,
+                ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch"),
+            ))
+        })
+        .await;
+        return Err(refused.unwrap_or_else(|e| e));
     }
     let bytes_of = |v: &[u8]| v.to_vec();
     if r.manifest.is_empty()
@@ -403,7 +449,12 @@ async fn fetch<S: Storage + 'static>(
                     .await;
                 if let Some(got) = failed {
                     // Only a file is read from the pack (`source` is `None`).
-                    return Err(pack_read_failed(relay, &r, file.unwrap_or(0), got));
+                    // Damage is marked and logged (fsynced): off the async workers.
+                    let (row, i) = (r.clone(), file.unwrap_or(0));
+                    let failed = blocking(relay, peer, move |r, _| {
+                        Ok(pack_read_failed(r, &row, i, got))
+                    });
+                    return Err(failed.await.unwrap_or_else(|e| e));
                 }
                 sent.map_err(io)?;
             }
@@ -414,7 +465,12 @@ async fn fetch<S: Storage + 'static>(
     if let Object::File(i) = f.object
         && end == total
     {
-        relay.served(&r, &peer.agency, i)?;
+        // The last file of the transfer this agency fetched: the Fetch statement is logged
+        // and the index updated (fsynced), off the async workers.
+        if relay.served(&r, &peer.agency, i) {
+            let row = r.clone();
+            blocking(relay, peer, move |r, p| r.fetched_all(&row, &p.agency)).await?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
-//! partial GC, log checkpoints (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81, 120).
+//! partial GC, log checkpoints, an offer waiting for the disk (test-plan.md 15, 26, 27, 28, 31, 33,
+//! 35, 36, 37, 38, 39, 52, 81, 120, 131).
 
 mod support;
 
@@ -1069,4 +1070,119 @@ async fn checkpoint_request_answers_the_latest_checkpoint_and_a_proof() {
     let mut ahead = latest.clone();
     ahead.size += 5;
     assert!(check_consistency(Some(&ahead), &latest, &c.proof).is_err());
+}
+
+/// The real file system, except that while armed, asking the free space (which deciding an
+/// offer does) waits until the gate opens, or opens it itself after 10 s (`timed_out`): an
+/// offer stalled on the disk.
+#[derive(Debug, Default)]
+struct Gated {
+    inner: DiskStorage,
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicBool,
+    timed_out: std::sync::atomic::AtomicBool,
+    open: (std::sync::Mutex<bool>, std::sync::Condvar),
+}
+
+impl Gated {
+    fn release(&self) {
+        *self.open.0.lock().expect("gate") = true;
+        self.open.1.notify_all();
+    }
+}
+
+impl rogatory_relay::Storage for Gated {
+    fn create_dir_all(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(p)
+    }
+    fn write_at(&self, p: &std::path::Path, o: u64, d: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(p, o, d)
+    }
+    fn read_at(&self, p: &std::path::Path, o: u64, b: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read_at(p, o, b)
+    }
+    fn sync(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync(p)
+    }
+    fn rename(&self, f: &std::path::Path, t: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(f, t)
+    }
+    fn sync_dir(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(p)
+    }
+    fn remove(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove(p)
+    }
+    fn len(&self, p: &std::path::Path) -> std::io::Result<Option<u64>> {
+        self.inner.len(p)
+    }
+    fn available_space(&self, p: &std::path::Path) -> std::io::Result<u64> {
+        if self.armed.load(Ordering::SeqCst) {
+            self.entered.store(true, Ordering::SeqCst);
+            let t0 = std::time::Instant::now();
+            let mut open = self.open.0.lock().expect("gate");
+            while !*open {
+                let Some(left) = std::time::Duration::from_secs(10).checked_sub(t0.elapsed())
+                else {
+                    self.timed_out.store(true, Ordering::SeqCst);
+                    break;
+                };
+                open = self.open.1.wait_timeout(open, left).expect("gate").0;
+            }
+        }
+        self.inner.available_space(p)
+    }
+}
+
+/// `cli.md` "Running the relay" (test-plan.md 131): an offer being decided may wait for the
+/// disk (its index commit and audit entry are fsynced); on a relay with one async worker, other
+/// agencies still connect and get answers meanwhile, and the upload completes once the disk
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_offer_waiting_for_the_disk_does_not_stop_the_relays_other_requests() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_c, clock) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let r = start(
+        &w,
+        open_relay(&w, dir.path(), Policy::default(), storage.clone(), clock),
+    );
+    storage.armed.store(true, Ordering::SeqCst);
+    let t = transfer(&w.a, &[&w.b], &exhibits(3), legal(), now());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let tu = t.clone();
+    let upload = tokio::spawn(async move { send(&sa, &tu, None).await });
+    let t0 = std::time::Instant::now();
+    while !storage.entered.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the offer never reached the disk"
+        );
+        // This thread is not the runtime's worker: waiting here leaves the worker free.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The offer is held at the disk: agency-b connects and asks for its inbox and a status.
+    let sb = connect(&w, &w.b, r.addr).await;
+    let inbox = request(&sb, Frame::InboxRequest(InboxRequest { after: None })).await;
+    let status = request(&sb, Frame::StatusRequest(StatusRequest { transfer: t.id })).await;
+    storage.release();
+    assert!(
+        !storage.timed_out.load(Ordering::SeqCst),
+        "agency-b was answered only once the offer's disk wait ended"
+    );
+    match inbox {
+        Frame::Inbox(i) => assert!(i.entries.is_empty(), "{i:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match status {
+        Frame::Error(e) => assert_eq!(e.code, ErrorCode::NOT_FOUND, "not offered yet"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let out = upload.await.expect("join").expect("upload");
+    assert_eq!(out.stats.bytes_sent, t.total());
+    assert_eq!(
+        inbox_state(&connect(&w, &w.b, r.addr).await, t.id).await,
+        TransferState::Complete
+    );
 }

@@ -1244,7 +1244,8 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
 /// and `receipt`, which fsync, run on the blocking pool.
 pub trait IntakeHandler: Send + Sync + 'static {
     /// Decides on an offer by `peer`: `Ok((layouts, durable))` accepts it, where `durable[i]`
-    /// pieces of file `i` are already durable (resume).
+    /// pieces of file `i` are already durable (resume). Called on a blocking thread: it may
+    /// commit and fsync.
     fn offer(
         &self,
         peer: &PeerIdentity,
@@ -1396,7 +1397,15 @@ async fn serve_upload<H: IntakeHandler>(
         w.finish();
         return;
     }
-    let (layouts, durable) = match handler.offer(&session.peer, &offer) {
+    // Deciding commits the offer to the index and may log a refusal, both fsynced: off the
+    // async workers, whose other connections would wait meanwhile (`cli.md` "Running the relay").
+    let decided = {
+        let (h, peer) = (handler.clone(), session.peer.clone());
+        tokio::task::spawn_blocking(move || h.offer(&peer, &offer))
+            .await
+            .unwrap_or_else(|e| Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())))
+    };
+    let (layouts, durable) = match decided {
         Ok(v) => v,
         Err(e) => {
             tracing::info!(%transfer, code = %e.code, "offer refused");
