@@ -167,6 +167,10 @@ pub struct Relay<S: Storage> {
     witness: crate::witness::WitnessState,
     /// Packs open for direct reads now ([`DirectPack`]).
     direct_open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Held while an offer is decided: two offers of one transfer at once (two connections, or
+    /// two streams of one) must not both find it new and create it. One offer takes one index
+    /// commit, so deciding them one at a time costs little.
+    offering: Mutex<()>,
 }
 
 /// Large files served at once through direct reads, each with a reader thread and four 1 MiB
@@ -703,6 +707,7 @@ impl<S: Storage> Relay<S> {
             served: Mutex::default(),
             witness,
             direct_open: Arc::default(),
+            offering: Mutex::new(()),
         })
     }
 
@@ -1032,22 +1037,33 @@ impl<S: Storage> Relay<S> {
     /// entries a minute, so that strangers cannot flood the audit log; the rest are counted in the
     /// service log.
     pub fn log_tls_rejection(&self, r: &rogatory_transport::Rejected) {
-        let now = self.now();
-        {
-            let mut w = lock(&self.tls_rejections);
-            let minute = now.unix() / 60;
-            if w.0 != minute {
-                *w = (minute, 0);
-            }
-            w.1 += 1;
-            if w.1 > TLS_REJECTIONS_PER_MINUTE {
-                tracing::warn!(
-                    count = w.1,
-                    "TLS refusals above the audit rate limit this minute"
-                );
-                return;
-            }
+        if self.tls_rejection_admitted() {
+            self.append_tls_rejection(r);
         }
+    }
+
+    /// Counts a TLS refusal against [`TLS_REJECTIONS_PER_MINUTE`]: whether it is to be logged
+    /// ([`Relay::append_tls_rejection`]). Never waits for the disk.
+    pub fn tls_rejection_admitted(&self) -> bool {
+        let mut w = lock(&self.tls_rejections);
+        let minute = self.now().unix() / 60;
+        if w.0 != minute {
+            *w = (minute, 0);
+        }
+        w.1 += 1;
+        if w.1 > TLS_REJECTIONS_PER_MINUTE {
+            tracing::warn!(
+                count = w.1,
+                "TLS refusals above the audit rate limit this minute"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Logs a TLS refusal [`Relay::tls_rejection_admitted`] admitted (an fsynced append).
+    pub fn append_tls_rejection(&self, r: &rogatory_transport::Rejected) {
+        let now = self.now();
         let st = Statement::Rejection {
             head: Head {
                 transfer: TransferId::NONE,
@@ -1178,8 +1194,11 @@ impl<S: Storage> Relay<S> {
         peer: &PeerIdentity,
         offer: &Offer,
     ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
-        self.offer_inner(peer, offer)
-            .map_err(|e| self.refuse(peer, offer.transfer, e))
+        let decided = {
+            let _one = lock(&self.offering);
+            self.offer_inner(peer, offer)
+        };
+        decided.map_err(|e| self.refuse(peer, offer.transfer, e))
     }
 
     fn offer_inner(
@@ -2041,18 +2060,14 @@ impl<S: Storage> Relay<S> {
     /// per file fetched.
     pub fn served(&self, row: &TransferRow, agency: &AgencyId, i: u32) -> bool {
         let mut served = lock(&self.served);
-        let key = (row.row, agency.clone());
-        let set = served.entry(key.clone()).or_default();
+        let set = served.entry((row.row, agency.clone())).or_default();
         set.insert(i);
-        let complete = set.len() as u64 == row.files;
-        if complete {
-            served.remove(&key);
-        }
-        complete
+        set.len() as u64 == row.files
     }
 
     /// `agency` has fetched every file of `row`: one Fetch statement in the audit log, once per
-    /// transfer and agency (recorded in the index). It commits and fsyncs.
+    /// transfer and agency (recorded in the index). It commits and fsyncs. The progress kept in
+    /// memory goes once this succeeds: after a failure, the next file served tries again.
     pub fn fetched_all(&self, row: &TransferRow, agency: &AgencyId) -> Result<(), ProtocolError> {
         let new = lock(&self.db)
             .execute(
@@ -2073,6 +2088,7 @@ impl<S: Storage> Relay<S> {
             };
             self.log_statement(&st)?;
         }
+        lock(&self.served).remove(&(row.row, agency.clone()));
         Ok(())
     }
 

@@ -99,43 +99,35 @@ async fn request<S: Storage + 'static>(
             // `protocol.md` §6.6: the log's latest checkpoint and a proof from the client's.
             // It waits for the log's lock (held through fsynced appends) and may commit the
             // checkpoint to the index: off the async workers.
-            let r2 = relay.clone();
-            match tokio::task::spawn_blocking(move || r2.checkpoint_with_proof(q.held_size)).await {
-                Ok(answer) => answer.map(|(note, proof)| {
-                    vec![Frame::Checkpoint(LogCheckpoint {
-                        checkpoint: note.unwrap_or_default(),
-                        proof,
-                    })]
-                }),
-                Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
-            }
+            blocking(&relay, &peer, move |r, _| {
+                r.checkpoint_with_proof(q.held_size)
+            })
+            .await
+            .map(|(note, proof)| {
+                vec![Frame::Checkpoint(LogCheckpoint {
+                    checkpoint: note.unwrap_or_default(),
+                    proof,
+                })]
+            })
         }
         Frame::AddCheckpoint(f) => {
             // `protocol.md` §6.7: the witness checks and durably keeps the checkpoint before it
             // cosigns: off the async workers.
-            let (r2, p2) = (relay.clone(), peer.clone());
-            match tokio::task::spawn_blocking(move || r2.add_checkpoint(&p2, &f)).await {
-                Ok(answer) => answer.map(|f| vec![f]),
-                Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
-            }
+            blocking(&relay, &peer, move |r, p| r.add_checkpoint(p, &f))
+                .await
+                .map(|f| vec![f])
         }
         Frame::Deliver(d) => {
-            let r2 = relay.clone();
-            let p2 = peer.clone();
-            match tokio::task::spawn_blocking(move || {
-                r2.deliver(&p2, d.transfer, &d.receipt)
-                    .map(|b| (d.transfer, b))
+            blocking(&relay, &peer, move |r, p| {
+                r.deliver(p, d.transfer, &d.receipt).map(|text| {
+                    vec![Frame::Receipt(Receipt {
+                        transfer: d.transfer,
+                        kind: ReceiptKind::Delivery,
+                        text,
+                    })]
+                })
             })
             .await
-            {
-                Ok(Ok((t, bundle))) => Ok(vec![Frame::Receipt(Receipt {
-                    transfer: t,
-                    kind: ReceiptKind::Delivery,
-                    text: bundle,
-                })]),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())),
-            }
         }
         Frame::Fetch(f) => {
             if let Err(e) = fetch(&relay, &peer, f, &mut w).await {
@@ -186,7 +178,10 @@ async fn blocking<S: Storage + 'static, T: Send + 'static>(
     let (r, p) = (relay.clone(), peer.clone());
     tokio::task::spawn_blocking(move || f(&r, &p))
         .await
-        .unwrap_or_else(|e| Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a blocking task of the relay failed");
+            Err(ProtocolError::new(ErrorCode::INTERNAL, "internal error"))
+        })
 }
 
 /// The relay's hook for client certificates refused during the TLS handshake
@@ -195,12 +190,19 @@ async fn blocking<S: Storage + 'static, T: Send + 'static>(
 pub fn tls_rejection_hook<S: Storage + 'static>(
     relay: Arc<Relay<S>>,
 ) -> impl Fn(&rogatory_transport::Rejected) + Send + Sync + 'static {
-    move |rej| match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            let (r, rej) = (relay.clone(), rej.clone());
-            drop(rt.spawn_blocking(move || r.log_tls_rejection(&rej)));
+    move |rej| {
+        // Counted here, so that a flood of refused handshakes past the rate limit starts no
+        // thread at all.
+        if !relay.tls_rejection_admitted() {
+            return;
         }
-        Err(_) => relay.log_tls_rejection(rej),
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (r, rej) = (relay.clone(), rej.clone());
+                drop(rt.spawn_blocking(move || r.append_tls_rejection(&rej)));
+            }
+            Err(_) => relay.append_tls_rejection(rej),
+        }
     }
 }
 
@@ -310,69 +312,85 @@ fn status<S: Storage>(
     }))
 }
 
-async fn fetch<S: Storage + 'static>(
-    relay: &Arc<Relay<S>>,
+fn not_a_recipient() -> ProtocolError {
+    ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch")
+}
+
+/// The row of a FETCH's transfer, with its documents (seal, manifest, offer) or without.
+fn row_for<S: Storage>(
+    relay: &Relay<S>,
+    t: &TransferId,
+    documents: bool,
+) -> Result<TransferRow, ProtocolError> {
+    if documents {
+        relay.transfer(t)?
+    } else {
+        relay.transfer_without_documents(t)?
+    }
+    .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))
+}
+
+/// A FETCH of a document or a receipt (not a file): the transfer's row and the object's bytes,
+/// for a recipient only (anyone else is refused and the refusal logged). Run on a blocking
+/// thread: index reads, the audit log's lock.
+fn document<S: Storage>(
+    relay: &Relay<S>,
     peer: &PeerIdentity,
-    f: rogatory_transport::frame::Fetch,
-    w: &mut FrameWriter,
-) -> Result<(), ProtocolError> {
-    // A file's FETCH does not need the seal and manifest (megabytes for many files): one
-    // request per file must not read them each time.
-    let r = match f.object {
-        Object::File(_) | Object::CustodyReceipt => {
-            relay.transfer_without_documents(&f.transfer)?
-        }
-        _ => relay.transfer(&f.transfer)?,
-    }
-    .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such transfer"))?;
+    t: &TransferId,
+    object: Object,
+) -> Result<(TransferRow, Vec<u8>), ProtocolError> {
+    let r = row_for(relay, t, !matches!(object, Object::CustodyReceipt))?;
     if !r.recipients.contains(&peer.agency) {
-        let t = f.transfer;
-        let refused = blocking(relay, peer, move |r, p| {
-            Ok(r.refuse(
-                p,
-                t,
-                ProtocolError::new(ErrorCode::NOT_AUTHORISED, "only a recipient may fetch"),
-            ))
-        })
-        .await;
-        return Err(refused.unwrap_or_else(|e| e));
+        return Err(relay.refuse(peer, *t, not_a_recipient()));
     }
-    let bytes_of = |v: &[u8]| v.to_vec();
-    if r.manifest.is_empty()
-        && matches!(f.object, Object::Seal | Object::Manifest | Object::Contents)
+    if r.manifest.is_empty() && matches!(object, Object::Seal | Object::Manifest | Object::Contents)
     {
         return Err(ProtocolError::new(
             ErrorCode::NOT_FOUND,
             "the transfer is not sealed yet",
         ));
     }
-    let (source, base, total): (Option<Vec<u8>>, u64, u64) = match f.object {
-        Object::Seal => {
-            let b = bytes_of(&r.seal);
-            let n = b.len() as u64;
-            (Some(b), 0, n)
-        }
-        Object::Manifest => {
-            let b = bytes_of(&r.manifest);
-            let n = b.len() as u64;
-            (Some(b), 0, n)
-        }
-        Object::Contents => {
-            let b = relay.contents(r.row)?.ok_or_else(|| {
-                ProtocolError::new(ErrorCode::NOT_FOUND, "the transfer has no contents")
-            })?;
-            let n = b.len() as u64;
-            (Some(b), 0, n)
-        }
+    let b = match object {
+        Object::Seal => r.seal.clone(),
+        Object::Manifest => r.manifest.clone(),
+        Object::Contents => relay.contents(r.row)?.ok_or_else(|| {
+            ProtocolError::new(ErrorCode::NOT_FOUND, "the transfer has no contents")
+        })?,
         Object::CustodyReceipt => {
             let b = r.custody_receipt.clone().ok_or_else(|| {
                 ProtocolError::new(ErrorCode::NOT_FOUND, "no custody receipt yet")
             })?;
-            let b = relay.served_bundle(b);
-            let n = b.len() as u64;
-            (Some(b.into_bytes()), 0, n)
+            relay.served_bundle(b).into_bytes()
         }
+        Object::File(_) => {
+            return Err(ProtocolError::new(
+                ErrorCode::INTERNAL,
+                "a file is not a document",
+            ));
+        }
+    };
+    Ok((r, b))
+}
+
+async fn fetch<S: Storage + 'static>(
+    relay: &Arc<Relay<S>>,
+    peer: &PeerIdentity,
+    f: rogatory_transport::frame::Fetch,
+    w: &mut FrameWriter,
+) -> Result<(), ProtocolError> {
+    let (r, source, base, total): (TransferRow, Option<Vec<u8>>, u64, u64) = match f.object {
         Object::File(i) => {
+            // A file's FETCH does not need the seal and manifest (megabytes for many files),
+            // and looks its row up here: one thread hand-off per file would cost a bulk fetch.
+            let r = row_for(relay, &f.transfer, false)?;
+            if !r.recipients.contains(&peer.agency) {
+                let t = f.transfer;
+                let refused = blocking(relay, peer, move |r, p| {
+                    Ok(r.refuse(p, t, not_a_recipient()))
+                })
+                .await;
+                return Err(refused.unwrap_or_else(|e| e));
+            }
             if r.state == TransferState::Damaged {
                 return Err(damaged_error());
             }
@@ -385,7 +403,18 @@ async fn fetch<S: Storage + 'static>(
             let (base, size) = relay
                 .file_extent(r.row, i)?
                 .ok_or_else(|| ProtocolError::new(ErrorCode::NOT_FOUND, "no such file"))?;
-            (None, base, size)
+            (r, None, base, size)
+        }
+        object => {
+            // A document or a receipt: the custody receipt's bundle waits for the audit log's
+            // lock, held through fsynced appends: off the async workers.
+            let t = f.transfer;
+            let (r, b) = blocking(relay, peer, move |relay, peer| {
+                document(relay, peer, &t, object)
+            })
+            .await?;
+            let n = b.len() as u64;
+            (r, Some(b), 0, n)
         }
     };
     if f.offset > total {

@@ -1,7 +1,7 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
 //! partial GC, log checkpoints, an offer waiting for the disk (test-plan.md 15, 26, 27, 28, 31, 33,
-//! 35, 36, 37, 38, 39, 52, 81, 120, 131).
+//! 35, 36, 37, 38, 39, 52, 81, 120, 131, 132).
 
 mod support;
 
@@ -1079,7 +1079,7 @@ async fn checkpoint_request_answers_the_latest_checkpoint_and_a_proof() {
 struct Gated {
     inner: DiskStorage,
     armed: std::sync::atomic::AtomicBool,
-    entered: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicUsize,
     timed_out: std::sync::atomic::AtomicBool,
     open: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
@@ -1118,7 +1118,7 @@ impl rogatory_relay::Storage for Gated {
     }
     fn available_space(&self, p: &std::path::Path) -> std::io::Result<u64> {
         if self.armed.load(Ordering::SeqCst) {
-            self.entered.store(true, Ordering::SeqCst);
+            self.entered.fetch_add(1, Ordering::SeqCst);
             let t0 = std::time::Instant::now();
             let mut open = self.open.0.lock().expect("gate");
             while !*open {
@@ -1154,7 +1154,7 @@ async fn an_offer_waiting_for_the_disk_does_not_stop_the_relays_other_requests()
     let tu = t.clone();
     let upload = tokio::spawn(async move { send(&sa, &tu, None).await });
     let t0 = std::time::Instant::now();
-    while !storage.entered.load(Ordering::SeqCst) {
+    while storage.entered.load(Ordering::SeqCst) == 0 {
         assert!(
             t0.elapsed().as_secs() < 20,
             "the offer never reached the disk"
@@ -1185,4 +1185,54 @@ async fn an_offer_waiting_for_the_disk_does_not_stop_the_relays_other_requests()
         inbox_state(&connect(&w, &w.b, r.addr).await, t.id).await,
         TransferState::Complete
     );
+}
+
+/// `protocol.md` §6.2, `relay.md` §2: the same transfer offered twice at once on one
+/// connection, the first held at the disk while it is decided: one upload goes on, the other
+/// is answered CONFLICT (not an index error: offers are decided one at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_transfer_offered_twice_at_once_on_one_connection_is_one_upload() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_c, clock) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let r = start(
+        &w,
+        open_relay(&w, dir.path(), Policy::default(), storage.clone(), clock),
+    );
+    storage.armed.store(true, Ordering::SeqCst);
+    let t = transfer(&w.a, &[&w.b], &exhibits(4), legal(), now());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let (mut wr, rd) = sa.open().await.expect("open");
+        wr.send(&Frame::Offer(t.offer())).await.expect("offer");
+        streams.push((wr, rd));
+    }
+    let t0 = std::time::Instant::now();
+    while storage.entered.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the offer never reached the disk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The second offer arrives meanwhile: it waits for the first to be decided.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    storage.release();
+    assert!(!storage.timed_out.load(Ordering::SeqCst));
+    let mut answers = Vec::new();
+    for (_wr, mut rd) in streams {
+        let f = rd.expect().await.expect("answer");
+        answers.push(rogatory_transport::net::owned(f).expect("control frame"));
+    }
+    let conflicts = answers
+        .iter()
+        .filter(|f| matches!(f, Frame::Error(e) if e.code == ErrorCode::CONFLICT))
+        .count();
+    let accepted = answers
+        .iter()
+        .filter(|f| matches!(f, Frame::Accept(_)))
+        .count();
+    assert_eq!((accepted, conflicts), (1, 1), "{answers:?}");
 }

@@ -1388,12 +1388,14 @@ async fn serve_upload<H: IntakeHandler>(
             message: e.message,
         })
     };
-    if lock(&registry).contains_key(&transfer) {
-        let e = ProtocolError::new(
+    let conflict = || {
+        refuse(ProtocolError::new(
             ErrorCode::CONFLICT,
             "the transfer is already being uploaded on this connection",
-        );
-        let _ = w.send(&refuse(e)).await;
+        ))
+    };
+    if lock(&registry).contains_key(&transfer) {
+        let _ = w.send(&conflict()).await;
         w.finish();
         return;
     }
@@ -1403,7 +1405,10 @@ async fn serve_upload<H: IntakeHandler>(
         let (h, peer) = (handler.clone(), session.peer.clone());
         tokio::task::spawn_blocking(move || h.offer(&peer, &offer))
             .await
-            .unwrap_or_else(|e| Err(ProtocolError::new(ErrorCode::INTERNAL, e.to_string())))
+            .unwrap_or_else(|e| {
+                tracing::error!(%transfer, error = %e, "deciding an offer failed");
+                Err(ProtocolError::new(ErrorCode::INTERNAL, "internal error"))
+            })
     };
     let (layouts, durable) = match decided {
         Ok(v) => v,
@@ -1422,7 +1427,21 @@ async fn serve_upload<H: IntakeHandler>(
         }),
         notify: Notify::new(),
     });
-    lock(&registry).insert(transfer, active.clone());
+    // The same transfer offered twice at once on this connection: both decisions pass (the
+    // relay keeps one upload state per transfer), only the first is driven.
+    let twice = {
+        let mut reg = lock(&registry);
+        let twice = reg.contains_key(&transfer);
+        if !twice {
+            reg.insert(transfer, active.clone());
+        }
+        twice
+    };
+    if twice {
+        let _ = w.send(&conflict()).await;
+        w.finish();
+        return;
+    }
     // The upload stream is read on its own task: reading a frame is not cancel-safe, and the
     // driver below waits on several things at once (`protocol.md` §6.2).
     let (tx, mut rx) = mpsc::channel::<Result<Option<Frame<'static>>, NetError>>(4);
