@@ -1085,6 +1085,18 @@ struct Gated {
 }
 
 impl Gated {
+    /// Waits (blocking this thread, which is not the runtime's worker) until an offer is held.
+    fn wait_entered(&self) {
+        let t0 = std::time::Instant::now();
+        while self.entered.load(Ordering::SeqCst) == 0 {
+            assert!(
+                t0.elapsed().as_secs() < 20,
+                "the offer never reached the disk"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn release(&self) {
         *self.open.0.lock().expect("gate") = true;
         self.open.1.notify_all();
@@ -1134,6 +1146,21 @@ impl rogatory_relay::Storage for Gated {
     }
 }
 
+/// A relay on [`Gated`] storage, armed: the next offer is held at the disk.
+fn gated_relay(
+    w: &World,
+    dir: &std::path::Path,
+) -> (Running<std::sync::Arc<Gated>>, std::sync::Arc<Gated>) {
+    let (_c, clock) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let r = start(
+        w,
+        open_relay(w, dir, Policy::default(), storage.clone(), clock),
+    );
+    storage.armed.store(true, Ordering::SeqCst);
+    (r, storage)
+}
+
 /// `cli.md` "Running the relay" (test-plan.md 131): an offer being decided may wait for the
 /// disk (its index commit and audit entry are fsynced); on a relay with one async worker, other
 /// agencies still connect and get answers meanwhile, and the upload completes once the disk
@@ -1142,26 +1169,12 @@ impl rogatory_relay::Storage for Gated {
 async fn an_offer_waiting_for_the_disk_does_not_stop_the_relays_other_requests() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let (_c, clock) = clock_at(now().unix());
-    let storage = std::sync::Arc::new(Gated::default());
-    let r = start(
-        &w,
-        open_relay(&w, dir.path(), Policy::default(), storage.clone(), clock),
-    );
-    storage.armed.store(true, Ordering::SeqCst);
+    let (r, storage) = gated_relay(&w, dir.path());
     let t = transfer(&w.a, &[&w.b], &exhibits(3), legal(), now());
     let sa = connect(&w, &w.a, r.addr).await;
     let tu = t.clone();
     let upload = tokio::spawn(async move { send(&sa, &tu, None).await });
-    let t0 = std::time::Instant::now();
-    while storage.entered.load(Ordering::SeqCst) == 0 {
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "the offer never reached the disk"
-        );
-        // This thread is not the runtime's worker: waiting here leaves the worker free.
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    storage.wait_entered();
     // The offer is held at the disk: agency-b connects and asks for its inbox and a status.
     let sb = connect(&w, &w.b, r.addr).await;
     let inbox = request(&sb, Frame::InboxRequest(InboxRequest { after: None })).await;
@@ -1194,13 +1207,7 @@ async fn an_offer_waiting_for_the_disk_does_not_stop_the_relays_other_requests()
 async fn the_same_transfer_offered_twice_at_once_on_one_connection_is_one_upload() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let (_c, clock) = clock_at(now().unix());
-    let storage = std::sync::Arc::new(Gated::default());
-    let r = start(
-        &w,
-        open_relay(&w, dir.path(), Policy::default(), storage.clone(), clock),
-    );
-    storage.armed.store(true, Ordering::SeqCst);
+    let (r, storage) = gated_relay(&w, dir.path());
     let t = transfer(&w.a, &[&w.b], &exhibits(4), legal(), now());
     let sa = connect(&w, &w.a, r.addr).await;
     let mut streams = Vec::new();
@@ -1209,14 +1216,7 @@ async fn the_same_transfer_offered_twice_at_once_on_one_connection_is_one_upload
         wr.send(&Frame::Offer(t.offer())).await.expect("offer");
         streams.push((wr, rd));
     }
-    let t0 = std::time::Instant::now();
-    while storage.entered.load(Ordering::SeqCst) == 0 {
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "the offer never reached the disk"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    storage.wait_entered();
     // The second offer arrives meanwhile: it waits for the first to be decided.
     std::thread::sleep(std::time::Duration::from_millis(200));
     storage.release();
