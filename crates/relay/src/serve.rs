@@ -176,12 +176,18 @@ async fn blocking<S: Storage + 'static, T: Send + 'static>(
     f: impl FnOnce(&Relay<S>, &PeerIdentity) -> Result<T, ProtocolError> + Send + 'static,
 ) -> Result<T, ProtocolError> {
     let (r, p) = (relay.clone(), peer.clone());
-    tokio::task::spawn_blocking(move || f(&r, &p))
+    rogatory_transport::net::off_worker(move || f(&r, &p)).await
+}
+
+/// [`blocking`] for work whose outcome is an error to answer (a refusal logged, damage marked).
+async fn blocking_error<S: Storage + 'static>(
+    relay: &Arc<Relay<S>>,
+    peer: &PeerIdentity,
+    f: impl FnOnce(&Relay<S>, &PeerIdentity) -> ProtocolError + Send + 'static,
+) -> ProtocolError {
+    blocking(relay, peer, move |r, p| Ok(f(r, p)))
         .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "a blocking task of the relay failed");
-            Err(ProtocolError::new(ErrorCode::INTERNAL, "internal error"))
-        })
+        .unwrap_or_else(|e| e)
 }
 
 /// The relay's hook for client certificates refused during the TLS handshake
@@ -339,7 +345,7 @@ fn document<S: Storage>(
     t: &TransferId,
     object: Object,
 ) -> Result<(TransferRow, Vec<u8>), ProtocolError> {
-    let r = row_for(relay, t, !matches!(object, Object::CustodyReceipt))?;
+    let mut r = row_for(relay, t, !matches!(object, Object::CustodyReceipt))?;
     if !r.recipients.contains(&peer.agency) {
         return Err(relay.refuse(peer, *t, not_a_recipient()));
     }
@@ -351,13 +357,15 @@ fn document<S: Storage>(
         ));
     }
     let b = match object {
-        Object::Seal => r.seal.clone(),
-        Object::Manifest => r.manifest.clone(),
+        // Moved out of the row, not copied: a manifest of many files is megabytes, and the
+        // caller needs only the row's identity.
+        Object::Seal => std::mem::take(&mut r.seal),
+        Object::Manifest => std::mem::take(&mut r.manifest),
         Object::Contents => relay.contents(r.row)?.ok_or_else(|| {
             ProtocolError::new(ErrorCode::NOT_FOUND, "the transfer has no contents")
         })?,
         Object::CustodyReceipt => {
-            let b = r.custody_receipt.clone().ok_or_else(|| {
+            let b = r.custody_receipt.take().ok_or_else(|| {
                 ProtocolError::new(ErrorCode::NOT_FOUND, "no custody receipt yet")
             })?;
             relay.served_bundle(b).into_bytes()
@@ -385,11 +393,10 @@ async fn fetch<S: Storage + 'static>(
             let r = row_for(relay, &f.transfer, false)?;
             if !r.recipients.contains(&peer.agency) {
                 let t = f.transfer;
-                let refused = blocking(relay, peer, move |r, p| {
-                    Ok(r.refuse(p, t, not_a_recipient()))
+                return Err(blocking_error(relay, peer, move |r, p| {
+                    r.refuse(p, t, not_a_recipient())
                 })
-                .await;
-                return Err(refused.unwrap_or_else(|e| e));
+                .await);
             }
             if r.state == TransferState::Damaged {
                 return Err(damaged_error());
@@ -480,10 +487,10 @@ async fn fetch<S: Storage + 'static>(
                     // Only a file is read from the pack (`source` is `None`).
                     // Damage is marked and logged (fsynced): off the async workers.
                     let (row, i) = (r.clone(), file.unwrap_or(0));
-                    let failed = blocking(relay, peer, move |r, _| {
-                        Ok(pack_read_failed(r, &row, i, got))
-                    });
-                    return Err(failed.await.unwrap_or_else(|e| e));
+                    return Err(blocking_error(relay, peer, move |r, _| {
+                        pack_read_failed(r, &row, i, got)
+                    })
+                    .await);
                 }
                 sent.map_err(io)?;
             }

@@ -296,12 +296,7 @@ impl DirectSource {
         }
         let first = off - off % BLOCK as u64;
         // Blocks read ahead before the range are of no use any more (`held` skips them).
-        while self.ahead.front().is_some_and(|&o| o < first) && !self.arrived.is_empty() {
-            self.ahead.pop_front();
-            if let Some((b, _)) = self.arrived.pop_front() {
-                self.spare.push(b);
-            }
-        }
+        while self.ahead.front().is_some_and(|&o| o < first) && self.recycle_answered() {}
         let end = off
             .saturating_add(len.max(1) as u64)
             .min(self.size.max(off + 1))
@@ -323,22 +318,12 @@ impl DirectSource {
                         if self.ahead.len() > self.arrived.len() {
                             return false;
                         }
-                        while self.ahead.pop_front().is_some() {
-                            if let Some((b, _)) = self.arrived.pop_front() {
-                                self.spare.push(b);
-                            }
-                        }
+                        while self.recycle_answered() {}
                     }
-                    // Every buffer is free now but the one held (`1 + AHEAD` in all).
-                    let Some(b) = self.spare.pop() else {
+                    // Every buffer is free now but the one held (`1 + AHEAD` in all); if the
+                    // reader is gone, the read reports it without waiting.
+                    if !self.ask_for(block) {
                         return true;
-                    };
-                    match self.ask.send((block, b)) {
-                        Ok(()) => self.ahead.push_back(block),
-                        Err(e) => {
-                            self.spare.push(e.0.1);
-                            return true;
-                        }
                     }
                     ready = false;
                 }
@@ -346,6 +331,35 @@ impl DirectSource {
             block += BLOCK as u64;
         }
         ready
+    }
+
+    /// The first block read ahead, if its answer is in: its buffer goes back to the spares.
+    fn recycle_answered(&mut self) -> bool {
+        if self.arrived.is_empty() || self.ahead.pop_front().is_none() {
+            return false;
+        }
+        if let Some((b, _)) = self.arrived.pop_front() {
+            self.spare.push(b);
+        }
+        true
+    }
+
+    /// Asks the reader thread for the block at `off` in a spare buffer; false if none is spare
+    /// or the thread is gone.
+    fn ask_for(&mut self, off: u64) -> bool {
+        let Some(b) = self.spare.pop() else {
+            return false;
+        };
+        match self.ask.send((off, b)) {
+            Ok(()) => {
+                self.ahead.push_back(off);
+                true
+            }
+            Err(e) => {
+                self.spare.push(e.0.1);
+                false
+            }
+        }
     }
 
     /// Waits, without blocking the thread, until [`DirectSource::poll_ready`] holds.
@@ -404,17 +418,7 @@ impl DirectSource {
                 Ok(()) => {}
             }
             let mut next = self.ahead.back().map_or(block_off, |&o| o) + BLOCK as u64;
-            while self.ahead.len() < AHEAD && next < self.size {
-                let Some(b) = self.spare.pop() else {
-                    break;
-                };
-                match self.ask.send((next, b)) {
-                    Ok(()) => self.ahead.push_back(next),
-                    Err(e) => {
-                        self.spare.push(e.0.1);
-                        break;
-                    }
-                }
+            while self.ahead.len() < AHEAD && next < self.size && self.ask_for(next) {
                 next += BLOCK as u64;
             }
         }

@@ -1372,6 +1372,18 @@ pub async fn serve_connection<H, R, Fut>(
     }
 }
 
+/// Runs `f`, work that may wait for the disk (an fsync, a lock held through one), on a
+/// blocking thread, so that the async worker's other connections go on meanwhile. A task that
+/// fails (a panic) is logged and answered `INTERNAL`, without its message.
+pub async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProtocolError> + Send + 'static,
+) -> Result<T, ProtocolError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a blocking task failed");
+        Err(ProtocolError::new(ErrorCode::INTERNAL, "internal error"))
+    })
+}
+
 async fn serve_upload<H: IntakeHandler>(
     session: Session,
     handler: Arc<H>,
@@ -1403,12 +1415,7 @@ async fn serve_upload<H: IntakeHandler>(
     // async workers, whose other connections would wait meanwhile (`cli.md` "Running the relay").
     let decided = {
         let (h, peer) = (handler.clone(), session.peer.clone());
-        tokio::task::spawn_blocking(move || h.offer(&peer, &offer))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(%transfer, error = %e, "deciding an offer failed");
-                Err(ProtocolError::new(ErrorCode::INTERNAL, "internal error"))
-            })
+        off_worker(move || h.offer(&peer, &offer)).await
     };
     let (layouts, durable) = match decided {
         Ok(v) => v,
@@ -1429,13 +1436,12 @@ async fn serve_upload<H: IntakeHandler>(
     });
     // The same transfer offered twice at once on this connection: both decisions pass (the
     // relay keeps one upload state per transfer), only the first is driven.
-    let twice = {
-        let mut reg = lock(&registry);
-        let twice = reg.contains_key(&transfer);
-        if !twice {
-            reg.insert(transfer, active.clone());
+    let twice = match lock(&registry).entry(transfer) {
+        std::collections::hash_map::Entry::Occupied(_) => true,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(active.clone());
+            false
         }
-        twice
     };
     if twice {
         let _ = w.send(&conflict()).await;
@@ -1521,9 +1527,7 @@ async fn drive_intake<H: IntakeHandler>(
                     return Err(ProtocolError::new(ErrorCode::INTERNAL, "no seal held"));
                 };
                 let peer = peer.clone();
-                let text = tokio::task::spawn_blocking(move || h.complete(&peer, transfer, &seal))
-                    .await
-                    .map_err(|e| ProtocolError::new(ErrorCode::INTERNAL, e.to_string()))??;
+                let text = off_worker(move || h.complete(&peer, transfer, &seal)).await?;
                 lock(&active.state).intake.receipt(text)?;
                 continue;
             }
@@ -1534,9 +1538,7 @@ async fn drive_intake<H: IntakeHandler>(
         if dirty && (complete || last_sync.elapsed() >= cfg.sync_interval) {
             lock(&active.state).dirty = false;
             let h = handler.clone();
-            let durable = tokio::task::spawn_blocking(move || h.sync(transfer))
-                .await
-                .map_err(|e| ProtocolError::new(ErrorCode::INTERNAL, e.to_string()))??;
+            let durable = off_worker(move || h.sync(transfer)).await?;
             last_sync = Instant::now();
             let mut st = lock(&active.state);
             let now = Instant::now().into_std();
