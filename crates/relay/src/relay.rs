@@ -31,6 +31,7 @@ use rogatory_custody::{
 };
 use rogatory_transport::direct::{DirectRead, DirectSource};
 use rogatory_transport::frame::{Offer, Seal, TransferState};
+use rogatory_transport::net::{Accepted, Lease};
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -121,6 +122,18 @@ struct FileInfo {
     base: u64,
 }
 
+/// One upload of a transfer in progress (`relay.md` §2 "One upload at a time").
+#[derive(Debug)]
+struct Upload {
+    /// The offer it belongs to ([`Lease::id`]): a newer offer of the transfer takes it over.
+    lease: u64,
+    /// Taken over: nothing more of it is written or committed. Set before the new upload reads
+    /// the durable prefixes, and read under the index's lock by a commit
+    /// ([`Relay::commit_batch`]) and under `state`'s by a write ([`Relay::store`]).
+    fenced: std::sync::atomic::AtomicBool,
+    state: Mutex<Active>,
+}
+
 /// A transfer being received (its pack file lives in the spool).
 #[derive(Debug)]
 struct Active {
@@ -158,7 +171,9 @@ pub struct Relay<S: Storage> {
     policy: std::sync::RwLock<Arc<Policy>>,
     revocations: std::sync::RwLock<Arc<Revocations>>,
     clock: Clock,
-    active: Mutex<HashMap<TransferId, Arc<Mutex<Active>>>>,
+    active: Mutex<HashMap<TransferId, Arc<Upload>>>,
+    /// The last [`Lease::id`] given out.
+    leases: std::sync::atomic::AtomicU64,
     /// TLS refusals logged in the current minute (a flood is summarised, not logged entry by entry).
     tls_rejections: Mutex<(i64, u32)>,
     /// Files each recipient has fetched to the end, per transfer (until it has all of them).
@@ -230,6 +245,14 @@ fn write_arc<T>(l: &std::sync::RwLock<Arc<T>>, v: T) {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A write, commit or seal of an upload that a newer offer of its transfer took over.
+fn taken_over() -> ProtocolError {
+    perr(
+        ErrorCode::CONFLICT,
+        "a newer connection of the sender took this upload over; this one stops",
+    )
 }
 
 fn perr(code: ErrorCode, m: impl Into<String>) -> ProtocolError {
@@ -708,6 +731,7 @@ impl<S: Storage> Relay<S> {
             witness,
             direct_open: Arc::default(),
             offering: Mutex::new(()),
+            leases: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -1189,11 +1213,7 @@ impl<S: Storage> Relay<S> {
     /// Handles an OFFER (`relay.md` §2): bind the transfer to its sender, apply the policy to
     /// the offer, create or resume the transfer. Refusals are logged. The seal comes at the end
     /// of the upload ([`Relay::complete`]).
-    pub fn offer(
-        &self,
-        peer: &PeerIdentity,
-        offer: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    pub fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<Accepted, ProtocolError> {
         let decided = {
             let _one = lock(&self.offering);
             self.offer_inner(peer, offer)
@@ -1201,11 +1221,7 @@ impl<S: Storage> Relay<S> {
         decided.map_err(|e| self.refuse(peer, offer.transfer, e))
     }
 
-    fn offer_inner(
-        &self,
-        peer: &PeerIdentity,
-        offer: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer_inner(&self, peer: &PeerIdentity, offer: &Offer) -> Result<Accepted, ProtocolError> {
         // One configuration for the whole request, even if a reload swaps it meanwhile
         // (`relay.md` §11).
         let (trust, policy) = (self.trust(), self.policy());
@@ -1262,22 +1278,32 @@ impl<S: Storage> Relay<S> {
                     return Err(perr(ErrorCode::INTEGRITY, "this transfer was rejected"));
                 }
             }
-            let durable = self.durable(existing.row)?;
             // A damaged transfer is repaired like a resume (`relay.md` §10): the sender re-sends
             // what the reduced durable prefixes lack, then the same seal.
-            if matches!(
+            let receiving = matches!(
                 existing.state,
                 TransferState::Receiving | TransferState::Damaged
-            ) {
-                self.activate(&existing, &layouts, o.piece_hash(), &durable)?;
+            );
+            if receiving {
+                self.take_over(&offer.transfer);
             }
+            let durable = self.durable(existing.row)?;
+            let lease = if receiving {
+                self.activate(&existing, &layouts, o.piece_hash(), &durable)?
+            } else {
+                self.new_lease(offer.transfer)
+            };
             let db = lock(&self.db);
             db.execute(
                 "UPDATE transfers SET touched_at = ?1 WHERE row = ?2",
                 params![self.now().unix(), existing.row],
             )
             .map_err(db_err)?;
-            return Ok((layouts, durable));
+            return Ok(Accepted {
+                layouts,
+                durable,
+                lease,
+            });
         }
 
         // A new transfer: policy (relay.md §4).
@@ -1412,21 +1438,45 @@ impl<S: Storage> Relay<S> {
             .ok_or_else(|| perr(ErrorCode::INTERNAL, "transfer vanished"))?;
         debug_assert_eq!(existing.row, row);
         let durable = vec![0; layouts.len()];
-        self.activate(&existing, &layouts, o.piece_hash(), &durable)?;
-        Ok((layouts, durable))
+        let lease = self.activate(&existing, &layouts, o.piece_hash(), &durable)?;
+        Ok(Accepted {
+            layouts,
+            durable,
+            lease,
+        })
     }
 
+    fn new_lease(&self, transfer: TransferId) -> Lease {
+        let id = self
+            .leases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        Lease { transfer, id }
+    }
+
+    /// An offer of a transfer whose upload the relay still holds takes it over (`relay.md` §2
+    /// "One upload at a time"): its sender was stopped or cut off and started again before the
+    /// old connection timed out. The old upload is fenced, then any write of it in progress is
+    /// waited for; only then are the durable prefixes read for the new one. A commit of the old
+    /// upload has either finished by then (its prefixes are the ones read) or finds it fenced
+    /// and records nothing, so the index never describes bytes the new upload rewrites.
+    fn take_over(&self, t: &TransferId) {
+        let old = lock(&self.active).remove(t);
+        if let Some(old) = old {
+            old.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(lock(&old.state));
+            tracing::info!(transfer = %t, "upload taken over by a newer offer of its sender");
+        }
+    }
+
+    /// Holds the transfer's upload in memory under a new lease (any older one was taken over).
     fn activate(
         &self,
         row: &TransferRow,
         layouts: &[PieceLayout],
         piece_hash: PieceHash,
         durable: &[u64],
-    ) -> Result<(), ProtocolError> {
-        let mut active = lock(&self.active);
-        if active.contains_key(&row.transfer) {
-            return Ok(());
-        }
+    ) -> Result<Lease, ProtocolError> {
         let frontiers = self.stored_frontiers(row.row, durable)?;
         // A damaged transfer's pack stays in the inbox and is repaired in place; it may have
         // been removed or replaced behind the relay's back, so no cached handle is trusted.
@@ -1446,23 +1496,28 @@ impl<S: Storage> Relay<S> {
                 fi
             })
             .collect::<Vec<_>>();
-        active.insert(
+        let lease = self.new_lease(row.transfer);
+        lock(&self.active).insert(
             row.transfer,
-            Arc::new(Mutex::new(Active {
-                row: row.row,
-                spool,
-                files,
-                piece_hash,
-                frontiers,
-                received: durable.to_vec(),
-                durable: durable.to_vec(),
-                changed: Vec::new(),
-                dirty: false,
-                named: durable.iter().any(|&d| d > 0),
-                syncing: false,
-            })),
+            Arc::new(Upload {
+                lease: lease.id,
+                fenced: std::sync::atomic::AtomicBool::new(false),
+                state: Mutex::new(Active {
+                    row: row.row,
+                    spool,
+                    files,
+                    piece_hash,
+                    frontiers,
+                    received: durable.to_vec(),
+                    durable: durable.to_vec(),
+                    changed: Vec::new(),
+                    dirty: false,
+                    named: durable.iter().any(|&d| d > 0),
+                    syncing: false,
+                }),
+            }),
         );
-        Ok(())
+        Ok(lease)
     }
 
     /// The frontiers saved with the durable prefixes; each must cover exactly its prefix.
@@ -1498,13 +1553,32 @@ impl<S: Storage> Relay<S> {
             .collect()
     }
 
-    fn get_active(&self, t: &TransferId) -> Result<Arc<Mutex<Active>>, ProtocolError> {
-        lock(&self.active).get(t).cloned().ok_or_else(|| {
-            perr(
-                ErrorCode::NOT_FOUND,
-                "no upload of this transfer is in progress",
-            )
-        })
+    /// The upload `lease` holds, unless a newer offer took it over.
+    fn get_active(&self, lease: &Lease) -> Result<Arc<Upload>, ProtocolError> {
+        let u = lock(&self.active)
+            .get(&lease.transfer)
+            .cloned()
+            .ok_or_else(|| {
+                perr(
+                    ErrorCode::NOT_FOUND,
+                    "no upload of this transfer is in progress",
+                )
+            })?;
+        if u.lease != lease.id || u.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(taken_over());
+        }
+        Ok(u)
+    }
+
+    /// Forgets the upload `lease` holds, if it still does.
+    fn release(&self, lease: &Lease) {
+        let mut active = lock(&self.active);
+        if active
+            .get(&lease.transfer)
+            .is_some_and(|u| u.lease == lease.id)
+        {
+            active.remove(&lease.transfer);
+        }
     }
 
     /// Rejects a transfer for an integrity failure: logged, never receipted.
@@ -1532,13 +1606,17 @@ impl<S: Storage> Relay<S> {
     /// piece-root frontier, then it is written. Nothing is durable before [`Relay::sync`].
     pub fn store(
         &self,
-        t: TransferId,
+        lease: Lease,
         file: u32,
         piece: u64,
         bytes: &[u8],
     ) -> Result<(), ProtocolError> {
-        let a = self.get_active(&t)?;
-        let mut a = lock(&a);
+        let u = self.get_active(&lease)?;
+        let mut a = lock(&u.state);
+        // Checked under the lock a takeover waits for: no write of a fenced upload follows.
+        if u.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(taken_over());
+        }
         let f = file as usize;
         let info = a
             .files
@@ -1569,10 +1647,11 @@ impl<S: Storage> Relay<S> {
     /// Makes what was stored durable (`relay.md` §3) and returns the durable piece counts.
     /// Group commit: the fsync runs without the transfer's lock, so pieces keep being stored
     /// meanwhile; they are covered by the next sync.
-    pub fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
-        let a = self.get_active(&t)?;
+    pub fn sync(&self, lease: Lease) -> Result<Vec<u64>, ProtocolError> {
+        let u = self.get_active(&lease)?;
+        let a = &u.state;
         let (spool, row, named, batch) = {
-            let mut g = lock(&a);
+            let mut g = lock(a);
             if !g.dirty || g.syncing {
                 return Ok(g.durable.clone());
             }
@@ -1588,8 +1667,8 @@ impl<S: Storage> Relay<S> {
                 .collect();
             (g.spool.clone(), g.row, g.named, batch)
         };
-        let result = self.commit_batch(&spool, row, named, &batch);
-        let mut g = lock(&a);
+        let result = self.commit_batch(&spool, row, named, &batch, &u.fenced);
+        let mut g = lock(a);
         g.syncing = false;
         match result {
             Ok(()) => {
@@ -1623,6 +1702,7 @@ impl<S: Storage> Relay<S> {
         row: i64,
         named: bool,
         batch: &[(u32, u64, Vec<u8>)],
+        fenced: &std::sync::atomic::AtomicBool,
     ) -> Result<(), ProtocolError> {
         self.storage.sync(spool).map_err(storage_err)?;
         crate::failpoint::hit("sync.after_fsync");
@@ -1635,6 +1715,11 @@ impl<S: Storage> Relay<S> {
         }
         {
             let mut db = lock(&self.db);
+            // Under the index's lock: a takeover reads the durable prefixes after this commit,
+            // or this commit finds the upload fenced and records nothing.
+            if fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(taken_over());
+            }
             let tx = db.transaction().map_err(db_err)?;
             {
                 let mut up = tx
@@ -1666,10 +1751,11 @@ impl<S: Storage> Relay<S> {
     pub fn complete(
         &self,
         peer: &PeerIdentity,
-        t: TransferId,
+        lease: Lease,
         seal: &Seal,
     ) -> Result<String, ProtocolError> {
-        self.complete_inner(t, seal).map_err(|e| {
+        let t = lease.transfer;
+        self.complete_inner(&lease, seal).map_err(|e| {
             // Integrity failures are logged where they are found; other refusals here.
             let logged = e.code == ErrorCode::INTEGRITY
                 || e.code == ErrorCode::INTERNAL
@@ -1678,12 +1764,13 @@ impl<S: Storage> Relay<S> {
         })
     }
 
-    fn complete_inner(&self, t: TransferId, seal: &Seal) -> Result<String, ProtocolError> {
+    fn complete_inner(&self, lease: &Lease, seal: &Seal) -> Result<String, ProtocolError> {
+        let t = lease.transfer;
         let row = self
             .transfer(&t)?
             .ok_or_else(|| perr(ErrorCode::NOT_FOUND, "no such transfer"))?;
         if row.state == TransferState::Damaged {
-            return self.repaired(&row, seal);
+            return self.repaired(lease, &row, seal);
         }
         if let Some(b) = &row.custody_receipt {
             if row.manifest == seal.manifest.as_bytes() && row.seal == seal.seal.as_bytes() {
@@ -1716,8 +1803,8 @@ impl<S: Storage> Relay<S> {
                 "the sealed manifest does not match the offer",
             ));
         }
-        let active = self.get_active(&t)?;
-        let a = lock(&active);
+        let active = self.get_active(lease)?;
+        let a = lock(&active.state);
         if !a.all_durable() {
             return Err(perr(
                 ErrorCode::PROTOCOL_VIOLATION,
@@ -1812,7 +1899,7 @@ impl<S: Storage> Relay<S> {
                 params![bundle, row.row],
             )
             .map_err(db_err)?;
-        lock(&self.active).remove(&t);
+        self.release(lease);
         tracing::info!(transfer = %t, log_index = index, "custody receipt issued");
         Ok(bundle)
     }
@@ -1820,7 +1907,12 @@ impl<S: Storage> Relay<S> {
     /// SEAL of a damaged transfer (`relay.md` §10): the seal it was receipted with, every piece
     /// durable again and every file's root equal to its sealed piece root. It becomes fetchable
     /// again under its original custody receipt, which is returned; nothing new is signed.
-    fn repaired(&self, row: &TransferRow, seal: &Seal) -> Result<String, ProtocolError> {
+    fn repaired(
+        &self,
+        lease: &Lease,
+        row: &TransferRow,
+        seal: &Seal,
+    ) -> Result<String, ProtocolError> {
         let t = row.transfer;
         let bundle = row
             .custody_receipt
@@ -1834,8 +1926,8 @@ impl<S: Storage> Relay<S> {
         }
         let m = Manifest::parse(&row.manifest)
             .map_err(|e| perr(ErrorCode::INTERNAL, format!("stored manifest: {e}")))?;
-        let active = self.get_active(&t)?;
-        let a = lock(&active);
+        let active = self.get_active(lease)?;
+        let a = lock(&active.state);
         if !a.all_durable() {
             return Err(perr(
                 ErrorCode::PROTOCOL_VIOLATION,
@@ -1851,7 +1943,7 @@ impl<S: Storage> Relay<S> {
             .map(|(i, _)| i as u32)
             .collect();
         drop(a);
-        lock(&self.active).remove(&t);
+        self.release(lease);
         if let Some(&first) = bad.first() {
             // Still damaged: those files are to be re-sent whole again.
             self.reset_files(row.row, &bad)?;
@@ -1971,9 +2063,10 @@ impl<S: Storage> Relay<S> {
         let _ = self.storage.remove(&self.spool(row.row));
     }
 
-    /// The upload stopped before completion: forget the in-memory state (what is durable stays).
-    pub fn abandon(&self, t: TransferId) {
-        lock(&self.active).remove(&t);
+    /// The upload stopped before completion: forget the in-memory state (what is durable stays),
+    /// unless a newer offer has taken it over.
+    pub fn abandon(&self, lease: Lease) {
+        self.release(&lease);
     }
 
     /// Reads `len` bytes of a stored transfer's pack file at `offset` into `buf`.

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use rogatory_custody::{PieceLayout, Timestamp, TransferId};
+use rogatory_custody::{Timestamp, TransferId};
 use rogatory_transport::frame::{
     ErrorFrame, FetchHead, Frame, Inbox, InboxEntry, LogCheckpoint, Object, Offer, Receipt,
     ReceiptKind, Seal, Status, TransferState,
 };
 use rogatory_transport::net::{
-    FrameReader, FrameWriter, IntakeHandler, ServeConfig, Session, serve_connection,
+    Accepted, FrameReader, FrameWriter, IntakeHandler, Lease, ServeConfig, Session,
+    serve_connection,
 };
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
@@ -26,34 +27,24 @@ pub const INBOX_PAGE: usize = 1000;
 pub struct Handler<S: Storage + 'static>(pub Arc<Relay<S>>);
 
 impl<S: Storage + 'static> IntakeHandler for Handler<S> {
-    fn offer(
-        &self,
-        peer: &PeerIdentity,
-        offer: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<Accepted, ProtocolError> {
         self.0.offer(peer, offer)
     }
-    fn store(
-        &self,
-        t: TransferId,
-        file: u32,
-        piece: u64,
-        bytes: &[u8],
-    ) -> Result<(), ProtocolError> {
+    fn store(&self, t: Lease, file: u32, piece: u64, bytes: &[u8]) -> Result<(), ProtocolError> {
         self.0.store(t, file, piece, bytes)
     }
-    fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
+    fn sync(&self, t: Lease) -> Result<Vec<u64>, ProtocolError> {
         self.0.sync(t)
     }
     fn complete(
         &self,
         peer: &PeerIdentity,
-        t: TransferId,
+        t: Lease,
         seal: &Seal,
     ) -> Result<String, ProtocolError> {
         self.0.complete(peer, t, seal)
     }
-    fn abandon(&self, t: TransferId) {
+    fn abandon(&self, t: Lease) {
         self.0.abandon(t)
     }
 }

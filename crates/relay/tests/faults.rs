@@ -15,6 +15,7 @@ use rogatory_relay::logfile::read_records;
 use rogatory_relay::{DiskStorage, Faulty, Policy, Relay, SimStorage, Storage, Unsynced};
 use rogatory_transport::ProtocolError;
 use rogatory_transport::frame::Seal;
+use rogatory_transport::net::Accepted;
 use rogatory_transport::tls::PeerIdentity;
 use support::*;
 
@@ -34,7 +35,11 @@ fn drive<S: Storage>(
     t: &Transfer,
     sync_every: usize,
 ) -> Result<String, ProtocolError> {
-    let (layouts, durable) = relay.offer(peer, &t.offer())?;
+    let Accepted {
+        layouts,
+        durable,
+        lease,
+    } = relay.offer(peer, &t.offer())?;
     let mut n = 0;
     for (f, l) in layouts.iter().enumerate() {
         if durable[f] == l.count() {
@@ -44,24 +49,24 @@ fn drive<S: Storage>(
         for p in durable[f]..l.count() {
             let r = l.range(p).expect("range");
             relay.store(
-                t.id,
+                lease,
                 f as u32,
                 p,
                 &t.ciphertexts[f][r.start as usize..r.end as usize],
             )?;
             n += 1;
             if n % sync_every == 0 {
-                relay.sync(t.id)?;
+                relay.sync(lease)?;
             }
         }
     }
     if durable.iter().zip(&layouts).any(|(&d, l)| d < l.count()) {
-        let d = relay.sync(t.id)?;
+        let d = relay.sync(lease)?;
         assert!(d.iter().zip(&layouts).all(|(&d, l)| d == l.count()));
     }
     let r = relay.complete(
         peer,
-        t.id,
+        lease,
         &Seal {
             transfer: t.id,
             seal: t.seal.clone(),
@@ -70,7 +75,7 @@ fn drive<S: Storage>(
         },
     );
     if r.is_err() {
-        relay.abandon(t.id);
+        relay.abandon(lease);
     }
     r
 }

@@ -1,7 +1,7 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
-//! partial GC, log checkpoints, an offer waiting for the disk (test-plan.md 15, 26, 27, 28, 31, 33,
-//! 35, 36, 37, 38, 39, 52, 81, 120, 131, 132).
+//! partial GC, log checkpoints, an offer waiting for the disk, an upload taken over by a newer
+//! offer (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81, 120, 131, 132, 133).
 
 mod support;
 
@@ -760,8 +760,8 @@ async fn retention_purges_with_a_signed_receipt_and_gc_removes_only_stale_partia
         spki_sha256: w.a.tls.spki_sha256().expect("spki"),
         cert_sha256: rogatory_custody::Sha256Digest([0; 32]),
     };
-    r.relay.offer(&peer, &partial.offer()).expect("offer");
-    r.relay.abandon(partial.id);
+    let accepted = r.relay.offer(&peer, &partial.offer()).expect("offer");
+    r.relay.abandon(accepted.lease);
 
     assert!(r.relay.purge(true).expect("dry run").is_empty());
     // Time passes beyond 2027-01-31 (and beyond the partial TTL).
@@ -1073,12 +1073,13 @@ async fn checkpoint_request_answers_the_latest_checkpoint_and_a_proof() {
 }
 
 /// The real file system, except that while armed, asking the free space (which deciding an
-/// offer does) waits until the gate opens, or opens it itself after 10 s (`timed_out`): an
-/// offer stalled on the disk.
+/// offer does), or with `at_fsync` an fsync of a pack, waits until the gate opens, or opens it
+/// itself after 10 s (`timed_out`): an offer, or a group commit, stalled on the disk.
 #[derive(Debug, Default)]
 struct Gated {
     inner: DiskStorage,
     armed: std::sync::atomic::AtomicBool,
+    at_fsync: std::sync::atomic::AtomicBool,
     entered: std::sync::atomic::AtomicUsize,
     timed_out: std::sync::atomic::AtomicBool,
     open: (std::sync::Mutex<bool>, std::sync::Condvar),
@@ -1101,6 +1102,23 @@ impl Gated {
         *self.open.0.lock().expect("gate") = true;
         self.open.1.notify_all();
     }
+
+    /// Waits for the gate if it is armed for this operation.
+    fn hold(&self, fsync: bool) {
+        if !self.armed.load(Ordering::SeqCst) || self.at_fsync.load(Ordering::SeqCst) != fsync {
+            return;
+        }
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        let mut open = self.open.0.lock().expect("gate");
+        while !*open {
+            let Some(left) = std::time::Duration::from_secs(10).checked_sub(t0.elapsed()) else {
+                self.timed_out.store(true, Ordering::SeqCst);
+                break;
+            };
+            open = self.open.1.wait_timeout(open, left).expect("gate").0;
+        }
+    }
 }
 
 impl rogatory_relay::Storage for Gated {
@@ -1114,6 +1132,7 @@ impl rogatory_relay::Storage for Gated {
         self.inner.read_at(p, o, b)
     }
     fn sync(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.hold(true);
         self.inner.sync(p)
     }
     fn rename(&self, f: &std::path::Path, t: &std::path::Path) -> std::io::Result<()> {
@@ -1129,19 +1148,7 @@ impl rogatory_relay::Storage for Gated {
         self.inner.len(p)
     }
     fn available_space(&self, p: &std::path::Path) -> std::io::Result<u64> {
-        if self.armed.load(Ordering::SeqCst) {
-            self.entered.fetch_add(1, Ordering::SeqCst);
-            let t0 = std::time::Instant::now();
-            let mut open = self.open.0.lock().expect("gate");
-            while !*open {
-                let Some(left) = std::time::Duration::from_secs(10).checked_sub(t0.elapsed())
-                else {
-                    self.timed_out.store(true, Ordering::SeqCst);
-                    break;
-                };
-                open = self.open.1.wait_timeout(open, left).expect("gate").0;
-            }
-        }
+        self.hold(false);
         self.inner.available_space(p)
     }
 }
@@ -1235,4 +1242,148 @@ async fn the_same_transfer_offered_twice_at_once_on_one_connection_is_one_upload
         .filter(|f| matches!(f, Frame::Accept(_)))
         .count();
     assert_eq!((accepted, conflicts), (1, 1), "{answers:?}");
+}
+
+fn peer_a(w: &World) -> rogatory_transport::tls::PeerIdentity {
+    rogatory_transport::tls::PeerIdentity {
+        agency: w.a.identity.id().clone(),
+        spki_sha256: w.a.tls.spki_sha256().expect("spki"),
+        cert_sha256: rogatory_custody::Sha256Digest([0; 32]),
+    }
+}
+
+/// Stores pieces `from..to` of file 0 of `t` under `lease`.
+fn store_pieces<S: rogatory_relay::Storage>(
+    relay: &rogatory_relay::relay::Relay<S>,
+    lease: rogatory_transport::net::Lease,
+    t: &Transfer,
+    pieces: std::ops::Range<u64>,
+) -> Result<(), rogatory_transport::ProtocolError> {
+    for p in pieces {
+        let r = t.layouts[0].range(p).expect("range");
+        relay.store(
+            lease,
+            0,
+            p,
+            &t.ciphertexts[0][r.start as usize..r.end as usize],
+        )?;
+    }
+    Ok(())
+}
+
+fn seal_of(t: &Transfer) -> rogatory_transport::frame::Seal {
+    rogatory_transport::frame::Seal {
+        transfer: t.id,
+        seal: t.seal.clone(),
+        manifest: t.manifest_json.clone(),
+        contents: t.contents.clone(),
+    }
+}
+
+/// `relay.md` §2 "One upload at a time" (test-plan.md 133): a sender killed or cut off and started
+/// again offers its transfer while the relay still holds the old connection's upload, with
+/// pieces stored but not yet durable. The new offer takes the upload over from the durable
+/// prefixes; the old upload's writes, commits, seal and end are refused (CONFLICT) or ignored,
+/// and the new one completes with its custody receipt and the stored bytes intact.
+#[test]
+fn a_newer_offer_of_a_transfer_takes_its_upload_over() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_c, clock) = clock_at(now().unix());
+    let relay = open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clock);
+    let t = transfer(&w.a, &[&w.b], &[("big", vec![7; 600_000])], legal(), now());
+    let n = t.layouts[0].count();
+    assert!(n > 6, "{n} pieces");
+    let peer = peer_a(&w);
+    let old = relay.offer(&peer, &t.offer()).expect("first offer");
+    store_pieces(&relay, old.lease, &t, 0..3).expect("store");
+    assert_eq!(relay.sync(old.lease).expect("sync"), vec![3]);
+    store_pieces(&relay, old.lease, &t, 3..5).expect("store, not synced");
+
+    let new = relay.offer(&peer, &t.offer()).expect("the offer again");
+    assert_ne!(new.lease, old.lease);
+    assert_eq!(
+        new.durable,
+        vec![3],
+        "from what is durable, not what was stored"
+    );
+    let conflict = |r: Result<(), rogatory_transport::ProtocolError>| match r {
+        Err(e) => assert_eq!(e.code, ErrorCode::CONFLICT, "{e}"),
+        Ok(()) => panic!("the old upload went on"),
+    };
+    conflict(store_pieces(&relay, old.lease, &t, 5..6));
+    conflict(relay.sync(old.lease).map(drop));
+    conflict(relay.complete(&peer, old.lease, &seal_of(&t)).map(drop));
+    // The old connection ending does not end the new upload.
+    relay.abandon(old.lease);
+
+    store_pieces(&relay, new.lease, &t, 3..n).expect("the new upload");
+    assert_eq!(relay.sync(new.lease).expect("sync"), vec![n]);
+    let bundle = relay
+        .complete(&peer, new.lease, &seal_of(&t))
+        .expect("custody receipt");
+    ReceiptBundle::parse(&bundle)
+        .expect("bundle")
+        .verify(&w.b.identity.signer().verifier())
+        .expect("verifies");
+    let row = relay.transfer(&t.id).expect("db").expect("row");
+    assert_eq!(row.state, TransferState::Complete);
+    let mut held = vec![0; t.ciphertexts[0].len()];
+    assert_eq!(
+        relay.read_pack(&row, 0, &mut held).expect("read"),
+        held.len()
+    );
+    assert!(held == t.ciphertexts[0], "the pack holds the ciphertext");
+}
+
+/// `relay.md` §2 "One upload at a time" (test-plan.md 133): the old upload's group commit is
+/// held at its fsync when the new offer takes over. The new offer does not wait for the disk,
+/// and the old commit, once the disk answers, records nothing: the index keeps the durable
+/// prefixes the new upload was given, which it then rewrites beyond.
+#[test]
+fn a_commit_of_an_upload_taken_over_records_nothing() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_c, clock) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let relay = std::sync::Arc::new(open_relay(
+        &w,
+        dir.path(),
+        Policy::default(),
+        storage.clone(),
+        clock,
+    ));
+    let t = transfer(&w.a, &[&w.b], &[("big", vec![9; 600_000])], legal(), now());
+    let n = t.layouts[0].count();
+    let peer = peer_a(&w);
+    let old = relay.offer(&peer, &t.offer()).expect("first offer");
+    store_pieces(&relay, old.lease, &t, 0..2).expect("store");
+    assert_eq!(relay.sync(old.lease).expect("sync"), vec![2]);
+    store_pieces(&relay, old.lease, &t, 2..5).expect("store");
+    storage.at_fsync.store(true, Ordering::SeqCst);
+    storage.armed.store(true, Ordering::SeqCst);
+    let held = {
+        let relay = relay.clone();
+        std::thread::spawn(move || relay.sync(old.lease))
+    };
+    storage.wait_entered();
+    storage.armed.store(false, Ordering::SeqCst);
+    let new = relay.offer(&peer, &t.offer()).expect("the offer again");
+    assert_eq!(new.durable, vec![2]);
+    storage.release();
+    assert!(
+        !storage.timed_out.load(Ordering::SeqCst),
+        "the offer waited for the old fsync"
+    );
+    match held.join().expect("join") {
+        Err(e) => assert_eq!(e.code, ErrorCode::CONFLICT, "{e}"),
+        Ok(d) => panic!("the old commit was recorded: {d:?}"),
+    }
+    let row = relay.transfer(&t.id).expect("db").expect("row");
+    assert_eq!(relay.durable(row.row).expect("db"), vec![2]);
+    store_pieces(&relay, new.lease, &t, 2..n).expect("the new upload");
+    assert_eq!(relay.sync(new.lease).expect("sync"), vec![n]);
+    relay
+        .complete(&peer, new.lease, &seal_of(&t))
+        .expect("custody receipt");
 }

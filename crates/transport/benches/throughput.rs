@@ -17,7 +17,7 @@ use bare_quinn::{Setup, bare, setup};
 use rogatory_custody::{PieceLayout, TransferId, piece_layout};
 use rogatory_transport::frame::{Offer, Seal};
 use rogatory_transport::net::{
-    IntakeHandler, Node, PieceSource, ServeConfig, serve_connection, upload,
+    Accepted, IntakeHandler, Lease, Node, PieceSource, ServeConfig, serve_connection, upload,
 };
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::upload::UploadConfig;
@@ -31,24 +31,27 @@ struct Sink {
 }
 
 impl IntakeHandler for Sink {
-    fn offer(
-        &self,
-        _: &PeerIdentity,
-        _: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer(&self, _: &PeerIdentity, o: &Offer) -> Result<Accepted, ProtocolError> {
         self.received.store(0, Ordering::SeqCst);
         self.bytes.store(0, Ordering::SeqCst);
-        Ok((vec![self.layout], vec![0]))
+        Ok(Accepted {
+            layouts: vec![self.layout],
+            durable: vec![0],
+            lease: Lease {
+                transfer: o.transfer,
+                id: 0,
+            },
+        })
     }
-    fn store(&self, _: TransferId, _: u32, _: u64, b: &[u8]) -> Result<(), ProtocolError> {
+    fn store(&self, _: Lease, _: u32, _: u64, b: &[u8]) -> Result<(), ProtocolError> {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
         Ok(())
     }
-    fn sync(&self, _: TransferId) -> Result<Vec<u64>, ProtocolError> {
+    fn sync(&self, _: Lease) -> Result<Vec<u64>, ProtocolError> {
         Ok(vec![self.received.load(Ordering::SeqCst)])
     }
-    fn complete(&self, _: &PeerIdentity, _: TransferId, _: &Seal) -> Result<String, ProtocolError> {
+    fn complete(&self, _: &PeerIdentity, _: Lease, _: &Seal) -> Result<String, ProtocolError> {
         Ok("receipt\n".into())
     }
 }

@@ -1239,41 +1239,53 @@ pub fn owned(f: Frame<'_>) -> Option<Frame<'static>> {
     })
 }
 
+/// One upload of a transfer as the relay holds it (`relay.md` §2 "One upload at a time"). A
+/// newer offer of the same transfer (its sender started again while the relay still holds the
+/// old connection) takes the upload over: the older lease is refused with `CONFLICT` from then on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The transfer uploaded.
+    pub transfer: TransferId,
+    /// Which offer of it: distinct for every offer the relay accepts.
+    pub id: u64,
+}
+
+/// An accepted offer ([`IntakeHandler::offer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// Each file's pieces.
+    pub layouts: Vec<PieceLayout>,
+    /// `durable[i]` pieces of file `i` are already durable (resume).
+    pub durable: Vec<u64>,
+    /// The upload's lease, passed to every later call.
+    pub lease: Lease,
+}
+
 /// What a relay does with uploads (`protocol.md` §6.2). The relay crate implements it over its
 /// durable store; tests implement it in memory. Methods may block briefly (disk I/O); `sync`
 /// and `receipt`, which fsync, run on the blocking pool.
 pub trait IntakeHandler: Send + Sync + 'static {
-    /// Decides on an offer by `peer`: `Ok((layouts, durable))` accepts it, where `durable[i]`
-    /// pieces of file `i` are already durable (resume). Called on a blocking thread: it may
-    /// commit and fsync.
-    fn offer(
-        &self,
-        peer: &PeerIdentity,
-        offer: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError>;
+    /// Decides on an offer by `peer` and, if it is accepted, leases its upload to the caller.
+    /// Called on a blocking thread: it may commit and fsync.
+    fn offer(&self, peer: &PeerIdentity, offer: &Offer) -> Result<Accepted, ProtocolError>;
     /// The next piece of `file`: hash it and write it (not yet durable).
-    fn store(
-        &self,
-        transfer: TransferId,
-        file: u32,
-        piece: u64,
-        bytes: &[u8],
-    ) -> Result<(), ProtocolError>;
+    fn store(&self, lease: Lease, file: u32, piece: u64, bytes: &[u8])
+    -> Result<(), ProtocolError>;
     /// Makes everything stored so far durable; returns each file's durable piece count.
     /// Called from one task per transfer while `store` goes on: it must not stall `store` for
     /// the duration of an fsync.
-    fn sync(&self, transfer: TransferId) -> Result<Vec<u64>, ProtocolError>;
+    fn sync(&self, lease: Lease) -> Result<Vec<u64>, ProtocolError>;
     /// Every piece is durable and the sender sealed the manifest: check the seal against the
     /// offer and the pieces held, then log and sign the custody receipt.
     fn complete(
         &self,
         peer: &PeerIdentity,
-        transfer: TransferId,
+        lease: Lease,
         seal: &Seal,
     ) -> Result<String, ProtocolError>;
     /// The upload ended without completing (connection lost, failure); the store keeps what
-    /// is durable.
-    fn abandon(&self, _transfer: TransferId) {}
+    /// is durable. A lease already taken over is left alone.
+    fn abandon(&self, _lease: Lease) {}
 }
 
 /// Relay-side settings of the upload driver.
@@ -1296,6 +1308,7 @@ impl Default for ServeConfig {
 
 #[derive(Debug)]
 struct Active {
+    lease: Lease,
     state: Mutex<ActiveState>,
     notify: Notify,
 }
@@ -1307,7 +1320,8 @@ struct ActiveState {
     failed: Option<ProtocolError>,
 }
 
-type Registry = Arc<Mutex<HashMap<TransferId, Arc<Active>>>>;
+/// The connection's uploads; `None` while an offer is being decided.
+type Registry = Arc<Mutex<HashMap<TransferId, Option<Arc<Active>>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock is a bug; the state is still consistent enough to fail
@@ -1366,9 +1380,12 @@ pub async fn serve_connection<H, R, Fut>(
     if let Some(reason) = session.conn.close_reason() {
         tracing::debug!(peer = %session.peer.agency, %reason, "connection ended");
     }
-    let left: Vec<TransferId> = lock(&registry).drain().map(|(t, _)| t).collect();
-    for t in left {
-        handler.abandon(t);
+    let left: Vec<Lease> = lock(&registry)
+        .drain()
+        .filter_map(|(_, a)| a.map(|a| a.lease))
+        .collect();
+    for l in left {
+        handler.abandon(l);
     }
 }
 
@@ -1406,7 +1423,16 @@ async fn serve_upload<H: IntakeHandler>(
             "the transfer is already being uploaded on this connection",
         ))
     };
-    if lock(&registry).contains_key(&transfer) {
+    // Claimed before the offer is decided: a second offer of the transfer on this connection
+    // is refused here and never takes the first's upload over at the relay (`relay.md` §2).
+    let claimed = match lock(&registry).entry(transfer) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(None);
+            true
+        }
+    };
+    if !claimed {
         let _ = w.send(&conflict()).await;
         w.finish();
         return;
@@ -1417,37 +1443,32 @@ async fn serve_upload<H: IntakeHandler>(
         let (h, peer) = (handler.clone(), session.peer.clone());
         off_worker(move || h.offer(&peer, &offer)).await
     };
-    let (layouts, durable) = match decided {
+    let accepted = match decided {
         Ok(v) => v,
         Err(e) => {
+            lock(&registry).remove(&transfer);
             tracing::info!(%transfer, code = %e.code, "offer refused");
             let _ = w.send(&refuse(e)).await;
             w.finish();
             return;
         }
     };
+    let lease = accepted.lease;
     let active = Arc::new(Active {
+        lease,
         state: Mutex::new(ActiveState {
-            intake: Intake::new(transfer, layouts, durable, cfg.intake.clone()),
+            intake: Intake::new(
+                transfer,
+                accepted.layouts,
+                accepted.durable,
+                cfg.intake.clone(),
+            ),
             dirty: false,
             failed: None,
         }),
         notify: Notify::new(),
     });
-    // The same transfer offered twice at once on this connection: both decisions pass (the
-    // relay keeps one upload state per transfer), only the first is driven.
-    let twice = match lock(&registry).entry(transfer) {
-        std::collections::hash_map::Entry::Occupied(_) => true,
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(active.clone());
-            false
-        }
-    };
-    if twice {
-        let _ = w.send(&conflict()).await;
-        w.finish();
-        return;
-    }
+    lock(&registry).insert(transfer, Some(active.clone()));
     // The upload stream is read on its own task: reading a frame is not cancel-safe, and the
     // driver below waits on several things at once (`protocol.md` §6.2).
     let (tx, mut rx) = mpsc::channel::<Result<Option<Frame<'static>>, NetError>>(4);
@@ -1479,7 +1500,7 @@ async fn serve_upload<H: IntakeHandler>(
             tracing::info!(%transfer, code = %e.code, error = %e.message, "upload failed");
             let _ = w.send(&refuse(e)).await;
             w.finish();
-            handler.abandon(transfer);
+            handler.abandon(lease);
         }
     }
 }
@@ -1492,7 +1513,7 @@ async fn drive_intake<H: IntakeHandler>(
     w: &mut FrameWriter,
     rx: &mut mpsc::Receiver<Result<Option<Frame<'static>>, NetError>>,
 ) -> Result<(), ProtocolError> {
-    let transfer = lock(&active.state).intake.transfer();
+    let lease = active.lease;
     let mut out = Vec::new();
     let mut last_sync = Instant::now();
     let mut seal: Option<Seal> = None;
@@ -1527,7 +1548,7 @@ async fn drive_intake<H: IntakeHandler>(
                     return Err(ProtocolError::new(ErrorCode::INTERNAL, "no seal held"));
                 };
                 let peer = peer.clone();
-                let text = off_worker(move || h.complete(&peer, transfer, &seal)).await?;
+                let text = off_worker(move || h.complete(&peer, lease, &seal)).await?;
                 lock(&active.state).intake.receipt(text)?;
                 continue;
             }
@@ -1538,7 +1559,7 @@ async fn drive_intake<H: IntakeHandler>(
         if dirty && (complete || last_sync.elapsed() >= cfg.sync_interval) {
             lock(&active.state).dirty = false;
             let h = handler.clone();
-            let durable = off_worker(move || h.sync(transfer)).await?;
+            let durable = off_worker(move || h.sync(lease)).await?;
             last_sync = Instant::now();
             let mut st = lock(&active.state);
             let now = Instant::now().into_std();
@@ -1586,7 +1607,7 @@ async fn serve_data<H: IntakeHandler>(
         }
         Ok(None) | Err(_) => return,
     };
-    let Some(active) = lock(&registry).get(&transfer).cloned() else {
+    let Some(active) = lock(&registry).get(&transfer).cloned().flatten() else {
         r.stop(ErrorCode::NOT_FOUND);
         return;
     };
@@ -1612,7 +1633,7 @@ async fn serve_data<H: IntakeHandler>(
             Ok(DataAction::Store { file, piece, bytes }) => {
                 wake = !st.dirty || st.intake.all_received();
                 st.dirty = true;
-                handler.store(transfer, file, piece, bytes)
+                handler.store(active.lease, file, piece, bytes)
             }
             Err(e) => Err(e),
         };

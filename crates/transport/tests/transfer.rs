@@ -397,14 +397,13 @@ impl IntakeHandler for Hung {
         &self,
         peer: &rogatory_transport::PeerIdentity,
         offer: &Offer,
-    ) -> Result<(Vec<rogatory_custody::PieceLayout>, Vec<u64>), rogatory_transport::ProtocolError>
-    {
+    ) -> Result<rogatory_transport::net::Accepted, rogatory_transport::ProtocolError> {
         self.inner.offer(peer, offer)
     }
 
     fn store(
         &self,
-        t: TransferId,
+        t: rogatory_transport::net::Lease,
         file: u32,
         piece: u64,
         bytes: &[u8],
@@ -418,14 +417,17 @@ impl IntakeHandler for Hung {
         self.inner.store(t, file, piece, bytes)
     }
 
-    fn sync(&self, t: TransferId) -> Result<Vec<u64>, rogatory_transport::ProtocolError> {
+    fn sync(
+        &self,
+        t: rogatory_transport::net::Lease,
+    ) -> Result<Vec<u64>, rogatory_transport::ProtocolError> {
         self.inner.sync(t)
     }
 
     fn complete(
         &self,
         peer: &rogatory_transport::PeerIdentity,
-        t: TransferId,
+        t: rogatory_transport::net::Lease,
         seal: &frame::Seal,
     ) -> Result<String, rogatory_transport::ProtocolError> {
         self.inner.complete(peer, t, seal)

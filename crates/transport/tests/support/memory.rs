@@ -11,7 +11,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rogatory_custody::{PieceHash, PieceLayout, PieceTable, TransferId, piece_layout};
 use rogatory_transport::frame::{Offer, Seal};
-use rogatory_transport::net::{IntakeHandler, PieceSource};
+use rogatory_transport::net::{Accepted, IntakeHandler, Lease, PieceSource};
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::upload::piece_offset;
 use rogatory_transport::{ErrorCode, ProtocolError};
@@ -133,11 +133,7 @@ fn err(code: ErrorCode, m: &str) -> ProtocolError {
 }
 
 impl IntakeHandler for Memory {
-    fn offer(
-        &self,
-        _peer: &PeerIdentity,
-        offer: &Offer,
-    ) -> Result<(Vec<PieceLayout>, Vec<u64>), ProtocolError> {
+    fn offer(&self, _peer: &PeerIdentity, offer: &Offer) -> Result<Accepted, ProtocolError> {
         let f = self
             .expected
             .get(&offer.transfer)
@@ -150,12 +146,19 @@ impl IntakeHandler for Memory {
             durable: vec![0; f.layouts.len()],
             receipted: false,
         });
-        Ok((f.layouts.clone(), s.durable.clone()))
+        Ok(Accepted {
+            layouts: f.layouts.clone(),
+            durable: s.durable.clone(),
+            lease: Lease {
+                transfer: offer.transfer,
+                id: 0,
+            },
+        })
     }
 
     fn store(
         &self,
-        t: TransferId,
+        Lease { transfer: t, .. }: Lease,
         file: u32,
         piece: u64,
         bytes: &[u8],
@@ -174,7 +177,7 @@ impl IntakeHandler for Memory {
         Ok(())
     }
 
-    fn sync(&self, t: TransferId) -> Result<Vec<u64>, ProtocolError> {
+    fn sync(&self, Lease { transfer: t, .. }: Lease) -> Result<Vec<u64>, ProtocolError> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("lock");
         let s = st
@@ -187,7 +190,7 @@ impl IntakeHandler for Memory {
     fn complete(
         &self,
         _peer: &PeerIdentity,
-        t: TransferId,
+        Lease { transfer: t, .. }: Lease,
         seal: &Seal,
     ) -> Result<String, ProtocolError> {
         let mut st = self.state.lock().expect("lock");
@@ -213,7 +216,7 @@ impl IntakeHandler for Memory {
         Ok(format!("custody receipt for {t}\n"))
     }
 
-    fn abandon(&self, t: TransferId) {
+    fn abandon(&self, Lease { transfer: t, .. }: Lease) {
         // A crash loses what was not synced.
         let f = &self.expected[&t];
         let mut st = self.state.lock().expect("lock");
