@@ -575,6 +575,65 @@ fn bulk_send_and_fetch_of_5000_small_files_with_one_receipt() {
     );
 }
 
+/// `docs/cli.md` "Receiving" (test-plan.md 134): a write that fails in the middle of a group of
+/// small files (here the file-size limit, `ulimit -f`, which one 40 KB file among 4 KiB ones
+/// exceeds: `EFBIG`) ends the fetch with exit 7 and one line naming where; every file under a
+/// final name is whole and exact, the failed file is under no name and no partial file is left;
+/// the same fetch run again completes byte-exact.
+#[test]
+fn a_write_failure_in_a_group_of_small_files_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    two_full_agencies(d);
+    let src = d.join("case");
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    for i in 0..60u32 {
+        let body: Vec<u8> = (0..4096u32).map(|k| (k * 31 + i * 7) as u8).collect();
+        std::fs::write(src.join(format!("sub/f{i:02}")), body).expect("w");
+    }
+    std::fs::write(src.join("sub/f30x"), vec![0x5a; 40_000]).expect("w");
+    let r = relay(d, "B", None);
+    let o = ok(send(d, "A", &r.1, &["--legal-basis", "MLAT"], &["case"]));
+    let transfer = transfer_id(&o);
+    let args = [
+        "--home", "B", "fetch", "--relay", &r.1, &transfer, "-o", "out",
+    ];
+    // 16 KiB per file at most; SIGXFSZ ignored, so the write fails instead of killing.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 16; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(args)
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn sh");
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("rogatory: error:"))
+        .expect("an error line");
+    assert!(
+        line.contains("case/sub/") && line.contains("(os error 27)"),
+        "{err}"
+    );
+    let out = transfer_dir(&d.join("out"));
+    let got = tree(&out.join("case"));
+    assert!(got.len() < 61, "the fetch stopped part way: {} files", got.len());
+    for (name, bytes) in &got {
+        assert_eq!(
+            &std::fs::read(src.join(name)).expect("source"),
+            bytes,
+            "{name} is whole and exact"
+        );
+    }
+    assert!(!out.join("case/sub/f30x").exists());
+    assert!(partials(&out.join("case/sub")).is_empty());
+    ok(run(d, &args));
+    assert_eq!(tree(&out.join("case")), tree(&src));
+}
+
 #[test]
 fn a_bulk_send_lists_every_file_it_cannot_send_and_sends_nothing() {
     use std::os::unix::ffi::OsStrExt;
