@@ -1287,9 +1287,12 @@ impl<S: Storage> Relay<S> {
             if receiving {
                 self.take_over(&offer.transfer);
             }
-            let durable = self.durable(existing.row)?;
+            let durable = self
+                .durable(existing.row)
+                .inspect_err(|_| self.forget_fenced(&offer.transfer))?;
             let lease = if receiving {
-                self.activate(&existing, &layouts, o.piece_hash(), &durable)?
+                self.activate(&existing, &layouts, o.piece_hash(), &durable)
+                    .inspect_err(|_| self.forget_fenced(&offer.transfer))?
             } else {
                 self.new_lease(offer.transfer)
             };
@@ -1459,13 +1462,26 @@ impl<S: Storage> Relay<S> {
     /// old connection timed out. The old upload is fenced, then any write of it in progress is
     /// waited for; only then are the durable prefixes read for the new one. A commit of the old
     /// upload has either finished by then (its prefixes are the ones read) or finds it fenced
-    /// and records nothing, so the index never describes bytes the new upload rewrites.
+    /// and records nothing, so the index never describes bytes the new upload rewrites. The
+    /// fenced upload stays in the map until [`Relay::activate`] replaces it, so that scrub and
+    /// GC see the transfer as being uploaded throughout.
     fn take_over(&self, t: &TransferId) {
-        let old = lock(&self.active).remove(t);
+        let old = lock(&self.active).get(t).cloned();
         if let Some(old) = old {
             old.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
             drop(lock(&old.state));
             tracing::info!(transfer = %t, "upload taken over by a newer offer of its sender");
+        }
+    }
+
+    /// Forgets a fenced upload whose successor could not be activated.
+    fn forget_fenced(&self, t: &TransferId) {
+        let mut active = lock(&self.active);
+        if active
+            .get(t)
+            .is_some_and(|u| u.fenced.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            active.remove(t);
         }
     }
 
@@ -1570,13 +1586,15 @@ impl<S: Storage> Relay<S> {
         Ok(u)
     }
 
-    /// Forgets the upload `lease` holds, if it still does.
+    /// Forgets the upload `lease` holds, if it still does, fenced first: a group commit of it
+    /// still running (its connection ended meanwhile) records nothing, since a newer offer will
+    /// not find it to take over.
     fn release(&self, lease: &Lease) {
         let mut active = lock(&self.active);
-        if active
-            .get(&lease.transfer)
-            .is_some_and(|u| u.lease == lease.id)
+        if let Some(u) = active.get(&lease.transfer)
+            && u.lease == lease.id
         {
+            u.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
             active.remove(&lease.transfer);
         }
     }
@@ -1845,6 +1863,12 @@ impl<S: Storage> Relay<S> {
         };
         {
             let mut db = lock(&self.db);
+            // Under the index's lock, as for a group commit: a SEAL of an upload taken over since
+            // it was checked above commits nothing (the newer upload's SEAL then finds this
+            // completion time, or none, never two).
+            if active.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(taken_over());
+            }
             let tx = db.transaction().map_err(db_err)?;
             tx.execute(
                 "UPDATE documents SET manifest = ?1, seal = ?2, contents = ?3 WHERE row = ?4",
@@ -1943,10 +1967,10 @@ impl<S: Storage> Relay<S> {
             .map(|(i, _)| i as u32)
             .collect();
         drop(a);
-        self.release(lease);
         if let Some(&first) = bad.first() {
             // Still damaged: those files are to be re-sent whole again.
-            self.reset_files(row.row, &bad)?;
+            self.reset_files(row.row, &bad, Some(&active.fenced))?;
+            self.release(lease);
             return Err(self.integrity(
                 t,
                 &row.sender,
@@ -1958,19 +1982,35 @@ impl<S: Storage> Relay<S> {
         self.storage
             .sync_dir(&self.data_dir.join("inbox"))
             .map_err(storage_err)?;
-        lock(&self.db)
-            .execute(
+        {
+            let db = lock(&self.db);
+            if active.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(taken_over());
+            }
+            db.execute(
                 "UPDATE transfers SET state = CASE WHEN delivered_at IS NULL THEN 'complete' ELSE 'delivered' END WHERE row = ?1 AND state = 'damaged'",
                 params![row.row],
             )
             .map_err(db_err)?;
+        }
+        self.release(lease);
         tracing::info!(transfer = %t, "damaged transfer repaired by its sender");
         Ok(bundle)
     }
 
-    /// Sets files' durable prefixes back to nothing: the sender re-sends them whole.
-    fn reset_files(&self, row: i64, files: &[u32]) -> Result<(), ProtocolError> {
+    /// Sets files' durable prefixes back to nothing: the sender re-sends them whole. With
+    /// `fenced`, for an upload's repair: nothing if it was taken over (checked under the index's
+    /// lock).
+    fn reset_files(
+        &self,
+        row: i64,
+        files: &[u32],
+        fenced: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<(), ProtocolError> {
         let mut db = lock(&self.db);
+        if fenced.is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(taken_over());
+        }
         let tx = db.transaction().map_err(db_err)?;
         for &i in files {
             tx.execute(
@@ -2059,7 +2099,9 @@ impl<S: Storage> Relay<S> {
             "UPDATE transfers SET state = 'rejected' WHERE row = ?1",
             params![row.row],
         );
-        lock(&self.active).remove(&row.transfer);
+        if let Some(u) = lock(&self.active).remove(&row.transfer) {
+            u.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let _ = self.storage.remove(&self.spool(row.row));
     }
 
@@ -2583,7 +2625,7 @@ impl<S: Storage> Relay<S> {
                         _ => false,
                     };
                     if !intact && mark && !lock(&self.active).contains_key(&r.transfer) {
-                        self.reset_files(r.row, &[i as u32])?;
+                        self.reset_files(r.row, &[i as u32], None)?;
                     }
                     out.push((
                         r.transfer,
@@ -2627,7 +2669,7 @@ impl<S: Storage> Relay<S> {
                     if receipted {
                         new.push((i as u32, p.clone()));
                     } else if mark && !lock(&self.active).contains_key(&r.transfer) {
-                        self.reset_files(r.row, &[i as u32])?;
+                        self.reset_files(r.row, &[i as u32], None)?;
                     }
                     out.push((r.transfer, i as u32, p));
                 }

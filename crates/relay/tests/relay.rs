@@ -1337,11 +1337,18 @@ fn a_newer_offer_of_a_transfer_takes_its_upload_over() {
 }
 
 /// `relay.md` §2 "One upload at a time" (test-plan.md 133): the old upload's group commit is
-/// held at its fsync when the new offer takes over. The new offer does not wait for the disk,
-/// and the old commit, once the disk answers, records nothing: the index keeps the durable
-/// prefixes the new upload was given, which it then rewrites beyond.
+/// held at its fsync when the new offer takes over, or when the old connection ends (so the new
+/// offer finds nothing to take over). The new offer does not wait for the disk, and the old
+/// commit, once the disk answers, records nothing: the index keeps the durable prefixes the new
+/// upload was given, which it then rewrites beyond.
 #[test]
-fn a_commit_of_an_upload_taken_over_records_nothing() {
+fn a_commit_of_an_upload_taken_over_or_ended_records_nothing() {
+    for ended_first in [false, true] {
+        commit_held_while_the_transfer_is_offered_again(ended_first);
+    }
+}
+
+fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
     let (_c, clock) = clock_at(now().unix());
@@ -1368,8 +1375,11 @@ fn a_commit_of_an_upload_taken_over_records_nothing() {
     };
     storage.wait_entered();
     storage.armed.store(false, Ordering::SeqCst);
+    if ended_first {
+        relay.abandon(old.lease);
+    }
     let new = relay.offer(&peer, &t.offer()).expect("the offer again");
-    assert_eq!(new.durable, vec![2]);
+    assert_eq!(new.durable, vec![2], "ended first: {ended_first}");
     storage.release();
     assert!(
         !storage.timed_out.load(Ordering::SeqCst),
@@ -1377,7 +1387,7 @@ fn a_commit_of_an_upload_taken_over_records_nothing() {
     );
     match held.join().expect("join") {
         Err(e) => assert_eq!(e.code, ErrorCode::CONFLICT, "{e}"),
-        Ok(d) => panic!("the old commit was recorded: {d:?}"),
+        Ok(d) => panic!("the old commit was recorded (ended first: {ended_first}): {d:?}"),
     }
     let row = relay.transfer(&t.id).expect("db").expect("row");
     assert_eq!(relay.durable(row.row).expect("db"), vec![2]);

@@ -1494,13 +1494,15 @@ async fn serve_upload<H: IntakeHandler>(
     let _guard = AbortOnDrop(reader_task);
     let result = drive_intake(&handler, &session.peer, &cfg, &active, &mut w, &mut rx).await;
     lock(&registry).remove(&transfer);
+    // Whatever the outcome, the relay forgets this lease (a no-op if a completion already did):
+    // a SEAL answered from an earlier completion must not leave it held.
+    handler.abandon(lease);
     match result {
         Ok(()) => w.finish(),
         Err(e) => {
             tracing::info!(%transfer, code = %e.code, error = %e.message, "upload failed");
             let _ = w.send(&refuse(e)).await;
             w.finish();
-            handler.abandon(lease);
         }
     }
 }

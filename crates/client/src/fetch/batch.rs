@@ -182,7 +182,7 @@ fn commit(
         .iter_mut()
         .try_for_each(|r| {
             r.pf.finish_writeback()
-                .map_err(|e| io("writing", &r.pf.path, e))
+                .map_err(|e| io("writing", &dest(r.i), e))
         })
         .and_then(|()| durability.sync(&batch));
     if let Err(e) = synced {

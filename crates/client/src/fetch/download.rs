@@ -110,6 +110,13 @@ fn integrity(t: TransferId, f: &FileEntry, what: &str) -> Error {
     )
 }
 
+/// Where file `i` is published. A failed write names it (what the user asked for; the partial
+/// file beside it is removed, or kept for a resume), not the partial's generated name.
+fn dest(c: &Ctx, i: usize) -> std::path::PathBuf {
+    c.output.join(c.files[i].path.as_str())
+}
+
+/// `p`: the file's destination ([`dest`]).
 fn open_error(t: TransferId, f: &FileEntry, p: &Path, e: OpenError) -> Error {
     match e {
         OpenError::Integrity(m) => integrity(t, f, &m),
@@ -254,13 +261,13 @@ pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Opened> {
         let n = op.push_head(ct);
         let id = op
             .open_head(&c.age)
-            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
         let mut plain = Vec::with_capacity(f.size.min(IN_MEMORY) as usize);
         let done = op
             .push_payload(&ct[n..], &mut plain)
-            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
         op.finish(&f.sha256)
-            .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
         Ok(Opened {
             i,
             id,
@@ -274,10 +281,9 @@ pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Opened> {
 /// for removal on interrupt) and closes it, ready for a batch.
 pub(super) fn write_small(c: &Ctx, o: Opened) -> Result<Ready> {
     let mut pf = new_partial(c, o.i, &o.id, false)?;
-    let path = pf.path.clone();
     pf.file()
         .and_then(|w| w.write_all(&o.plain))
-        .map_err(|e| io("writing", &path, e))?;
+        .map_err(|e| io("writing", &dest(c, o.i), e))?;
     pf.close();
     c.bytes_done.fetch_add(o.credit, Ordering::Relaxed);
     Ok(Ready { i: o.i, pf })
@@ -319,7 +325,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                 .await?;
                 let id = op
                     .open_head(&c.age)
-                    .map_err(|e| open_error(t, f, &p.path, e))?;
+                    .map_err(|e| open_error(t, f, &dest(c, i), e))?;
                 let held = if id == p.id {
                     open_partial(&p.path).ok()
                 } else {
@@ -363,7 +369,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                 if !op.wants_head() {
                     let id = op
                         .open_head(&c.age)
-                        .map_err(|e| open_error(t, f, &c.parents[i], e))?;
+                        .map_err(|e| open_error(t, f, &dest(c, i), e))?;
                     let mut pf = new_partial(c, i, &id, resumable)?;
                     pf.keep = resumable;
                     op.hash_on_thread(pf.fd());
@@ -378,14 +384,13 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             let pf = out
                 .as_mut()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "payload before the header"))?;
-            let path = pf.path.clone();
-            let file = pf.file().map_err(|e| io("writing", &path, e))?;
+            let file = pf.file().map_err(|e| io("writing", &dest(c, i), e))?;
             let n = op
                 .push_payload(b, file)
-                .map_err(|e| open_error(t, f, &path, e))?;
+                .map_err(|e| open_error(t, f, &dest(c, i), e))?;
             // What the thread writes goes straight to the device where it can: no writeback.
             if !op.writes_on_thread() {
-                pf.wrote(n).map_err(|e| io("writing", &path, e))?;
+                pf.wrote(n).map_err(|e| io("writing", &dest(c, i), e))?;
             }
             credited += n;
             c.bytes_done.fetch_add(n, Ordering::Relaxed);
@@ -393,11 +398,11 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
         })
         .await;
         let checked = streamed.and_then(|()| {
-            let pf = out
-                .as_ref()
-                .ok_or_else(|| integrity(t, f, "has no header"))?;
+            if out.is_none() {
+                return Err(integrity(t, f, "has no header"));
+            }
             op.finish(&f.sha256)
-                .map_err(|e| open_error(t, f, &pf.path, e))
+                .map_err(|e| open_error(t, f, &dest(c, i), e))
         });
         match checked {
             Ok(()) => {}
