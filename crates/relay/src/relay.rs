@@ -162,6 +162,10 @@ pub struct Relay<S: Storage> {
     storage: S,
     data_dir: PathBuf,
     db: Mutex<Connection>,
+    /// A second, read-only connection to the index, for the lookups an async worker makes
+    /// (a file FETCH's row and extent): in WAL mode a reader never waits for the writer, whose
+    /// connection's lock is held through commits and their fsyncs.
+    reader: Mutex<Connection>,
     /// Guarded with the log: the size of the checkpoint the index holds (`relay.md` §5.1).
     log: Mutex<(AuditLog<FileLogStore>, u64)>,
     /// What opening the log cut off as a torn tail: `(offset, bytes)`.
@@ -708,6 +712,12 @@ impl<S: Storage> Relay<S> {
         move_documents(&mut db)?;
         db.execute_batch(crate::witness::SCHEMA)?;
         let (log, recorded, torn_cut) = open_log(&db, d, &cfg.identity, &cfg.trust)?;
+        // After the schema: the reader sees the index as the writer left it, and the WAL files
+        // exist (the writer's connection keeps them).
+        let reader = Connection::open_with_flags(
+            &db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         let witness = crate::witness::WitnessState::open(
             rogatory_custody::Cosigner::new(&cfg.identity),
             &db,
@@ -719,6 +729,7 @@ impl<S: Storage> Relay<S> {
             storage,
             data_dir: d.clone(),
             db: Mutex::new(db),
+            reader: Mutex::new(reader),
             log: Mutex::new((log, recorded)),
             torn_cut,
             trust: std::sync::RwLock::new(Arc::new(cfg.trust)),
@@ -1115,12 +1126,13 @@ impl<S: Storage> Relay<S> {
     /// Like [`Relay::transfer`], but without the seal, manifest and offer (empty here), which
     /// can be megabytes for a transfer of many files: what serving one file's FETCH
     /// (`protocol.md` §6.3) or a STATUS needs, read once per request. (INBOX lists
-    /// [`Relay::transfers`], also without them.)
+    /// [`Relay::transfers`], also without them.) Read through the index's read-only connection:
+    /// never waits for a commit, so an async worker may call it.
     pub fn transfer_without_documents(
         &self,
         t: &TransferId,
     ) -> Result<Option<TransferRow>, ProtocolError> {
-        let db = lock(&self.db);
+        let db = lock(&self.reader);
         db.prepare_cached(&format!("{ROW_WITHOUT_DOCUMENTS} WHERE transfer = ?1"))
             .and_then(|mut q| q.query_row(params![&t.as_bytes()[..]], read_row).optional())
             .map_err(db_err)
@@ -2179,7 +2191,7 @@ impl<S: Storage> Relay<S> {
 
     /// File `i`'s place in the pack: `(base, ciphertext_size)`.
     pub fn file_extent(&self, row: i64, i: u32) -> Result<Option<(u64, u64)>, ProtocolError> {
-        lock(&self.db)
+        lock(&self.reader)
             .prepare_cached("SELECT base, ciphertext_size FROM files WHERE row = ?1 AND idx = ?2")
             .and_then(|mut q| {
                 q.query_row(params![row, i64::from(i)], |r| {
@@ -2722,6 +2734,44 @@ fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cli.md` "Running the relay" (test-plan.md 135): the index lookups a file FETCH makes on
+    /// an async worker do not wait for the writer's connection, held (as through a commit and
+    /// its fsync) by another thread meanwhile.
+    #[test]
+    fn a_fetchs_index_lookups_do_not_wait_for_a_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let relay = Arc::new(
+            Relay::open(
+                RelayConfig {
+                    data_dir: dir.path().to_owned(),
+                    identity: identity().relay_only(),
+                    trust: TrustStore::new(),
+                    policy: Policy::default(),
+                    clock: system_clock(),
+                },
+                crate::DiskStorage::new(),
+            )
+            .expect("relay"),
+        );
+        let writer = relay.db_lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = relay.clone();
+        let looking = std::thread::spawn(move || {
+            let t: TransferId = "00112233445566778899aabbccddeeff".parse().expect("id");
+            let found = r.transfer_without_documents(&t).map(|row| row.is_none());
+            let extent = r.file_extent(1, 0).map(|e| e.is_none());
+            let _ = tx.send((found, extent));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(writer);
+        looking.join().expect("join");
+        match got {
+            Ok((Ok(true), Ok(true))) => {}
+            Ok(other) => panic!("unexpected lookups: {other:?}"),
+            Err(_) => panic!("the lookups waited for the writer's connection"),
+        }
+    }
 
     fn identity() -> AgencyIdentity {
         AgencyIdentity::from_seeds("agency-b".parse().expect("id"), &[7; 32], [8; 32])
