@@ -1486,6 +1486,19 @@ impl<S: Storage> Relay<S> {
         }
     }
 
+    /// Stops the transfer's upload, if one is held (a repair of a damaged transfer being
+    /// purged, a partial being collected): fenced, any write of it in progress waited for, then
+    /// forgotten. Its next piece, commit or SEAL is refused. Called with `offering` held, so
+    /// that no offer activates the transfer again meanwhile.
+    fn stop_upload(&self, t: &TransferId) {
+        let old = lock(&self.active).remove(t);
+        if let Some(old) = old {
+            old.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(lock(&old.state));
+            tracing::info!(transfer = %t, "upload stopped");
+        }
+    }
+
     /// Forgets a fenced upload whose successor could not be activated.
     fn forget_fenced(&self, t: &TransferId) {
         let mut active = lock(&self.active);
@@ -2397,6 +2410,10 @@ impl<S: Storage> Relay<S> {
             };
             let (note, index) = self.log_statement(&st)?;
             let bundle = self.bundle(&note, index)?;
+            // No upload of it may write again (a sender repairing it would create its pack
+            // anew, a copy left behind after the purge), nor be accepted until it is purged.
+            let _one = lock(&self.offering);
+            self.stop_upload(&r.transfer);
             self.storage
                 .remove(&self.inbox(r.row))
                 .map_err(storage_err)?;
@@ -2451,6 +2468,20 @@ impl<S: Storage> Relay<S> {
             .collect();
         let mut out = Vec::new();
         for r in stale {
+            // Decided again with offers held off: the sender may have resumed since.
+            let _one = lock(&self.offering);
+            let still_stale = lock(&self.db)
+                .query_row(
+                    "SELECT touched_at FROM transfers WHERE row = ?1 AND state = 'receiving'",
+                    params![r.row],
+                    |x| x.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .is_some_and(|t| t < cutoff);
+            if !still_stale || lock(&self.active).contains_key(&r.transfer) {
+                continue;
+            }
             self.storage
                 .remove(&self.spool(r.row))
                 .map_err(storage_err)?;

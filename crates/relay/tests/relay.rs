@@ -1,7 +1,8 @@
 //! The relay over loopback with the real transport: receipts, idempotence, authorisation,
 //! policy, resume, integrity, quota and reserve, canary scan, on-disk names, scrub, retention,
 //! partial GC, log checkpoints, an offer waiting for the disk, an upload taken over by a newer
-//! offer (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81, 120, 131, 132, 133).
+//! offer, a purge during a repair (test-plan.md 15, 26, 27, 28, 31, 33, 35, 36, 37, 38, 39, 52, 81,
+//! 120, 131, 132, 133, 136).
 
 mod support;
 
@@ -1396,4 +1397,52 @@ fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
     relay
         .complete(&peer, new.lease, &seal_of(&t))
         .expect("custody receipt");
+}
+
+/// `relay.md` §7, §2 "One upload at a time" (test-plan.md 136): a damaged transfer whose retention
+/// ends while its sender is repairing it is purged, and the repair's next piece is refused: the
+/// pack is not created anew (a copy of the ciphertext left behind after its purge receipt).
+#[test]
+fn a_purge_stops_a_repair_in_progress() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (clock, clk) = clock_at(now().unix());
+    let relay = open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clk);
+    let mut l = legal();
+    l.retain_until = Some("2027-01-31".parse().expect("date"));
+    let t = transfer(&w.a, &[&w.b], &[("big", vec![3; 600_000])], l, now());
+    let n = t.layouts[0].count();
+    let peer = peer_a(&w);
+    let up = relay.offer(&peer, &t.offer()).expect("offer");
+    store_pieces(&relay, up.lease, &t, 0..n).expect("store");
+    relay.sync(up.lease).expect("sync");
+    relay
+        .complete(&peer, up.lease, &seal_of(&t))
+        .expect("custody receipt");
+    relay.abandon(up.lease);
+    let _ = relay.damaged_on_read(&t.id, 0, "test: the pack lost file 0");
+    let row = relay.transfer(&t.id).expect("db").expect("row");
+    assert_eq!(row.state, TransferState::Damaged);
+    let repair = relay.offer(&peer, &t.offer()).expect("repair offer");
+    assert_eq!(repair.durable, vec![0]);
+    store_pieces(&relay, repair.lease, &t, 0..2).expect("repair pieces");
+    *clock.lock().expect("clock") = rogatory_custody::Timestamp::from_unix(1_810_000_000)
+        .expect("t")
+        .unix();
+    let purged = relay.purge(false).expect("purge");
+    assert_eq!(purged.len(), 1);
+    let pack = pack_path(dir.path(), row.row);
+    assert!(!pack.exists());
+    match store_pieces(&relay, repair.lease, &t, 2..3) {
+        Err(e) => assert!(
+            matches!(e.code, ErrorCode::CONFLICT | ErrorCode::NOT_FOUND),
+            "{e}"
+        ),
+        Ok(()) => panic!("the repair wrote after the purge"),
+    }
+    assert!(!pack.exists(), "the pack was created anew after its purge");
+    match relay.offer(&peer, &t.offer()) {
+        Err(e) => assert_eq!(e.code, ErrorCode::NOT_FOUND, "{e}"),
+        Ok(_) => panic!("a purged transfer was offered again"),
+    }
 }
