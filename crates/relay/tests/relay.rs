@@ -1281,6 +1281,21 @@ fn seal_of(t: &Transfer) -> rogatory_transport::frame::Seal {
     }
 }
 
+/// A relay on disk in a new temporary directory, driven through its API (no network), with the
+/// clock it reads.
+fn api_relay(
+    w: &World,
+) -> (
+    tempfile::TempDir,
+    TestClock,
+    rogatory_relay::relay::Relay<DiskStorage>,
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (clock, clk) = clock_at(now().unix());
+    let relay = open_relay(w, dir.path(), Policy::default(), DiskStorage::new(), clk);
+    (dir, clock, relay)
+}
+
 /// `relay.md` §2 "One upload at a time" (test-plan.md 133): a sender killed or cut off and started
 /// again offers its transfer while the relay still holds the old connection's upload, with
 /// pieces stored but not yet durable. The new offer takes the upload over from the durable
@@ -1289,9 +1304,7 @@ fn seal_of(t: &Transfer) -> rogatory_transport::frame::Seal {
 #[test]
 fn a_newer_offer_of_a_transfer_takes_its_upload_over() {
     let w = World::new();
-    let dir = tempfile::tempdir().expect("tmp");
-    let (_c, clock) = clock_at(now().unix());
-    let relay = open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clock);
+    let (_dir, _clock, relay) = api_relay(&w);
     let t = transfer(&w.a, &[&w.b], &[("big", vec![7; 600_000])], legal(), now());
     let n = t.layouts[0].count();
     assert!(n > 6, "{n} pieces");
@@ -1405,9 +1418,7 @@ fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
 #[test]
 fn a_purge_stops_a_repair_in_progress() {
     let w = World::new();
-    let dir = tempfile::tempdir().expect("tmp");
-    let (clock, clk) = clock_at(now().unix());
-    let relay = open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clk);
+    let (dir, clock, relay) = api_relay(&w);
     let mut l = legal();
     l.retain_until = Some("2027-01-31".parse().expect("date"));
     let t = transfer(&w.a, &[&w.b], &[("big", vec![3; 600_000])], l, now());
