@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rogatory_custody::merkle::Frontier;
@@ -130,8 +131,21 @@ struct Upload {
     /// Taken over: nothing more of it is written or committed. Set before the new upload reads
     /// the durable prefixes, and read under the index's lock by a commit
     /// ([`Relay::commit_batch`]) and under `state`'s by a write ([`Relay::store`]).
-    fenced: std::sync::atomic::AtomicBool,
+    fenced: AtomicBool,
     state: Mutex<Active>,
+}
+
+impl Upload {
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Fences it (nothing more of it is written or committed) and waits for a write of it in
+    /// progress, which holds `state`.
+    fn fence(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
+        drop(lock(&self.state));
+    }
 }
 
 /// A transfer being received (its pack file lives in the spool).
@@ -177,7 +191,7 @@ pub struct Relay<S: Storage> {
     clock: Clock,
     active: Mutex<HashMap<TransferId, Arc<Upload>>>,
     /// The last [`Lease::id`] given out.
-    leases: std::sync::atomic::AtomicU64,
+    leases: AtomicU64,
     /// TLS refusals logged in the current minute (a flood is summarised, not logged entry by entry).
     tls_rejections: Mutex<(i64, u32)>,
     /// Files each recipient has fetched to the end, per transfer (until it has all of them).
@@ -257,6 +271,19 @@ fn taken_over() -> ProtocolError {
         ErrorCode::CONFLICT,
         "a newer connection of the sender took this upload over; this one stops",
     )
+}
+
+/// Sets files' durable prefixes back to nothing: the sender re-sends them whole.
+fn reset_files(db: &mut Connection, row: i64, files: &[u32]) -> Result<(), ProtocolError> {
+    let tx = db.transaction().map_err(db_err)?;
+    for &i in files {
+        tx.execute(
+            "UPDATE files SET durable = 0, frontier = NULL WHERE row = ?1 AND idx = ?2",
+            params![row, i64::from(i)],
+        )
+        .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)
 }
 
 fn perr(code: ErrorCode, m: impl Into<String>) -> ProtocolError {
@@ -742,7 +769,7 @@ impl<S: Storage> Relay<S> {
             witness,
             direct_open: Arc::default(),
             offering: Mutex::new(()),
-            leases: std::sync::atomic::AtomicU64::new(0),
+            leases: AtomicU64::new(0),
         })
     }
 
@@ -1296,17 +1323,19 @@ impl<S: Storage> Relay<S> {
                 existing.state,
                 TransferState::Receiving | TransferState::Damaged
             );
-            if receiving {
-                self.take_over(&offer.transfer);
-            }
-            let durable = self
-                .durable(existing.row)
-                .inspect_err(|_| self.forget_fenced(&offer.transfer))?;
-            let lease = if receiving {
-                self.activate(&existing, &layouts, o.piece_hash(), &durable)
-                    .inspect_err(|_| self.forget_fenced(&offer.transfer))?
+            let (durable, lease) = if receiving {
+                self.fence_upload(&offer.transfer, false);
+                let activated = self.durable(existing.row).and_then(|d| {
+                    let l = self.activate(&existing, &layouts, o.piece_hash(), &d)?;
+                    Ok((d, l))
+                });
+                if activated.is_err() {
+                    // The upload taken over has no successor.
+                    lock(&self.active).remove(&offer.transfer);
+                }
+                activated?
             } else {
-                self.new_lease(offer.transfer)
+                (self.durable(existing.row)?, self.new_lease(offer.transfer))
             };
             let db = lock(&self.db);
             db.execute(
@@ -1462,51 +1491,38 @@ impl<S: Storage> Relay<S> {
     }
 
     fn new_lease(&self, transfer: TransferId) -> Lease {
-        let id = self
-            .leases
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let id = self.leases.fetch_add(1, Ordering::Relaxed) + 1;
         Lease { transfer, id }
     }
 
+    /// Fences the transfer's upload, if one is held, and waits for a write of it in progress;
+    /// its next piece, commit or SEAL is refused. Called with `offering` held, so that no offer
+    /// activates the transfer meanwhile.
+    ///
     /// An offer of a transfer whose upload the relay still holds takes it over (`relay.md` §2
-    /// "One upload at a time"): its sender was stopped or cut off and started again before the
-    /// old connection timed out. The old upload is fenced, then any write of it in progress is
-    /// waited for; only then are the durable prefixes read for the new one. A commit of the old
-    /// upload has either finished by then (its prefixes are the ones read) or finds it fenced
-    /// and records nothing, so the index never describes bytes the new upload rewrites. The
-    /// fenced upload stays in the map until [`Relay::activate`] replaces it, so that scrub and
-    /// GC see the transfer as being uploaded throughout.
-    fn take_over(&self, t: &TransferId) {
-        let old = lock(&self.active).get(t).cloned();
+    /// "One upload at a time": its sender was stopped or cut off and started again before the
+    /// old connection timed out): fenced, then the durable prefixes are read for the new one. A
+    /// commit of the old upload has either finished by then (its prefixes are the ones read) or
+    /// finds it fenced and records nothing, so the index never describes bytes the new upload
+    /// rewrites. The fenced upload stays in the map until [`Relay::activate`] replaces it, so
+    /// that scrub and GC see the transfer as being uploaded throughout. With `forget` (a purge
+    /// stopping a repair), it is removed at once.
+    fn fence_upload(&self, t: &TransferId, forget: bool) {
+        let old = {
+            let mut active = lock(&self.active);
+            if forget {
+                active.remove(t)
+            } else {
+                active.get(t).cloned()
+            }
+        };
         if let Some(old) = old {
-            old.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(lock(&old.state));
-            tracing::info!(transfer = %t, "upload taken over by a newer offer of its sender");
-        }
-    }
-
-    /// Stops the transfer's upload, if one is held (a repair of a damaged transfer being
-    /// purged, a partial being collected): fenced, any write of it in progress waited for, then
-    /// forgotten. Its next piece, commit or SEAL is refused. Called with `offering` held, so
-    /// that no offer activates the transfer again meanwhile.
-    fn stop_upload(&self, t: &TransferId) {
-        let old = lock(&self.active).remove(t);
-        if let Some(old) = old {
-            old.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(lock(&old.state));
-            tracing::info!(transfer = %t, "upload stopped");
-        }
-    }
-
-    /// Forgets a fenced upload whose successor could not be activated.
-    fn forget_fenced(&self, t: &TransferId) {
-        let mut active = lock(&self.active);
-        if active
-            .get(t)
-            .is_some_and(|u| u.fenced.load(std::sync::atomic::Ordering::SeqCst))
-        {
-            active.remove(t);
+            old.fence();
+            if forget {
+                tracing::info!(transfer = %t, "upload stopped");
+            } else {
+                tracing::info!(transfer = %t, "upload taken over by a newer offer of its sender");
+            }
         }
     }
 
@@ -1542,7 +1558,7 @@ impl<S: Storage> Relay<S> {
             row.transfer,
             Arc::new(Upload {
                 lease: lease.id,
-                fenced: std::sync::atomic::AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
                 state: Mutex::new(Active {
                     row: row.row,
                     spool,
@@ -1605,7 +1621,7 @@ impl<S: Storage> Relay<S> {
                     "no upload of this transfer is in progress",
                 )
             })?;
-        if u.lease != lease.id || u.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        if u.lease != lease.id || u.is_fenced() {
             return Err(taken_over());
         }
         Ok(u)
@@ -1619,7 +1635,7 @@ impl<S: Storage> Relay<S> {
         if let Some(u) = active.get(&lease.transfer)
             && u.lease == lease.id
         {
-            u.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+            u.fenced.store(true, Ordering::SeqCst);
             active.remove(&lease.transfer);
         }
     }
@@ -1657,7 +1673,7 @@ impl<S: Storage> Relay<S> {
         let u = self.get_active(&lease)?;
         let mut a = lock(&u.state);
         // Checked under the lock a takeover waits for: no write of a fenced upload follows.
-        if u.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        if u.is_fenced() {
             return Err(taken_over());
         }
         let f = file as usize;
@@ -1710,7 +1726,7 @@ impl<S: Storage> Relay<S> {
                 .collect();
             (g.spool.clone(), g.row, g.named, batch)
         };
-        let result = self.commit_batch(&spool, row, named, &batch, &u.fenced);
+        let result = self.commit_batch(&spool, row, named, &batch, &u);
         let mut g = lock(a);
         g.syncing = false;
         match result {
@@ -1745,7 +1761,7 @@ impl<S: Storage> Relay<S> {
         row: i64,
         named: bool,
         batch: &[(u32, u64, Vec<u8>)],
-        fenced: &std::sync::atomic::AtomicBool,
+        upload: &Upload,
     ) -> Result<(), ProtocolError> {
         self.storage.sync(spool).map_err(storage_err)?;
         crate::failpoint::hit("sync.after_fsync");
@@ -1757,12 +1773,9 @@ impl<S: Storage> Relay<S> {
             self.storage.sync_dir(&dir).map_err(storage_err)?;
         }
         {
-            let mut db = lock(&self.db);
             // Under the index's lock: a takeover reads the durable prefixes after this commit,
             // or this commit finds the upload fenced and records nothing.
-            if fenced.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(taken_over());
-            }
+            let mut db = self.db_unless_fenced(upload)?;
             let tx = db.transaction().map_err(db_err)?;
             {
                 let mut up = tx
@@ -1887,13 +1900,10 @@ impl<S: Storage> Relay<S> {
             _ => self.now().unix(),
         };
         {
-            let mut db = lock(&self.db);
             // Under the index's lock, as for a group commit: a SEAL of an upload taken over since
             // it was checked above commits nothing (the newer upload's SEAL then finds this
             // completion time, or none, never two).
-            if active.fenced.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(taken_over());
-            }
+            let mut db = self.db_unless_fenced(&active)?;
             let tx = db.transaction().map_err(db_err)?;
             tx.execute(
                 "UPDATE documents SET manifest = ?1, seal = ?2, contents = ?3 WHERE row = ?4",
@@ -1994,7 +2004,7 @@ impl<S: Storage> Relay<S> {
         drop(a);
         if let Some(&first) = bad.first() {
             // Still damaged: those files are to be re-sent whole again.
-            self.reset_files(row.row, &bad, Some(&active.fenced))?;
+            reset_files(&mut *self.db_unless_fenced(&active)?, row.row, &bad)?;
             self.release(lease);
             return Err(self.integrity(
                 t,
@@ -2008,10 +2018,7 @@ impl<S: Storage> Relay<S> {
             .sync_dir(&self.data_dir.join("inbox"))
             .map_err(storage_err)?;
         {
-            let db = lock(&self.db);
-            if active.fenced.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(taken_over());
-            }
+            let db = self.db_unless_fenced(&active)?;
             db.execute(
                 "UPDATE transfers SET state = CASE WHEN delivered_at IS NULL THEN 'complete' ELSE 'delivered' END WHERE row = ?1 AND state = 'damaged'",
                 params![row.row],
@@ -2023,28 +2030,18 @@ impl<S: Storage> Relay<S> {
         Ok(bundle)
     }
 
-    /// Sets files' durable prefixes back to nothing: the sender re-sends them whole. With
-    /// `fenced`, for an upload's repair: nothing if it was taken over (checked under the index's
-    /// lock).
-    fn reset_files(
+    /// The index's writer connection, unless `upload` was fenced: checked under the lock, so
+    /// that what is committed with it belongs to an upload still held (`relay.md` §2 "One upload
+    /// at a time").
+    fn db_unless_fenced(
         &self,
-        row: i64,
-        files: &[u32],
-        fenced: Option<&std::sync::atomic::AtomicBool>,
-    ) -> Result<(), ProtocolError> {
-        let mut db = lock(&self.db);
-        if fenced.is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+        upload: &Upload,
+    ) -> Result<MutexGuard<'_, Connection>, ProtocolError> {
+        let db = lock(&self.db);
+        if upload.is_fenced() {
             return Err(taken_over());
         }
-        let tx = db.transaction().map_err(db_err)?;
-        for &i in files {
-            tx.execute(
-                "UPDATE files SET durable = 0, frontier = NULL WHERE row = ?1 AND idx = ?2",
-                params![row, i64::from(i)],
-            )
-            .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        Ok(db)
     }
 
     /// Marks files of a receipted transfer damaged (`relay.md` §10): one signed `damage-report`
@@ -2125,7 +2122,7 @@ impl<S: Storage> Relay<S> {
             params![row.row],
         );
         if let Some(u) = lock(&self.active).remove(&row.transfer) {
-            u.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+            u.fenced.store(true, Ordering::SeqCst);
         }
         let _ = self.storage.remove(&self.spool(row.row));
     }
@@ -2413,7 +2410,7 @@ impl<S: Storage> Relay<S> {
             // No upload of it may write again (a sender repairing it would create its pack
             // anew, a copy left behind after the purge), nor be accepted until it is purged.
             let _one = lock(&self.offering);
-            self.stop_upload(&r.transfer);
+            self.fence_upload(&r.transfer, true);
             self.storage
                 .remove(&self.inbox(r.row))
                 .map_err(storage_err)?;
@@ -2450,27 +2447,16 @@ impl<S: Storage> Relay<S> {
     /// transfers still receiving; complete or receipted data is never touched. Idempotent.
     pub fn gc_partials(&self) -> Result<Vec<TransferId>, ProtocolError> {
         let cutoff = self.now().unix() - i64::from(self.policy().partial_ttl_hours) * 3600;
-        let stale: Vec<TransferRow> = self
+        let receiving: Vec<TransferRow> = self
             .transfers()?
             .into_iter()
             .filter(|r| r.state == TransferState::Receiving)
-            .filter(|r| {
-                lock(&self.db)
-                    .query_row(
-                        "SELECT touched_at FROM transfers WHERE row = ?1",
-                        params![r.row],
-                        |x| x.get::<_, i64>(0),
-                    )
-                    .map(|t| t < cutoff)
-                    .unwrap_or(false)
-            })
-            .filter(|r| !lock(&self.active).contains_key(&r.transfer))
             .collect();
         let mut out = Vec::new();
-        for r in stale {
-            // Decided again with offers held off: the sender may have resumed since.
+        for r in receiving {
+            // Decided with offers held off: its sender may be resuming it right now.
             let _one = lock(&self.offering);
-            let still_stale = lock(&self.db)
+            let stale = lock(&self.db)
                 .query_row(
                     "SELECT touched_at FROM transfers WHERE row = ?1 AND state = 'receiving'",
                     params![r.row],
@@ -2479,7 +2465,7 @@ impl<S: Storage> Relay<S> {
                 .optional()
                 .map_err(db_err)?
                 .is_some_and(|t| t < cutoff);
-            if !still_stale || lock(&self.active).contains_key(&r.transfer) {
+            if !stale || lock(&self.active).contains_key(&r.transfer) {
                 continue;
             }
             self.storage
@@ -2668,7 +2654,7 @@ impl<S: Storage> Relay<S> {
                         _ => false,
                     };
                     if !intact && mark && !lock(&self.active).contains_key(&r.transfer) {
-                        self.reset_files(r.row, &[i as u32], None)?;
+                        reset_files(&mut lock(&self.db), r.row, &[i as u32])?;
                     }
                     out.push((
                         r.transfer,
@@ -2712,7 +2698,7 @@ impl<S: Storage> Relay<S> {
                     if receipted {
                         new.push((i as u32, p.clone()));
                     } else if mark && !lock(&self.active).contains_key(&r.transfer) {
-                        self.reset_files(r.row, &[i as u32], None)?;
+                        reset_files(&mut lock(&self.db), r.row, &[i as u32])?;
                     }
                     out.push((r.transfer, i as u32, p));
                 }

@@ -495,8 +495,10 @@ async fn fetch<S: Storage + 'static>(
         // The last file of the transfer this agency fetched: the Fetch statement is logged
         // and the index updated (fsynced), off the async workers.
         if relay.served(&r, &peer.agency, i) {
-            let row = r.clone();
-            blocking(relay, peer, move |r, p| r.fetched_all(&row, &p.agency)).await?;
+            blocking(relay, peer, move |relay, p| {
+                relay.fetched_all(&r, &p.agency)
+            })
+            .await?;
         }
     }
     Ok(())

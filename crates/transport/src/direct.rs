@@ -285,7 +285,7 @@ impl DirectSource {
     /// asked yet are asked now. Never blocks: what an async caller checks first
     /// ([`DirectSource::ready`]), so that a relay's worker does not wait for the disk. A block
     /// whose read ahead failed counts as answered: the read tries it again, then reports it.
-    pub fn poll_ready(&mut self, off: u64, len: usize) -> bool {
+    fn poll_ready(&mut self, off: u64, len: usize) -> bool {
         loop {
             match self.answers.try_recv() {
                 Ok(a) => self.arrived.push_back(a),

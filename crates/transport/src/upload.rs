@@ -875,11 +875,6 @@ impl Intake {
         me
     }
 
-    /// The transfer.
-    pub fn transfer(&self) -> TransferId {
-        self.transfer
-    }
-
     /// The phase.
     pub fn phase(&self) -> IntakePhase {
         self.phase

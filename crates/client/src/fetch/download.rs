@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rogatory_custody::{FileEntry, TransferId};
@@ -112,12 +112,13 @@ fn integrity(t: TransferId, f: &FileEntry, what: &str) -> Error {
 
 /// Where file `i` is published. A failed write names it (what the user asked for; the partial
 /// file beside it is removed, or kept for a resume), not the partial's generated name.
-fn dest(c: &Ctx, i: usize) -> std::path::PathBuf {
+pub(super) fn dest(c: &Ctx, i: usize) -> std::path::PathBuf {
     c.output.join(c.files[i].path.as_str())
 }
 
-/// `p`: the file's destination ([`dest`]).
-fn open_error(t: TransferId, f: &FileEntry, p: &Path, e: OpenError) -> Error {
+/// Opening file `i` failed.
+fn open_error(c: &Ctx, i: usize, e: OpenError) -> Error {
+    let (t, f) = (c.t, &c.files[i]);
     match e {
         OpenError::Integrity(m) => integrity(t, f, &m),
         OpenError::NoMatch => Error::new(
@@ -127,7 +128,7 @@ fn open_error(t: TransferId, f: &FileEntry, p: &Path, e: OpenError) -> Error {
                 f.path.as_str()
             ),
         ),
-        OpenError::Write(e) => io("writing", p, e),
+        OpenError::Write(e) => io("writing", &dest(c, i), e),
         OpenError::Digest => Error::new(
             ErrorKind::Internal,
             format!(
@@ -259,15 +260,12 @@ pub(super) fn open_small(c: &Ctx, i: usize, ct: &[u8]) -> Result<Opened> {
     BUFFERS.with_borrow_mut(|bufs| {
         let mut op = Opener::new(layout, bufs);
         let n = op.push_head(ct);
-        let id = op
-            .open_head(&c.age)
-            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
+        let id = op.open_head(&c.age).map_err(|e| open_error(c, i, e))?;
         let mut plain = Vec::with_capacity(f.size.min(IN_MEMORY) as usize);
         let done = op
             .push_payload(&ct[n..], &mut plain)
-            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
-        op.finish(&f.sha256)
-            .map_err(|e| open_error(t, f, &dest(c, i), e))?;
+            .map_err(|e| open_error(c, i, e))?;
+        op.finish(&f.sha256).map_err(|e| open_error(c, i, e))?;
         Ok(Opened {
             i,
             id,
@@ -323,9 +321,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                     Ok(())
                 })
                 .await?;
-                let id = op
-                    .open_head(&c.age)
-                    .map_err(|e| open_error(t, f, &dest(c, i), e))?;
+                let id = op.open_head(&c.age).map_err(|e| open_error(c, i, e))?;
                 let held = if id == p.id {
                     open_partial(&p.path).ok()
                 } else {
@@ -367,9 +363,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                 let n = op.push_head(b);
                 b = &b[n..];
                 if !op.wants_head() {
-                    let id = op
-                        .open_head(&c.age)
-                        .map_err(|e| open_error(t, f, &dest(c, i), e))?;
+                    let id = op.open_head(&c.age).map_err(|e| open_error(c, i, e))?;
                     let mut pf = new_partial(c, i, &id, resumable)?;
                     pf.keep = resumable;
                     op.hash_on_thread(pf.fd());
@@ -385,9 +379,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
                 .as_mut()
                 .ok_or_else(|| Error::new(ErrorKind::Internal, "payload before the header"))?;
             let file = pf.file().map_err(|e| io("writing", &dest(c, i), e))?;
-            let n = op
-                .push_payload(b, file)
-                .map_err(|e| open_error(t, f, &dest(c, i), e))?;
+            let n = op.push_payload(b, file).map_err(|e| open_error(c, i, e))?;
             // What the thread writes goes straight to the device where it can: no writeback.
             if !op.writes_on_thread() {
                 pf.wrote(n).map_err(|e| io("writing", &dest(c, i), e))?;
@@ -401,8 +393,7 @@ pub(super) async fn fetch_streamed(c: &Ctx, i: usize, bufs: &mut Buffers) -> Res
             if out.is_none() {
                 return Err(integrity(t, f, "has no header"));
             }
-            op.finish(&f.sha256)
-                .map_err(|e| open_error(t, f, &dest(c, i), e))
+            op.finish(&f.sha256).map_err(|e| open_error(c, i, e))
         });
         match checked {
             Ok(()) => {}

@@ -464,7 +464,7 @@ async fn fetch_one(
     let batcher = {
         let (c, done) = (ctx.clone(), done_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let dest = |i: usize| c.output.join(c.files[i].path.as_str());
+            let dest = |i: usize| download::dest(&c, i);
             batch::run(&dest, c.force, &durability, ready_rx, &done)
         })
     };
