@@ -362,7 +362,10 @@ impl DirectSource {
         }
     }
 
-    /// Waits, without blocking the thread, until [`DirectSource::poll_ready`] holds.
+    /// Waits, without blocking the thread, until [`DirectSource::read`] of `len` bytes at `off`
+    /// (at most [`AHEAD`] blocks) can be served without waiting for the device: its first block
+    /// is held, or it and the range's other blocks are read ahead and answered (a block whose
+    /// read ahead failed counts as answered: the read tries it again, then reports it).
     pub async fn ready(&mut self, off: u64, len: usize) {
         while !self.poll_ready(off, len) {
             // A wake-up given before this wait is kept as a permit: none is lost.
