@@ -2454,7 +2454,8 @@ impl<S: Storage> Relay<S> {
             .collect();
         let mut out = Vec::new();
         for r in receiving {
-            // Decided with offers held off: its sender may be resuming it right now.
+            // Decided, and removed, with offers held off: its sender may be resuming it right
+            // now (test-plan.md 137).
             let _one = lock(&self.offering);
             let stale = lock(&self.db)
                 .query_row(

@@ -1073,14 +1073,26 @@ async fn checkpoint_request_answers_the_latest_checkpoint_and_a_proof() {
     assert!(check_consistency(Some(&ahead), &latest, &c.proof).is_err());
 }
 
-/// The real file system, except that while armed, asking the free space (which deciding an
-/// offer does), or with `at_fsync` an fsync of a pack, waits until the gate opens, or opens it
-/// itself after 10 s (`timed_out`): an offer, or a group commit, stalled on the disk.
+/// The operation a [`Gated`] storage holds while armed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Held {
+    /// Asking the free space, which deciding an offer does.
+    #[default]
+    Space,
+    /// An fsync of a pack: a group commit.
+    Fsync,
+    /// Removing a file: GC removing a partial upload's pack.
+    Remove,
+}
+
+/// The real file system, except that while armed, the operation `at` names waits until the gate
+/// opens, or opens it itself after 10 s (`timed_out`): an offer, a group commit or a removal
+/// stalled on the disk.
 #[derive(Debug, Default)]
 struct Gated {
     inner: DiskStorage,
     armed: std::sync::atomic::AtomicBool,
-    at_fsync: std::sync::atomic::AtomicBool,
+    at: std::sync::Mutex<Held>,
     entered: std::sync::atomic::AtomicUsize,
     timed_out: std::sync::atomic::AtomicBool,
     open: (std::sync::Mutex<bool>, std::sync::Condvar),
@@ -1105,8 +1117,8 @@ impl Gated {
     }
 
     /// Waits for the gate if it is armed for this operation.
-    fn hold(&self, fsync: bool) {
-        if !self.armed.load(Ordering::SeqCst) || self.at_fsync.load(Ordering::SeqCst) != fsync {
+    fn hold(&self, op: Held) {
+        if !self.armed.load(Ordering::SeqCst) || *self.at.lock().expect("gate") != op {
             return;
         }
         self.entered.fetch_add(1, Ordering::SeqCst);
@@ -1133,7 +1145,7 @@ impl rogatory_relay::Storage for Gated {
         self.inner.read_at(p, o, b)
     }
     fn sync(&self, p: &std::path::Path) -> std::io::Result<()> {
-        self.hold(true);
+        self.hold(Held::Fsync);
         self.inner.sync(p)
     }
     fn rename(&self, f: &std::path::Path, t: &std::path::Path) -> std::io::Result<()> {
@@ -1143,13 +1155,14 @@ impl rogatory_relay::Storage for Gated {
         self.inner.sync_dir(p)
     }
     fn remove(&self, p: &std::path::Path) -> std::io::Result<()> {
+        self.hold(Held::Remove);
         self.inner.remove(p)
     }
     fn len(&self, p: &std::path::Path) -> std::io::Result<Option<u64>> {
         self.inner.len(p)
     }
     fn available_space(&self, p: &std::path::Path) -> std::io::Result<u64> {
-        self.hold(false);
+        self.hold(Held::Space);
         self.inner.available_space(p)
     }
 }
@@ -1381,7 +1394,7 @@ fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
     store_pieces(&relay, old.lease, &t, 0..2).expect("store");
     assert_eq!(relay.sync(old.lease).expect("sync"), vec![2]);
     store_pieces(&relay, old.lease, &t, 2..5).expect("store");
-    storage.at_fsync.store(true, Ordering::SeqCst);
+    *storage.at.lock().expect("gate") = Held::Fsync;
     storage.armed.store(true, Ordering::SeqCst);
     let held = {
         let relay = relay.clone();
@@ -1406,6 +1419,62 @@ fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
     let row = relay.transfer(&t.id).expect("db").expect("row");
     assert_eq!(relay.durable(row.row).expect("db"), vec![2]);
     store_pieces(&relay, new.lease, &t, 2..n).expect("the new upload");
+    assert_eq!(relay.sync(new.lease).expect("sync"), vec![n]);
+    relay
+        .complete(&peer, new.lease, &seal_of(&t))
+        .expect("custody receipt");
+}
+
+/// `relay.md` §7 (test-plan.md 137): GC decides each stale partial again with offers held off,
+/// and removes it before any offer is decided. A sender resuming while GC removes its partial
+/// waits, then starts the transfer afresh (nothing durable) and completes it: it is never given
+/// a durable prefix whose pieces GC is deleting.
+#[test]
+fn a_sender_resuming_while_gc_removes_its_partial_starts_afresh() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (clock, clk) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let relay = std::sync::Arc::new(open_relay(
+        &w,
+        dir.path(),
+        Policy::default(),
+        storage.clone(),
+        clk,
+    ));
+    let t = transfer(&w.a, &[&w.b], &[("big", vec![5; 600_000])], legal(), now());
+    let n = t.layouts[0].count();
+    let peer = peer_a(&w);
+    let old = relay.offer(&peer, &t.offer()).expect("offer");
+    store_pieces(&relay, old.lease, &t, 0..2).expect("store");
+    assert_eq!(relay.sync(old.lease).expect("sync"), vec![2]);
+    relay.abandon(old.lease);
+    *clock.lock().expect("clock") += i64::from(Policy::default().partial_ttl_hours) * 3600 + 1;
+    *storage.at.lock().expect("gate") = Held::Remove;
+    storage.armed.store(true, Ordering::SeqCst);
+    let gc = {
+        let relay = relay.clone();
+        std::thread::spawn(move || relay.gc_partials())
+    };
+    storage.wait_entered();
+    storage.armed.store(false, Ordering::SeqCst);
+    let resumed = {
+        let (relay, peer, offer) = (relay.clone(), peer.clone(), t.offer());
+        std::thread::spawn(move || relay.offer(&peer, &offer))
+    };
+    // Long enough for an offer that did not wait for GC to be decided.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let decided_during_gc = resumed.is_finished();
+    storage.release();
+    assert_eq!(gc.join().expect("join").expect("gc"), vec![t.id]);
+    let new = resumed.join().expect("join").expect("the offer after GC");
+    assert!(
+        !decided_during_gc,
+        "the offer was decided while GC was removing its partial"
+    );
+    assert!(!storage.timed_out.load(Ordering::SeqCst));
+    assert_eq!(new.durable, vec![0], "the resumed sender starts afresh");
+    store_pieces(&relay, new.lease, &t, 0..n).expect("the upload again");
     assert_eq!(relay.sync(new.lease).expect("sync"), vec![n]);
     relay
         .complete(&peer, new.lease, &seal_of(&t))
