@@ -336,6 +336,41 @@ async fn client_refuses_a_relay_that_is_not_the_expected_agency() {
     assert_eq!(a, BAD_CERTIFICATE);
 }
 
+/// test-plan.md 16: a relay whose certificate is valid under a trusted CA and names the expected
+/// agency, but over another key than the one its card pins (a man in the middle holding a
+/// certificate from the same CA): the client refuses it in the handshake, before any frame, as a
+/// refusal (exit 6), not a retryable failure.
+#[tokio::test]
+async fn client_refuses_a_relay_whose_key_is_not_the_pinned_one() {
+    let pki = Pki::new();
+    let impostor = pki
+        .ca
+        .issue(&id("agency-b"), Validity::days_from_now(7), 41)
+        .expect("cert");
+    let relay = relay(identity(&impostor), pki.trust(), Limits::default());
+    let addr = relay.local_addr().expect("addr");
+    let server = tokio::spawn(async move { relay.accept_next().await.expect("incoming") });
+    let mut t = pki.trust();
+    t.add_agency(
+        id("agency-b"),
+        vec![identity(&pki.b).spki_sha256().expect("spki")],
+    );
+    let c = tokio::time::timeout(
+        Duration::from_secs(10),
+        client(identity(&pki.a), t).connect(addr, Some(id("agency-b"))),
+    )
+    .await
+    .expect("client bounded");
+    let c = c.expect_err("the impostor is refused");
+    let (a, local, reason) = alert(&c);
+    assert!(local, "the client raised the alert");
+    assert_eq!(a, CERTIFICATE_UNKNOWN, "{reason}");
+    assert!(reason.contains("PinMismatch"), "{reason:?}");
+    assert_eq!(c.class(), ErrorClass::Refused, "exit 6, not retryable");
+    let (a, _, _) = alert(&server.await.expect("join").expect_err("relay fails"));
+    assert_eq!(a, CERTIFICATE_UNKNOWN);
+}
+
 #[test]
 fn zero_rtt_is_off_on_both_sides() {
     let pki = Pki::new();
