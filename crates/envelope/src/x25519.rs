@@ -283,7 +283,20 @@ mod tests {
             body: vec![0; 32],
         };
         assert!(matches!(
-            id.unwrap(&[stanza]),
+            id.unwrap(std::slice::from_ref(&stanza)),
+            Err(HeaderError::LowOrderShare)
+        ));
+        // test-plan.md 8: placed before a stanza that would unwrap the file key for this very
+        // identity, it still aborts the whole decryption; it is not skipped.
+        let fk = FileKey::generate();
+        let good = id.to_public().wrap(&fk).expect("wraps");
+        assert!(
+            id.unwrap(std::slice::from_ref(&good))
+                .expect("ok")
+                .is_some()
+        );
+        assert!(matches!(
+            id.unwrap(&[stanza, good]),
             Err(HeaderError::LowOrderShare)
         ));
     }

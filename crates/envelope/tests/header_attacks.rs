@@ -1,4 +1,4 @@
-//! Header tampering and limits (test-plan.md cases 7 and 12).
+//! Header tampering, limits, and parts moved between files (test-plan.md cases 5, 6, 7 and 12).
 
 use std::io::{Read, Write};
 
@@ -112,5 +112,56 @@ fn header_limits_bound_memory_and_input() {
         assert!(matches!(err, DecryptError::Header(_)), "{name}: {err:?}");
         let consumed = input.len() - r.len();
         assert!(consumed <= MAX_HEADER_LEN, "{name}: read {consumed} bytes");
+    }
+}
+
+/// test-plan.md cases 5 and 6: two files encrypted to the same recipient, three chunks each.
+/// Whatever is moved between them or within one (a chunk, the header, the payload nonce, two
+/// chunks swapped) fails to decrypt: each file has its own file key and nonce, and each chunk's
+/// nonce is its index.
+#[test]
+fn chunks_headers_and_nonces_moved_between_files_are_refused() {
+    const CHUNK: usize = 64 * 1024 + 16;
+    let id = Identity::generate();
+    let plain = |seed: u8| -> Vec<u8> {
+        (0..2 * 64 * 1024 + 500)
+            .map(|i| (i as u8).wrapping_mul(seed))
+            .collect()
+    };
+    let ((a, ha), (b, hb)) = (encrypt(&[&id], &plain(3)), encrypt(&[&id], &plain(7)));
+    assert_eq!(decrypt(&a, std::slice::from_ref(&id)), Ok(plain(3)));
+    assert_eq!(decrypt(&b, std::slice::from_ref(&id)), Ok(plain(7)));
+    // Offsets of chunk i of a file whose payload starts at `p` (after header and nonce).
+    let chunk = |f: &[u8], p: usize, i: usize| p + i * CHUNK..(p + (i + 1) * CHUNK).min(f.len());
+    let (pa, pb) = (ha + 16, hb + 16);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // Chunk 1 of b in place of chunk 1 of a (the same length and index).
+    let mut f = a.clone();
+    f[chunk(&a, pa, 1)].copy_from_slice(&b[chunk(&b, pb, 1)]);
+    cases.push(("chunk from another file", f));
+    // a's header with b's nonce and payload, and b's header with a's.
+    cases.push(("header of a, rest of b", [&a[..ha], &b[hb..]].concat()));
+    cases.push(("header of b, rest of a", [&b[..hb], &a[ha..]].concat()));
+    // a's header and payload with b's payload nonce.
+    cases.push((
+        "nonce of another file",
+        [&a[..ha], &b[hb..pb], &a[pa..]].concat(),
+    ));
+    // Chunks 0 and 1 of a swapped (both full).
+    let mut f = a.clone();
+    f[chunk(&a, pa, 0)].copy_from_slice(&a[chunk(&a, pa, 1)]);
+    f[chunk(&a, pa, 1)].copy_from_slice(&a[chunk(&a, pa, 0)]);
+    cases.push(("chunks swapped", f));
+    // b's last chunk in place of a's (both short, the same length): authenticated as last,
+    // but under the other file's key.
+    let mut f = a.clone();
+    f[chunk(&a, pa, 2)].copy_from_slice(&b[chunk(&b, pb, 2)]);
+    cases.push(("last chunk from another file", f));
+    for (what, f) in cases {
+        assert_eq!(f.len(), a.len(), "{what}: the same length");
+        assert!(
+            decrypt(&f, std::slice::from_ref(&id)).is_err(),
+            "{what}: decrypted"
+        );
     }
 }
