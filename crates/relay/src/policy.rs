@@ -97,7 +97,14 @@ pub enum Refusal {
     Quota,
     /// The manifest is too old.
     Stale,
+    /// The manifest is dated this many seconds ahead of the relay's clock, more than
+    /// [`MAX_CLOCK_AHEAD_SECS`]: the sender's clock is wrong.
+    Ahead(i64),
 }
+
+/// How far ahead of the relay's clock a manifest's `created_at` may be (`relay.md` §4, the
+/// manifest age window; test-plan.md 48): clocks of agencies in other jurisdictions drift.
+pub const MAX_CLOCK_AHEAD_SECS: i64 = 86_400;
 
 impl Policy {
     /// Reads and checks a policy file.

@@ -1370,6 +1370,14 @@ impl<S: Storage> Relay<S> {
                 ErrorCode::POLICY,
                 "the manifest is older than the relay accepts",
             ),
+            Refusal::Ahead(s) => perr(
+                ErrorCode::POLICY,
+                format!(
+                    "the manifest is dated {:.1} h ahead of the relay's clock (at most {} h accepted): check the sender's clock",
+                    s as f64 / 3600.0,
+                    crate::policy::MAX_CLOCK_AHEAD_SECS / 3600
+                ),
+            ),
         };
         for r in &o.recipients {
             if trust.get(r).is_none() && r != &self.agency {
@@ -1395,8 +1403,11 @@ impl<S: Storage> Relay<S> {
         }
         let now = self.now().unix();
         let age = now - o.created_at.unix();
-        if age > i64::from(policy.max_manifest_age_days) * 86_400 || age < -86_400 {
+        if age > i64::from(policy.max_manifest_age_days) * 86_400 {
             return Err(policy_err(Refusal::Stale));
+        }
+        if -age > crate::policy::MAX_CLOCK_AHEAD_SECS {
+            return Err(policy_err(Refusal::Ahead(-age)));
         }
         let total = o.ciphertext_bytes();
         if total > policy.max_transfer_bytes {

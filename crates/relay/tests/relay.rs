@@ -274,6 +274,14 @@ async fn refusals_are_specific_logged_and_store_nothing() {
             .expect_err("refused"),
         ErrorCode::POLICY,
     );
+    // 48: a manifest dated two days ahead of the relay's clock (the sender's clock is wrong)
+    // is refused, saying so (one an hour ahead is accepted: `a_sender_clock_an_hour_ahead…`).
+    let ahead = rogatory_custody::Timestamp::from_unix(now().unix() + 2 * 86_400).expect("time");
+    let e = send(&sa, &transfer(&w.a, &[&w.b], &files, legal(), ahead), None)
+        .await
+        .expect_err("refused");
+    assert!(format!("{e}").contains("ahead of the relay's clock"), "{e}");
+    check(e, ErrorCode::POLICY);
     // 52(c): a transfer for agency-c, which this relay does not hold transfers for.
     check(
         send(&sa, &transfer(&w.a, &[&w.c], &files, legal(), now()), None)
@@ -1479,6 +1487,21 @@ fn a_sender_resuming_while_gc_removes_its_partial_starts_afresh() {
     relay
         .complete(&peer, new.lease, &seal_of(&t))
         .expect("custody receipt");
+}
+
+/// test-plan.md 48: clocks of agencies drift; a manifest dated an hour ahead of the relay's
+/// clock is within the skew accepted (`relay.md` §4) and gets its custody receipt.
+#[tokio::test]
+async fn a_sender_clock_an_hour_ahead_is_accepted() {
+    let w = World::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = relay_in(&w, dir.path(), Policy::default());
+    let sa = connect(&w, &w.a, r.addr).await;
+    let skewed = rogatory_custody::Timestamp::from_unix(now().unix() + 3600).expect("time");
+    let t = transfer(&w.a, &[&w.b], &exhibits(2), legal(), skewed);
+    send(&sa, &t, None)
+        .await
+        .expect("an hour ahead is accepted");
 }
 
 /// `relay.md` §7, §2 "One upload at a time" (test-plan.md 136): a damaged transfer whose retention
