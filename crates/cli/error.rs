@@ -59,3 +59,33 @@ pub(crate) fn escape_controls(s: &str) -> String {
 }
 
 pub(crate) type Result<T, E = CliError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    /// test-plan.md 59: a name from a file or a peer cannot drive the terminal. Escape
+    /// sequences, newlines, carriage returns and the bidi overrides that reorder what is shown
+    /// are printed as escapes; every other character, accents and scripts included, as is.
+    #[test]
+    fn controls_and_bidi_overrides_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escape_controls("case\u{1b}[2J/evil\rname\n"),
+            "case\\u{1b}[2J/evil\\u{d}name\\u{a}"
+        );
+        assert_eq!(
+            escape_controls("invoice\u{202e}fdp.exe"),
+            "invoice\\u{202e}fdp.exe"
+        );
+        for c in [
+            '\u{2066}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{7f}', '\u{85}',
+        ] {
+            assert_eq!(
+                escape_controls(&c.to_string()),
+                c.escape_unicode().to_string()
+            );
+        }
+        let kept = "Ermittlungsakte Müller/Δ-12/案件 ok.pdf";
+        assert_eq!(escape_controls(kept), kept);
+    }
+}
