@@ -1,7 +1,8 @@
 //! The TLS key exchange over loopback (`protocol.md` §2): our client and relay negotiate the
 //! hybrid post-quantum group X25519MLKEM768, each session reports the group its own handshake
 //! ran (a classical-only client is seen as X25519 on the same relay), and a relay that requires
-//! post-quantum key exchange refuses a client that does not offer it.
+//! post-quantum key exchange refuses a client that does not offer it. The hand-built client
+//! also checks the refusal of a HELLO with no protocol version in common.
 
 mod support;
 
@@ -64,6 +65,19 @@ async fn a_relay_requiring_pq_accepts_our_client() {
 /// classical X25519 group, as an older or misconfigured peer would. It connects and, if the
 /// relay lets it, says HELLO.
 async fn classical_client(pki: &Pki, addr: std::net::SocketAddr) -> Result<(), NetError> {
+    match hand_built_client(pki, addr, vec![1]).await? {
+        Ok(()) => Ok(()),
+        Err(e) => panic!("expected WELCOME, got ERROR {e:?}"),
+    }
+}
+
+/// [`classical_client`] saying HELLO with `versions`: `Ok(())` for WELCOME, the code and
+/// message of an ERROR answer otherwise.
+async fn hand_built_client(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    versions: Vec<u32>,
+) -> Result<Result<(), (rogatory_transport::ErrorCode, String)>, NetError> {
     let mut provider = (*rogatory_transport::tls::provider()).clone();
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     let chain = vec![CertificateDer::from_pem_slice(pki.a.cert_pem.as_bytes()).expect("cert")];
@@ -89,15 +103,50 @@ async fn classical_client(pki: &Pki, addr: std::net::SocketAddr) -> Result<(), N
     let mut w = FrameWriter::new(s);
     let mut r = FrameReader::new(r, conn.clone(), Default::default());
     w.send(&Frame::Hello(Hello {
-        versions: vec![1],
+        versions,
         agency: id("agency-a"),
         software: "classical test client".into(),
     }))
     .await?;
     w.finish();
     match r.expect().await? {
-        Frame::Welcome(_) => Ok(()),
-        other => panic!("expected WELCOME, got {}", other.ty().name()),
+        Frame::Welcome(_) => Ok(Ok(())),
+        Frame::Error(e) => Ok(Err((e.code, e.message))),
+        other => panic!("expected WELCOME or ERROR, got {}", other.ty().name()),
+    }
+}
+
+/// test-plan.md 17 (`protocol.md` §6.0): a HELLO offering no protocol version the relay speaks
+/// (0, or a future 99) is refused with `UNSUPPORTED_VERSION` and the relay ends the session; a
+/// HELLO that also offers version 1 is welcomed. The relay sends an ERROR frame and closes the
+/// connection with the same code and message: the client gets one or the other, whichever
+/// arrives first.
+#[tokio::test]
+async fn a_hello_with_no_version_in_common_is_refused() {
+    let pki = Pki::new();
+    for (versions, welcomed) in [(vec![0], false), (vec![99], false), (vec![99, 1], true)] {
+        let relay = relay(identity(&pki.relay), pki.trust(), Limits::default());
+        let addr = relay.local_addr().expect("addr");
+        let server = tokio::spawn(async move { relay.accept_next().await.expect("incoming") });
+        let answer = hand_built_client(&pki, addr, versions.clone()).await;
+        let s = server.await.expect("join");
+        if welcomed {
+            assert_eq!(answer.expect("an answer"), Ok(()), "{versions:?}");
+            s.expect("the relay's session");
+            continue;
+        }
+        let unsupported = rogatory_transport::ErrorCode::UNSUPPORTED_VERSION;
+        let message = match answer {
+            Ok(Err((code, message))) if code == unsupported => message,
+            Err(NetError::Connection(ConnectionError::ApplicationClosed(c)))
+                if c.error_code == unsupported.to_varint() =>
+            {
+                String::from_utf8_lossy(&c.reason).into_owned()
+            }
+            other => panic!("{versions:?}: expected UNSUPPORTED_VERSION, got {other:?}"),
+        };
+        assert!(message.contains("version"), "{message}");
+        assert!(s.is_err(), "{versions:?}: the relay kept the session");
     }
 }
 
