@@ -267,6 +267,64 @@ async fn revoked_client_is_refused_via_crl() {
     relay_refuses(&identity(&cert), t, CERTIFICATE_REVOKED, "Revoked").await;
 }
 
+/// test-plan.md 14, `relay.md` §11: a CRL loaded into a running relay (`Node::reload`, what its
+/// live reload calls) closes the open connection whose certificate it revokes with
+/// `NO_LONGER_TRUSTED`, keeps another agency's connection open, and refuses the revoked
+/// certificate's next handshake.
+#[tokio::test]
+async fn a_crl_loaded_on_a_running_relay_closes_the_revoked_connection() {
+    let pki = Pki::new();
+    let revoked = pki
+        .ca
+        .issue(&id("agency-a"), Validity::days_from_now(7), 30)
+        .expect("cert");
+    let relay = relay(identity(&pki.relay), pki.trust(), Limits::default());
+    let addr = relay.local_addr().expect("addr");
+    let r = relay.clone();
+    let serving = tokio::spawn(async move {
+        r.serve(|s: Session| async move {
+            let _ = s.conn.closed().await;
+        })
+        .await
+    });
+    let (na, nb) = (
+        client(identity(&revoked), pki.trust()),
+        client(identity(&pki.b), pki.trust()),
+    );
+    let a = na.connect(addr, None).await.expect("agency-a connects");
+    let b = nb.connect(addr, None).await.expect("agency-b connects");
+    let now = time::OffsetDateTime::now_utc();
+    let crl = pki
+        .ca
+        .crl(
+            &[30],
+            now - time::Duration::hours(1),
+            now + time::Duration::days(1),
+        )
+        .expect("crl");
+    let mut t = pki.trust();
+    t.add_crl(crl.as_bytes()).expect("crl");
+    relay.reload(t).expect("reload");
+    let e = tokio::time::timeout(Duration::from_secs(3), a.conn.closed())
+        .await
+        .expect("the revoked connection is closed");
+    match e {
+        ConnectionError::ApplicationClosed(c) => assert_eq!(
+            c.error_code,
+            rogatory_transport::ErrorCode::NO_LONGER_TRUSTED.to_varint()
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(b.conn.close_reason().is_none(), "agency-b was closed too");
+    let again = client(identity(&revoked), pki.trust())
+        .connect(addr, None)
+        .await;
+    let (alert_code, _, _) = alert(&again.expect_err("the revoked certificate connected"));
+    assert_eq!(alert_code, CERTIFICATE_REVOKED);
+    serving.abort();
+}
+
 #[tokio::test]
 async fn expired_crl_fails_closed() {
     // enforce_revocation_expiration(): a CRL past its next update proves nothing.
