@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -29,7 +29,8 @@ pub struct Impairment {
     pub reorder_delay: Duration,
     /// Probability that a datagram is delivered twice.
     pub duplicate: f64,
-    /// Datagrams larger than this are dropped (a path MTU).
+    /// Datagrams larger than this are dropped (a path MTU; [`Proxy::set_mtu`] changes it while
+    /// the proxy runs, as a route change into a smaller MTU would: a black hole).
     pub mtu: usize,
 }
 
@@ -54,6 +55,8 @@ pub struct Counters {
     pub seen: AtomicU64,
     /// Dropped (loss, MTU or blackout).
     pub dropped: AtomicU64,
+    /// Of those, dropped for being larger than the MTU.
+    pub too_large: AtomicU64,
     /// Held back for reordering.
     pub reordered: AtomicU64,
     /// Duplicated.
@@ -65,6 +68,7 @@ pub struct Counters {
 pub struct Proxy {
     addr: SocketAddr,
     blackout: Arc<AtomicBool>,
+    mtu: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -84,15 +88,17 @@ impl Proxy {
         back.connect(upstream).await?;
         let addr = front.local_addr()?;
         let blackout = Arc::new(AtomicBool::new(false));
+        let mtu = Arc::new(AtomicUsize::new(imp.mtu));
         let counters = Arc::new(Counters::default());
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let up = {
-            let (front, back, imp, bo, c, rng, client) = (
+            let (front, back, imp, bo, m, c, rng, client) = (
                 front.clone(),
                 back.clone(),
                 imp.clone(),
                 blackout.clone(),
+                mtu.clone(),
                 counters.clone(),
                 rng.clone(),
                 client.clone(),
@@ -103,7 +109,7 @@ impl Proxy {
                     *client.lock().await = Some(from);
                     let data = buf[..n].to_vec();
                     let back = back.clone();
-                    forward(&imp, &bo, &c, &rng, data, move |d| {
+                    forward(&imp, &bo, &m, &c, &rng, data, move |d| {
                         let back = back.clone();
                         async move {
                             let _ = back.send(&d).await;
@@ -114,10 +120,11 @@ impl Proxy {
             }
         };
         let down = {
-            let (front, back, bo, c, client) = (
+            let (front, back, bo, m, c, client) = (
                 front.clone(),
                 back.clone(),
                 blackout.clone(),
+                mtu.clone(),
                 counters.clone(),
                 client.clone(),
             );
@@ -129,7 +136,7 @@ impl Proxy {
                     };
                     let data = buf[..n].to_vec();
                     let front = front.clone();
-                    forward(&imp, &bo, &c, &rng, data, move |d| {
+                    forward(&imp, &bo, &m, &c, &rng, data, move |d| {
                         let front = front.clone();
                         async move {
                             let _ = front.send_to(&d, to).await;
@@ -145,6 +152,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             blackout,
+            mtu,
             counters,
             task,
         })
@@ -160,6 +168,11 @@ impl Proxy {
         self.blackout.store(on, Ordering::SeqCst);
     }
 
+    /// Drops, from now on, datagrams larger than `mtu` bytes in both directions.
+    pub fn set_mtu(&self, mtu: usize) {
+        self.mtu.store(mtu, Ordering::SeqCst);
+    }
+
     /// Counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -169,6 +182,7 @@ impl Proxy {
 async fn forward<F, Fut>(
     imp: &Impairment,
     blackout: &AtomicBool,
+    mtu: &AtomicUsize,
     c: &Counters,
     rng: &Mutex<ChaCha8Rng>,
     data: Vec<u8>,
@@ -178,8 +192,12 @@ async fn forward<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     c.seen.fetch_add(1, Ordering::Relaxed);
-    if blackout.load(Ordering::SeqCst) || data.len() > imp.mtu {
+    let too_large = data.len() > mtu.load(Ordering::SeqCst);
+    if blackout.load(Ordering::SeqCst) || too_large {
         c.dropped.fetch_add(1, Ordering::Relaxed);
+        if too_large {
+            c.too_large.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     }
     let (drop, copies, delay) = {

@@ -192,6 +192,73 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
     );
 }
 
+/// test-plan.md 21: path-MTU trouble. Through a path that drops every datagram over 1,200 bytes
+/// (the QUIC minimum) from the start, and through one whose MTU falls from 1,500 to 1,200 bytes
+/// once a quarter of the data is durable (a black hole: quinn had raised its packets above
+/// 1,200 bytes by path-MTU discovery), the upload completes byte-exact with one receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_survives_a_small_path_mtu_and_an_mtu_black_hole() {
+    let pki = Pki::new();
+    for (seed, black_hole) in [(5u8, false), (6, true)] {
+        let t = TransferId::from_bytes([seed; 16]);
+        let files = Files::random(&[8 << 20, 1000], u64::from(seed));
+        let store = Arc::new(Memory::new(vec![(t, files.clone())]));
+        let relay = start_relay(&pki, store.clone(), Limits::default());
+        let imp = Impairment {
+            mtu: if black_hole { 1500 } else { 1200 },
+            ..Impairment::default()
+        };
+        let proxy = Arc::new(
+            Proxy::start(relay.local_addr().expect("addr"), imp, 7)
+                .await
+                .expect("proxy"),
+        );
+        let c =
+            Node::client(false, identity(&pki.a), pki.trust(), Limits::default()).expect("client");
+        let s = c
+            .connect(proxy.addr(), None)
+            .await
+            .expect("connect through the proxy");
+        let mut src = files.clone();
+        let p = proxy.clone();
+        let quarter = files.total() / 4;
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            upload(
+                &s,
+                &offer(t),
+                files.layouts.clone(),
+                UploadConfig::default(),
+                &mut src,
+                |e| {
+                    if let UploadEvent::Progress { durable, .. } = e
+                        && black_hole
+                        && *durable > quarter
+                    {
+                        p.set_mtu(1200);
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("bounded")
+        .expect("upload completes");
+        assert_eq!(store.bytes(t), files.data, "byte-exact");
+        assert_eq!(store.receipts.load(Ordering::Relaxed), 1);
+        let too_large = proxy.counters().too_large.load(Ordering::Relaxed);
+        // quinn probes for a larger MTU: on the small path each probe is dropped; through the
+        // black hole, full-sized packets were.
+        assert!(
+            too_large > 0,
+            "black hole {black_hole}: nothing was too large"
+        );
+        eprintln!(
+            "mtu (black hole {black_hole}): {:?}, {too_large} datagrams too large",
+            out.stats
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_upload_resumes_from_the_durable_prefix() {
     let pki = Pki::new();
