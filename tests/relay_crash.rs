@@ -754,6 +754,50 @@ fn a_source_changed_between_runs_is_refused_and_never_mixed() {
     let _ = relay.wait();
 }
 
+/// test-plan.md 32 (`relay.md` §7, `cli.md` "Running the relay"): a partial upload is kept by
+/// `relay gc` under the default TTL (168 h) and collected by `relay gc --policy FILE` whose
+/// `partial_ttl_hours` is 0; the sender that starts the transfer again then re-sends it from the
+/// start (nothing skipped) and gets one custody receipt for exactly its sources.
+#[test]
+fn a_partial_collected_by_gc_is_sent_again_from_the_start() {
+    let mut env = setup();
+    make_folder(&env, "case-7", 8, 7);
+    let mut relay = env.relay(None);
+    let mut s = env.send_started("case-7");
+    env.wait_durable(&mut s, 2 << 20);
+    let (_, summary) = s.kill();
+    assert!(summary.is_none(), "killed mid-transfer");
+    let _ = relay.kill();
+    let _ = relay.wait();
+    // The index counts whole seconds: the partial is now older than a TTL of 0 hours.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(env.path().join("policy.toml"), "partial_ttl_hours = 0\n").expect("policy");
+    let gc = |args: &[&str]| {
+        let o = Command::new(bin())
+            .args(["--home", "B", "--json", "relay", "gc"])
+            .args(args)
+            .current_dir(env.path())
+            .output()
+            .expect("gc");
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("\"relay_gc\""))
+            .count()
+    };
+    assert_eq!(gc(&[]), 0, "the default TTL keeps a fresh partial");
+    assert_eq!(gc(&["--policy", "policy.toml"]), 1, "collected");
+    let mut relay = env.relay(None);
+    let summary = env.send("case-7").finish();
+    let total = summary["bytes_total"].as_u64().expect("total");
+    assert_eq!(summary["bytes_skipped"].as_u64(), Some(0), "{summary}");
+    assert_eq!(summary["bytes_sent"].as_u64(), Some(total), "{summary}");
+    assert_eq!(env.custody_receipts(), 1);
+    relay_holds_the_sources(&env);
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
 /// test-plan.md 121: a large source (read with direct I/O, a block ahead: `protocol.md` §6.1)
 /// rewritten in place while it is sent, its size kept, in a part the sender has not read yet, is
 /// refused with exit 8, "modified while it was read", naming the file; nothing is receipted.

@@ -278,7 +278,11 @@ pub(crate) enum RelayCommand {
         policy: Option<PathBuf>,
     },
     /// Remove partial uploads untouched for longer than the policy's TTL.
-    Gc,
+    Gc {
+        /// Policy file (for partial_ttl_hours; without it, the default of 168 hours).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
     /// Re-verify every stored piece; exit 3 naming each fault.
     Scrub,
 }

@@ -86,7 +86,9 @@ fn run(cli: args::Cli, events: &events::Events) -> error::Result<()> {
         Command::Relay(RelayCommand::Purge { dry_run, policy }) => {
             relay_cmd::purge(&home()?, dry_run, policy.as_deref(), events)
         }
-        Command::Relay(RelayCommand::Gc) => relay_cmd::gc(&home()?, events),
+        Command::Relay(RelayCommand::Gc { policy }) => {
+            relay_cmd::gc(&home()?, policy.as_deref(), events)
+        }
         Command::Relay(RelayCommand::Scrub) => relay_cmd::scrub(&home()?, events),
         Command::Send(a) => send::run(&home()?, &a, events),
         Command::Status(a) => relay_cmd::status(&home()?, &a, events),

@@ -414,9 +414,9 @@ pub(crate) fn purge(
     Ok(())
 }
 
-pub(crate) fn gc(home: &Home, events: &Events) -> Result<()> {
+pub(crate) fn gc(home: &Home, policy: Option<&std::path::Path>, events: &Events) -> Result<()> {
     let _lock = lock_data_dir(home)?;
-    let relay = open_relay(home, None, true)?;
+    let relay = open_relay(home, policy, true)?;
     let removed = relay
         .gc_partials()
         .map_err(|e| CliError::new(Exit::Storage, format!("gc: {e}")))?;
