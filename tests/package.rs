@@ -39,7 +39,13 @@ fn three_agencies(d: &Path, extra_senders: &[(&str, &str)]) -> RelayProcess {
         d,
         &["--home", "B", "agency", "export-relay", "B-relay"],
     ));
-    start_relay(d, "B-relay")
+    // Our crates at `debug`: a test can check what the relay's log learns (test-plan.md 36).
+    start_relay_logging_to(
+        d,
+        "B-relay",
+        "debug,quinn=info,quinn_proto=info,rustls=info",
+        &d.join("relay.log"),
+    )
 }
 
 fn send(d: &Path, home: &str, relay: &str, to: &[&str], extra: &[&str], paths: &[&str]) -> String {
@@ -307,39 +313,50 @@ fn three_agencies_package_verify_refetch_and_every_receipt_at_the_sender() {
     );
     drop(r);
 
-    // Least knowledge (custody.md §5.4): no file name and no notes anywhere under the relay's
-    // home, SQLite (with its WAL) included; the relay's data private to its user.
+    // Least knowledge (custody.md §5.4, test-plan.md 36): no file name, no notes and no
+    // plaintext anywhere under the relay's home, SQLite (with its WAL) included, nor in its log
+    // at `debug`; the relay's data private to its user.
+    let log = std::fs::read_to_string(d.join("relay.log")).expect("relay log");
+    assert!(
+        log.contains("transfer accepted") && log.contains("connection ended"),
+        "the log is written at debug: {log}"
+    );
     let mut stack = vec![d.join("B-relay")];
+    let mut files = vec![d.join("relay.log")];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).expect("dir") {
             let p = e.expect("entry").path();
-            let md = std::fs::symlink_metadata(&p).expect("md");
-            if md.is_dir() {
+            if std::fs::symlink_metadata(&p).expect("md").is_dir() {
                 stack.push(p);
-                continue;
+            } else {
+                files.push(p);
             }
-            let bytes = std::fs::read(&p).expect("read");
-            for secret in [
-                "exhibit1.txt",
-                "photo.bin",
-                "seized 2026-03-01",
-                "Public Prosecutor, Lyon",
-            ] {
-                assert!(
-                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                    "{} holds {secret:?}",
-                    p.display()
-                );
-            }
-            if p.starts_with(d.join("B-relay/relay")) {
-                use std::os::unix::fs::PermissionsExt as _;
-                assert_eq!(
-                    md.permissions().mode() & 0o077,
-                    0,
-                    "{} is readable by others",
-                    p.display()
-                );
-            }
+        }
+    }
+    for p in files {
+        let md = std::fs::symlink_metadata(&p).expect("md");
+        let bytes = std::fs::read(&p).expect("read");
+        for secret in [
+            "exhibit1.txt",
+            "photo.bin",
+            "seized 2026-03-01",
+            "Public Prosecutor, Lyon",
+            "exhibit one",
+        ] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret:?}",
+                p.display()
+            );
+        }
+        if p.starts_with(d.join("B-relay/relay")) {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                md.permissions().mode() & 0o077,
+                0,
+                "{} is readable by others",
+                p.display()
+            );
         }
     }
 }

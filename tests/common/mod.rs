@@ -164,6 +164,15 @@ pub fn start_relay(dir: &Path, home: &str) -> RelayProcess {
     start_relay_printing(dir, home, false).0
 }
 
+/// [`start_relay`] logging at `log` (`ROGATORY_LOG`) into the file `to`, which a test can read
+/// while the relay runs or after it.
+pub fn start_relay_logging_to(dir: &Path, home: &str, log: &str, to: &Path) -> RelayProcess {
+    let file = std::fs::File::create(to).expect("relay log file");
+    let (child, line) = spawn_relay_at(dir, home, false, Stdio::from(file), log, &[]);
+    let addr = listen_addr(&line);
+    RelayProcess(child, addr)
+}
+
 /// Starts `relay serve` from `home` (with `--json` if `json`) and waits until it listens; returns
 /// it and the line it printed (`relay … listening on ADDR`, or the `listening` event).
 pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess, String) {
