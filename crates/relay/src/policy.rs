@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rogatory_custody::{AgencyId, LEGAL_FIELDS, Legal};
+use rogatory_custody::{AgencyId, LEGAL_FIELDS, Legal, Timestamp};
 use rogatory_transport::frame::PublishedPolicy;
 use serde::Deserialize;
 
@@ -97,9 +97,14 @@ pub enum Refusal {
     Quota,
     /// The manifest is too old.
     Stale,
-    /// The manifest is dated this many seconds ahead of the relay's clock, more than
-    /// [`MAX_CLOCK_AHEAD_SECS`]: the sender's clock is wrong.
-    Ahead(i64),
+    /// The manifest is dated more than [`MAX_CLOCK_AHEAD_SECS`] ahead of the relay's clock:
+    /// the sender's clock is wrong.
+    Ahead {
+        /// The manifest's `created_at`.
+        created_at: Timestamp,
+        /// The relay's clock.
+        now: Timestamp,
+    },
 }
 
 /// How far ahead of the relay's clock a manifest's `created_at` may be (`relay.md` §4, the

@@ -38,7 +38,7 @@ use rogatory_transport::{ErrorCode, ProtocolError};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::logfile::FileLogStore;
-use crate::policy::{Policy, Refusal};
+use crate::policy::{MAX_CLOCK_AHEAD_SECS, Policy, Refusal};
 use crate::storage::Storage;
 
 /// A relay could not start or an administrative operation failed.
@@ -1370,12 +1370,11 @@ impl<S: Storage> Relay<S> {
                 ErrorCode::POLICY,
                 "the manifest is older than the relay accepts",
             ),
-            Refusal::Ahead(s) => perr(
+            Refusal::Ahead { created_at, now } => perr(
                 ErrorCode::POLICY,
                 format!(
-                    "the manifest is dated {:.1} h ahead of the relay's clock (at most {} h accepted): check the sender's clock",
-                    s as f64 / 3600.0,
-                    crate::policy::MAX_CLOCK_AHEAD_SECS / 3600
+                    "the manifest is dated {created_at}, ahead of the relay's clock ({now}) by more than {} h: check the sender's clock",
+                    MAX_CLOCK_AHEAD_SECS / 3600
                 ),
             ),
         };
@@ -1401,13 +1400,19 @@ impl<S: Storage> Relay<S> {
                 format!("retain_until {d} has already passed"),
             ));
         }
-        let now = self.now().unix();
+        // The manifest age window (`relay.md` §4, test-plan.md 48, 52b): not older than the
+        // policy allows, and not dated further ahead of this relay's clock than clocks drift.
+        let clock = self.now();
+        let now = clock.unix();
         let age = now - o.created_at.unix();
         if age > i64::from(policy.max_manifest_age_days) * 86_400 {
             return Err(policy_err(Refusal::Stale));
         }
-        if -age > crate::policy::MAX_CLOCK_AHEAD_SECS {
-            return Err(policy_err(Refusal::Ahead(-age)));
+        if -age > MAX_CLOCK_AHEAD_SECS {
+            return Err(policy_err(Refusal::Ahead {
+                created_at: o.created_at,
+                now: clock,
+            }));
         }
         let total = o.ciphertext_bytes();
         if total > policy.max_transfer_bytes {

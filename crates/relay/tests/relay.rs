@@ -275,7 +275,7 @@ async fn refusals_are_specific_logged_and_store_nothing() {
         ErrorCode::POLICY,
     );
     // 48: a manifest dated two days ahead of the relay's clock (the sender's clock is wrong)
-    // is refused, saying so (one an hour ahead is accepted: `a_sender_clock_an_hour_ahead…`).
+    // is refused, saying so (the boundary: `a_sender_clock_up_to_a_day_ahead_is_accepted`).
     let ahead = rogatory_custody::Timestamp::from_unix(now().unix() + 2 * 86_400).expect("time");
     let e = send(&sa, &transfer(&w.a, &[&w.b], &files, legal(), ahead), None)
         .await
@@ -1489,19 +1489,33 @@ fn a_sender_resuming_while_gc_removes_its_partial_starts_afresh() {
         .expect("custody receipt");
 }
 
-/// test-plan.md 48: clocks of agencies drift; a manifest dated an hour ahead of the relay's
-/// clock is within the skew accepted (`relay.md` §4) and gets its custody receipt.
+/// test-plan.md 48: clocks of agencies drift. Against a relay whose clock stands still, a
+/// manifest dated exactly 24 h ahead of it is within the skew accepted (`relay.md` §4) and gets
+/// its custody receipt; one second more is refused (`POLICY`), naming both times.
 #[tokio::test]
-async fn a_sender_clock_an_hour_ahead_is_accepted() {
+async fn a_sender_clock_up_to_a_day_ahead_is_accepted() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let r = relay_in(&w, dir.path(), Policy::default());
+    let t0 = now().unix();
+    let (_c, clock) = clock_at(t0);
+    let r = start(
+        &w,
+        open_relay(&w, dir.path(), Policy::default(), DiskStorage::new(), clock),
+    );
     let sa = connect(&w, &w.a, r.addr).await;
-    let skewed = rogatory_custody::Timestamp::from_unix(now().unix() + 3600).expect("time");
-    let t = transfer(&w.a, &[&w.b], &exhibits(2), legal(), skewed);
-    send(&sa, &t, None)
+    let at = |s: i64| rogatory_custody::Timestamp::from_unix(t0 + s).expect("time");
+    let late = transfer(&w.a, &[&w.b], &exhibits(2), legal(), at(86_401));
+    let e = send(&sa, &late, None)
         .await
-        .expect("an hour ahead is accepted");
+        .expect_err("a day and a second ahead");
+    assert_eq!(code(&e), ErrorCode::POLICY, "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains(&at(86_401).to_string()) && m.contains(&at(0).to_string()),
+        "{m}"
+    );
+    let t = transfer(&w.a, &[&w.b], &exhibits(2), legal(), at(86_400));
+    send(&sa, &t, None).await.expect("a day ahead is accepted");
 }
 
 /// `relay.md` §7, §2 "One upload at a time" (test-plan.md 136): a damaged transfer whose retention

@@ -193,15 +193,16 @@ async fn upload_survives_loss_reordering_duplication_and_a_blackout() {
 }
 
 /// test-plan.md 21: path-MTU trouble. Through a path that drops every datagram over 1,200 bytes
-/// (the QUIC minimum) from the start, and through one whose MTU falls from 1,500 to 1,200 bytes
-/// once a quarter of the data is durable (a black hole: quinn had raised its packets above
-/// 1,200 bytes by path-MTU discovery), the upload completes byte-exact with one receipt.
+/// (the QUIC minimum) from the start, the sender never raises its packets above it; through one
+/// whose MTU falls from 1,500 to 1,200 bytes once path-MTU discovery has raised the sender's
+/// packets above 1,200 bytes, the sender detects the black hole and falls back. Both uploads
+/// complete byte-exact with one receipt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_survives_a_small_path_mtu_and_an_mtu_black_hole() {
     let pki = Pki::new();
     for (seed, black_hole) in [(5u8, false), (6, true)] {
         let t = TransferId::from_bytes([seed; 16]);
-        let files = Files::random(&[8 << 20, 1000], u64::from(seed));
+        let files = Files::random(&[24 << 20, 1000], u64::from(seed));
         let store = Arc::new(Memory::new(vec![(t, files.clone())]));
         let relay = start_relay(&pki, store.clone(), Limits::default());
         let imp = Impairment {
@@ -219,9 +220,19 @@ async fn upload_survives_a_small_path_mtu_and_an_mtu_black_hole() {
             .connect(proxy.addr(), None)
             .await
             .expect("connect through the proxy");
+        // The MTU falls as soon as the sender's packets are larger than 1,200 bytes.
+        let (conn, p) = (s.conn.clone(), proxy.clone());
+        let fall = tokio::spawn(async move {
+            if !black_hole {
+                return false;
+            }
+            while conn.stats().path.current_mtu <= 1200 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            p.set_mtu(1200);
+            true
+        });
         let mut src = files.clone();
-        let p = proxy.clone();
-        let quarter = files.total() / 4;
         let out = tokio::time::timeout(
             Duration::from_secs(60),
             upload(
@@ -230,31 +241,30 @@ async fn upload_survives_a_small_path_mtu_and_an_mtu_black_hole() {
                 files.layouts.clone(),
                 UploadConfig::default(),
                 &mut src,
-                |e| {
-                    if let UploadEvent::Progress { durable, .. } = e
-                        && black_hole
-                        && *durable > quarter
-                    {
-                        p.set_mtu(1200);
-                    }
-                },
+                |_| {},
             ),
         )
         .await
         .expect("bounded")
         .expect("upload completes");
+        fall.abort();
+        let fell = fall.await.unwrap_or(false);
         assert_eq!(store.bytes(t), files.data, "byte-exact");
         assert_eq!(store.receipts.load(Ordering::Relaxed), 1);
+        let path = s.conn.stats().path;
         let too_large = proxy.counters().too_large.load(Ordering::Relaxed);
-        // quinn probes for a larger MTU: on the small path each probe is dropped; through the
-        // black hole, full-sized packets were.
-        assert!(
-            too_large > 0,
-            "black hole {black_hole}: nothing was too large"
-        );
+        if black_hole {
+            assert!(
+                fell,
+                "path-MTU discovery never raised the packets above 1,200 bytes"
+            );
+            assert!(too_large > 0, "nothing was dropped for its size");
+            assert!(path.black_holes_detected >= 1, "{path:?}");
+        }
+        assert_eq!(path.current_mtu, 1200, "black hole {black_hole}: {path:?}");
         eprintln!(
-            "mtu (black hole {black_hole}): {:?}, {too_large} datagrams too large",
-            out.stats
+            "mtu (black hole {black_hole}): {:?}, {too_large} datagrams too large, {} black holes",
+            out.stats, path.black_holes_detected
         );
     }
 }
