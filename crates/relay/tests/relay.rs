@@ -1383,18 +1383,25 @@ fn a_commit_of_an_upload_taken_over_or_ended_records_nothing() {
     }
 }
 
+/// A relay on disk on [`Gated`] storage (not armed), driven through its API (no network): the
+/// relay, its storage and the clock it reads.
+type GatedApiRelay = (
+    std::sync::Arc<rogatory_relay::relay::Relay<std::sync::Arc<Gated>>>,
+    std::sync::Arc<Gated>,
+    TestClock,
+);
+
+fn gated_api_relay(w: &World, dir: &std::path::Path) -> GatedApiRelay {
+    let (clock, clk) = clock_at(now().unix());
+    let storage = std::sync::Arc::new(Gated::default());
+    let relay = std::sync::Arc::new(open_relay(w, dir, Policy::default(), storage.clone(), clk));
+    (relay, storage, clock)
+}
+
 fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let (_c, clock) = clock_at(now().unix());
-    let storage = std::sync::Arc::new(Gated::default());
-    let relay = std::sync::Arc::new(open_relay(
-        &w,
-        dir.path(),
-        Policy::default(),
-        storage.clone(),
-        clock,
-    ));
+    let (relay, storage, _clock) = gated_api_relay(&w, dir.path());
     let t = transfer(&w.a, &[&w.b], &[("big", vec![9; 600_000])], legal(), now());
     let n = t.layouts[0].count();
     let peer = peer_a(&w);
@@ -1441,15 +1448,7 @@ fn commit_held_while_the_transfer_is_offered_again(ended_first: bool) {
 fn a_sender_resuming_while_gc_removes_its_partial_starts_afresh() {
     let w = World::new();
     let dir = tempfile::tempdir().expect("tmp");
-    let (clock, clk) = clock_at(now().unix());
-    let storage = std::sync::Arc::new(Gated::default());
-    let relay = std::sync::Arc::new(open_relay(
-        &w,
-        dir.path(),
-        Policy::default(),
-        storage.clone(),
-        clk,
-    ));
+    let (relay, storage, clock) = gated_api_relay(&w, dir.path());
     let t = transfer(&w.a, &[&w.b], &[("big", vec![5; 600_000])], legal(), now());
     let n = t.layouts[0].count();
     let peer = peer_a(&w);

@@ -253,18 +253,29 @@ async fn revoked_client_is_refused_via_crl() {
         .ca
         .issue(&id("agency-a"), Validity::days_from_now(7), 30)
         .expect("cert");
+    relay_refuses(
+        &identity(&cert),
+        trust_revoking(&pki, 30),
+        CERTIFICATE_REVOKED,
+        "Revoked",
+    )
+    .await;
+}
+
+/// The test PKI's trust with a current CRL of its CA that revokes `serial`.
+fn trust_revoking(pki: &Pki, serial: u64) -> PeerTrust {
     let now = time::OffsetDateTime::now_utc();
     let crl = pki
         .ca
         .crl(
-            &[30],
+            &[serial],
             now - time::Duration::hours(1),
             now + time::Duration::days(1),
         )
         .expect("crl");
     let mut t = pki.trust();
     t.add_crl(crl.as_bytes()).expect("crl");
-    relay_refuses(&identity(&cert), t, CERTIFICATE_REVOKED, "Revoked").await;
+    t
 }
 
 /// test-plan.md 14, `relay.md` §11: a CRL loaded into a running relay (`Node::reload`, what its
@@ -293,18 +304,7 @@ async fn a_crl_loaded_on_a_running_relay_closes_the_revoked_connection() {
     );
     let a = na.connect(addr, None).await.expect("agency-a connects");
     let b = nb.connect(addr, None).await.expect("agency-b connects");
-    let now = time::OffsetDateTime::now_utc();
-    let crl = pki
-        .ca
-        .crl(
-            &[30],
-            now - time::Duration::hours(1),
-            now + time::Duration::days(1),
-        )
-        .expect("crl");
-    let mut t = pki.trust();
-    t.add_crl(crl.as_bytes()).expect("crl");
-    relay.reload(t).expect("reload");
+    relay.reload(trust_revoking(&pki, 30)).expect("reload");
     let e = tokio::time::timeout(Duration::from_secs(10), a.conn.closed())
         .await
         .expect("the revoked connection is closed");
