@@ -8,9 +8,12 @@
 //! hashed before the file can be published, in order, exactly once; only the hashing and the
 //! writing move. The worker copies every chunk's plaintext into a [`SEGMENT`]-byte buffer
 //! aligned for direct I/O, hands full buffers to the thread (one wake-up per segment, not per
-//! chunk), and takes back the ones it is done with. The thread hashes each segment and writes it
-//! at the next offset of the partial file ([`DirectWriter`]: directly where the file system
-//! allows, so the plaintext is not copied again into the page cache nor written back from it).
+//! chunk), and takes back the ones it is done with. The thread hashes each segment; a second
+//! thread writes it at the next offset of the partial file while the next one is hashed
+//! ([`DirectWriter`]: directly where the file system allows, so the plaintext is not copied again
+//! into the page cache nor written back from it; a direct write waits for the device, which on
+//! the hashing thread held the hashing up: `docs/performance.md` "The fetch's writes on a thread
+//! of their own").
 //! A partial file therefore only ever grows by whole segments, which are whole authenticated
 //! chunks (or the file's end). Nothing is read back from the file.
 
@@ -23,8 +26,8 @@ use sha2::{Digest, Sha256};
 
 /// Bytes of plaintext handed to the thread at a time.
 const SEGMENT: usize = 1 << 20;
-/// Segments at most: one being filled, the others queued or being hashed and written.
-const SEGMENTS: usize = 3;
+/// Segments at most: one being filled, one being hashed, one being written, one queued.
+const SEGMENTS: usize = 4;
 /// Files with at least this much plaintext are hashed on a thread of their own; smaller ones
 /// would spend more starting it than they save.
 pub(crate) const ON_THREAD_MIN: u64 = 8 << 20;
@@ -134,37 +137,80 @@ pub(crate) struct Feed {
     thread: JoinHandle<([u8; 32], io::Result<()>)>,
 }
 
+/// Writes `segments` with `w` at its next offsets, in order, and gives each one back; the first
+/// write error goes to `fail` at once (the worker hears of it) and ends the writing: later
+/// segments are only given back. Returns how the writing went.
+fn write_segments(
+    mut w: DirectWriter,
+    segments: Receiver<Segment>,
+    give_back: &Sender<Segment>,
+    fail: &Sender<io::Error>,
+) -> io::Result<()> {
+    let mut wrote = Ok(());
+    for mut s in segments {
+        if wrote.is_ok()
+            && let Err(e) = w.write(s.bytes())
+        {
+            wrote = Err(io::Error::new(e.kind(), e.to_string()));
+            let _ = fail.send(e);
+        }
+        s.len = 0;
+        // The feed may be gone (it stopped early): the segment is dropped.
+        let _ = give_back.send(s);
+    }
+    match wrote {
+        Ok(()) => w.finish(),
+        e => e,
+    }
+}
+
 impl Feed {
     fn start(state: Sha256, to: Option<DirectWriter>) -> Option<Self> {
         let (give, segments) = channel::<Segment>();
         let (give_back, back) = channel();
         let (fail, failed) = channel();
         let writes = to.is_some();
+        // The writes on a thread of their own: a segment is written while the next one is
+        // hashed, so that a disk slow to answer a write does not hold the hashing up too.
+        let writer = match to {
+            Some(w) => {
+                let (write, written) = channel::<Segment>();
+                let (give_back, fail) = (give_back.clone(), fail.clone());
+                let j = std::thread::Builder::new()
+                    .name("rogatory-write".into())
+                    .spawn(move || write_segments(w, written, &give_back, &fail))
+                    .ok()?;
+                Some((write, j))
+            }
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("rogatory-hash".into())
             .spawn(move || {
                 let mut h = state;
-                let mut to = to;
-                let mut wrote = Ok(());
                 for mut s in segments {
                     h.update(s.bytes());
-                    if let Some(w) = to.as_mut()
-                        && wrote.is_ok()
-                        && let Err(e) = w.write(s.bytes())
-                    {
-                        // The worker hears of it at once; `finish` reports it too.
-                        wrote = Err(io::Error::new(e.kind(), e.to_string()));
-                        let _ = fail.send(e);
+                    match &writer {
+                        Some((write, _)) => {
+                            // A writer that died is reported when it is joined, below.
+                            let _ = write.send(s);
+                        }
+                        None => {
+                            s.len = 0;
+                            // The feed may be gone (it stopped early): the segment is dropped.
+                            let _ = give_back.send(s);
+                        }
                     }
-                    s.len = 0;
-                    // The feed may be gone (it stopped early): the segment is dropped.
-                    let _ = give_back.send(s);
                 }
-                if let Some(w) = to
-                    && wrote.is_ok()
-                {
-                    wrote = w.finish();
-                }
+                let wrote = match writer {
+                    Some((write, j)) => {
+                        drop(write);
+                        j.join().unwrap_or_else(|_| {
+                            Err(io::Error::other("the thread writing the file died"))
+                        })
+                    }
+                    None => Ok(()),
+                };
                 (h.finalize().into(), wrote)
             })
             .ok()?;
