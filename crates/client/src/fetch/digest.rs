@@ -36,7 +36,7 @@ pub(crate) const ON_THREAD_MIN: u64 = 8 << 20;
 pub(crate) enum Digesting {
     /// Hashed as it comes, on the calling thread, which writes it.
     Here(Sha256),
-    /// Hashed on a thread of its own, which writes it too if it was given the file.
+    /// Hashed on a thread of its own, and written on another if it was given the file.
     Thread(Feed),
 }
 
@@ -79,13 +79,13 @@ impl Digesting {
         }
     }
 
-    /// Whether the plaintext is written on the thread.
+    /// Whether the plaintext is written on the feed's writing thread (not by the caller).
     pub(crate) fn writes_on_thread(&self) -> bool {
         matches!(self, Digesting::Thread(f) if f.writes)
     }
 
     /// Moves the hashing to a thread of its own, from the state reached so far, and the
-    /// writing too if `to` is given. Stays here if no thread can be started.
+    /// writing to another if `to` is given. Stays here if the threads cannot be started.
     pub(crate) fn move_to_thread(&mut self, to: Option<DirectWriter>) {
         if let Digesting::Here(h) = self
             && let Some(f) = Feed::start(h.clone(), to)
@@ -122,19 +122,22 @@ impl Segment {
     }
 }
 
-/// The calling thread's side of the thread.
+/// The calling thread's side of the hashing thread and of the writing thread.
 pub(crate) struct Feed {
     /// The segment being filled.
     cur: Segment,
     to: Sender<Segment>,
     back: Receiver<Segment>,
-    /// The first write error, as soon as the thread meets it.
+    /// The first write error (or the writing thread's death), as soon as it is known.
     failed: Receiver<io::Error>,
     /// Segments made so far.
     made: usize,
-    /// Whether the thread writes the plaintext.
+    /// Whether the writing thread writes the plaintext.
     writes: bool,
-    thread: JoinHandle<([u8; 32], io::Result<()>)>,
+    /// The hashing thread: the digest.
+    thread: JoinHandle<[u8; 32]>,
+    /// The writing thread, if any: how the writes went.
+    writer: Option<JoinHandle<io::Result<()>>>,
 }
 
 /// Writes `segments` with `w` at its next offsets, in order, and gives each one back; the first
@@ -172,7 +175,7 @@ impl Feed {
         let writes = to.is_some();
         // The writes on a thread of their own: a segment is written while the next one is
         // hashed, so that a disk slow to answer a write does not hold the hashing up too.
-        let writer = match to {
+        let (write, writer) = match to {
             Some(w) => {
                 let (write, written) = channel::<Segment>();
                 let (give_back, fail) = (give_back.clone(), fail.clone());
@@ -180,40 +183,50 @@ impl Feed {
                     .name("rogatory-write".into())
                     .spawn(move || write_segments(w, written, &give_back, &fail))
                     .ok()?;
-                Some((write, j))
+                (Some(write), Some(j))
             }
-            None => None,
+            None => (None, None),
         };
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("rogatory-hash".into())
             .spawn(move || {
                 let mut h = state;
+                let mut writer_died = false;
                 for mut s in segments {
                     h.update(s.bytes());
-                    match &writer {
-                        Some((write, _)) => {
-                            // A writer that died is reported when it is joined, below.
-                            let _ = write.send(s);
-                        }
-                        None => {
-                            s.len = 0;
-                            // The feed may be gone (it stopped early): the segment is dropped.
-                            let _ = give_back.send(s);
+                    if let Some(write) = &write {
+                        match write.send(s) {
+                            Ok(()) => continue,
+                            // The writing thread died (a bug): the worker hears of it, and the
+                            // segment still goes back, so that the worker never waits for it.
+                            Err(std::sync::mpsc::SendError(back)) => {
+                                s = back;
+                                if !writer_died {
+                                    writer_died = true;
+                                    let _ = fail
+                                        .send(io::Error::other("the thread writing the file died"));
+                                }
+                            }
                         }
                     }
+                    s.len = 0;
+                    // The feed may be gone (it stopped early): the segment is dropped.
+                    let _ = give_back.send(s);
                 }
-                let wrote = match writer {
-                    Some((write, j)) => {
-                        drop(write);
-                        j.join().unwrap_or_else(|_| {
-                            Err(io::Error::other("the thread writing the file died"))
-                        })
-                    }
-                    None => Ok(()),
-                };
-                (h.finalize().into(), wrote)
-            })
-            .ok()?;
+                // Dropping `write` here lets the writing thread finish.
+                h.finalize().into()
+            });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(_) => {
+                // The writing thread's sender went with the closure: it ends, clearing
+                // `O_DIRECT` before the caller writes through the descriptor.
+                if let Some(j) = writer {
+                    let _ = j.join();
+                }
+                return None;
+            }
+        };
         Some(Feed {
             cur: Segment::new(),
             to: give,
@@ -222,6 +235,7 @@ impl Feed {
             made: 1,
             writes,
             thread,
+            writer,
         })
     }
 
@@ -262,16 +276,29 @@ impl Feed {
 
     fn finish(self) -> Result<[u8; 32], Unfinished> {
         let Feed {
-            cur, to, thread, ..
+            cur,
+            to,
+            thread,
+            writer,
+            ..
         } = self;
         if cur.len > 0 {
             let _ = to.send(cur);
         }
         drop(to);
-        match thread.join() {
-            Ok((digest, Ok(()))) => Ok(digest),
-            Ok((_, Err(e))) => Err(Unfinished::Write(e)),
-            Err(_) => Err(Unfinished::Died),
+        // The hashing thread first: once it has ended, the writing thread has every segment and
+        // ends after the last write.
+        let digest = thread.join();
+        let wrote = match writer {
+            Some(j) => j
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the thread writing the file died"))),
+            None => Ok(()),
+        };
+        match (digest, wrote) {
+            (Ok(d), Ok(())) => Ok(d),
+            (Ok(_), Err(e)) => Err(Unfinished::Write(e)),
+            (Err(_), _) => Err(Unfinished::Died),
         }
     }
 }

@@ -207,10 +207,10 @@ impl<'b> Opener<'b> {
 
     /// Hashes the rest of the plaintext on a thread of its own
     /// ([`Digesting::move_to_thread`]) if at least [`digest::ON_THREAD_MIN`] bytes of it are
-    /// left, and writes it there too, to `file` from the next chunk's plaintext offset, if
+    /// left, and writes it on another, to `file` from the next chunk's plaintext offset, if
     /// `file` is given and can be written directly ([`DirectWriter`]); less is hashed (and
     /// written) here. A file that cannot be written directly (on tmpfs, say) is written here
-    /// through the page cache: on the thread, that copy made the fetch slower (the worker
+    /// through the page cache: on a thread, that copy made the fetch slower (the worker
     /// waited for segments whenever the thread was late).
     pub(crate) fn hash_on_thread(&mut self, file: Option<&std::fs::File>) {
         let at = Layout::plain_offset(self.next);
@@ -223,7 +223,8 @@ impl<'b> Opener<'b> {
         }
     }
 
-    /// Whether the plaintext is written on the digest's thread: the caller does not write it.
+    /// Whether the plaintext is written on the digest's writing thread: the caller does not
+    /// write it.
     pub(crate) fn writes_on_thread(&self) -> bool {
         self.hasher.writes_on_thread()
     }
