@@ -367,16 +367,8 @@ pub fn witness_requirement(home: &Home) -> Result<Option<WitnessRequirement>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(crate::error::io("reading", &p, e)),
     };
-    let r: WitnessRequirement = toml::from_str(&text).map_err(|e| {
-        Error::new(
-            ErrorKind::Usage,
-            format!(
-                "{}: {}",
-                p.display(),
-                e.to_string().trim().replace('\n', " ")
-            ),
-        )
-    })?;
+    let r: WitnessRequirement =
+        toml::from_str(&text).map_err(|e| crate::error::toml(&p, &text, &e))?;
     if r.require > r.witnesses.len() {
         return Err(Error::new(
             ErrorKind::Usage,

@@ -106,6 +106,21 @@ pub fn net(what: &str, e: rogatory_transport::net::NetError) -> Error {
     }
 }
 
+/// A TOML error of `text` (read from `path`) as a usage error in one line, `PATH: line L, column
+/// C: what` (the toml crate's own text quotes the line over several).
+pub fn toml(path: &Path, text: &str, e: &::toml::de::Error) -> Error {
+    let what = match e.span().and_then(|s| text.get(..s.start)) {
+        Some(before) => format!(
+            "line {}, column {}: {}",
+            before.matches('\n').count() + 1,
+            before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+            e.message()
+        ),
+        None => e.message().to_owned(),
+    };
+    Error::new(ErrorKind::Usage, format!("{}: {what}", path.display()))
+}
+
 /// A local file-system failure, naming the path.
 pub fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Storage, format!("{what} {}", path.display())).source(e)
@@ -128,4 +143,31 @@ pub fn refused(what: &str, code: rogatory_transport::ErrorCode, message: &str) -
         );
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TOML file's error is one line naming the file, the line and column, and what is wrong.
+    #[test]
+    fn a_toml_error_is_one_line_saying_where() {
+        let text = "notes = \"x\"\nonward_transfer = 3\n";
+        let e = ::toml::from_str::<::toml::Table>("a = \n").expect_err("no value");
+        let m = toml(Path::new("meta.toml"), "a = \n", &e).to_string();
+        assert!(m.starts_with("meta.toml: line 1, column "), "{m}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Meta {
+            notes: String,
+            onward_transfer: String,
+        }
+        let e = ::toml::from_str::<Meta>(text).expect_err("a number");
+        let m = toml(Path::new("meta.toml"), text, &e);
+        assert_eq!(
+            m.to_string(),
+            "meta.toml: line 2, column 19: invalid type: integer `3`, expected a string"
+        );
+        assert_eq!(m.kind, ErrorKind::Usage);
+    }
 }

@@ -107,6 +107,17 @@ pub enum Refusal {
     },
 }
 
+/// A TOML error of `text` in one line, `line L, column C: what` (the toml crate's own text
+/// quotes the line over several).
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else {
+        return e.message().to_owned();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {}", e.message())
+}
+
 /// How far ahead of the relay's clock a manifest's `created_at` may be (`relay.md` §4, the
 /// manifest age window; test-plan.md 48): clocks of agencies in other jurisdictions drift.
 pub const MAX_CLOCK_AHEAD_SECS: i64 = 86_400;
@@ -126,8 +137,7 @@ impl Policy {
 
     /// Parses policy TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let p: Policy =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let p: Policy = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         for f in &p.require {
             if !FIELDS.contains(&f.as_str()) {
                 return Err(format!(
@@ -228,6 +238,14 @@ quota_bytes = 5000
         assert!(p.check_route(&a, std::slice::from_ref(&c), &b).is_err());
         assert!(p.check_route(&c, std::slice::from_ref(&b), &b).is_err());
         assert!(Policy::parse("quota = 1").is_err());
+        // One line saying where and what, not the toml crate's snippet over several.
+        assert_eq!(
+            Policy::parse("require = []\nmax_transfer_bytes = \"lots\"\n"),
+            Err("line 2, column 22: invalid type: string \"lots\", expected u64".to_owned())
+        );
+        // Columns count characters: "é", a byte pair, is the second.
+        let e = Policy::parse("réserve = 1").expect_err("not a bare key");
+        assert!(e.starts_with("line 1, column 2: "), "{e}");
         assert!(Policy::parse("require = [\"shoe_size\"]").is_err());
     }
 }

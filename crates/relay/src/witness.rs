@@ -93,7 +93,7 @@ impl WitnessConfig {
 
     /// Parses the TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let c: Self = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let c: Self = toml::from_str(text).map_err(|e| crate::policy::toml_error(text, &e))?;
         if c.wait_ms > 20_000 {
             return Err("wait_ms above 20000".into());
         }

@@ -49,12 +49,7 @@ pub(crate) fn legal(a: &LegalInput) -> Result<Legal> {
             let t = fs::read_to_string(p).map_err(|e| {
                 Error::new(ErrorKind::Usage, format!("cannot read {}", p.display())).source(e)
             })?;
-            toml::from_str(&t).map_err(|e| {
-                Error::new(
-                    ErrorKind::Usage,
-                    format!("{}: {}", p.display(), e.message()),
-                )
-            })?
+            toml::from_str(&t).map_err(|e| crate::error::toml(p, &t, &e))?
         }
         None => Meta::default(),
     };
