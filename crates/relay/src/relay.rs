@@ -140,10 +140,14 @@ impl Upload {
         self.fenced.load(Ordering::SeqCst)
     }
 
-    /// Fences it (nothing more of it is written or committed) and waits for a write of it in
-    /// progress, which holds `state`.
-    fn fence(&self) {
+    /// Marks it fenced: nothing more of it is written or committed.
+    fn mark_fenced(&self) {
         self.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Fences it and waits for a write of it in progress, which holds `state`.
+    fn fence(&self) {
+        self.mark_fenced();
         drop(lock(&self.state));
     }
 }
@@ -1651,7 +1655,7 @@ impl<S: Storage> Relay<S> {
         if let Some(u) = active.get(&lease.transfer)
             && u.lease == lease.id
         {
-            u.fenced.store(true, Ordering::SeqCst);
+            u.mark_fenced();
             active.remove(&lease.transfer);
         }
     }
@@ -2138,7 +2142,7 @@ impl<S: Storage> Relay<S> {
             params![row.row],
         );
         if let Some(u) = lock(&self.active).remove(&row.transfer) {
-            u.fenced.store(true, Ordering::SeqCst);
+            u.mark_fenced();
         }
         let _ = self.storage.remove(&self.spool(row.row));
     }

@@ -74,14 +74,18 @@ impl Digesting {
             }
             Digesting::Thread(f) => {
                 f.update(p)?;
-                if f.writes { Ok(()) } else { out.write_all(p) }
+                if f.writer.is_some() {
+                    Ok(())
+                } else {
+                    out.write_all(p)
+                }
             }
         }
     }
 
     /// Whether the plaintext is written on the feed's writing thread (not by the caller).
     pub(crate) fn writes_on_thread(&self) -> bool {
-        matches!(self, Digesting::Thread(f) if f.writes)
+        matches!(self, Digesting::Thread(f) if f.writer.is_some())
     }
 
     /// Moves the hashing to a thread of its own, from the state reached so far, and the
@@ -132,12 +136,15 @@ pub(crate) struct Feed {
     failed: Receiver<io::Error>,
     /// Segments made so far.
     made: usize,
-    /// Whether the writing thread writes the plaintext.
-    writes: bool,
     /// The hashing thread: the digest.
     thread: JoinHandle<[u8; 32]>,
     /// The writing thread, if any: how the writes went.
     writer: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// What a writing thread that died (a bug) leaves the file's writes as.
+fn writer_died() -> io::Error {
+    io::Error::other("the thread writing the file died")
 }
 
 /// Writes `segments` with `w` at its next offsets, in order, and gives each one back; the first
@@ -172,7 +179,6 @@ impl Feed {
         let (give, segments) = channel::<Segment>();
         let (give_back, back) = channel();
         let (fail, failed) = channel();
-        let writes = to.is_some();
         // The writes on a thread of their own: a segment is written while the next one is
         // hashed, so that a disk slow to answer a write does not hold the hashing up too.
         let (write, writer) = match to {
@@ -190,22 +196,18 @@ impl Feed {
         let spawned = std::thread::Builder::new()
             .name("rogatory-hash".into())
             .spawn(move || {
-                let mut h = state;
-                let mut writer_died = false;
+                let (mut h, mut write) = (state, write);
                 for mut s in segments {
                     h.update(s.bytes());
-                    if let Some(write) = &write {
-                        match write.send(s) {
+                    if let Some(w) = &write {
+                        match w.send(s) {
                             Ok(()) => continue,
-                            // The writing thread died (a bug): the worker hears of it, and the
-                            // segment still goes back, so that the worker never waits for it.
+                            // The writing thread died (a bug): the worker hears of it once, and
+                            // this segment and the next go back, so that it never waits for one.
                             Err(std::sync::mpsc::SendError(back)) => {
                                 s = back;
-                                if !writer_died {
-                                    writer_died = true;
-                                    let _ = fail
-                                        .send(io::Error::other("the thread writing the file died"));
-                                }
+                                write = None;
+                                let _ = fail.send(writer_died());
                             }
                         }
                     }
@@ -233,7 +235,6 @@ impl Feed {
             back,
             failed,
             made: 1,
-            writes,
             thread,
             writer,
         })
@@ -290,9 +291,7 @@ impl Feed {
         // ends after the last write.
         let digest = thread.join();
         let wrote = match writer {
-            Some(j) => j
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the thread writing the file died"))),
+            Some(j) => j.join().unwrap_or_else(|_| Err(writer_died())),
             None => Ok(()),
         };
         match (digest, wrote) {
