@@ -119,6 +119,13 @@ impl Session {
         self.covered.insert(cmd.to_owned());
         let stdout = String::from_utf8_lossy(out).into_owned();
         if self.json {
+            // A script reading `--json` learns how a command ended from its last line: none is
+            // silent, even when there was nothing to do.
+            assert!(
+                !stdout.trim().is_empty(),
+                "{cmd}: --json printed no event: {}",
+                String::from_utf8_lossy(err)
+            );
             for l in stdout.lines() {
                 let v: serde_json::Value = serde_json::from_str(l)
                     .unwrap_or_else(|e| panic!("{cmd}: a stdout line is not JSON ({e}): {l}"));

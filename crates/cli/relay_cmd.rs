@@ -401,7 +401,13 @@ pub(crate) fn purge(
             r.ciphertext_bytes
         );
     }
-    if done.is_empty() && !events.json {
+    if events.json {
+        events.emit(Json::RelayPurgeDone {
+            purged: done.len() as u64,
+            ciphertext_bytes: done.iter().map(|(r, _)| r.ciphertext_bytes).sum(),
+            dry_run,
+        });
+    } else if done.is_empty() {
         errln!(
             "rogatory: nothing {}",
             if dry_run {
@@ -423,7 +429,7 @@ pub(crate) fn gc(home: &Home, policy: Option<&std::path::Path>, events: &Events)
     if removed.is_empty() {
         events.emit_line("gc: no partial upload to remove");
     }
-    for t in removed {
+    for t in &removed {
         if events.json {
             events.emit(Json::RelayGc {
                 transfer_id: t.to_string(),
@@ -431,6 +437,11 @@ pub(crate) fn gc(home: &Home, policy: Option<&std::path::Path>, events: &Events)
         } else {
             outln!("removed partial {t}");
         }
+    }
+    if events.json {
+        events.emit(Json::RelayGcDone {
+            removed: removed.len() as u64,
+        });
     }
     Ok(())
 }

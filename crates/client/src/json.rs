@@ -167,10 +167,24 @@ pub enum Event {
         /// Why (the retention rule that applied).
         reason: String,
     },
+    /// `relay purge`: the end.
+    RelayPurgeDone {
+        /// Transfers purged (or that would be).
+        purged: u64,
+        /// Ciphertext bytes they held.
+        ciphertext_bytes: u64,
+        /// Whether nothing was removed (`--dry-run`).
+        dry_run: bool,
+    },
     /// `relay gc`, one per partial upload removed.
     RelayGc {
         /// The transfer.
         transfer_id: String,
+    },
+    /// `relay gc`: the end.
+    RelayGcDone {
+        /// Partial uploads removed.
+        removed: u64,
     },
     /// `relay scrub`, one per fault found.
     ScrubFault {
@@ -556,7 +570,13 @@ impl Event {
                 ciphertext_bytes: 0,
                 reason: s(),
             },
+            Event::RelayPurgeDone {
+                purged: 0,
+                ciphertext_bytes: 0,
+                dry_run: false,
+            },
             Event::RelayGc { transfer_id: s() },
+            Event::RelayGcDone { removed: 0 },
             Event::ScrubFault {
                 transfer_id: s(),
                 file: 0,
@@ -730,7 +750,7 @@ mod tests {
     /// Every variant has a sample: adding one without a sample fails to compile here.
     #[test]
     fn samples_cover_every_variant() {
-        let mut seen = [false; 41];
+        let mut seen = [false; 43];
         for e in Event::samples() {
             let i = match e {
                 Event::KeyCreated { .. } => 0,
@@ -774,6 +794,8 @@ mod tests {
                 Event::Error { .. } => 38,
                 Event::KeyRevoked { .. } => 39,
                 Event::CardRotated { .. } => 40,
+                Event::RelayPurgeDone { .. } => 41,
+                Event::RelayGcDone { .. } => 42,
             };
             assert!(!seen[i], "two samples of variant {i}");
             seen[i] = true;
