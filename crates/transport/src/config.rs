@@ -66,6 +66,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connections a relay holds at once, handshaking or established.
     pub max_incoming: usize,
+    /// Established connections one agency may hold at a relay at once: one agency, or one
+    /// stolen key, cannot take every one of the `max_incoming` places from the others.
+    pub max_connections_per_agency: usize,
     /// Congestion controller.
     pub congestion: Congestion,
     /// Receive and send buffer asked for each UDP socket, bytes (the kernel caps it, on Linux
@@ -94,6 +97,7 @@ impl Default for Limits {
             keep_alive: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_incoming: 256,
+            max_connections_per_agency: 32,
             congestion: Congestion::Cubic,
             udp_buffer: 8 << 20,
         }

@@ -416,6 +416,44 @@ pub struct Session {
     pub limits: Limits,
 }
 
+/// The connections each agency holds at a relay (`Limits::max_connections_per_agency`).
+type AgencySlots = Arc<Mutex<HashMap<AgencyId, usize>>>;
+
+/// One connection counted in [`AgencySlots`] until it is dropped.
+#[derive(Debug)]
+struct AgencySlot {
+    slots: AgencySlots,
+    agency: AgencyId,
+}
+
+impl AgencySlot {
+    /// A place for one more connection of `agency`, unless it holds `max` already.
+    fn take(slots: &AgencySlots, agency: &AgencyId, max: usize) -> Option<AgencySlot> {
+        let mut held = lock(slots);
+        let n = held.entry(agency.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AgencySlot {
+            slots: slots.clone(),
+            agency: agency.clone(),
+        })
+    }
+}
+
+impl Drop for AgencySlot {
+    fn drop(&mut self) {
+        let mut held = lock(&self.slots);
+        if let Some(n) = held.get_mut(&self.agency) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.agency);
+            }
+        }
+    }
+}
+
 impl Session {
     /// Opens a bidirectional request stream.
     pub async fn open(&self) -> Result<(FrameWriter, FrameReader), NetError> {
@@ -485,6 +523,8 @@ pub struct Node {
     /// Replaced by [`Node::reload`] (`relay.md` §11).
     trust: std::sync::RwLock<PeerTrust>,
     active: Arc<tokio::sync::Semaphore>,
+    /// Established connections per agency (a relay's).
+    slots: AgencySlots,
     /// Replaced by [`Node::set_policy`].
     policy: std::sync::RwLock<PublishedPolicy>,
     server: bool,
@@ -588,6 +628,7 @@ impl Node {
             identity,
             trust: std::sync::RwLock::new(trust),
             active,
+            slots: AgencySlots::default(),
             policy: std::sync::RwLock::new(PublishedPolicy::default()),
             server: false,
             sessions: Mutex::new(HashMap::new()),
@@ -726,14 +767,15 @@ impl Node {
     }
 
     /// The next incoming connection's outcome: a session, or why it was refused (tests and
-    /// diagnostics; [`Node::serve`] is the server loop). `None` when the endpoint is closed.
+    /// diagnostics; [`Node::serve`] is the server loop, and the only one that keeps count of
+    /// each agency's connections). `None` when the endpoint is closed.
     pub async fn accept_next(&self) -> Option<Result<Session, NetError>> {
         let incoming = self.endpoint.accept().await?;
         Some(
             match tokio::time::timeout(self.limits.handshake_timeout, self.handshake(incoming))
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.map(|(session, _)| session),
                 Err(_) => Err(NetError::Timeout("handshake")),
             },
         )
@@ -761,7 +803,7 @@ impl Node {
                 match tokio::time::timeout(me.limits.handshake_timeout, me.handshake(incoming))
                     .await
                 {
-                    Ok(Ok(s)) => {
+                    Ok(Ok((s, _slot))) => {
                         let kx = s.key_exchange_group().map(crate::kx::group_name);
                         let id = s.conn.stable_id();
                         {
@@ -799,7 +841,12 @@ impl Node {
         }
     }
 
-    async fn handshake(&self, incoming: quinn::Incoming) -> Result<Session, NetError> {
+    /// The TLS handshake and HELLO/WELCOME of an incoming connection, and its place among its
+    /// agency's connections, which the caller holds for as long as it serves the connection.
+    async fn handshake(
+        &self,
+        incoming: quinn::Incoming,
+    ) -> Result<(Session, AgencySlot), NetError> {
         let conn = incoming.accept()?.await?;
         let peer = peer_of(&conn)?;
         check_key_exchange(&read(&self.trust), &conn)?;
@@ -843,6 +890,30 @@ impl Node {
             conn.close(e.code.to_varint(), e.message.as_bytes());
             return Err(e.into());
         };
+        // Counted once the peer is known and speaks our protocol, refused with an answer it can
+        // report (`protocol.md` §8): BUSY is retryable.
+        let Some(slot) = AgencySlot::take(
+            &self.slots,
+            &peer.agency,
+            self.limits.max_connections_per_agency,
+        ) else {
+            let e = ProtocolError::new(
+                ErrorCode::BUSY,
+                format!(
+                    "{} already holds {} connections to this relay, its limit: retry when one ends",
+                    peer.agency, self.limits.max_connections_per_agency
+                ),
+            );
+            tracing::warn!(peer = %peer.agency, limit = self.limits.max_connections_per_agency, "refusing connection: too many from this agency");
+            w.send(&Frame::Error(ErrorFrame {
+                code: e.code,
+                message: e.message.clone(),
+            }))
+            .await?;
+            w.finish();
+            conn.close(e.code.to_varint(), e.message.as_bytes());
+            return Err(e.into());
+        };
         let welcome = Welcome {
             version,
             agency: self.agency.clone(),
@@ -852,14 +923,15 @@ impl Node {
         };
         w.send(&Frame::Welcome(welcome)).await?;
         w.finish();
-        Ok(Session {
+        let session = Session {
             conn,
             peer,
             version,
             max_data_streams: self.limits.max_data_streams,
             policy: read(&self.policy),
             limits: self.limits.clone(),
-        })
+        };
+        Ok((session, slot))
     }
 
     /// Closes the endpoint and waits until peers have been told: the closing period of every

@@ -27,6 +27,8 @@ fn defaults_are_the_documented_ones() {
     assert!(l.keep_alive < l.idle_timeout);
     assert_eq!(l.handshake_timeout, Duration::from_secs(10));
     assert_eq!(l.max_incoming, 256);
+    assert_eq!(l.max_connections_per_agency, 32);
+    assert!(l.max_connections_per_agency < l.max_incoming);
     assert_eq!(l.congestion, Congestion::Cubic);
     assert_eq!(
         l.frames,
@@ -177,4 +179,61 @@ async fn max_incoming_connections_is_enforced() {
     );
     drop(first);
     let _ = Arc::strong_count(&node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agency_cannot_take_every_connection() {
+    // test-plan.md 63: an agency at `max_connections_per_agency` is refused with BUSY
+    // (retryable, with the reason), another agency still connects, and a place that ends is
+    // free again.
+    let pki = Pki::new();
+    let limits = Limits {
+        max_connections_per_agency: 2,
+        ..Limits::default()
+    };
+    let node = relay(identity(&pki.relay), pki.trust(), limits);
+    let n = node.clone();
+    tokio::spawn(async move {
+        n.serve(|s| async move {
+            s.conn.closed().await;
+        })
+        .await
+    });
+    let addr = node.local_addr().expect("addr");
+    let a = client(identity(&pki.a), pki.trust());
+    let first = a.connect(addr, None).await.expect("first connection");
+    let _second = a.connect(addr, None).await.expect("second connection");
+    let third = a.connect(addr, None).await.expect_err("third refused");
+    assert_eq!(
+        third.class(),
+        rogatory_transport::ErrorClass::Retryable,
+        "{third:?}"
+    );
+    let shown = third.to_string();
+    assert!(
+        shown.contains("agency-a") && shown.contains("limit"),
+        "{shown}"
+    );
+    let b = client(identity(&pki.b), pki.trust());
+    let _other = b
+        .connect(addr, None)
+        .await
+        .expect("another agency connects");
+
+    first.conn.close(0u32.into(), b"done");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match a.connect(addr, None).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(
+                    e.class(),
+                    rogatory_transport::ErrorClass::Retryable,
+                    "{e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the place the first connection held is not free again: {e}"),
+        }
+    }
 }
