@@ -37,6 +37,23 @@ pub struct FrameLimits {
     pub max_offer: u64,
     /// Any other control payload (INBOX, STATUS, receipts, …).
     pub max_control: u64,
+    /// A payload larger than [`LARGE_FRAME`] must arrive within this long plus its length at
+    /// `min_frame_rate` (`protocol.md` §4.3): a peer cannot hold a half-sent frame for ever.
+    pub slow_frame_grace: std::time::Duration,
+    /// Bytes per second a large payload must average, after the grace.
+    pub min_frame_rate: u64,
+}
+
+/// Payloads above this size are read as they arrive (the buffer grows with them) and under a
+/// deadline (`FrameLimits::slow_frame_grace`); a PIECE is below it.
+pub const LARGE_FRAME: u64 = 128 << 10;
+
+impl FrameLimits {
+    /// How long a payload of `len` bytes may take to arrive once its header has.
+    pub fn payload_time(&self, len: u64) -> std::time::Duration {
+        self.slow_frame_grace
+            + std::time::Duration::from_secs_f64(len as f64 / self.min_frame_rate.max(1) as f64)
+    }
 }
 
 impl Default for FrameLimits {
@@ -44,6 +61,8 @@ impl Default for FrameLimits {
         FrameLimits {
             max_offer: 33 << 20,
             max_control: 1 << 20,
+            slow_frame_grace: std::time::Duration::from_secs(60),
+            min_frame_rate: 128 << 10,
         }
     }
 }

@@ -105,6 +105,9 @@ impl From<quinn::ClosedStream> for NetError {
     }
 }
 
+/// The largest buffer a [`FrameReader`] keeps between frames.
+const KEEP_BUFFER: usize = 2 << 20;
+
 /// Reads frames from a QUIC receive stream (`protocol.md` §4.3): the header is checked against
 /// the type's limit before the payload buffer grows; an oversized frame stops just this stream
 /// (`FRAME_TOO_LARGE`); any other framing error closes the connection with its code.
@@ -137,8 +140,33 @@ impl FrameReader {
         NetError::Frame(e)
     }
 
+    /// A large payload into `buf[..len]`, the buffer growing by doubling as bytes arrive: a peer
+    /// that announces a large frame and sends little of it holds about twice what it sent of
+    /// this side's memory, not what it announced (`protocol.md` §4.3).
+    async fn read_large(&mut self, len: usize) -> Result<(), NetError> {
+        let mut have = 0;
+        while have < len {
+            if self.buf.len() <= have {
+                let to = len.min((have * 2).max(frame::LARGE_FRAME as usize));
+                self.buf.resize(to, 0);
+            }
+            let end = self.buf.len().min(len);
+            match self.recv.read(&mut self.buf[have..end]).await {
+                Ok(Some(n)) => have += n,
+                Ok(None) => return Err(self.fail(FrameError::Truncated)),
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The next frame, or `None` when the peer finished the stream at a frame boundary.
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, NetError> {
+        // A stream that carried one large control frame does not keep its buffer; one that
+        // carries RANGE frames (1 MiB) keeps one of their size.
+        if self.buf.len() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
         let mut head = [0u8; MAX_HEADER];
         let mut have = 0;
         let mut need = 1;
@@ -160,13 +188,26 @@ impl FrameReader {
         };
         // `h.len` is within the type's limit: only now may the buffer grow.
         let len = h.len as usize;
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
-        match self.recv.read_exact(&mut self.buf[..len]).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(_)) => return Err(self.fail(FrameError::Truncated)),
-            Err(ReadExactError::ReadError(e)) => return Err(read_error(e)),
+        if h.len > frame::LARGE_FRAME {
+            let time = self.limits.payload_time(h.len);
+            match tokio::time::timeout(time, self.read_large(len)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    let _ = self.recv.stop(ErrorCode::TIMEOUT.to_varint());
+                    return Err(NetError::Timeout("a frame's payload"));
+                }
+            }
+        } else {
+            if self.buf.len() < len {
+                self.buf.resize(len, 0);
+            }
+            match self.recv.read_exact(&mut self.buf[..len]).await {
+                Ok(()) => {}
+                Err(ReadExactError::FinishedEarly(_)) => {
+                    return Err(self.fail(FrameError::Truncated));
+                }
+                Err(ReadExactError::ReadError(e)) => return Err(read_error(e)),
+            }
         }
         match frame::decode_payload(h.ty, &self.buf[..len]) {
             Ok(f) => Ok(Some(f)),

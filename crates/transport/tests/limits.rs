@@ -34,7 +34,9 @@ fn defaults_are_the_documented_ones() {
         l.frames,
         FrameLimits {
             max_offer: 33 << 20,
-            max_control: 1 << 20
+            max_control: 1 << 20,
+            slow_frame_grace: Duration::from_secs(60),
+            min_frame_rate: 128 << 10,
         }
     );
     // Every frame type has a finite limit, the OFFER limit covers the largest offer, and the
