@@ -181,6 +181,10 @@ fn main_error_messages() {
             "-o",
             "out",
         ],
+        // An agency home runs no relay: it has no audit log to verify.
+        vec!["--home", "A", "audit", "verify"],
+        // A log file that is not there.
+        vec!["--home", "A", "audit", "verify", "--log", "no-such.log"],
     ] {
         out.push_str(&show(d, &args));
         out.push('\n');

@@ -446,10 +446,27 @@ pub(crate) fn purge(home: &Home, a: &crate::args::PurgeArgs, events: &Events) ->
 }
 
 pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
-    let log_path = a
-        .log
-        .clone()
-        .unwrap_or_else(|| home.path("relay/audit.log"));
+    let log_path = match &a.log {
+        // A log named on the command line that is not there is a mistyped path, as for
+        // `verify FILE`; a relay home whose log is gone is tampering (exit 3, below).
+        Some(p) if !p.exists() => {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!("cannot read {}: no such file", p.display()),
+            ));
+        }
+        Some(p) => p.clone(),
+        None if !home.path("relay").is_dir() => {
+            return Err(CliError::new(
+                Exit::Usage,
+                format!(
+                    "{} runs no relay, so it keeps no audit log: give the relay's home (--home) or a copy of its log (--log FILE)",
+                    home.root.display()
+                ),
+            ));
+        }
+        None => home.path("relay/audit.log"),
+    };
     // The log keys of the owner's whole card chain (`custody.md` §8.5): checkpoints signed
     // before a key rotation keep verifying.
     let chain = match &a.agency {
