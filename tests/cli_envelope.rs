@@ -338,3 +338,70 @@ fn demo_runs_and_cleans_up() {
         .expect("demo dir");
     assert!(!Path::new(demo_dir).exists(), "demo directory removed");
 }
+
+/// test-plan.md 62: binary output is never written to a terminal. The terminal is a pseudo-
+/// terminal from util-linux `script` (`-e`: its exit code is the command's); without `script`
+/// the test says so and checks nothing.
+#[test]
+fn binary_output_is_refused_on_a_terminal() {
+    let Ok(script) = which_script() else {
+        eprintln!("skipped: no `script` (util-linux) to give the command a terminal");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let bin = common::bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    assert_eq!(code(&run(d, &["keygen", "-o", "k.txt"])), 0);
+    fs::write(d.join("p.txt"), b"PLAINTEXT-MARKER\n").expect("write");
+    let key = fs::read_to_string(d.join("k.txt")).expect("key");
+    let public = key
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key line")
+        .trim();
+    assert_eq!(
+        code(&run(d, &["encrypt", "-r", public, "-o", "p.age", "p.txt"])),
+        0
+    );
+    let on_tty = |cmd: String| {
+        std::process::Command::new(&script)
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(d)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script")
+    };
+    // Decrypting and binary encrypting to the terminal: exit 2, nothing of the data shown.
+    for cmd in [
+        format!("{bin} decrypt -i k.txt p.age"),
+        format!("{bin} encrypt -r {public} p.txt"),
+    ] {
+        let o = on_tty(cmd.clone());
+        let shown = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {shown}");
+        assert!(
+            shown.contains("refusing to write binary output to a terminal"),
+            "{cmd}: {shown}"
+        );
+        assert!(!shown.contains("PLAINTEXT-MARKER"), "{cmd}: {shown}");
+        assert!(!shown.contains("age-encryption.org"), "{cmd}: {shown}");
+    }
+    // Armored output is text: allowed.
+    let o = on_tty(format!("{bin} encrypt -a -r {public} p.txt"));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("BEGIN AGE ENCRYPTED FILE"));
+}
+
+fn which_script() -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|p| p.join("script"))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
