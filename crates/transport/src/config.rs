@@ -69,6 +69,10 @@ pub struct Limits {
     /// Established connections one agency may hold at a relay at once: one agency, or one
     /// stolen key, cannot take every one of the `max_incoming` places from the others.
     pub max_connections_per_agency: usize,
+    /// Bytes of large frame payloads (above `frame::LARGE_FRAME`: OFFER, SEAL) a relay reads
+    /// at once over all its connections; a frame waits for its share, within its own deadline
+    /// (`protocol.md` §4.3). At least the largest frame limit.
+    pub large_frame_budget: u64,
     /// Congestion controller.
     pub congestion: Congestion,
     /// Receive and send buffer asked for each UDP socket, bytes (the kernel caps it, on Linux
@@ -98,6 +102,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_incoming: 256,
             max_connections_per_agency: 32,
+            large_frame_budget: 256 << 20,
             congestion: Congestion::Cubic,
             udp_buffer: 8 << 20,
         }

@@ -117,6 +117,10 @@ pub struct FrameReader {
     conn: quinn::Connection,
     limits: FrameLimits,
     buf: Vec<u8>,
+    /// A relay's budget for large payloads ([`Limits::large_frame_budget`]), and the share of
+    /// it the current frame holds.
+    budget: Option<Arc<tokio::sync::Semaphore>>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl FrameReader {
@@ -127,7 +131,16 @@ impl FrameReader {
             conn,
             limits,
             buf: Vec::new(),
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Large payloads read by this reader take their length from `budget` first, and give it
+    /// back (with their buffer) at the next frame.
+    pub(crate) fn with_budget(mut self, budget: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     fn fail(&mut self, e: FrameError) -> NetError {
@@ -164,7 +177,7 @@ impl FrameReader {
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, NetError> {
         // A stream that carried one large control frame does not keep its buffer; one that
         // carries RANGE frames (1 MiB) keeps one of their size.
-        if self.buf.len() > KEEP_BUFFER {
+        if self.buf.len() > KEEP_BUFFER || self.held.take().is_some() {
             self.buf = Vec::new();
         }
         let mut head = [0u8; MAX_HEADER];
@@ -190,7 +203,22 @@ impl FrameReader {
         let len = h.len as usize;
         if h.len > frame::LARGE_FRAME {
             let time = self.limits.payload_time(h.len);
-            match tokio::time::timeout(time, self.read_large(len)).await {
+            let budget = self.budget.clone();
+            let read = async {
+                if let Some(b) = budget {
+                    // `h.len` is within a frame limit (66 MiB at most), the budget at least that.
+                    let n = u32::try_from(h.len).unwrap_or(u32::MAX);
+                    let permit = b.acquire_many_owned(n).await.map_err(|_| {
+                        NetError::Protocol(ProtocolError::new(
+                            ErrorCode::SHUTTING_DOWN,
+                            "the relay is stopping",
+                        ))
+                    })?;
+                    self.held = Some(permit);
+                }
+                self.read_large(len).await
+            };
+            match tokio::time::timeout(time, read).await {
                 Ok(r) => r?,
                 Err(_) => {
                     let _ = self.recv.stop(ErrorCode::TIMEOUT.to_varint());
@@ -455,6 +483,8 @@ pub struct Session {
     pub policy: PublishedPolicy,
     /// Limits of this node.
     pub limits: Limits,
+    /// A relay's budget for large payloads, shared by all its sessions (`None` at an agency).
+    frame_budget: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The connections each agency holds at a relay (`Limits::max_connections_per_agency`).
@@ -566,6 +596,8 @@ pub struct Node {
     active: Arc<tokio::sync::Semaphore>,
     /// Established connections per agency (a relay's).
     slots: AgencySlots,
+    /// [`Limits::large_frame_budget`], shared by the sessions this node serves.
+    frame_budget: Arc<tokio::sync::Semaphore>,
     /// Replaced by [`Node::set_policy`].
     policy: std::sync::RwLock<PublishedPolicy>,
     server: bool,
@@ -662,6 +694,11 @@ impl Node {
     ) -> Result<Self, NetError> {
         let agency = identity.agency()?;
         let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
+        let frame_budget = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(limits.large_frame_budget)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Node {
             endpoint,
             limits,
@@ -670,6 +707,7 @@ impl Node {
             trust: std::sync::RwLock::new(trust),
             active,
             slots: AgencySlots::default(),
+            frame_budget,
             policy: std::sync::RwLock::new(PublishedPolicy::default()),
             server: false,
             sessions: Mutex::new(HashMap::new()),
@@ -800,6 +838,7 @@ impl Node {
                 max_data_streams: welcome.max_data_streams.max(1),
                 policy: welcome.policy,
                 limits: self.limits.clone(),
+                frame_budget: None,
             })
         };
         tokio::time::timeout(self.limits.handshake_timeout, fut)
@@ -971,6 +1010,7 @@ impl Node {
             max_data_streams: self.limits.max_data_streams,
             policy: read(&self.policy),
             limits: self.limits.clone(),
+            frame_budget: Some(self.frame_budget.clone()),
         };
         Ok((session, slot))
     }
@@ -1464,7 +1504,8 @@ pub async fn serve_connection<H, R, Fut>(
                 let (session, handler, cfg, registry, other) = (session.clone(), handler.clone(), cfg.clone(), registry.clone(), other.clone());
                 tokio::spawn(async move {
                     let mut w = FrameWriter::new(s);
-                    let mut r = FrameReader::new(r, session.conn.clone(), session.limits.frames);
+                    let mut r = FrameReader::new(r, session.conn.clone(), session.limits.frames)
+                        .with_budget(session.frame_budget.clone());
                     let first = match r.next().await {
                         Ok(Some(f)) => owned(f),
                         Ok(None) | Err(_) => return,
@@ -1484,7 +1525,8 @@ pub async fn serve_connection<H, R, Fut>(
                 let Ok(r) = uni else { break };
                 let (session, handler, registry) = (session.clone(), handler.clone(), registry.clone());
                 tokio::spawn(async move {
-                    let r = FrameReader::new(r, session.conn.clone(), session.limits.frames);
+                    let r = FrameReader::new(r, session.conn.clone(), session.limits.frames)
+                        .with_budget(session.frame_budget.clone());
                     serve_data(session, handler, registry, r).await;
                 });
             }

@@ -29,6 +29,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(l.max_incoming, 256);
     assert_eq!(l.max_connections_per_agency, 32);
     assert!(l.max_connections_per_agency < l.max_incoming);
+    assert_eq!(l.large_frame_budget, 256 << 20);
     assert_eq!(l.congestion, Congestion::Cubic);
     assert_eq!(
         l.frames,
@@ -43,6 +44,8 @@ fn defaults_are_the_documented_ones() {
     // SEAL limit the largest manifest with the largest encrypted contents.
     for t in FrameType::ALL {
         assert!(t.limit(&l.frames) <= 66 << 20, "{t:?}");
+        // A frame never waits for more of the budget than there is.
+        assert!(t.limit(&l.frames) <= l.large_frame_budget, "{t:?}");
     }
     assert!(FrameType::Offer.limit(&l.frames) > rogatory_custody::MAX_MANIFEST_LEN as u64);
     assert!(

@@ -22,12 +22,8 @@ fn rss_kib() -> Option<u64> {
     l.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn announced_but_unsent_frames_cost_little_and_time_out() {
-    let pki = Pki::new();
-    let mut limits = Limits::default();
-    limits.frames.slow_frame_grace = Duration::from_millis(500);
-    limits.frames.min_frame_rate = 64 << 20;
+/// A relay serving the in-memory store; requests other than uploads are answered NOT_FOUND.
+fn start(pki: &Pki, limits: Limits) -> Arc<rogatory_transport::net::Node> {
     let node = relay(identity(&pki.relay), pki.trust(), limits);
     let n = node.clone();
     let store = Arc::new(Memory::new(vec![]));
@@ -53,6 +49,16 @@ async fn announced_but_unsent_frames_cost_little_and_time_out() {
         })
         .await
     });
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_but_unsent_frames_cost_little_and_time_out() {
+    let pki = Pki::new();
+    let mut limits = Limits::default();
+    limits.frames.slow_frame_grace = Duration::from_millis(500);
+    limits.frames.min_frame_rate = 64 << 20;
+    let node = start(&pki, limits);
     let s = client(identity(&pki.a), pki.trust())
         .connect(node.local_addr().expect("addr"), None)
         .await
@@ -99,4 +105,57 @@ async fn announced_but_unsent_frames_cost_little_and_time_out() {
         Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_wait_for_the_relays_budget() {
+    // test-plan.md 63: large payloads share `large_frame_budget`. With 8 MiB of it, a frame of
+    // 6 MiB announced (and barely sent) holds 6 MiB; a second one of 6 MiB, sent in full, is
+    // not read until the first is stopped for being overdue. Then it is read, and being
+    // garbage, closes the connection.
+    let pki = Pki::new();
+    let mut limits = Limits::default();
+    limits.frames.slow_frame_grace = Duration::from_millis(700);
+    limits.frames.min_frame_rate = 1 << 30;
+    limits.large_frame_budget = 8 << 20;
+    let node = start(&pki, limits);
+    let s = client(identity(&pki.a), pki.trust())
+        .connect(node.local_addr().expect("addr"), None)
+        .await
+        .expect("connect");
+    let announce = |n: usize| {
+        let mut h = vec![FrameType::Offer as u8];
+        varint::put(&mut h, 6 << 20);
+        h.extend(std::iter::repeat_n(0xa5, n));
+        h
+    };
+    let (mut first, _r1) = s.conn.open_bi().await.expect("bi");
+    first
+        .write_all(&announce(1024))
+        .await
+        .expect("first, in part");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut second, _r2) = s.conn.open_bi().await.expect("bi");
+    second
+        .write_all(&announce(6 << 20))
+        .await
+        .expect("second, in full");
+    let t0 = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), first.stopped())
+        .await
+        .expect("first stopped in time");
+    assert_eq!(stopped.expect("code"), Some(ErrorCode::TIMEOUT.to_varint()));
+    assert!(
+        s.conn.close_reason().is_none(),
+        "the second frame was read before the first gave its budget back"
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(10), s.conn.closed())
+        .await
+        .expect("closed after the second frame was read");
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == ErrorCode::PROTOCOL_VIOLATION.to_varint()),
+        "{reason:?} after {:?}",
+        t0.elapsed()
+    );
 }
