@@ -57,6 +57,9 @@ pub use checkpoint::Checkpoint;
 pub use consistency::{ConsistencyError, check_against_seen, check_consistency};
 pub use error::{BundleError, FieldError, KeyError, LogError, NoteError, ParseError};
 pub use identity::AgencyIdentity;
+
+// Secrets are compared only in constant time (test-plan.md 69).
+rogatory_envelope::assert_not_partial_eq!(AgencyIdentity, NoteSigner);
 pub use ids::{AgencyId, CalendarDate, Sha256Digest, Timestamp, TransferId};
 pub use log::{
     AuditLog, DecodedRecords, LogStore, LoggedStatement, MAX_RECORD_LEN, MemoryLogStore,
@@ -74,6 +77,8 @@ pub use note::{
     ed25519_verify_strict, note_text_digest, open_note, split_notes,
 };
 pub use revocation::{KeyKind, Revocation, Revocations, signing_key_sha256};
+#[doc(hidden)]
+pub use rogatory_envelope::assert_not_partial_eq;
 pub use statement::{Head, Peer, Statement};
 pub use text::Text;
 pub use verified::Verified;

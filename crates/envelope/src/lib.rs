@@ -63,6 +63,36 @@ pub use stream::{
 };
 pub use x25519::{Identity, Recipient};
 
+/// Fails to compile if a type implements `PartialEq`: secrets are compared only in constant
+/// time, through `subtle` (test-plan.md 69), and a secret type without `PartialEq` cannot be
+/// compared with `==` by mistake. A second blanket impl of the helper trait for a type that does
+/// implement `PartialEq` makes the final path ambiguous: a compile error naming the type.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! assert_not_partial_eq {
+    ($($t:ty),+ $(,)?) => {
+        $(const _: fn() = || {
+            trait AmbiguousIfEq<A> {
+                fn item() {}
+            }
+            impl<T: ?Sized> AmbiguousIfEq<()> for T {}
+            #[allow(dead_code)]
+            struct Eq;
+            impl<T: ?Sized + PartialEq> AmbiguousIfEq<Eq> for T {}
+            let _ = <$t as AmbiguousIfEq<_>>::item;
+        };)+
+    };
+}
+
+assert_not_partial_eq!(
+    FileKey,
+    keys::MacKey,
+    PayloadKey,
+    Identity,
+    HybridIdentity,
+    AnyIdentity,
+);
+
 /// Like `read_until(b'\n')`, but reads at most `limit` bytes. Returns the bytes read.
 pub(crate) fn read_line_bounded<R: BufRead>(
     r: &mut R,

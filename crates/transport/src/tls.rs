@@ -96,6 +96,9 @@ pub struct TlsIdentity {
     key: PrivateKeyDer<'static>,
 }
 
+// Its private key is compared only in constant time, if ever (test-plan.md 69).
+rogatory_custody::assert_not_partial_eq!(TlsIdentity);
+
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")
