@@ -130,7 +130,6 @@ fn a_fetch_whose_writes_fail_stops_cleanly_and_resumes() {
 
 #[test]
 fn a_relay_that_cannot_write_refuses_retryably_and_the_send_resumes() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     agencies_and_relay_home(d);
@@ -138,7 +137,7 @@ fn a_relay_that_cannot_write_refuses_retryably_and_the_send_resumes() {
     std::fs::create_dir(&src).expect("mkdir");
     write_random(&src.join("evidence.bin"), 12 << 20, 7);
 
-    let mut child = limited(
+    let mut c = limited(
         d,
         4096,
         &[
@@ -149,17 +148,10 @@ fn a_relay_that_cannot_write_refuses_retryably_and_the_send_resumes() {
             "--listen",
             "127.0.0.1:0",
         ],
-    )
-    .env("ROGATORY_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("relay");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line.trim().rsplit(' ').next().expect("addr").to_owned();
+    );
+    c.env("ROGATORY_LOG", "warn").stderr(Stdio::null());
+    let (mut child, line) = spawn_listening(c);
+    let addr = listen_addr(&line);
     let o = send_with_legal(d, "A", false, &addr, "agency-b", &["case"]);
     let _ = child.kill();
     let _ = child.wait();

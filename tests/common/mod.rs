@@ -187,7 +187,7 @@ pub fn start_relay_printing(dir: &Path, home: &str, json: bool) -> (RelayProcess
 }
 
 /// The address in a relay's `relay … listening on ADDR` line.
-fn listen_addr(line: &str) -> String {
+pub fn listen_addr(line: &str) -> String {
     line.trim().rsplit(' ').next().expect("addr").to_owned()
 }
 
@@ -233,22 +233,26 @@ fn spawn_relay_at(
     log: &str,
     extra: &[&str],
 ) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let mut args = vec!["--home", home];
     if json {
         args.push("--json");
     }
     args.extend(["relay", "serve", "--listen", "127.0.0.1:0"]);
     args.extend_from_slice(extra);
-    let mut child = Command::new(bin())
-        .args(&args)
+    let mut c = Command::new(bin());
+    c.args(&args)
         .current_dir(dir)
         .env("ROGATORY_LOG", log)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .expect("relay");
+        .stderr(err);
+    spawn_listening(c)
+}
+
+/// Spawns `relay serve` as `c` says, its stdout piped, and returns it with its first stdout
+/// line, once it printed it (`relay … listening on ADDR`, or the `listening` event).
+pub fn spawn_listening(mut c: Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = c.stdout(Stdio::piped()).spawn().expect("relay");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)

@@ -644,6 +644,23 @@ fn close_if_untrusted(
     Some(who)
 }
 
+/// Answers a HELLO with ERROR `e` instead of WELCOME, so that the peer can report why, and
+/// closes the connection with its code.
+async fn refuse_hello(mut w: FrameWriter, conn: &quinn::Connection, e: ProtocolError) -> NetError {
+    if let Err(sent) = w
+        .send(&Frame::Error(ErrorFrame {
+            code: e.code,
+            message: e.message.clone(),
+        }))
+        .await
+    {
+        return sent;
+    }
+    w.finish();
+    conn.close(e.code.to_varint(), e.message.as_bytes());
+    e.into()
+}
+
 /// Removes a connection from [`Node::serve`]'s table when its task ends.
 struct Registered<'a>(&'a Mutex<HashMap<usize, quinn::Connection>>, usize);
 
@@ -961,14 +978,7 @@ impl Node {
                 ErrorCode::UNSUPPORTED_VERSION,
                 "no protocol version in common",
             );
-            w.send(&Frame::Error(ErrorFrame {
-                code: e.code,
-                message: e.message.clone(),
-            }))
-            .await?;
-            w.finish();
-            conn.close(e.code.to_varint(), e.message.as_bytes());
-            return Err(e.into());
+            return Err(refuse_hello(w, &conn, e).await);
         };
         // Counted once the peer is known and speaks our protocol, refused with an answer it can
         // report (`protocol.md` §8): BUSY is retryable.
@@ -985,14 +995,7 @@ impl Node {
                 ),
             );
             tracing::warn!(peer = %peer.agency, limit = self.limits.max_connections_per_agency, "refusing connection: too many from this agency");
-            w.send(&Frame::Error(ErrorFrame {
-                code: e.code,
-                message: e.message.clone(),
-            }))
-            .await?;
-            w.finish();
-            conn.close(e.code.to_varint(), e.message.as_bytes());
-            return Err(e.into());
+            return Err(refuse_hello(w, &conn, e).await);
         };
         let welcome = Welcome {
             version,

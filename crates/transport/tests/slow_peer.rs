@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rogatory_custody::TransferId;
-use rogatory_transport::frame::{ErrorFrame, Frame, FrameType, StatusRequest};
-use rogatory_transport::net::{ServeConfig, Session, serve_connection};
+use rogatory_transport::frame::{Frame, FrameType, StatusRequest};
 use rogatory_transport::{ErrorCode, Limits, varint};
 use support::memory::Memory;
 use support::*;
@@ -22,43 +21,13 @@ fn rss_kib() -> Option<u64> {
     l.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A relay serving the in-memory store; requests other than uploads are answered NOT_FOUND.
-fn start(pki: &Pki, limits: Limits) -> Arc<rogatory_transport::net::Node> {
-    let node = relay(identity(&pki.relay), pki.trust(), limits);
-    let n = node.clone();
-    let store = Arc::new(Memory::new(vec![]));
-    tokio::spawn(async move {
-        n.serve(move |s: Session| {
-            let store = store.clone();
-            async move {
-                serve_connection(
-                    s,
-                    store,
-                    ServeConfig::default(),
-                    |_s, _f, mut w, _r| async move {
-                        let e = Frame::Error(ErrorFrame {
-                            code: ErrorCode::NOT_FOUND,
-                            message: "no such transfer".into(),
-                        });
-                        let _ = w.send(&e).await;
-                        w.finish();
-                    },
-                )
-                .await
-            }
-        })
-        .await
-    });
-    node
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announced_but_unsent_frames_cost_little_and_time_out() {
     let pki = Pki::new();
     let mut limits = Limits::default();
     limits.frames.slow_frame_grace = Duration::from_millis(500);
     limits.frames.min_frame_rate = 64 << 20;
-    let node = start(&pki, limits);
+    let node = start_relay(&pki, Arc::new(Memory::new(vec![])), limits);
     let s = client(identity(&pki.a), pki.trust())
         .connect(node.local_addr().expect("addr"), None)
         .await
@@ -118,7 +87,7 @@ async fn large_frames_wait_for_the_relays_budget() {
     limits.frames.slow_frame_grace = Duration::from_millis(700);
     limits.frames.min_frame_rate = 1 << 30;
     limits.large_frame_budget = 8 << 20;
-    let node = start(&pki, limits);
+    let node = start_relay(&pki, Arc::new(Memory::new(vec![])), limits);
     let s = client(identity(&pki.a), pki.trust())
         .connect(node.local_addr().expect("addr"), None)
         .await

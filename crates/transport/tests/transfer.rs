@@ -8,11 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rogatory_custody::TransferId;
-use rogatory_transport::frame::{self, ErrorFrame, Frame, FrameType, Offer, StatusRequest};
+use rogatory_transport::frame::{self, Frame, FrameType, Offer, StatusRequest};
 use rogatory_transport::impair::{Impairment, Proxy};
-use rogatory_transport::net::{
-    IntakeHandler, NetError, Node, ServeConfig, Session, serve_connection, upload,
-};
+use rogatory_transport::net::{IntakeHandler, NetError, Node, Session, upload};
 use rogatory_transport::upload::{UploadConfig, UploadEvent};
 use rogatory_transport::{ErrorCode, Limits, varint};
 use support::memory::{Files, Memory};
@@ -23,35 +21,6 @@ fn offer(t: TransferId) -> Offer {
         transfer: t,
         offer: "{}".into(),
     }
-}
-
-/// Starts a relay serving uploads into `store`; other requests get NOT_FOUND.
-fn start_relay<H: IntakeHandler>(pki: &Pki, store: Arc<H>, limits: Limits) -> Arc<Node> {
-    let node = relay(identity(&pki.relay), pki.trust(), limits);
-    let n = node.clone();
-    tokio::spawn(async move {
-        n.serve(move |s: Session| {
-            let store = store.clone();
-            async move {
-                serve_connection(
-                    s,
-                    store,
-                    ServeConfig::default(),
-                    |_s, _f, mut w, _r| async move {
-                        let e = Frame::Error(ErrorFrame {
-                            code: ErrorCode::NOT_FOUND,
-                            message: "no such transfer".into(),
-                        });
-                        let _ = w.send(&e).await;
-                        w.finish();
-                    },
-                )
-                .await
-            }
-        })
-        .await
-    });
-    node
 }
 
 async fn run(

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rogatory_custody::AgencyId;
+use rogatory_transport::ErrorCode;
 use rogatory_transport::certs::{Ca, CertKey, Validity, self_signed};
-use rogatory_transport::net::Node;
+use rogatory_transport::frame::{ErrorFrame, Frame};
+use rogatory_transport::net::{IntakeHandler, Node, ServeConfig, Session, serve_connection};
 use rogatory_transport::{Limits, PeerTrust, TlsIdentity};
 use time::{Duration, OffsetDateTime};
 
@@ -79,3 +81,32 @@ pub fn client(identity: TlsIdentity, trust: PeerTrust) -> Node {
 }
 
 pub mod memory;
+
+/// Starts a relay serving uploads into `store`; other requests get NOT_FOUND.
+pub fn start_relay<H: IntakeHandler>(pki: &Pki, store: Arc<H>, limits: Limits) -> Arc<Node> {
+    let node = relay(identity(&pki.relay), pki.trust(), limits);
+    let n = node.clone();
+    tokio::spawn(async move {
+        n.serve(move |s: Session| {
+            let store = store.clone();
+            async move {
+                serve_connection(
+                    s,
+                    store,
+                    ServeConfig::default(),
+                    |_s, _f, mut w, _r| async move {
+                        let e = Frame::Error(ErrorFrame {
+                            code: ErrorCode::NOT_FOUND,
+                            message: "no such transfer".into(),
+                        });
+                        let _ = w.send(&e).await;
+                        w.finish();
+                    },
+                )
+                .await
+            }
+        })
+        .await
+    });
+    node
+}
