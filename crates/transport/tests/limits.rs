@@ -163,15 +163,7 @@ async fn max_incoming_connections_is_enforced() {
         max_incoming: 1,
         ..Limits::default()
     };
-    let node = relay(identity(&pki.relay), pki.trust(), limits);
-    let n = node.clone();
-    tokio::spawn(async move {
-        n.serve(|s| async move {
-            // Hold the connection open until the client goes.
-            s.conn.closed().await;
-        })
-        .await
-    });
+    let node = holding_relay(&pki, limits);
     let addr = node.local_addr().expect("addr");
     let c = client(identity(&pki.a), pki.trust());
     let first = c.connect(addr, None).await.expect("first connection");
@@ -196,14 +188,7 @@ async fn one_agency_cannot_take_every_connection() {
         max_connections_per_agency: 2,
         ..Limits::default()
     };
-    let node = relay(identity(&pki.relay), pki.trust(), limits);
-    let n = node.clone();
-    tokio::spawn(async move {
-        n.serve(|s| async move {
-            s.conn.closed().await;
-        })
-        .await
-    });
+    let node = holding_relay(&pki, limits);
     let addr = node.local_addr().expect("addr");
     let a = client(identity(&pki.a), pki.trust());
     let first = a.connect(addr, None).await.expect("first connection");
@@ -241,4 +226,17 @@ async fn one_agency_cannot_take_every_connection() {
             Err(e) => panic!("the place the first connection held is not free again: {e}"),
         }
     }
+}
+
+/// A relay whose sessions hold their connection open until the client goes.
+fn holding_relay(pki: &Pki, limits: Limits) -> Arc<rogatory_transport::net::Node> {
+    let node = relay(identity(&pki.relay), pki.trust(), limits);
+    let n = node.clone();
+    tokio::spawn(async move {
+        n.serve(|s| async move {
+            s.conn.closed().await;
+        })
+        .await
+    });
+    node
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rogatory_custody::TransferId;
-use rogatory_transport::frame::{self, Frame, FrameType, Offer, StatusRequest};
+use rogatory_transport::frame::{self, Frame, FrameType, Offer};
 use rogatory_transport::impair::{Impairment, Proxy};
 use rogatory_transport::net::{IntakeHandler, NetError, Node, Session, upload};
 use rogatory_transport::upload::{UploadConfig, UploadEvent};
@@ -316,21 +316,6 @@ async fn a_refused_offer_is_a_refusal() {
         "{e:?}"
     );
     assert_eq!(e.class().exit_code(), 6);
-}
-
-/// Writes raw bytes on a new bidirectional stream and reads the relay's reaction.
-async fn status_still_works(s: &Session) {
-    let (mut w, mut r) = s.open().await.expect("open");
-    w.send(&Frame::StatusRequest(StatusRequest {
-        transfer: TransferId::from_bytes([9; 16]),
-    }))
-    .await
-    .expect("send");
-    w.finish();
-    match r.next().await.expect("answer") {
-        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
-        other => panic!("unexpected {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rogatory_custody::AgencyId;
+use rogatory_custody::{AgencyId, TransferId};
 use rogatory_transport::ErrorCode;
 use rogatory_transport::certs::{Ca, CertKey, Validity, self_signed};
-use rogatory_transport::frame::{ErrorFrame, Frame};
+use rogatory_transport::frame::{ErrorFrame, Frame, StatusRequest};
 use rogatory_transport::net::{IntakeHandler, Node, ServeConfig, Session, serve_connection};
 use rogatory_transport::{Limits, PeerTrust, TlsIdentity};
 use time::{Duration, OffsetDateTime};
@@ -109,4 +109,20 @@ pub fn start_relay<H: IntakeHandler>(pki: &Pki, store: Arc<H>, limits: Limits) -
         .await
     });
     node
+}
+
+/// A STATUS request on a new stream of `s` is answered (NOT_FOUND: no such transfer): the
+/// connection still works.
+pub async fn status_still_works(s: &Session) {
+    let (mut w, mut r) = s.open().await.expect("open");
+    w.send(&Frame::StatusRequest(StatusRequest {
+        transfer: TransferId::from_bytes([9; 16]),
+    }))
+    .await
+    .expect("send");
+    w.finish();
+    match r.next().await.expect("answer") {
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
+        other => panic!("unexpected {other:?}"),
+    }
 }
