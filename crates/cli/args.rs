@@ -303,6 +303,10 @@ pub(crate) struct RelayServeArgs {
     /// least 1); fsyncs run on threads of their own (docs/cli.md, docs/performance.md).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) workers: Option<u16>,
+    /// Connections one agency may hold at once (default 32, of 256 in all); the next waits
+    /// for a place (docs/protocol.md §8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) max_connections_per_agency: Option<u16>,
 }
 
 #[derive(Debug, Args)]

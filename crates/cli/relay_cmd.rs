@@ -157,10 +157,14 @@ pub(crate) fn serve(home: &Home, a: &RelayServeArgs, events: &Events) -> Result<
         || std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
         usize::from,
     );
+    let mut limits = Limits::default();
+    if let Some(n) = a.max_connections_per_agency {
+        limits.max_connections_per_agency = usize::from(n);
+    }
     let rt = rogatory_client::runtime_with(workers)?;
     rt.block_on(async {
         let node = Arc::new(
-            Node::server(listen, tls, peer_trust, Limits::default())
+            Node::server(listen, tls, peer_trust, limits)
                 .map_err(|e| listen_error(&listen, e))?
                 .with_policy(relay.policy().published()),
         );

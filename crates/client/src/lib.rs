@@ -58,6 +58,25 @@ pub async fn connect(
     rogatory_transport::net::Node,
     rogatory_transport::net::Session,
 )> {
+    connect_reporting(home, relay, &|_| {}).await
+}
+
+/// How long [`connect`] waits for a place at a relay that has none for this agency now (the
+/// agency holds `max_connections_per_agency` connections, or the relay `max_incoming`:
+/// `protocol.md` §8), trying again with growing pauses, before it gives up (exit 5). A script
+/// that runs more sends at once than the relay admits from one agency sees the extra ones wait
+/// their turn, not fail.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// [`connect`], telling `on` (one [`Event::Info`]) when it waits for a place at a busy relay.
+pub async fn connect_reporting(
+    home: &Home,
+    relay: &str,
+    on: &(dyn Fn(&Event) + Sync),
+) -> Result<(
+    rogatory_transport::net::Node,
+    rogatory_transport::net::Session,
+)> {
     let store = home.trust_store()?;
     let peer_trust = home.peer_trust(&store)?;
     let tls = home.tls()?;
@@ -71,10 +90,34 @@ pub async fn connect(
         rogatory_transport::Limits::agency(),
     )
     .map_err(|e| error::net("starting QUIC", e))?;
-    let s = node
-        .connect(addr, None)
-        .await
-        .map_err(|e| error::net(&format!("connecting to {relay}"), e))?;
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    let mut pause = std::time::Duration::from_millis(50);
+    let mut told = false;
+    let s = loop {
+        match node.connect(addr, None).await {
+            Err(e) if e.is_busy() && std::time::Instant::now() + pause < deadline => {
+                if !told {
+                    on(&Event::Info {
+                        message: format!(
+                            "relay {relay} has no place now ({e}): waiting for one, at most {} minutes",
+                            BUSY_WAIT.as_secs() / 60
+                        ),
+                    });
+                    told = true;
+                }
+                // Up to half again, so that the agencies waiting do not all come back at once.
+                let spread = f64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos() % 1000)
+                        .unwrap_or(0),
+                ) / 2000.0;
+                tokio::time::sleep(pause.mul_f64(1.0 + spread)).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => break r.map_err(|e| error::net(&format!("connecting to {relay}"), e))?,
+        }
+    };
     if let Err(e) = checkpoints::check_relay(home, &s).await {
         s.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
         return Err(e);

@@ -59,6 +59,22 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// Whether the relay has no place for this connection now (`protocol.md` §8): `BUSY` (the
+    /// agency holds `max_connections_per_agency`), or a QUIC refusal at `max_incoming`. Worth
+    /// waiting for: each place ends with a connection.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            NetError::Protocol(e) => e.code == ErrorCode::BUSY,
+            NetError::Connection(ConnectionError::ApplicationClosed(c)) => {
+                ErrorCode::from_varint(c.error_code) == ErrorCode::BUSY
+            }
+            NetError::Connection(ConnectionError::ConnectionClosed(c)) => {
+                c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+            }
+            _ => false,
+        }
+    }
+
     /// The class (and so the exit code) of this failure.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -990,7 +1006,7 @@ impl Node {
             let e = ProtocolError::new(
                 ErrorCode::BUSY,
                 format!(
-                    "{} already holds {} connections to this relay, its limit: retry when one ends",
+                    "{} already holds as many connections to this relay as it may ({}): retry when one ends",
                     peer.agency, self.limits.max_connections_per_agency
                 ),
             );

@@ -201,7 +201,7 @@ async fn one_agency_cannot_take_every_connection() {
     );
     let shown = third.to_string();
     assert!(
-        shown.contains("agency-a") && shown.contains("limit"),
+        shown.contains("agency-a") && shown.contains("as it may (2)"),
         "{shown}"
     );
     let b = client(identity(&pki.b), pki.trust());

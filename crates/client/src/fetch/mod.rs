@@ -163,7 +163,7 @@ pub fn fetch(
     fs::create_dir_all(&req.output).map_err(|e| io("creating", &req.output, e))?;
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let (node, s) = crate::connect(home, &req.relay).await?;
+        let (node, s) = crate::connect_reporting(home, &req.relay, on).await?;
         on(&Event::Connected {
             relay_agency: s.peer.agency.to_string(),
             tls_key_exchange: s

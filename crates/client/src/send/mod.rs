@@ -865,7 +865,7 @@ pub fn plan(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     };
     let rt = crate::runtime()?;
     let policy = rt.block_on(async {
-        let (node, s) = crate::connect(home, &req.relay).await?;
+        let (node, s) = crate::connect_reporting(home, &req.relay, on).await?;
         on(&Event::Connected {
             relay_agency: s.peer.agency.to_string(),
             tls_key_exchange: s
@@ -972,10 +972,13 @@ pub fn send(home: &Home, req: &SendRequest, on: &(dyn Fn(&Event) + Sync)) -> Res
     // A new transfer's key work overlaps the handshake; the relay's policy is still checked
     // before anything is written or offered (`create`).
     let (connected, found) = std::thread::scope(|sc| match found {
-        Ok(p) => (rt.block_on(crate::connect(home, &relay)), Ok(p)),
+        Ok(p) => (
+            rt.block_on(crate::connect_reporting(home, &relay, on)),
+            Ok(p),
+        ),
         Err(c) => {
             let keyed = sc.spawn(move || key_files(&c).map(|k| (c, k)));
-            let connected = rt.block_on(crate::connect(home, &relay));
+            let connected = rt.block_on(crate::connect_reporting(home, &relay, on));
             let keyed = keyed
                 .join()
                 .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the key thread failed")));

@@ -1,0 +1,64 @@
+//! test-plan.md 63: a relay admits at most `--max-connections-per-agency` connections of one
+//! agency; the next command of that agency waits for a place, says so once, and completes
+//! when a place frees, instead of failing.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_command_waits_for_a_place_at_a_busy_relay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    agencies_and_relay_home(d);
+    let relay = start_relay_with(d, "B-relay", &["--max-connections-per-agency", "1"]);
+    std::fs::create_dir(d.join("case")).expect("mkdir");
+    std::fs::write(d.join("case/one.txt"), b"exhibit\n").expect("write");
+
+    // Agency A's one place, held by this test.
+    let rt = rogatory_client::runtime().expect("runtime");
+    let home = rogatory_client::Home::resolve(Some(&d.join("A"))).expect("home");
+    let (node, held) = rt
+        .block_on(rogatory_client::connect(&home, &relay.1))
+        .expect("the first connection");
+
+    let mut args = vec![
+        "--home", "A", "send", "--relay", &relay.1, "--to", "agency-b",
+    ];
+    args.extend(LEGAL);
+    args.push("case");
+    let mut send = std::process::Command::new(bin())
+        .args(&args)
+        .current_dir(d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("send");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            send.try_wait().expect("try_wait").is_none(),
+            "send ended while the relay had no place for it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    held.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
+    rt.block_on(node.close(rogatory_transport::ErrorCode::NO_ERROR));
+
+    let o = send.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert_eq!(code(&o), 0, "{err}");
+    assert_eq!(
+        err.matches("has no place now").count(),
+        1,
+        "said once that it waits: {err}"
+    );
+    assert!(
+        err.contains("agency-a already holds as many connections to this relay as it may (1)"),
+        "{err}"
+    );
+}
