@@ -374,8 +374,8 @@ fn binary_output_is_refused_on_a_terminal() {
     };
     // Decrypting and binary encrypting to the terminal: exit 2, nothing of the data shown.
     for cmd in [
-        format!("{bin} decrypt -i k.txt p.age"),
-        format!("{bin} encrypt -r {public} p.txt"),
+        format!("'{bin}' decrypt -i k.txt p.age"),
+        format!("'{bin}' encrypt -r {public} p.txt"),
     ] {
         let o = on_tty(cmd.clone());
         let shown = String::from_utf8_lossy(&o.stdout);
@@ -388,7 +388,7 @@ fn binary_output_is_refused_on_a_terminal() {
         assert!(!shown.contains("age-encryption.org"), "{cmd}: {shown}");
     }
     // Armored output is text: allowed.
-    let o = on_tty(format!("{bin} encrypt -a -r {public} p.txt"));
+    let o = on_tty(format!("'{bin}' encrypt -a -r {public} p.txt"));
     assert_eq!(
         o.status.code(),
         Some(0),

@@ -271,7 +271,7 @@ fn receipts_verify_with_an_independent_implementation() {
         assert!(verify_bundle(&r, other, &b).is_err(), "{who}");
     }
 
-    // One byte changed, in the statement or in the checkpoint, and it does not verify.
+    // A byte added to the statement, or one changed in the checkpoint, and it does not verify.
     let tampered = custody.replacen("files ", "files 1", 1);
     assert!(verify_bundle(&tampered, &b, &b).is_err());
     let at = custody.find("agency-b/audit\n").expect("checkpoint");

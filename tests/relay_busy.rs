@@ -34,24 +34,45 @@ fn a_command_waits_for_a_place_at_a_busy_relay() {
         .args(&args)
         .current_dir(d)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("send");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
+    // Its stderr, line by line: the place is freed once it says it waits.
+    let err_pipe = send.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !err.contains("has no place now") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                err.push_str(&line);
+                err.push('\n');
+            }
+            Err(_) => panic!("send never said it waits for a place: {err}"),
+        }
         assert!(
             send.try_wait().expect("try_wait").is_none(),
-            "send ended while the relay had no place for it"
+            "send ended while the relay had no place for it: {err}"
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
     held.close(rogatory_transport::ErrorCode::NO_ERROR, "done");
     rt.block_on(node.close(rogatory_transport::ErrorCode::NO_ERROR));
 
-    let o = send.wait_with_output().expect("wait");
-    let err = stderr(&o);
-    assert_eq!(code(&o), 0, "{err}");
+    let status = send.wait().expect("wait");
+    reader.join().expect("stderr reader");
+    err.extend(rx.try_iter().map(|l| l + "\n"));
+    assert_eq!(status.code(), Some(0), "{err}");
     assert_eq!(
         err.matches("has no place now").count(),
         1,

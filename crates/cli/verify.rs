@@ -449,7 +449,9 @@ pub(crate) fn audit(home: &Home, a: &AuditArgs, events: &Events) -> Result<()> {
     let log_path = match &a.log {
         // A log named on the command line that is not there is a mistyped path, as for
         // `verify FILE`; a relay home whose log is gone is tampering (exit 3, below).
-        Some(p) if !p.exists() => {
+        Some(p)
+            if std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+        {
             return Err(CliError::new(
                 Exit::Usage,
                 format!("cannot read {}: no such file", p.display()),

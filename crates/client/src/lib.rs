@@ -109,7 +109,7 @@ pub async fn connect_reporting(
                 let spread = f64::from(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.subsec_nanos() % 1000)
+                        .map(|d| d.subsec_micros() % 1000)
                         .unwrap_or(0),
                 ) / 2000.0;
                 tokio::time::sleep(pause.mul_f64(1.0 + spread)).await;

@@ -78,7 +78,7 @@ macro_rules! assert_not_partial_eq {
             impl<T: ?Sized> AmbiguousIfEq<()> for T {}
             #[allow(dead_code)]
             struct Eq;
-            impl<T: ?Sized + PartialEq> AmbiguousIfEq<Eq> for T {}
+            impl<T: ?Sized + ::core::cmp::PartialEq> AmbiguousIfEq<Eq> for T {}
             let _ = <$t as AmbiguousIfEq<_>>::item;
         };)+
     };

@@ -133,10 +133,22 @@ pub struct FrameReader {
     conn: quinn::Connection,
     limits: FrameLimits,
     buf: Vec<u8>,
-    /// A relay's budget for large payloads ([`Limits::large_frame_budget`]), and the share of
-    /// it the current frame holds.
-    budget: Option<Arc<tokio::sync::Semaphore>>,
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A relay's budget for large payloads ([`Limits::large_frame_budget`]), and what the
+    /// current frame's buffer holds of it (of the agency's share, of the whole).
+    budget: Option<FrameBudget>,
+    held: Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
+}
+
+/// A relay's budget for large payloads: the whole ([`Limits::large_frame_budget`]) and the
+/// share of one agency (a quarter, at least the largest frame), so that no agency can take all
+/// of it (`protocol.md` §8).
+#[derive(Clone, Debug)]
+struct FrameBudget {
+    all: Arc<tokio::sync::Semaphore>,
+    agency: Arc<tokio::sync::Semaphore>,
 }
 
 impl FrameReader {
@@ -152,11 +164,50 @@ impl FrameReader {
         }
     }
 
-    /// Large payloads read by this reader take their length from `budget` first, and give it
-    /// back (with their buffer) at the next frame.
-    pub(crate) fn with_budget(mut self, budget: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+    /// A large payload read by this reader takes its buffer's size from `budget` as the buffer
+    /// grows, and gives it back (with the buffer) at the next frame.
+    fn with_budget(mut self, budget: Option<FrameBudget>) -> Self {
         self.budget = budget;
         self
+    }
+
+    /// Takes from the budget, if any, what a buffer of `size` bytes needs beyond what this
+    /// reader holds: the agency's share first, then the whole; waits while either is spent.
+    async fn take_budget(&mut self, size: usize) -> Result<(), NetError> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        let held = self.held.as_ref().map_or(0, |(a, _)| a.num_permits());
+        let Some(more) = size.checked_sub(held).filter(|&m| m > 0) else {
+            return Ok(());
+        };
+        let n = u32::try_from(more).unwrap_or(u32::MAX);
+        let stopping = |_| {
+            NetError::Protocol(ProtocolError::new(
+                ErrorCode::SHUTTING_DOWN,
+                "the relay is stopping",
+            ))
+        };
+        let agency = b
+            .agency
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(stopping)?;
+        let all = b
+            .all
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(stopping)?;
+        match &mut self.held {
+            Some((a, w)) => {
+                a.merge(agency);
+                w.merge(all);
+            }
+            None => self.held = Some((agency, all)),
+        }
+        Ok(())
     }
 
     fn fail(&mut self, e: FrameError) -> NetError {
@@ -177,6 +228,7 @@ impl FrameReader {
         while have < len {
             if self.buf.len() <= have {
                 let to = len.min((have * 2).max(frame::LARGE_FRAME as usize));
+                self.take_budget(to).await?;
                 self.buf.resize(to, 0);
             }
             let end = self.buf.len().min(len);
@@ -193,7 +245,8 @@ impl FrameReader {
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, NetError> {
         // A stream that carried one large control frame does not keep its buffer; one that
         // carries RANGE frames (1 MiB) keeps one of their size.
-        if self.buf.len() > KEEP_BUFFER || self.held.take().is_some() {
+        let released = self.held.take().is_some();
+        if released || self.buf.len() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
         let mut head = [0u8; MAX_HEADER];
@@ -219,22 +272,7 @@ impl FrameReader {
         let len = h.len as usize;
         if h.len > frame::LARGE_FRAME {
             let time = self.limits.payload_time(h.len);
-            let budget = self.budget.clone();
-            let read = async {
-                if let Some(b) = budget {
-                    // `h.len` is within a frame limit (66 MiB at most), the budget at least that.
-                    let n = u32::try_from(h.len).unwrap_or(u32::MAX);
-                    let permit = b.acquire_many_owned(n).await.map_err(|_| {
-                        NetError::Protocol(ProtocolError::new(
-                            ErrorCode::SHUTTING_DOWN,
-                            "the relay is stopping",
-                        ))
-                    })?;
-                    self.held = Some(permit);
-                }
-                self.read_large(len).await
-            };
-            match tokio::time::timeout(time, read).await {
+            match tokio::time::timeout(time, self.read_large(len)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     let _ = self.recv.stop(ErrorCode::TIMEOUT.to_varint());
@@ -499,12 +537,13 @@ pub struct Session {
     pub policy: PublishedPolicy,
     /// Limits of this node.
     pub limits: Limits,
-    /// A relay's budget for large payloads, shared by all its sessions (`None` at an agency).
-    frame_budget: Option<Arc<tokio::sync::Semaphore>>,
+    /// A relay's budget for large payloads, and its peer's share (`None` at an agency).
+    frame_budget: Option<FrameBudget>,
 }
 
-/// The connections each agency holds at a relay (`Limits::max_connections_per_agency`).
-type AgencySlots = Arc<Mutex<HashMap<AgencyId, usize>>>;
+/// The connections each agency holds at a relay (`Limits::max_connections_per_agency`), and
+/// its share of the large-frame budget, which its connections use together.
+type AgencySlots = Arc<Mutex<HashMap<AgencyId, (usize, Arc<tokio::sync::Semaphore>)>>>;
 
 /// One connection counted in [`AgencySlots`] until it is dropped.
 #[derive(Debug)]
@@ -514,25 +553,36 @@ struct AgencySlot {
 }
 
 impl AgencySlot {
-    /// A place for one more connection of `agency`, unless it holds `max` already.
-    fn take(slots: &AgencySlots, agency: &AgencyId, max: usize) -> Option<AgencySlot> {
+    /// A place for one more connection of `agency`, unless it holds `max` already, and the
+    /// agency's share of the large-frame budget (`share` bytes when it has no connection yet).
+    fn take(
+        slots: &AgencySlots,
+        agency: &AgencyId,
+        max: usize,
+        share: usize,
+    ) -> Option<(AgencySlot, Arc<tokio::sync::Semaphore>)> {
         let mut held = lock(slots);
-        let n = held.entry(agency.clone()).or_insert(0);
-        if *n >= max {
+        if held.get(agency).map_or(0, |(n, _)| *n) >= max {
             return None;
         }
+        let (n, budget) = held
+            .entry(agency.clone())
+            .or_insert_with(|| (0, Arc::new(tokio::sync::Semaphore::new(share))));
         *n += 1;
-        Some(AgencySlot {
-            slots: slots.clone(),
-            agency: agency.clone(),
-        })
+        Some((
+            AgencySlot {
+                slots: slots.clone(),
+                agency: agency.clone(),
+            },
+            budget.clone(),
+        ))
     }
 }
 
 impl Drop for AgencySlot {
     fn drop(&mut self) {
         let mut held = lock(&self.slots);
-        if let Some(n) = held.get_mut(&self.agency) {
+        if let Some((n, _)) = held.get_mut(&self.agency) {
             *n -= 1;
             if *n == 0 {
                 held.remove(&self.agency);
@@ -612,8 +662,10 @@ pub struct Node {
     active: Arc<tokio::sync::Semaphore>,
     /// Established connections per agency (a relay's).
     slots: AgencySlots,
-    /// [`Limits::large_frame_budget`], shared by the sessions this node serves.
+    /// [`Limits::large_frame_budget`], shared by the sessions this node serves, and the share
+    /// of one agency.
     frame_budget: Arc<tokio::sync::Semaphore>,
+    agency_share: usize,
     /// Replaced by [`Node::set_policy`].
     policy: std::sync::RwLock<PublishedPolicy>,
     server: bool,
@@ -663,16 +715,16 @@ fn close_if_untrusted(
 /// Answers a HELLO with ERROR `e` instead of WELCOME, so that the peer can report why, and
 /// closes the connection with its code.
 async fn refuse_hello(mut w: FrameWriter, conn: &quinn::Connection, e: ProtocolError) -> NetError {
-    if let Err(sent) = w
-        .send(&Frame::Error(ErrorFrame {
-            code: e.code,
-            message: e.message.clone(),
-        }))
-        .await
+    // The close carries the code too, should the ERROR frame not get through.
+    if w.send(&Frame::Error(ErrorFrame {
+        code: e.code,
+        message: e.message.clone(),
+    }))
+    .await
+    .is_ok()
     {
-        return sent;
+        w.finish();
     }
-    w.finish();
     conn.close(e.code.to_varint(), e.message.as_bytes());
     e.into()
 }
@@ -727,11 +779,17 @@ impl Node {
     ) -> Result<Self, NetError> {
         let agency = identity.agency()?;
         let active = Arc::new(tokio::sync::Semaphore::new(limits.max_incoming));
-        let frame_budget = Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(limits.large_frame_budget)
-                .unwrap_or(usize::MAX)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ));
+        // Each at least the largest frame, which could wait for ever otherwise.
+        let largest = frame::FrameType::ALL
+            .iter()
+            .map(|t| t.limit(&limits.frames))
+            .max()
+            .unwrap_or(0);
+        let whole = usize::try_from(limits.large_frame_budget.max(largest))
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let agency_share = (whole / 4).max(usize::try_from(largest).unwrap_or(usize::MAX));
+        let frame_budget = Arc::new(tokio::sync::Semaphore::new(whole));
         Ok(Node {
             endpoint,
             limits,
@@ -741,6 +799,7 @@ impl Node {
             active,
             slots: AgencySlots::default(),
             frame_budget,
+            agency_share,
             policy: std::sync::RwLock::new(PublishedPolicy::default()),
             server: false,
             sessions: Mutex::new(HashMap::new()),
@@ -998,10 +1057,11 @@ impl Node {
         };
         // Counted once the peer is known and speaks our protocol, refused with an answer it can
         // report (`protocol.md` §8): BUSY is retryable.
-        let Some(slot) = AgencySlot::take(
+        let Some((slot, share)) = AgencySlot::take(
             &self.slots,
             &peer.agency,
             self.limits.max_connections_per_agency,
+            self.agency_share,
         ) else {
             let e = ProtocolError::new(
                 ErrorCode::BUSY,
@@ -1010,7 +1070,8 @@ impl Node {
                     peer.agency, self.limits.max_connections_per_agency
                 ),
             );
-            tracing::warn!(peer = %peer.agency, limit = self.limits.max_connections_per_agency, "refusing connection: too many from this agency");
+            // A waiting client tries again every few seconds: not a warning each time.
+            tracing::info!(peer = %peer.agency, limit = self.limits.max_connections_per_agency, "refusing connection: too many from this agency");
             return Err(refuse_hello(w, &conn, e).await);
         };
         let welcome = Welcome {
@@ -1029,7 +1090,10 @@ impl Node {
             max_data_streams: self.limits.max_data_streams,
             policy: read(&self.policy),
             limits: self.limits.clone(),
-            frame_budget: Some(self.frame_budget.clone()),
+            frame_budget: Some(FrameBudget {
+                all: self.frame_budget.clone(),
+                agency: share,
+            }),
         };
         Ok((session, slot))
     }
