@@ -27,7 +27,7 @@ fn limited(dir: &Path, kib: u64, args: &[&str]) -> Command {
 }
 
 fn write_random(path: &Path, len: usize, seed: u8) {
-    let mut state = u64::from(seed) * 0x9e37_79b9_7f4a_7c15 + 1;
+    let mut state = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let data: Vec<u8> = (0..len)
         .map(|_| {
             state ^= state << 13;
