@@ -6,14 +6,15 @@
 //! (`crate::runtime`), and that thread bounds a large download: SHA-256 was a quarter of its
 //! time, the writes into the page cache a tenth. Each authenticated chunk's plaintext is still
 //! hashed before the file can be published, in order, exactly once; only the hashing and the
-//! writing move. The worker copies every chunk's plaintext into a [`SEGMENT`]-byte buffer
-//! aligned for direct I/O, hands full buffers to the thread (one wake-up per segment, not per
-//! chunk), and takes back the ones it is done with. The thread hashes each segment; a second
-//! thread writes it at the next offset of the partial file while the next one is hashed
-//! ([`DirectWriter`]: directly where the file system allows, so the plaintext is not copied again
-//! into the page cache nor written back from it; a direct write waits for the device, which on
-//! the hashing thread held the hashing up: `docs/performance.md` "The fetch's writes on a thread
-//! of their own").
+//! writing move. The worker opens every chunk straight into a [`SEGMENT`]-byte buffer aligned
+//! for direct I/O ([`Digesting::room`]: the plaintext is not copied, and only a chunk that
+//! authenticated is counted in it), hands full buffers to the thread (one wake-up per segment,
+//! not per chunk), and takes back the ones it is done with. The thread hashes each segment; a
+//! second thread writes it at the next offset of the partial file while the next one is hashed
+//! ([`DirectWriter`]: directly where the file system allows, so the plaintext is not copied
+//! again into the page cache nor written back from it; a direct write waits for the device,
+//! which on the hashing thread held the hashing up: `docs/performance.md` "The fetch's writes
+//! on a thread of their own").
 //! A partial file therefore only ever grows by whole segments, which are whole authenticated
 //! chunks (or the file's end). Nothing is read back from the file.
 
@@ -79,6 +80,36 @@ impl Digesting {
                 } else {
                     out.write_all(p)
                 }
+            }
+        }
+    }
+
+    /// Room for `n` bytes of plaintext at the end of the segment being filled, if the thread
+    /// hashes and the segment has that room: a caller opens a chunk straight into it, then
+    /// counts it with [`Digesting::took`] once it is authenticated (bytes left there uncounted
+    /// are never hashed nor written). A segment holds whole chunks: it is a multiple of
+    /// their size, and the thread starts at a chunk boundary.
+    pub(crate) fn room(&mut self, n: usize) -> Option<&mut [u8]> {
+        match self {
+            Digesting::Here(_) => None,
+            Digesting::Thread(f) => {
+                let at = f.cur.len;
+                f.cur.buf.as_mut_slice().get_mut(at..at + n)
+            }
+        }
+    }
+
+    /// Counts the first `n` bytes of [`Digesting::room`] as plaintext added, in order, as
+    /// [`Digesting::take`] would have: hashed, and written to `out` unless the thread writes it.
+    pub(crate) fn took(&mut self, n: usize, out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Digesting::Here(_) => Err(io::Error::other("no room was given")),
+            Digesting::Thread(f) => {
+                if f.writer.is_none() {
+                    let at = f.cur.len;
+                    out.write_all(&f.cur.buf.as_slice()[at..at + n])?;
+                }
+                f.added(n)
             }
         }
     }
@@ -246,17 +277,23 @@ impl Feed {
             let n = (SEGMENT - self.cur.len).min(p.len());
             let at = self.cur.len;
             self.cur.buf.as_mut_slice()[at..at + n].copy_from_slice(&p[..n]);
-            self.cur.len += n;
             p = &p[n..];
-            if self.cur.len == SEGMENT {
-                if let Ok(e) = self.failed.try_recv() {
-                    return Err(e);
-                }
-                let next = self.spare();
-                let full = std::mem::replace(&mut self.cur, next);
-                // A thread that died is reported by `finish`.
-                let _ = self.to.send(full);
+            self.added(n)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more bytes of the segment being filled; hands it to the thread once full.
+    fn added(&mut self, n: usize) -> io::Result<()> {
+        self.cur.len += n;
+        if self.cur.len == SEGMENT {
+            if let Ok(e) = self.failed.try_recv() {
+                return Err(e);
             }
+            let next = self.spare();
+            let full = std::mem::replace(&mut self.cur, next);
+            // A thread that died is reported by `finish`.
+            let _ = self.to.send(full);
         }
         Ok(())
     }
@@ -330,6 +367,30 @@ mod tests {
                 "moved after {start_after} bytes"
             );
         }
+    }
+
+    #[test]
+    fn chunks_opened_into_the_segment_count_only_once_taken() {
+        // Chunks of 64 KiB written into the room given, as `Opener` opens them; a chunk that
+        // failed to authenticate leaves its bytes there uncounted.
+        let plain = data(SEGMENT * 3 + 1000);
+        let mut d = Digesting::new();
+        assert!(d.room(10).is_none(), "no room before the thread");
+        d.move_to_thread(None);
+        let mut out = Vec::new();
+        for piece in plain.chunks(65_536) {
+            let room = d.room(piece.len()).expect("a segment holds whole chunks");
+            room.fill(0xee);
+            let room = d.room(piece.len()).expect("still room");
+            room.copy_from_slice(piece);
+            d.took(piece.len(), &mut out).expect("no writes to fail");
+        }
+        assert_eq!(
+            out, plain,
+            "written by the caller when the thread does not write"
+        );
+        let expect: [u8; 32] = Sha256::digest(&plain).into();
+        assert_eq!(d.finalize().ok(), Some(expect));
     }
 
     #[test]

@@ -252,13 +252,10 @@ impl<'b> Opener<'b> {
             let chunk_err = |e: rogatory_envelope::ChunkError| {
                 OpenError::Integrity(format!("chunk {}: {e}", self.next))
             };
-            let plain = if self.fill == 0 && bytes.len() >= len {
-                // A whole chunk in what arrived: opened from there, without a copy.
-                let (chunk, rest) = bytes.split_at(len);
-                bytes = rest;
-                key.open_chunk_into(self.next, last, chunk, &mut self.bufs.chunk)
-                    .map_err(chunk_err)?
-            } else {
+            // The chunk's ciphertext: where it arrived if it is whole there, else assembled in
+            // the chunk buffer.
+            let whole = self.fill == 0 && bytes.len() >= len;
+            if !whole {
                 let n = (len - self.fill).min(bytes.len());
                 self.bufs.chunk[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
                 self.fill += n;
@@ -266,11 +263,31 @@ impl<'b> Opener<'b> {
                 if self.fill < len {
                     break;
                 }
-                key.open_chunk(self.next, last, &mut self.bufs.chunk[..len])
-                    .map_err(chunk_err)?
-            };
-            let p = &self.bufs.chunk[..plain];
-            self.hasher.take(p, out).map_err(OpenError::Write)?;
+            }
+            let arrived = whole.then(|| {
+                let (chunk, rest) = bytes.split_at(len);
+                bytes = rest;
+                chunk
+            });
+            if let Some(room) = self.hasher.room(len - TAG_SIZE) {
+                // Opened straight into the digest thread's segment: the plaintext is not
+                // copied; only an authenticated chunk is counted in it.
+                let ct = arrived.unwrap_or(&self.bufs.chunk[..len]);
+                let plain = key
+                    .open_chunk_into(self.next, last, ct, room)
+                    .map_err(chunk_err)?;
+                self.hasher.took(plain, out).map_err(OpenError::Write)?;
+            } else {
+                let plain = if let Some(ct) = arrived {
+                    key.open_chunk_into(self.next, last, ct, &mut self.bufs.chunk)
+                        .map_err(chunk_err)?
+                } else {
+                    key.open_chunk(self.next, last, &mut self.bufs.chunk[..len])
+                        .map_err(chunk_err)?
+                };
+                let p = &self.bufs.chunk[..plain];
+                self.hasher.take(p, out).map_err(OpenError::Write)?;
+            }
             self.fill = 0;
             self.next += 1;
             done += len as u64;
