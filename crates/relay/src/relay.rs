@@ -230,6 +230,32 @@ impl DirectPack {
     pub async fn ready(&mut self, offset: u64, len: usize) {
         self.source.ready(offset, len).await;
     }
+
+    /// The `len` bytes at `offset` of the pack in the blocks read directly, without a copy
+    /// ([`DirectSource::read_shared`]): into `parts`, returning how many parts they took.
+    /// `None` if they cannot be had so (a block that failed or came short, or more parts than
+    /// `parts` holds): the caller reads them with [`Relay::read_pack_into`], which reports a
+    /// failure as it always has.
+    pub fn read_shared(
+        &mut self,
+        offset: u64,
+        len: usize,
+        parts: &mut [bytes::Bytes],
+    ) -> Option<usize> {
+        let (mut got, mut n) = (0, 0);
+        while got < len {
+            let part = parts.get_mut(n)?;
+            match self.source.read_shared(offset + got as u64, len - got) {
+                Ok(Some(b)) if !b.is_empty() => {
+                    got += b.len();
+                    *part = b;
+                    n += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(n)
+    }
 }
 
 impl Drop for DirectPack {

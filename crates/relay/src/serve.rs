@@ -10,8 +10,8 @@ use rogatory_transport::frame::{
     ReceiptKind, Seal, Status, TransferState,
 };
 use rogatory_transport::net::{
-    Accepted, FrameReader, FrameWriter, IntakeHandler, Lease, ServeConfig, Session,
-    serve_connection,
+    Accepted, FrameReader, FrameWriter, IntakeHandler, Lease, MAX_RANGE_PARTS, ServeConfig,
+    Session, serve_connection,
 };
 use rogatory_transport::tls::PeerIdentity;
 use rogatory_transport::{ErrorCode, ProtocolError};
@@ -457,11 +457,20 @@ async fn fetch<S: Storage + 'static>(
                 .map_err(io)?;
             }
             None => {
-                // Read straight into the buffer that goes to quinn (`protocol.md` §6.3), once
-                // the blocks read ahead hold the range: the worker never waits for the disk.
+                // Handed to quinn in the blocks read directly (`protocol.md` §6.3), once the
+                // blocks read ahead hold the range: the worker never waits for the disk, and
+                // the bytes are not copied.
                 if let Some(d) = direct.as_mut() {
                     d.ready(base + off, n).await;
+                    let mut parts: [bytes::Bytes; MAX_RANGE_PARTS] = Default::default();
+                    if let Some(k) = d.read_shared(base + off, n, &mut parts) {
+                        w.send_range_shared(off, &parts[..k]).await.map_err(io)?;
+                        off += n as u64;
+                        continue;
+                    }
                 }
+                // Else read into the buffer that goes to quinn: through the page cache, or
+                // directly with a copy (a block that failed is reported from here).
                 let mut failed = None;
                 let sent = w
                     .send_range(off, n as u64, |out| {

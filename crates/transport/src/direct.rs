@@ -24,6 +24,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+
+use bytes::Bytes;
 #[cfg(target_os = "linux")]
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
@@ -175,6 +177,9 @@ pub struct DirectSource {
     answers: Receiver<Answer>,
     /// Woken by the reader thread after each answer ([`DirectSource::ready`]).
     answered: Arc<tokio::sync::Notify>,
+    /// The bytes of the block held, once [`DirectSource::read_shared`] has handed them out:
+    /// its buffer went with them (`current` holds a fresh one, unused until the next block).
+    shared: Option<Bytes>,
     /// Answers waited for (blocking) so far: what a test of [`DirectSource::ready`] counts.
     #[cfg(test)]
     waited: usize,
@@ -249,6 +254,7 @@ impl DirectSource {
                 ask,
                 answers,
                 answered,
+                shared: None,
                 #[cfg(test)]
                 waited: 0,
             }))
@@ -271,11 +277,43 @@ impl DirectSource {
     /// never do; a relay's ranges call again for the rest).
     pub fn read(&mut self, off: u64, dst: &mut [u8]) -> DirectRead {
         match self.held(off, dst.len()) {
-            Ok(b) => {
-                dst[..b.len()].copy_from_slice(b);
-                DirectRead::Got(b.len())
+            Ok((from, have)) => {
+                dst[..have].copy_from_slice(&self.current_bytes()[from..from + have]);
+                DirectRead::Got(have)
             }
             Err(r) => r,
+        }
+    }
+
+    /// Like [`DirectSource::read`], without the copy: the bytes at `off` (at most `max`, up to
+    /// the end of the block holding them) as a [`Bytes`] that shares the block's buffer, for a
+    /// relay to hand to quinn as they are (`protocol.md` §6.3). The buffer goes back to a pool
+    /// of spare blocks when the last of its `Bytes` is dropped (quinn drops them once the peer
+    /// has acknowledged them); the source reads on into another. `Ok(None)`: no buffer could be
+    /// made for that, read with [`DirectSource::read`] instead.
+    pub fn read_shared(&mut self, off: u64, max: usize) -> Result<Option<Bytes>, DirectRead> {
+        let (from, have) = self.held(off, max)?;
+        if self.shared.is_none() {
+            let Some((_, len)) = self.current.held else {
+                return Err(DirectRead::Unsupported);
+            };
+            let Some(fresh) = spare_block() else {
+                return Ok(None);
+            };
+            let buf = std::mem::replace(&mut self.current.buf, fresh);
+            self.shared = Some(Bytes::from_owner(SharedBlock {
+                buf: Some(buf),
+                len,
+            }));
+        }
+        Ok(self.shared.as_ref().map(|b| b.slice(from..from + have)))
+    }
+
+    /// The bytes of the block held: in its buffer, or in the one handed out with them.
+    fn current_bytes(&self) -> &[u8] {
+        match &self.shared {
+            Some(b) => b,
+            None => self.current.buf.as_slice(),
         }
     }
 
@@ -385,8 +423,9 @@ impl DirectSource {
         self.answers.recv().ok()
     }
 
-    /// The bytes at `off` (at most `max`) in the block holding `off`, made current.
-    fn held(&mut self, off: u64, max: usize) -> Result<&[u8], DirectRead> {
+    /// Where the bytes at `off` (at most `max`) are in the block holding `off`, made current:
+    /// their start and length in [`DirectSource::current_bytes`].
+    fn held(&mut self, off: u64, max: usize) -> Result<(usize, usize), DirectRead> {
         let block_off = off - off % BLOCK as u64;
         if self.current.held.is_none_or(|(o, _)| o != block_off) {
             // The block if it was asked ahead; blocks asked before it are skipped, and all of
@@ -413,6 +452,8 @@ impl DirectSource {
             } else {
                 b.fill(&self.fd, block_off, self.size)
             };
+            // The bytes handed out keep their buffer; `current`'s own goes back with it.
+            self.shared = None;
             let old = std::mem::replace(&mut self.current, b);
             self.spare.push(old);
             match r {
@@ -430,7 +471,44 @@ impl DirectSource {
         };
         let from = (off - block_off) as usize;
         let have = len.saturating_sub(from).min(max);
-        Ok(&self.current.buf.as_slice()[from..from + have])
+        Ok((from.min(len), have))
+    }
+}
+
+/// Buffers of blocks handed out by [`DirectSource::read_shared`], back from quinn, kept for
+/// the next ones: at most [`SPARE_BLOCKS_MAX`]. A fresh buffer costs page faults to fill (with
+/// a virtual machine's ballooned memory, faults in the host too). They hold ciphertext that
+/// went on the wire, nothing secret; a direct read overwrites them.
+static SPARE_BLOCKS: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
+/// Spare blocks kept at most.
+const SPARE_BLOCKS_MAX: usize = 8;
+
+/// A spare block's buffer, or a new one (`None` if it could not be aligned).
+fn spare_block() -> Option<AlignedBuf> {
+    let kept = SPARE_BLOCKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    kept.or_else(|| Some(AlignedBuf::new(BLOCK)).filter(AlignedBuf::is_aligned))
+}
+
+/// A block's buffer shared by the [`Bytes`] handed out; back to [`SPARE_BLOCKS`] when dropped.
+struct SharedBlock {
+    buf: Option<AlignedBuf>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SharedBlock {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| &b.as_slice()[..self.len])
+    }
+}
+
+impl Drop for SharedBlock {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            let mut spare = SPARE_BLOCKS.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_BLOCKS_MAX {
+                spare.push(b);
+            }
+        }
     }
 }
 
@@ -678,6 +756,60 @@ mod tests {
         let n = d.read(off as u64, &mut dst).got();
         assert_eq!(n, cut - off);
         assert_eq!(&dst[..n], &data[off..cut]);
+    }
+
+    #[test]
+    fn ranges_shared_from_the_blocks_are_the_files_bytes() {
+        // `protocol.md` §6.3: a relay hands ranges to quinn in the blocks themselves. Ranges of
+        // 1 MiB off the blocks (two parts each), kept alive past the block's turn (as quinn keeps
+        // them until acknowledged), mixed with copies out of a block already shared, a rewind,
+        // and the file's short end.
+        let Some(dir) = direct_dir() else {
+            return;
+        };
+        let path = dir.path().join("pack.bin");
+        let size = (AHEAD + 4) * BLOCK + 4321;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 5) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let Some(mut d) = DirectSource::open(&path, size as u64).expect("open") else {
+            return;
+        };
+        let mut kept = Vec::new();
+        let mut off = 777;
+        while off < size {
+            let end = (off + BLOCK).min(size);
+            let mut at = off;
+            while at < end {
+                let b = d
+                    .read_shared(at as u64, end - at)
+                    .expect("read")
+                    .expect("a buffer");
+                assert!(!b.is_empty(), "at {at}");
+                assert_eq!(&b[..], &data[at..at + b.len()], "at {at}");
+                at += b.len();
+                kept.push((at - b.len(), b));
+            }
+            // A copy out of the block just shared reads its bytes, not the fresh buffer's.
+            let mut dst = [0u8; 100];
+            let back = end - 100;
+            assert_eq!(d.read(back as u64, &mut dst).got(), 100);
+            assert_eq!(&dst[..], &data[back..end]);
+            off = end;
+        }
+        // A rewind to the start, shared again.
+        let b = d.read_shared(0, 5000).expect("read").expect("a buffer");
+        assert_eq!(&b[..], &data[..5000]);
+        drop(d);
+        // Every range shared still holds its bytes after the source went on and went away.
+        for (at, b) in &kept {
+            assert_eq!(&b[..], &data[*at..*at + b.len()], "kept at {at}");
+        }
+        drop(kept);
+        let spare = SPARE_BLOCKS.lock().unwrap_or_else(|p| p.into_inner()).len();
+        assert!(
+            (1..=SPARE_BLOCKS_MAX).contains(&spare),
+            "{spare} spare blocks after the ranges were dropped"
+        );
     }
 
     /// A temporary directory on a file system with direct reads: the system's temporary

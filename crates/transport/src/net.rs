@@ -334,6 +334,10 @@ pub const CLOSE_FLUSH: Duration = Duration::from_millis(10);
 /// encrypts packets.
 pub const PIECE_BATCH: usize = 2 << 20;
 
+/// Parts of one RANGE frame at most ([`FrameWriter::send_range_shared`]): a range of at most
+/// a block spans two blocks at most.
+pub const MAX_RANGE_PARTS: usize = 2;
+
 /// A gathering buffer's size: a batch and the PIECE frame that completes it (its header, two
 /// varints and at most [`frame::MAX_PIECE`] bytes), so that it never grows.
 const BATCH_CAPACITY: usize = PIECE_BATCH + MAX_HEADER + 2 * 8 + frame::MAX_PIECE as usize;
@@ -450,6 +454,37 @@ impl FrameWriter {
     ) -> Result<(), NetError> {
         let header = |b: &mut Vec<u8>| frame::range_header(b, offset, len as usize);
         self.send_data(len, header, fill).await
+    }
+
+    /// Writes a RANGE frame at `offset` whose bytes are `parts`, in order, as they are: the
+    /// frames gathered before it first, then its header, then the parts, which quinn keeps
+    /// until the peer acknowledges them. What a relay serving a large file sends from the
+    /// blocks it read directly (`protocol.md` §6.3), without copying them into a frame. At
+    /// most [`MAX_RANGE_PARTS`] parts, of [`frame::MAX_RANGE`] bytes in all.
+    pub async fn send_range_shared(
+        &mut self,
+        offset: u64,
+        parts: &[bytes::Bytes],
+    ) -> Result<(), NetError> {
+        let len: usize = parts.iter().map(bytes::Bytes::len).sum();
+        if parts.len() > MAX_RANGE_PARTS || len as u64 > frame::MAX_RANGE {
+            return Err(NetError::Source(io::Error::other(format!(
+                "a RANGE of {len} bytes in {} parts",
+                parts.len()
+            ))));
+        }
+        self.flush().await?;
+        let mut head = Vec::with_capacity(MAX_HEADER + 2 * 8);
+        frame::range_header(&mut head, offset, len);
+        let mut chunks: [bytes::Bytes; 1 + MAX_RANGE_PARTS] = Default::default();
+        chunks[0] = bytes::Bytes::from(head);
+        for (c, p) in chunks[1..].iter_mut().zip(parts) {
+            *c = p.clone();
+        }
+        self.send
+            .write_all_chunks(&mut chunks[..1 + parts.len()])
+            .await?;
+        Ok(())
     }
 
     /// A data frame: `header`, then the `len` bytes `fill` writes.
