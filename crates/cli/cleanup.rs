@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(crate) use rogatory_client::cleanup::{register, unregister_with};
+pub(crate) use rogatory_client::cleanup::{create_registered, unregister_with};
 
 use crate::error::Exit;
 

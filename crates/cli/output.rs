@@ -82,12 +82,17 @@ impl Target {
                     .ok_or_else(|| {
                         CliError::new(Exit::Usage, format!("not a file name: {}", path.display()))
                     })?;
-                let tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".rogatory-partial")
-                    .tempfile_in(&dir)
-                    .map_err(|e| storage_error(&dir, e))?;
-                cleanup::register(tmp.path());
+                // Registered as it is created: an interrupt in between would leave it behind.
+                let tmp = cleanup::create_registered(
+                    || {
+                        tempfile::Builder::new()
+                            .prefix(&format!(".{name}."))
+                            .suffix(".rogatory-partial")
+                            .tempfile_in(&dir)
+                    },
+                    NamedTempFile::path,
+                )
+                .map_err(|e| storage_error(&dir, e))?;
                 Ok(Sink::File(AtomicFile {
                     tmp: Some(tmp),
                     path,

@@ -25,6 +25,22 @@ pub fn register(path: &Path) {
         .insert(path.to_owned());
 }
 
+/// Creates a temporary file whose name is known only once it exists (`create`, a `tempfile`
+/// builder, say) and registers its path (`path_of`), with the registry locked throughout: a
+/// [`remove_registered`] running meanwhile waits, so it comes before the file exists or after it
+/// is registered, never between (where it would leave the file behind).
+pub fn create_registered<T, E>(
+    create: impl FnOnce() -> Result<T, E>,
+    path_of: impl FnOnce(&T) -> &Path,
+) -> Result<T, E> {
+    let mut pending = pending();
+    let made = create()?;
+    pending
+        .get_or_insert_with(HashSet::new)
+        .insert(path_of(&made).to_owned());
+    Ok(made)
+}
+
 /// Runs `f` (which publishes or removes `path`) with the registry locked, then forgets `path`,
 /// so that [`remove_registered`] can never remove a file that was just published.
 pub fn unregister_with<T>(path: &Path, f: impl FnOnce() -> T) -> T {
