@@ -873,6 +873,36 @@ fn retain_until() -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// This machine's CPU time so far, in ticks: what the hypervisor gave to other guests while
+/// its virtual CPUs wanted to run ("steal", the 8th field of `/proc/stat`'s first line), and
+/// all of it. A host busy with other guests slows every row of a round, ours and the
+/// baselines alike, by as much as it takes.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some((*f.get(7)?, f.iter().sum()))
+}
+
+/// The share of CPU time stolen by the host since `from` ([`cpu_ticks`]).
+fn steal_since(from: Option<(u64, u64)>) -> String {
+    match (from, cpu_ticks()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+            format!(
+                "{:.1}%",
+                100.0 * s1.saturating_sub(s0) as f64 / (t1 - t0) as f64
+            )
+        }
+        _ => "-".into(),
+    }
+}
+
 /// The 1, 5 and 15 minute load averages.
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -1208,6 +1238,7 @@ fn main() {
     let disk = disk_place();
     let bytes = b.mib * MIB;
 
+    let run_ticks = cpu_ticks();
     println!("rogatory transfer bench (issue 10)");
     println!("binary      {} ({})", b.bin.display(), version.trim());
     println!("machine     {} cores, load average {}", b.nproc, loadavg());
@@ -1270,6 +1301,10 @@ fn main() {
     println!();
     let load = loadavg();
     println!("load average at the end: {load}");
+    println!(
+        "CPU time taken by the host (steal) during the whole run: {}",
+        steal_since(run_ticks)
+    );
     if load
         .split_whitespace()
         .next()
@@ -1414,6 +1449,7 @@ fn file_section(
         .collect();
     let mut rates: Option<Rates> = None;
     for round in 1..=b.rounds {
+        let ticks = cpu_ticks();
         let s = bare_round(&rt, &quinn_setup, bytes, b.clk_tck);
         println!("round {round}: bare quinn {:.2} s", secs(s.wall));
         bare.push(Ok(s));
@@ -1501,6 +1537,10 @@ fn file_section(
             scp_up.push(up);
             scp_down.push(down);
         }
+        println!(
+            "round {round}: CPU time taken by the host (steal): {}",
+            steal_since(ticks)
+        );
     }
 
     println!();
@@ -1826,6 +1866,7 @@ fn bulk_section(
     // without a disk, they hold about 90 MB per round of the default 5,000 files.)
     let mut kept: Vec<tempfile::TempDir> = Vec::new();
     for round in 1..=b.rounds {
+        let ticks = cpu_ticks();
         match b.rogatory_round(place, &bulk, expect, false) {
             Ok(r) => {
                 println!(
@@ -1859,6 +1900,10 @@ fn bulk_section(
             up.push(u);
             down.push(d);
         }
+        println!(
+            "round {round}: CPU time taken by the host (steal): {}",
+            steal_since(ticks)
+        );
     }
     println!();
     println!("-- bulk, {files} files of 4 KiB: best of {} --", b.rounds);
