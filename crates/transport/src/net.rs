@@ -401,137 +401,21 @@ fn batch_buffer() -> Vec<u8> {
 /// before are zeroed first (a source writes into a slice).
 #[derive(Debug)]
 pub struct FrameWriter {
-    send: Sink,
+    send: quinn::SendStream,
     buf: Vec<u8>,
     used: usize,
     /// A data frame's header, made here before it is copied into `buf`.
     head: Vec<u8>,
 }
 
-/// Where a [`FrameWriter`]'s bytes go.
-#[derive(Debug)]
-enum Sink {
-    /// Into the stream, from the task that writes the frames.
-    Stream(quinn::SendStream),
-    /// To a task of the runtime that writes them into the stream ([`FrameWriter::piped`]).
-    Pipe(Pipe),
-}
-
-/// The writing side of [`FrameWriter::piped`].
-#[derive(Debug)]
-struct Pipe {
-    /// `None` once finished or reset.
-    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    /// The task, until its outcome is taken (after its end).
-    task: Option<tokio::task::JoinHandle<Result<(), NetError>>>,
-    reset: Arc<PipeReset>,
-}
-
-/// A reset asked of a pipe's task: it drops what it holds and resets the stream.
-#[derive(Debug, Default)]
-struct PipeReset {
-    code: std::sync::atomic::AtomicU64,
-    asked: tokio::sync::Notify,
-}
-
-/// Batches handed to a pipe's task and not yet written into quinn: with one being written,
-/// two batches beyond what quinn holds.
-const PIPE_DEPTH: usize = 1;
-
-/// A pipe's task: writes what comes, in order, until the channel closes (then finishes the
-/// stream) or a reset is asked (then resets it). A write error ends it, and is its outcome.
-async fn pipe_writer(
-    mut send: quinn::SendStream,
-    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    reset: Arc<PipeReset>,
-) -> Result<(), NetError> {
-    let reset_now = |send: &mut quinn::SendStream| {
-        let code = reset.code.load(std::sync::atomic::Ordering::SeqCst);
-        let _ = send.reset(quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::from_u32(0)));
-    };
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = reset.asked.notified() => {
-                reset_now(&mut send);
-                return Ok(());
-            }
-            b = rx.recv() => b,
-        };
-        let Some(b) = next else {
-            let _ = send.finish();
-            return Ok(());
-        };
-        tokio::select! {
-            biased;
-            () = reset.asked.notified() => {
-                reset_now(&mut send);
-                return Ok(());
-            }
-            r = send.write_chunk(b) => r?,
-        }
-    }
-}
-
 impl FrameWriter {
     /// Wraps a send stream.
     pub fn new(send: quinn::SendStream) -> Self {
         FrameWriter {
-            send: Sink::Stream(send),
+            send,
             buf: Vec::new(),
             used: 0,
             head: Vec::with_capacity(MAX_HEADER + 2 * 8),
-        }
-    }
-
-    /// Wraps a send stream whose writes into quinn are made by a task of the current runtime:
-    /// the caller hands each batch over and goes on (at most [`PIPE_DEPTH`] batches wait).
-    /// For a sender whose pieces are made on the thread that writes them: a write into quinn
-    /// takes the connection's lock, which the connection's driver holds while it seals
-    /// datagrams, and the thread making the pieces waited for it, about 8 % of a 1 GiB
-    /// `send` (`docs/performance.md` "The sender's writes on the runtime's worker"). A write
-    /// that fails is reported by the next one (or lost with the stream: an upload learns of
-    /// a stream's loss from the relay, `protocol.md` §6.1).
-    pub fn piped(send: quinn::SendStream) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(PIPE_DEPTH);
-        let reset = Arc::new(PipeReset::default());
-        let task = tokio::spawn(pipe_writer(send, rx, Arc::clone(&reset)));
-        FrameWriter {
-            send: Sink::Pipe(Pipe {
-                tx: Some(tx),
-                task: Some(task),
-                reset,
-            }),
-            buf: Vec::new(),
-            used: 0,
-            head: Vec::with_capacity(MAX_HEADER + 2 * 8),
-        }
-    }
-
-    /// Writes `b`: into quinn here, or handed to the pipe's task.
-    async fn write_bytes(&mut self, b: bytes::Bytes) -> Result<(), NetError> {
-        match &mut self.send {
-            Sink::Stream(s) => s.write_chunk(b).await.map_err(NetError::from),
-            Sink::Pipe(p) => {
-                let sent = match &p.tx {
-                    Some(tx) => tx.send(b).await.is_ok(),
-                    None => false,
-                };
-                if sent {
-                    return Ok(());
-                }
-                // The task ended: its outcome says why.
-                let outcome = match p.task.take() {
-                    Some(t) => t
-                        .await
-                        .unwrap_or(Err(NetError::Timeout("the stream's writer ended"))),
-                    None => Err(NetError::Timeout("the stream's writer ended")),
-                };
-                p.tx = None;
-                Err(outcome
-                    .err()
-                    .unwrap_or(NetError::StreamClosed(ErrorCode::NO_ERROR)))
-            }
         }
     }
 
@@ -597,14 +481,9 @@ impl FrameWriter {
         for (c, p) in chunks[1..].iter_mut().zip(parts) {
             *c = p.clone();
         }
-        match &mut self.send {
-            Sink::Stream(s) => s.write_all_chunks(&mut chunks[..1 + parts.len()]).await?,
-            Sink::Pipe(_) => {
-                for c in chunks.into_iter().take(1 + parts.len()) {
-                    self.write_bytes(c).await?;
-                }
-            }
-        }
+        self.send
+            .write_all_chunks(&mut chunks[..1 + parts.len()])
+            .await?;
         Ok(())
     }
 
@@ -654,15 +533,9 @@ impl FrameWriter {
         if len >= PIECE_BATCH / 2 {
             let v = std::mem::replace(&mut self.buf, batch_buffer());
             let chunk = bytes::Bytes::from_owner(Batch { v, len });
-            self.write_bytes(chunk).await?;
+            self.send.write_chunk(chunk).await?;
         } else if len > 0 {
-            match &mut self.send {
-                Sink::Stream(s) => s.write_all(&self.buf[..len]).await?,
-                Sink::Pipe(_) => {
-                    let b = bytes::Bytes::copy_from_slice(&self.buf[..len]);
-                    self.write_bytes(b).await?;
-                }
-            }
+            self.send.write_all(&self.buf[..len]).await?;
         }
         Ok(())
     }
@@ -674,31 +547,13 @@ impl FrameWriter {
         debug_assert!(self.used == 0, "finish with frames not written");
         keep_spare(&mut lock(&SPARE), std::mem::take(&mut self.buf));
         self.used = 0;
-        match &mut self.send {
-            Sink::Stream(s) => {
-                let _ = s.finish();
-            }
-            // The task finishes the stream once it has written what it was handed.
-            Sink::Pipe(p) => p.tx = None,
-        }
+        let _ = self.send.finish();
     }
 
     /// Resets the stream with `code` (frames not yet written are dropped).
     pub fn reset(&mut self, code: ErrorCode) {
         self.used = 0;
-        match &mut self.send {
-            Sink::Stream(s) => {
-                let _ = s.reset(code.to_varint());
-            }
-            Sink::Pipe(p) => {
-                p.reset.code.store(
-                    code.to_varint().into_inner(),
-                    std::sync::atomic::Ordering::SeqCst,
-                );
-                p.reset.asked.notify_one();
-                p.tx = None;
-            }
-        }
+        let _ = self.send.reset(code.to_varint());
     }
 }
 
@@ -1458,7 +1313,7 @@ pub async fn upload(
                 Transmit::Offer => control.send(&Frame::Offer(offer.clone())).await?,
                 Transmit::Open { stream } => {
                     let opened = async {
-                        let mut w = FrameWriter::piped(session.conn.open_uni().await?);
+                        let mut w = FrameWriter::new(session.conn.open_uni().await?);
                         let attach = Attach {
                             transfer: offer.transfer,
                         };
