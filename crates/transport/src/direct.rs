@@ -24,11 +24,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-
-use bytes::Bytes;
 #[cfg(target_os = "linux")]
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+
+use bytes::Bytes;
 
 /// Bytes per direct read: 16 STREAM chunks.
 pub const BLOCK: usize = 1 << 20;
@@ -767,10 +767,8 @@ mod tests {
         let Some(dir) = direct_dir() else {
             return;
         };
-        let path = dir.path().join("pack.bin");
-        let size = (AHEAD + 4) * BLOCK + 4321;
-        let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 5) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
+        let (path, data) = pack_file(&dir, (AHEAD + 4) * BLOCK + 4321);
+        let size = data.len();
         let Some(mut d) = DirectSource::open(&path, size as u64).expect("open") else {
             return;
         };
@@ -812,6 +810,14 @@ mod tests {
         );
     }
 
+    /// A pack of `size` bytes in `dir`, not periodic in the block size, and its bytes.
+    fn pack_file(dir: &tempfile::TempDir, size: usize) -> (std::path::PathBuf, Vec<u8>) {
+        let path = dir.path().join("pack");
+        let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 5) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        (path, data)
+    }
+
     /// A temporary directory on a file system with direct reads: the system's temporary
     /// directory, else `/var/tmp`, else this crate's directory (where `/tmp` is tmpfs). `None`
     /// (and a note) only where none of them has them.
@@ -847,10 +853,8 @@ mod tests {
         let Some(dir) = direct_dir() else {
             return;
         };
-        let path = dir.path().join("pack");
-        let size = (AHEAD + 5) * BLOCK + 777;
-        let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 5) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
+        let (path, data) = pack_file(&dir, (AHEAD + 5) * BLOCK + 777);
+        let size = data.len();
         let mut d = DirectSource::open(&path, size as u64)
             .expect("open")
             .expect("direct reads");
