@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rogatory_transport::direct::DirectSource;
+use rogatory_transport::staged::{STAGE_MIN, StagedFile};
 
 /// File operations the relay's data path uses. Every write is positional; nothing is durable
 /// until [`Storage::sync`] (file data) and [`Storage::sync_dir`] (names in a directory).
@@ -47,9 +48,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
 }
 
 /// The real file system. Keeps recently used files open (positional I/O), at most `MAX_OPEN`.
+/// A pack's large pieces are gathered into aligned blocks and written directly where the file
+/// system allows it (`relay.md` §3 "Writing the pack", [`StagedFile`]): every operation that
+/// needs the bytes in the file (a sync, a read, its length, a rename) puts them there first.
 #[derive(Debug, Default)]
 pub struct DiskStorage {
     open: Mutex<HashMap<PathBuf, Arc<File>>>,
+    staged: Mutex<HashMap<PathBuf, Arc<Mutex<StagedFile>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 const MAX_OPEN: usize = 256;
@@ -86,6 +95,33 @@ impl DiskStorage {
             .unwrap_or_else(|p| p.into_inner())
             .remove(path);
     }
+
+    /// The staged writes of `path`, if any.
+    fn staged_of(&self, path: &Path) -> Option<Arc<Mutex<StagedFile>>> {
+        lock(&self.staged).get(path).cloned()
+    }
+
+    /// Puts what is staged for `path` in the file.
+    fn flush(&self, path: &Path) -> io::Result<()> {
+        match self.staged_of(path) {
+            Some(s) => lock(&s).flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts what is staged for `path` in the file and lets go of its staging; on an error the
+    /// staging stays (its bytes are not lost).
+    fn close_staged(&self, path: &Path) -> io::Result<()> {
+        let Some(s) = self.staged_of(path) else {
+            return Ok(());
+        };
+        lock(&s).close()?;
+        let mut staged = lock(&self.staged);
+        if staged.get(path).is_some_and(|x| Arc::ptr_eq(x, &s)) {
+            staged.remove(path);
+        }
+        Ok(())
+    }
 }
 
 impl Storage for DiskStorage {
@@ -93,18 +129,37 @@ impl Storage for DiskStorage {
         fs::create_dir_all(path)
     }
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file(path, true)?.write_all_at(data, offset)
+        let staged = match self.staged_of(path) {
+            Some(s) => s,
+            None if data.len() < STAGE_MIN => {
+                return self.file(path, true)?.write_all_at(data, offset);
+            }
+            None => {
+                let fd = self.file(path, true)?;
+                let mut all = lock(&self.staged);
+                all.entry(path.to_owned())
+                    .or_insert_with(|| Arc::new(Mutex::new(StagedFile::new(fd, path))))
+                    .clone()
+            }
+        };
+        lock(&staged).write_at(offset, data)
     }
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.flush(path)?;
         self.file(path, false)?.read_at(buf, offset)
     }
     fn open_direct(&self, path: &Path, size: u64) -> Option<DirectSource> {
+        self.flush(path).ok()?;
         DirectSource::open(path, size).ok().flatten()
     }
     fn sync(&self, path: &Path) -> io::Result<()> {
+        // Staged bytes go to the file under the staging's lock; the sync runs without it, so
+        // writes go on meanwhile (the next sync covers them).
+        self.flush(path)?;
         self.file(path, false)?.sync_data()
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.close_staged(from)?;
         self.forget(from);
         fs::rename(from, to)
     }
@@ -112,6 +167,8 @@ impl Storage for DiskStorage {
         File::open(path)?.sync_all()
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
+        // Whatever is staged goes with the file.
+        lock(&self.staged).remove(path);
         self.forget(path);
         match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -119,6 +176,7 @@ impl Storage for DiskStorage {
         }
     }
     fn len(&self, path: &Path) -> io::Result<Option<u64>> {
+        self.flush(path)?;
         match fs::metadata(path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -129,7 +187,10 @@ impl Storage for DiskStorage {
         fs4::available_space(path)
     }
     fn reopen(&self, path: &Path) {
-        self.forget(path);
+        // A staging that cannot be flushed stays: its bytes are not in the file yet.
+        if self.close_staged(path).is_ok() {
+            self.forget(path);
+        }
     }
 }
 
@@ -477,5 +538,50 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     fn open_direct(&self, p: &Path, size: u64) -> Option<DirectSource> {
         (**self).open_direct(p, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// test-plan.md 138: a pack written through `DiskStorage` in PIECE-sized writes, large
+    /// ones staged: its bytes are read back, measured and carried by a rename before any sync,
+    /// and a removed pack takes what was staged for it along.
+    #[test]
+    fn disk_storage_reads_measures_and_renames_what_it_staged() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = DiskStorage::new();
+        let pack = dir.path().join("p.pack");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        // An age header first (small, at once), then payload pieces.
+        s.write_at(&pack, 0, &data[..211]).expect("header");
+        let mut off = 211;
+        while off < data.len() {
+            let end = (off + 65_552).min(data.len());
+            s.write_at(&pack, off as u64, &data[off..end])
+                .expect("piece");
+            off = end;
+        }
+        let mut back = vec![0u8; 70_000];
+        let n = s
+            .read_at(&pack, 1_234_567, &mut back)
+            .expect("read before a sync");
+        assert_eq!(&back[..n], &data[1_234_567..1_234_567 + n]);
+        assert_eq!(s.len(&pack).expect("len"), Some(data.len() as u64));
+        let inbox = dir.path().join("i.pack");
+        s.rename(&pack, &inbox).expect("rename");
+        s.sync(&inbox).expect("sync");
+        assert!(std::fs::read(&inbox).expect("read") == data);
+
+        let other = dir.path().join("o.pack");
+        s.write_at(&other, 0, &data[..200_000]).expect("staged");
+        s.remove(&other).expect("remove");
+        assert_eq!(
+            s.len(&other).expect("len"),
+            None,
+            "removed, staging and all"
+        );
+        assert!(lock(&s.staged).is_empty(), "nothing staged is left behind");
     }
 }

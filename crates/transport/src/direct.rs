@@ -43,13 +43,13 @@ const AHEAD: usize = 3;
 pub const DIRECT_MIN: u64 = 4 << 20;
 /// Alignment of the buffer, offsets and lengths of a direct read: a page, at least the logical
 /// block size of every common device.
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// Whether `fd` is on a file system kept in memory (tmpfs, ramfs): its pages are the data, so a
 /// direct read has no device to read from and only adds a copy (kernel to block, then block to
 /// piece, against one copy from the page cache).
 #[cfg(target_os = "linux")]
-fn in_memory(fd: &File) -> bool {
+pub(crate) fn in_memory(fd: &File) -> bool {
     const TMPFS_MAGIC: u64 = 0x0102_1994;
     const RAMFS_MAGIC: u64 = 0x8584_58f6;
     rustix::fs::fstatfs(fd).is_ok_and(|s| {
@@ -607,7 +607,7 @@ fn set_direct(fd: &File, on: bool) -> io::Result<()> {
 }
 
 /// A direct read refused for its alignment or by the file system.
-fn is_unsupported(e: &io::Error) -> bool {
+pub(crate) fn is_unsupported(e: &io::Error) -> bool {
     #[cfg(target_os = "linux")]
     {
         rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::INVAL)

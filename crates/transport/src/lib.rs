@@ -20,6 +20,7 @@ pub mod frame;
 pub mod impair;
 pub mod kx;
 pub mod net;
+pub mod staged;
 pub mod tls;
 pub mod upload;
 pub mod varint;
