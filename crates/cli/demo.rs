@@ -355,8 +355,9 @@ pub(crate) fn run(a: &DemoArgs, events: &crate::events::Events) -> Result<()> {
     }
     say!(
         events,
-        "envelope            every file's key wrapped in {} mlkem768x25519 stanzas (hybrid post-quantum, for B; A keeps its file keys in keys.age)",
-        types.len()
+        "envelope            {} mlkem768x25519 stanzas for {} files, no other kind (hybrid post-quantum, for B; A keeps its file keys in keys.age)",
+        types.len(),
+        summary["files"]
     );
 
     // 4. B lists and fetches: digests checked against A's seal before anything is published.
