@@ -62,6 +62,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 const MAX_OPEN: usize = 256;
+/// A pack not written for this long lets go of its staging (its buffers, its writing thread
+/// and its descriptors) when another pack starts one: an upload whose sender went away.
+#[cfg(not(test))]
+const STAGED_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// In the unit tests every staging not in use is idle.
+#[cfg(test)]
+const STAGED_IDLE: std::time::Duration = std::time::Duration::ZERO;
 
 impl DiskStorage {
     /// A new instance.
@@ -137,6 +144,13 @@ impl Storage for DiskStorage {
             None => {
                 let fd = self.file(path, true)?;
                 let mut all = lock(&self.staged);
+                // Those of packs no longer written go (never waiting for one in use); one that
+                // cannot be flushed stays, its bytes not yet in the file.
+                all.retain(|_, s| {
+                    s.try_lock().map_or(true, |mut g| {
+                        g.idle_for() < STAGED_IDLE || g.close().is_err()
+                    })
+                });
                 all.entry(path.to_owned())
                     .or_insert_with(|| Arc::new(Mutex::new(StagedFile::new(fd, path))))
                     .clone()
@@ -583,5 +597,29 @@ mod tests {
             "removed, staging and all"
         );
         assert!(lock(&s.staged).is_empty(), "nothing staged is left behind");
+    }
+
+    /// test-plan.md 138: a pack no longer written lets go of its staging when another pack
+    /// starts one (here at once: in the unit tests every staging not in use is idle), and its
+    /// staged bytes are then in the file.
+    #[test]
+    fn a_pack_no_longer_written_lets_go_of_its_staging() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = DiskStorage::new();
+        let (a, b) = (dir.path().join("a.pack"), dir.path().join("b.pack"));
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+        for (k, piece) in data.chunks(65_552).enumerate() {
+            s.write_at(&a, 100 + (k * 65_552) as u64, piece)
+                .expect("piece of a");
+        }
+        s.write_at(&b, 0, &data[..65_552]).expect("a piece of b");
+        let staged: Vec<PathBuf> = lock(&s.staged).keys().cloned().collect();
+        assert_eq!(
+            staged,
+            vec![b.clone()],
+            "only the pack being written keeps one"
+        );
+        let got = std::fs::read(&a).expect("read a");
+        assert!(got[100..] == data[..], "a's staged bytes are in its file");
     }
 }

@@ -211,6 +211,8 @@ pub struct StagedFile {
     failed: Vec<Job>,
     /// The writing thread ended with jobs in hand (a bug): their bytes cannot be written.
     lost: bool,
+    /// The last write or flush.
+    used_at: std::time::Instant,
 }
 
 impl StagedFile {
@@ -227,12 +229,19 @@ impl StagedFile {
             in_flight: Vec::new(),
             failed: Vec::new(),
             lost: false,
+            used_at: std::time::Instant::now(),
         }
     }
 
     /// Whether blocks are written directly.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// How long since the last write or flush: a caller lets go of files no longer written
+    /// ([`StagedFile::close`]), whose runs hold buffers and whose writing thread waits.
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.used_at.elapsed()
     }
 
     /// Bytes staged or on their way, not yet known to be in the file.
@@ -258,6 +267,7 @@ impl StagedFile {
             .checked_add(data.len() as u64)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflow"))?;
         self.tick += 1;
+        self.used_at = std::time::Instant::now();
         self.collect(false);
         // Bytes written again (a rewind, a takeover): everything staged goes to the file
         // first, so that this later write is the one that stays.
@@ -505,6 +515,7 @@ impl StagedFile {
     /// writing thread. On an error the bytes not written stay staged, and the next flush tries
     /// them again.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.used_at = std::time::Instant::now();
         for i in 0..self.runs.len() {
             self.flush_run(i)?;
         }
