@@ -446,10 +446,15 @@ impl StagedFile {
         match &self.writer {
             Some(w) => match w.to.send(job) {
                 Ok(()) => self.in_flight.push(range),
-                // The thread is gone (a bug): the next flush writes the job here.
+                // The thread is gone (a bug): the next flush writes this job here, but those
+                // it had in hand are lost.
                 Err(std::sync::mpsc::SendError(job)) => {
-                    self.writer = None;
                     self.failed.push(job);
+                    if self.in_flight.is_empty() {
+                        self.writer = None;
+                    } else {
+                        self.writer_gone();
+                    }
                 }
             },
             None => self.failed.push(job),
@@ -458,24 +463,26 @@ impl StagedFile {
 
     /// Takes the writing thread's answers: all that are there, or (`wait`) at least one.
     /// `false` if waiting found the thread gone.
-    fn collect(&mut self, wait: bool) -> bool {
-        let Some(w) = &self.writer else {
-            return !wait;
-        };
-        let mut got = Vec::new();
-        if wait {
-            match w.done.recv() {
-                Ok(d) => got.push(d),
-                Err(_) => {
-                    self.writer_gone();
-                    return false;
+    fn collect(&mut self, mut wait: bool) -> bool {
+        loop {
+            let Some(w) = &self.writer else {
+                return !wait;
+            };
+            let d = if wait {
+                match w.done.recv() {
+                    Ok(d) => d,
+                    Err(_) => {
+                        self.writer_gone();
+                        return false;
+                    }
                 }
-            }
-        }
-        while let Ok(d) = w.done.try_recv() {
-            got.push(d);
-        }
-        for d in got {
+            } else {
+                match w.done.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return true,
+                }
+            };
+            wait = false;
             let range = d.job.range();
             if let Some(k) = self.in_flight.iter().position(|&x| x == range) {
                 self.in_flight.swap_remove(k);
@@ -487,7 +494,6 @@ impl StagedFile {
                 self.failed.push(d.job);
             }
         }
-        true
     }
 
     /// The thread died with jobs out (a bug): their buffers went with it, so the bytes cannot
