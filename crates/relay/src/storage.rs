@@ -122,12 +122,36 @@ impl DiskStorage {
         let Some(s) = self.staged_of(path) else {
             return Ok(());
         };
-        lock(&s).close()?;
+        lock(&s).retire()?;
+        self.forget_staged(path, &s);
+        Ok(())
+    }
+
+    /// Takes `s` out of the map if it is still `path`'s staging.
+    fn forget_staged(&self, path: &Path, s: &Arc<Mutex<StagedFile>>) {
         let mut staged = lock(&self.staged);
-        if staged.get(path).is_some_and(|x| Arc::ptr_eq(x, &s)) {
+        if staged.get(path).is_some_and(|x| Arc::ptr_eq(x, s)) {
             staged.remove(path);
         }
-        Ok(())
+    }
+
+    /// Lets go of the stagings of packs not written for [`STAGED_IDLE`], outside the map's lock
+    /// (a flush may wait for the device) and never waiting for one in use. One that cannot be
+    /// flushed stays, its bytes not yet in the file.
+    fn sweep_idle(&self) {
+        let idle: Vec<(PathBuf, Arc<Mutex<StagedFile>>)> = lock(&self.staged)
+            .iter()
+            .filter(|(_, s)| s.try_lock().is_ok_and(|g| g.idle_for() >= STAGED_IDLE))
+            .map(|(p, s)| (p.clone(), Arc::clone(s)))
+            .collect();
+        for (path, s) in idle {
+            let retired = s
+                .try_lock()
+                .is_ok_and(|mut g| g.idle_for() >= STAGED_IDLE && g.retire().is_ok());
+            if retired {
+                self.forget_staged(&path, &s);
+            }
+        }
     }
 }
 
@@ -136,27 +160,31 @@ impl Storage for DiskStorage {
         fs::create_dir_all(path)
     }
     fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
-        let staged = match self.staged_of(path) {
-            Some(s) => s,
-            None if data.len() < STAGE_MIN => {
-                return self.file(path, true)?.write_all_at(data, offset);
+        loop {
+            let staged = match self.staged_of(path) {
+                Some(s) => s,
+                None if data.len() < STAGE_MIN => {
+                    return self.file(path, true)?.write_all_at(data, offset);
+                }
+                None => {
+                    self.sweep_idle();
+                    let fd = self.file(path, true)?;
+                    lock(&self.staged)
+                        .entry(path.to_owned())
+                        .or_insert_with(|| Arc::new(Mutex::new(StagedFile::new(fd, path))))
+                        .clone()
+                }
+            };
+            let mut g = lock(&staged);
+            if g.is_retired() {
+                // Let go (flushed) between the lookup and this lock: what it would stage now
+                // no flush would ever write. Look again.
+                drop(g);
+                self.forget_staged(path, &staged);
+                continue;
             }
-            None => {
-                let fd = self.file(path, true)?;
-                let mut all = lock(&self.staged);
-                // Those of packs no longer written go (never waiting for one in use); one that
-                // cannot be flushed stays, its bytes not yet in the file.
-                all.retain(|_, s| {
-                    s.try_lock().map_or(true, |mut g| {
-                        g.idle_for() < STAGED_IDLE || g.close().is_err()
-                    })
-                });
-                all.entry(path.to_owned())
-                    .or_insert_with(|| Arc::new(Mutex::new(StagedFile::new(fd, path))))
-                    .clone()
-            }
-        };
-        lock(&staged).write_at(offset, data)
+            return g.write_at(offset, data);
+        }
     }
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.flush(path)?;
@@ -181,8 +209,11 @@ impl Storage for DiskStorage {
         File::open(path)?.sync_all()
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        // Whatever is staged goes with the file.
-        lock(&self.staged).remove(path);
+        // Whatever is staged goes with the file; a writer holding the staging looks again.
+        let gone = lock(&self.staged).remove(path);
+        if let Some(s) = gone {
+            lock(&s).discard();
+        }
         self.forget(path);
         match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -621,5 +652,32 @@ mod tests {
         );
         let got = std::fs::read(&a).expect("read a");
         assert!(got[100..] == data[..], "a's staged bytes are in its file");
+    }
+
+    /// test-plan.md 138: a staging let go (here by `reopen`, as `relay scrub` does) while a
+    /// writer already held it refuses that writer, and `DiskStorage` looks the pack's staging
+    /// up again: every byte written reaches the file.
+    #[test]
+    fn a_staging_let_go_under_a_writer_is_looked_up_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = DiskStorage::new();
+        let p = dir.path().join("p.pack");
+        let data: Vec<u8> = (0..262_208u32).map(|i| (i % 233) as u8).collect();
+        let (a, b) = data.split_at(131_104);
+        s.write_at(&p, 0, a).expect("first half");
+        let held = s.staged_of(&p).expect("a staging");
+        s.reopen(&p);
+        assert!(lock(&held).is_retired(), "let go");
+        assert!(
+            lock(&held).write_at(a.len() as u64, b).is_err(),
+            "refuses a late writer"
+        );
+        s.write_at(&p, a.len() as u64, b)
+            .expect("second half, through a new staging");
+        s.sync(&p).expect("sync");
+        assert!(
+            std::fs::read(&p).expect("read") == data,
+            "every byte in the file"
+        );
     }
 }

@@ -213,6 +213,8 @@ pub struct StagedFile {
     lost: bool,
     /// The last write or flush.
     used_at: std::time::Instant,
+    /// Let go for good ([`StagedFile::retire`]).
+    retired: bool,
 }
 
 impl StagedFile {
@@ -230,6 +232,7 @@ impl StagedFile {
             failed: Vec::new(),
             lost: false,
             used_at: std::time::Instant::now(),
+            retired: false,
         }
     }
 
@@ -260,6 +263,11 @@ impl StagedFile {
     /// [`StagedFile::flush`] at the latest; an error means `data` was not taken (what was staged
     /// before is kept).
     pub fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        if self.retired {
+            return Err(io::Error::other(
+                "this staging was let go; look the file's up again",
+            ));
+        }
         if data.is_empty() {
             return Ok(());
         }
@@ -560,6 +568,28 @@ impl StagedFile {
         self.flush()?;
         self.runs.clear();
         Ok(())
+    }
+
+    /// [`StagedFile::close`], then marks this staging as let go for good: a caller that held it
+    /// meanwhile must not write through it ([`StagedFile::is_retired`]), since nothing would
+    /// flush what it staged. On an error nothing changes.
+    pub fn retire(&mut self) -> io::Result<()> {
+        self.close()?;
+        self.retired = true;
+        Ok(())
+    }
+
+    /// Lets go of everything staged without writing it (the file is being removed), for
+    /// good, as [`StagedFile::retire`] does.
+    pub fn discard(&mut self) {
+        self.runs.clear();
+        self.failed.clear();
+        self.retired = true;
+    }
+
+    /// Whether [`StagedFile::retire`] let this staging go: look the file's staging up again.
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 }
 
