@@ -590,15 +590,20 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
 mod tests {
     use super::*;
 
+    /// A temporary directory, a storage, and `len` bytes of a pattern to write.
+    fn setup(len: u32, modulus: u32) -> (tempfile::TempDir, DiskStorage, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = (0..len).map(|i| (i % modulus) as u8).collect();
+        (dir, DiskStorage::new(), data)
+    }
+
     /// test-plan.md 138: a pack written through `DiskStorage` in PIECE-sized writes, large
     /// ones staged: its bytes are read back, measured and carried by a rename before any sync,
     /// and a removed pack takes what was staged for it along.
     #[test]
     fn disk_storage_reads_measures_and_renames_what_it_staged() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = DiskStorage::new();
+        let (dir, s, data) = setup(3_000_000, 241);
         let pack = dir.path().join("p.pack");
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
         // An age header first (small, at once), then payload pieces.
         s.write_at(&pack, 0, &data[..211]).expect("header");
         let mut off = 211;
@@ -635,10 +640,8 @@ mod tests {
     /// staged bytes are then in the file.
     #[test]
     fn a_pack_no_longer_written_lets_go_of_its_staging() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = DiskStorage::new();
+        let (dir, s, data) = setup(300_000, 239);
         let (a, b) = (dir.path().join("a.pack"), dir.path().join("b.pack"));
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
         for (k, piece) in data.chunks(65_552).enumerate() {
             s.write_at(&a, 100 + (k * 65_552) as u64, piece)
                 .expect("piece of a");
@@ -659,10 +662,8 @@ mod tests {
     /// up again: every byte written reaches the file.
     #[test]
     fn a_staging_let_go_under_a_writer_is_looked_up_again() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = DiskStorage::new();
+        let (dir, s, data) = setup(262_208, 233);
         let p = dir.path().join("p.pack");
-        let data: Vec<u8> = (0..262_208u32).map(|i| (i % 233) as u8).collect();
         let (a, b) = data.split_at(131_104);
         s.write_at(&p, 0, a).expect("first half");
         let held = s.staged_of(&p).expect("a staging");

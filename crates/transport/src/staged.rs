@@ -184,7 +184,7 @@ fn write_both(direct: &File, fd: &File, at: u64, bytes: &[u8]) -> (io::Result<()
                 break;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_refused(&e) => break,
+            Err(e) if crate::direct::is_unsupported(&e) => break,
             Err(e) => return (Err(e), false),
         }
     }
@@ -611,11 +611,6 @@ fn open_direct(fd: &File, path: &Path) -> Option<File> {
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_fd: &File, _path: &Path) -> Option<File> {
     None
-}
-
-/// A direct write refused for its alignment or by the file system.
-fn is_refused(e: &io::Error) -> bool {
-    crate::direct::is_unsupported(e)
 }
 
 #[cfg(test)]
